@@ -1,0 +1,54 @@
+"""Engines for SQLite (embedded default: WAL, busy timeout, one writer) and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+DEFAULT_URL = "sqlite:///setia.db"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def database_url() -> str:
+    return os.environ.get("SETIA_DATABASE_URL", DEFAULT_URL)
+
+
+def make_engine(url: str | None = None, **kwargs: Any) -> sa.Engine:
+    url = url or database_url()
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_size", 20)
+    kwargs.setdefault("max_overflow", 10)
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(url, **kwargs)
+
+
+def _configure_sqlite(engine: sa.Engine) -> None:
+    """WAL, a busy timeout, and BEGIN IMMEDIATE so a writer takes the lock up front.
+
+    pysqlite's own transaction handling is turned off (the recipe in SQLAlchemy's
+    SQLite notes) so that the BEGIN we emit is the one that counts.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_sqlite(engine: sa.Engine) -> bool:
+    return engine.dialect.name == "sqlite"

@@ -1,0 +1,227 @@
+"""How many points an event earns: CONTRACT.md section 1, "Semantics".
+
+Every matching rule adds its points. A rate rule gives
+floor(rate x matching amount x tier multiplier); the matching amount is the
+event amount or, with categories/skus, the sum of the matching lines. A
+fixed rule gives its points (times the multiplier only with
+``tier_multiplier: true``). The event that crosses a tier threshold earns at
+the tier held before it, so the caller passes the tier held at the event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from dateutil.relativedelta import relativedelta
+
+from setia.domain.conditions import ConditionError
+from setia.domain.errors import InvalidField
+from setia.domain.events import Event, Line
+from setia.domain.money import format_money
+from setia.domain.programme import WEEKDAYS, EarnRule, Level, Programme
+
+
+@dataclass(frozen=True, slots=True)
+class MemberFacts:
+    """What the rules may ask about the member, as it was just before the event."""
+
+    id: str
+    tier: Level
+    purchases: int
+    attributes: Mapping[str, Any]
+    enrolled_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Award:
+    rule_id: str
+    points: int
+    explanation: str
+    fixed: bool
+    limit_key: str | None = None
+
+
+def period_key(per: str, local: datetime) -> str:
+    """The bucket a limit counts in, in the programme's time zone."""
+    if per == "day":
+        return local.strftime("%Y-%m-%d")
+    if per == "week":
+        year, week, _ = local.isocalendar()
+        return f"{year}-W{week:02d}"
+    if per == "month":
+        return local.strftime("%Y-%m")
+    if per == "year":
+        return local.strftime("%Y")
+    return "lifetime"
+
+
+def matching_amount(rule: EarnRule, event: Event, lines: tuple[Line, ...] | None = None) -> Decimal:
+    """The part of the event's amount a rule counts: all of it, or its lines."""
+    lines = event.lines if lines is None else lines
+    if not rule.filters_lines:
+        if lines:
+            return sum((line.amount for line in lines), Decimal(0))
+        return event.amount or Decimal(0)
+    total = Decimal(0)
+    for line in lines:
+        if rule.categories is not None and line.category in rule.categories:
+            total += line.amount
+        elif rule.skus is not None and line.sku in rule.skus:
+            total += line.amount
+    return total
+
+
+def rate_points(rate: Decimal, amount: Decimal, multiplier: Decimal) -> int:
+    return math.floor(rate * amount * multiplier)
+
+
+def _scope_matches(rule: EarnRule, event: Event, local: datetime, member: MemberFacts) -> bool:
+    if rule.stores is not None and event.store not in rule.stores:
+        return False
+    if rule.channels is not None and event.channel not in rule.channels:
+        return False
+    if rule.days is not None and WEEKDAYS[local.weekday()] not in rule.days:
+        return False
+    if rule.from_ is not None and local.date() < rule.from_:
+        return False
+    if rule.until is not None and local.date() > rule.until:
+        return False
+    if rule.tiers is not None and member.tier.id not in rule.tiers:
+        return False
+    if rule.first_purchase and member.purchases > 0:
+        return False
+    return True
+
+
+def condition_context(event: Event, local: datetime, member: MemberFacts) -> dict[str, Any]:
+    return {
+        "event": {
+            "id": event.id,
+            "type": event.type,
+            "member": event.member,
+            "occurred_at": event.occurred_at.isoformat(),
+            "amount": float(event.amount or 0),
+            "currency": event.currency or "",
+            "store": event.store or "",
+            "channel": event.channel or "",
+            "order_id": event.order_id or "",
+            "categories": sorted({line.category for line in event.lines if line.category}),
+            "skus": [line.sku for line in event.lines],
+            "lines": [
+                {"sku": line.sku, "category": line.category or "", "quantity": line.quantity,
+                 "amount": float(line.amount)}
+                for line in event.lines
+            ],
+            "weekday": WEEKDAYS[local.weekday()],
+            "attributes": dict(event.attributes),
+        },
+        "member": {
+            "id": member.id,
+            "tier": member.tier.id,
+            "attributes": dict(member.attributes),
+            "enrolled_at": member.enrolled_at.isoformat(),
+            "purchases": member.purchases,
+        },
+    }
+
+
+def evaluate(programme: Programme, event: Event, member: MemberFacts,
+             usage: Mapping[tuple[str, str], int]) -> list[Award]:
+    """The points each matching rule gives for ``event``; rules with nothing to give are left out.
+
+    ``usage`` maps (rule id, period key) to how often the rule already paid this member.
+    """
+    local = event.occurred_at.astimezone(programme.tz)
+    points_name = programme.model.points.name
+    awards: list[Award] = []
+    context: dict[str, Any] | None = None
+    for rule in programme.rules_for(event.type):
+        if not _scope_matches(rule, event, local, member):
+            continue
+        amount = matching_amount(rule, event)
+        if rule.min_amount is not None and (event.amount or Decimal(0)) < rule.min_amount:
+            continue
+        limit_key = None
+        if rule.limit is not None:
+            limit_key = period_key(rule.limit.per, local)
+            if usage.get((rule.id, limit_key), 0) >= rule.limit.count:
+                continue
+        condition = programme.conditions.get(rule.id)
+        if condition is not None:
+            if context is None:
+                context = condition_context(event, local, member)
+            try:
+                if not condition.evaluate(context):
+                    continue
+            except ConditionError as exc:
+                raise InvalidField(
+                    f"rule {rule.id}: its condition cannot be evaluated for this event: {exc}",
+                    field="(event)",
+                ) from None
+        points, explanation = award_points(rule, amount, member.tier, programme, points_name)
+        if points > 0:
+            awards.append(Award(rule.id, points, explanation, fixed=not rule.is_rate,
+                                limit_key=limit_key))
+    return awards
+
+
+def award_points(rule: EarnRule, amount: Decimal, tier: Level, programme: Programme,
+                 points_name: str) -> tuple[int, str]:
+    multiplier = tier.multiplier if rule.uses_tier_multiplier else Decimal(1)
+    at_tier = f" at {tier.name}" if multiplier != 1 else ""
+    if rule.rate is not None:
+        points = rate_points(rule.rate, amount, multiplier)
+        factor = rule.rate * multiplier
+        factor_text = f"{factor.normalize():f}"
+        money = format_money(amount, programme.currency)
+        return points, f"{factor_text} × {money}{at_tier} = {points} {points_name} ({rule.id})"
+    assert rule.points is not None
+    points = math.floor(rule.points * multiplier)
+    if multiplier != 1:
+        return points, f"{rule.points} × {multiplier.normalize():f}{at_tier} = {points} {points_name} ({rule.id})"
+    return points, f"{points} {points_name} ({rule.id})"
+
+
+def recompute_after_refund(programme: Programme, rule_id: str, awarded: int, event: Event,
+                           remaining_lines: tuple[Line, ...], remaining_amount: Decimal,
+                           tier: Level) -> int:
+    """Points a rule gives for what is left of an order, under the original version and tier.
+
+    Conditions other than the amount (days, stores, first purchase, limits, CEL)
+    were decided at purchase time and stand; a fixed bonus whose ``min_amount``
+    no longer holds is taken back whole. Never more than was awarded.
+    """
+    rule = next((r for r in programme.model.earn if r.id == rule_id), None)
+    if rule is None:
+        return awarded
+    if rule.min_amount is not None and remaining_amount < rule.min_amount:
+        return 0
+    if rule.is_rate:
+        if rule.filters_lines:
+            amount = matching_amount(rule, event, remaining_lines)
+        else:
+            amount = remaining_amount
+        points, _ = award_points(rule, amount, tier, programme, "")
+    else:
+        points = awarded if remaining_amount > 0 else 0
+    return min(points, awarded)
+
+
+def pending_until(programme: Programme, occurred_at: datetime) -> datetime:
+    return occurred_at + timedelta(days=programme.model.points.pending_days)
+
+
+def lot_expires_at(programme: Programme, available_at: datetime) -> datetime | None:
+    """Rolling expiry: a lot expires ``months`` after it became spendable (wall clock of the
+    programme's time zone). Other policies put no date on the lot."""
+    expiry = programme.model.points.expiry
+    if expiry.policy != "rolling":
+        return None
+    assert expiry.months is not None
+    local = available_at.astimezone(programme.tz)
+    return local + relativedelta(months=expiry.months)

@@ -1,0 +1,72 @@
+"""Money: Decimal amounts checked against the currency's minor unit (ISO 4217 via CLDR)."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+
+from babel.numbers import get_currency_precision, get_currency_symbol, list_currencies
+
+from setia.domain.errors import InvalidAmount
+
+
+@lru_cache(maxsize=None)
+def known_currencies() -> frozenset[str]:
+    return frozenset(list_currencies())
+
+
+@lru_cache(maxsize=None)
+def minor_digits(currency: str) -> int:
+    """Digits after the decimal point: MYR 2, USD 2, JPY 0, as CLDR gives them."""
+    return int(get_currency_precision(currency))
+
+
+@lru_cache(maxsize=None)
+def currency_symbol(currency: str) -> str:
+    symbol = get_currency_symbol(currency, locale="ms" if currency == "MYR" else "en")
+    return str(symbol)
+
+
+def parse_amount(value: object, currency: str, field: str) -> Decimal:
+    """A non-negative amount as a decimal string (or integer) within the currency's precision."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise InvalidAmount(
+            f"{field} must be a decimal string such as \"42.50\", not a JSON number with a fraction",
+            field=field,
+        )
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation:
+            raise InvalidAmount(f"{field} is not a decimal number: {value!r}", field=field) from None
+    else:
+        raise InvalidAmount(f"{field} must be a decimal string", field=field)
+    if not amount.is_finite():
+        raise InvalidAmount(f"{field} must be a finite number", field=field)
+    if amount < 0:
+        raise InvalidAmount(f"{field} must not be negative", field=field)
+    digits = minor_digits(currency)
+    exponent = amount.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if -exponent > digits and amount != amount.quantize(Decimal(1).scaleb(-digits)):
+        raise InvalidAmount(
+            f"{field} has more decimals than {currency} allows ({digits})", field=field
+        )
+    return amount.quantize(Decimal(1).scaleb(-digits))
+
+
+def to_minor(amount: Decimal, currency: str) -> int:
+    return int(amount.scaleb(minor_digits(currency)))
+
+
+def from_minor(amount_minor: int, currency: str) -> Decimal:
+    digits = minor_digits(currency)
+    return (Decimal(amount_minor).scaleb(-digits)).quantize(Decimal(1).scaleb(-digits))
+
+
+def format_money(amount: Decimal, currency: str) -> str:
+    return f"{currency_symbol(currency)} {amount}"

@@ -1,0 +1,98 @@
+"""What every service shares: transactions with bounded retries, request hashes, clocks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from setia.adapters.db.store import UnitOfWork
+from setia.domain.errors import Busy, SetiaError, UnknownProgramme
+from setia.domain.programme import Programme
+
+T = TypeVar("T")
+MAX_ATTEMPTS = 8
+RETRY_AFTER_SECONDS = 1
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def request_hash(payload: Any) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, IntegrityError):
+        # A concurrent writer inserted the same key first; the retry sees its row.
+        return True
+    if isinstance(exc, OperationalError | DBAPIError):
+        code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+        if code in ("40001", "40P01", "55P03"):
+            return True
+        text = str(exc).lower()
+        return "database is locked" in text or "deadlock" in text
+    return False
+
+
+def transaction(engine: sa.Engine, work: Callable[[UnitOfWork], T]) -> T:
+    """Run ``work`` in one unit of work; retry serialisation failures and deadlocks a
+    bounded number of times, then answer Busy (the API's 503 with Retry-After)."""
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            with UnitOfWork(engine) as uow:
+                return work(uow)
+        except SetiaError:
+            raise
+        except (OperationalError, IntegrityError, DBAPIError) as exc:
+            if not _retryable(exc) or attempt == MAX_ATTEMPTS - 1:
+                if _retryable(exc):
+                    break
+                raise
+            time.sleep(min(0.2, 0.005 * 2**attempt) * (0.5 + random.random()))
+    raise Busy("the database stayed busy; retry shortly", retry_after=RETRY_AFTER_SECONDS)
+
+
+def require_programme(uow: UnitOfWork, program_id: str, version: int | None = None) -> Programme:
+    programme = uow.programme(program_id, version)
+    if programme is None:
+        raise UnknownProgramme(f"no programme {program_id!r}; store one first", field="program")
+    return programme
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def idempotent(uow: UnitOfWork, program_id: str, key: str, operation: str, body: Any,
+               run: Callable[[], dict[str, Any]], now: datetime) -> dict[str, Any]:
+    """Run a command once per key: the same key and body answer the first result again;
+    the same key with another body is refused. The key is stored in the same transaction."""
+    from setia.domain.errors import IdempotencyConflict, InvalidField
+
+    if not isinstance(key, str) or not key.strip() or len(key) > 200:
+        raise InvalidField("an idempotency key of 1 to 200 characters is required",
+                           field="Idempotency-Key")
+    digest = request_hash({"operation": operation, "body": body})
+    stored = uow.stored_command(program_id, key)
+    if stored is not None:
+        if stored.request_hash != digest:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was already used for a different request",
+                field="Idempotency-Key",
+            )
+        return dict(stored.result)
+    result = run()
+    uow.add_command(program_id, key, operation, digest, result, now)
+    return result

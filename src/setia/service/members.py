@@ -1,0 +1,117 @@
+"""Members: enrol or update (enrolment posts the ``signup`` event), and read."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from setia.adapters.db.store import UnitOfWork
+from setia.domain import tiers
+from setia.domain.errors import InvalidField, UnknownMember
+from setia.domain.events import Event, parse_time
+from setia.domain.member import Member
+from setia.domain.programme import Programme
+from setia.service.common import Clock, require_programme, transaction, utc_now
+from setia.service.views import member_view
+
+PROFILE_KEYS = frozenset({"name", "email", "phone", "birthday", "attributes", "enrolled_at"})
+MEMBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+
+
+def parse_profile(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InvalidField("the member must be a JSON object", field="(body)")
+    unknown = sorted(set(raw) - PROFILE_KEYS)
+    if unknown:
+        raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
+    profile: dict[str, Any] = {}
+    for key, limit in (("name", 200), ("email", 320), ("phone", 40)):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > limit:
+            raise InvalidField(f"{key} must be a string of at most {limit} characters", field=key)
+        profile[key] = value
+    if "email" in profile and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", profile["email"]):
+        raise InvalidField("email is not an email address", field="email")
+    if "phone" in profile and not re.fullmatch(r"\+?[0-9 ()-]{5,40}", profile["phone"]):
+        raise InvalidField("phone may hold digits, spaces, dashes and a leading +", field="phone")
+    if raw.get("birthday") is not None:
+        try:
+            profile["birthday"] = date.fromisoformat(str(raw["birthday"]))
+        except ValueError:
+            raise InvalidField("birthday must be a date such as 1990-05-17", field="birthday") from None
+    if raw.get("attributes") is not None:
+        if not isinstance(raw["attributes"], dict):
+            raise InvalidField("attributes must be an object", field="attributes")
+        profile["attributes"] = raw["attributes"]
+    if raw.get("enrolled_at") is not None:
+        profile["enrolled_at"] = parse_time(raw["enrolled_at"], "enrolled_at")
+    return profile
+
+
+def enrol(uow: UnitOfWork, programme: Programme, member_id: str, profile: dict[str, Any], *,
+          enrolled_at: datetime, now: datetime) -> Member:
+    """Create the member at the first level and post its signup event."""
+    from setia.service.events import apply_event
+
+    if not MEMBER_ID.fullmatch(member_id):
+        raise InvalidField(
+            "member id may hold letters, digits and . _ : @ + - (at most 128)", field="member"
+        )
+    local = enrolled_at.astimezone(programme.tz)
+    first = programme.model.tiers.levels[0]
+    member = uow.add_member(programme.id, member_id, enrolled_at=enrolled_at, tier_id=first.id,
+                            tier_reviewed=tiers.review_period(programme, local), profile=profile)
+    if member is None:  # enrolled concurrently: use that one
+        existing = uow.member(programme.id, member_id)
+        assert existing is not None
+        return existing
+    signup = Event(id=f"signup:{member_id}", type="signup", member=member_id,
+                   occurred_at=enrolled_at)
+    apply_event(uow, programme, signup, {"id": signup.id, "type": "signup", "member": member_id,
+                                         "occurred_at": enrolled_at.isoformat()}, now)
+    return member
+
+
+def upsert_member(engine: sa.Engine, program_id: str, member_id: str, body: Any,
+                  clock: Clock = utc_now) -> tuple[dict[str, Any], bool]:
+    """Enrol a new member or update a profile; answers the member and whether it was created."""
+    profile = parse_profile(body)
+
+    def work(uow: UnitOfWork) -> tuple[dict[str, Any], bool]:
+        programme = require_programme(uow, program_id)
+        now = clock()
+        member = uow.member(program_id, member_id)
+        created = member is None
+        if member is None:
+            enrolled_at = profile.pop("enrolled_at", now)
+            member = enrol(uow, programme, member_id, profile, enrolled_at=enrolled_at, now=now)
+        else:
+            profile.pop("enrolled_at", None)
+            for key, value in profile.items():
+                setattr(member, key, value)
+            uow.update_profile(member)
+        view = member_view(programme, member, now)
+        uow.commit()
+        return view, created
+
+    return transaction(engine, work)
+
+
+def get_member(engine: sa.Engine, program_id: str, member_id: str,
+               clock: Clock = utc_now) -> dict[str, Any]:
+    def work(uow: UnitOfWork) -> dict[str, Any]:
+        programme = require_programme(uow, program_id)
+        member = uow.member(program_id, member_id, lock=False)
+        if member is None:
+            raise UnknownMember(f"no member {member_id!r} in programme {program_id}",
+                                field="member")
+        return member_view(programme, member, clock())
+
+    return transaction(engine, work)

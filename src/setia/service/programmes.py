@@ -1,0 +1,81 @@
+"""Programmes: validate a file, store it as a new immutable version when it changed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+import yaml
+
+from setia.adapters.db import tables as t
+from setia.adapters.db.store import UnitOfWork
+from setia.domain.errors import InvalidField, InvalidProgramme
+from setia.domain.programme import ProgrammeModel, canonical_json, definition_hash, validate_document
+from setia.service.common import Clock, require_programme, transaction, utc_now
+
+
+def parse_text(text: str | bytes, source: str = "programme") -> Any:
+    """YAML is a superset of JSON, so one parser reads both."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(unknown place)"
+        raise InvalidProgramme([(f"{source}:{where}", f"not valid YAML or JSON: {exc}")]) from None
+
+
+def validate_text(text: str | bytes) -> ProgrammeModel:
+    return validate_document(parse_text(text))
+
+
+def store_programme(engine: sa.Engine, document: Any, *, program_id: str | None = None,
+                    clock: Clock = utc_now) -> dict[str, Any]:
+    """Store a programme; a new version only if its definition changed."""
+    model = validate_document(document)
+    if program_id is not None and model.id != program_id:
+        raise InvalidField(f"the file's id {model.id!r} is not {program_id!r}", field="id")
+    digest = definition_hash(model)
+
+    def work(uow: UnitOfWork) -> dict[str, Any]:
+        now = clock()
+        current = uow.execute(
+            sa.select(t.programs.c.current_version).where(t.programs.c.id == model.id)
+            .with_for_update()
+        ).scalar_one_or_none()
+        if current is not None:
+            current_hash = uow.execute(
+                sa.select(t.program_versions.c.definition_hash).where(
+                    t.program_versions.c.program_id == model.id,
+                    t.program_versions.c.version == current,
+                )
+            ).scalar_one()
+            if current_hash == digest:
+                return {"id": model.id, "version": current, "created": False}
+        version = (current or 0) + 1
+        if current is None:
+            uow.execute(t.programs.insert().values(id=model.id, current_version=version,
+                                                   created_at=now))
+        else:
+            uow.execute(t.programs.update().where(t.programs.c.id == model.id)
+                        .values(current_version=version))
+        uow.execute(t.program_versions.insert().values(
+            program_id=model.id, version=version, definition=canonical_json(model),
+            definition_hash=digest, created_at=now,
+        ))
+        uow.commit()
+        return {"id": model.id, "version": version, "created": True}
+
+    return transaction(engine, work)
+
+
+def get_programme(engine: sa.Engine, program_id: str) -> dict[str, Any]:
+    def work(uow: UnitOfWork) -> dict[str, Any]:
+        programme = require_programme(uow, program_id)
+        return {
+            "id": programme.id,
+            "version": programme.version,
+            "definition": json.loads(canonical_json(programme.model)),
+        }
+
+    return transaction(engine, work)

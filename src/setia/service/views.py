@@ -1,0 +1,58 @@
+"""The shapes callers see (CONTRACT.md section 2), built from domain objects."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from dateutil.relativedelta import relativedelta
+
+from setia.domain import tiers
+from setia.domain.member import Member
+from setia.domain.programme import Programme
+
+EXPIRING_WINDOW_DAYS = 30
+
+
+def balances(member: Member) -> dict[str, int]:
+    ledger = member.ledger
+    return {"available": ledger.available, "pending": ledger.pending, "reserved": ledger.reserved}
+
+
+def tier_view(programme: Programme, member: Member, now: datetime, *, progress: bool) -> dict[str, Any]:
+    level = programme.level(member.tier_id)
+    view: dict[str, Any] = {
+        "id": level.id,
+        "name": level.name,
+        "multiplier": f"{level.multiplier.normalize():f}",
+    }
+    if progress:
+        view["next"] = tiers.next_level(programme, level, member.buckets, now.astimezone(programme.tz))
+    return view
+
+
+def expiring(programme: Programme, member: Member, now: datetime) -> list[dict[str, Any]]:
+    """Points that will expire within the next 30 days if nothing else happens."""
+    horizon = now + timedelta(days=EXPIRING_WINDOW_DAYS)
+    expiry = programme.model.points.expiry
+    lots = member.ledger.available_lots()
+    if expiry.policy == "inactivity" and member.last_activity_at is not None:
+        assert expiry.months is not None
+        at = member.last_activity_at + relativedelta(months=expiry.months)
+        total = sum(lot.remaining for lot in lots)
+        if at <= horizon and total > 0:
+            return [{"points": total, "expires_at": at.isoformat()}]
+        return []
+    by_time: dict[datetime, int] = {}
+    for lot in lots:
+        if lot.expires_at is not None and lot.expires_at <= horizon:
+            by_time[lot.expires_at] = by_time.get(lot.expires_at, 0) + lot.remaining
+    return [{"points": points, "expires_at": at.isoformat()} for at, points in sorted(by_time.items())]
+
+
+def member_view(programme: Programme, member: Member, now: datetime) -> dict[str, Any]:
+    view = member.profile()
+    view["tier"] = tier_view(programme, member, now, progress=True)
+    view["balances"] = balances(member)
+    view["expiring"] = expiring(programme, member, now)
+    return view
