@@ -116,9 +116,7 @@ class Condition:
         # Only variables the text names are converted for an evaluation. A
         # variable can only be read through its name, so a false positive (the
         # word inside a string literal) merely costs a conversion.
-        self._variables = tuple(
-            name for name in _VARIABLES if re.search(rf"\b{name}\b", source)
-        )
+        self._variables = tuple(name for name in _VARIABLES if re.search(rf"\b{name}\b", source))
 
     @property
     def source(self) -> str:
@@ -131,9 +129,7 @@ class Condition:
         mismatch, a missing variable) or the result is not a bool.
         """
         if not isinstance(context, Mapping):
-            raise ConditionError(
-                f"the context must be a mapping, not {type(context).__name__}"
-            )
+            raise ConditionError(f"the context must be a mapping, not {type(context).__name__}")
         data: dict[str, Any] = {}
         for name in self._variables:
             value = context.get(name)
@@ -204,7 +200,9 @@ class _Unsupported(Exception):
         return f"{where} holds a {type(self.value).__name__}, which a condition cannot use"
 
 
-def _record(mapping: Mapping[Any, Any], defaults: Mapping[str, Any] | None = None) -> dict[Any, Any]:
+def _record(
+    mapping: Mapping[Any, Any], defaults: Mapping[str, Any] | None = None
+) -> dict[Any, Any]:
     """A record (event, member, line): None fields are absent, amounts are doubles."""
     out: dict[Any, Any] = {}
     for key, value in mapping.items():
@@ -313,9 +311,16 @@ _UNEXPECTED = re.compile(r"(?:mismatched|extraneous) input ('.*?') expecting (?:
 def _type_name(cel_type: Any) -> str:
     name = str(cel_type.name())
     plain = {
-        "INT": "an int", "UINT": "an unsigned int", "DOUBLE": "a double", "STRING": "a string",
-        "BYTES": "bytes", "NULL": "null", "BOOL": "a bool", "TIMESTAMP": "a timestamp",
-        "DURATION": "a duration", "TYPE": "a type",
+        "INT": "an int",
+        "UINT": "an unsigned int",
+        "DOUBLE": "a double",
+        "STRING": "a string",
+        "BYTES": "bytes",
+        "NULL": "null",
+        "BOOL": "a bool",
+        "TIMESTAMP": "a timestamp",
+        "DURATION": "a duration",
+        "TYPE": "a type",
     }.get(name)
     if plain is not None:
         return plain
@@ -324,6 +329,22 @@ def _type_name(cel_type: Any) -> str:
     if name.startswith("LIST"):
         return "a list"
     return name.lower()
+
+
+def _overload_message(name: str, arguments: str) -> str:
+    operator = re.fullmatch(r"_(\W+)_|(\W)_", name)
+    if name == "_[_]":
+        what = "indexing with []"
+    elif name == "_?_:_":
+        what = "the ?: choice"
+    elif operator:
+        what = f"the operator {operator[1] or operator[2]!r}"
+    else:
+        what = f"the function {name.strip('.')}()"
+    hint = "CEL does not convert between types"
+    if "int" in arguments and "double" in arguments:
+        hint += ": write 2.0 rather than 2 next to a double, or convert with double() or int()"
+    return f"{what} does not apply to ({arguments}); {hint}"
 
 
 def _compile_message(report: str, source: str) -> str:
@@ -342,8 +363,15 @@ def _compile_message(report: str, source: str) -> str:
             text = _EXPECTING_ANYTHING.sub("", text)
             text = re.sub(
                 r"undeclared reference to '([^']*)' \(in container '[^']*'\)",
-                lambda m: f"unknown name {m[1]!r} (conditions can use event and member, "
-                "and CEL's functions)",
+                lambda m: (
+                    f"unknown name {m[1].split('.')[0]!r} (conditions can use event "
+                    "and member, and CEL's functions)"
+                ),
+                text,
+            )
+            text = re.sub(
+                r"found no matching overload for '([^']*)' applied to '\((.*)\)'",
+                lambda m: _overload_message(m[1], m[2]),
                 text,
             )
             text = text.replace("token recognition error at: ", "unexpected characters ")
@@ -354,7 +382,7 @@ def _compile_message(report: str, source: str) -> str:
         where = f"column {column}" if len(lines) == 1 else f"line {line}, column {column}"
         near = ""
         if 0 < line <= len(lines):
-            fragment = lines[line - 1][max(column - 1, 0):][:20].strip()
+            fragment = lines[line - 1][max(column - 1, 0) :][:20].strip()
             if fragment:
                 near = f" (near {fragment!r})"
         kind = "syntax error" if syntax else "error"
@@ -377,13 +405,13 @@ def _eval_message(report: str) -> str:
     var = re.match(r'No value with name "(.*)" found in Activation', text)
     if var:
         return f"the context has no {var[1]!r}"
-    overload = re.match(r"No matching overloads found : (.*)$", text)
+    method = re.match(r"No matching overloads found : \((.*?)\)\.(\w+)\((.*)\)$", text)
+    if method:
+        receiver_and_arguments = ", ".join(part for part in (method[1], method[3]) if part)
+        return _overload_message(method[2], receiver_and_arguments.replace("int64", "int"))
+    overload = re.match(r"No matching overloads found : (.*?)\((.*)\)$", text)
     if overload:
-        return (
-            f"an operation does not apply to these value types: {overload[1]} "
-            "(CEL does not convert between types; int and double need double(...) "
-            "or a literal like 2.0)"
-        )
+        return _overload_message(overload[1], overload[2].replace("int64", "int"))
     index = re.match(r"Index error: index=(-?\d+) size=(\d+)", text)
     if index:
         return f"list index {index[1]} is out of range (the list has {index[2]} items)"

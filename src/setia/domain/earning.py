@@ -144,6 +144,8 @@ def evaluate(programme: Programme, event: Event, member: MemberFacts,
         if not _scope_matches(rule, event, local, member):
             continue
         amount = matching_amount(rule, event)
+        if rule.filters_lines and amount == 0:
+            continue  # no line of the order is in the rule's categories or skus
         if rule.min_amount is not None and (event.amount or Decimal(0)) < rule.min_amount:
             continue
         limit_key = None
@@ -208,7 +210,8 @@ def recompute_after_refund(programme: Programme, rule_id: str, awarded: int, eve
             amount = remaining_amount
         points, _ = award_points(rule, amount, tier, programme, "")
     else:
-        points = awarded if remaining_amount > 0 else 0
+        left = matching_amount(rule, event, remaining_lines) if rule.filters_lines else remaining_amount
+        points = awarded if left > 0 else 0
     return min(points, awarded)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from dateutil.relativedelta import relativedelta
 
 from setia.domain import tiers
+from setia.domain.money import minor_digits
 from setia.domain.member import Member
 from setia.domain.programme import Programme
 
@@ -27,7 +29,12 @@ def tier_view(programme: Programme, member: Member, now: datetime, *, progress: 
         "multiplier": f"{level.multiplier.normalize():f}",
     }
     if progress:
-        view["next"] = tiers.next_level(programme, level, member.buckets, now.astimezone(programme.tz))
+        upcoming = tiers.next_level(programme, level, member.buckets, now.astimezone(programme.tz))
+        if upcoming is not None and programme.model.tiers.metric == "spend":
+            unit = Decimal(1).scaleb(-minor_digits(programme.currency))
+            for key in ("threshold", "remaining"):
+                upcoming[key] = str(Decimal(str(upcoming[key])).quantize(unit))
+        view["next"] = upcoming
     return view
 
 

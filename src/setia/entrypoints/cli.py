@@ -1,0 +1,243 @@
+"""The ``setia`` command line (CONTRACT.md section 3). Thin: parse, call a service, print.
+
+Every command exits non-zero with a one-line reason on error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from setia.adapters.db.engine import database_url, make_engine
+from setia.adapters.db.migrate import upgrade
+from setia.domain.errors import InvalidProgramme, SetiaError
+from setia.domain.events import parse_time
+
+app = typer.Typer(help="Setia: a loyalty and rewards engine.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+program_app = typer.Typer(help="Programme files.", no_args_is_help=True)
+import_app = typer.Typer(help="Bulk import.", no_args_is_help=True)
+member_app = typer.Typer(help="Members.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(program_app, name="program")
+app.add_typer(import_app, name="import")
+app.add_typer(member_app, name="member")
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def fail(reason: str, code: int = 1) -> NoReturn:
+    errors.print(f"error: {reason}", markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TaskProgressColumn(), TimeRemainingColumn(), console=errors, transient=False,
+    )
+
+
+def engine(migrate: bool = True) -> sa.Engine:
+    built = make_engine(database_url())
+    if migrate:
+        upgrade(built)
+    return built
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+
+
+def _explain(exc: SetiaError) -> str:
+    if isinstance(exc, InvalidProgramme):
+        return exc.detail
+    return f"{exc.detail}" + (f" (field {exc.field})" if exc.field else "")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the Alembic migrations to SETIA_DATABASE_URL."""
+    engine(migrate=True)
+    console.print("database is up to date")
+
+
+@program_app.command("validate")
+def program_validate(file: Annotated[Path, typer.Argument(help="programme YAML or JSON")]) -> None:
+    """Check a programme file; print every error with its path."""
+    from setia.service.programmes import validate_text
+
+    try:
+        model = validate_text(_read(file))
+    except InvalidProgramme as exc:
+        for path, reason in exc.errors:
+            errors.print(f"{file}: {path}: {reason}", markup=False)
+        fail(f"{file} has {len(exc.errors)} error(s)")
+    console.print(f"{file}: programme {model.id} is valid ({len(model.earn)} rules, "
+                  f"{len(model.tiers.levels)} tiers, {len(model.rewards)} rewards)")
+
+
+@program_app.command("load")
+def program_load(file: Annotated[Path, typer.Argument(help="programme YAML or JSON")]) -> None:
+    """Store a programme; a new version if it changed."""
+    from setia.service.programmes import parse_text, store_programme
+
+    try:
+        stored = store_programme(engine(), parse_text(_read(file)))
+    except InvalidProgramme as exc:
+        for path, reason in exc.errors:
+            errors.print(f"{file}: {path}: {reason}", markup=False)
+        fail(f"{file} has {len(exc.errors)} error(s)")
+    except SetiaError as exc:
+        fail(_explain(exc))
+    state = "stored as version" if stored["created"] else "unchanged, still version"
+    console.print(f"programme {stored['id']} {state} {stored['version']}")
+
+
+@import_app.command("events")
+def import_events_command(
+    file: Annotated[Path, typer.Argument(help="JSON Lines (.jsonl) or CSV (.csv) events")],
+    program: Annotated[str, typer.Option("--program", "-p", help="programme id")],
+    report: Annotated[Path | None, typer.Option(help="write rejected rows here (JSON Lines)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=5000)] = 1000,
+) -> None:
+    """Bulk load events, idempotent by event id; bad rows go to a report, the rest load."""
+    from setia.service.importer import count_rows, import_events
+
+    if not file.exists():
+        fail(f"no such file: {file}")
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task(f"importing {file.name}", total=count_rows(file))
+            summary = import_events(engine(), program, file, batch_size=batch_size,
+                                    report_path=report,
+                                    progress=lambda n: bar.advance(task, n))
+    except SetiaError as exc:
+        fail(_explain(exc))
+    table = Table(title=f"import of {file.name}")
+    for key in ("rows", "applied", "replayed", "rejected", "seconds", "events_per_second"):
+        table.add_column(key, justify="right")
+    table.add_row(*(str(summary[k]) for k in ("rows", "applied", "replayed", "rejected",
+                                              "seconds", "events_per_second")))
+    console.print(table)
+    if summary["rejected"]:
+        errors.print(f"{summary['rejected']} row(s) rejected; see {summary['report']}")
+
+
+@member_app.command("show")
+def member_show(
+    member: Annotated[str, typer.Argument(help="member id")],
+    program: Annotated[str, typer.Option("--program", "-p", help="programme id")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the API's member object")] = False,
+) -> None:
+    """Profile, tier, balances and tier progress of one member."""
+    from setia.service.members import get_member
+
+    try:
+        view = get_member(engine(), program, member)
+    except SetiaError as exc:
+        fail(_explain(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(view, indent=2, ensure_ascii=False) + "\n")
+        return
+    table = Table(title=f"member {view['id']}", show_header=False)
+    table.add_row("name", str(view["name"] or ""))
+    table.add_row("tier", f"{view['tier']['name']} (× {view['tier']['multiplier']})")
+    nxt = view["tier"]["next"]
+    if nxt:
+        table.add_row("next tier", f"{nxt['id']}: {nxt['remaining']} more {nxt['metric']}")
+    for key, value in view["balances"].items():
+        table.add_row(key, str(value))
+    for item in view["expiring"]:
+        table.add_row("expiring", f"{item['points']} on {item['expires_at']}")
+    console.print(table)
+
+
+def _as_of(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        return parse_time(value, "--as-of")
+    except SetiaError as exc:
+        fail(exc.detail)
+
+
+@app.command("run-due")
+def run_due_command(
+    as_of: Annotated[str | None, typer.Option("--as-of", help="ISO 8601 time with offset")] = None,
+    program: Annotated[str | None, typer.Option("--program", "-p")] = None,
+) -> None:
+    """Expiry, pending activation, tier reviews, birthdays and timed-out holds; idempotent."""
+    from setia.service.run_due import run_due
+
+    moment = _as_of(as_of)
+    try:
+        report = run_due(engine(), moment, program)
+    except SetiaError as exc:
+        fail(_explain(exc))
+    table = Table(title=f"run-due as of {moment.isoformat()}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key, value in report.as_dict().items():
+        if key != "programmes":
+            table.add_row(key.replace("_", " "), str(value))
+    console.print(table)
+
+
+@app.command("check")
+def check_command() -> None:
+    """Verify the journal: zero sum per asset, cached balances, lots. Non-zero exit on a mismatch."""
+    from setia.service.check import check
+
+    report = check(engine())
+    for problem in report.problems:
+        errors.print(problem, markup=False)
+    if not report.ok:
+        fail(f"{len(report.problems)} problem(s) in the journal")
+    console.print(f"journal ok: {report.postings} postings, {report.members} members, "
+                  f"every asset sums to zero")
+
+
+@app.command("demo")
+def demo_command(
+    members: Annotated[int, typer.Option(min=1, help="members to simulate")] = 320,
+    purchases: Annotated[int, typer.Option(min=1, help="purchases to simulate")] = 10_500,
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve",
+                                        help="serve the API afterwards (when available)")] = True,
+) -> None:
+    """Build the Kopi Setia demo: a simulated year of a café, then a summary."""
+    from setia.entrypoints.demo import run_demo
+
+    try:
+        run_demo(engine(), console, members=members, purchases=purchases, seed=seed)
+    except SetiaError as exc:
+        fail(_explain(exc))
+    if serve:
+        console.print("[dim]The HTTP API is not part of this build yet; the demo stops after "
+                      "its summary.[/dim]")
+
+
+def main() -> Any:  # pragma: no cover - console script entry
+    return app()

@@ -1,0 +1,210 @@
+"""Time-driven work, all driven by ``as_of`` and idempotent: running it twice with the
+same time changes nothing the second time.
+
+Order: holds that timed out, pending activation, expiry, tier reviews,
+birthdays. Members are processed in batches, each one transaction, locked
+with SKIP LOCKED on PostgreSQL so several workers can run at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from dateutil.relativedelta import relativedelta
+
+from setia.adapters.db import tables as t
+from setia.adapters.db.store import PostingContext, UnitOfWork
+from setia.domain import tiers
+from setia.domain.errors import RedemptionNotHeld
+from setia.domain.events import Event
+from setia.domain.member import Member
+from setia.domain.programme import Programme
+from setia.service.common import require_programme, transaction
+from setia.service.events import apply_event
+from setia.service.redemptions import finish_hold
+
+BATCH_MEMBERS = 200
+
+
+@dataclass
+class DueReport:
+    holds_released: int = 0
+    points_activated: int = 0
+    points_expired: int = 0
+    tiers_reviewed: int = 0
+    tiers_changed: int = 0
+    birthdays: int = 0
+    programmes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def run_due(engine: sa.Engine, as_of: datetime, program_id: str | None = None,
+            progress: Callable[[str], None] | None = None) -> DueReport:
+    report = DueReport()
+    with engine.connect() as conn:
+        query = sa.select(t.programs.c.id).order_by(t.programs.c.id)
+        if program_id is not None:
+            query = query.where(t.programs.c.id == program_id)
+        program_ids = list(conn.execute(query).scalars())
+    for pid in program_ids:
+        report.programmes.append(pid)
+        _holds(engine, pid, as_of, report)
+        _activate(engine, pid, as_of, report)
+        _expire(engine, pid, as_of, report)
+        _review_tiers(engine, pid, as_of, report)
+        _birthdays(engine, pid, as_of, report)
+        if progress:
+            progress(pid)
+    return report
+
+
+def _scalars(engine: sa.Engine, query: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(query).scalars())
+
+
+def _in_batches(engine: sa.Engine, program_id: str, pks: list[int], as_of: datetime,
+                work: Callable[[UnitOfWork, Programme, Member], None]) -> None:
+    for start in range(0, len(pks), BATCH_MEMBERS):
+        chunk = pks[start:start + BATCH_MEMBERS]
+
+        def batch(uow: UnitOfWork, chunk: list[int] = chunk) -> None:
+            programme = require_programme(uow, program_id)
+            for member in uow.members_for_update(program_id, chunk):
+                work(uow, programme, member)
+                uow.record(program_id, member,
+                           PostingContext(f"run-due:{as_of.isoformat()}", programme.version, as_of))
+            uow.commit()
+
+        transaction(engine, batch)
+
+
+def _holds(engine: sa.Engine, program_id: str, as_of: datetime, report: DueReport) -> None:
+    ids = _scalars(engine, sa.select(t.redemptions.c.id).where(
+        t.redemptions.c.program_id == program_id, t.redemptions.c.status == "held",
+        t.redemptions.c.hold_expires_at <= as_of,
+    ).order_by(t.redemptions.c.id))
+    for redemption_id in ids:
+        def work(uow: UnitOfWork, redemption_id: str = redemption_id) -> bool:
+            programme = require_programme(uow, program_id)
+            try:
+                finish_hold(uow, programme, redemption_id, "release", as_of)
+            except RedemptionNotHeld:
+                return False  # captured or released meanwhile
+            uow.commit()
+            return True
+
+        if transaction(engine, work):
+            report.holds_released += 1
+
+
+def _activate(engine: sa.Engine, program_id: str, as_of: datetime, report: DueReport) -> None:
+    pks = _scalars(engine, sa.select(t.lots.c.member_pk).distinct().where(
+        t.lots.c.program_id == program_id, t.lots.c.pending.is_(True),
+        t.lots.c.available_at <= as_of,
+    ))
+
+    def work(uow: UnitOfWork, programme: Programme, member: Member) -> None:
+        report.points_activated += member.ledger.activate(as_of)
+
+    _in_batches(engine, program_id, sorted(pks), as_of, work)
+
+
+def _expire(engine: sa.Engine, program_id: str, as_of: datetime, report: DueReport) -> None:
+    with UnitOfWork(engine) as uow:
+        programme = require_programme(uow, program_id)
+    expiry = programme.model.points.expiry
+    if expiry.policy == "rolling":
+        pks = _scalars(engine, sa.select(t.lots.c.member_pk).distinct().where(
+            t.lots.c.program_id == program_id, t.lots.c.pending.is_(False),
+            t.lots.c.remaining > 0, t.lots.c.expires_at <= as_of,
+        ))
+
+        def rolling(uow: UnitOfWork, programme: Programme, member: Member) -> None:
+            report.points_expired += member.ledger.expire_due_lots(as_of)
+
+        _in_batches(engine, program_id, sorted(pks), as_of, rolling)
+    elif expiry.policy == "inactivity":
+        assert expiry.months is not None
+        cutoff = as_of - relativedelta(months=expiry.months)
+        pks = _scalars(engine, sa.select(t.members.c.pk).where(
+            t.members.c.program_id == program_id, t.members.c.available > 0,
+            t.members.c.last_activity_at <= cutoff,
+        ))
+
+        def inactive(uow: UnitOfWork, programme: Programme, member: Member) -> None:
+            last = member.last_activity_at
+            if last is not None and last + relativedelta(months=expiry.months or 0) <= as_of:
+                report.points_expired += member.ledger.expire_all(
+                    f"no earn or redeem since {last.date()}: all points expired"
+                )
+
+        _in_batches(engine, program_id, sorted(pks), as_of, inactive)
+
+
+def _review_tiers(engine: sa.Engine, program_id: str, as_of: datetime, report: DueReport) -> None:
+    with UnitOfWork(engine) as uow:
+        programme = require_programme(uow, program_id)
+    local = as_of.astimezone(programme.tz)
+    period = tiers.review_period(programme, local)
+    pks = _scalars(engine, sa.select(t.members.c.pk).where(
+        t.members.c.program_id == program_id, t.members.c.tier_reviewed < period,
+    ))
+
+    def work(uow: UnitOfWork, programme: Programme, member: Member) -> None:
+        if member.tier_reviewed >= period:
+            return
+        reviewed = tiers.review(programme, programme.level(member.tier_id), member.buckets, local)
+        report.tiers_reviewed += 1
+        if reviewed.id != member.tier_id:
+            report.tiers_changed += 1
+            member.tier_id = reviewed.id
+        member.tier_reviewed = period
+
+    _in_batches(engine, program_id, sorted(pks), as_of, work)
+
+
+def birthday_in(year: int, birthday: date) -> date:
+    """The day a birthday is celebrated in ``year``: 29 February falls on the 28th otherwise."""
+    try:
+        return birthday.replace(year=year)
+    except ValueError:
+        return date(year, 2, 28)
+
+
+def _birthdays(engine: sa.Engine, program_id: str, as_of: datetime, report: DueReport) -> None:
+    with UnitOfWork(engine) as uow:
+        programme = require_programme(uow, program_id)
+    local = as_of.astimezone(programme.tz)
+    year = local.year
+    pks = _scalars(engine, sa.select(t.members.c.pk).where(
+        t.members.c.program_id == program_id, t.members.c.birthday.is_not(None),
+        sa.or_(t.members.c.birthday_year.is_(None), t.members.c.birthday_year < year),
+    ))
+
+    def work(uow: UnitOfWork, programme: Programme, member: Member) -> None:
+        if member.birthday is None or (member.birthday_year or 0) >= year:
+            return
+        day = birthday_in(year, member.birthday)
+        enrolled_day = member.enrolled_at.astimezone(programme.tz).date()
+        if day > local.date() or day < enrolled_day:
+            return
+        member.birthday_year = year
+        event_id = f"birthday:{member.id}:{year}"
+        payload = {"id": event_id, "type": "birthday", "member": member.id,
+                   "occurred_at": as_of.isoformat()}
+        apply_event(uow, programme, Event(id=event_id, type="birthday", member=member.id,
+                                          occurred_at=as_of), payload, as_of)
+        report.birthdays += 1
+
+    _in_batches(engine, program_id, sorted(pks), as_of, work)
+
+
+def _unused(_: Iterable[Any]) -> None:
+    return None
