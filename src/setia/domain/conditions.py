@@ -66,8 +66,8 @@ __all__ = ["Condition", "ConditionError", "compile_condition"]
 
 _VARIABLES: Final = ("event", "member")
 
-# One environment for every condition. The binding documents and tests
-# concurrent compile() and eval() on a shared environment and expression.
+# One environment for every condition. The binding's own test suite runs
+# compile() and eval() concurrently on a shared environment and expression.
 _DYN_MAP = _cel.Type.Map(_cel.Type.STRING, _cel.Type.DYN)
 _ENV = _cel.NewEnv(variables={name: _DYN_MAP for name in _VARIABLES})
 _BOOL = _cel.Type.BOOL
@@ -236,8 +236,6 @@ def _key(key: Any) -> Any:
         return key
     if isinstance(key, enum.Enum):
         return _key(key.value)
-    if isinstance(key, bool):
-        return bool(key)
     if isinstance(key, str):
         return str.__str__(key)
     if isinstance(key, int):
@@ -271,8 +269,6 @@ def _value(value: Any, *, json: bool) -> Any:
         return _value(value.value, json=json)
     if isinstance(value, Decimal):
         return float(value)
-    if isinstance(value, bool):
-        return bool(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):

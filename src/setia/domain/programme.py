@@ -7,6 +7,7 @@ raises ``InvalidProgramme`` listing every error at once, each with its path
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -250,6 +251,47 @@ def _semantic_errors(model: ProgrammeModel) -> list[tuple[str, str]]:
     return errors
 
 
+def _related(a: str, b: str) -> bool:
+    """True if one path is the other or lies inside it."""
+    if a == "(root)" or b == "(root)":
+        return True
+    short, long = sorted((a, b), key=len)
+    return long == short or long.startswith((short + ".", short + "["))
+
+
+def _semantic_errors_without(document: dict[str, Any], exc: ValidationError) -> list[tuple[str, str]]:
+    """The cross-field errors of a document that also has field errors, so that every
+    error is reported at once: the keys at fault are dropped and the rest checked again.
+
+    An unknown key hides nothing. Dropping a bad value may bring in a default, so cross-field
+    errors inside the object that held it are left out. Nothing is added when a key at
+    fault cannot be dropped (a missing key, a bad list item)."""
+    pruned = copy.deepcopy(document)
+    hidden: list[str] = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        parent: Any = pruned
+        for part in loc[:-1]:
+            try:
+                parent = parent[part]
+            except (KeyError, IndexError, TypeError):
+                return []
+        if not loc or not isinstance(parent, dict) or loc[-1] not in parent:
+            return []
+        del parent[loc[-1]]
+        if err["type"] != "extra_forbidden":
+            hidden.append(_path(loc[:-1]))
+    try:
+        model = ProgrammeModel.model_validate(pruned)
+    except ValidationError:
+        return []
+    return [
+        (path, reason)
+        for path, reason in _semantic_errors(model)
+        if not any(_related(path, parent_path) for parent_path in hidden)
+    ]
+
+
 def validate_document(document: Any) -> ProgrammeModel:
     """Validate a parsed programme document; raise InvalidProgramme with every error."""
     if not isinstance(document, dict):
@@ -263,6 +305,7 @@ def validate_document(document: Any) -> ProgrammeModel:
             if err["type"] == "extra_forbidden":
                 reason = "unknown key"
             errors.append((_path(tuple(err["loc"])), reason))
+        errors += _semantic_errors_without(document, exc)
         raise InvalidProgramme(errors) from None
     semantic = _semantic_errors(model)
     if semantic:
