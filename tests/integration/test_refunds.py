@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -29,8 +30,8 @@ def order_state(engine: sa.Engine, order_id: str = "o1") -> tuple[int, dict[str,
         row = conn.execute(sa.text(
             "SELECT refunded_e4, lines, awards FROM orders WHERE order_id = :o"), {"o": order_id}
         ).one()
-    lines = row.lines if isinstance(row.lines, list) else __import__("json").loads(row.lines)
-    awards = row.awards if isinstance(row.awards, dict) else __import__("json").loads(row.awards)
+    lines = row.lines if isinstance(row.lines, list) else json.loads(row.lines)
+    awards = row.awards if isinstance(row.awards, dict) else json.loads(row.awards)
     return row.refunded_e4, {line["sku"]: line["refunded"] for line in lines}, awards
 
 
