@@ -69,9 +69,12 @@ def matching_amount(rule: EarnRule, event: Event, lines: tuple[Line, ...] | None
         return event.amount or Decimal(0)
     total = Decimal(0)
     for line in lines:
-        if rule.categories is not None and line.category in rule.categories:
-            total += line.amount
-        elif rule.skus is not None and line.sku in rule.skus:
+        if (
+            rule.categories is not None
+            and line.category in rule.categories
+            or rule.skus is not None
+            and line.sku in rule.skus
+        ):
             total += line.amount
     return total
 
@@ -93,9 +96,7 @@ def _scope_matches(rule: EarnRule, event: Event, local: datetime, member: Member
         return False
     if rule.tiers is not None and member.tier.id not in rule.tiers:
         return False
-    if rule.first_purchase and member.purchases > 0:
-        return False
-    return True
+    return not (rule.first_purchase and member.purchases > 0)
 
 
 def condition_context(event: Event, local: datetime, member: MemberFacts) -> dict[str, Any]:
@@ -113,8 +114,12 @@ def condition_context(event: Event, local: datetime, member: MemberFacts) -> dic
             "categories": sorted({line.category for line in event.lines if line.category}),
             "skus": [line.sku for line in event.lines],
             "lines": [
-                {"sku": line.sku, "category": line.category or "", "quantity": line.quantity,
-                 "amount": float(line.amount)}
+                {
+                    "sku": line.sku,
+                    "category": line.category or "",
+                    "quantity": line.quantity,
+                    "amount": float(line.amount),
+                }
                 for line in event.lines
             ],
             "weekday": WEEKDAYS[local.weekday()],
@@ -130,8 +135,9 @@ def condition_context(event: Event, local: datetime, member: MemberFacts) -> dic
     }
 
 
-def evaluate(programme: Programme, event: Event, member: MemberFacts,
-             usage: Mapping[tuple[str, str], int]) -> list[Award]:
+def evaluate(
+    programme: Programme, event: Event, member: MemberFacts, usage: Mapping[tuple[str, str], int]
+) -> list[Award]:
     """The points each matching rule gives for ``event``; rules with nothing to give are left out.
 
     ``usage`` maps (rule id, period key) to how often the rule already paid this member.
@@ -167,13 +173,15 @@ def evaluate(programme: Programme, event: Event, member: MemberFacts,
                 ) from None
         points, explanation = award_points(rule, amount, member.tier, programme, points_name)
         if points > 0:
-            awards.append(Award(rule.id, points, explanation, fixed=not rule.is_rate,
-                                limit_key=limit_key))
+            awards.append(
+                Award(rule.id, points, explanation, fixed=not rule.is_rate, limit_key=limit_key)
+            )
     return awards
 
 
-def award_points(rule: EarnRule, amount: Decimal, tier: Level, programme: Programme,
-                 points_name: str) -> tuple[int, str]:
+def award_points(
+    rule: EarnRule, amount: Decimal, tier: Level, programme: Programme, points_name: str
+) -> tuple[int, str]:
     multiplier = tier.multiplier if rule.uses_tier_multiplier else Decimal(1)
     at_tier = f" at {tier.name}" if multiplier != 1 else ""
     if rule.rate is not None:
@@ -185,13 +193,23 @@ def award_points(rule: EarnRule, amount: Decimal, tier: Level, programme: Progra
     assert rule.points is not None
     points = math.floor(rule.points * multiplier)
     if multiplier != 1:
-        return points, f"{rule.points} × {multiplier.normalize():f}{at_tier} = {points} {points_name} ({rule.id})"
+        return (
+            points,
+            f"{rule.points} × {multiplier.normalize():f}{at_tier} = "
+            f"{points} {points_name} ({rule.id})",
+        )
     return points, f"{points} {points_name} ({rule.id})"
 
 
-def recompute_after_refund(programme: Programme, rule_id: str, awarded: int, event: Event,
-                           remaining_lines: tuple[Line, ...], remaining_amount: Decimal,
-                           tier: Level) -> int:
+def recompute_after_refund(
+    programme: Programme,
+    rule_id: str,
+    awarded: int,
+    event: Event,
+    remaining_lines: tuple[Line, ...],
+    remaining_amount: Decimal,
+    tier: Level,
+) -> int:
     """Points a rule gives for what is left of an order, under the original version and tier.
 
     Conditions other than the amount (days, stores, first purchase, limits, CEL)
@@ -210,7 +228,11 @@ def recompute_after_refund(programme: Programme, rule_id: str, awarded: int, eve
             amount = remaining_amount
         points, _ = award_points(rule, amount, tier, programme, "")
     else:
-        left = matching_amount(rule, event, remaining_lines) if rule.filters_lines else remaining_amount
+        left = (
+            matching_amount(rule, event, remaining_lines)
+            if rule.filters_lines
+            else remaining_amount
+        )
         points = awarded if left > 0 else 0
     return min(points, awarded)
 

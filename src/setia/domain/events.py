@@ -24,8 +24,17 @@ MAX_LINES = 500
 MAX_ID_LENGTH = 128
 EVENT_KEYS = frozenset(
     {
-        "id", "type", "member", "occurred_at", "order_id", "amount", "currency", "store",
-        "channel", "lines", "attributes",
+        "id",
+        "type",
+        "member",
+        "occurred_at",
+        "order_id",
+        "amount",
+        "currency",
+        "store",
+        "channel",
+        "lines",
+        "attributes",
     }
 )
 
@@ -144,7 +153,9 @@ def _refund_lines(raw: Any, currency: str) -> tuple[RefundLine, ...]:
         seen.add(sku)
         if "amount" not in item:
             raise InvalidField(f"{at}.amount is required", field=f"{at}.amount")
-        out.append(RefundLine(sku=sku, amount=parse_amount(item["amount"], currency, f"{at}.amount")))
+        out.append(
+            RefundLine(sku=sku, amount=parse_amount(item["amount"], currency, f"{at}.amount"))
+        )
     return tuple(out)
 
 
@@ -166,9 +177,12 @@ def parse_event(raw: Any, currency: str) -> Event:
             f"currency is {given_currency!r} but the programme's currency is {currency}",
             field="currency",
         )
-    order_id = _text(raw, "order_id", required=event_type in ("purchase", "refund"),
-                     max_length=MAX_ID_LENGTH)
-    amount = parse_amount(raw["amount"], currency, "amount") if raw.get("amount") is not None else None
+    order_id = _text(
+        raw, "order_id", required=event_type in ("purchase", "refund"), max_length=MAX_ID_LENGTH
+    )
+    amount = (
+        parse_amount(raw["amount"], currency, "amount") if raw.get("amount") is not None else None
+    )
     attributes = raw.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise InvalidField("attributes must be an object", field="attributes")
@@ -177,7 +191,9 @@ def parse_event(raw: Any, currency: str) -> Event:
     if event_type == "refund":
         if raw.get("lines") is not None:
             if amount is not None:
-                raise InvalidField("give either amount or lines for a refund, not both", field="amount")
+                raise InvalidField(
+                    "give either amount or lines for a refund, not both", field="amount"
+                )
             refund_lines = _refund_lines(raw["lines"], currency)
         elif amount is None:
             raise InvalidField("a refund needs amount or lines", field="amount")
@@ -208,4 +224,3 @@ def parse_event(raw: Any, currency: str) -> Event:
         refund_lines=refund_lines,
         attributes=attributes,
     )
-

@@ -303,8 +303,8 @@ class MemberLedger:
 
     def check(self) -> None:
         """Invariants that hold after every operation (TigerBeetle-style assertions)."""
-        available_in_lots = sum(l.remaining for l in self.lots.values() if not l.pending)
-        pending_in_lots = sum(l.remaining for l in self.lots.values() if l.pending)
+        available_in_lots = sum(lot.remaining for lot in self.lots.values() if not lot.pending)
+        pending_in_lots = sum(lot.remaining for lot in self.lots.values() if lot.pending)
         assert available_in_lots == max(self.available, 0), (
             f"lots hold {available_in_lots} available points, balance is {self.available}"
         )

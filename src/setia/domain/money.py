@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
+from functools import cache
 
 from babel.numbers import get_currency_precision, get_currency_symbol, list_currencies
 
 from setia.domain.errors import InvalidAmount
 
 
-@lru_cache(maxsize=None)
+@cache
 def known_currencies() -> frozenset[str]:
     return frozenset(list_currencies())
 
 
-@lru_cache(maxsize=None)
+@cache
 def minor_digits(currency: str) -> int:
     """Digits after the decimal point: MYR 2, USD 2, JPY 0, as CLDR gives them."""
     return int(get_currency_precision(currency))
 
 
-@lru_cache(maxsize=None)
+@cache
 def currency_symbol(currency: str) -> str:
     symbol = get_currency_symbol(currency, locale="ms" if currency == "MYR" else "en")
     return str(symbol)
@@ -29,9 +29,9 @@ def currency_symbol(currency: str) -> str:
 
 def parse_amount(value: object, currency: str, field: str) -> Decimal:
     """A non-negative amount as a decimal string (or integer) within the currency's precision."""
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise InvalidAmount(
-            f"{field} must be a decimal string such as \"42.50\", not a JSON number with a fraction",
+            f'{field} must be a decimal string such as "42.50", not a JSON number with a fraction',
             field=field,
         )
     if isinstance(value, Decimal):
@@ -42,7 +42,9 @@ def parse_amount(value: object, currency: str, field: str) -> Decimal:
         try:
             amount = Decimal(value.strip())
         except InvalidOperation:
-            raise InvalidAmount(f"{field} is not a decimal number: {value!r}", field=field) from None
+            raise InvalidAmount(
+                f"{field} is not a decimal number: {value!r}", field=field
+            ) from None
     else:
         raise InvalidAmount(f"{field} must be a decimal string", field=field)
     if not amount.is_finite():

@@ -192,7 +192,10 @@ def _semantic_errors(model: ProgrammeModel) -> list[tuple[str, str]]:
             )
         if tiers.metric != "spend" and level.threshold != level.threshold.to_integral_value():
             errors.append(
-                (f"tiers.levels[{i}].threshold", f"must be a whole number for metric {tiers.metric}")
+                (
+                    f"tiers.levels[{i}].threshold",
+                    f"must be a whole number for metric {tiers.metric}",
+                )
             )
         if level_ids.index(level.id) != i:
             errors.append((f"tiers.levels[{i}].id", f"duplicate level id {level.id!r}"))
@@ -244,10 +247,13 @@ def _semantic_errors(model: ProgrammeModel) -> list[tuple[str, str]]:
                 errors.append(
                     (f"{at}.voucher", "exactly one of free_item, amount_off or percent_off")
                 )
-            if voucher.amount_off is not None and -int(
-                voucher.amount_off.as_tuple().exponent
-            ) > digits:
-                errors.append((f"{at}.voucher.amount_off", f"more decimals than {model.currency} allows"))
+            if (
+                voucher.amount_off is not None
+                and -int(voucher.amount_off.as_tuple().exponent) > digits
+            ):
+                errors.append(
+                    (f"{at}.voucher.amount_off", f"more decimals than {model.currency} allows")
+                )
     return errors
 
 
@@ -259,7 +265,9 @@ def _related(a: str, b: str) -> bool:
     return long == short or long.startswith((short + ".", short + "["))
 
 
-def _semantic_errors_without(document: dict[str, Any], exc: ValidationError) -> list[tuple[str, str]]:
+def _semantic_errors_without(
+    document: dict[str, Any], exc: ValidationError
+) -> list[tuple[str, str]]:
     """The cross-field errors of a document that also has field errors, so that every
     error is reported at once: the keys at fault are dropped and the rest checked again.
 
@@ -364,4 +372,6 @@ def compile_programme(model: ProgrammeModel, version: int) -> Programme:
         for rule in model.earn
         if rule.condition is not None
     }
-    return Programme(model=model, version=version, tz=ZoneInfo(model.timezone), conditions=conditions)
+    return Programme(
+        model=model, version=version, tz=ZoneInfo(model.timezone), conditions=conditions
+    )

@@ -40,7 +40,7 @@ def voucher_code(random_bytes: bytes) -> str:
 def normalise_code(code: str) -> str:
     """What a cashier types: any case, with dashes or spaces; O read as 0, I and L as 1."""
     cleaned = code.strip().upper().replace("-", "").replace(" ", "")
-    return cleaned.translate(str.maketrans({"O": "0", "I": "1", "L": "1"}))
+    return cleaned.translate(str.maketrans("OIL", "011"))
 
 
 def find_reward(programme: Programme, reward_id: Any) -> Reward:

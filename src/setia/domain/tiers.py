@@ -77,10 +77,13 @@ def higher(programme: Programme, a: Level, b: Level) -> Level:
     return a if rank(programme, a.id) >= rank(programme, b.id) else b
 
 
-def after_event(programme: Programme, current: Level, buckets: Mapping[str, Bucket],
-                local: datetime) -> Level:
+def after_event(
+    programme: Programme, current: Level, buckets: Mapping[str, Bucket], local: datetime
+) -> Level:
     """Moving up happens as soon as the metric reaches a threshold; never down here."""
-    reached = level_for(programme, metric_value(programme, buckets, window_months(programme, local)))
+    reached = level_for(
+        programme, metric_value(programme, buckets, window_months(programme, local))
+    )
     return higher(programme, reached, current)
 
 
@@ -91,8 +94,9 @@ def review_period(programme: Programme, local: datetime) -> str:
     return local.strftime("%Y-%m-%d")
 
 
-def review(programme: Programme, current: Level, buckets: Mapping[str, Bucket],
-           local: datetime) -> Level:
+def review(
+    programme: Programme, current: Level, buckets: Mapping[str, Bucket], local: datetime
+) -> Level:
     """The tier a run-due review sets at ``local``.
 
     calendar_year: the highest level last year's metric reached (status earned
@@ -101,14 +105,19 @@ def review(programme: Programme, current: Level, buckets: Mapping[str, Bucket],
     """
     if programme.model.tiers.window == "calendar_year":
         last_year = local.replace(day=1, month=1) - relativedelta(years=1)
-        earned = level_for(programme, metric_value(programme, buckets, window_months(programme, last_year)))
-        this_year = level_for(programme, metric_value(programme, buckets, window_months(programme, local)))
+        earned = level_for(
+            programme, metric_value(programme, buckets, window_months(programme, last_year))
+        )
+        this_year = level_for(
+            programme, metric_value(programme, buckets, window_months(programme, local))
+        )
         return higher(programme, earned, this_year)
     return level_for(programme, metric_value(programme, buckets, window_months(programme, local)))
 
 
-def next_level(programme: Programme, current: Level, buckets: Mapping[str, Bucket],
-               local: datetime) -> dict[str, object] | None:
+def next_level(
+    programme: Programme, current: Level, buckets: Mapping[str, Bucket], local: datetime
+) -> dict[str, object] | None:
     """Progress toward the next level for the member view."""
     levels = programme.model.tiers.levels
     index = rank(programme, current.id)

@@ -29,8 +29,11 @@ from setia.adapters.db.migrate import upgrade
 from setia.domain.errors import InvalidProgramme, SetiaError
 from setia.domain.events import parse_time
 
-app = typer.Typer(help="Setia: a loyalty and rewards engine.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Setia: a loyalty and rewards engine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 program_app = typer.Typer(help="Programme files.", no_args_is_help=True)
 import_app = typer.Typer(help="Bulk import.", no_args_is_help=True)
@@ -51,8 +54,13 @@ def fail(reason: str, code: int = 1) -> NoReturn:
 
 def progress_bar() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TaskProgressColumn(), TimeRemainingColumn(), console=errors, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        console=errors,
+        transient=False,
     )
 
 
@@ -94,8 +102,10 @@ def program_validate(file: Annotated[Path, typer.Argument(help="programme YAML o
         for path, reason in exc.errors:
             errors.print(f"{file}: {path}: {reason}", markup=False)
         fail(f"{file} has {len(exc.errors)} error(s)")
-    console.print(f"{file}: programme {model.id} is valid ({len(model.earn)} rules, "
-                  f"{len(model.tiers.levels)} tiers, {len(model.rewards)} rewards)")
+    console.print(
+        f"{file}: programme {model.id} is valid ({len(model.earn)} rules, "
+        f"{len(model.tiers.levels)} tiers, {len(model.rewards)} rewards)"
+    )
 
 
 @program_app.command("load")
@@ -119,7 +129,9 @@ def program_load(file: Annotated[Path, typer.Argument(help="programme YAML or JS
 def import_events_command(
     file: Annotated[Path, typer.Argument(help="JSON Lines (.jsonl) or CSV (.csv) events")],
     program: Annotated[str, typer.Option("--program", "-p", help="programme id")],
-    report: Annotated[Path | None, typer.Option(help="write rejected rows here (JSON Lines)")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="write rejected rows here (JSON Lines)")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=5000)] = 1000,
 ) -> None:
     """Bulk load events, idempotent by event id; bad rows go to a report, the rest load."""
@@ -130,16 +142,25 @@ def import_events_command(
     try:
         with progress_bar() as bar:
             task = bar.add_task(f"importing {file.name}", total=count_rows(file))
-            summary = import_events(engine(), program, file, batch_size=batch_size,
-                                    report_path=report,
-                                    progress=lambda n: bar.advance(task, n))
+            summary = import_events(
+                engine(),
+                program,
+                file,
+                batch_size=batch_size,
+                report_path=report,
+                progress=lambda n: bar.advance(task, n),
+            )
     except SetiaError as exc:
         fail(_explain(exc))
     table = Table(title=f"import of {file.name}")
     for key in ("rows", "applied", "replayed", "rejected", "seconds", "events_per_second"):
         table.add_column(key, justify="right")
-    table.add_row(*(str(summary[k]) for k in ("rows", "applied", "replayed", "rejected",
-                                              "seconds", "events_per_second")))
+    table.add_row(
+        *(
+            str(summary[k])
+            for k in ("rows", "applied", "replayed", "rejected", "seconds", "events_per_second")
+        )
+    )
     console.print(table)
     if summary["rejected"]:
         errors.print(f"{summary['rejected']} row(s) rejected; see {summary['report']}")
@@ -207,7 +228,7 @@ def run_due_command(
 
 @app.command("check")
 def check_command() -> None:
-    """Verify the journal: zero sum per asset, cached balances, lots. Non-zero exit on a mismatch."""
+    """Verify the journal: zero sum per asset, cached balances, lots; exit 1 on a mismatch."""
     from setia.service.check import check
 
     report = check(engine())
@@ -215,8 +236,10 @@ def check_command() -> None:
         errors.print(problem, markup=False)
     if not report.ok:
         fail(f"{len(report.problems)} problem(s) in the journal")
-    console.print(f"journal ok: {report.postings} postings, {report.members} members, "
-                  f"every asset sums to zero")
+    console.print(
+        f"journal ok: {report.postings} postings, {report.members} members, "
+        f"every asset sums to zero"
+    )
 
 
 @app.command("demo")
@@ -224,8 +247,9 @@ def demo_command(
     members: Annotated[int, typer.Option(min=1, help="members to simulate")] = 320,
     purchases: Annotated[int, typer.Option(min=1, help="purchases to simulate")] = 10_500,
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
-    serve: Annotated[bool, typer.Option("--serve/--no-serve",
-                                        help="serve the API afterwards (when available)")] = True,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="serve the API afterwards (when available)")
+    ] = True,
 ) -> None:
     """Build the Kopi Setia demo: a simulated year of a café, then a summary."""
     from setia.entrypoints.demo import run_demo
@@ -235,8 +259,10 @@ def demo_command(
     except SetiaError as exc:
         fail(_explain(exc))
     if serve:
-        console.print("[dim]The HTTP API is not part of this build yet; the demo stops after "
-                      "its summary.[/dim]")
+        console.print(
+            "[dim]The HTTP API is not part of this build yet; the demo stops after "
+            "its summary.[/dim]"
+        )
 
 
 def main() -> Any:  # pragma: no cover - console script entry

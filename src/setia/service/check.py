@@ -34,24 +34,42 @@ def _account_flows(conn: sa.Connection) -> list[Any]:
     """(programme, asset, member or None, account, balance) derived from the journal."""
     p = t.postings
     flows = sa.union_all(
-        sa.select(p.c.program_id, p.c.asset, p.c.member_pk, p.c.credit.label("account"),
-                  p.c.points.label("delta")),
-        sa.select(p.c.program_id, p.c.asset, p.c.member_pk, p.c.debit.label("account"),
-                  (-p.c.points).label("delta")),
+        sa.select(
+            p.c.program_id,
+            p.c.asset,
+            p.c.member_pk,
+            p.c.credit.label("account"),
+            p.c.points.label("delta"),
+        ),
+        sa.select(
+            p.c.program_id,
+            p.c.asset,
+            p.c.member_pk,
+            p.c.debit.label("account"),
+            (-p.c.points).label("delta"),
+        ),
     ).subquery()
     member_account = flows.c.account.in_(MEMBER_ACCOUNTS)
     owner = sa.case((member_account, flows.c.member_pk), else_=None).label("owner")
-    return list(conn.execute(
-        sa.select(flows.c.program_id, flows.c.asset, owner, flows.c.account,
-                  sa.func.sum(flows.c.delta).label("balance"))
-        .group_by(flows.c.program_id, flows.c.asset, owner, flows.c.account)
-    ))
+    return list(
+        conn.execute(
+            sa.select(
+                flows.c.program_id,
+                flows.c.asset,
+                owner,
+                flows.c.account,
+                sa.func.sum(flows.c.delta).label("balance"),
+            ).group_by(flows.c.program_id, flows.c.asset, owner, flows.c.account)
+        )
+    )
 
 
 def check(engine: sa.Engine) -> CheckReport:
     report = CheckReport()
     with engine.connect() as conn:
-        report.postings = conn.execute(sa.select(sa.func.count()).select_from(t.postings)).scalar_one()
+        report.postings = conn.execute(
+            sa.select(sa.func.count()).select_from(t.postings)
+        ).scalar_one()
         journal: dict[tuple[int, str], int] = {}
         sums: dict[tuple[str, str], int] = {}
         for row in _account_flows(conn):
@@ -71,10 +89,12 @@ def check(engine: sa.Engine) -> CheckReport:
             for row in conn.execute(
                 sa.select(
                     lots.c.member_pk,
-                    sa.func.sum(sa.case((lots.c.pending.is_(False), lots.c.remaining), else_=0))
-                    .label("available"),
-                    sa.func.sum(sa.case((lots.c.pending.is_(True), lots.c.remaining), else_=0))
-                    .label("pending"),
+                    sa.func.sum(
+                        sa.case((lots.c.pending.is_(False), lots.c.remaining), else_=0)
+                    ).label("available"),
+                    sa.func.sum(
+                        sa.case((lots.c.pending.is_(True), lots.c.remaining), else_=0)
+                    ).label("pending"),
                 ).group_by(lots.c.member_pk)
             )
         }
@@ -83,16 +103,26 @@ def check(engine: sa.Engine) -> CheckReport:
             row.member_pk: int(row.points)
             for row in conn.execute(
                 sa.select(r.c.member_pk, sa.func.sum(r.c.points).label("points"))
-                .where(r.c.status == "held").group_by(r.c.member_pk)
+                .where(r.c.status == "held")
+                .group_by(r.c.member_pk)
             )
         }
-        for member in conn.execute(sa.select(
-            t.members.c.pk, t.members.c.program_id, t.members.c.id, t.members.c.available,
-            t.members.c.pending, t.members.c.reserved,
-        )):
+        for member in conn.execute(
+            sa.select(
+                t.members.c.pk,
+                t.members.c.program_id,
+                t.members.c.id,
+                t.members.c.available,
+                t.members.c.pending,
+                t.members.c.reserved,
+            )
+        ):
             report.members += 1
-            cached = {"available": member.available, "pending": member.pending,
-                      "reserved": member.reserved}
+            cached = {
+                "available": member.available,
+                "pending": member.pending,
+                "reserved": member.reserved,
+            }
             who = f"{member.program_id}/{member.id}"
             for account, value in cached.items():
                 derived = journal.get((member.pk, account), 0)

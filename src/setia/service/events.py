@@ -26,8 +26,9 @@ from setia.service.common import Clock, request_hash, require_programme, transac
 from setia.service.views import balances, tier_view
 
 
-def ingest_event(engine: sa.Engine, program_id: str, payload: Any,
-                 clock: Clock = utc_now) -> dict[str, Any]:
+def ingest_event(
+    engine: sa.Engine, program_id: str, payload: Any, clock: Clock = utc_now
+) -> dict[str, Any]:
     """Apply one event (or replay its first result); the event id is the idempotency key."""
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
@@ -40,8 +41,9 @@ def ingest_event(engine: sa.Engine, program_id: str, payload: Any,
     return transaction(engine, work)
 
 
-def simulate_event(engine: sa.Engine, program_id: str, payload: Any,
-                   clock: Clock = utc_now) -> dict[str, Any]:
+def simulate_event(
+    engine: sa.Engine, program_id: str, payload: Any, clock: Clock = utc_now
+) -> dict[str, Any]:
     """What the event would earn now; the transaction is rolled back, nothing is written."""
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
@@ -64,9 +66,16 @@ def replay_or_conflict(stored: Any, digest: str, event_id: str) -> dict[str, Any
     return result
 
 
-def apply_event(uow: UnitOfWork, programme: Programme, event: Event, payload: Any,
-                now: datetime, *, store: bool = True,
-                known: dict[str, Any] | None = None) -> dict[str, Any]:
+def apply_event(
+    uow: UnitOfWork,
+    programme: Programme,
+    event: Event,
+    payload: Any,
+    now: datetime,
+    *,
+    store: bool = True,
+    known: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     digest = request_hash(payload)
     member = _member_for(uow, programme, event, now)
     stored = known.get(event.id) if known is not None else uow.stored_event(programme.id, event.id)
@@ -79,16 +88,20 @@ def apply_event(uow: UnitOfWork, programme: Programme, event: Event, payload: An
         made = _refund(uow, programme, member, event)
     else:
         made = _other(programme, member, event)
-    context = PostingContext(ref=event.id, program_version=programme.version,
-                             occurred_at=event.occurred_at)
+    context = PostingContext(
+        ref=event.id, program_version=programme.version, occurred_at=event.occurred_at
+    )
     postings = uow.record(programme.id, member, context)
     result = {
         "event": event.id,
         "status": "applied",
         "points": made,
         "postings": [
-            {"rule": p.rule_id, "points": p.points if p.code in ("earn",) else -p.points,
-             "explanation": p.explanation}
+            {
+                "rule": p.rule_id,
+                "points": p.points if p.code in ("earn",) else -p.points,
+                "explanation": p.explanation,
+            }
             for p in postings
         ],
         "balances": balances(member),
@@ -104,15 +117,17 @@ def _member_for(uow: UnitOfWork, programme: Programme, event: Event, now: dateti
     if member is not None:
         return member
     if not programme.model.auto_enroll:
-        raise UnknownMember(f"no member {event.member!r} in programme {programme.id}",
-                            field="member")
+        raise UnknownMember(
+            f"no member {event.member!r} in programme {programme.id}", field="member"
+        )
     from setia.service.members import enrol
 
     return enrol(uow, programme, event.member, {}, enrolled_at=event.occurred_at, now=now)
 
 
-def earn_awards(programme: Programme, member: Member, event: Event,
-                awards: list[earning.Award]) -> int:
+def earn_awards(
+    programme: Programme, member: Member, event: Event, awards: list[earning.Award]
+) -> int:
     """Credit each award into the event's lot; count limited rules; return the total."""
     pending_days = programme.model.points.pending_days
     available_at = earning.pending_until(programme, event.occurred_at)
@@ -120,22 +135,32 @@ def earn_awards(programme: Programme, member: Member, event: Event,
     total = 0
     for award in awards:
         member.ledger.earn(
-            award.points, source=event.id, rule_id=award.rule_id,
-            explanation=award.explanation, available_at=available_at,
-            pending=pending_days > 0, expires_at=expires_at, order_id=event.order_id,
+            award.points,
+            source=event.id,
+            rule_id=award.rule_id,
+            explanation=award.explanation,
+            available_at=available_at,
+            pending=pending_days > 0,
+            expires_at=expires_at,
+            order_id=event.order_id,
         )
         if award.limit_key is not None:
             member.count_use(award.rule_id, award.limit_key)
         total += award.points
-    if total > 0 and (member.last_activity_at is None or event.occurred_at > member.last_activity_at):
+    if total > 0 and (
+        member.last_activity_at is None or event.occurred_at > member.last_activity_at
+    ):
         member.last_activity_at = event.occurred_at
     return total
 
 
 def member_facts(programme: Programme, member: Member) -> earning.MemberFacts:
     return earning.MemberFacts(
-        id=member.id, tier=programme.level(member.tier_id), purchases=member.purchases,
-        attributes=member.attributes, enrolled_at=member.enrolled_at,
+        id=member.id,
+        tier=programme.level(member.tier_id),
+        purchases=member.purchases,
+        attributes=member.attributes,
+        enrolled_at=member.enrolled_at,
     )
 
 
@@ -153,25 +178,53 @@ def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Even
     local = event.occurred_at.astimezone(programme.tz)
     member.add_to_bucket(tiers.month_key(local), spend=event.amount, points=total, visits=1)
     member.tier_id = tiers.after_event(programme, tier_before, member.buckets, local).id
-    uow.add_order(programme.id, Order(
-        order_id=event.order_id, member_pk=member.pk, event_id=event.id,
-        program_version=programme.version, tier_id=tier_before.id,
-        occurred_at=event.occurred_at, amount=event.amount, refunded=Decimal(0),
-        lines=[OrderLine(sku=line.sku, category=line.category, quantity=line.quantity,
-                         amount=line.amount, refunded=Decimal(0)) for line in event.lines],
-        awards={award.rule_id: award.points for award in awards},
-        payload=_order_payload(event),
-    ))
+    uow.add_order(
+        programme.id,
+        Order(
+            order_id=event.order_id,
+            member_pk=member.pk,
+            event_id=event.id,
+            program_version=programme.version,
+            tier_id=tier_before.id,
+            occurred_at=event.occurred_at,
+            amount=event.amount,
+            refunded=Decimal(0),
+            lines=[
+                OrderLine(
+                    sku=line.sku,
+                    category=line.category,
+                    quantity=line.quantity,
+                    amount=line.amount,
+                    refunded=Decimal(0),
+                )
+                for line in event.lines
+            ],
+            awards={award.rule_id: award.points for award in awards},
+            payload=_order_payload(event),
+        ),
+    )
     return total
 
 
 def _order_payload(event: Event) -> dict[str, Any]:
     return {
-        "id": event.id, "type": event.type, "member": event.member,
-        "occurred_at": event.occurred_at.isoformat(), "order_id": event.order_id,
-        "amount": str(event.amount), "store": event.store, "channel": event.channel,
-        "lines": [{"sku": line.sku, "category": line.category, "quantity": line.quantity,
-                   "amount": str(line.amount)} for line in event.lines],
+        "id": event.id,
+        "type": event.type,
+        "member": event.member,
+        "occurred_at": event.occurred_at.isoformat(),
+        "order_id": event.order_id,
+        "amount": str(event.amount),
+        "store": event.store,
+        "channel": event.channel,
+        "lines": [
+            {
+                "sku": line.sku,
+                "category": line.category,
+                "quantity": line.quantity,
+                "amount": str(line.amount),
+            }
+            for line in event.lines
+        ],
     }
 
 
@@ -185,32 +238,39 @@ def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event)
     digits = minor_digits(programme.currency)
     split = split_refund(event, order.amount, order.refunded, order.lines, digits)
     original = require_programme(uow, programme.id, order.program_version)
-    purchase = parse_event({k: v for k, v in order.payload.items() if v is not None},
-                           programme.currency)
+    purchase = parse_event(
+        {k: v for k, v in order.payload.items() if v is not None}, programme.currency
+    )
     left_lines = remaining_lines(order.lines, split.per_line)
     left_amount = order.left - split.total
     tier = original.level(order.tier_id)
     # Nothing below can refuse the event.
     clawed = 0
     for rule_id, awarded in sorted(order.awards.items()):
-        keep = earning.recompute_after_refund(original, rule_id, awarded, purchase, left_lines,
-                                              left_amount, tier)
+        keep = earning.recompute_after_refund(
+            original, rule_id, awarded, purchase, left_lines, left_amount, tier
+        )
         back = awarded - keep
         if back > 0:
             member.ledger.clawback(
-                back, order_id=order.order_id, rule_id=rule_id,
+                back,
+                order_id=order.order_id,
+                rule_id=rule_id,
                 explanation=f"refund of {split.total} on order {order.order_id}: "
-                            f"{rule_id} now gives {keep} instead of {awarded}",
+                f"{rule_id} now gives {keep} instead of {awarded}",
             )
             order.awards[rule_id] = keep
             clawed += back
     order.refunded += split.total
-    order.lines = [replace(line, refunded=line.refunded + split.per_line.get(line.sku, Decimal(0)))
-                   for line in order.lines]
+    order.lines = [
+        replace(line, refunded=line.refunded + split.per_line.get(line.sku, Decimal(0)))
+        for line in order.lines
+    ]
     order.dirty = True
     month = tiers.month_key(order.occurred_at.astimezone(programme.tz))
-    member.add_to_bucket(month, spend=-split.total, points=-clawed,
-                         visits=-1 if order.left == 0 else 0)
+    member.add_to_bucket(
+        month, spend=-split.total, points=-clawed, visits=-1 if order.left == 0 else 0
+    )
     return -clawed
 
 

@@ -61,9 +61,16 @@ def count_rows(path: Path) -> int:
     return lines - 1 if path.suffix.lower() == ".csv" else lines
 
 
-def import_events(engine: sa.Engine, program_id: str, path: Path, *, batch_size: int = 1000,
-                  report_path: Path | None = None, progress: Progress | None = None,
-                  clock: Clock = utc_now) -> dict[str, Any]:
+def import_events(
+    engine: sa.Engine,
+    program_id: str,
+    path: Path,
+    *,
+    batch_size: int = 1000,
+    report_path: Path | None = None,
+    progress: Progress | None = None,
+    clock: Clock = utc_now,
+) -> dict[str, Any]:
     batch_size = max(1, min(batch_size, MAX_BATCH))
     report_path = report_path or path.with_suffix(path.suffix + ".rejected.jsonl")
     counts = {"rows": 0, "applied": 0, "replayed": 0, "rejected": 0}
@@ -101,14 +108,17 @@ def import_events(engine: sa.Engine, program_id: str, path: Path, *, batch_size:
     }
 
 
-def import_batch(engine: sa.Engine, program_id: str, rows: list[tuple[int, Any]],
-                 clock: Clock = utc_now) -> dict[str, Any]:
+def import_batch(
+    engine: sa.Engine, program_id: str, rows: list[tuple[int, Any]], clock: Clock = utc_now
+) -> dict[str, Any]:
     """Apply a batch of rows in one transaction; refused rows are returned, not raised."""
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
         now = clock()
-        ids = [row["id"] for _, row in rows if isinstance(row, dict) and isinstance(row.get("id"), str)]
+        ids = [
+            row["id"] for _, row in rows if isinstance(row, dict) and isinstance(row.get("id"), str)
+        ]
         known = uow.stored_events(programme.id, ids)
         applied = replayed = 0
         refused: list[dict[str, Any]] = []
@@ -120,8 +130,13 @@ def import_batch(engine: sa.Engine, program_id: str, rows: list[tuple[int, Any]]
                 event = parse_event(row, programme.currency)
                 result = apply_event(uow, programme, event, row, now, known=known)
             except SetiaError as exc:
-                refused.append({"row": number, "id": row.get("id") if isinstance(row, dict) else None,
-                                "problem": exc.to_problem()})
+                refused.append(
+                    {
+                        "row": number,
+                        "id": row.get("id") if isinstance(row, dict) else None,
+                        "problem": exc.to_problem(),
+                    }
+                )
                 continue
             if result["status"] == "replayed":
                 replayed += 1

@@ -45,7 +45,9 @@ def parse_profile(raw: Any) -> dict[str, Any]:
         try:
             profile["birthday"] = date.fromisoformat(str(raw["birthday"]))
         except ValueError:
-            raise InvalidField("birthday must be a date such as 1990-05-17", field="birthday") from None
+            raise InvalidField(
+                "birthday must be a date such as 1990-05-17", field="birthday"
+            ) from None
     if raw.get("attributes") is not None:
         if not isinstance(raw["attributes"], dict):
             raise InvalidField("attributes must be an object", field="attributes")
@@ -55,8 +57,15 @@ def parse_profile(raw: Any) -> dict[str, Any]:
     return profile
 
 
-def enrol(uow: UnitOfWork, programme: Programme, member_id: str, profile: dict[str, Any], *,
-          enrolled_at: datetime, now: datetime) -> Member:
+def enrol(
+    uow: UnitOfWork,
+    programme: Programme,
+    member_id: str,
+    profile: dict[str, Any],
+    *,
+    enrolled_at: datetime,
+    now: datetime,
+) -> Member:
     """Create the member at the first level and post its signup event."""
     from setia.service.events import apply_event
 
@@ -66,21 +75,39 @@ def enrol(uow: UnitOfWork, programme: Programme, member_id: str, profile: dict[s
         )
     local = enrolled_at.astimezone(programme.tz)
     first = programme.model.tiers.levels[0]
-    member = uow.add_member(programme.id, member_id, enrolled_at=enrolled_at, tier_id=first.id,
-                            tier_reviewed=tiers.review_period(programme, local), profile=profile)
+    member = uow.add_member(
+        programme.id,
+        member_id,
+        enrolled_at=enrolled_at,
+        tier_id=first.id,
+        tier_reviewed=tiers.review_period(programme, local),
+        profile=profile,
+    )
     if member is None:  # enrolled concurrently: use that one
         existing = uow.member(programme.id, member_id)
         assert existing is not None
         return existing
-    signup = Event(id=f"signup:{member_id}", type="signup", member=member_id,
-                   occurred_at=enrolled_at)
-    apply_event(uow, programme, signup, {"id": signup.id, "type": "signup", "member": member_id,
-                                         "occurred_at": enrolled_at.isoformat()}, now)
+    signup = Event(
+        id=f"signup:{member_id}", type="signup", member=member_id, occurred_at=enrolled_at
+    )
+    apply_event(
+        uow,
+        programme,
+        signup,
+        {
+            "id": signup.id,
+            "type": "signup",
+            "member": member_id,
+            "occurred_at": enrolled_at.isoformat(),
+        },
+        now,
+    )
     return member
 
 
-def upsert_member(engine: sa.Engine, program_id: str, member_id: str, body: Any,
-                  clock: Clock = utc_now) -> tuple[dict[str, Any], bool]:
+def upsert_member(
+    engine: sa.Engine, program_id: str, member_id: str, body: Any, clock: Clock = utc_now
+) -> tuple[dict[str, Any], bool]:
     """Enrol a new member or update a profile; answers the member and whether it was created."""
     profile = parse_profile(body)
 
@@ -104,14 +131,16 @@ def upsert_member(engine: sa.Engine, program_id: str, member_id: str, body: Any,
     return transaction(engine, work)
 
 
-def get_member(engine: sa.Engine, program_id: str, member_id: str,
-               clock: Clock = utc_now) -> dict[str, Any]:
+def get_member(
+    engine: sa.Engine, program_id: str, member_id: str, clock: Clock = utc_now
+) -> dict[str, Any]:
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
         member = uow.member(program_id, member_id, lock=False)
         if member is None:
-            raise UnknownMember(f"no member {member_id!r} in programme {program_id}",
-                                field="member")
+            raise UnknownMember(
+                f"no member {member_id!r} in programme {program_id}", field="member"
+            )
         return member_view(programme, member, clock())
 
     return transaction(engine, work)

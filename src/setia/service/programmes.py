@@ -12,7 +12,12 @@ import yaml
 from setia.adapters.db import tables as t
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import InvalidField, InvalidProgramme
-from setia.domain.programme import ProgrammeModel, canonical_json, definition_hash, validate_document
+from setia.domain.programme import (
+    ProgrammeModel,
+    canonical_json,
+    definition_hash,
+    validate_document,
+)
 from setia.service.common import Clock, require_programme, transaction, utc_now
 
 

@@ -52,8 +52,9 @@ def _points(value: Any, field: str, *, allow_negative: bool = False) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidField(f"{field} must be a whole number of points", field=field)
     if value == 0 or (value < 0 and not allow_negative):
-        raise InvalidField(f"{field} must be {'non-zero' if allow_negative else 'positive'}",
-                           field=field)
+        raise InvalidField(
+            f"{field} must be {'non-zero' if allow_negative else 'positive'}", field=field
+        )
     if abs(value) > MAX_POINTS:
         raise InvalidField(f"{field} is too large", field=field)
     return value
@@ -61,25 +62,46 @@ def _points(value: Any, field: str, *, allow_negative: bool = False) -> int:
 
 def _view(row: dict[str, Any], member: Member, voucher: dict[str, Any] | None) -> dict[str, Any]:
     return {
-        "id": row["id"], "status": row["status"], "member": member.id,
-        "reward": row["reward_id"], "points": row["points"], "voucher": voucher,
+        "id": row["id"],
+        "status": row["status"],
+        "member": member.id,
+        "reward": row["reward_id"],
+        "points": row["points"],
+        "voucher": voucher,
         "balances": balances(member),
     }
 
 
-def _issue_voucher(uow: UnitOfWork, programme: Programme, reward: Reward, member: Member,
-                   redemption_id: str, now: datetime, random_bytes: RandomBytes) -> dict[str, Any] | None:
+def _issue_voucher(
+    uow: UnitOfWork,
+    programme: Programme,
+    reward: Reward,
+    member: Member,
+    redemption_id: str,
+    now: datetime,
+    random_bytes: RandomBytes,
+) -> dict[str, Any] | None:
     if reward.voucher is None:
         return None
     expires_at = rewards.voucher_expires_at(reward, now)
     for _ in range(5):  # a collision of 60 random bits is not expected; bound the loop anyway
         code = rewards.voucher_code(random_bytes(8))
-        inserted = uow.insert_ignore(t.vouchers, {
-            "program_id": programme.id, "code": code, "redemption_id": redemption_id,
-            "member_pk": member.pk, "reward_id": reward.id,
-            "benefit": rewards.voucher_benefit(reward), "issued_at": now,
-            "expires_at": expires_at, "used_at": None, "used_ref": None,
-        }, ["program_id", "code"])
+        inserted = uow.insert_ignore(
+            t.vouchers,
+            {
+                "program_id": programme.id,
+                "code": code,
+                "redemption_id": redemption_id,
+                "member_pk": member.pk,
+                "reward_id": reward.id,
+                "benefit": rewards.voucher_benefit(reward),
+                "issued_at": now,
+                "expires_at": expires_at,
+                "used_at": None,
+                "used_ref": None,
+            },
+            ["program_id", "code"],
+        )
         if inserted:
             return {"code": code, "expires_at": expires_at.isoformat() if expires_at else None}
     raise AssertionError("five voucher codes in a row collided")
@@ -88,13 +110,18 @@ def _issue_voucher(uow: UnitOfWork, programme: Programme, reward: Reward, member
 def _take_stock(uow: UnitOfWork, programme: Programme, reward: Reward) -> None:
     if reward.stock is None:
         return
-    uow.insert_ignore(t.reward_stock, {"program_id": programme.id, "reward_id": reward.id,
-                                       "redeemed": 0}, ["program_id", "reward_id"])
+    uow.insert_ignore(
+        t.reward_stock,
+        {"program_id": programme.id, "reward_id": reward.id, "redeemed": 0},
+        ["program_id", "reward_id"],
+    )
     taken = uow.execute(
         t.reward_stock.update()
-        .where(t.reward_stock.c.program_id == programme.id,
-               t.reward_stock.c.reward_id == reward.id,
-               t.reward_stock.c.redeemed < reward.stock)
+        .where(
+            t.reward_stock.c.program_id == programme.id,
+            t.reward_stock.c.reward_id == reward.id,
+            t.reward_stock.c.redeemed < reward.stock,
+        )
         .values(redeemed=t.reward_stock.c.redeemed + 1)
     ).rowcount
     if not taken:
@@ -106,23 +133,37 @@ def _give_back_stock(uow: UnitOfWork, program_id: str, reward_id: str | None) ->
         return
     uow.execute(
         t.reward_stock.update()
-        .where(t.reward_stock.c.program_id == program_id, t.reward_stock.c.reward_id == reward_id,
-               t.reward_stock.c.redeemed > 0)
+        .where(
+            t.reward_stock.c.program_id == program_id,
+            t.reward_stock.c.reward_id == reward_id,
+            t.reward_stock.c.redeemed > 0,
+        )
         .values(redeemed=t.reward_stock.c.redeemed - 1)
     )
 
 
 def _redeemed_by_member(uow: UnitOfWork, member: Member, reward_id: str) -> int:
-    return int(uow.execute(
-        sa.select(sa.func.count()).select_from(t.redemptions).where(
-            t.redemptions.c.member_pk == member.pk, t.redemptions.c.reward_id == reward_id,
-            t.redemptions.c.status.in_(("held", "captured")),
-        )
-    ).scalar_one())
+    return int(
+        uow.execute(
+            sa.select(sa.func.count())
+            .select_from(t.redemptions)
+            .where(
+                t.redemptions.c.member_pk == member.pk,
+                t.redemptions.c.reward_id == reward_id,
+                t.redemptions.c.status.in_(("held", "captured")),
+            )
+        ).scalar_one()
+    )
 
 
-def redeem(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock = utc_now,
-           random_bytes: RandomBytes = secrets.token_bytes) -> dict[str, Any]:
+def redeem(
+    engine: sa.Engine,
+    program_id: str,
+    body: Any,
+    key: str,
+    clock: Clock = utc_now,
+    random_bytes: RandomBytes = secrets.token_bytes,
+) -> dict[str, Any]:
     """Redeem a reward or pay with points; with ``hold: true`` only reserve them."""
     if not isinstance(body, dict):
         raise InvalidField("the redemption must be a JSON object", field="(body)")
@@ -145,9 +186,13 @@ def redeem(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock
             if "reward" in body:
                 reward = rewards.find_reward(programme, body["reward"])
                 rewards.check_redeemable(
-                    programme, reward, tier_id=member.tier_id, now=now,
+                    programme,
+                    reward,
+                    tier_id=member.tier_id,
+                    now=now,
                     redeemed_by_member=_redeemed_by_member(uow, member, reward.id)
-                    if reward.per_member_limit is not None else 0,
+                    if reward.per_member_limit is not None
+                    else 0,
                 )
                 points = reward.cost
                 what = f"reward {reward.id}"
@@ -159,8 +204,9 @@ def redeem(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock
                 allocations = member.ledger.hold(points, f"hold for {what}")
                 status = "held"
             else:
-                allocations = member.ledger.spend(points, code="redeem", credit=REDEEMED,
-                                                  explanation=f"redeemed {what}")
+                allocations = member.ledger.spend(
+                    points, code="redeem", credit=REDEEMED, explanation=f"redeemed {what}"
+                )
                 status = "captured"
             if reward is not None:
                 _take_stock(uow, programme, reward)
@@ -168,13 +214,19 @@ def redeem(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock
             member.last_activity_at = max(filter(None, [member.last_activity_at, now]))
             voucher = None
             if reward is not None and not hold:
-                voucher = _issue_voucher(uow, programme, reward, member, redemption_id, now,
-                                         random_bytes)
+                voucher = _issue_voucher(
+                    uow, programme, reward, member, redemption_id, now, random_bytes
+                )
             row = {
-                "id": redemption_id, "program_id": programme.id, "member_pk": member.pk,
-                "reward_id": reward.id if reward else None, "points": points, "status": status,
+                "id": redemption_id,
+                "program_id": programme.id,
+                "member_pk": member.pk,
+                "reward_id": reward.id if reward else None,
+                "points": points,
+                "status": status,
                 "voucher_code": voucher["code"] if voucher else None,
-                "allocations": allocations_json(allocations), "created_at": now,
+                "allocations": allocations_json(allocations),
+                "created_at": now,
                 "hold_expires_at": now + timedelta(minutes=rewards.HOLD_MINUTES) if hold else None,
                 "updated_at": now,
             }
@@ -189,23 +241,38 @@ def redeem(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock
     return transaction(engine, work)
 
 
-def _held(uow: UnitOfWork, programme: Programme, redemption_id: str) -> tuple[dict[str, Any], Member]:
-    row = uow.execute(
-        sa.select(t.redemptions).where(t.redemptions.c.id == redemption_id,
-                                       t.redemptions.c.program_id == programme.id)
-    ).mappings().one_or_none()
+def _held(
+    uow: UnitOfWork, programme: Programme, redemption_id: str
+) -> tuple[dict[str, Any], Member]:
+    row = (
+        uow.execute(
+            sa.select(t.redemptions).where(
+                t.redemptions.c.id == redemption_id, t.redemptions.c.program_id == programme.id
+            )
+        )
+        .mappings()
+        .one_or_none()
+    )
     if row is None:
         raise UnknownRedemption(f"no redemption {redemption_id!r}", field="id")
     member = uow.members_for_update(programme.id, [row["member_pk"]])[0]
     # Re-read under the member's lock: a concurrent capture or release may have won.
-    row = uow.execute(
-        sa.select(t.redemptions).where(t.redemptions.c.id == redemption_id)
-    ).mappings().one()
+    row = (
+        uow.execute(sa.select(t.redemptions).where(t.redemptions.c.id == redemption_id))
+        .mappings()
+        .one()
+    )
     return dict(row), member
 
 
-def finish_hold(uow: UnitOfWork, programme: Programme, redemption_id: str, action: str,
-                now: datetime, random_bytes: RandomBytes = secrets.token_bytes) -> dict[str, Any]:
+def finish_hold(
+    uow: UnitOfWork,
+    programme: Programme,
+    redemption_id: str,
+    action: str,
+    now: datetime,
+    random_bytes: RandomBytes = secrets.token_bytes,
+) -> dict[str, Any]:
     """Capture or release an open hold (run-due releases timed-out holds through this too)."""
     row, member = _held(uow, programme, redemption_id)
     if row["status"] != "held":
@@ -218,8 +285,9 @@ def finish_hold(uow: UnitOfWork, programme: Programme, redemption_id: str, actio
         row["status"] = "captured"
         reward = programme.reward(row["reward_id"]) if row["reward_id"] else None
         if reward is not None:
-            voucher = _issue_voucher(uow, programme, reward, member, redemption_id, now,
-                                     random_bytes)
+            voucher = _issue_voucher(
+                uow, programme, reward, member, redemption_id, now, random_bytes
+            )
             row["voucher_code"] = voucher["code"] if voucher else None
     else:
         allocations = allocations_from_json(row["allocations"])
@@ -227,21 +295,37 @@ def finish_hold(uow: UnitOfWork, programme: Programme, redemption_id: str, actio
         member.ledger.release(row["points"], allocations, f"released redemption {redemption_id}")
         row["status"] = "released"
         _give_back_stock(uow, programme.id, row["reward_id"])
-    uow.execute(t.redemptions.update().where(t.redemptions.c.id == redemption_id).values(
-        status=row["status"], voucher_code=row["voucher_code"], updated_at=now))
+    uow.execute(
+        t.redemptions.update()
+        .where(t.redemptions.c.id == redemption_id)
+        .values(status=row["status"], voucher_code=row["voucher_code"], updated_at=now)
+    )
     uow.record(programme.id, member, PostingContext(redemption_id, programme.version, now))
     return _view(row, member, voucher)
 
 
-def capture_or_release(engine: sa.Engine, program_id: str, redemption_id: str, action: str,
-                       key: str, clock: Clock = utc_now) -> dict[str, Any]:
+def capture_or_release(
+    engine: sa.Engine,
+    program_id: str,
+    redemption_id: str,
+    action: str,
+    key: str,
+    clock: Clock = utc_now,
+) -> dict[str, Any]:
     assert action in ("capture", "release")
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
         now = clock()
-        result = idempotent(uow, program_id, key, action, {"redemption": redemption_id},
-                            lambda: finish_hold(uow, programme, redemption_id, action, now), now)
+        result = idempotent(
+            uow,
+            program_id,
+            key,
+            action,
+            {"redemption": redemption_id},
+            lambda: finish_hold(uow, programme, redemption_id, action, now),
+            now,
+        )
         uow.commit()
         return result
 
@@ -250,8 +334,9 @@ def capture_or_release(engine: sa.Engine, program_id: str, redemption_id: str, a
 
 def _voucher_row(uow: UnitOfWork, programme: Programme, code: str, *, lock: bool) -> dict[str, Any]:
     normalised = rewards.normalise_code(code)
-    query = sa.select(t.vouchers).where(t.vouchers.c.program_id == programme.id,
-                                        t.vouchers.c.code == normalised)
+    query = sa.select(t.vouchers).where(
+        t.vouchers.c.program_id == programme.id, t.vouchers.c.code == normalised
+    )
     if lock:
         query = query.with_for_update()
     row = uow.execute(query).mappings().one_or_none()
@@ -261,18 +346,25 @@ def _voucher_row(uow: UnitOfWork, programme: Programme, code: str, *, lock: bool
 
 
 def _voucher_view(row: dict[str, Any], now: datetime) -> dict[str, Any]:
-    status = "used" if row["used_at"] else (
-        "expired" if row["expires_at"] is not None and now >= row["expires_at"] else "valid")
+    status = (
+        "used"
+        if row["used_at"]
+        else ("expired" if row["expires_at"] is not None and now >= row["expires_at"] else "valid")
+    )
     return {
-        "code": row["code"], "status": status, "reward": row["reward_id"],
-        "benefit": row["benefit"], "issued_at": row["issued_at"].isoformat(),
+        "code": row["code"],
+        "status": status,
+        "reward": row["reward_id"],
+        "benefit": row["benefit"],
+        "issued_at": row["issued_at"].isoformat(),
         "expires_at": row["expires_at"].isoformat() if row["expires_at"] else None,
         "used_at": row["used_at"].isoformat() if row["used_at"] else None,
     }
 
 
-def check_voucher(engine: sa.Engine, program_id: str, code: str,
-                  clock: Clock = utc_now) -> dict[str, Any]:
+def check_voucher(
+    engine: sa.Engine, program_id: str, code: str, clock: Clock = utc_now
+) -> dict[str, Any]:
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
         return _voucher_view(_voucher_row(uow, programme, code, lock=False), clock())
@@ -280,8 +372,14 @@ def check_voucher(engine: sa.Engine, program_id: str, code: str,
     return transaction(engine, work)
 
 
-def use_voucher(engine: sa.Engine, program_id: str, code: str, key: str, body: Any = None,
-                clock: Clock = utc_now) -> dict[str, Any]:
+def use_voucher(
+    engine: sa.Engine,
+    program_id: str,
+    code: str,
+    key: str,
+    body: Any = None,
+    clock: Clock = utc_now,
+) -> dict[str, Any]:
     """Use a voucher once; a used or expired voucher is refused."""
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
@@ -290,12 +388,16 @@ def use_voucher(engine: sa.Engine, program_id: str, code: str, key: str, body: A
 
         def run() -> dict[str, Any]:
             row = _voucher_row(uow, programme, code, lock=True)
-            rewards.check_usable(expires_at=row["expires_at"], used_at=row["used_at"], now=now,
-                                 code=row["code"])
+            rewards.check_usable(
+                expires_at=row["expires_at"], used_at=row["used_at"], now=now, code=row["code"]
+            )
             used = uow.execute(
-                t.vouchers.update().where(t.vouchers.c.program_id == programme.id,
-                                          t.vouchers.c.code == row["code"],
-                                          t.vouchers.c.used_at.is_(None))
+                t.vouchers.update()
+                .where(
+                    t.vouchers.c.program_id == programme.id,
+                    t.vouchers.c.code == row["code"],
+                    t.vouchers.c.used_at.is_(None),
+                )
                 .values(used_at=now, used_ref=key)
             ).rowcount
             if not used:  # lost a race with another till: the other one used it
@@ -305,16 +407,18 @@ def use_voucher(engine: sa.Engine, program_id: str, code: str, key: str, body: A
             row["used_at"] = now
             return _voucher_view(row, now)
 
-        result = idempotent(uow, program_id, key, "use-voucher", {"code": code, "body": body},
-                            run, now)
+        result = idempotent(
+            uow, program_id, key, "use-voucher", {"code": code, "body": body}, run, now
+        )
         uow.commit()
         return result
 
     return transaction(engine, work)
 
 
-def adjust(engine: sa.Engine, program_id: str, body: Any, key: str,
-           clock: Clock = utc_now) -> dict[str, Any]:
+def adjust(
+    engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock = utc_now
+) -> dict[str, Any]:
     """An admin's correction with a reason; a negative one never takes the balance below zero."""
     if not isinstance(body, dict):
         raise InvalidField("the adjustment must be a JSON object", field="(body)")
@@ -334,16 +438,26 @@ def adjust(engine: sa.Engine, program_id: str, body: Any, key: str,
             member = _member(uow, programme, body.get("member"))
             ref = f"adjust:{key}"
             if points > 0:
-                member.ledger.earn(points, source=ref, rule_id=None, explanation=reason,
-                                   available_at=now, pending=False,
-                                   expires_at=earning.lot_expires_at(programme, now),
-                                   code="adjust", debit=ADJUSTMENTS)
+                member.ledger.earn(
+                    points,
+                    source=ref,
+                    rule_id=None,
+                    explanation=reason,
+                    available_at=now,
+                    pending=False,
+                    expires_at=earning.lot_expires_at(programme, now),
+                    code="adjust",
+                    debit=ADJUSTMENTS,
+                )
             else:
-                member.ledger.spend(-points, code="adjust", credit=ADJUSTMENTS,
-                                    explanation=reason)
+                member.ledger.spend(-points, code="adjust", credit=ADJUSTMENTS, explanation=reason)
             uow.record(programme.id, member, PostingContext(ref, programme.version, now))
-            return {"member": member.id, "points": points, "reason": reason,
-                    "balances": balances(member)}
+            return {
+                "member": member.id,
+                "points": points,
+                "reason": reason,
+                "balances": balances(member),
+            }
 
         result = idempotent(uow, program_id, key, "adjust", body, run, now)
         uow.commit()

@@ -9,8 +9,8 @@ from typing import Any
 from dateutil.relativedelta import relativedelta
 
 from setia.domain import tiers
-from setia.domain.money import minor_digits
 from setia.domain.member import Member
+from setia.domain.money import minor_digits
 from setia.domain.programme import Programme
 
 EXPIRING_WINDOW_DAYS = 30
@@ -21,7 +21,9 @@ def balances(member: Member) -> dict[str, int]:
     return {"available": ledger.available, "pending": ledger.pending, "reserved": ledger.reserved}
 
 
-def tier_view(programme: Programme, member: Member, now: datetime, *, progress: bool) -> dict[str, Any]:
+def tier_view(
+    programme: Programme, member: Member, now: datetime, *, progress: bool
+) -> dict[str, Any]:
     level = programme.level(member.tier_id)
     view: dict[str, Any] = {
         "id": level.id,
@@ -54,7 +56,9 @@ def expiring(programme: Programme, member: Member, now: datetime) -> list[dict[s
     for lot in lots:
         if lot.expires_at is not None and lot.expires_at <= horizon:
             by_time[lot.expires_at] = by_time.get(lot.expires_at, 0) + lot.remaining
-    return [{"points": points, "expires_at": at.isoformat()} for at, points in sorted(by_time.items())]
+    return [
+        {"points": points, "expires_at": at.isoformat()} for at, points in sorted(by_time.items())
+    ]
 
 
 def member_view(programme: Programme, member: Member, now: datetime) -> dict[str, Any]:
