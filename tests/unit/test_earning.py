@@ -15,7 +15,6 @@ from setia.domain.earning import (
     pending_until,
     period_key,
 )
-from setia.domain.errors import InvalidField
 from setia.domain.events import Event, parse_event
 from setia.domain.programme import Programme, compile_programme, validate_document
 
@@ -361,12 +360,10 @@ def test_a_condition_that_does_not_hold_does_not_pay():
     assert points_by_rule(prog, purchase(channel="pos"), member(prog, city="Penang")) == {}
 
 
-def test_a_condition_that_cannot_be_evaluated_rejects_the_event():
-    # docs/decisions/cel.md: reading a missing attribute is an error; guard it with has()
+def test_a_condition_that_cannot_be_evaluated_does_not_hold():
+    # docs/decisions/cel.md: reading a missing attribute is an error, and the rule does not pay
     prog = programme(VIP_PENANG)
-    with pytest.raises(InvalidField) as info:
-        evaluate(prog, purchase(channel="app"), member(prog), {})
-    assert info.value.field == "(event)"
+    assert evaluate(prog, purchase(channel="app"), member(prog), {}) == []
 
 
 def test_a_condition_sees_the_event_lines_and_member_tier():

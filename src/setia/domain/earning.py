@@ -20,7 +20,6 @@ from typing import Any
 from dateutil.relativedelta import relativedelta
 
 from setia.domain.conditions import ConditionError
-from setia.domain.errors import InvalidField
 from setia.domain.events import Event, Line
 from setia.domain.money import format_money
 from setia.domain.programme import WEEKDAYS, EarnRule, Level, Programme
@@ -166,11 +165,10 @@ def evaluate(
             try:
                 if not condition.evaluate(context):
                     continue
-            except ConditionError as exc:
-                raise InvalidField(
-                    f"rule {rule.id}: its condition cannot be evaluated for this event: {exc}",
-                    field="(event)",
-                ) from None
+            except ConditionError:
+                # A condition that cannot be evaluated for this event (a missing attribute)
+                # does not hold: one rule must never block a purchase (decisions/cel.md).
+                continue
         points, explanation = award_points(rule, amount, member.tier, programme, points_name)
         if points > 0:
             awards.append(
