@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from tests.conftest import assert_journal_ok, at, fixed_clock
 
 from setia.domain.errors import UnknownMember
 from setia.service.events import ingest_event, simulate_event
 from setia.service.members import get_member, upsert_member
 from setia.service.run_due import run_due
+from tests.conftest import assert_journal_ok, at, fixed_clock
 
 P = "kopi-setia"
 CLOCK = fixed_clock("2027-03-01T09:00:00+08:00")  # Monday

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
 
 from setia.domain.errors import (
     InsufficientPoints,
@@ -23,6 +22,7 @@ from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust, capture_or_release, check_voucher, redeem, use_voucher
 from setia.service.run_due import run_due
+from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
 
 P = "kopi-setia"
 ENROL = fixed_clock("2027-03-01T09:00:00+08:00")

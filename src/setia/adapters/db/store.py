@@ -31,7 +31,7 @@ from setia.domain.programme import Programme, compile_programme, validate_docume
 from setia.domain.refunds import Order, OrderLine
 from setia.domain.tiers import Bucket
 
-_programme_cache: dict[tuple[str, int], Programme] = {}
+_programme_cache: dict[tuple[str, int, str], Programme] = {}
 _programme_cache_lock = threading.Lock()
 
 
@@ -99,25 +99,34 @@ class UnitOfWork:
         ).scalar_one_or_none()
 
     def programme(self, program_id: str, version: int | None = None) -> Programme | None:
+        # The cache is keyed by the definition's hash too: the same id and version may
+        # hold another definition in another database (or after the tables were emptied).
+        pv = t.program_versions
         if version is None:
-            version = self.current_version(program_id)
-            if version is None:
-                return None
-        key = (program_id, version)
+            found = self.conn.execute(
+                sa.select(pv.c.version, pv.c.definition_hash)
+                .join(t.programs, sa.and_(t.programs.c.id == pv.c.program_id,
+                                          t.programs.c.current_version == pv.c.version))
+                .where(t.programs.c.id == program_id)
+            ).one_or_none()
+        else:
+            found = self.conn.execute(
+                sa.select(pv.c.version, pv.c.definition_hash)
+                .where(pv.c.program_id == program_id, pv.c.version == version)
+            ).one_or_none()
+        if found is None:
+            return None
+        key = (program_id, found.version, found.definition_hash)
         cached = _programme_cache.get(key)
         if cached is not None:
             return cached
         definition = self.conn.execute(
-            sa.select(t.program_versions.c.definition).where(
-                t.program_versions.c.program_id == program_id,
-                t.program_versions.c.version == version,
-            )
-        ).scalar_one_or_none()
-        if definition is None:
-            return None
+            sa.select(pv.c.definition).where(pv.c.program_id == program_id,
+                                             pv.c.version == found.version)
+        ).scalar_one()
         import json
 
-        programme = compile_programme(validate_document(json.loads(definition)), version)
+        programme = compile_programme(validate_document(json.loads(definition)), found.version)
         with _programme_cache_lock:
             _programme_cache[key] = programme
         return programme

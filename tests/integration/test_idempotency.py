@@ -1,0 +1,152 @@
+"""Idempotency: the event id, or the Idempotency-Key of other commands, makes a write once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from setia.domain.errors import IdempotencyConflict, RedemptionNotHeld
+from setia.service.events import ingest_event
+from setia.service.members import get_member, upsert_member
+from setia.service.redemptions import adjust, capture_or_release, redeem, use_voucher
+from tests.conftest import assert_journal_ok, fixed_clock
+
+P = "kopi-setia"
+CLOCK = fixed_clock("2027-03-01T09:00:00+08:00")
+LATER = fixed_clock("2027-03-20T09:00:00+08:00")
+
+
+def counts(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            table: conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+            for table in ("postings", "events", "orders", "redemptions", "vouchers", "commands")
+        }
+
+
+def balances(engine: sa.Engine) -> dict[str, int]:
+    return get_member(engine, P, "cust-1", CLOCK)["balances"]
+
+
+def purchase(amount: str = "42.50") -> dict[str, Any]:
+    return {"id": "till-7-000123", "type": "purchase", "member": "cust-1", "order_id": "o1",
+            "occurred_at": "2027-03-02T10:00:00+08:00", "amount": amount}
+
+
+def given_a_member_with(engine: sa.Engine, points: int) -> None:
+    upsert_member(engine, P, "cust-1", {}, CLOCK)
+    adjust(engine, P, {"member": "cust-1", "points": points, "reason": "opening"}, "open", CLOCK)
+
+
+def test_a_replayed_event_answers_its_first_result_and_changes_nothing(kopi):
+    # Given a purchase applied once: base 42 + first-visit 100
+    upsert_member(kopi, P, "cust-1", {}, CLOCK)
+    first = ingest_event(kopi, P, purchase(), CLOCK)
+    before = counts(kopi)
+
+    # When the same event arrives again, later
+    again = ingest_event(kopi, P, purchase(), LATER)
+
+    # Then the first result comes back marked replayed, and nothing changed
+    assert first["status"] == "applied"
+    assert again == {**first, "status": "replayed"}
+    assert again["points"] == 142
+    assert counts(kopi) == before
+    assert balances(kopi) == {"available": 0, "pending": 50 + 142, "reserved": 0}
+    assert_journal_ok(kopi)
+
+
+def test_an_event_id_reused_for_another_event_is_refused_and_changes_nothing(kopi):
+    upsert_member(kopi, P, "cust-1", {}, CLOCK)
+    ingest_event(kopi, P, purchase(), CLOCK)
+    before = counts(kopi)
+
+    # When the same id comes with another amount
+    with pytest.raises(IdempotencyConflict) as error:
+        ingest_event(kopi, P, purchase("99.00"), CLOCK)
+
+    # Then it is refused naming the id, and nothing changed
+    assert error.value.field == "id"
+    assert counts(kopi) == before
+    assert balances(kopi) == {"available": 0, "pending": 192, "reserved": 0}
+    assert_journal_ok(kopi)
+
+
+def test_a_replayed_redemption_answers_the_same_redemption_and_voucher(kopi):
+    given_a_member_with(kopi, 1000)
+    first = redeem(kopi, P, {"member": "cust-1", "reward": "free-latte"}, "redeem-1", CLOCK)
+    before = counts(kopi)
+
+    # When the same key and body come again
+    again = redeem(kopi, P, {"member": "cust-1", "reward": "free-latte"}, "redeem-1", LATER)
+
+    # Then the same redemption and voucher answer; the points were taken once
+    assert again == first
+    assert counts(kopi) == before
+    assert balances(kopi)["available"] == 850
+    assert_journal_ok(kopi)
+
+
+def test_a_redeem_key_reused_for_another_request_is_refused_and_changes_nothing(kopi):
+    given_a_member_with(kopi, 1000)
+    redeem(kopi, P, {"member": "cust-1", "reward": "free-latte"}, "redeem-1", CLOCK)
+    before = counts(kopi)
+
+    # When the key comes with another body
+    with pytest.raises(IdempotencyConflict) as error:
+        redeem(kopi, P, {"member": "cust-1", "reward": "rm10-off"}, "redeem-1", CLOCK)
+
+    # Then it is refused naming the header, and nothing changed
+    assert error.value.field == "Idempotency-Key"
+    assert counts(kopi) == before
+    assert balances(kopi)["available"] == 850
+    assert_journal_ok(kopi)
+
+
+def test_a_replayed_adjustment_counts_once_and_another_body_is_refused(kopi):
+    given_a_member_with(kopi, 1000)
+    body = {"member": "cust-1", "points": 25, "reason": "sorry"}
+    first = adjust(kopi, P, body, "adj-1", CLOCK)
+    before = counts(kopi)
+
+    assert adjust(kopi, P, body, "adj-1", CLOCK) == first
+    with pytest.raises(IdempotencyConflict) as error:
+        adjust(kopi, P, {**body, "points": 26}, "adj-1", CLOCK)
+
+    assert error.value.field == "Idempotency-Key"
+    assert counts(kopi) == before
+    assert balances(kopi)["available"] == 1025
+    assert_journal_ok(kopi)
+
+
+def test_a_replayed_capture_answers_again_and_a_new_capture_is_refused(kopi):
+    given_a_member_with(kopi, 1000)
+    held = redeem(kopi, P, {"member": "cust-1", "reward": "free-latte", "hold": True}, "h1",
+                  CLOCK)
+    captured = capture_or_release(kopi, P, held["id"], "capture", "c1", CLOCK)
+    before = counts(kopi)
+
+    # When the capture is replayed, and a release is tried with a new key
+    assert capture_or_release(kopi, P, held["id"], "capture", "c1", CLOCK) == captured
+    with pytest.raises(RedemptionNotHeld) as error:
+        capture_or_release(kopi, P, held["id"], "release", "r1", CLOCK)
+
+    # Then one voucher exists and the points stay redeemed
+    assert error.value.field == "id"
+    assert counts(kopi) == before
+    assert balances(kopi) == {"available": 850, "pending": 50, "reserved": 0}
+    assert_journal_ok(kopi)
+
+
+def test_a_replayed_voucher_use_answers_again(kopi):
+    given_a_member_with(kopi, 1000)
+    code = redeem(kopi, P, {"member": "cust-1", "reward": "free-latte"}, "k1",
+                  CLOCK)["voucher"]["code"]
+    used = use_voucher(kopi, P, code, "use-1", clock=CLOCK)
+    before = counts(kopi)
+
+    assert use_voucher(kopi, P, code, "use-1", clock=LATER) == used
+    assert counts(kopi) == before
+    assert_journal_ok(kopi)
