@@ -100,7 +100,7 @@ def program_validate(file: Annotated[Path, typer.Argument(help="programme YAML o
         model = validate_text(_read(file))
     except InvalidProgramme as exc:
         for path, reason in exc.errors:
-            errors.print(f"{file}: {path}: {reason}", markup=False)
+            errors.print(f"{file}: {path}: {reason}", markup=False, soft_wrap=True)
         fail(f"{file} has {len(exc.errors)} error(s)")
     console.print(
         f"{file}: programme {model.id} is valid ({len(model.earn)} rules, "
@@ -117,7 +117,7 @@ def program_load(file: Annotated[Path, typer.Argument(help="programme YAML or JS
         stored = store_programme(engine(), parse_text(_read(file)))
     except InvalidProgramme as exc:
         for path, reason in exc.errors:
-            errors.print(f"{file}: {path}: {reason}", markup=False)
+            errors.print(f"{file}: {path}: {reason}", markup=False, soft_wrap=True)
         fail(f"{file} has {len(exc.errors)} error(s)")
     except SetiaError as exc:
         fail(_explain(exc))

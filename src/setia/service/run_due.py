@@ -8,7 +8,7 @@ with SKIP LOCKED on PostgreSQL so several workers can run at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -19,7 +19,7 @@ from dateutil.relativedelta import relativedelta
 from setia.adapters.db import tables as t
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import tiers
-from setia.domain.errors import RedemptionNotHeld
+from setia.domain.errors import RedemptionNotHeld, UnknownProgramme
 from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
@@ -52,6 +52,8 @@ def run_due(engine: sa.Engine, as_of: datetime, program_id: str | None = None,
         if program_id is not None:
             query = query.where(t.programs.c.id == program_id)
         program_ids = list(conn.execute(query).scalars())
+    if program_id is not None and not program_ids:
+        raise UnknownProgramme(f"no programme {program_id!r}", field="program")
     for pid in program_ids:
         report.programmes.append(pid)
         _holds(engine, pid, as_of, report)
@@ -205,6 +207,3 @@ def _birthdays(engine: sa.Engine, program_id: str, as_of: datetime, report: DueR
 
     _in_batches(engine, program_id, sorted(pks), as_of, work)
 
-
-def _unused(_: Iterable[Any]) -> None:
-    return None
