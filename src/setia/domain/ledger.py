@@ -85,6 +85,7 @@ class MemberLedger:
     lot_seq: int = 0
     lots: dict[int, Lot] = field(default_factory=dict)
     postings: list[Posting] = field(default_factory=list)
+    new_lots: dict[tuple[str, bool], int] = field(default_factory=dict)  # not yet written
 
     # -- balances -------------------------------------------------------------
 
@@ -167,14 +168,16 @@ class MemberLedger:
 
     def _lot_for(self, source: str, available_at: datetime, expires_at: datetime | None,
                  pending: bool, order_id: str | None) -> Lot:
-        for lot in self.lots.values():
-            if lot.new and lot.source == source and lot.pending == pending:
-                return lot
+        """The lot this operation's points go to: one per source (event) and state."""
+        seq = self.new_lots.get((source, pending))
+        if seq is not None:
+            return self.lots[seq]
         self.lot_seq += 1
         lot = Lot(seq=self.lot_seq, source=source, points=0, remaining=0,
                   available_at=available_at, expires_at=expires_at, pending=pending,
                   order_id=order_id, new=True)
         self.lots[lot.seq] = lot
+        self.new_lots[(source, pending)] = lot.seq
         return lot
 
     def activate(self, as_of: datetime) -> int:

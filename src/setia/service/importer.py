@@ -120,6 +120,12 @@ def import_batch(
             row["id"] for _, row in rows if isinstance(row, dict) and isinstance(row.get("id"), str)
         ]
         known = uow.stored_events(programme.id, ids)
+        dicts = [row for _, row in rows if isinstance(row, dict)]
+        uow.preload_members(programme.id, [r["member"] for r in dicts
+                                           if isinstance(r.get("member"), str)])
+        uow.preload_orders(programme.id, [r["order_id"] for r in dicts
+                                          if isinstance(r.get("order_id"), str)],
+                           programme.currency)
         applied = replayed = 0
         refused: list[dict[str, Any]] = []
         for number, row in rows:

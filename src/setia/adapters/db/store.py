@@ -11,10 +11,11 @@ once is written once.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
@@ -26,13 +27,14 @@ from setia.adapters.db import tables as t
 from setia.domain.events import Event
 from setia.domain.ledger import ASSET_POINTS, Allocation, Lot, MemberLedger, Posting
 from setia.domain.member import Member
-from setia.domain.money import minor_digits, to_minor
+from setia.domain.money import minor_digits
 from setia.domain.programme import Programme, compile_programme, validate_document
 from setia.domain.refunds import Order, OrderLine
 from setia.domain.tiers import Bucket
 
 _programme_cache: dict[tuple[str, int, str], Programme] = {}
 _programme_cache_lock = threading.Lock()
+CHUNK = 500  # rows per IN (...) list: well under SQLite's bound-parameter limit
 
 
 @dataclass(slots=True)
@@ -48,6 +50,7 @@ class UnitOfWork:
         self.dialect = engine.dialect.name
         self._members: dict[tuple[str, str], Member] = {}
         self._orders: dict[tuple[str, str], Order] = {}
+        self._absent_orders: set[tuple[str, str]] = set()
         self._postings: list[dict[str, Any]] = []
         self._events: list[dict[str, Any]] = []
         self._committed = False
@@ -124,8 +127,6 @@ class UnitOfWork:
             sa.select(pv.c.definition).where(pv.c.program_id == program_id,
                                              pv.c.version == found.version)
         ).scalar_one()
-        import json
-
         programme = compile_programme(validate_document(json.loads(definition)), found.version)
         with _programme_cache_lock:
             _programme_cache[key] = programme
@@ -143,62 +144,77 @@ class UnitOfWork:
         )
         if lock:
             query = query.with_for_update()
-        row = self.conn.execute(query).mappings().one_or_none()
-        if row is None:
-            return None
-        member = self._load_member(row)
-        self._members[key] = member
-        return member
+        rows = self.conn.execute(query).mappings().all()
+        loaded = self._load_members(program_id, rows)
+        return loaded[0] if loaded else None
 
     def members_for_update(self, program_id: str, member_pks: Iterable[int]) -> list[Member]:
         """Load and lock several members, in primary key order (a stable lock order)."""
         pks = sorted(set(member_pks))
         loaded = {m.pk: m for m in self._members.values() if m.pk in pks}
         missing = [pk for pk in pks if pk not in loaded]
-        for chunk_start in range(0, len(missing), 500):
-            chunk = missing[chunk_start:chunk_start + 500]
+        for start in range(0, len(missing), CHUNK):
             rows = self.conn.execute(
-                sa.select(t.members).where(t.members.c.pk.in_(chunk))
+                sa.select(t.members).where(t.members.c.pk.in_(missing[start:start + CHUNK]))
                 .order_by(t.members.c.pk).with_for_update()
             ).mappings().all()
-            for row in rows:
-                member = self._load_member(row)
-                self._members[(program_id, member.id)] = member
+            for member in self._load_members(program_id, rows):
                 loaded[member.pk] = member
         return [loaded[pk] for pk in pks if pk in loaded]
 
-    def _load_member(self, row: Any) -> Member:
-        pk = row["pk"]
-        ledger = MemberLedger(member_pk=pk, available=row["available"], pending=row["pending"],
-                              reserved=row["reserved"], lot_seq=row["lot_seq"])
-        lot_rows = self.conn.execute(
+    def preload_members(self, program_id: str, member_ids: Iterable[str]) -> None:
+        """Load and lock many members with a handful of queries (the bulk path)."""
+        missing = sorted({m for m in member_ids if (program_id, m) not in self._members})
+        for start in range(0, len(missing), CHUNK):
+            rows = self.conn.execute(
+                sa.select(t.members).where(t.members.c.program_id == program_id,
+                                           t.members.c.id.in_(missing[start:start + CHUNK]))
+                .order_by(t.members.c.pk).with_for_update()
+            ).mappings().all()
+            self._load_members(program_id, rows)
+
+    def _load_members(self, program_id: str, rows: Any) -> list[Member]:
+        """Members from their rows, with their open lots, tier buckets and rule usage,
+        each read for all of them at once."""
+        members: dict[int, Member] = {}
+        for row in rows:
+            ledger = MemberLedger(member_pk=row["pk"], available=row["available"],
+                                  pending=row["pending"], reserved=row["reserved"],
+                                  lot_seq=row["lot_seq"])
+            members[row["pk"]] = Member(
+                pk=row["pk"], program_id=row["program_id"], id=row["id"],
+                enrolled_at=row["enrolled_at"], tier_id=row["tier_id"],
+                tier_reviewed=row["tier_reviewed"], ledger=ledger, name=row["name"],
+                email=row["email"], phone=row["phone"], birthday=row["birthday"],
+                attributes=dict(row["attributes"] or {}), purchases=row["purchases"],
+                last_activity_at=row["last_activity_at"], birthday_year=row["birthday_year"],
+            )
+        if not members:
+            return []
+        pks = list(members)
+        for lot_row in self.conn.execute(
             sa.select(t.lots).where(
-                t.lots.c.member_pk == pk,
+                t.lots.c.member_pk.in_(pks),
                 sa.or_(t.lots.c.remaining > 0, t.lots.c.pending.is_(True)),
             )
-        ).mappings().all()
-        for lot_row in lot_rows:
-            ledger.lots[lot_row["seq"]] = _lot(lot_row)
-        member = Member(
-            pk=pk, program_id=row["program_id"], id=row["id"], enrolled_at=row["enrolled_at"],
-            tier_id=row["tier_id"], tier_reviewed=row["tier_reviewed"], ledger=ledger,
-            name=row["name"], email=row["email"], phone=row["phone"], birthday=row["birthday"],
-            attributes=dict(row["attributes"] or {}), purchases=row["purchases"],
-            last_activity_at=row["last_activity_at"], birthday_year=row["birthday_year"],
-        )
-        for bucket_row in self.conn.execute(
-            sa.select(t.metric_buckets).where(t.metric_buckets.c.member_pk == pk)
         ).mappings():
-            member.buckets[bucket_row["month"]] = Bucket(
+            members[lot_row["member_pk"]].ledger.lots[lot_row["seq"]] = _lot(lot_row)
+        for bucket_row in self.conn.execute(
+            sa.select(t.metric_buckets).where(t.metric_buckets.c.member_pk.in_(pks))
+        ).mappings():
+            members[bucket_row["member_pk"]].buckets[bucket_row["month"]] = Bucket(
                 spend=Decimal(bucket_row["spend_e4"]).scaleb(-4),
                 points=bucket_row["points"],
                 visits=bucket_row["visits"],
             )
         for usage_row in self.conn.execute(
-            sa.select(t.rule_usage).where(t.rule_usage.c.member_pk == pk)
+            sa.select(t.rule_usage).where(t.rule_usage.c.member_pk.in_(pks))
         ).mappings():
-            member.usage[(usage_row["rule_id"], usage_row["period"])] = usage_row["count"]
-        return member
+            key = (usage_row["rule_id"], usage_row["period"])
+            members[usage_row["member_pk"]].usage[key] = usage_row["count"]
+        for member in members.values():
+            self._members[(program_id, member.id)] = member
+        return list(members.values())
 
     def load_lots(self, member: Member, seqs: Iterable[int]) -> None:
         """Bring lots a hold took points from back into memory so a release can refill them."""
@@ -298,31 +314,33 @@ class UnitOfWork:
 
     def order(self, program_id: str, order_id: str, currency: str) -> Order | None:
         key = (program_id, order_id)
-        found = self._orders.get(key)
-        if found is not None:
-            return found
-        row = self.conn.execute(
-            sa.select(t.orders).where(t.orders.c.program_id == program_id,
-                                      t.orders.c.order_id == order_id)
-        ).mappings().one_or_none()
-        if row is None:
+        if key in self._absent_orders:
             return None
-        order = Order(
-            order_id=order_id, member_pk=row["member_pk"], event_id=row["event_id"],
-            program_version=row["program_version"], tier_id=row["tier_id"],
-            occurred_at=row["occurred_at"], amount=_from_e4(row["amount_e4"], currency),
-            refunded=_from_e4(row["refunded_e4"], currency),
-            lines=[OrderLine(sku=line["sku"], category=line.get("category"),
-                             quantity=line["quantity"], amount=Decimal(line["amount"]),
-                             refunded=Decimal(line["refunded"])) for line in row["lines"]],
-            awards=dict(row["awards"]), payload=dict(row["event"]),
-        )
-        self._orders[key] = order
-        return order
+        found = self._orders.get(key)
+        if found is None:
+            self.preload_orders(program_id, [order_id], currency)
+            found = self._orders.get(key)
+        return found
+
+    def preload_orders(self, program_id: str, order_ids: Iterable[str], currency: str) -> None:
+        """Read many orders at once; remember the ones that do not exist."""
+        missing = sorted({o for o in order_ids if (program_id, o) not in self._orders
+                          and (program_id, o) not in self._absent_orders})
+        for start in range(0, len(missing), CHUNK):
+            chunk = missing[start:start + CHUNK]
+            found: set[str] = set()
+            for row in self.conn.execute(
+                sa.select(t.orders).where(t.orders.c.program_id == program_id,
+                                          t.orders.c.order_id.in_(chunk))
+            ).mappings():
+                found.add(row["order_id"])
+                self._orders[(program_id, row["order_id"])] = _order(row, currency)
+            self._absent_orders.update((program_id, o) for o in chunk if o not in found)
 
     def add_order(self, program_id: str, order: Order) -> None:
         order.new = True
         self._orders[(program_id, order.order_id)] = order
+        self._absent_orders.discard((program_id, order.order_id))
 
     # -- flush ------------------------------------------------------------------------------
 
@@ -347,6 +365,7 @@ class UnitOfWork:
                     changed_lots.append({"b_member_pk": member.pk, "b_seq": lot.seq,
                                          "remaining": lot.remaining, "pending": lot.pending})
                     lot.dirty = False
+            ledger.new_lots.clear()
             member_rows.append({
                 "b_pk": member.pk, "tier_id": member.tier_id,
                 "tier_reviewed": member.tier_reviewed, "available": ledger.available,
@@ -438,6 +457,19 @@ def _from_e4(value: int, currency: str) -> Decimal:
     return Decimal(value).scaleb(-4).quantize(Decimal(1).scaleb(-minor_digits(currency)))
 
 
+def _order(row: Any, currency: str) -> Order:
+    return Order(
+        order_id=row["order_id"], member_pk=row["member_pk"], event_id=row["event_id"],
+        program_version=row["program_version"], tier_id=row["tier_id"],
+        occurred_at=row["occurred_at"], amount=_from_e4(row["amount_e4"], currency),
+        refunded=_from_e4(row["refunded_e4"], currency),
+        lines=[OrderLine(sku=line["sku"], category=line.get("category"),
+                         quantity=line["quantity"], amount=Decimal(line["amount"]),
+                         refunded=Decimal(line["refunded"])) for line in row["lines"]],
+        awards=dict(row["awards"]), payload=dict(row["event"]),
+    )
+
+
 def _lot(row: Any) -> Lot:
     return Lot(seq=row["seq"], source=row["source"], points=row["points"],
                remaining=row["remaining"], available_at=row["available_at"],
@@ -458,12 +490,3 @@ def allocations_json(allocations: list[Allocation]) -> list[list[int]]:
 
 def allocations_from_json(raw: list[list[int]]) -> list[Allocation]:
     return [Allocation(lot_seq=seq, points=points) for seq, points in raw]
-
-
-def as_date(value: Any) -> date | None:
-    if value is None or isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value))
-
-
-__all__ = ["UnitOfWork", "PostingContext", "to_minor"]
