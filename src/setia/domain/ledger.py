@@ -13,6 +13,7 @@ later earnings and activations pay off first.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -86,6 +87,19 @@ class MemberLedger:
     lots: dict[int, Lot] = field(default_factory=dict)
     postings: list[Posting] = field(default_factory=list)
     new_lots: dict[tuple[str, bool], int] = field(default_factory=dict)  # not yet written
+    # Reads the member's open lots when first needed. Earning needs no old lot (a debt
+    # is the negative balance itself), so the bulk path never reads lots it does not use.
+    lots_loader: Callable[[], Iterable[Lot]] | None = field(default=None, repr=False)
+
+    def ensure_lots(self) -> None:
+        loader, self.lots_loader = self.lots_loader, None
+        if loader is not None:
+            for lot in loader():
+                self.lots.setdefault(lot.seq, lot)
+
+    @property
+    def lots_loaded(self) -> bool:
+        return self.lots_loader is None
 
     # -- balances -------------------------------------------------------------
 
@@ -124,6 +138,7 @@ class MemberLedger:
         return max(0, -self.available)
 
     def available_lots(self) -> list[Lot]:
+        self.ensure_lots()
         return sorted(
             (lot for lot in self.lots.values() if not lot.pending and lot.remaining > 0),
             key=Lot.sort_key,
@@ -183,6 +198,7 @@ class MemberLedger:
     def activate(self, as_of: datetime) -> int:
         """Pending lots whose time has come become available (paying any debt first)."""
         activated = 0
+        self.ensure_lots()
         for lot in sorted(self.lots.values(), key=Lot.sort_key):
             if not lot.pending or lot.available_at > as_of:
                 continue
@@ -232,6 +248,7 @@ class MemberLedger:
 
     def release(self, points: int, allocations: list[Allocation], explanation: str) -> None:
         assert points <= self.reserved
+        self.ensure_lots()
         restored = 0
         for allocation in allocations:
             lot = self.lots.get(allocation.lot_seq)
@@ -263,6 +280,7 @@ class MemberLedger:
         """Take back earned points: from the order's still-pending lots first, then the
         available lots that expire first; what is not covered becomes a debt."""
         left = points
+        self.ensure_lots()
         if order_id is not None:
             for lot in sorted(self.lots.values(), key=Lot.sort_key):
                 if left == 0:
@@ -305,7 +323,12 @@ class MemberLedger:
         return expired
 
     def check(self) -> None:
-        """Invariants that hold after every operation (TigerBeetle-style assertions)."""
+        """Invariants that hold after every operation (TigerBeetle-style assertions).
+
+        The lot sums are checked when the lots are in memory; `setia check` checks them all."""
+        assert self.reserved >= 0 and self.pending >= 0
+        if not self.lots_loaded:
+            return
         available_in_lots = sum(lot.remaining for lot in self.lots.values() if not lot.pending)
         pending_in_lots = sum(lot.remaining for lot in self.lots.values() if lot.pending)
         assert available_in_lots == max(self.available, 0), (

@@ -158,7 +158,7 @@ class UnitOfWork:
                 sa.select(t.members).where(t.members.c.pk.in_(missing[start:start + CHUNK]))
                 .order_by(t.members.c.pk).with_for_update()
             ).mappings().all()
-            for member in self._load_members(program_id, rows):
+            for member in self._load_members(program_id, rows, eager_lots=True):
                 loaded[member.pk] = member
         return [loaded[pk] for pk in pks if pk in loaded]
 
@@ -173,9 +173,11 @@ class UnitOfWork:
             ).mappings().all()
             self._load_members(program_id, rows)
 
-    def _load_members(self, program_id: str, rows: Any) -> list[Member]:
-        """Members from their rows, with their open lots, tier buckets and rule usage,
-        each read for all of them at once."""
+    def _load_members(self, program_id: str, rows: Any, *, eager_lots: bool = False
+                      ) -> list[Member]:
+        """Members from their rows, with their tier buckets and rule usage, each read for
+        all of them at once. Open lots are read with them (``eager_lots``) or, per member,
+        only when the ledger first needs them."""
         members: dict[int, Member] = {}
         for row in rows:
             ledger = MemberLedger(member_pk=row["pk"], available=row["available"],
@@ -192,13 +194,12 @@ class UnitOfWork:
         if not members:
             return []
         pks = list(members)
-        for lot_row in self.conn.execute(
-            sa.select(t.lots).where(
-                t.lots.c.member_pk.in_(pks),
-                sa.or_(t.lots.c.remaining > 0, t.lots.c.pending.is_(True)),
-            )
-        ).mappings():
-            members[lot_row["member_pk"]].ledger.lots[lot_row["seq"]] = _lot(lot_row)
+        if eager_lots:
+            for member_pk, lots in self._open_lots(pks).items():
+                members[member_pk].ledger.lots.update((lot.seq, lot) for lot in lots)
+        else:
+            for pk, member in members.items():
+                member.ledger.lots_loader = lambda pk=pk: self._open_lots([pk]).get(pk, [])
         for bucket_row in self.conn.execute(
             sa.select(t.metric_buckets).where(t.metric_buckets.c.member_pk.in_(pks))
         ).mappings():
@@ -215,6 +216,17 @@ class UnitOfWork:
         for member in members.values():
             self._members[(program_id, member.id)] = member
         return list(members.values())
+
+    def _open_lots(self, member_pks: list[int]) -> dict[int, list[Lot]]:
+        found: dict[int, list[Lot]] = {pk: [] for pk in member_pks}
+        for row in self.conn.execute(
+            sa.select(t.lots).where(
+                t.lots.c.member_pk.in_(member_pks),
+                sa.or_(t.lots.c.remaining > 0, t.lots.c.pending.is_(True)),
+            )
+        ).mappings():
+            found[row["member_pk"]].append(_lot(row))
+        return found
 
     def load_lots(self, member: Member, seqs: Iterable[int]) -> None:
         """Bring lots a hold took points from back into memory so a release can refill them."""
