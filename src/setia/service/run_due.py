@@ -78,7 +78,7 @@ def _in_batches(engine: sa.Engine, program_id: str, pks: list[int], as_of: datet
 
         def batch(uow: UnitOfWork, chunk: list[int] = chunk) -> None:
             programme = require_programme(uow, program_id)
-            for member in uow.members_for_update(program_id, chunk):
+            for member in uow.members_for_update(program_id, chunk, skip_locked=True):
                 work(uow, programme, member)
                 uow.record(program_id, member,
                            PostingContext(f"run-due:{as_of.isoformat()}", programme.version, as_of))

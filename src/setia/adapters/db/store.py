@@ -148,15 +148,19 @@ class UnitOfWork:
         loaded = self._load_members(program_id, rows)
         return loaded[0] if loaded else None
 
-    def members_for_update(self, program_id: str, member_pks: Iterable[int]) -> list[Member]:
-        """Load and lock several members, in primary key order (a stable lock order)."""
+    def members_for_update(self, program_id: str, member_pks: Iterable[int], *,
+                           skip_locked: bool = False) -> list[Member]:
+        """Load and lock several members, in primary key order (a stable lock order).
+
+        ``skip_locked`` (background work on PostgreSQL) leaves out members another
+        transaction holds: another worker is on them, or the next run takes them."""
         pks = sorted(set(member_pks))
         loaded = {m.pk: m for m in self._members.values() if m.pk in pks}
         missing = [pk for pk in pks if pk not in loaded]
         for start in range(0, len(missing), CHUNK):
             rows = self.conn.execute(
                 sa.select(t.members).where(t.members.c.pk.in_(missing[start:start + CHUNK]))
-                .order_by(t.members.c.pk).with_for_update()
+                .order_by(t.members.c.pk).with_for_update(skip_locked=skip_locked)
             ).mappings().all()
             for member in self._load_members(program_id, rows, eager_lots=True):
                 loaded[member.pk] = member
