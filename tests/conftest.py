@@ -12,6 +12,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,11 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+@contextmanager
+def scratch_postgres_database(prefix: str) -> Iterator[str]:
+    """A database of our own on the test server, dropped afterwards; its URL.
+
+    Skips loudly where no server answers, or fails under SETIA_REQUIRE_POSTGRES=1 (CI)."""
     base = os.environ.get("SETIA_TEST_DATABASE_URL", DEFAULT_PG)
     try:
         admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
@@ -77,17 +81,24 @@ def postgres_url() -> Iterator[str]:
         if os.environ.get("SETIA_REQUIRE_POSTGRES") == "1":
             pytest.fail(reason.replace("SKIPPED", "REQUIRED by SETIA_REQUIRE_POSTGRES=1"))
         pytest.skip(reason)
-    name = f"setia_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(base).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield sa.make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with scratch_postgres_database("setia_test") as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
 
 
 def _truncate(engine: sa.Engine) -> None:

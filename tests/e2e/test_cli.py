@@ -34,7 +34,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +46,10 @@ import typer
 from setia.adapters.db.engine import make_engine
 from setia.entrypoints.cli import app
 from setia.service.members import upsert_member
-from tests.conftest import KOPI_SETIA, assert_journal_ok
+from tests.conftest import KOPI_SETIA, assert_journal_ok, scratch_postgres_database
 
 PROGRAM = "kopi-setia"
 ENROLLED_AT = "2027-03-01T09:00:00+08:00"
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def setia_script() -> str:
@@ -506,25 +504,8 @@ class TestLoadAndImportOnSqlite:
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     """A scratch database of our own on the local server, dropped afterwards."""
-    base = os.environ.get("SETIA_E2E_POSTGRES_URL", PG_ADMIN_URL)
-    try:
-        admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text("select 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means "no server"
-        reason = f"PostgreSQL at {base} does not answer ({type(exc).__name__}): tests SKIPPED"
-        if os.environ.get("SETIA_REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason.replace("SKIPPED", "REQUIRED by SETIA_REQUIRE_POSTGRES=1"))
-        pytest.skip(reason)
-    name = f"setia_e2e_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres_database("setia_e2e") as url:
+        yield url
 
 
 @pytest.mark.postgres
