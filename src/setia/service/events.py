@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -54,6 +54,11 @@ def simulate_event(
         return result  # no commit: the unit of work rolls back
 
     return transaction(engine, work)
+
+
+class StoredEvent(NamedTuple):
+    request_hash: str
+    result: dict[str, Any]
 
 
 def replay_or_conflict(stored: Any, digest: str, event_id: str) -> dict[str, Any]:
@@ -109,6 +114,8 @@ def apply_event(
     }
     if store:
         uow.add_event(programme.id, event, digest, payload, result, now)
+        if known is not None:  # a repeat later in the same batch replays this result
+            known[event.id] = StoredEvent(digest, result)
     return result
 
 

@@ -148,18 +148,7 @@ def import_batch(
                 replayed += 1
             else:
                 applied += 1
-                known[event.id] = _Stored(result, row)
         uow.commit()
         return {"applied": applied, "replayed": replayed, "rejected": refused}
 
     return transaction(engine, work)
-
-
-class _Stored:
-    """An event applied earlier in this batch, so a repeat within the batch replays."""
-
-    def __init__(self, result: dict[str, Any], payload: Any) -> None:
-        from setia.service.common import request_hash
-
-        self.result = result
-        self.request_hash = request_hash(payload)
