@@ -265,5 +265,56 @@ def demo_command(
         )
 
 
+def _serve_demo(host: str, port: int) -> None:
+    import os
+
+    from setia.entrypoints.server import serve as run_server
+
+    built = engine()
+    if os.environ.get("SETIA_ADMIN_KEY"):
+        console.print("Use the key in SETIA_ADMIN_KEY as 'Authorization: Bearer ...'.")
+    else:
+        from setia.service.keys import create_key
+
+        console.print("An admin key for this demo (shown once):")
+        console.print(create_key(built, "admin"), markup=False, highlight=False)
+    console.print(f"Serving on http://{host}:{port} (API docs at /docs); Ctrl-C stops.")
+    run_server(built, host, port, scheduler=False)
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    scheduler: Annotated[bool, typer.Option("--scheduler/--no-scheduler",
+                                            help="run due work every minute")] = True,
+) -> None:
+    """Migrate the database, then serve the HTTP API (and run-due every minute)."""
+    from setia.entrypoints.server import serve as run_server
+
+    run_server(engine(), host, port, scheduler=scheduler)
+
+
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[str, typer.Option(help="admin, pos or member-read")],
+    program: Annotated[str | None, typer.Option("--program", "-p",
+                                                help="limit the key to one programme")] = None,
+) -> None:
+    """Create an API key; it is printed once, alone on the last line."""
+    from setia.service.keys import create_key
+
+    try:
+        key = create_key(engine(), scope, program)
+    except SetiaError as exc:
+        fail(_explain(exc))
+    errors.print(f"{scope} key created; store it now, it is not shown again:")
+    sys.stdout.write(key + "\n")
+
+
 def main() -> Any:  # pragma: no cover - console script entry
     return app()

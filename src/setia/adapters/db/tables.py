@@ -206,3 +206,13 @@ reward_stock = sa.Table(
     sa.Column("reward_id", sa.String(64), primary_key=True),
     sa.Column("redeemed", sa.Integer, nullable=False),
 )
+
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("id", sa.String(24), primary_key=True),  # the public prefix of the key
+    sa.Column("secret_hash", sa.String(64), nullable=False),  # SHA-256 of the whole key
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("program_id", sa.String(64)),  # None: every programme
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+)

@@ -1,0 +1,371 @@
+"""The HTTP API (CONTRACT.md section 2): thin handlers over the services.
+
+Every error is an RFC 9457 problem (application/problem+json); no stack trace
+reaches a client. Bodies over 1 MiB, malformed JSON and wrong content types
+are refused the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from setia.domain.errors import Busy, InvalidField, SetiaError
+from setia.entrypoints.api import schemas
+from setia.entrypoints.api.auth import Caller, require
+from setia.service import activity, batch, events, members, programmes, redemptions
+
+MAX_BODY_BYTES = 1024 * 1024
+PROBLEM = "application/problem+json"
+log = logging.getLogger("setia.api")
+
+
+def problem_response(
+    status: int,
+    type_slug: str,
+    title: str,
+    detail: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://setia.dev/problems/{type_slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if field is not None:
+        body["field"] = field
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _setia_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SetiaError)
+    headers = (
+        {"Retry-After": str(exc.extra.get("retry_after", 1))} if isinstance(exc, Busy) else None
+    )
+    return JSONResponse(
+        exc.to_problem(), status_code=exc.status, media_type=PROBLEM, headers=headers
+    )
+
+
+def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": ("request",), "msg": "invalid"}
+    loc = [str(part) for part in first["loc"] if part not in ("body", "query", "path", "header")]
+    field = ".".join(loc) or "request"
+    return problem_response(
+        422,
+        "invalid-field",
+        "A field is missing or invalid",
+        f"{field}: {first['msg']}",
+        field=field,
+    )
+
+
+def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    slugs = {
+        404: "not-found",
+        405: "method-not-allowed",
+        401: "unauthorized",
+        403: "forbidden",
+        413: "body-too-large",
+        415: "unsupported-media-type",
+        400: "malformed-request",
+    }
+    slug = slugs.get(exc.status_code, "http-error")
+    detail = exc.detail if isinstance(exc.detail, str) else slug.replace("-", " ")
+    return problem_response(
+        exc.status_code,
+        slug,
+        slug.replace("-", " ").capitalize(),
+        detail,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error", exc_info=exc)
+    return problem_response(
+        500,
+        "internal-error",
+        "Internal error",
+        "something went wrong on our side; the request changed nothing",
+    )
+
+
+async def read_body(request: Request, *, yaml_ok: bool = False) -> Any:
+    """The request's JSON (or, for programmes, YAML) body, within 1 MiB."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise StarletteHTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw.extend(chunk)
+        if len(raw) > MAX_BODY_BYTES:
+            raise StarletteHTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if yaml_ok and media in ("application/yaml", "application/x-yaml", "text/yaml"):
+        return programmes.parse_text(bytes(raw))
+    if media != "application/json" and not media.endswith("+json"):
+        raise StarletteHTTPException(415, "send the body as application/json")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StarletteHTTPException(400, f"the body is not valid JSON: {exc}") from None
+
+
+IdempotencyKey = Header(
+    alias="Idempotency-Key",
+    min_length=1,
+    max_length=200,
+    description="the caller's key for this write; a replay answers the first result",
+)
+
+
+def create_app(engine: sa.Engine) -> FastAPI:
+    app = FastAPI(
+        title="Setia",
+        version="0.1.0",
+        description="A loyalty and rewards engine. Errors are RFC 9457 problems.",
+    )
+    app.add_exception_handler(SetiaError, _setia_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.state.engine = engine
+
+    def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return run_in_threadpool(fn, engine, *args, **kwargs)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["operations"], responses=schemas.PROBLEM_RESPONSES)
+    async def ready() -> Any:
+        def ping(engine: sa.Engine) -> None:
+            with engine.connect() as conn:
+                conn.execute(sa.text("select 1"))
+
+        try:
+            await run_in_threadpool(ping, engine)
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return problem_response(
+                503,
+                "not-ready",
+                "Not ready",
+                "the database does not answer",
+                headers={"Retry-After": "5"},
+            )
+        return {"status": "ready"}
+
+    base = "/v1/programs/{program}"
+
+    @app.put(
+        base,
+        tags=["programmes"],
+        openapi_extra=schemas.PROGRAMME_BODY,
+        responses=schemas.PROBLEM_RESPONSES,
+    )
+    async def put_programme(
+        program: str, request: Request, caller: Caller = Depends(require("admin"))
+    ) -> JSONResponse:
+        caller.check_program(program)
+        document = await read_body(request, yaml_ok=True)
+        stored = await call(programmes.store_programme, document, program_id=program)
+        return JSONResponse(stored, status_code=201 if stored["created"] else 200)
+
+    @app.get(base, tags=["programmes"], responses=schemas.PROBLEM_RESPONSES)
+    async def get_programme(
+        program: str, caller: Caller = Depends(require("admin", "pos", "member-read"))
+    ) -> Any:
+        caller.check_program(program)
+        return await call(programmes.get_programme, program)
+
+    @app.put(
+        base + "/members/{member}",
+        tags=["members"],
+        openapi_extra=schemas.MEMBER_BODY,
+        responses={
+            **schemas.PROBLEM_RESPONSES,
+            200: schemas.MEMBER_RESPONSE,
+            201: schemas.MEMBER_RESPONSE,
+        },
+    )
+    async def put_member(
+        program: str,
+        member: str,
+        request: Request,
+        caller: Caller = Depends(require("admin", "pos")),
+    ) -> JSONResponse:
+        caller.check_program(program)
+        body = await read_body(request)
+        view, created = await call(members.upsert_member, program, member, body)
+        return JSONResponse(view, status_code=201 if created else 200)
+
+    @app.get(
+        base + "/members/{member}",
+        tags=["members"],
+        responses={**schemas.PROBLEM_RESPONSES, 200: schemas.MEMBER_RESPONSE},
+    )
+    async def get_member(
+        program: str, member: str, caller: Caller = Depends(require("admin", "pos", "member-read"))
+    ) -> Any:
+        caller.check_program(program)
+        return await call(members.get_member, program, member)
+
+    @app.get(
+        base + "/members/{member}/activity", tags=["members"], responses=schemas.PROBLEM_RESPONSES
+    )
+    async def get_activity(
+        program: str,
+        member: str,
+        limit: int = Query(50, ge=1, le=activity.MAX_LIMIT),
+        cursor: str | None = Query(None, max_length=64),
+        caller: Caller = Depends(require("admin", "pos", "member-read")),
+    ) -> Any:
+        caller.check_program(program)
+        return await call(activity.member_activity, program, member, limit=limit, cursor=cursor)
+
+    @app.post(
+        base + "/events",
+        tags=["events"],
+        openapi_extra=schemas.EVENT_BODY,
+        responses={
+            **schemas.PROBLEM_RESPONSES,
+            200: schemas.EVENT_RESULT,
+            201: schemas.EVENT_RESULT,
+        },
+    )
+    async def post_event(
+        program: str, request: Request, caller: Caller = Depends(require("admin", "pos"))
+    ) -> JSONResponse:
+        caller.check_program(program)
+        body = await read_body(request)
+        result = await call(events.ingest_event, program, body)
+        return JSONResponse(result, status_code=201 if result["status"] == "applied" else 200)
+
+    @app.post(
+        base + "/events/batch",
+        tags=["events"],
+        openapi_extra=schemas.BATCH_BODY,
+        responses=schemas.PROBLEM_RESPONSES,
+    )
+    async def post_batch(
+        program: str, request: Request, caller: Caller = Depends(require("admin", "pos"))
+    ) -> dict[str, Any]:
+        caller.check_program(program)
+        body = await read_body(request)
+        if not isinstance(body, dict) or set(body) != {"events"}:
+            raise InvalidField('the body must be {"events": [...]}', field="events")
+        return {"results": await call(batch.ingest_batch, program, body["events"])}
+
+    @app.post(
+        base + "/simulate",
+        tags=["events"],
+        openapi_extra=schemas.EVENT_BODY,
+        responses={**schemas.PROBLEM_RESPONSES, 200: schemas.EVENT_RESULT},
+    )
+    async def post_simulate(
+        program: str, request: Request, caller: Caller = Depends(require("admin", "pos"))
+    ) -> Any:
+        caller.check_program(program)
+        body = await read_body(request)
+        return await call(events.simulate_event, program, body)
+
+    @app.post(
+        base + "/redemptions",
+        tags=["redemptions"],
+        status_code=201,
+        openapi_extra=schemas.REDEMPTION_BODY,
+        responses={**schemas.PROBLEM_RESPONSES, 201: schemas.REDEMPTION_RESPONSE},
+    )
+    async def post_redemption(
+        program: str,
+        request: Request,
+        key: str = IdempotencyKey,
+        caller: Caller = Depends(require("admin", "pos")),
+    ) -> Any:
+        caller.check_program(program)
+        body = await read_body(request)
+        return await call(redemptions.redeem, program, body, key)
+
+    @app.post(
+        base + "/redemptions/{redemption}/capture",
+        tags=["redemptions"],
+        responses={**schemas.PROBLEM_RESPONSES, 200: schemas.REDEMPTION_RESPONSE},
+    )
+    async def post_capture(
+        program: str,
+        redemption: str,
+        key: str = IdempotencyKey,
+        caller: Caller = Depends(require("admin", "pos")),
+    ) -> Any:
+        caller.check_program(program)
+        return await call(redemptions.capture_or_release, program, redemption, "capture", key)
+
+    @app.post(
+        base + "/redemptions/{redemption}/release",
+        tags=["redemptions"],
+        responses={**schemas.PROBLEM_RESPONSES, 200: schemas.REDEMPTION_RESPONSE},
+    )
+    async def post_release(
+        program: str,
+        redemption: str,
+        key: str = IdempotencyKey,
+        caller: Caller = Depends(require("admin", "pos")),
+    ) -> Any:
+        caller.check_program(program)
+        return await call(redemptions.capture_or_release, program, redemption, "release", key)
+
+    @app.get(base + "/vouchers/{code}", tags=["vouchers"], responses=schemas.PROBLEM_RESPONSES)
+    async def get_voucher(
+        program: str, code: str, caller: Caller = Depends(require("admin", "pos", "member-read"))
+    ) -> Any:
+        caller.check_program(program)
+        return await call(redemptions.check_voucher, program, code)
+
+    @app.post(base + "/vouchers/{code}/use", tags=["vouchers"], responses=schemas.PROBLEM_RESPONSES)
+    async def post_voucher_use(
+        program: str,
+        code: str,
+        key: str = IdempotencyKey,
+        caller: Caller = Depends(require("admin", "pos")),
+    ) -> Any:
+        caller.check_program(program)
+        return await call(redemptions.use_voucher, program, code, key)
+
+    @app.post(
+        base + "/adjustments",
+        tags=["adjustments"],
+        status_code=201,
+        openapi_extra=schemas.ADJUSTMENT_BODY,
+        responses=schemas.PROBLEM_RESPONSES,
+    )
+    async def post_adjustment(
+        program: str,
+        request: Request,
+        key: str = IdempotencyKey,
+        caller: Caller = Depends(require("admin")),
+    ) -> Any:
+        caller.check_program(program)
+        body = await read_body(request)
+        return await call(redemptions.adjust, program, body, key)
+
+    return app
+
+
+__all__ = ["create_app"]

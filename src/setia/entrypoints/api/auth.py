@@ -1,0 +1,45 @@
+"""Bearer API keys and scopes: 401 for no or a wrong key, 403 for the wrong scope."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from setia.service.keys import Principal, authenticate
+
+BEARER = {"WWW-Authenticate": "Bearer"}
+
+
+@dataclass(frozen=True)
+class Caller:
+    principal: Principal
+
+    def check_program(self, program_id: str) -> None:
+        if not self.principal.may_use(program_id):
+            raise HTTPException(
+                403, f"this API key is for programme {self.principal.program_id}, not {program_id}"
+            )
+
+
+def require(*scopes: str) -> Callable[[Request], Awaitable[Caller]]:
+    async def dependency(request: Request) -> Caller:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise HTTPException(
+                401, "send an API key as 'Authorization: Bearer <key>'", headers=BEARER
+            )
+        principal = await run_in_threadpool(authenticate, request.app.state.engine, key.strip())
+        if principal is None:
+            raise HTTPException(401, "the API key is not valid", headers=BEARER)
+        if principal.scope not in scopes:
+            raise HTTPException(
+                403, f"a {principal.scope} key may not do this; it needs {' or '.join(scopes)}"
+            )
+        return Caller(principal)
+
+    return dependency

@@ -1,0 +1,54 @@
+"""``setia serve``: the API under uvicorn, with run-due every minute in a background thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+import uvicorn
+
+from setia.entrypoints.api.app import create_app
+from setia.service.run_due import run_due
+
+SCHEDULE_SECONDS = 60
+log = logging.getLogger("setia.scheduler")
+
+
+class Scheduler:
+    """Runs due work every minute until stopped; one failed run never stops the next."""
+
+    def __init__(self, engine: sa.Engine, every_seconds: float = SCHEDULE_SECONDS) -> None:
+        self.engine = engine
+        self.every_seconds = every_seconds
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="setia-run-due", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.every_seconds):
+            try:
+                report = run_due(self.engine, datetime.now(UTC))
+                log.info("run-due: %s", report.as_dict())
+            except Exception:  # noqa: BLE001 - logged; the next minute tries again
+                log.exception("run-due failed")
+
+
+def serve(engine: sa.Engine, host: str, port: int, *, scheduler: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    app = create_app(engine)
+    background = Scheduler(engine) if scheduler else None
+    if background:
+        background.start()
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    finally:
+        if background:
+            background.stop()
