@@ -288,11 +288,12 @@ def serve_command(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     scheduler: Annotated[bool, typer.Option("--scheduler/--no-scheduler",
                                             help="run due work every minute")] = True,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="API processes")] = 1,
 ) -> None:
     """Migrate the database, then serve the HTTP API (and run-due every minute)."""
     from setia.entrypoints.server import serve as run_server
 
-    run_server(engine(), host, port, scheduler=scheduler)
+    run_server(engine(), host, port, scheduler=scheduler, workers=workers)
 
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)

@@ -41,14 +41,20 @@ class Scheduler:
                 log.exception("run-due failed")
 
 
-def serve(engine: sa.Engine, host: str, port: int, *, scheduler: bool) -> None:
+def serve(engine: sa.Engine, host: str, port: int, *, scheduler: bool, workers: int = 1) -> None:
+    """Serve until stopped. With several workers uvicorn starts processes that build the
+    app from SETIA_DATABASE_URL; run-due stays in this process, once."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app(engine)
     background = Scheduler(engine) if scheduler else None
     if background:
         background.start()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+        if workers > 1:
+            uvicorn.run("setia.entrypoints.api.app:app_from_env", factory=True, host=host,
+                        port=port, workers=workers, log_level="info", access_log=False)
+        else:
+            uvicorn.run(create_app(engine), host=host, port=port, log_level="info",
+                        access_log=False)
     finally:
         if background:
             background.stop()

@@ -369,3 +369,10 @@ def create_app(engine: sa.Engine) -> FastAPI:
 
 
 __all__ = ["create_app"]
+
+
+def app_from_env() -> FastAPI:
+    """The application for SETIA_DATABASE_URL: the factory uvicorn's worker processes call."""
+    from setia.adapters.db.engine import make_engine
+
+    return create_app(make_engine())
