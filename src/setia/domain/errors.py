@@ -163,6 +163,18 @@ class VoucherUsed(SetiaError):
     status = 409
 
 
+class UnknownReference(SetiaError):
+    type = "unknown-reference"
+    title = "Nothing in the journal has this reference"
+    status = 404
+
+
+class AlreadyReversed(SetiaError):
+    type = "already-reversed"
+    title = "This reference was already reversed"
+    status = 409
+
+
 class IdempotencyConflict(SetiaError):
     type = "idempotency-conflict"
     title = "This key was already used with a different request"

@@ -276,27 +276,30 @@ class MemberLedger:
     # -- taking back --------------------------------------------------------------
 
     def clawback(self, points: int, *, order_id: str | None, rule_id: str | None,
-                 explanation: str, code: str = "clawback") -> None:
-        """Take back earned points: from the order's still-pending lots first, then the
-        available lots that expire first; what is not covered becomes a debt."""
+                 explanation: str, code: str = "clawback", credit: str = ISSUED,
+                 source: str | None = None) -> None:
+        """Take back earned points: from the order's (or the source event's) still-pending
+        lots first, then the available lots that expire first; the rest becomes a debt."""
         left = points
         self.ensure_lots()
-        if order_id is not None:
+        if order_id is not None or source is not None:
             for lot in sorted(self.lots.values(), key=Lot.sort_key):
                 if left == 0:
                     break
-                if lot.pending and lot.order_id == order_id and lot.remaining > 0:
+                own = (order_id is not None and lot.order_id == order_id) or (
+                    source is not None and lot.source == source)
+                if lot.pending and own and lot.remaining > 0:
                     taken = min(lot.remaining, left)
                     lot.remaining -= taken
                     self._touch(lot)
                     left -= taken
-                    self._post(code, PENDING, ISSUED, taken, rule_id, explanation)
+                    self._post(code, PENDING, credit, taken, rule_id, explanation)
         if left == 0:
             return
         from_lots = min(left, max(self.available, 0))
         if from_lots:
             self._take(from_lots)
-        self._post(code, AVAILABLE, ISSUED, left, rule_id, explanation)
+        self._post(code, AVAILABLE, credit, left, rule_id, explanation)
 
     def expire_due_lots(self, as_of: datetime) -> int:
         """Rolling expiry: lots whose expires_at has come lose what remains of them."""

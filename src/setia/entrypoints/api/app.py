@@ -22,7 +22,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import Caller, require
-from setia.service import activity, batch, events, members, programmes, redemptions
+from setia.service import (
+    activity,
+    batch,
+    events,
+    members,
+    programmes,
+    redemptions,
+    reversals,
+)
 
 MAX_BODY_BYTES = 1024 * 1024
 PROBLEM = "application/problem+json"
@@ -364,6 +372,14 @@ def create_app(engine: sa.Engine) -> FastAPI:
         caller.check_program(program)
         body = await read_body(request)
         return await call(redemptions.adjust, program, body, key)
+
+    @app.post(base + "/reversals", tags=["adjustments"], status_code=201,
+              openapi_extra=schemas.REVERSAL_BODY, responses=schemas.PROBLEM_RESPONSES)
+    async def post_reversal(program: str, request: Request, key: str = IdempotencyKey,
+                            caller: Caller = Depends(require("admin"))) -> Any:
+        caller.check_program(program)
+        body = await read_body(request)
+        return await call(reversals.reverse, program, body, key)
 
     return app
 

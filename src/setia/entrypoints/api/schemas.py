@@ -129,6 +129,12 @@ ADJUSTMENT_BODY = _json_body(
     }
 )
 
+REVERSAL_BODY = _json_body({
+    "type": "object", "required": ["ref", "reason"], "additionalProperties": False,
+    "properties": {"ref": {"type": "string", "examples": ["adjust:key-1", "till-7-000124"]},
+                   "reason": {"type": "string"}},
+})
+
 BALANCES = {
     "type": "object",
     "required": ["available", "pending", "reserved"],

@@ -1,0 +1,97 @@
+"""Reversals: a mistake is corrected by reversing postings, never by editing the journal.
+
+``reverse`` takes back what one reference (an event id other than a purchase
+or refund, or ``adjust:<key>`` of an adjustment) did to each member's points:
+earned points are taken back like a clawback (the reference's own pending
+points first, then the lots that expire first, the rest as a debt); points an
+adjustment removed are given back. Purchases are undone by refunds, which
+also correct the order and the tier metric. A reference is reversed once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from setia.adapters.db import tables as t
+from setia.adapters.db.store import PostingContext, UnitOfWork
+from setia.domain import earning
+from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
+from setia.domain.ledger import MEMBER_ACCOUNTS, PROGRAMME_ACCOUNTS
+from setia.service.common import Clock, idempotent, require_programme, transaction, utc_now
+from setia.service.views import balances
+
+REVERSIBLE_CODES = frozenset({"earn", "adjust", "activate", "expire"})
+
+
+def _net_by_member(rows: Sequence[Any]) -> dict[int, dict[str, int]]:
+    """Per member and programme account: points that went to the member (+) or back (-)."""
+    net: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in rows:
+        if row.debit in PROGRAMME_ACCOUNTS and row.credit in MEMBER_ACCOUNTS:
+            net[row.member_pk][row.debit] += row.points
+        elif row.debit in MEMBER_ACCOUNTS and row.credit in PROGRAMME_ACCOUNTS:
+            net[row.member_pk][row.credit] -= row.points
+    return net
+
+
+def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
+            clock: Clock = utc_now) -> dict[str, Any]:
+    if not isinstance(body, dict) or set(body) - {"ref", "reason"}:
+        raise InvalidField("give {ref, reason}", field="(body)")
+    ref, reason = body.get("ref"), body.get("reason")
+    if not isinstance(ref, str) or not ref:
+        raise InvalidField("ref names the event id or adjust:<key> to reverse", field="ref")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > 300:
+        raise InvalidField("reason is required (1 to 300 characters)", field="reason")
+
+    def work(uow: UnitOfWork) -> dict[str, Any]:
+        programme = require_programme(uow, program_id)
+        now = clock()
+
+        def run() -> dict[str, Any]:
+            p = t.postings
+            rows = uow.execute(sa.select(p).where(p.c.program_id == program_id,
+                                                  p.c.ref == ref)).all()
+            if not rows:
+                raise UnknownReference(f"no posting has reference {ref!r}", field="ref")
+            if uow.execute(sa.select(t.orders.c.order_id).where(
+                    t.orders.c.program_id == program_id, t.orders.c.event_id == ref)).first():
+                raise InvalidField("a purchase is undone by a refund, which also corrects "
+                                   "the order and the tier metric", field="ref")
+            if any(row.code not in REVERSIBLE_CODES for row in rows):
+                raise InvalidField("only events and adjustments can be reversed; a "
+                                   "redemption is undone by releasing its hold", field="ref")
+            reversal_ref = f"reverse:{ref}"
+            if uow.execute(sa.select(p.c.id).where(p.c.program_id == program_id,
+                                                   p.c.ref == reversal_ref)).first():
+                raise AlreadyReversed(f"{ref!r} was already reversed", field="ref")
+            net = _net_by_member(rows)
+            done = uow.members_for_update(program_id, net)
+            changed = []
+            for member in done:
+                for account, points in sorted(net[member.pk].items()):
+                    if points > 0:
+                        member.ledger.clawback(points, order_id=None, rule_id=None,
+                                               explanation=f"reversal of {ref}: {reason}",
+                                               code="reverse", credit=account, source=ref)
+                    elif points < 0:
+                        member.ledger.earn(-points, source=reversal_ref, rule_id=None,
+                                           explanation=f"reversal of {ref}: {reason}",
+                                           available_at=now, pending=False,
+                                           expires_at=earning.lot_expires_at(programme, now),
+                                           code="reverse", debit=account)
+                posted = uow.record(program_id, member,
+                                    PostingContext(reversal_ref, programme.version, now))
+                if posted:
+                    changed.append({"member": member.id, "balances": balances(member)})
+            return {"ref": ref, "reason": reason, "members": changed}
+
+        result = idempotent(uow, program_id, key, "reverse", body, run, now)
+        uow.commit()
+        return result
+
+    return transaction(engine, work)

@@ -1,0 +1,97 @@
+"""Reversals correct a mistake with reversing postings; the journal keeps both."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
+from setia.service.events import ingest_event
+from setia.service.members import get_member, upsert_member
+from setia.service.redemptions import adjust
+from setia.service.reversals import reverse
+from setia.service.run_due import run_due
+from tests.conftest import assert_journal_ok, at, fixed_clock
+
+P = "kopi-setia"
+CLOCK = fixed_clock("2027-02-01T09:00:00+08:00")
+
+
+def balances(engine: sa.Engine) -> dict[str, int]:
+    return get_member(engine, P, "ali", CLOCK)["balances"]
+
+
+def journal_rows(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("select count(*) from postings")).scalar_one())
+
+
+def account_total(engine: sa.Engine, account: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(
+            "select coalesce(sum(case when credit = :a then points else 0 end), 0)"
+            " - coalesce(sum(case when debit = :a then points else 0 end), 0) from postings"),
+            {"a": account}).scalar_one())
+
+
+def test_reversing_a_positive_adjustment_takes_the_points_back_to_adjustments(kopi):
+    # Given a member with 50 pending welcome Beans and an adjustment of +30 available
+    upsert_member(kopi, P, "ali", {}, CLOCK)
+    adjust(kopi, P, {"member": "ali", "points": 30, "reason": "goodwill"}, "a1", CLOCK)
+    assert balances(kopi) == {"available": 30, "pending": 50, "reserved": 0}
+    # When it is reversed
+    result = reverse(kopi, P, {"ref": "adjust:a1", "reason": "entered twice"}, "r1", CLOCK)
+    # Then the 30 go back to the adjustments account; the welcome Beans stay
+    assert result["members"] == [{"member": "ali", "balances": {
+        "available": 0, "pending": 50, "reserved": 0}}]
+    assert account_total(kopi, "adjustments") == 0
+    # And a replay of the same key answers the same, a second reversal is refused
+    assert reverse(kopi, P, {"ref": "adjust:a1", "reason": "entered twice"}, "r1", CLOCK) == result
+    rows = journal_rows(kopi)
+    with pytest.raises(AlreadyReversed) as refused:
+        reverse(kopi, P, {"ref": "adjust:a1", "reason": "again"}, "r2", CLOCK)
+    assert refused.value.field == "ref"
+    assert journal_rows(kopi) == rows
+    assert balances(kopi) == {"available": 0, "pending": 50, "reserved": 0}
+    assert_journal_ok(kopi)
+
+
+def test_reversing_a_negative_adjustment_gives_the_points_back(kopi):
+    upsert_member(kopi, P, "ali", {}, CLOCK)
+    adjust(kopi, P, {"member": "ali", "points": 40, "reason": "promo"}, "a1", CLOCK)
+    adjust(kopi, P, {"member": "ali", "points": -25, "reason": "mistake"}, "a2", CLOCK)
+    assert balances(kopi)["available"] == 15
+    reverse(kopi, P, {"ref": "adjust:a2", "reason": "the -25 was wrong"}, "r1", CLOCK)
+    # 15 + 25 = 40 available again
+    assert balances(kopi) == {"available": 40, "pending": 50, "reserved": 0}
+    assert_journal_ok(kopi)
+
+
+def test_reversing_a_review_takes_its_pending_points_first(kopi):
+    # Given 50 welcome Beans pending and a review's 5 Beans pending
+    upsert_member(kopi, P, "ali", {}, CLOCK)
+    ingest_event(kopi, P, {"id": "rev-1", "type": "review", "member": "ali",
+                           "occurred_at": "2027-02-01T10:00:00+08:00"}, CLOCK)
+    assert balances(kopi) == {"available": 0, "pending": 55, "reserved": 0}
+    # When the review is reversed, its own pending 5 go back to issued
+    reverse(kopi, P, {"ref": "rev-1", "reason": "fake review"}, "r1", CLOCK)
+    assert balances(kopi) == {"available": 0, "pending": 50, "reserved": 0}
+    # And run-due activates only the 50 welcome Beans
+    run_due(kopi, at("2027-02-10T00:00:00+08:00"))
+    assert balances(kopi) == {"available": 50, "pending": 0, "reserved": 0}
+    assert_journal_ok(kopi)
+
+
+def test_a_purchase_or_an_unknown_reference_cannot_be_reversed(kopi):
+    upsert_member(kopi, P, "ali", {}, CLOCK)
+    ingest_event(kopi, P, {"id": "p1", "type": "purchase", "member": "ali", "order_id": "o1",
+                           "occurred_at": "2027-02-01T10:00:00+08:00", "amount": "12.00"}, CLOCK)
+    before, rows = balances(kopi), journal_rows(kopi)
+    with pytest.raises(InvalidField) as purchase:
+        reverse(kopi, P, {"ref": "p1", "reason": "oops"}, "r1", CLOCK)
+    assert purchase.value.field == "ref"
+    with pytest.raises(UnknownReference) as unknown:
+        reverse(kopi, P, {"ref": "nothing-here", "reason": "oops"}, "r2", CLOCK)
+    assert unknown.value.field == "ref"
+    assert (balances(kopi), journal_rows(kopi)) == (before, rows)
+    assert_journal_ok(kopi)
