@@ -43,6 +43,11 @@ def normalise_code(code: str) -> str:
     return cleaned.translate(str.maketrans("OIL", "011"))
 
 
+def is_code(code: str) -> bool:
+    """Whether a normalised code could be a voucher code at all."""
+    return len(code) == CODE_LENGTH and all(char in CODE_ALPHABET for char in code)
+
+
 def find_reward(programme: Programme, reward_id: Any) -> Reward:
     if not isinstance(reward_id, str) or not reward_id:
         raise InvalidField("reward must be a reward id", field="reward")

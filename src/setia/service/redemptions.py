@@ -334,6 +334,8 @@ def capture_or_release(
 
 def _voucher_row(uow: UnitOfWork, programme: Programme, code: str, *, lock: bool) -> dict[str, Any]:
     normalised = rewards.normalise_code(code)
+    if not rewards.is_code(normalised):
+        raise UnknownVoucher(f"no voucher {code!r}", field="code")
     query = sa.select(t.vouchers).where(
         t.vouchers.c.program_id == programme.id, t.vouchers.c.code == normalised
     )

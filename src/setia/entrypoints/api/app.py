@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import schemas
@@ -82,8 +83,22 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """Every method some route of this path accepts (RFC 9110: Allow lists them all)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "OPTIONS"})
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods - {"HEAD"}))
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        return problem_response(405, "method-not-allowed", "Method not allowed",
+                                f"{request.method} is not allowed here",
+                                headers={"Allow": _allowed_methods(request)})
     slugs = {
         404: "not-found",
         405: "method-not-allowed",
@@ -126,13 +141,42 @@ async def read_body(request: Request, *, yaml_ok: bool = False) -> Any:
             raise StarletteHTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if yaml_ok and media in ("application/yaml", "application/x-yaml", "text/yaml"):
-        return programmes.parse_text(bytes(raw))
+        document = programmes.parse_text(bytes(raw))
+        check_storable(document)
+        return document
     if media != "application/json" and not media.endswith("+json"):
         raise StarletteHTTPException(415, "send the body as application/json")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StarletteHTTPException(400, f"the body is not valid JSON: {exc}") from None
+    check_storable(body)
+    return body
+
+
+def check_storable(value: Any, path: str = "") -> None:
+    """Refuse text no database can hold: NUL characters and unpaired surrogates
+    (JSON's \\u escapes allow both)."""
+    if isinstance(value, str):
+        if "\x00" in value or not _encodes(value):
+            where = path or "(body)"
+            raise InvalidField(f"{where} contains a NUL character or an unpaired surrogate",
+                               field=where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_storable(key, path or "(body)")
+            check_storable(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_storable(item, f"{path}[{index}]")
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 IdempotencyKey = Header(
@@ -154,6 +198,14 @@ def create_app(engine: sa.Engine) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.state.engine = engine
+
+    @app.middleware("http")
+    async def refuse_unstorable_paths(request: Request, call_next: Any) -> Any:
+        # A path with a NUL or an unpaired surrogate names nothing that can be stored.
+        path = request.scope.get("path", "")
+        if "\x00" in path or not _encodes(path):
+            return problem_response(404, "not-found", "Not found", "no such resource")
+        return await call_next(request)
 
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return run_in_threadpool(fn, engine, *args, **kwargs)
