@@ -278,3 +278,12 @@ def test_an_event_of_another_type_needs_no_amount():
     assert event.type == "review"
     assert event.amount is None
     assert event.order_id is None
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "a\ud800b", "a\nb"])
+def test_an_id_with_a_control_character_or_lone_surrogate_is_refused(text):
+    raw = {"id": "e1", "type": "review", "member": text,
+           "occurred_at": "2027-03-01T10:00:00+08:00"}
+    with pytest.raises(InvalidField) as refused:
+        parse_event(raw, "MYR")
+    assert refused.value.field == "member"

@@ -10,6 +10,7 @@ the tier held before it, so the caller passes the tier held at the event.
 
 from __future__ import annotations
 
+import calendar
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,11 +18,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from dateutil.relativedelta import relativedelta
-
 from setia.domain.conditions import ConditionError
 from setia.domain.events import Event, Line
-from setia.domain.money import format_money
+from setia.domain.money import currency_symbol
 from setia.domain.programme import WEEKDAYS, EarnRule, Level, Programme
 
 
@@ -34,6 +33,57 @@ class MemberFacts:
     purchases: int
     attributes: Mapping[str, Any]
     enrolled_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What evaluation looks up in the programme for every event, worked out once."""
+
+    programme: Programme
+    rules: dict[str, tuple[EarnRule, ...]]
+    is_rate: dict[str, bool]
+    filters_lines: dict[str, bool]
+    uses_multiplier: dict[str, bool]
+    points_name: str
+    symbol: str
+
+
+_plans: dict[int, _Plan] = {}
+_texts: dict[Decimal, str] = {}
+
+
+def _plan(programme: Programme) -> _Plan:
+    """The programme's plan, cached by identity (programmes are immutable once compiled)."""
+    plan = _plans.get(id(programme))
+    if plan is not None and plan.programme is programme:
+        return plan
+    rules: dict[str, list[EarnRule]] = {}
+    for rule in programme.model.earn:
+        rules.setdefault(rule.on, []).append(rule)
+    plan = _Plan(
+        programme=programme,
+        rules={on: tuple(found) for on, found in rules.items()},
+        is_rate={rule.id: rule.is_rate for rule in programme.model.earn},
+        filters_lines={rule.id: rule.filters_lines for rule in programme.model.earn},
+        uses_multiplier={rule.id: rule.uses_tier_multiplier for rule in programme.model.earn},
+        points_name=programme.model.points.name,
+        symbol=currency_symbol(programme.currency),
+    )
+    if len(_plans) > 256:
+        _plans.clear()
+    _plans[id(programme)] = plan
+    return plan
+
+
+def _normalized(value: Decimal) -> str:
+    """``f"{value.normalize():f}"``, remembered: rates and multipliers are few."""
+    text = _texts.get(value)  # equal decimals normalize alike
+    if text is None:
+        text = f"{value.normalize():f}"
+        if len(_texts) > 4096:
+            _texts.clear()
+        _texts[value] = text
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +111,25 @@ def period_key(per: str, local: datetime) -> str:
 
 def matching_amount(rule: EarnRule, event: Event, lines: tuple[Line, ...] | None = None) -> Decimal:
     """The part of the event's amount a rule counts: all of it, or its lines."""
+    return _matching_amount(rule, event, lines, rule.filters_lines)
+
+
+def _matching_amount(
+    rule: EarnRule, event: Event, lines: tuple[Line, ...] | None, filters_lines: bool
+) -> Decimal:
     lines = event.lines if lines is None else lines
-    if not rule.filters_lines:
+    if not filters_lines:
         if lines:
             return sum((line.amount for line in lines), Decimal(0))
         return event.amount or Decimal(0)
     total = Decimal(0)
+    categories, skus = rule.categories, rule.skus
     for line in lines:
         if (
-            rule.categories is not None
-            and line.category in rule.categories
-            or rule.skus is not None
-            and line.sku in rule.skus
+            categories is not None
+            and line.category in categories
+            or skus is not None
+            and line.sku in skus
         ):
             total += line.amount
     return total
@@ -141,17 +198,22 @@ def evaluate(
 
     ``usage`` maps (rule id, period key) to how often the rule already paid this member.
     """
+    plan = _plan(programme)
+    rules = plan.rules.get(event.type)
+    if not rules:
+        return []
     local = event.occurred_at.astimezone(programme.tz)
-    points_name = programme.model.points.name
     awards: list[Award] = []
     context: dict[str, Any] | None = None
-    for rule in programme.rules_for(event.type):
+    event_amount = event.amount or Decimal(0)
+    for rule in rules:
         if not _scope_matches(rule, event, local, member):
             continue
-        amount = matching_amount(rule, event)
-        if rule.filters_lines and amount == 0:
+        filters_lines = plan.filters_lines[rule.id]
+        amount = _matching_amount(rule, event, None, filters_lines)
+        if filters_lines and amount == 0:
             continue  # no line of the order is in the rule's categories or skus
-        if rule.min_amount is not None and (event.amount or Decimal(0)) < rule.min_amount:
+        if rule.min_amount is not None and event_amount < rule.min_amount:
             continue
         limit_key = None
         if rule.limit is not None:
@@ -169,10 +231,13 @@ def evaluate(
                 # A condition that cannot be evaluated for this event (a missing attribute)
                 # does not hold: one rule must never block a purchase (decisions/cel.md).
                 continue
-        points, explanation = award_points(rule, amount, member.tier, programme, points_name)
+        points, explanation = _award_points(
+            rule, amount, member.tier, plan, plan.uses_multiplier[rule.id], plan.points_name
+        )
         if points > 0:
             awards.append(
-                Award(rule.id, points, explanation, fixed=not rule.is_rate, limit_key=limit_key)
+                Award(rule.id, points, explanation, fixed=not plan.is_rate[rule.id],
+                      limit_key=limit_key)
             )
     return awards
 
@@ -180,20 +245,31 @@ def evaluate(
 def award_points(
     rule: EarnRule, amount: Decimal, tier: Level, programme: Programme, points_name: str
 ) -> tuple[int, str]:
-    multiplier = tier.multiplier if rule.uses_tier_multiplier else Decimal(1)
+    plan = _plan(programme)
+    return _award_points(rule, amount, tier, plan, plan.uses_multiplier[rule.id], points_name)
+
+
+_ONE = Decimal(1)
+
+
+def _award_points(
+    rule: EarnRule, amount: Decimal, tier: Level, plan: _Plan, uses_multiplier: bool,
+    points_name: str,
+) -> tuple[int, str]:
+    multiplier = tier.multiplier if uses_multiplier else _ONE
     at_tier = f" at {tier.name}" if multiplier != 1 else ""
-    if rule.rate is not None:
-        points = rate_points(rule.rate, amount, multiplier)
-        factor = rule.rate * multiplier
-        factor_text = f"{factor.normalize():f}"
-        money = format_money(amount, programme.currency)
+    rate = rule.rate
+    if rate is not None:
+        points = rate_points(rate, amount, multiplier)
+        factor_text = _normalized(rate * multiplier)
+        money = f"{plan.symbol} {amount}"  # format_money, the symbol looked up once
         return points, f"{factor_text} × {money}{at_tier} = {points} {points_name} ({rule.id})"
     assert rule.points is not None
     points = math.floor(rule.points * multiplier)
     if multiplier != 1:
         return (
             points,
-            f"{rule.points} × {multiplier.normalize():f}{at_tier} = "
+            f"{rule.points} × {_normalized(multiplier)}{at_tier} = "
             f"{points} {points_name} ({rule.id})",
         )
     return points, f"{points} {points_name} ({rule.id})"
@@ -247,4 +323,16 @@ def lot_expires_at(programme: Programme, available_at: datetime) -> datetime | N
         return None
     assert expiry.months is not None
     local = available_at.astimezone(programme.tz)
-    return local + relativedelta(months=expiry.months)
+    return add_months(local, expiry.months)
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """``moment + relativedelta(months=months)``: the same wall-clock time ``months`` later,
+    the day clamped to the end of a shorter month (31 Aug + 6 months = 28/29 Feb)."""
+    total = moment.year * 12 + moment.month - 1 + months
+    year, month = divmod(total, 12)
+    month += 1
+    day = moment.day
+    if day > 28:
+        day = min(day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day, fold=0)

@@ -39,6 +39,10 @@ EVENT_KEYS = frozenset(
 )
 
 
+_LINE_AT = [f"lines[{i}]" for i in range(MAX_LINES)]  # field names, made once
+_LINE_AMOUNT = [f"{at}.amount" for at in _LINE_AT]
+
+
 @dataclass(frozen=True, slots=True)
 class Line:
     sku: str
@@ -79,6 +83,8 @@ def _text(raw: dict[str, Any], key: str, *, required: bool, max_length: int = 20
         raise InvalidField(f"{key} must be a non-empty string", field=key)
     if len(value) > max_length:
         raise InvalidField(f"{key} is longer than {max_length} characters", field=key)
+    if not value.isprintable():
+        raise InvalidField(f"{key} must not contain control characters", field=key)
     return value
 
 
@@ -112,7 +118,7 @@ def _lines(raw: Any, currency: str) -> tuple[Line, ...]:
     lines: list[Line] = []
     seen: set[str] = set()
     for i, item in enumerate(raw):
-        at = f"lines[{i}]"
+        at = _LINE_AT[i]
         if not isinstance(item, dict):
             raise InvalidField(f"{at} must be an object", field=at)
         sku = item.get("sku")
@@ -131,8 +137,8 @@ def _lines(raw: Any, currency: str) -> tuple[Line, ...]:
             raise InvalidField(f"{at}.quantity must be a positive integer", field=f"{at}.quantity")
         if "amount" not in item:
             raise InvalidField(f"{at}.amount is required", field=f"{at}.amount")
-        amount = parse_amount(item["amount"], currency, f"{at}.amount")
-        lines.append(Line(sku=sku, category=category, quantity=quantity, amount=amount))
+        amount = parse_amount(item["amount"], currency, _LINE_AMOUNT[i])
+        lines.append(Line(sku, category, quantity, amount))
     return tuple(lines)
 
 
@@ -163,8 +169,8 @@ def parse_event(raw: Any, currency: str) -> Event:
     """Check one event body against the contract; amounts in the programme's currency."""
     if not isinstance(raw, dict):
         raise InvalidField("the event must be a JSON object", field="(body)")
-    unknown = sorted(set(raw) - EVENT_KEYS)
-    if unknown:
+    if not EVENT_KEYS.issuperset(raw):
+        unknown = sorted(set(raw) - EVENT_KEYS)
         raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
     event_id = _text(raw, "id", required=True, max_length=MAX_ID_LENGTH)
     event_type = _text(raw, "type", required=True, max_length=64)

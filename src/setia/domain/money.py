@@ -27,8 +27,25 @@ def currency_symbol(currency: str) -> str:
     return str(symbol)
 
 
+_parsed: dict[tuple[str, str], Decimal] = {}
+
+
 def parse_amount(value: object, currency: str, field: str) -> Decimal:
     """A non-negative amount as a decimal string (or integer) within the currency's precision."""
+    if type(value) is str:
+        # Tills send the same prices over and over: remember the good ones (a Decimal is
+        # immutable, so one can be shared). Refused amounts are checked every time.
+        found = _parsed.get((value, currency))
+        if found is None:
+            found = _parse_amount(value, currency, field)
+            if len(_parsed) > 65536:
+                _parsed.clear()
+            _parsed[(value, currency)] = found
+        return found
+    return _parse_amount(value, currency, field)
+
+
+def _parse_amount(value: object, currency: str, field: str) -> Decimal:
     if isinstance(value, bool | float):
         raise InvalidAmount(
             f'{field} must be a decimal string such as "42.50", not a JSON number with a fraction',

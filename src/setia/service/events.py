@@ -8,7 +8,7 @@ refused event leaves balances, lots and the journal exactly as they were.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -20,7 +20,7 @@ from setia.domain.errors import IdempotencyConflict, InvalidField, UnknownMember
 from setia.domain.events import Event, parse_event
 from setia.domain.member import Member
 from setia.domain.money import minor_digits
-from setia.domain.programme import Programme
+from setia.domain.programme import Level, Programme
 from setia.domain.refunds import Order, OrderLine, remaining_lines, split_refund
 from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
 from setia.service.views import balances, tier_view
@@ -110,13 +110,43 @@ def apply_event(
             for p in postings
         ],
         "balances": balances(member),
-        "tier": tier_view(programme, member, event.occurred_at, progress=False),
+        "tier": _tier_summary(programme, member),
     }
     if store:
         uow.add_event(programme.id, event, digest, payload, result, now)
         if known is not None:  # a repeat later in the same batch replays this result
             known[event.id] = StoredEvent(digest, result)
     return result
+
+
+_windows: dict[tuple[int, int, int], tuple[Programme, list[str]]] = {}
+_summaries: dict[tuple[int, str], tuple[Programme, dict[str, Any]]] = {}
+
+
+def _after_event(programme: Programme, current: Level, member: Member, local: datetime) -> Level:
+    """``tiers.after_event`` with the window's month keys worked out once per month: the
+    window depends only on the programme and the month of ``local``."""
+    key = (id(programme), local.year, local.month)
+    found = _windows.get(key)
+    if found is None or found[0] is not programme:
+        if len(_windows) > 4096:
+            _windows.clear()
+        found = _windows[key] = (programme, tiers.window_months(programme, local))
+    months = found[1]
+    reached = tiers.level_for(programme, tiers.metric_value(programme, member.buckets, months))
+    return tiers.higher(programme, reached, current)
+
+
+def _tier_summary(programme: Programme, member: Member) -> dict[str, Any]:
+    """``tier_view(..., progress=False)``, a new dict each time, built once per level."""
+    key = (id(programme), member.tier_id)
+    found = _summaries.get(key)
+    if found is None or found[0] is not programme:
+        if len(_summaries) > 4096:
+            _summaries.clear()
+        view = tier_view(programme, member, datetime.now(UTC), progress=False)
+        found = _summaries[key] = (programme, view)
+    return dict(found[1])
 
 
 def _member_for(uow: UnitOfWork, programme: Programme, event: Event, now: datetime) -> Member:
@@ -184,7 +214,7 @@ def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Even
     member.purchases += 1
     local = event.occurred_at.astimezone(programme.tz)
     member.add_to_bucket(tiers.month_key(local), spend=event.amount, points=total, visits=1)
-    member.tier_id = tiers.after_event(programme, tier_before, member.buckets, local).id
+    member.tier_id = _after_event(programme, tier_before, member, local).id
     uow.add_order(
         programme.id,
         Order(
@@ -287,7 +317,5 @@ def _other(programme: Programme, member: Member, event: Event) -> int:
     if total:
         local = event.occurred_at.astimezone(programme.tz)
         member.add_to_bucket(tiers.month_key(local), points=total)
-        member.tier_id = tiers.after_event(
-            programme, programme.level(member.tier_id), member.buckets, local
-        ).id
+        member.tier_id = _after_event(programme, programme.level(member.tier_id), member, local).id
     return total

@@ -15,7 +15,7 @@ import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
@@ -44,6 +44,135 @@ class PostingContext:
     occurred_at: datetime
 
 
+class _Formats:
+    """Column values as the driver takes them, made by the columns' own SQLAlchemy bind
+    processors (so SQLite and PostgreSQL store exactly what a Core statement would store),
+    and the driver-level SQL the flush runs with ``executemany``.
+
+    The flush bypasses SQLAlchemy's per-row parameter processing: with hundreds of
+    events per unit of work that processing cost more than the inserts themselves."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        def processor(column: sa.Column[Any]) -> Any:
+            return column.type.dialect_impl(dialect).bind_processor(dialect)
+
+        self._ts = processor(t.postings.c.occurred_at)
+        self.json = processor(t.events.c.payload) or _identity
+        if dialect.name == "sqlite":
+            # What UTCDateTime and SQLite's DATETIME store, without two function layers.
+            self._ts = _sqlite_time
+            if getattr(dialect, "_json_serializer", None) is None:
+                self.json = _json_text  # what the JSON type's json.dumps makes, a bit faster
+        self.bool = processor(t.lots.c.pending) or _identity
+        mark = self.mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self.sql: dict[str, str] = {}
+        self.sql["postings"] = _insert_sql(mark, "postings", POSTING_COLUMNS)
+        self.sql["events"] = _insert_sql(mark, "events", EVENT_COLUMNS)
+        self.sql["lots"] = _insert_sql(mark, "lots", LOT_COLUMNS)
+        self.sql["orders"] = _insert_sql(mark, "orders", ORDER_COLUMNS)
+        self.sql["lots_update"] = _update_sql(mark, "lots", ("remaining", "pending"),
+                                              ("member_pk", "seq"))
+        self.sql["members_update"] = _update_sql(mark, "members", MEMBER_UPDATE_COLUMNS, ("pk",))
+        self.sql["orders_update"] = _update_sql(mark, "orders",
+                                                ("refunded_e4", "lines", "awards"),
+                                                ("program_id", "order_id"))
+        self.sql["buckets"] = _upsert_sql(mark, "metric_buckets",
+                                          ("member_pk", "month", "spend_e4", "points", "visits"),
+                                          2)
+        self.sql["usage"] = _upsert_sql(mark, "rule_usage",
+                                        ("member_pk", "rule_id", "period", "count"), 3)
+
+    def ts(self, value: datetime | None) -> Any:
+        """A time as stored (naive UTC)."""
+        if value is None:
+            return None
+        return self._ts(value) if self._ts is not None else value
+
+
+class _Times:
+    """Times converted once per unit of work: the postings, event row, order and member of
+    one event share the event's time, and every event of a batch its ``recorded_at``.
+    Keyed by identity, holding the datetime so that its id cannot be reused meanwhile."""
+
+    def __init__(self, formats: _Formats) -> None:
+        self._convert = formats.ts
+        self._done: dict[int, tuple[datetime, Any]] = {}
+
+    def __call__(self, value: datetime | None) -> Any:
+        if value is None:
+            return None
+        found = self._done.get(id(value))
+        if found is not None and found[0] is value:
+            return found[1]
+        stored = self._convert(value)
+        self._done[id(value)] = (value, stored)
+        return stored
+
+    def clear(self) -> None:
+        self._done.clear()
+
+
+POSTING_COLUMNS = ("program_id", "asset", "member_pk", "debit", "credit", "points", "code", "ref",
+                   "rule_id", "program_version", "explanation", "occurred_at",
+                   "debit_balance_after", "credit_balance_after")
+EVENT_COLUMNS = ("program_id", "id", "type", "member_id", "occurred_at", "request_hash",
+                 "payload", "result", "recorded_at")
+LOT_COLUMNS = ("member_pk", "seq", "program_id", "source", "order_id", "points", "remaining",
+               "available_at", "expires_at", "pending")
+ORDER_COLUMNS = ("program_id", "order_id", "member_pk", "event_id", "program_version", "tier_id",
+                 "occurred_at", "amount_e4", "refunded_e4", "lines", "awards", "event")
+MEMBER_UPDATE_COLUMNS = ("tier_id", "tier_reviewed", "available", "pending", "reserved",
+                         "lot_seq", "purchases", "last_activity_at", "birthday_year")
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _json_text(value: Any) -> str:
+    """JSON as SQLAlchemy's JSON type writes it on SQLite (json.dumps, default settings)."""
+    return json.dumps(value)
+
+
+def _sqlite_time(value: datetime) -> str:
+    """Naive UTC as "YYYY-MM-DD HH:MM:SS.ffffff", SQLAlchemy's SQLite DATETIME format."""
+    assert value.tzinfo is not None, "times are stored from aware datetimes only"
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _names(columns: Iterable[str]) -> str:
+    return ", ".join(f'"{name}"' for name in columns)
+
+
+def _insert_sql(mark: str, table: str, columns: tuple[str, ...]) -> str:
+    return (f'INSERT INTO "{table}" ({_names(columns)}) '
+            f"VALUES ({', '.join(mark for _ in columns)})")
+
+
+def _update_sql(mark: str, table: str, columns: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    assignments = ", ".join(f'"{name}" = {mark}' for name in columns)
+    where = " AND ".join(f'"{name}" = {mark}' for name in keys)
+    return f'UPDATE "{table}" SET {assignments} WHERE {where}'
+
+
+def _upsert_sql(mark: str, table: str, columns: tuple[str, ...], keys: int) -> str:
+    update = ", ".join(f'"{name}" = excluded."{name}"' for name in columns[keys:])
+    return (f"{_insert_sql(mark, table, columns)} "
+            f"ON CONFLICT ({_names(columns[:keys])}) DO UPDATE SET {update}")
+
+
+_formats: dict[int, tuple[sa.Dialect, _Formats]] = {}
+
+
+def _formats_for(dialect: sa.Dialect) -> _Formats:
+    found = _formats.get(id(dialect))
+    if found is None or found[0] is not dialect:
+        found = (dialect, _Formats(dialect))
+        with _programme_cache_lock:
+            _formats[id(dialect)] = found
+    return found[1]
+
+
 class UnitOfWork:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -51,8 +180,14 @@ class UnitOfWork:
         self._members: dict[tuple[str, str], Member] = {}
         self._orders: dict[tuple[str, str], Order] = {}
         self._absent_orders: set[tuple[str, str]] = set()
-        self._postings: list[dict[str, Any]] = []
-        self._events: list[dict[str, Any]] = []
+        self._postings: list[tuple[Any, ...]] = []
+        self._events: list[tuple[Any, ...]] = []
+        self._formats = _formats_for(engine.dialect)
+        self._times = _Times(self._formats)
+        self._looked_up: dict[tuple[str, str], Any] = {}  # stored events, read in bulk
+        # Members the bulk importer inserted ahead of their enrolment (prepare_members):
+        # absent to ``member`` until ``add_member`` enrols them, at the same point as before.
+        self._prepared: dict[tuple[str, str], tuple[Member, datetime, str, str]] = {}
         self._committed = False
 
     # -- transaction ----------------------------------------------------------------
@@ -69,6 +204,11 @@ class UnitOfWork:
                 self.tx.rollback()
         finally:
             self.conn.close()
+            # Loaded members point back here (their lazy lot loaders): let go of them so that
+            # a bulk import's thousands of objects are freed now, not by a full GC pass.
+            self._members.clear()
+            self._orders.clear()
+            self._prepared.clear()
 
     def commit(self) -> None:
         self.flush()
@@ -139,6 +279,8 @@ class UnitOfWork:
         found = self._members.get(key)
         if found is not None:
             return found
+        if key in self._prepared:
+            return None  # inserted ahead of its enrolment, which has not happened yet
         query = sa.select(t.members).where(
             t.members.c.program_id == program_id, t.members.c.id == member_id
         )
@@ -177,8 +319,8 @@ class UnitOfWork:
             ).mappings().all()
             self._load_members(program_id, rows)
 
-    def _load_members(self, program_id: str, rows: Any, *, eager_lots: bool = False
-                      ) -> list[Member]:
+    def _load_members(self, program_id: str, rows: Any, *, eager_lots: bool = False,
+                      register: bool = True) -> list[Member]:
         """Members from their rows, with their tier buckets and rule usage, each read for
         all of them at once. Open lots are read with them (``eager_lots``) or, per member,
         only when the ledger first needs them."""
@@ -217,8 +359,9 @@ class UnitOfWork:
         ).mappings():
             key = (usage_row["rule_id"], usage_row["period"])
             members[usage_row["member_pk"]].usage[key] = usage_row["count"]
-        for member in members.values():
-            self._members[(program_id, member.id)] = member
+        if register:
+            for member in members.values():
+                self._members[(program_id, member.id)] = member
         return list(members.values())
 
     def _open_lots(self, member_pks: list[int]) -> dict[int, list[Lot]]:
@@ -245,6 +388,13 @@ class UnitOfWork:
     def add_member(self, program_id: str, member_id: str, *, enrolled_at: datetime,
                    tier_id: str, tier_reviewed: str, profile: dict[str, Any]) -> Member | None:
         """Insert a new member; None if it already exists (a concurrent enrolment won)."""
+        prepared = self._prepared.pop((program_id, member_id), None)
+        if prepared is not None:
+            member, *expected = prepared
+            assert expected == [enrolled_at, tier_id, tier_reviewed] and not any(
+                profile.values()), "an enrolment prepared by the importer enrols as prepared"
+            self._members[(program_id, member_id)] = member
+            return member
         row = {
             "program_id": program_id, "id": member_id, "enrolled_at": enrolled_at,
             "tier_id": tier_id, "tier_reviewed": tier_reviewed, "available": 0, "pending": 0,
@@ -256,6 +406,44 @@ class UnitOfWork:
         if not self.insert_ignore(t.members, row, ["program_id", "id"]):
             return None
         return self.member(program_id, member_id)
+
+    def loaded_member(self, program_id: str, member_id: str) -> Member | None:
+        """The member if this unit of work has it in memory; no query."""
+        return self._members.get((program_id, member_id))
+
+    def prepare_members(self, program_id: str,
+                        enrolments: list[tuple[str, datetime, str, str]]) -> None:
+        """Insert the rows of members about to be enrolled (member id, enrolled_at, tier,
+        tier_reviewed; an empty profile) with a few multi-row statements, as ``add_member``
+        would one by one. Each stays invisible until ``add_member`` claims it, so its signup
+        is posted in the same order as before; a row that already exists (a concurrent
+        enrolment) is left to the ordinary path."""
+        ts, as_json = self._formats.ts, self._formats.json
+        mark = self._formats.mark
+        columns = ("program_id", "id", "enrolled_at", "tier_id", "tier_reviewed", "available",
+                   "pending", "reserved", "lot_seq", "purchases", "last_activity_at",
+                   "birthday_year", "name", "email", "phone", "birthday", "attributes")
+        values = "(" + ", ".join(mark for _ in columns) + ")"
+        wanted = {member_id: (enrolled_at, tier_id, tier_reviewed)
+                  for member_id, enrolled_at, tier_id, tier_reviewed in enrolments}
+        rows = [(program_id, member_id, ts(enrolled_at), tier_id, tier_reviewed, 0, 0, 0, 0, 0,
+                 None, None, None, None, None, None, as_json({}))
+                for member_id, (enrolled_at, tier_id, tier_reviewed) in wanted.items()]
+        inserted: list[int] = []
+        for start in range(0, len(rows), 200):
+            chunk = rows[start:start + 200]
+            sql = (f'INSERT INTO "members" ({_names(columns)}) VALUES '
+                   + ", ".join(values for _ in chunk)
+                   + ' ON CONFLICT ("program_id", "id") DO NOTHING RETURNING "pk"')
+            params = tuple(value for row in chunk for value in row)
+            inserted.extend(pk for (pk,) in self.conn.exec_driver_sql(sql, params))
+        for start in range(0, len(inserted), CHUNK):
+            found = self.conn.execute(
+                sa.select(t.members).where(t.members.c.pk.in_(inserted[start:start + CHUNK]))
+                .order_by(t.members.c.pk)
+            ).mappings().all()
+            for member in self._load_members(program_id, found, register=False):
+                self._prepared[(program_id, member.id)] = (member, *wanted[member.id])
 
     def update_profile(self, member: Member) -> None:
         self.conn.execute(
@@ -270,22 +458,25 @@ class UnitOfWork:
     def record(self, program_id: str, member: Member, context: PostingContext) -> list[Posting]:
         """Take the postings the domain made for ``member`` into this transaction."""
         made = member.ledger.postings
+        if not made:
+            return made
         member.ledger.postings = []
-        for posting in made:
-            self._postings.append({
-                "program_id": program_id, "asset": ASSET_POINTS, "member_pk": member.pk,
-                "debit": posting.debit, "credit": posting.credit, "points": posting.points,
-                "code": posting.code, "ref": context.ref, "rule_id": posting.rule_id,
-                "program_version": context.program_version,
-                "explanation": posting.explanation[:400], "occurred_at": context.occurred_at,
-                "debit_balance_after": posting.debit_balance_after,
-                "credit_balance_after": posting.credit_balance_after,
-            })
+        pk, ref, version = member.pk, context.ref, context.program_version
+        occurred_at = self._times(context.occurred_at)
+        self._postings.extend(
+            (program_id, ASSET_POINTS, pk, p.debit, p.credit, p.points, p.code, ref, p.rule_id,
+             version, p.explanation[:400], occurred_at, p.debit_balance_after,
+             p.credit_balance_after)
+            for p in made
+        )
         return made
 
     # -- events and commands -----------------------------------------------------------
 
     def stored_event(self, program_id: str, event_id: str) -> Any:
+        key = (program_id, event_id)
+        if key in self._looked_up:  # read by stored_events; events are written at commit
+            return self._looked_up[key]
         return self.conn.execute(
             sa.select(t.events.c.request_hash, t.events.c.result).where(
                 t.events.c.program_id == program_id, t.events.c.id == event_id
@@ -302,16 +493,16 @@ class UnitOfWork:
                 )
             ):
                 found[row.id] = row
+            for event_id in chunk:
+                self._looked_up[(program_id, event_id)] = found.get(event_id)
         return found
 
     def add_event(self, program_id: str, event: Event, request_hash: str,
                   payload: dict[str, Any], result: dict[str, Any], recorded_at: datetime) -> None:
-        self._events.append({
-            "program_id": program_id, "id": event.id, "type": event.type,
-            "member_id": event.member, "occurred_at": event.occurred_at,
-            "request_hash": request_hash, "payload": payload, "result": result,
-            "recorded_at": recorded_at,
-        })
+        ts = self._times
+        self._events.append((program_id, event.id, event.type, event.member,
+                             ts(event.occurred_at), request_hash, payload, result,
+                             ts(recorded_at)))
 
     def stored_command(self, program_id: str, key: str) -> Any:
         return self.conn.execute(
@@ -360,107 +551,96 @@ class UnitOfWork:
 
     # -- flush ------------------------------------------------------------------------------
 
+    def _write(self, name: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            self.conn.exec_driver_sql(self._formats.sql[name], rows)
+
     def flush(self) -> None:
-        conn = self.conn
+        if self._prepared:  # never enrolled after all: as if never inserted
+            pks = [prepared[0].pk for prepared in self._prepared.values()]
+            self._prepared.clear()
+            self.conn.execute(t.members.delete().where(t.members.c.pk.in_(pks)))
+        formats = self._formats
+        ts, as_bool, as_json = self._times, formats.bool, formats.json
         if self._postings:
-            conn.execute(t.postings.insert(), self._postings)
+            self._write("postings", self._postings)
             self._postings = []
-        new_lots: list[dict[str, Any]] = []
-        changed_lots: list[dict[str, Any]] = []
-        member_rows: list[dict[str, Any]] = []
-        bucket_rows: list[dict[str, Any]] = []
-        usage_rows: list[dict[str, Any]] = []
+        new_lots: list[tuple[Any, ...]] = []
+        changed_lots: list[tuple[Any, ...]] = []
+        member_rows: list[tuple[Any, ...]] = []
+        bucket_rows: list[tuple[Any, ...]] = []
+        usage_rows: list[tuple[Any, ...]] = []
         for member in self._members.values():
             ledger = member.ledger
+            pk = member.pk
             for lot in ledger.lots.values():
                 if lot.new:
-                    new_lots.append(_lot_row(member, lot))
+                    new_lots.append((pk, lot.seq, member.program_id, lot.source[:200],
+                                     lot.order_id, lot.points, lot.remaining,
+                                     ts(lot.available_at), ts(lot.expires_at),
+                                     as_bool(lot.pending)))
                     lot.new = False
                     lot.dirty = False
                 elif lot.dirty:
-                    changed_lots.append({"b_member_pk": member.pk, "b_seq": lot.seq,
-                                         "remaining": lot.remaining, "pending": lot.pending})
+                    changed_lots.append((lot.remaining, as_bool(lot.pending), pk, lot.seq))
                     lot.dirty = False
             ledger.new_lots.clear()
-            member_rows.append({
-                "b_pk": member.pk, "tier_id": member.tier_id,
-                "tier_reviewed": member.tier_reviewed, "available": ledger.available,
-                "pending": ledger.pending, "reserved": ledger.reserved,
-                "lot_seq": ledger.lot_seq, "purchases": member.purchases,
-                "last_activity_at": member.last_activity_at,
-                "birthday_year": member.birthday_year,
-            })
-            for month in member.dirty_buckets:
-                bucket = member.buckets[month]
-                bucket_rows.append({
-                    "member_pk": member.pk, "month": month,
-                    "spend_e4": _minor(bucket.spend), "points": bucket.points,
-                    "visits": bucket.visits,
-                })
-            member.dirty_buckets.clear()
-            for rule_id, period in member.dirty_usage:
-                usage_rows.append({"member_pk": member.pk, "rule_id": rule_id,
-                                   "period": period, "count": member.usage[(rule_id, period)]})
-            member.dirty_usage.clear()
+            member_rows.append((member.tier_id, member.tier_reviewed, ledger.available,
+                                ledger.pending, ledger.reserved, ledger.lot_seq,
+                                member.purchases, ts(member.last_activity_at),
+                                member.birthday_year, pk))
+            if member.dirty_buckets:
+                for month in member.dirty_buckets:
+                    bucket = member.buckets[month]
+                    bucket_rows.append((pk, month, _minor(bucket.spend), bucket.points,
+                                        bucket.visits))
+                member.dirty_buckets.clear()
+            if member.dirty_usage:
+                for rule_id, period in member.dirty_usage:
+                    usage_rows.append((pk, rule_id, period, member.usage[(rule_id, period)]))
+                member.dirty_usage.clear()
             ledger.check()
-        if new_lots:
-            conn.execute(t.lots.insert(), new_lots)
-        if changed_lots:
-            conn.execute(
-                t.lots.update()
-                .where(t.lots.c.member_pk == sa.bindparam("b_member_pk"),
-                       t.lots.c.seq == sa.bindparam("b_seq"))
-                .values(remaining=sa.bindparam("remaining"), pending=sa.bindparam("pending")),
-                changed_lots,
-            )
-        if member_rows:
-            conn.execute(
-                t.members.update().where(t.members.c.pk == sa.bindparam("b_pk")).values(
-                    {name: sa.bindparam(name) for name in member_rows[0] if name != "b_pk"}
-                ),
-                member_rows,
-            )
-        self._upsert(t.metric_buckets, bucket_rows, ["member_pk", "month"],
-                     ["spend_e4", "points", "visits"])
-        self._upsert(t.rule_usage, usage_rows, ["member_pk", "rule_id", "period"], ["count"])
+        self._write("lots", new_lots)
+        self._write("lots_update", changed_lots)
+        self._write("members_update", member_rows)
+        self._write("buckets", bucket_rows)
+        self._write("usage", usage_rows)
         self._flush_orders()
         if self._events:
-            conn.execute(t.events.insert(), self._events)
+            self._write("events", [
+                (program_id, event_id, kind, member_id, occurred_at, digest, as_json(payload),
+                 as_json(result), recorded_at)
+                for (program_id, event_id, kind, member_id, occurred_at, digest, payload, result,
+                     recorded_at) in self._events
+            ])
             self._events = []
+        self._times.clear()
 
     def _flush_orders(self) -> None:
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
+        ts, as_json = self._times, self._formats.json
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
         for (program_id, order_id), order in self._orders.items():
-            lines = [{"sku": line.sku, "category": line.category, "quantity": line.quantity,
-                      "amount": str(line.amount), "refunded": str(line.refunded)}
-                     for line in order.lines]
             if order.new:
-                inserts.append({
-                    "program_id": program_id, "order_id": order_id, "member_pk": order.member_pk,
-                    "event_id": order.event_id, "program_version": order.program_version,
-                    "tier_id": order.tier_id, "occurred_at": order.occurred_at,
-                    "amount_e4": _minor(order.amount), "refunded_e4": _minor(order.refunded),
-                    "lines": lines, "awards": order.awards, "event": order.payload,
-                })
+                inserts.append((program_id, order_id, order.member_pk, order.event_id,
+                                order.program_version, order.tier_id, ts(order.occurred_at),
+                                _minor(order.amount), _minor(order.refunded),
+                                as_json(_lines_json(order)), as_json(order.awards),
+                                as_json(order.payload)))
                 order.new = False
                 order.dirty = False
             elif order.dirty:
-                updates.append({"b_program_id": program_id, "b_order_id": order_id,
-                                "refunded_e4": _minor(order.refunded), "lines": lines,
-                                "awards": order.awards})
+                updates.append((_minor(order.refunded), as_json(_lines_json(order)),
+                                as_json(order.awards), program_id, order_id))
                 order.dirty = False
-        if inserts:
-            self.conn.execute(t.orders.insert(), inserts)
-        if updates:
-            self.conn.execute(
-                t.orders.update().where(
-                    t.orders.c.program_id == sa.bindparam("b_program_id"),
-                    t.orders.c.order_id == sa.bindparam("b_order_id"),
-                ).values(refunded_e4=sa.bindparam("refunded_e4"),
-                         lines=sa.bindparam("lines"), awards=sa.bindparam("awards")),
-                updates,
-            )
+        self._write("orders", inserts)
+        self._write("orders_update", updates)
+
+
+def _lines_json(order: Order) -> list[dict[str, Any]]:
+    return [{"sku": line.sku, "category": line.category, "quantity": line.quantity,
+             "amount": str(line.amount), "refunded": str(line.refunded)}
+            for line in order.lines]
 
 
 def _minor(amount: Decimal) -> int:
@@ -491,13 +671,6 @@ def _lot(row: Any) -> Lot:
                remaining=row["remaining"], available_at=row["available_at"],
                expires_at=row["expires_at"], pending=bool(row["pending"]),
                order_id=row["order_id"])
-
-
-def _lot_row(member: Member, lot: Lot) -> dict[str, Any]:
-    return {"member_pk": member.pk, "seq": lot.seq, "program_id": member.program_id,
-            "source": lot.source[:200], "order_id": lot.order_id, "points": lot.points,
-            "remaining": lot.remaining, "available_at": lot.available_at,
-            "expires_at": lot.expires_at, "pending": lot.pending}
 
 
 def allocations_json(allocations: list[Allocation]) -> list[list[int]]:
