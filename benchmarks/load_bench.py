@@ -538,6 +538,27 @@ def statement_profile(url: str, members: int, calls: int, seed: int) -> list[str
         stats[key][0] += 1
         stats[key][1] += time.perf_counter() - local.started
 
+    # On PostgreSQL the flush sends its writes in one psycopg pipeline, past SQLAlchemy's
+    # cursor events: time that round trip as one item.
+    from setia.adapters.db.store import UnitOfWork
+
+    send_writes = UnitOfWork._send_writes
+
+    def timed_send_writes(uow: UnitOfWork, commit: bool = False) -> None:
+        if not uow._writes:
+            return
+        key = "pipeline: " + ", ".join(
+            sql.split('"')[1] + (" (update)" if sql.startswith("UPDATE") else "")
+            for sql, _ in uow._writes) + (" + COMMIT" if commit else "")
+        started = time.perf_counter()
+        try:
+            send_writes(uow, commit)
+        finally:
+            stats[key][0] += 1
+            stats[key][1] += time.perf_counter() - started
+
+    UnitOfWork._send_writes = timed_send_writes  # type: ignore[method-assign]
+
     rng = random.Random(seed)
     jobs: list[tuple[str, Callable[[int], Any]]] = [
         ("ingest_event (a purchase)", lambda n: ingest_event(
@@ -567,6 +588,7 @@ def statement_profile(url: str, members: int, calls: int, seed: int) -> list[str
                 out.append(f"  {n / calls:8.2f}  {1000 * seconds / calls:7.3f}  {key}")
             out.append("")
     finally:
+        UnitOfWork._send_writes = send_writes  # type: ignore[method-assign]
         engine.dispose()
     return out
 

@@ -37,6 +37,11 @@ def _retryable(exc: Exception) -> bool:
     if isinstance(exc, IntegrityError):
         # A concurrent writer inserted the same key first; the retry sees its row.
         return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        # The connection was lost (a restarted database, a dropped idle connection): the
+        # pool was invalidated, so the retry runs on a new connection. Every write is
+        # idempotent (event ids, idempotency keys), so a retry after a lost COMMIT replays.
+        return True
     if isinstance(exc, OperationalError | DBAPIError):
         code = getattr(getattr(exc, "orig", None), "sqlstate", None)
         if code in ("40001", "40P01", "55P03"):

@@ -16,7 +16,13 @@ import sqlalchemy as sa
 
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import earning, tiers
-from setia.domain.errors import IdempotencyConflict, InvalidField, UnknownMember, UnknownOrder
+from setia.domain.errors import (
+    IdempotencyConflict,
+    InvalidField,
+    SetiaError,
+    UnknownMember,
+    UnknownOrder,
+)
 from setia.domain.events import Event, parse_event
 from setia.domain.member import Member
 from setia.domain.money import minor_digits
@@ -32,13 +38,37 @@ def ingest_event(
     """Apply one event (or replay its first result); the event id is the idempotency key."""
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
-        programme = require_programme(uow, program_id)
-        event = parse_event(payload, programme.currency)
+        programme, event = _programme_and_event(uow, program_id, payload)
         result = apply_event(uow, programme, event, payload, clock())
         uow.commit()
         return result
 
     return transaction(engine, work)
+
+
+def _programme_and_event(uow: UnitOfWork, program_id: str, payload: Any) -> tuple[Programme, Event]:
+    """The current programme and the event parsed for it, with the member locked and its
+    stored event and order looked up: one statement to lock (which also reads the
+    programme's current version) and one for the rest, when the programme cached in this
+    process is still current. Errors come in the same order as with ``require_programme``
+    first: an unknown programme, then a malformed event."""
+    programme = uow.cached_programme(program_id)
+    if programme is None:
+        programme = require_programme(uow, program_id)
+    try:
+        event = parse_event(payload, programme.currency)
+    except SetiaError:
+        fresh = require_programme(uow, program_id)  # the cached one may be stale
+        if fresh is programme:
+            raise
+        programme, event = fresh, parse_event(payload, fresh.currency)
+    uow.expect(program_id, event.id, event.order_id if event.type == "purchase" else None)
+    uow.member(program_id, event.member)
+    if not uow.is_current(programme):
+        fresh = require_programme(uow, program_id)
+        if fresh is not programme:
+            programme, event = fresh, parse_event(payload, fresh.currency)
+    return programme, event
 
 
 def simulate_event(

@@ -135,8 +135,13 @@ def get_member(
     engine: sa.Engine, program_id: str, member_id: str, clock: Clock = utc_now
 ) -> dict[str, Any]:
     def work(uow: UnitOfWork) -> dict[str, Any]:
-        programme = require_programme(uow, program_id)
-        member = uow.member(program_id, member_id, lock=False)
+        # The programme cached in this process, confirmed by the version the member
+        # statement reads; the member read without a lock and without its rule usage, with
+        # its open lots: two statements.
+        programme = uow.cached_programme(program_id)
+        member = uow.member(program_id, member_id, lock=False, usage=False, lots=True)
+        if programme is None or not uow.is_current(programme):
+            programme = require_programme(uow, program_id)
         if member is None:
             raise UnknownMember(
                 f"no member {member_id!r} in programme {program_id}", field="member"

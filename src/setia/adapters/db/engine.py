@@ -24,7 +24,10 @@ def make_engine(url: str | None = None, **kwargs: Any) -> sa.Engine:
         return engine
     kwargs.setdefault("pool_size", 20)
     kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it cost a round trip per request. A connection found dead is
+    # invalidated by SQLAlchemy's disconnect handling (the whole pool with it) and
+    # ``service.common.transaction`` retries the work on a fresh connection.
+    kwargs.setdefault("pool_pre_ping", False)
     return sa.create_engine(url, **kwargs)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,6 +34,10 @@ from setia.domain.tiers import Bucket
 
 _programme_cache: dict[tuple[str, int, str], Programme] = {}
 _programme_cache_lock = threading.Lock()
+# The programme each id was last found current with, per process: (version, definition
+# hash, programme). Only a hint: a caller that uses it confirms it against the version and
+# hash the member statement reads (``UnitOfWork.is_current``) before anything is applied.
+_current: dict[str, tuple[int, str, Programme]] = {}
 CHUNK = 500  # rows per IN (...) list: well under SQLite's bound-parameter limit
 
 
@@ -189,6 +193,12 @@ class UnitOfWork:
         # absent to ``member`` until ``add_member`` enrols them, at the same point as before.
         self._prepared: dict[tuple[str, str], tuple[Member, datetime, str, str]] = {}
         self._committed = False
+        self._writes: list[tuple[str, list[tuple[Any, ...]]]] = []
+        # (current version, definition hash) of each programme as this transaction read it
+        self._seen_programmes: dict[str, tuple[int, str]] = {}
+        # What the single-event path will look up after locking its member: the event id
+        # (idempotency) and a purchase's order id, read in the member's second statement.
+        self._expected: tuple[str, str, str | None] | None = None
 
     # -- transaction ----------------------------------------------------------------
 
@@ -211,7 +221,7 @@ class UnitOfWork:
             self._prepared.clear()
 
     def commit(self) -> None:
-        self.flush()
+        self.flush(commit=True)
         self.tx.commit()
         self._committed = True
 
@@ -261,34 +271,115 @@ class UnitOfWork:
             return None
         key = (program_id, found.version, found.definition_hash)
         cached = _programme_cache.get(key)
-        if cached is not None:
-            return cached
+        if cached is None:
+            cached = self._compile(program_id, key)
+        if version is None:
+            _current[program_id] = (found.version, found.definition_hash, cached)
+            self._seen_programmes[program_id] = (found.version, found.definition_hash)
+        return cached
+
+    def _compile(self, program_id: str, key: tuple[str, int, str]) -> Programme:
+        pv = t.program_versions
+        version = key[1]
         definition = self.conn.execute(
             sa.select(pv.c.definition).where(pv.c.program_id == program_id,
-                                             pv.c.version == found.version)
+                                             pv.c.version == version)
         ).scalar_one()
-        programme = compile_programme(validate_document(json.loads(definition)), found.version)
+        programme = compile_programme(validate_document(json.loads(definition)), version)
         with _programme_cache_lock:
             _programme_cache[key] = programme
         return programme
 
+    def cached_programme(self, program_id: str) -> Programme | None:
+        """The programme last found current for this id in this process; no query. A hint
+        to confirm with ``is_current`` once the member statement has run."""
+        found = _current.get(program_id)
+        return found[2] if found is not None else None
+
+    def is_current(self, programme: Programme) -> bool:
+        """Whether ``programme`` is the current version according to what this transaction
+        read (with the member row, or by ``programme``); False if it read nothing yet."""
+        found = _current.get(programme.id)
+        seen = self._seen_programmes.get(programme.id)
+        return (seen is not None and found is not None and found[2] is programme
+                and seen == found[:2])
+
     # -- members --------------------------------------------------------------------
 
-    def member(self, program_id: str, member_id: str, *, lock: bool = True) -> Member | None:
+    def member(self, program_id: str, member_id: str, *, lock: bool = True,
+               usage: bool = True, lots: bool = False) -> Member | None:
+        """The member, locked (``lock``), with its tier buckets, its rule usage unless
+        ``usage`` is False (a read-only view) and its open lots if ``lots`` (else read when
+        the ledger first needs them): two statements. The first also reads the programme's
+        current version for ``is_current``."""
         key = (program_id, member_id)
         found = self._members.get(key)
         if found is not None:
             return found
         if key in self._prepared:
             return None  # inserted ahead of its enrolment, which has not happened yet
-        query = sa.select(t.members).where(
-            t.members.c.program_id == program_id, t.members.c.id == member_id
-        )
-        if lock:
-            query = query.with_for_update()
-        rows = self.conn.execute(query).mappings().all()
-        loaded = self._load_members(program_id, rows)
-        return loaded[0] if loaded else None
+        rows = self.conn.execute(
+            _member_query(self.dialect, lock), {"program_id": program_id, "member_id": member_id}
+        ).mappings().all()
+        if not rows:
+            return None
+        row = rows[0]
+        if row["current_version"] is not None:
+            self._seen_programmes[program_id] = (row["current_version"], row["definition_hash"])
+        loaded = self._load_members(program_id, rows, details=False)
+        self._single_details(program_id, loaded[0], usage=usage, lots=lots)
+        return loaded[0]
+
+    def expect(self, program_id: str, event_id: str, order_id: str | None) -> None:
+        """Read this event id's stored result (and whether this new order id exists) with
+        the next member loaded, instead of with statements of their own."""
+        self._expected = (program_id, event_id, order_id)
+
+    def _single_details(self, program_id: str, member: Member, *, usage: bool,
+                        lots: bool) -> None:
+        """One member's tier buckets and rule usage, and what ``expect`` asked for, in one
+        statement. It runs after the statement that locked the member, so (under READ
+        COMMITTED) it sees everything committed before the lock was granted."""
+        expected, self._expected = self._expected, None
+        event_id = order_id = None
+        if expected is not None and expected[0] == program_id:
+            event_id, order_id = expected[1], expected[2]
+        sql = _details_sql(self.dialect, usage, lots, event_id is not None, order_id is not None)
+        params: list[Any] = [member.pk]
+        if usage:
+            params.append(member.pk)
+        if lots:
+            params.append(member.pk)
+        if event_id is not None:
+            params += [program_id, event_id]
+        if order_id is not None:
+            params += [program_id, order_id]
+        row = self.conn.exec_driver_sql(sql, tuple(params)).one()
+        buckets, *rest = row
+        for month, spend_e4, points, visits in _json_list(buckets):
+            member.buckets[month] = Bucket(spend=Decimal(spend_e4).scaleb(-4), points=points,
+                                           visits=visits)
+        if usage:
+            for rule_id, period, count in _json_list(rest.pop(0)):
+                member.usage[(rule_id, period)] = count
+        if lots:  # the open lots, as ``_open_lots`` reads them
+            ledger = member.ledger
+            ledger.lots_loader = None
+            for seq, source, points, remaining, available_at, expires_at, pending, order \
+                    in _json_list(rest.pop(0)):
+                ledger.lots[seq] = Lot(seq=seq, source=source, points=points,
+                                       remaining=remaining,
+                                       available_at=_json_time(available_at),
+                                       expires_at=_json_time(expires_at),
+                                       pending=bool(pending), order_id=order)
+        if event_id is not None:
+            stored = rest.pop(0)
+            if isinstance(stored, str):
+                stored = json.loads(stored)
+            self._looked_up[(program_id, event_id)] = (
+                None if stored is None else _StoredEvent(stored[0], stored[1]))
+        if order_id is not None and not rest.pop(0):
+            self._absent_orders.add((program_id, order_id))
 
     def members_for_update(self, program_id: str, member_pks: Iterable[int], *,
                            skip_locked: bool = False) -> list[Member]:
@@ -320,7 +411,7 @@ class UnitOfWork:
             self._load_members(program_id, rows)
 
     def _load_members(self, program_id: str, rows: Any, *, eager_lots: bool = False,
-                      register: bool = True) -> list[Member]:
+                      register: bool = True, details: bool = True) -> list[Member]:
         """Members from their rows, with their tier buckets and rule usage, each read for
         all of them at once. Open lots are read with them (``eager_lots``) or, per member,
         only when the ledger first needs them."""
@@ -346,6 +437,11 @@ class UnitOfWork:
         else:
             for pk, member in members.items():
                 member.ledger.lots_loader = lambda pk=pk: self._open_lots([pk]).get(pk, [])
+        if register:
+            for member in members.values():
+                self._members[(program_id, member.id)] = member
+        if not details:
+            return list(members.values())
         for bucket_row in self.conn.execute(
             sa.select(t.metric_buckets).where(t.metric_buckets.c.member_pk.in_(pks))
         ).mappings():
@@ -359,16 +455,16 @@ class UnitOfWork:
         ).mappings():
             key = (usage_row["rule_id"], usage_row["period"])
             members[usage_row["member_pk"]].usage[key] = usage_row["count"]
-        if register:
-            for member in members.values():
-                self._members[(program_id, member.id)] = member
         return list(members.values())
 
     def _open_lots(self, member_pks: list[int]) -> dict[int, list[Lot]]:
         found: dict[int, list[Lot]] = {pk: [] for pk in member_pks}
+        # one member (the usual case): "=", which SQLAlchemy need not re-render each time
+        by_member = (t.lots.c.member_pk == member_pks[0] if len(member_pks) == 1
+                     else t.lots.c.member_pk.in_(member_pks))
         for row in self.conn.execute(
             sa.select(t.lots).where(
-                t.lots.c.member_pk.in_(member_pks),
+                by_member,
                 sa.or_(t.lots.c.remaining > 0, t.lots.c.pending.is_(True)),
             )
         ).mappings():
@@ -553,9 +649,45 @@ class UnitOfWork:
 
     def _write(self, name: str, rows: list[tuple[Any, ...]]) -> None:
         if rows:
-            self.conn.exec_driver_sql(self._formats.sql[name], rows)
+            self._writes.append((self._formats.sql[name], rows))
 
-    def flush(self) -> None:
+    def _send_writes(self, commit: bool = False) -> None:
+        """Run the flush's statements in order. On PostgreSQL they go in one psycopg
+        pipeline, with the COMMIT when ``commit``: one round trip for all of them instead
+        of one each (the transaction's own commit then finds nothing left to do)."""
+        writes, self._writes = self._writes, []
+        if not writes:
+            return
+        if self.dialect != "postgresql":
+            for sql, rows in writes:
+                self.conn.exec_driver_sql(sql, rows)
+            return
+        import psycopg
+
+        driver = self.conn.connection.driver_connection
+        if not isinstance(driver, psycopg.Connection):  # another PostgreSQL driver
+            for sql, rows in writes:
+                self.conn.exec_driver_sql(sql, rows)
+            return
+        sql = writes[0][0]
+        try:
+            with driver.pipeline(), driver.cursor() as cursor:
+                for sql, rows in writes:
+                    cursor.executemany(sql, rows)
+                if commit:
+                    sql = "COMMIT"
+                    driver.commit()
+        except psycopg.Error as exc:
+            # As SQLAlchemy would raise it (IntegrityError, OperationalError, ...), so that
+            # ``transaction`` retries what it retries; a lost connection is invalidated.
+            lost = driver.broken or driver.closed
+            if lost:
+                self.conn.invalidate(exc)
+            raise sa.exc.DBAPIError.instance(sql, None, exc, psycopg.Error,
+                                             connection_invalidated=bool(lost),
+                                             dialect=self.engine.dialect) from exc
+
+    def flush(self, *, commit: bool = False) -> None:
         if self._prepared:  # never enrolled after all: as if never inserted
             pks = [prepared[0].pk for prepared in self._prepared.values()]
             self._prepared.clear()
@@ -614,6 +746,7 @@ class UnitOfWork:
                      recorded_at) in self._events
             ])
             self._events = []
+        self._send_writes(commit)
         self._times.clear()
 
     def _flush_orders(self) -> None:
@@ -635,6 +768,77 @@ class UnitOfWork:
                 order.dirty = False
         self._write("orders", inserts)
         self._write("orders_update", updates)
+
+
+class _StoredEvent(NamedTuple):
+    request_hash: str
+    result: dict[str, Any]
+
+
+def _json_list(value: Any) -> list[Any]:
+    """A JSON array as the driver hands it: parsed (psycopg), text (SQLite) or NULL."""
+    if value is None:
+        return []
+    return json.loads(value) if isinstance(value, str) else list(value)
+
+
+_member_queries: dict[tuple[str, bool], Any] = {}
+
+
+def _member_query(dialect: str, lock: bool) -> Any:
+    """The member row with its programme's current version and definition hash."""
+    found = _member_queries.get((dialect, lock))
+    if found is None:
+        m, p, pv = t.members, t.programs, t.program_versions
+        query = (
+            sa.select(m, p.c.current_version, pv.c.definition_hash)
+            .join(p, p.c.id == m.c.program_id)
+            .join(pv, sa.and_(pv.c.program_id == p.c.id, pv.c.version == p.c.current_version))
+            .where(m.c.program_id == sa.bindparam("program_id"),
+                   m.c.id == sa.bindparam("member_id"))
+        )
+        if lock:
+            query = query.with_for_update(of=m)
+        found = _member_queries[(dialect, lock)] = query
+    return found
+
+
+def _json_time(value: str | None) -> Any:
+    """A stored (naive UTC) time as JSON renders it, aware again as UTCDateTime reads it."""
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+_details: dict[tuple[str, bool, bool, bool, bool], str] = {}
+
+
+def _details_sql(dialect: str, usage: bool, lots: bool, event: bool, order: bool) -> str:
+    key = (dialect, usage, lots, event, order)
+    found = _details.get(key)
+    if found is not None:
+        return found
+    if dialect == "postgresql":
+        mark, agg, array, as_json = "%s", "json_agg", "json_build_array", "{}"
+    else:
+        mark, agg, array, as_json = "?", "json_group_array", "json_array", "json({})"
+    parts = [f"(SELECT {agg}({array}(month, spend_e4, points, visits)) "
+             f"FROM metric_buckets WHERE member_pk = {mark})"]
+    if usage:
+        parts.append(f'(SELECT {agg}({array}(rule_id, period, "count")) '
+                     f"FROM rule_usage WHERE member_pk = {mark})")
+    if lots:
+        parts.append(f"(SELECT {agg}({array}(seq, source, points, remaining, available_at, "
+                     f"expires_at, pending, order_id)) FROM lots "
+                     f"WHERE member_pk = {mark} AND (remaining > 0 OR pending))")
+    if event:
+        parts.append(f"(SELECT {array}(request_hash, {as_json.format('result')}) FROM events "
+                     f"WHERE program_id = {mark} AND id = {mark})")
+    if order:
+        parts.append(f"EXISTS (SELECT 1 FROM orders WHERE program_id = {mark} "
+                     f"AND order_id = {mark})")
+    found = _details[key] = "SELECT " + ", ".join(parts)
+    return found
 
 
 def _lines_json(order: Order) -> list[dict[str, Any]]:

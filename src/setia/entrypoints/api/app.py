@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import schemas
@@ -179,6 +180,24 @@ def _encodes(text: str) -> bool:
     return True
 
 
+class RefuseUnstorablePaths:
+    """A path with a NUL or an unpaired surrogate names nothing that can be stored: 404.
+    A plain ASGI middleware (``@app.middleware("http")`` costs a task and streams per
+    request)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope.get("path", "")
+            if "\x00" in path or not _encodes(path):
+                response = problem_response(404, "not-found", "Not found", "no such resource")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 IdempotencyKey = Header(
     alias="Idempotency-Key",
     min_length=1,
@@ -199,13 +218,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     app.state.engine = engine
 
-    @app.middleware("http")
-    async def refuse_unstorable_paths(request: Request, call_next: Any) -> Any:
-        # A path with a NUL or an unpaired surrogate names nothing that can be stored.
-        path = request.scope.get("path", "")
-        if "\x00" in path or not _encodes(path):
-            return problem_response(404, "not-found", "Not found", "no such resource")
-        return await call_next(request)
+    app.add_middleware(RefuseUnstorablePaths)
 
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return run_in_threadpool(fn, engine, *args, **kwargs)
@@ -285,7 +298,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
         program: str, member: str, caller: Caller = Depends(require("admin", "pos", "member-read"))
     ) -> Any:
         caller.check_program(program)
-        return await call(members.get_member, program, member)
+        return JSONResponse(await call(members.get_member, program, member))
 
     @app.get(
         base + "/members/{member}/activity", tags=["members"], responses=schemas.PROBLEM_RESPONSES
@@ -326,12 +339,12 @@ def create_app(engine: sa.Engine) -> FastAPI:
     )
     async def post_batch(
         program: str, request: Request, caller: Caller = Depends(require("admin", "pos"))
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         caller.check_program(program)
         body = await read_body(request)
         if not isinstance(body, dict) or set(body) != {"events"}:
             raise InvalidField('the body must be {"events": [...]}', field="events")
-        return {"results": await call(batch.ingest_batch, program, body["events"])}
+        return JSONResponse({"results": await call(batch.ingest_batch, program, body["events"])})
 
     @app.post(
         base + "/simulate",
