@@ -101,3 +101,17 @@ def idempotent(uow: UnitOfWork, program_id: str, key: str, operation: str, body:
     result = run()
     uow.add_command(program_id, key, operation, digest, result, now)
     return result
+
+
+MAX_REASON_LENGTH = 300
+
+
+def require_reason(body: dict[str, Any]) -> str:
+    """The reason an admin gives for a correction: required, 1 to 300 characters."""
+    from setia.domain.errors import InvalidField
+
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_LENGTH:
+        raise InvalidField(f"reason is required (1 to {MAX_REASON_LENGTH} characters)",
+                           field="reason")
+    return reason

@@ -32,7 +32,14 @@ from setia.domain.errors import (
 from setia.domain.ledger import ADJUSTMENTS, REDEEMED
 from setia.domain.member import Member
 from setia.domain.programme import Programme, Reward
-from setia.service.common import Clock, idempotent, require_programme, transaction, utc_now
+from setia.service.common import (
+    Clock,
+    idempotent,
+    require_programme,
+    require_reason,
+    transaction,
+    utc_now,
+)
 from setia.service.views import balances
 
 RandomBytes = Callable[[int], bytes]
@@ -428,9 +435,7 @@ def adjust(
     if unknown:
         raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
     points = _points(body.get("points"), "points", allow_negative=True)
-    reason = body.get("reason")
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > 300:
-        raise InvalidField("reason is required (1 to 300 characters)", field="reason")
+    reason = require_reason(body)
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)

@@ -21,7 +21,14 @@ from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import earning
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
 from setia.domain.ledger import MEMBER_ACCOUNTS, PROGRAMME_ACCOUNTS
-from setia.service.common import Clock, idempotent, require_programme, transaction, utc_now
+from setia.service.common import (
+    Clock,
+    idempotent,
+    require_programme,
+    require_reason,
+    transaction,
+    utc_now,
+)
 from setia.service.views import balances
 
 REVERSIBLE_CODES = frozenset({"earn", "adjust", "activate", "expire"})
@@ -42,11 +49,10 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
             clock: Clock = utc_now) -> dict[str, Any]:
     if not isinstance(body, dict) or set(body) - {"ref", "reason"}:
         raise InvalidField("give {ref, reason}", field="(body)")
-    ref, reason = body.get("ref"), body.get("reason")
+    ref = body.get("ref")
     if not isinstance(ref, str) or not ref:
         raise InvalidField("ref names the event id or adjust:<key> to reverse", field="ref")
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > 300:
-        raise InvalidField("reason is required (1 to 300 characters)", field="reason")
+    reason = require_reason(body)
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
