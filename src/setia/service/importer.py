@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from setia.adapters.db.store import UnitOfWork
@@ -37,7 +38,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 try:
                     for key in CSV_JSON_COLUMNS:
                         if key in row:
-                            row[key] = json.loads(row[key])
+                            row[key] = orjson.loads(row[key])
                 except json.JSONDecodeError as exc:
                     yield number, f"column {key} is not JSON: {exc.msg}"
                     continue
@@ -48,7 +49,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
             if not text.strip():
                 continue
             try:
-                yield number, json.loads(text)
+                yield number, orjson.loads(text)
             except json.JSONDecodeError as exc:
                 yield number, f"not JSON: {exc.msg}"
 

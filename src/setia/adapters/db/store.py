@@ -11,7 +11,6 @@ once is written once.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,10 +19,12 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, NamedTuple
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from setia.adapters.db import tables as t
+from setia.adapters.db.engine import json_text
 from setia.domain.events import Event
 from setia.domain.ledger import ASSET_POINTS, Allocation, Lot, MemberLedger, Posting
 from setia.domain.member import Member
@@ -65,8 +66,8 @@ class _Formats:
         if dialect.name == "sqlite":
             # What UTCDateTime and SQLite's DATETIME store, without two function layers.
             self._ts = _sqlite_time
-            if getattr(dialect, "_json_serializer", None) is None:
-                self.json = _json_text  # what the JSON type's json.dumps makes, a bit faster
+            if getattr(dialect, "_json_serializer", None) is json_text:
+                self.json = json_text  # what the JSON type stores, without its function layer
         self.bool = processor(t.lots.c.pending) or _identity
         mark = self.mark = "?" if dialect.paramstyle == "qmark" else "%s"
         self.sql: dict[str, str] = {}
@@ -131,11 +132,6 @@ MEMBER_UPDATE_COLUMNS = ("tier_id", "tier_reviewed", "available", "pending", "re
 
 def _identity(value: Any) -> Any:
     return value
-
-
-def _json_text(value: Any) -> str:
-    """JSON as SQLAlchemy's JSON type writes it on SQLite (json.dumps, default settings)."""
-    return json.dumps(value)
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -285,7 +281,7 @@ class UnitOfWork:
             sa.select(pv.c.definition).where(pv.c.program_id == program_id,
                                              pv.c.version == version)
         ).scalar_one()
-        programme = compile_programme(validate_document(json.loads(definition)), version)
+        programme = compile_programme(validate_document(orjson.loads(definition)), version)
         with _programme_cache_lock:
             _programme_cache[key] = programme
         return programme
@@ -375,7 +371,7 @@ class UnitOfWork:
         if event_id is not None:
             stored = rest.pop(0)
             if isinstance(stored, str):
-                stored = json.loads(stored)
+                stored = orjson.loads(stored)
             self._looked_up[(program_id, event_id)] = (
                 None if stored is None else _StoredEvent(stored[0], stored[1]))
         if order_id is not None and not rest.pop(0):
@@ -779,7 +775,7 @@ def _json_list(value: Any) -> list[Any]:
     """A JSON array as the driver hands it: parsed (psycopg), text (SQLite) or NULL."""
     if value is None:
         return []
-    return json.loads(value) if isinstance(value, str) else list(value)
+    return orjson.loads(value) if isinstance(value, str) else list(value)
 
 
 _member_queries: dict[tuple[str, bool], Any] = {}

@@ -16,7 +16,6 @@ import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -24,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import Caller, require
+from setia.entrypoints.api.responses import JSONResponse
 from setia.service import (
     activity,
     batch,
@@ -208,6 +208,7 @@ IdempotencyKey = Header(
 
 def create_app(engine: sa.Engine) -> FastAPI:
     app = FastAPI(
+        default_response_class=JSONResponse,
         title="Setia",
         version="0.1.0",
         description="A loyalty and rewards engine. Errors are RFC 9457 problems.",
