@@ -40,6 +40,7 @@ _programme_cache_lock = threading.Lock()
 # hash the member statement reads (``UnitOfWork.is_current``) before anything is applied.
 _current: dict[str, tuple[int, str, Programme]] = {}
 CHUNK = 500  # rows per IN (...) list: well under SQLite's bound-parameter limit
+COPY_MIN = 64  # PostgreSQL: inserts of at least this many rows of one table go by COPY
 
 
 @dataclass(slots=True)
@@ -75,6 +76,11 @@ class _Formats:
         self.sql["events"] = _insert_sql(mark, "events", EVENT_COLUMNS)
         self.sql["lots"] = _insert_sql(mark, "lots", LOT_COLUMNS)
         self.sql["orders"] = _insert_sql(mark, "orders", ORDER_COLUMNS)
+        # PostgreSQL: a large insert goes by COPY (see UnitOfWork._send_writes)
+        self.copy = {name: f'COPY "{name}" ({_names(columns)}) FROM STDIN'
+                     for name, columns in (("postings", POSTING_COLUMNS),
+                                           ("events", EVENT_COLUMNS), ("lots", LOT_COLUMNS),
+                                           ("orders", ORDER_COLUMNS))}
         self.sql["lots_update"] = _update_sql(mark, "lots", ("remaining", "pending"),
                                               ("member_pk", "seq"))
         self.sql["members_update"] = _update_sql(mark, "members", MEMBER_UPDATE_COLUMNS, ("pk",))
@@ -189,6 +195,7 @@ class UnitOfWork:
         # absent to ``member`` until ``add_member`` enrols them, at the same point as before.
         self._prepared: dict[tuple[str, str], tuple[Member, datetime, str, str]] = {}
         self._committed = False
+        # (name of a table or statement, rows)
         self._writes: list[tuple[str, list[tuple[Any, ...]]]] = []
         # (current version, definition hash) of each programme as this transaction read it
         self._seen_programmes: dict[str, tuple[int, str]] = {}
@@ -645,34 +652,49 @@ class UnitOfWork:
 
     def _write(self, name: str, rows: list[tuple[Any, ...]]) -> None:
         if rows:
-            self._writes.append((self._formats.sql[name], rows))
+            self._writes.append((name, rows))
 
     def _send_writes(self, commit: bool = False) -> None:
-        """Run the flush's statements in order. On PostgreSQL they go in one psycopg
-        pipeline, with the COMMIT when ``commit``: one round trip for all of them instead
-        of one each (the transaction's own commit then finds nothing left to do)."""
+        """Run the flush's statements. On PostgreSQL, inserts of at least ``COPY_MIN`` rows
+        go by COPY (a tenth of the server's and the driver's cost per row of an INSERT), then
+        the other statements go in one psycopg pipeline, with the COMMIT when ``commit``: one
+        round trip for all of them instead of one each (the transaction's own commit then
+        finds nothing left to do). New rows are only inserted, never updated in the same
+        flush, so sending the COPYs first keeps every statement's effect."""
         writes, self._writes = self._writes, []
         if not writes:
             return
+        sql_for = self._formats.sql
         if self.dialect != "postgresql":
-            for sql, rows in writes:
-                self.conn.exec_driver_sql(sql, rows)
+            for name, rows in writes:
+                self.conn.exec_driver_sql(sql_for[name], rows)
             return
         import psycopg
 
         driver = self.conn.connection.driver_connection
         if not isinstance(driver, psycopg.Connection):  # another PostgreSQL driver
-            for sql, rows in writes:
-                self.conn.exec_driver_sql(sql, rows)
+            for name, rows in writes:
+                self.conn.exec_driver_sql(sql_for[name], rows)
             return
-        sql = writes[0][0]
+        copies = self._formats.copy
+        sql = ""
         try:
-            with driver.pipeline(), driver.cursor() as cursor:
-                for sql, rows in writes:
-                    cursor.executemany(sql, rows)
-                if commit:
-                    sql = "COMMIT"
-                    driver.commit()
+            with driver.cursor() as cursor:
+                piped = []
+                for name, rows in writes:
+                    if name in copies and len(rows) >= COPY_MIN:
+                        sql = copies[name]
+                        with cursor.copy(sql) as copy:
+                            for row in rows:
+                                copy.write_row(row)
+                    else:
+                        piped.append((sql_for[name], rows))
+                with driver.pipeline():
+                    for sql, rows in piped:
+                        cursor.executemany(sql, rows)
+                    if commit:
+                        sql = "COMMIT"
+                        driver.commit()
         except psycopg.Error as exc:
             # As SQLAlchemy would raise it (IntegrityError, OperationalError, ...), so that
             # ``transaction`` retries what it retries; a lost connection is invalidated.
