@@ -28,7 +28,7 @@ class Bucket:
 
 
 def month_key(local: datetime) -> str:
-    return local.strftime("%Y-%m")
+    return f"{local.year:04d}-{local.month:02d}"
 
 
 def window_months(programme: Programme, local: datetime) -> list[str]:

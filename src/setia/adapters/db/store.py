@@ -202,6 +202,7 @@ class UnitOfWork:
         # What the single-event path will look up after locking its member: the event id
         # (idempotency) and a purchase's order id, read in the member's second statement.
         self._expected: tuple[str, str, str | None] | None = None
+        self._details_asked: tuple[str | None, str | None] = (None, None)
 
     # -- transaction ----------------------------------------------------------------
 
@@ -321,6 +322,10 @@ class UnitOfWork:
             return found
         if key in self._prepared:
             return None  # inserted ahead of its enrolment, which has not happened yet
+        driver = self._psycopg()
+        if driver is not None:
+            return self._member_pipelined(driver, program_id, member_id, lock=lock,
+                                          usage=usage, lots=lots)
         rows = self.conn.execute(
             _member_query(self.dialect, lock), {"program_id": program_id, "member_id": member_id}
         ).mappings().all()
@@ -330,34 +335,104 @@ class UnitOfWork:
         if row["current_version"] is not None:
             self._seen_programmes[program_id] = (row["current_version"], row["definition_hash"])
         loaded = self._load_members(program_id, rows, details=False)
-        self._single_details(program_id, loaded[0], usage=usage, lots=lots)
+        sql, params = self._details_statement(program_id, loaded[0].pk, None, usage=usage,
+                                              lots=lots)
+        self._apply_details(program_id, loaded[0], self.conn.exec_driver_sql(sql, params).one(),
+                            usage=usage, lots=lots)
         return loaded[0]
+
+    def _psycopg(self) -> Any:
+        """The psycopg connection under this unit of work, or None (SQLite, other drivers)."""
+        if self.dialect != "postgresql":
+            return None
+        import psycopg
+
+        driver = self.conn.connection.driver_connection
+        return driver if isinstance(driver, psycopg.Connection) else None
+
+    def _member_pipelined(self, driver: Any, program_id: str, member_id: str, *, lock: bool,
+                          usage: bool, lots: bool) -> Member | None:
+        """PostgreSQL: the member statement and the details statement in one psycopg
+        pipeline (with the transaction's BEGIN): one round trip instead of three. The
+        server still runs them one after the other, so the details statement's snapshot is
+        taken after the member's lock was granted, exactly as when sent one by one; it finds
+        the member by programme and id instead of by the key the first one returns."""
+        import psycopg
+
+        member_sql, processors = _member_sql(self.engine.dialect, lock)
+        details_sql, details_params = self._details_statement(
+            program_id, None, member_id, usage=usage, lots=lots)
+        sql = member_sql
+        try:
+            with driver.pipeline():
+                first = driver.cursor()
+                first.execute(member_sql, {"program_id": program_id, "member_id": member_id},
+                              prepare=True)
+                sql = details_sql
+                second = driver.cursor()
+                second.execute(details_sql, details_params, prepare=True)
+            names = [column.name for column in first.description]
+            found = first.fetchall()
+            details = second.fetchone()
+        except psycopg.Error as exc:
+            raise self._driver_error(driver, sql, exc) from exc
+        if not found:
+            return None
+        row = {name: (value if process is None else process(value))
+               for name, value, process in zip(names, found[0], processors, strict=True)}
+        if row["current_version"] is not None:
+            self._seen_programmes[program_id] = (row["current_version"], row["definition_hash"])
+        loaded = self._load_members(program_id, [row], details=False)
+        self._apply_details(program_id, loaded[0], details, usage=usage, lots=lots)
+        return loaded[0]
+
+    def _driver_error(self, driver: Any, sql: str, exc: Exception) -> Exception:
+        """A psycopg error as SQLAlchemy would raise it (IntegrityError, OperationalError,
+        ...), so that ``transaction`` retries what it retries; a lost connection is
+        invalidated."""
+        import psycopg
+
+        lost = driver.broken or driver.closed
+        if lost:
+            self.conn.invalidate(exc)
+        return sa.exc.DBAPIError.instance(sql, None, exc, psycopg.Error,
+                                          connection_invalidated=bool(lost),
+                                          dialect=self.engine.dialect)
 
     def expect(self, program_id: str, event_id: str, order_id: str | None) -> None:
         """Read this event id's stored result (and whether this new order id exists) with
         the next member loaded, instead of with statements of their own."""
         self._expected = (program_id, event_id, order_id)
 
-    def _single_details(self, program_id: str, member: Member, *, usage: bool,
-                        lots: bool) -> None:
-        """One member's tier buckets and rule usage, and what ``expect`` asked for, in one
-        statement. It runs after the statement that locked the member, so (under READ
-        COMMITTED) it sees everything committed before the lock was granted."""
+    def _details_statement(self, program_id: str, member_pk: int | None, member_id: str | None,
+                           *, usage: bool, lots: bool) -> tuple[str, tuple[Any, ...]]:
+        """One member's tier buckets and rule usage (and open lots if ``lots``), and what
+        ``expect`` asked for, in one statement; the member by key, or by programme and id.
+        It runs after the statement that locked the member, so (under READ COMMITTED) it
+        sees everything committed before the lock was granted."""
         expected, self._expected = self._expected, None
         event_id = order_id = None
         if expected is not None and expected[0] == program_id:
             event_id, order_id = expected[1], expected[2]
-        sql = _details_sql(self.dialect, usage, lots, event_id is not None, order_id is not None)
-        params: list[Any] = [member.pk]
+        self._details_asked = (event_id, order_id)
+        by_id = member_pk is None
+        sql = _details_sql(self.dialect, usage, lots, event_id is not None, order_id is not None,
+                           by_id)
+        who: list[Any] = [program_id, member_id] if by_id else [member_pk]
+        params: list[Any] = list(who)
         if usage:
-            params.append(member.pk)
+            params += who
         if lots:
-            params.append(member.pk)
+            params += who
         if event_id is not None:
             params += [program_id, event_id]
         if order_id is not None:
             params += [program_id, order_id]
-        row = self.conn.exec_driver_sql(sql, tuple(params)).one()
+        return sql, tuple(params)
+
+    def _apply_details(self, program_id: str, member: Member, row: Any, *, usage: bool,
+                       lots: bool) -> None:
+        event_id, order_id = self._details_asked
         buckets, *rest = row
         for month, spend_e4, points, visits in _json_list(buckets):
             member.buckets[month] = Bucket(spend=Decimal(spend_e4).scaleb(-4), points=points,
@@ -665,17 +740,13 @@ class UnitOfWork:
         if not writes:
             return
         sql_for = self._formats.sql
-        if self.dialect != "postgresql":
+        driver = self._psycopg()
+        if driver is None:  # SQLite, or another PostgreSQL driver
             for name, rows in writes:
                 self.conn.exec_driver_sql(sql_for[name], rows)
             return
         import psycopg
 
-        driver = self.conn.connection.driver_connection
-        if not isinstance(driver, psycopg.Connection):  # another PostgreSQL driver
-            for name, rows in writes:
-                self.conn.exec_driver_sql(sql_for[name], rows)
-            return
         copies = self._formats.copy
         sql = ""
         try:
@@ -696,14 +767,7 @@ class UnitOfWork:
                         sql = "COMMIT"
                         driver.commit()
         except psycopg.Error as exc:
-            # As SQLAlchemy would raise it (IntegrityError, OperationalError, ...), so that
-            # ``transaction`` retries what it retries; a lost connection is invalidated.
-            lost = driver.broken or driver.closed
-            if lost:
-                self.conn.invalidate(exc)
-            raise sa.exc.DBAPIError.instance(sql, None, exc, psycopg.Error,
-                                             connection_invalidated=bool(lost),
-                                             dialect=self.engine.dialect) from exc
+            raise self._driver_error(driver, sql, exc) from exc
 
     def flush(self, *, commit: bool = False) -> None:
         if self._prepared:  # never enrolled after all: as if never inserted
@@ -821,6 +885,24 @@ def _member_query(dialect: str, lock: bool) -> Any:
     return found
 
 
+_member_sqls: dict[tuple[str, bool], tuple[str, list[Any]]] = {}
+
+
+def _member_sql(dialect: sa.Dialect, lock: bool) -> tuple[str, list[Any]]:
+    """``_member_query`` as driver SQL with named parameters (program_id, member_id),
+    and each column's result processor (None where the driver's value is the value), so
+    that rows read through the driver equal rows read through SQLAlchemy."""
+    found = _member_sqls.get((dialect.name, lock))
+    if found is None:
+        query = _member_query(dialect.name, lock)
+        compiled = query.compile(dialect=dialect)
+        sql = compiled.string  # named parameters: %(program_id)s, %(member_id)s
+        processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
+                      for column in query.selected_columns]
+        found = _member_sqls[(dialect.name, lock)] = (sql, processors)
+    return found
+
+
 def _json_time(value: str | None) -> Any:
     """A stored (naive UTC) time as JSON renders it, aware again as UTCDateTime reads it."""
     if value is None:
@@ -828,11 +910,12 @@ def _json_time(value: str | None) -> Any:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
-_details: dict[tuple[str, bool, bool, bool, bool], str] = {}
+_details: dict[tuple[str, bool, bool, bool, bool, bool], str] = {}
 
 
-def _details_sql(dialect: str, usage: bool, lots: bool, event: bool, order: bool) -> str:
-    key = (dialect, usage, lots, event, order)
+def _details_sql(dialect: str, usage: bool, lots: bool, event: bool, order: bool,
+                 by_id: bool = False) -> str:
+    key = (dialect, usage, lots, event, order, by_id)
     found = _details.get(key)
     if found is not None:
         return found
@@ -840,15 +923,17 @@ def _details_sql(dialect: str, usage: bool, lots: bool, event: bool, order: bool
         mark, agg, array, as_json = "%s", "json_agg", "json_build_array", "{}"
     else:
         mark, agg, array, as_json = "?", "json_group_array", "json_array", "json({})"
+    who = (f"(SELECT pk FROM members WHERE program_id = {mark} AND id = {mark})" if by_id
+           else mark)
     parts = [f"(SELECT {agg}({array}(month, spend_e4, points, visits)) "
-             f"FROM metric_buckets WHERE member_pk = {mark})"]
+             f"FROM metric_buckets WHERE member_pk = {who})"]
     if usage:
         parts.append(f'(SELECT {agg}({array}(rule_id, period, "count")) '
-                     f"FROM rule_usage WHERE member_pk = {mark})")
+                     f"FROM rule_usage WHERE member_pk = {who})")
     if lots:
         parts.append(f"(SELECT {agg}({array}(seq, source, points, remaining, available_at, "
                      f"expires_at, pending, order_id)) FROM lots "
-                     f"WHERE member_pk = {mark} AND (remaining > 0 OR pending))")
+                     f"WHERE member_pk = {who} AND (remaining > 0 OR pending))")
     if event:
         parts.append(f"(SELECT {array}(request_hash, {as_json.format('result')}) FROM events "
                      f"WHERE program_id = {mark} AND id = {mark})")
