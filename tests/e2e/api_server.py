@@ -171,15 +171,17 @@ def _wait_for_health(process: subprocess.Popen[bytes], base_url: str, log_path: 
 
 
 @contextmanager
-def live_server(db_url: str, log_dir: Path, admin_key: str = ADMIN_KEY) -> Iterator[LiveServer]:
-    """``setia serve --no-scheduler`` on a free port until the block ends."""
+def live_server(db_url: str, log_dir: Path, admin_key: str = ADMIN_KEY,
+                env: dict[str, str] | None = None) -> Iterator[LiveServer]:
+    """``setia serve --no-scheduler`` on a free port until the block ends; ``env`` adds to
+    its environment."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log_path = log_dir / f"serve-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [SETIA, "serve", "--no-scheduler", "--host", "127.0.0.1", "--port", str(port)],
-            env=setia_env(db_url, SETIA_ADMIN_KEY=admin_key),
+            env=setia_env(db_url, SETIA_ADMIN_KEY=admin_key, **(env or {})),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     engine = make_engine(db_url)

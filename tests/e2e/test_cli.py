@@ -563,3 +563,21 @@ class TestCliOnPostgres:
         tampered = run(pg_url, "check")
         assert tampered.returncode == 1
         assert "problem" in one_error_line(tampered)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("args", [("check",), ("run-due",), ("member", "show", "ana",
+                                                              "--program", PROGRAM)])
+def test_a_database_that_cannot_be_reached_ends_a_command_with_one_line(
+        args: tuple[str, ...]) -> None:
+    # Given a PostgreSQL URL whose database does not exist
+    url = sa.make_url(os.environ.get("SETIA_TEST_DATABASE_URL",
+                                     "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    missing = url.set(database="setia_no_such_database").render_as_string(hide_password=False)
+    # When a command needs it, then it exits 1 with one line naming the database, no traceback
+    result = run(missing, *args)
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result)
+    assert line.startswith("error: cannot use the database postgresql+psycopg://")
+    assert '"setia_no_such_database" does not exist' in line
+    assert "Traceback" not in result.stderr

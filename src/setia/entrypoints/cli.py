@@ -65,9 +65,19 @@ def progress_bar() -> Progress:
 
 
 def engine(migrate: bool = True) -> sa.Engine:
+    """The database's engine, migrated first (``migrate``); a database that cannot be
+    reached ends the command with a one-line reason."""
     built = make_engine(database_url())
-    if migrate:
-        upgrade(built)
+    try:
+        if migrate:
+            upgrade(built)
+        else:
+            with built.connect():
+                pass
+    except sa.exc.DBAPIError as exc:
+        where = built.url.render_as_string(hide_password=True)
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        fail(f"cannot use the database {where}: {reason}")
     return built
 
 

@@ -49,12 +49,16 @@ def _configure_sqlite(engine: sa.Engine) -> None:
     SQLite notes) so that the BEGIN we emit is the one that counts.
     """
 
+    # How long a statement waits for another writer's lock before "database is locked"
+    # (which ``service.common.transaction`` retries a few times, then answers 503 busy).
+    busy_timeout_ms = int(os.environ.get("SETIA_SQLITE_BUSY_TIMEOUT_MS", SQLITE_BUSY_TIMEOUT_MS))
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
