@@ -41,7 +41,8 @@ CONFIG = """\
 "path.member" = "cust-1"
 "body.member" = "cust-1"
 """
-BUDGET_SECONDS = 100
+# A bound, not a timing: a loaded 2-core machine needs several times the usual ~40 s.
+BUDGET_SECONDS = 420
 
 
 @pytest.fixture(params=[

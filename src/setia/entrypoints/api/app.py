@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -147,6 +148,14 @@ async def read_body(request: Request, *, yaml_ok: bool = False) -> Any:
         return document
     if media != "application/json" and not media.endswith("+json"):
         raise StarletteHTTPException(415, "send the body as application/json")
+    if b"\\u" not in raw:
+        # No \u escape: no NUL character and no unpaired surrogate can be in it (valid JSON
+        # has no raw control characters, valid UTF-8 no surrogates), so the fast parser
+        # alone decides; a body it refuses is parsed again below for the error message.
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
