@@ -1,0 +1,177 @@
+"""Reading the journal, orders and members into Polars frames for analytics.
+
+Rows go from the database straight into Arrow through ADBC (the SQLite and
+libpq drivers ship inside their wheels, so nothing is downloaded at run time),
+then into Polars; no Python loop touches a row (docs/decisions/analytics-engine.md).
+The SQL only projects and filters: every aggregate is computed in Polars.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+
+from setia.adapters.db.engine import is_sqlite
+
+_PROGRAM_ID = re.compile(r"^[a-z0-9-]{1,64}$")
+OPTIONAL_TABLES = ("campaign_holdouts", "coupon_uses", "survey_responses", "membership_purchases")
+
+
+def _literal(program_id: str) -> str:
+    # Programme ids are [a-z0-9-]: safe as a literal, which keeps one SQL text per dialect.
+    assert _PROGRAM_ID.match(program_id), f"not a programme id: {program_id!r}"
+    return f"'{program_id}'"
+
+
+@contextmanager
+def _adbc(engine: sa.Engine) -> Iterator[Any]:
+    url = engine.url
+    if is_sqlite(engine):
+        import adbc_driver_sqlite.dbapi as driver
+
+        conn = driver.connect(url.database or ":memory:")
+    else:
+        import adbc_driver_postgresql.dbapi as driver
+
+        uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = driver.connect(uri)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _json_text(engine: sa.Engine, column: str, key: str) -> str:
+    if is_sqlite(engine):
+        return f"json_extract({column}, '$.{key}')"
+    return f"({column}::jsonb ->> '{key}')"
+
+
+class Reader:
+    """One ADBC connection for a set of reads; frames come back with UTC datetimes."""
+
+    def __init__(self, engine: sa.Engine, conn: Any) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.sqlite = is_sqlite(engine)
+
+    def frame(self, sql: str, times: tuple[str, ...] = ()) -> pl.DataFrame:
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(sql)
+            table = cursor.fetch_arrow_table()
+        finally:
+            cursor.close()
+        df = pl.from_arrow(table)
+        assert isinstance(df, pl.DataFrame)
+        fixes = []
+        for name in times:
+            dtype = df.schema[name]
+            if dtype == pl.String or dtype == pl.Null:
+                fixes.append(
+                    pl.col(name).cast(pl.String).str.to_datetime(
+                        "%Y-%m-%d %H:%M:%S%.f", time_unit="us", strict=False
+                    ).dt.replace_time_zone("UTC")
+                )
+            else:
+                fixes.append(pl.col(name).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+        return df.with_columns(fixes) if fixes else df
+
+    def members(self, program_id: str) -> pl.DataFrame:
+        return self.frame(
+            "SELECT pk AS member_pk, id AS member, enrolled_at, tier_id AS tier, "
+            "available, pending, reserved FROM members "
+            f"WHERE program_id = {_literal(program_id)}",
+            ("enrolled_at",),
+        ).with_columns(pl.col("member_pk").cast(pl.Int64))
+
+    def orders(self, program_id: str) -> pl.DataFrame:
+        event = "event"
+        text = "TEXT" if self.sqlite else "text"
+        df = self.frame(
+            "SELECT member_pk, order_id, event_id, occurred_at, amount_e4, refunded_e4, "
+            f"tier_id AS tier, CAST({_json_text(self.engine, event, 'store')} AS {text}) AS store, "
+            f"CAST({_json_text(self.engine, event, 'channel')} AS {text}) AS channel, "
+            f"CAST({_json_text(self.engine, event, 'partner')} AS {text}) AS partner "
+            f"FROM orders WHERE program_id = {_literal(program_id)}",
+            ("occurred_at",),
+        )
+        return df.with_columns(
+            pl.col("member_pk").cast(pl.Int64),
+            pl.col("amount_e4").cast(pl.Int64),
+            pl.col("refunded_e4").cast(pl.Int64),
+            *(pl.col(c).cast(pl.String) for c in ("store", "channel", "partner")),
+        )
+
+    def postings(self, program_id: str) -> pl.DataFrame:
+        """Each posting as signed flows: points into ``issued`` (earned), ``redeemed``,
+        ``expired`` and ``adjustments`` accounts, and the change of the member's balance."""
+
+        def flow(account: str) -> str:
+            return (
+                f"(CASE WHEN credit = '{account}' THEN points ELSE 0 END"
+                f" - CASE WHEN debit = '{account}' THEN points ELSE 0 END)"
+            )
+
+        member = (
+            "(CASE WHEN credit IN ('available','pending','reserved') THEN points ELSE 0 END"
+            " - CASE WHEN debit IN ('available','pending','reserved') THEN points ELSE 0 END)"
+        )
+        df = self.frame(
+            f"SELECT member_pk, ref, rule_id, occurred_at, -{flow('issued')} AS issued, "
+            f"{flow('redeemed')} AS redeemed, {flow('expired')} AS expired, "
+            f"-{flow('adjustments')} AS adjusted, {member} AS member_delta "
+            f"FROM postings WHERE program_id = {_literal(program_id)} AND asset = 'points'",
+            ("occurred_at",),
+        )
+        return df.with_columns(
+            pl.col("member_pk").cast(pl.Int64),
+            pl.col("rule_id").cast(pl.String),
+            *(pl.col(c).cast(pl.Int64) for c in
+              ("issued", "redeemed", "expired", "adjusted", "member_delta")),
+        )
+
+    def lots(self, program_id: str) -> pl.DataFrame:
+        df = self.frame(
+            "SELECT member_pk, remaining, expires_at FROM lots "
+            f"WHERE program_id = {_literal(program_id)} AND remaining > 0",
+            ("expires_at",),
+        )
+        return df.with_columns(pl.col("member_pk").cast(pl.Int64),
+                               pl.col("remaining").cast(pl.Int64))
+
+    def guest_sales(self, program_id: str) -> pl.DataFrame:
+        df = self.frame(
+            "SELECT occurred_at, amount_e4, store, channel, partner FROM guest_sales "
+            f"WHERE program_id = {_literal(program_id)}",
+            ("occurred_at",),
+        )
+        return df.with_columns(
+            pl.col("amount_e4").cast(pl.Int64),
+            *(pl.col(c).cast(pl.String) for c in ("store", "channel", "partner")),
+        )
+
+    def optional(self, name: str, program_id: str) -> pl.DataFrame | None:
+        """A table other features add (campaign hold-outs, coupon uses, surveys, paid
+        memberships), all of its columns for the programme; None where it does not exist."""
+        assert name in OPTIONAL_TABLES
+        inspector = sa.inspect(self.engine)
+        if not inspector.has_table(name):
+            return None
+        columns = {c["name"]: c["type"] for c in inspector.get_columns(name)}
+        where = f" WHERE program_id = {_literal(program_id)}" if "program_id" in columns else ""
+        times = tuple(
+            n for n, t in columns.items() if isinstance(t, sa.DateTime) or n.endswith("_at")
+        )
+        return self.frame(f"SELECT * FROM {name}{where}", times)
+
+
+@contextmanager
+def reader(engine: sa.Engine) -> Iterator[Reader]:
+    with _adbc(engine) as conn:
+        yield Reader(engine, conn)
