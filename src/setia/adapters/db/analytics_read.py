@@ -108,7 +108,7 @@ class Reader:
             *(pl.col(c).cast(pl.String) for c in ("store", "channel", "partner")),
         )
 
-    def postings(self, program_id: str) -> pl.DataFrame:
+    def postings(self, program_id: str, asset: str | None = "points") -> pl.DataFrame:
         """Each posting as signed flows: points into ``issued`` (earned), ``redeemed``,
         ``expired`` and ``adjustments`` accounts, and the change of the member's balance."""
 
@@ -123,17 +123,44 @@ class Reader:
             " - CASE WHEN debit IN ('available','pending','reserved') THEN points ELSE 0 END)"
         )
         df = self.frame(
-            f"SELECT member_pk, ref, rule_id, occurred_at, -{flow('issued')} AS issued, "
+            f"SELECT member_pk, asset, code, ref, rule_id, occurred_at, "
+            f"-{flow('issued')} AS issued, "
             f"{flow('redeemed')} AS redeemed, {flow('expired')} AS expired, "
             f"-{flow('adjustments')} AS adjusted, {member} AS member_delta "
-            f"FROM postings WHERE program_id = {_literal(program_id)} AND asset = 'points'",
+            f"FROM postings WHERE program_id = {_literal(program_id)}"
+            + ("" if asset is None else f" AND asset = '{asset}'"),
             ("occurred_at",),
         )
         return df.with_columns(
             pl.col("member_pk").cast(pl.Int64),
             pl.col("rule_id").cast(pl.String),
+            pl.col("asset").cast(pl.String),
+            pl.col("code").cast(pl.String),
             *(pl.col(c).cast(pl.Int64) for c in
               ("issued", "redeemed", "expired", "adjusted", "member_delta")),
+        )
+
+    def journal(self, program_id: str) -> pl.DataFrame:
+        """The journal as it is stored, with the member's id, for exports."""
+        return self.frame(
+            "SELECT p.id, p.asset, m.id AS member, p.debit, p.credit, p.points, p.code, p.ref, "
+            "p.rule_id, p.program_version, p.explanation, p.occurred_at, "
+            "p.debit_balance_after, p.credit_balance_after "
+            "FROM postings p JOIN members m ON m.pk = p.member_pk "
+            f"WHERE p.program_id = {_literal(program_id)} ORDER BY p.id",
+            ("occurred_at",),
+        )
+
+    def metric_buckets(self, program_id: str) -> pl.DataFrame:
+        df = self.frame(
+            "SELECT b.member_pk, b.month, b.spend_e4, b.points, b.visits "
+            "FROM metric_buckets b JOIN members m ON m.pk = b.member_pk "
+            f"WHERE m.program_id = {_literal(program_id)}"
+        )
+        return df.with_columns(
+            pl.col("member_pk").cast(pl.Int64), pl.col("month").cast(pl.String),
+            pl.col("spend_e4").cast(pl.Int64), pl.col("points").cast(pl.Int64),
+            pl.col("visits").cast(pl.Int64),
         )
 
     def lots(self, program_id: str) -> pl.DataFrame:
