@@ -42,6 +42,17 @@ DEFAULT_CHURN_DAYS = 90
 MAX_RANGE_DAYS = 3 * 366 + 1
 
 
+EARLIEST, LATEST = date(1970, 1, 2), date(2999, 12, 30)
+
+
+def check_dates(**named: date | None) -> None:
+    """Dates of reports lie in 1970..2999 (times outside cannot be stored anyway)."""
+    for name, value in named.items():
+        if value is not None and not EARLIEST <= value <= LATEST:
+            raise InvalidField("dates must lie between 1970-01-02 and 2999-12-30",
+                               field=name.rstrip("_"))
+
+
 @dataclass
 class Options:
     date_from: date
@@ -52,6 +63,7 @@ class Options:
     cost_per_point: Decimal = Decimal(0)
 
     def check(self) -> None:
+        check_dates(from_=self.date_from, to=self.date_to)
         if self.date_to < self.date_from:
             raise InvalidField("'to' is before 'from'", field="to")
         if (self.date_to - self.date_from).days >= MAX_RANGE_DAYS:
@@ -126,7 +138,8 @@ def load(engine: sa.Engine, program_id: str, *, optional: bool = True) -> Datase
     )
     members = members.join(first, on="member_pk", how="left")
     postings = postings.with_columns(_local_date("occurred_at", tz))
-    guests = guests.with_columns(_local_date("occurred_at", tz))
+    guests = guests.with_columns(_local_date("occurred_at", tz),
+                                 pl.lit(None, pl.String).alias("tier"))
     return Dataset(programme, members, orders, postings, lots, guests, extra)
 
 

@@ -91,6 +91,9 @@ def transactions_of(data: Dataset, as_of: date) -> pl.DataFrame:
 def member_clv(data: Dataset, as_of: date, horizon_weeks: int = DEFAULT_HORIZON_WEEKS
                ) -> tuple[pl.DataFrame, Fit]:
     """Per member: purchases and net spend to date (historic CLV) and the predictions."""
+    from setia.service.analytics import check_dates
+
+    check_dates(as_of=as_of)
     if not 1 <= horizon_weeks <= 520:
         raise InvalidField("horizon_weeks must be between 1 and 520", field="horizon_weeks")
     history = (

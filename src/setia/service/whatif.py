@@ -62,6 +62,7 @@ def _events(frame: pl.DataFrame, currency: str) -> Iterator[Event]:
 def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date,
         date_to: date, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Replay [date_from, date_to] (local dates, both included) and compare."""
+    an.check_dates(from_=date_from, to=date_to)
     if date_to < date_from:
         raise InvalidField("'to' is before 'from'", field="to")
     if (date_to - date_from).days >= MAX_DAYS:
@@ -123,7 +124,8 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
     bucket_map: dict[str, dict[str, tuple[Decimal, int, int]]] = {}
     for member, ms, spends, pts, visits in grouped.iter_rows():
         bucket_map[member] = {
-            m: (Decimal(s) / an.E4, p, v) for m, s, p, v in zip(ms, spends, pts, visits, strict=True)
+            m: (Decimal(s) / an.E4, p, v)
+            for m, s, p, v in zip(ms, spends, pts, visits, strict=True)
         }
     starts = {
         member: MemberStart(member, tier, purchases, json.loads(attributes or "{}"),

@@ -31,15 +31,16 @@ def _literal(program_id: str) -> str:
 @contextmanager
 def _adbc(engine: sa.Engine) -> Iterator[Any]:
     url = engine.url
+    conn: Any
     if is_sqlite(engine):
-        import adbc_driver_sqlite.dbapi as driver
+        import adbc_driver_sqlite.dbapi as sqlite_driver
 
-        conn = driver.connect(url.database or ":memory:")
+        conn = sqlite_driver.connect(url.database or ":memory:")
     else:
-        import adbc_driver_postgresql.dbapi as driver
+        import adbc_driver_postgresql.dbapi as postgres_driver
 
         uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = driver.connect(uri)
+        conn = postgres_driver.connect(uri)
     try:
         yield conn
     finally:
@@ -195,7 +196,14 @@ class Reader:
         times = tuple(
             n for n, t in columns.items() if isinstance(t, sa.DateTime) or n.endswith("_at")
         )
-        return self.frame(f"SELECT * FROM {name}{where}", times)
+        text = "TEXT" if self.sqlite else "text"
+        # Decimals and JSON come as text (PostgreSQL's NUMERIC has no Arrow type to land in).
+        select = ", ".join(
+            f"CAST({n} AS {text}) AS {n}"
+            if isinstance(t, sa.Numeric | sa.JSON) and not isinstance(t, sa.Float) else n
+            for n, t in columns.items()
+        )
+        return self.frame(f"SELECT {select} FROM {name}{where}", times)
 
 
 @contextmanager
