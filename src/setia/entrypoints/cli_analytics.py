@@ -6,11 +6,13 @@ import json
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import polars as pl
 import typer
 from rich.table import Table
+
+if TYPE_CHECKING:  # Polars is imported when a command runs, not for every ``setia`` call
+    import polars as pl
 
 analytics_app = typer.Typer(help="Analytics: exports, member reports, audit, CLV.",
                             no_args_is_help=True)
@@ -49,6 +51,8 @@ def _decimal(text: str | None, option: str) -> Decimal | None:
 
 
 def _print_frame(title: str, frame: pl.DataFrame | None, digits: int, limit: int = 40) -> None:
+    import polars as pl
+
     from setia.service.analytics import for_display
 
     cli = _cli()
@@ -258,6 +262,8 @@ def clv_command(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
 ) -> None:
     """The fitted CLV models and the first members with their predictions."""
+    import polars as pl
+
     from setia.domain.errors import SetiaError
     from setia.service.clv import clv_report
 
