@@ -92,6 +92,7 @@ class Dataset:
     postings: pl.DataFrame
     lots: pl.DataFrame
     guest_sales: pl.DataFrame
+    campaign_postings: pl.DataFrame
     optional: dict[str, pl.DataFrame | None] = field(default_factory=dict)
 
     @property
@@ -110,15 +111,20 @@ def _local_date(column: str, tz: str, name: str = "day") -> pl.Expr:
     return pl.col(column).dt.convert_time_zone(tz).dt.date().alias(name)
 
 
-def load(engine: sa.Engine, program_id: str, *, optional: bool = True) -> Dataset:
+def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
+         optional: bool = True) -> Dataset:
+    """The frames the metrics read. Per-order dimensions are read only for ``by`` (store,
+    channel and partner live in the stored event: a JSON parse per order)."""
     programme = programme_of(engine, program_id)
     tz = programme.model.timezone
+    dims: tuple[str, ...] = () if by is None else (by,)
     with reader(engine) as read:
         members = read.members(program_id)
-        orders = read.orders(program_id)
-        postings = read.postings(program_id)
+        orders = read.orders(program_id, dims)
+        postings = read.postings(program_id, detail=by is not None)
         lots = read.lots(program_id)
         guests = read.guest_sales(program_id)
+        campaign_postings = read.campaign_postings(program_id)
         extra = {}
         if optional:
             for name in ("campaign_holdouts", "coupon_uses", "survey_responses",
@@ -128,19 +134,23 @@ def load(engine: sa.Engine, program_id: str, *, optional: bool = True) -> Datase
     orders = orders.with_columns(
         _local_date("occurred_at", tz),
         (pl.col("amount_e4") - pl.col("refunded_e4")).alias("net_e4"),
+        *(pl.lit(None, pl.String).alias(c) for c in ("store", "channel", "partner", "tier")
+          if c not in orders.columns),
     )
-    # The member's "home" dimensions: the store, channel and partner of the first purchase.
-    first = (
-        orders.sort("occurred_at", "order_id")
-        .group_by("member_pk", maintain_order=True)
-        .first()
-        .select("member_pk", "store", "channel", "partner")
-    )
-    members = members.join(first, on="member_pk", how="left")
+    if by in ("store", "channel", "partner"):
+        # The member's "home" dimensions: those of the first purchase.
+        first = (
+            orders.sort("occurred_at", "order_id")
+            .group_by("member_pk", maintain_order=True)
+            .first()
+            .select("member_pk", by)
+        )
+        members = members.join(first, on="member_pk", how="left")
     postings = postings.with_columns(_local_date("occurred_at", tz))
     guests = guests.with_columns(_local_date("occurred_at", tz),
                                  pl.lit(None, pl.String).alias("tier"))
-    return Dataset(programme, members, orders, postings, lots, guests, extra)
+    campaign_postings = campaign_postings.with_columns(_local_date("occurred_at", tz))
+    return Dataset(programme, members, orders, postings, lots, guests, campaign_postings, extra)
 
 
 # ----------------------------------------------------------------------------- periods
@@ -422,9 +432,8 @@ def _member_column(frame: pl.DataFrame, data: Dataset) -> pl.DataFrame:
 def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
     """Per campaign (postings with rule id ``campaign:<id>``) in the range: points and
     their cost, members reached, and spend per member against the hold-out group."""
-    awarded = _in_range(data.postings, options).filter(
-        pl.col("rule_id").str.starts_with("campaign:")
-    ).with_columns(pl.col("rule_id").str.strip_prefix("campaign:").alias("campaign"))
+    awarded = _in_range(data.campaign_postings, options).with_columns(
+        pl.col("rule_id").str.strip_prefix("campaign:").alias("campaign"))
     reached = awarded.group_by("campaign").agg(
         pl.col("issued").sum().alias("points"),
         pl.col("member_pk").n_unique().alias("members"),
@@ -677,7 +686,7 @@ def metrics(engine: sa.Engine, program_id: str, date_from: date, date_to: date,
         if name not in METRICS:
             raise InvalidField(f"no metric {name!r}; one of {', '.join(METRICS)}",
                                field="metric")
-    data = load(engine, program_id)
+    data = load(engine, program_id, by=options.by)
     digits = _digits(programme)
     return {
         "program": program_id,

@@ -114,7 +114,7 @@ def statements(engine: sa.Engine, program_id: str, date_from: date, date_to: dat
     options = an.options_for(programme, date_from, date_to)
     data = an.load(engine, program_id, optional=False)
     with reader(engine) as read:
-        postings = read.postings(program_id, asset=None).with_columns(
+        postings = read.postings(program_id, asset=None, detail=True).with_columns(
             an._local_date("occurred_at", programme.model.timezone))
         buckets = read.metric_buckets(program_id)
     frame = member_statements(data, options, postings, buckets)
@@ -277,5 +277,5 @@ def export(engine: sa.Engine, program_id: str, dataset: str, date_from: date, da
         raise InvalidField(f"no metric {metric!r}; one of {', '.join(an.METRICS)}",
                            field="metric")
     options = an.options_for(programme, date_from, date_to, **given)
-    frame = an.METRICS[metric](an.load(engine, program_id), options)
+    frame = an.METRICS[metric](an.load(engine, program_id, by=options.by), options)
     return (frame if frame is not None else pl.DataFrame()), digits

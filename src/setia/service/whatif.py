@@ -99,7 +99,7 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
             f"AND occurred_at < '{_naive(start)}' GROUP BY member_pk"
         ).with_columns(pl.col("member_pk").cast(pl.Int64), pl.col("purchases").cast(pl.Int64))
         buckets = read.metric_buckets(program_id).filter(pl.col("month").is_in(months))
-        postings = read.postings(program_id)
+        postings = read.postings(program_id, detail=True)
     step("preparing members")
     postings = postings.with_columns(an._local_date("occurred_at", live.model.timezone))
     happened = happened.with_columns(pl.col("member_pk").cast(pl.Int64))

@@ -91,25 +91,44 @@ class Reader:
             ("enrolled_at",),
         ).with_columns(pl.col("member_pk").cast(pl.Int64))
 
-    def orders(self, program_id: str) -> pl.DataFrame:
-        event = "event"
+    def orders(self, program_id: str, dims: tuple[str, ...] = ()) -> pl.DataFrame:
+        """Orders: member, time, amount and refunded; with ``dims`` also the order and event
+        ids, the tier held at the purchase and the asked of store, channel and partner
+        (read from the stored event, which costs a JSON parse per row: only when asked)."""
         text = "TEXT" if self.sqlite else "text"
+        columns = ["member_pk", "occurred_at", "amount_e4", "refunded_e4"]
+        if dims:
+            columns += ["order_id", "event_id", "tier_id AS tier"]
+            columns += [f"CAST({_json_text(self.engine, 'event', d)} AS {text}) AS {d}"
+                        for d in ("store", "channel", "partner") if d in dims]
         df = self.frame(
-            "SELECT member_pk, order_id, event_id, occurred_at, amount_e4, refunded_e4, "
-            f"tier_id AS tier, CAST({_json_text(self.engine, event, 'store')} AS {text}) AS store, "
-            f"CAST({_json_text(self.engine, event, 'channel')} AS {text}) AS channel, "
-            f"CAST({_json_text(self.engine, event, 'partner')} AS {text}) AS partner "
-            f"FROM orders WHERE program_id = {_literal(program_id)}",
+            f"SELECT {', '.join(columns)} FROM orders WHERE program_id = {_literal(program_id)}",
             ("occurred_at",),
         )
         return df.with_columns(
             pl.col("member_pk").cast(pl.Int64),
             pl.col("amount_e4").cast(pl.Int64),
             pl.col("refunded_e4").cast(pl.Int64),
-            *(pl.col(c).cast(pl.String) for c in ("store", "channel", "partner")),
+            *(pl.col(c).cast(pl.String) for c in ("store", "channel", "partner", "tier",
+                                                  "order_id", "event_id") if c in df.columns),
         )
 
-    def postings(self, program_id: str, asset: str | None = "points") -> pl.DataFrame:
+    def campaign_postings(self, program_id: str) -> pl.DataFrame:
+        """Points of campaigns: postings whose rule id is ``campaign:<id>``."""
+        df = self.frame(
+            "SELECT member_pk, rule_id, occurred_at, "
+            "(CASE WHEN debit = 'issued' THEN points ELSE 0 END"
+            " - CASE WHEN credit = 'issued' THEN points ELSE 0 END) AS issued "
+            f"FROM postings WHERE program_id = {_literal(program_id)} AND asset = 'points' "
+            "AND rule_id LIKE 'campaign:%'",
+            ("occurred_at",),
+        )
+        return df.with_columns(pl.col("member_pk").cast(pl.Int64),
+                               pl.col("rule_id").cast(pl.String),
+                               pl.col("issued").cast(pl.Int64))
+
+    def postings(self, program_id: str, asset: str | None = "points",
+                 detail: bool = False) -> pl.DataFrame:
         """Each posting as signed flows: points into ``issued`` (earned), ``redeemed``,
         ``expired`` and ``adjustments`` accounts, and the change of the member's balance."""
 
@@ -124,8 +143,9 @@ class Reader:
             " - CASE WHEN debit IN ('available','pending','reserved') THEN points ELSE 0 END)"
         )
         df = self.frame(
-            f"SELECT member_pk, asset, code, ref, rule_id, occurred_at, "
-            f"-{flow('issued')} AS issued, "
+            "SELECT member_pk, occurred_at, "
+            + ("asset, code, ref, rule_id, " if detail else "")
+            + f"-{flow('issued')} AS issued, "
             f"{flow('redeemed')} AS redeemed, {flow('expired')} AS expired, "
             f"-{flow('adjustments')} AS adjusted, {member} AS member_delta "
             f"FROM postings WHERE program_id = {_literal(program_id)}"
@@ -134,9 +154,8 @@ class Reader:
         )
         return df.with_columns(
             pl.col("member_pk").cast(pl.Int64),
-            pl.col("rule_id").cast(pl.String),
-            pl.col("asset").cast(pl.String),
-            pl.col("code").cast(pl.String),
+            *(pl.col(c).cast(pl.String) for c in ("asset", "code", "ref", "rule_id")
+              if c in df.columns),
             *(pl.col(c).cast(pl.Int64) for c in
               ("issued", "redeemed", "expired", "adjusted", "member_delta")),
         )
