@@ -37,7 +37,7 @@ class MemberStart:
     purchases: int
     attributes: Mapping[str, Any]
     enrolled_at: datetime
-    buckets: Mapping[str, tuple[Decimal, int, int]]  # month -> (spend, points, visits)
+    buckets: Mapping[str, tiers.Bucket]  # months before the period: read, never changed
 
 
 @dataclass
@@ -48,25 +48,33 @@ class Replay:
     rules: dict[tuple[int, str], int] = field(default_factory=dict)  # (side, rule) -> points
     tiers: dict[str, tuple[str, str]] = field(default_factory=dict)  # member -> (a, b)
     events: int = 0
+    windows: dict[tuple[int, int, int], list[str]] = field(default_factory=dict)
 
 
-def _start_tier(programme: Programme, start: MemberStart, buckets: Mapping[str, tiers.Bucket],
-                local: datetime) -> str:
-    """The tier the member holds under ``programme`` at the start: its live tier where the
-    programme has that level, at least the level its window's metric reaches."""
+def _after_event(programme: Programme, current_id: str, buckets: Mapping[str, tiers.Bucket],
+                 local: datetime, windows: dict[tuple[int, int, int], list[str]]) -> str:
+    """``tiers.after_event`` with the window's months worked out once per month."""
+    key = (id(programme), local.year, local.month)
+    months = windows.get(key)
+    if months is None:
+        months = windows[key] = tiers.window_months(programme, local)
+    reached = tiers.level_for(programme, tiers.metric_value(programme, buckets, months))
+    return tiers.higher(programme, reached, programme.level(current_id)).id
+
+
+def _side(programme: Programme, start: MemberStart, local: datetime,
+          windows: dict[tuple[int, int, int], list[str]]) -> Side:
+    """The member under ``programme`` at the start: its live tier where the programme has
+    that level, at least the level its window's metric reaches."""
+    buckets = dict(start.buckets)  # the replay adds months of the period only
     known = {level.id for level in programme.model.tiers.levels}
-    current = programme.level(start.tier_id if start.tier_id in known else None)
-    return tiers.after_event(programme, current, buckets, local).id
-
-
-def _side(programme: Programme, start: MemberStart, local: datetime) -> Side:
-    buckets = {m: tiers.Bucket(spend, points, visits)
-               for m, (spend, points, visits) in start.buckets.items()}
-    return Side(_start_tier(programme, start, buckets, local), buckets)
+    current = programme.level(start.tier_id if start.tier_id in known else None).id
+    return Side(_after_event(programme, current, buckets, local, windows), buckets)
 
 
 def _apply(programme: Programme, side: Side, start: MemberStart, purchases: int,
-           event: Event, local: datetime, rules: dict[tuple[int, str], int], index: int) -> int:
+           event: Event, local: datetime, month: str, result: Replay, index: int) -> int:
+    rules = result.rules
     facts = earning.MemberFacts(
         id=start.id, tier=programme.level(side.tier_id), purchases=purchases,
         attributes=start.attributes, enrolled_at=start.enrolled_at,
@@ -80,15 +88,14 @@ def _apply(programme: Programme, side: Side, start: MemberStart, purchases: int,
         if award.limit_key is not None:
             usage_key = (award.rule_id, award.limit_key)
             side.usage[usage_key] = side.usage.get(usage_key, 0) + 1
-    month = tiers.month_key(local)
     if event.type == "purchase" or total:
         bucket = side.buckets.setdefault(month, tiers.Bucket())
         bucket.points += total
         if event.type == "purchase":
             bucket.spend += event.amount or Decimal(0)
             bucket.visits += 1
-        current = programme.level(side.tier_id)
-        side.tier_id = tiers.after_event(programme, current, side.buckets, local).id
+        side.tier_id = _after_event(programme, side.tier_id, side.buckets, local,
+                                    result.windows)
     side.points += total
     return total
 
@@ -108,11 +115,13 @@ def replay(live: Programme, draft: Programme, starts: Mapping[str, MemberStart],
         local = event.occurred_at.astimezone(tz)
         pair = sides.get(event.member)
         if pair is None:
-            pair = sides[event.member] = (_side(live, start, local), _side(draft, start, local))
+            pair = sides[event.member] = (_side(live, start, local, result.windows),
+                                          _side(draft, start, local, result.windows))
             purchases[event.member] = start.purchases
         count = purchases[event.member]
-        _apply(live, pair[0], start, count, event, local, result.rules, 0)
-        _apply(draft, pair[1], start, count, event, local, result.rules, 1)
+        month = f"{local.year:04d}-{local.month:02d}"  # tiers.month_key, without strftime
+        _apply(live, pair[0], start, count, event, local, month, result, 0)
+        _apply(draft, pair[1], start, count, event, local, month, result, 1)
         if event.type == "purchase":
             purchases[event.member] = count + 1
         result.events += 1

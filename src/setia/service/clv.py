@@ -17,6 +17,8 @@ from setia.domain.errors import InvalidField
 from setia.service.analytics import E4, Dataset, load
 
 DEFAULT_HORIZON_WEEKS = 52
+MAX_FIT_CUSTOMERS = 50_000  # the models are fitted on a sample of this many; all are scored
+FIT_SEED = 20050101
 MIN_REPEAT_CUSTOMERS = 2  # Gamma-Gamma needs customers with repeat purchases
 
 
@@ -32,9 +34,11 @@ class Fit:
 
 
 def fit(transactions: pl.DataFrame, observation_end: date, horizon_weeks: int,
-        discount_rate: float = 0.0) -> Fit:
+        discount_rate: float = 0.0, max_fit_customers: int = MAX_FIT_CUSTOMERS) -> Fit:
     """Fit BG/NBD and Gamma-Gamma on ``transactions`` (columns customer, day, amount)
-    up to ``observation_end``; score every customer for ``horizon_weeks``."""
+    up to ``observation_end``; score every customer for ``horizon_weeks``. With more than
+    ``max_fit_customers`` customers the models are fitted on a random sample of that many
+    (fixed seed) and every customer is scored with them."""
     import pandas as pd
     from clvkit import CLV, CustomerBase
 
@@ -53,15 +57,26 @@ def fit(transactions: pl.DataFrame, observation_end: date, horizon_weeks: int,
             log, time_unit="W", collapse="D",
             observation_period_end=pd.Timestamp(observation_end),
         )
-        summary = base.to_pandas()
+        fit_base = base
+        if customers > max_fit_customers:
+            chosen = frame["customer_id"].unique().sort().sample(
+                max_fit_customers, seed=FIT_SEED)
+            sample = frame.filter(pl.col("customer_id").is_in(chosen.implode()))
+            fit_base = CustomerBase.from_transactions(
+                pd.DataFrame({c: sample[c].to_numpy() for c in sample.columns}),
+                time_unit="W", collapse="D",
+                observation_period_end=pd.Timestamp(observation_end),
+            )
+        summary = fit_base.to_pandas()
         repeaters = int((summary["frequency"] > 0).sum())
         if repeaters < MIN_REPEAT_CUSTOMERS:
             return Fit(None, None, f"{repeaters} customers with repeat purchases; "
                        f"the models need at least {MIN_REPEAT_CUSTOMERS}", customers, None)
         try:
-            model = CLV(check_independence=False).fit(base)
-            result = model.predict(horizon=horizon_weeks, discount_rate=discount_rate)
-            alive = model.transaction_model.probability_alive().to_pandas()  # type: ignore[attr-defined]
+            model = CLV(check_independence=False).fit(fit_base)
+            result = model.predict(horizon=horizon_weeks, discount_rate=discount_rate, cb=base)
+            alive = model.transaction_model.probability_alive(  # type: ignore[attr-defined]
+                base).to_pandas()
         except (ValueError, RuntimeError, FloatingPointError) as exc:
             return Fit(None, None, f"the models did not converge: {exc}", customers, None)
     scores = result.to_pandas().join(alive)
