@@ -21,6 +21,7 @@ from setia.service import analytics as an
 from setia.service.clv import member_clv
 
 FORMATS = ("csv", "json", "parquet")
+MAX_AUDIT_PERIODS = 400  # each period is checked with its own SQL sums
 DATASETS = ("members", "journal", "metrics")
 
 
@@ -174,6 +175,9 @@ def audit(engine: sa.Engine, program_id: str, date_from: date, date_to: date,
     (Polars), and the zero sum; for the whole journal, cached balances against it."""
     programme = an.programme_of(engine, program_id)
     options = an.options_for(programme, date_from, date_to, grain=grain)
+    if an.periods(options).height > MAX_AUDIT_PERIODS:
+        raise InvalidField(f"an audit covers at most {MAX_AUDIT_PERIODS} periods; "
+                           "choose a coarser grain or a shorter range", field="grain")
     data = an.load(engine, program_id, optional=False)
     points = an.points(data, options)
     sales = an.sales(data, options)

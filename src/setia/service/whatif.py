@@ -131,7 +131,8 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
             f"AND occurred_at < '{_naive(start)}' GROUP BY member_pk"
         ).with_columns(pl.col("member_pk").cast(pl.Int64), pl.col("purchases").cast(pl.Int64))
         buckets = read.metric_buckets(program_id).filter(pl.col("month").is_in(months))
-        postings = read.postings(program_id, detail=True)
+        postings = read.postings(program_id)
+        earned = read.postings(program_id, detail=True, between=(_naive(start), _naive(end)))
     step("preparing members")
     postings = postings.with_columns(an._local_date("occurred_at", live.model.timezone))
     happened = happened.with_columns(
@@ -184,7 +185,7 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
     result = replay(live, draft, starts, _events(ordered, live.currency))
     step("comparing")
     posted = (
-        postings.join(ordered.select(pl.col("id").alias("ref")), on="ref", how="semi")
+        earned.join(ordered.select(pl.col("id").alias("ref")), on="ref", how="semi")
         .filter(pl.col("code") == "earn")
         .join(members.select("member_pk", "member"), on="member_pk")
         .group_by("member").agg(pl.col("issued").sum().alias("posted"))

@@ -128,7 +128,7 @@ class Reader:
                                pl.col("issued").cast(pl.Int64))
 
     def postings(self, program_id: str, asset: str | None = "points",
-                 detail: bool = False) -> pl.DataFrame:
+                 detail: bool = False, between: tuple[str, str] | None = None) -> pl.DataFrame:
         """Each posting as signed flows: points into ``issued`` (earned), ``redeemed``,
         ``expired`` and ``adjustments`` accounts, and the change of the member's balance."""
 
@@ -149,7 +149,9 @@ class Reader:
             f"{flow('redeemed')} AS redeemed, {flow('expired')} AS expired, "
             f"-{flow('adjustments')} AS adjusted, {member} AS member_delta "
             f"FROM postings WHERE program_id = {_literal(program_id)}"
-            + ("" if asset is None else f" AND asset = '{asset}'"),
+            + ("" if asset is None else f" AND asset = '{asset}'")
+            + ("" if between is None else
+               f" AND occurred_at >= '{between[0]}' AND occurred_at < '{between[1]}'"),
             ("occurred_at",),
         )
         return df.with_columns(
