@@ -273,12 +273,11 @@ def measure(engine: sa.Engine) -> list[tuple[str, float]]:
                  figures)
     options = an.options_for(data.programme, *year, grain="month")
     for name, metric in an.METRICS.items():
-        timed(f"metric {name}", lambda m=metric: m(data, options), figures)  # type: ignore[misc]
+        timed(f"metric {name}", lambda m=metric, d=data, o=options: m(d, o), figures)
     figures.append(("DASHBOARD TOTAL", time.perf_counter() - total_started))
     say(f"  {'DASHBOARD TOTAL':<44} {figures[-1][1]:8.2f} s")
     say(f"  (orders {data.orders.height:,}, postings {data.postings.height:,}, "
         f"members {data.members.height:,})")
-    del data
     for by in ("tier", "store"):
         say(f"breakdown by {by}:")
         started = time.perf_counter()
@@ -287,15 +286,13 @@ def measure(engine: sa.Engine) -> list[tuple[str, float]]:
         options = an.options_for(data.programme, *year, grain="month", by=by)
         for name in ("sales", "points", "churn", "enrolments"):
             timed(f"metric {name} by {by}",
-                  lambda n=name: an.METRICS[n](data, options), figures)  # type: ignore[misc]
+                  lambda n=name, d=data, o=options: an.METRICS[n](d, o), figures)
         figures.append((f"BY {by.upper()} TOTAL", time.perf_counter() - started))
         say(f"  {'BY ' + by.upper() + ' TOTAL':<44} {figures[-1][1]:8.2f} s")
-        del data
     say("customer lifetime value:")
     data = an.load(engine, PROGRAM)
     timed("CLV per member (BG/NBD + Gamma-Gamma)",
           lambda: member_clv(data, date(2027, 12, 31)), figures)
-    del data
     say("what-if, December 2027, base rate doubled:")
     draft = dict(PROGRAMME)
     draft["earn"] = [{"id": "base", "on": "purchase", "rate": 2}, PROGRAMME["earn"][1]]
