@@ -15,11 +15,10 @@ from fastapi.responses import Response
 
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import Caller, require
-from setia.service import analytics as an
-from setia.service import analytics_reports as reports
-from setia.service import whatif
-from setia.service.analytics_sales import record_guest_sales
-from setia.service.clv import DEFAULT_HORIZON_WEEKS, clv_report
+
+# The services (and Polars, pandas, clvkit under them) are imported by the handlers at
+# their first call, so that starting the server does not wait for them.
+DEFAULT_HORIZON_WEEKS = 52
 
 router = APIRouter(prefix="/v1/programs/{program}/analytics", tags=["analytics"])
 ADMIN = Depends(require("admin"))
@@ -59,6 +58,8 @@ async def get_metrics(
 ) -> Any:
     """Metrics for a date range by day, week or month, overall or by one dimension."""
     caller.check_program(program)
+    from setia.service import analytics as an
+
     return await run_in_threadpool(
         an.metrics, _engine(request), program, date_from, date_to,
         tuple(metric) if metric else None, grain=grain, by=by, churn_days=churn_days,
@@ -77,6 +78,8 @@ async def get_clv(
 ) -> Any:
     """Per member: historic CLV, expected purchases, probability alive and predicted CLV."""
     caller.check_program(program)
+    from setia.service.clv import clv_report
+
     return await run_in_threadpool(clv_report, _engine(request), program, as_of,
                                    horizon_weeks, None, after, limit)
 
@@ -89,6 +92,8 @@ async def get_member_clv(
     caller: Caller = ADMIN,
 ) -> Any:
     caller.check_program(program)
+    from setia.service.clv import clv_report
+
     return await run_in_threadpool(clv_report, _engine(request), program, as_of,
                                    horizon_weeks, member)
 
@@ -103,6 +108,8 @@ async def get_member_reports(
     """Per member statement for the period: points earned and spent, balances, tier
     progress."""
     caller.check_program(program)
+    from setia.service import analytics as an
+    from setia.service import analytics_reports as reports
 
     def work() -> bytes:
         data, frame = reports.statements(_engine(request), program, date_from, date_to, member)
@@ -120,6 +127,8 @@ async def get_audit(
 ) -> Any:
     """The journal's totals per period against the metrics."""
     caller.check_program(program)
+    from setia.service import analytics_reports as reports
+
     return await run_in_threadpool(reports.audit, _engine(request), program, date_from,
                                    date_to, grain)
 
@@ -134,6 +143,7 @@ async def get_export(
 ) -> Any:
     """Members (with CLV and RFM), the journal, or one metric, as CSV, Parquet or JSON."""
     caller.check_program(program)
+    from setia.service import analytics_reports as reports
 
     def work() -> bytes:
         frame, digits = reports.export(_engine(request), program, dataset, date_from, date_to,
@@ -165,6 +175,7 @@ async def post_whatif(request: Request, program: str, caller: Caller = ADMIN) ->
     caller.check_program(program)
     from setia.domain.errors import InvalidField
     from setia.entrypoints.api.app import read_body
+    from setia.service import whatif
 
     body = await read_body(request)
     if not isinstance(body, dict):
@@ -201,6 +212,7 @@ async def post_guest_sales(
     sale id."""
     caller.check_program(program)
     from setia.entrypoints.api.app import read_body
+    from setia.service.analytics_sales import record_guest_sales
 
     body: Any = await read_body(request)
     sales = body.get("sales") if isinstance(body, dict) else None
