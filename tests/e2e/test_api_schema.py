@@ -40,8 +40,13 @@ CONFIG = """\
 "path.program" = "e2e-cafe"
 "path.member" = "cust-1"
 "body.member" = "cust-1"
+
+# The analytics reports each read and compute a whole programme: fewer examples each.
+[[operations]]
+include-tag = "analytics"
+generation.max-examples = 5
 """
-BUDGET_SECONDS = 100
+BUDGET_SECONDS = 150
 
 
 @pytest.fixture(params=[
