@@ -40,6 +40,11 @@ CONFIG = """\
 "path.program" = "e2e-cafe"
 "path.member" = "cust-1"
 "body.member" = "cust-1"
+
+# The analytics reports each read and compute a whole programme: fewer examples each.
+[[operations]]
+include-tag = "analytics"
+generation.max-examples = 5
 """
 # A bound, not a timing: a loaded 2-core machine needs several times the usual ~40 s.
 BUDGET_SECONDS = 420

@@ -130,6 +130,13 @@ class Reward(_Strict):
     until: date | None = None
 
 
+class AnalyticsConfig(_Strict):
+    """Settings of the analytics reports (docs/analytics.md)."""
+
+    cost_per_point: Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=6)] = Decimal(0)
+    churn_days: Annotated[int, Field(ge=1, le=3650)] = 90
+
+
 class ProgrammeModel(_Strict):
     id: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")]
     name: Annotated[str, Field(min_length=1, max_length=120)]
@@ -141,6 +148,7 @@ class ProgrammeModel(_Strict):
     earn: list[EarnRule] = Field(default_factory=list)
     tiers: Tiers = Tiers()
     rewards: list[Reward] = Field(default_factory=list)
+    analytics: AnalyticsConfig | None = None
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -327,5 +327,10 @@ def keys_create(
     sys.stdout.write(key + "\n")
 
 
+from setia.entrypoints import cli_analytics  # noqa: E402  (report, whatif, analytics ...)
+
+cli_analytics.register(app)
+
+
 def main() -> Any:  # pragma: no cover - console script entry
     return app()

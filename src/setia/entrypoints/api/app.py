@@ -22,6 +22,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from setia.domain.errors import Busy, InvalidField, SetiaError
+from setia.entrypoints.api import analytics as analytics_api
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import Caller, require
 from setia.entrypoints.api.responses import JSONResponse
@@ -227,6 +228,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.state.engine = engine
+    app.include_router(analytics_api.router)
 
     app.add_middleware(RefuseUnstorablePaths)
 

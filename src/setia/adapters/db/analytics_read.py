@@ -1,0 +1,233 @@
+"""Reading the journal, orders and members into Polars frames for analytics.
+
+Rows go from the database straight into Arrow through ADBC (the SQLite and
+libpq drivers ship inside their wheels, so nothing is downloaded at run time),
+then into Polars; no Python loop touches a row (docs/decisions/analytics-engine.md).
+The SQL only projects and filters: every aggregate is computed in Polars.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+
+from setia.adapters.db.engine import is_sqlite
+
+_PROGRAM_ID = re.compile(r"^[a-z0-9-]{1,64}$")
+OPTIONAL_TABLES = ("campaign_holdouts", "coupon_uses", "survey_responses", "membership_purchases")
+
+
+def _literal(program_id: str) -> str:
+    # Programme ids are [a-z0-9-]: safe as a literal, which keeps one SQL text per dialect.
+    assert _PROGRAM_ID.match(program_id), f"not a programme id: {program_id!r}"
+    return f"'{program_id}'"
+
+
+@contextmanager
+def _adbc(engine: sa.Engine) -> Iterator[Any]:
+    url = engine.url
+    conn: Any
+    if is_sqlite(engine):
+        import adbc_driver_sqlite.dbapi as sqlite_driver
+
+        conn = sqlite_driver.connect(url.database or ":memory:")
+    else:
+        import adbc_driver_postgresql.dbapi as postgres_driver
+
+        uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = postgres_driver.connect(uri)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _json_text(engine: sa.Engine, column: str, key: str) -> str:
+    if is_sqlite(engine):
+        return f"json_extract({column}, '$.{key}')"
+    return f"({column}::jsonb ->> '{key}')"
+
+
+class Reader:
+    """One ADBC connection for a set of reads; frames come back with UTC datetimes."""
+
+    def __init__(self, engine: sa.Engine, conn: Any) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.sqlite = is_sqlite(engine)
+
+    def frame(self, sql: str, times: tuple[str, ...] = ()) -> pl.DataFrame:
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(sql)
+            table = cursor.fetch_arrow_table()
+        finally:
+            cursor.close()
+        df = pl.from_arrow(table)
+        assert isinstance(df, pl.DataFrame)
+        fixes = []
+        for name in times:
+            dtype = df.schema[name]
+            if dtype == pl.String or dtype == pl.Null:
+                fixes.append(
+                    pl.col(name).cast(pl.String).str.to_datetime(
+                        "%Y-%m-%d %H:%M:%S%.f", time_unit="us", strict=False
+                    ).dt.replace_time_zone("UTC")
+                )
+            else:
+                fixes.append(pl.col(name).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+        return df.with_columns(fixes) if fixes else df
+
+    def members(self, program_id: str) -> pl.DataFrame:
+        return self.frame(
+            "SELECT pk AS member_pk, id AS member, enrolled_at, tier_id AS tier, "
+            "available, pending, reserved FROM members "
+            f"WHERE program_id = {_literal(program_id)}",
+            ("enrolled_at",),
+        ).with_columns(pl.col("member_pk").cast(pl.Int64))
+
+    def orders(self, program_id: str, dims: tuple[str, ...] = ()) -> pl.DataFrame:
+        """Orders: member, time, amount and refunded; with ``dims`` also the order and event
+        ids, the tier held at the purchase and the asked of store, channel and partner
+        (read from the stored event, which costs a JSON parse per row: only when asked)."""
+        text = "TEXT" if self.sqlite else "text"
+        columns = ["member_pk", "occurred_at", "amount_e4", "refunded_e4"]
+        if dims:
+            columns += ["order_id", "event_id", "tier_id AS tier"]
+            columns += [f"CAST({_json_text(self.engine, 'event', d)} AS {text}) AS {d}"
+                        for d in ("store", "channel", "partner") if d in dims]
+        df = self.frame(
+            f"SELECT {', '.join(columns)} FROM orders WHERE program_id = {_literal(program_id)}",
+            ("occurred_at",),
+        )
+        return df.with_columns(
+            pl.col("member_pk").cast(pl.Int64),
+            pl.col("amount_e4").cast(pl.Int64),
+            pl.col("refunded_e4").cast(pl.Int64),
+            *(pl.col(c).cast(pl.String) for c in ("store", "channel", "partner", "tier",
+                                                  "order_id", "event_id") if c in df.columns),
+        )
+
+    def campaign_postings(self, program_id: str) -> pl.DataFrame:
+        """Points of campaigns: postings whose rule id is ``campaign:<id>``."""
+        df = self.frame(
+            "SELECT member_pk, rule_id, occurred_at, "
+            "(CASE WHEN debit = 'issued' THEN points ELSE 0 END"
+            " - CASE WHEN credit = 'issued' THEN points ELSE 0 END) AS issued "
+            f"FROM postings WHERE program_id = {_literal(program_id)} AND asset = 'points' "
+            "AND rule_id LIKE 'campaign:%'",
+            ("occurred_at",),
+        )
+        return df.with_columns(pl.col("member_pk").cast(pl.Int64),
+                               pl.col("rule_id").cast(pl.String),
+                               pl.col("issued").cast(pl.Int64))
+
+    def postings(self, program_id: str, asset: str | None = "points",
+                 detail: bool = False, between: tuple[str, str] | None = None) -> pl.DataFrame:
+        """Each posting as signed flows: points into ``issued`` (earned), ``redeemed``,
+        ``expired`` and ``adjustments`` accounts, and the change of the member's balance."""
+
+        def flow(account: str) -> str:
+            return (
+                f"(CASE WHEN credit = '{account}' THEN points ELSE 0 END"
+                f" - CASE WHEN debit = '{account}' THEN points ELSE 0 END)"
+            )
+
+        member = (
+            "(CASE WHEN credit IN ('available','pending','reserved') THEN points ELSE 0 END"
+            " - CASE WHEN debit IN ('available','pending','reserved') THEN points ELSE 0 END)"
+        )
+        df = self.frame(
+            "SELECT member_pk, occurred_at, "
+            + ("asset, code, ref, rule_id, " if detail else "")
+            + f"-{flow('issued')} AS issued, "
+            f"{flow('redeemed')} AS redeemed, {flow('expired')} AS expired, "
+            f"-{flow('adjustments')} AS adjusted, {member} AS member_delta "
+            f"FROM postings WHERE program_id = {_literal(program_id)}"
+            + ("" if asset is None else f" AND asset = '{asset}'")
+            + ("" if between is None else
+               f" AND occurred_at >= '{between[0]}' AND occurred_at < '{between[1]}'"),
+            ("occurred_at",),
+        )
+        return df.with_columns(
+            pl.col("member_pk").cast(pl.Int64),
+            *(pl.col(c).cast(pl.String) for c in ("asset", "code", "ref", "rule_id")
+              if c in df.columns),
+            *(pl.col(c).cast(pl.Int64) for c in
+              ("issued", "redeemed", "expired", "adjusted", "member_delta")),
+        )
+
+    def journal(self, program_id: str) -> pl.DataFrame:
+        """The journal as it is stored, with the member's id, for exports."""
+        return self.frame(
+            "SELECT p.id, p.asset, m.id AS member, p.debit, p.credit, p.points, p.code, p.ref, "
+            "p.rule_id, p.program_version, p.explanation, p.occurred_at, "
+            "p.debit_balance_after, p.credit_balance_after "
+            "FROM postings p JOIN members m ON m.pk = p.member_pk "
+            f"WHERE p.program_id = {_literal(program_id)} ORDER BY p.id",
+            ("occurred_at",),
+        )
+
+    def metric_buckets(self, program_id: str) -> pl.DataFrame:
+        df = self.frame(
+            "SELECT b.member_pk, b.month, b.spend_e4, b.points, b.visits "
+            "FROM metric_buckets b JOIN members m ON m.pk = b.member_pk "
+            f"WHERE m.program_id = {_literal(program_id)}"
+        )
+        return df.with_columns(
+            pl.col("member_pk").cast(pl.Int64), pl.col("month").cast(pl.String),
+            pl.col("spend_e4").cast(pl.Int64), pl.col("points").cast(pl.Int64),
+            pl.col("visits").cast(pl.Int64),
+        )
+
+    def lots(self, program_id: str) -> pl.DataFrame:
+        df = self.frame(
+            "SELECT member_pk, remaining, expires_at FROM lots "
+            f"WHERE program_id = {_literal(program_id)} AND remaining > 0",
+            ("expires_at",),
+        )
+        return df.with_columns(pl.col("member_pk").cast(pl.Int64),
+                               pl.col("remaining").cast(pl.Int64))
+
+    def guest_sales(self, program_id: str) -> pl.DataFrame:
+        df = self.frame(
+            "SELECT occurred_at, amount_e4, store, channel, partner FROM guest_sales "
+            f"WHERE program_id = {_literal(program_id)}",
+            ("occurred_at",),
+        )
+        return df.with_columns(
+            pl.col("amount_e4").cast(pl.Int64),
+            *(pl.col(c).cast(pl.String) for c in ("store", "channel", "partner")),
+        )
+
+    def optional(self, name: str, program_id: str) -> pl.DataFrame | None:
+        """A table other features add (campaign hold-outs, coupon uses, surveys, paid
+        memberships), all of its columns for the programme; None where it does not exist."""
+        assert name in OPTIONAL_TABLES
+        inspector = sa.inspect(self.engine)
+        if not inspector.has_table(name):
+            return None
+        columns = {c["name"]: c["type"] for c in inspector.get_columns(name)}
+        where = f" WHERE program_id = {_literal(program_id)}" if "program_id" in columns else ""
+        times = tuple(
+            n for n, t in columns.items() if isinstance(t, sa.DateTime) or n.endswith("_at")
+        )
+        text = "TEXT" if self.sqlite else "text"
+        # Decimals and JSON come as text (PostgreSQL's NUMERIC has no Arrow type to land in).
+        select = ", ".join(
+            f"CAST({n} AS {text}) AS {n}"
+            if isinstance(t, sa.Numeric | sa.JSON) and not isinstance(t, sa.Float) else n
+            for n, t in columns.items()
+        )
+        return self.frame(f"SELECT {select} FROM {name}{where}", times)
+
+
+@contextmanager
+def reader(engine: sa.Engine) -> Iterator[Reader]:
+    with _adbc(engine) as conn:
+        yield Reader(engine, conn)

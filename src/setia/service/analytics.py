@@ -1,0 +1,708 @@
+"""Programme metrics, computed with Polars over frames read from the database.
+
+Definitions (docs/analytics.md has them with examples):
+- Times are bucketed by the local date in the programme's time zone; a range
+  [date_from, date_to] includes both days. Grains: day, week (ISO, from Monday),
+  month, total (the whole range as one period, keyed by date_from).
+- A purchase is an order; its amount is net of what was refunded of it,
+  counted at the time of the purchase. Guest sales (no member) are the
+  non-member side of the average order value.
+- Dimensions: ``tier`` is the tier a purchase earned at; ``store``, ``channel``
+  and ``partner`` come from the purchase. Member metrics (enrolments, churn,
+  retention, RFM) use the member's current tier and the store, channel and
+  partner of the member's first purchase. Postings that come from a purchase
+  take its dimensions, the others the member's.
+- Points issued = earned net of clawbacks; redeemed and expired likewise net
+  of reversals; outstanding = the points in member accounts at the end of a
+  period; liability = outstanding × cost per point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+
+from setia.adapters.db.analytics_read import reader
+from setia.adapters.db.store import UnitOfWork
+from setia.domain.errors import InvalidField
+from setia.domain.programme import Programme
+from setia.service.common import require_programme, transaction
+
+GRAINS = ("day", "week", "month", "total")
+DIMENSIONS = ("tier", "store", "channel", "partner")
+NONE = "(none)"
+E4 = 10_000
+DEFAULT_CHURN_DAYS = 90
+MAX_RANGE_DAYS = 3 * 366 + 1
+
+
+EARLIEST, LATEST = date(1970, 1, 2), date(2999, 12, 30)
+
+
+def check_dates(**named: date | None) -> None:
+    """Dates of reports lie in 1970..2999 (times outside cannot be stored anyway)."""
+    for name, value in named.items():
+        if value is not None and not EARLIEST <= value <= LATEST:
+            raise InvalidField("dates must lie between 1970-01-02 and 2999-12-30",
+                               field=name.rstrip("_"))
+
+
+@dataclass
+class Options:
+    date_from: date
+    date_to: date
+    grain: str = "month"
+    by: str | None = None
+    churn_days: int = DEFAULT_CHURN_DAYS
+    cost_per_point: Decimal = Decimal(0)
+
+    def check(self) -> None:
+        check_dates(from_=self.date_from, to=self.date_to)
+        if self.date_to < self.date_from:
+            raise InvalidField("'to' is before 'from'", field="to")
+        if (self.date_to - self.date_from).days >= MAX_RANGE_DAYS:
+            raise InvalidField("a range may span at most three years", field="to")
+        if self.grain not in GRAINS:
+            raise InvalidField(f"grain must be one of {', '.join(GRAINS)}", field="grain")
+        if self.by is not None and self.by not in DIMENSIONS:
+            raise InvalidField(f"by must be one of {', '.join(DIMENSIONS)}", field="by")
+        if not 1 <= self.churn_days <= 3650:
+            raise InvalidField("churn_days must be between 1 and 3650", field="churn_days")
+        if self.cost_per_point < 0:
+            raise InvalidField("cost_per_point may not be negative", field="cost_per_point")
+
+    @property
+    def cost_per_point_e4(self) -> Decimal:
+        return self.cost_per_point * E4
+
+
+@dataclass
+class Dataset:
+    """Everything the metrics read, with local dates (programme time zone) worked out once."""
+
+    programme: Programme
+    members: pl.DataFrame
+    orders: pl.DataFrame
+    postings: pl.DataFrame
+    lots: pl.DataFrame
+    guest_sales: pl.DataFrame
+    campaign_postings: pl.DataFrame
+    optional: dict[str, pl.DataFrame | None] = field(default_factory=dict)
+
+    @property
+    def tz(self) -> str:
+        return self.programme.model.timezone
+
+
+def programme_of(engine: sa.Engine, program_id: str) -> Programme:
+    def work(uow: UnitOfWork) -> Programme:
+        return require_programme(uow, program_id)
+
+    return transaction(engine, work)
+
+
+def _local_date(column: str, tz: str, name: str = "day") -> pl.Expr:
+    return pl.col(column).dt.convert_time_zone(tz).dt.date().alias(name)
+
+
+def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
+         optional: bool = True) -> Dataset:
+    """The frames the metrics read. Per-order dimensions are read only for ``by`` (store,
+    channel and partner live in the stored event: a JSON parse per order)."""
+    programme = programme_of(engine, program_id)
+    tz = programme.model.timezone
+    dims: tuple[str, ...] = () if by is None else (by,)
+    with reader(engine) as read:
+        members = read.members(program_id)
+        orders = read.orders(program_id, dims)
+        postings = read.postings(program_id, detail=by is not None)
+        lots = read.lots(program_id)
+        guests = read.guest_sales(program_id)
+        campaign_postings = read.campaign_postings(program_id)
+        extra = {}
+        if optional:
+            for name in ("campaign_holdouts", "coupon_uses", "survey_responses",
+                         "membership_purchases"):
+                extra[name] = read.optional(name, program_id)
+    members = members.with_columns(_local_date("enrolled_at", tz, "enrolled_day"))
+    orders = orders.with_columns(
+        _local_date("occurred_at", tz),
+        (pl.col("amount_e4") - pl.col("refunded_e4")).alias("net_e4"),
+        *(pl.lit(None, pl.String).alias(c) for c in ("store", "channel", "partner", "tier")
+          if c not in orders.columns),
+    )
+    if by in ("store", "channel", "partner"):
+        # The member's "home" dimensions: those of the first purchase.
+        first = (
+            orders.sort("occurred_at", "order_id")
+            .group_by("member_pk", maintain_order=True)
+            .first()
+            .select("member_pk", by)
+        )
+        members = members.join(first, on="member_pk", how="left")
+    postings = postings.with_columns(_local_date("occurred_at", tz))
+    guests = guests.with_columns(_local_date("occurred_at", tz),
+                                 pl.lit(None, pl.String).alias("tier"))
+    campaign_postings = campaign_postings.with_columns(_local_date("occurred_at", tz))
+    return Dataset(programme, members, orders, postings, lots, guests, campaign_postings, extra)
+
+
+# ----------------------------------------------------------------------------- periods
+
+
+def _period(day: pl.Expr, options: Options) -> pl.Expr:
+    if options.grain == "day":
+        return day.alias("period")
+    if options.grain == "week":
+        return day.dt.truncate("1w").alias("period")
+    if options.grain == "month":
+        return day.dt.truncate("1mo").alias("period")
+    return pl.lit(options.date_from, dtype=pl.Date).alias("period")
+
+
+def periods(options: Options) -> pl.DataFrame:
+    """Every period of the range with its last day (capped at date_to)."""
+    days = pl.DataFrame(
+        {"day": pl.date_range(options.date_from, options.date_to, "1d", eager=True)}
+    )
+    return (
+        days.with_columns(_period(pl.col("day"), options))
+        .group_by("period")
+        .agg(pl.col("day").max().alias("period_end"))
+        .sort("period")
+    )
+
+
+def _in_range(df: pl.DataFrame, options: Options, column: str = "day") -> pl.DataFrame:
+    return df.filter(pl.col(column).is_between(options.date_from, options.date_to))
+
+
+def _dim(df: pl.DataFrame, options: Options) -> tuple[pl.DataFrame, list[str]]:
+    if options.by is None:
+        return df, ["period"]
+    return df.with_columns(pl.col(options.by).fill_null(NONE)), ["period", options.by]
+
+
+def _ratio(num: str, den: str, name: str) -> pl.Expr:
+    return (
+        pl.when(pl.col(den) > 0)
+        .then((pl.col(num) / pl.col(den)).round(4))
+        .otherwise(None)
+        .alias(name)
+    )
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def sales(data: Dataset, options: Options) -> pl.DataFrame:
+    """Purchases, active members, repeat purchase rate, frequency, and the average order
+    value of members against guests (non-members)."""
+    orders, keys = _dim(_in_range(data.orders, options).with_columns(
+        _period(pl.col("day"), options)), options)
+    per_member = orders.group_by([*keys, "member_pk"]).agg(
+        pl.len().alias("purchases"), pl.col("net_e4").sum().alias("net_e4")
+    )
+    members = per_member.group_by(keys).agg(
+        pl.col("purchases").sum().alias("purchases"),
+        pl.len().alias("active_members"),
+        (pl.col("purchases") >= 2).sum().alias("repeat_members"),
+        pl.col("net_e4").sum().alias("member_sales_e4"),
+    )
+    guests, _ = _dim(_in_range(data.guest_sales, options).with_columns(
+        _period(pl.col("day"), options)), options)
+    guests = guests.group_by(keys).agg(
+        pl.len().alias("guest_orders"), pl.col("amount_e4").sum().alias("guest_sales_e4")
+    )
+    out = members.join(guests, on=keys, how="full", coalesce=True).with_columns(
+        pl.col("purchases", "active_members", "repeat_members", "member_sales_e4",
+               "guest_orders", "guest_sales_e4").fill_null(0)
+    )
+    return out.with_columns(
+        _ratio("repeat_members", "active_members", "repeat_purchase_rate"),
+        _ratio("purchases", "active_members", "purchase_frequency"),
+        _ratio("member_sales_e4", "purchases", "aov_member_e4"),
+        _ratio("guest_sales_e4", "guest_orders", "aov_non_member_e4"),
+    ).sort(keys)
+
+
+def enrolments(data: Dataset, options: Options) -> pl.DataFrame:
+    members, keys = _dim(
+        _in_range(data.members, options, "enrolled_day").with_columns(
+            _period(pl.col("enrolled_day"), options)
+        ),
+        options,
+    )
+    return members.group_by(keys).agg(pl.len().alias("enrolments")).sort(keys)
+
+
+def retention(data: Dataset, options: Options) -> pl.DataFrame:
+    """For each monthly enrolment cohort in the range: its size and, for every month since
+    enrolment up to date_to, how many of its members purchased in that month."""
+    members = _in_range(data.members, options, "enrolled_day").with_columns(
+        pl.col("enrolled_day").dt.truncate("1mo").alias("cohort")
+    )
+    members, dims = _dim(members, options)
+    keys = ["cohort", *dims[1:]]
+    size = members.group_by(keys).agg(pl.len().alias("cohort_size"))
+    orders = data.orders.filter(pl.col("day") <= options.date_to).select(
+        "member_pk", pl.col("day").dt.truncate("1mo").alias("month")
+    ).unique()
+    active = (
+        members.select("member_pk", *keys)
+        .join(orders, on="member_pk")
+        .with_columns(
+            ((pl.col("month").dt.year() - pl.col("cohort").dt.year()) * 12
+             + pl.col("month").dt.month().cast(pl.Int32)
+             - pl.col("cohort").dt.month().cast(pl.Int32)).alias("months_since")
+        )
+        .filter(pl.col("months_since") >= 0)
+        .group_by([*keys, "months_since"])
+        .agg(pl.len().alias("retained"))
+    )
+    last = options.date_to.year * 12 + options.date_to.month
+    grid = size.with_columns(
+        pl.int_ranges(
+            0,
+            last - (pl.col("cohort").dt.year() * 12 + pl.col("cohort").dt.month().cast(pl.Int32))
+            + 1,
+        ).alias("months_since")
+    ).explode("months_since").with_columns(pl.col("months_since").cast(pl.Int32))
+    out = grid.join(
+        active.with_columns(pl.col("months_since").cast(pl.Int32)),
+        on=[*keys, "months_since"], how="left",
+    ).with_columns(pl.col("retained").fill_null(0).cast(pl.UInt32))
+    return out.with_columns(_ratio("retained", "cohort_size", "retention_rate")).sort(
+        [*keys, "months_since"]
+    )
+
+
+def churn(data: Dataset, options: Options) -> pl.DataFrame:
+    """At the last day E of each period: customers (members with a purchase on or before E)
+    and churned ones (no purchase in the ``churn_days`` days ending at E)."""
+    n = options.churn_days
+    ends = periods(options).select("period", "period_end")
+    orders, _ = _dim(data.orders.filter(pl.col("day") <= options.date_to), options)
+    by = [options.by] if options.by else []
+    if options.by in ("store", "channel", "partner"):
+        orders = orders.drop(options.by).join(
+            data.members.select("member_pk", options.by), on="member_pk", how="left"
+        ).with_columns(pl.col(options.by).fill_null(NONE))
+    elif options.by == "tier":
+        orders = orders.drop("tier").join(
+            data.members.select("member_pk", "tier"), on="member_pk", how="left"
+        )
+    days = orders.select("member_pk", *by, "day").unique().sort("member_pk", "day")
+    # Each purchase day d keeps its member "active" on days [d, d + n); overlapping spans
+    # of one member merge, so that summing the merged spans counts members, not purchases.
+    spans = (
+        days.with_columns(
+            (pl.col("day") > pl.col("day").shift(1).over("member_pk") + timedelta(days=n))
+            .fill_null(True)
+            .cum_sum()
+            .over("member_pk")
+            .alias("span")
+        )
+        .group_by("member_pk", *by, "span")
+        .agg(pl.col("day").min().alias("start"), pl.col("day").max().alias("last"))
+        .with_columns((pl.col("last") + timedelta(days=n)).alias("end"))
+    )
+    deltas = pl.concat([
+        spans.select(*by, pl.col("start").alias("day"), pl.lit(1).alias("active")),
+        spans.select(*by, pl.col("end").alias("day"), pl.lit(-1).alias("active")),
+    ])
+    firsts = spans.group_by("member_pk", *by).agg(pl.col("start").min().alias("day")).select(
+        *by, "day", pl.lit(1).alias("customers")
+    )
+
+    def running(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+        daily = frame.group_by(*by, "day").agg(pl.col(column).sum()).sort(*by, "day")
+        daily = daily.with_columns(pl.col(column).cum_sum().over(by) if by else
+                                   pl.col(column).cum_sum())
+        grid = ends if not by else ends.join(daily.select(by).unique(), how="cross")
+        return grid.sort("period_end").join_asof(
+            daily.sort("day"), left_on="period_end", right_on="day", by=by or None,
+            strategy="backward", check_sortedness=False,
+        ).select("period", "period_end", *by, pl.col(column).fill_null(0))
+
+    out = running(firsts, "customers").join(
+        running(deltas, "active"), on=["period", "period_end", *by], how="left"
+    )
+    out = out.with_columns(
+        (pl.col("customers") - pl.col("active").fill_null(0)).alias("churned")
+    ).drop("active")
+    return out.with_columns(_ratio("churned", "customers", "churn_rate")).sort(
+        ["period", *by]
+    )
+
+
+def _posting_dims(data: Dataset, options: Options) -> pl.DataFrame:
+    postings = data.postings
+    if options.by is None:
+        return postings
+    dim = options.by
+    from_order = data.orders.select(pl.col("event_id").alias("ref"), pl.col(dim).alias("_o"))
+    from_member = data.members.select("member_pk", pl.col(dim).alias("_m"))
+    return (
+        postings.join(from_order, on="ref", how="left")
+        .join(from_member, on="member_pk", how="left")
+        .with_columns(pl.coalesce("_o", "_m").fill_null(NONE).alias(dim))
+        .drop("_o", "_m")
+    )
+
+
+def points(data: Dataset, options: Options) -> pl.DataFrame:
+    """Points issued, redeemed, expired and adjusted per period; redemption rate and
+    breakage (expired / issued); outstanding points and their liability at period end."""
+    postings = _posting_dims(data, options)
+    by = [options.by] if options.by else []
+    flows = (
+        _in_range(postings, options)
+        .with_columns(_period(pl.col("day"), options))
+        .group_by("period", *by)
+        .agg(pl.col("issued", "redeemed", "expired", "adjusted").sum())
+    )
+    daily = (
+        postings.filter(pl.col("day") <= options.date_to)
+        .group_by(*by, "day")
+        .agg(pl.col("member_delta").sum())
+        .sort(*by, "day")
+    )
+    daily = daily.with_columns(
+        (pl.col("member_delta").cum_sum().over(by) if by else pl.col("member_delta").cum_sum())
+        .alias("outstanding")
+    )
+    ends = periods(options)
+    grid = ends if not by else ends.join(daily.select(by).unique(), how="cross")
+    outstanding = grid.sort("period_end").join_asof(
+        daily.sort("day"), left_on="period_end", right_on="day", by=by or None,
+        strategy="backward", check_sortedness=False,
+    ).select("period", *by, pl.col("outstanding").fill_null(0))
+    out = outstanding.join(flows, on=["period", *by], how="left").with_columns(
+        pl.col("issued", "redeemed", "expired", "adjusted").fill_null(0)
+    )
+    cost = float(options.cost_per_point_e4)
+    return out.with_columns(
+        _ratio("redeemed", "issued", "redemption_rate"),
+        _ratio("expired", "issued", "breakage_rate"),
+        (pl.col("outstanding") * cost).round(0).cast(pl.Int64).alias("liability_e4"),
+    ).sort(["period", *by])
+
+
+def liability_ageing(data: Dataset, options: Options) -> pl.DataFrame:
+    """The points left in lots now, by the month they expire (programme time zone)."""
+    lots = data.lots.with_columns(
+        pl.col("expires_at").dt.convert_time_zone(data.tz).dt.strftime("%Y-%m")
+        .fill_null("never").alias("expires")
+    )
+    by = []
+    if options.by is not None:
+        lots = lots.join(data.members.select("member_pk", options.by), on="member_pk",
+                         how="left").with_columns(pl.col(options.by).fill_null(NONE))
+        by = [options.by]
+    cost = float(options.cost_per_point_e4)
+    return (
+        lots.group_by("expires", *by)
+        .agg(pl.col("remaining").sum().alias("points"))
+        .with_columns((pl.col("points") * cost).round(0).cast(pl.Int64).alias("liability_e4"))
+        .sort("expires", *by)
+    )
+
+
+def _member_column(frame: pl.DataFrame, data: Dataset) -> pl.DataFrame:
+    """Tables of other features name the member by ``member_pk`` or by ``member`` /
+    ``member_id`` (the member's id): give them all a ``member_pk``."""
+    if "member_pk" in frame.columns:
+        return frame.with_columns(pl.col("member_pk").cast(pl.Int64))
+    for name in ("member_id", "member"):
+        if name in frame.columns:
+            return frame.join(
+                data.members.select(pl.col("member").alias(name), "member_pk"), on=name,
+                how="inner",
+            )
+    raise InvalidField("the table names no member column", field="member")
+
+
+def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
+    """Per campaign (postings with rule id ``campaign:<id>``) in the range: points and
+    their cost, members reached, and spend per member against the hold-out group."""
+    awarded = _in_range(data.campaign_postings, options).with_columns(
+        pl.col("rule_id").str.strip_prefix("campaign:").alias("campaign"))
+    reached = awarded.group_by("campaign").agg(
+        pl.col("issued").sum().alias("points"),
+        pl.col("member_pk").n_unique().alias("members"),
+    )
+    cost = float(options.cost_per_point_e4)
+    reached = reached.with_columns(
+        (pl.col("points") * cost).round(0).cast(pl.Int64).alias("cost_e4")
+    )
+    spend = _in_range(data.orders, options).group_by("member_pk").agg(
+        pl.col("net_e4").sum().alias("spend_e4")
+    )
+    treated = (
+        awarded.select("campaign", "member_pk").unique()
+        .join(spend, on="member_pk", how="left")
+        .group_by("campaign")
+        .agg(pl.col("spend_e4").fill_null(0).mean().alias("spend_per_member_e4"))
+    )
+    out = reached.join(treated, on="campaign", how="left")
+    holdouts = data.optional.get("campaign_holdouts")
+    if holdouts is not None and holdouts.height > 0:
+        column = next(c for c in ("campaign_id", "campaign") if c in holdouts.columns)
+        held = (
+            _member_column(holdouts, data)
+            .select(pl.col(column).cast(pl.String).alias("campaign"), "member_pk").unique()
+            .join(spend, on="member_pk", how="left")
+            .group_by("campaign")
+            .agg(
+                pl.len().alias("holdout_members"),
+                pl.col("spend_e4").fill_null(0).mean().alias("holdout_spend_per_member_e4"),
+            )
+        )
+        out = out.join(held, on="campaign", how="left")
+    else:
+        out = out.with_columns(
+            pl.lit(None, pl.UInt32).alias("holdout_members"),
+            pl.lit(None, pl.Float64).alias("holdout_spend_per_member_e4"),
+        )
+    return out.with_columns(
+        ((pl.col("spend_per_member_e4") - pl.col("holdout_spend_per_member_e4"))
+         * pl.col("members")).round(0).alias("incremental_spend_e4")
+    ).sort("campaign")
+
+
+def _amount_e4(frame: pl.DataFrame, names: tuple[str, ...]) -> pl.Expr | None:
+    """A money column of another feature's table as ten-thousandths: ``<name>_e4`` or
+    ``<name>_minor`` as they are, a decimal ``<name>`` scaled."""
+    for name in names:
+        if f"{name}_e4" in frame.columns:
+            return pl.col(f"{name}_e4").cast(pl.Float64)
+        if name in frame.columns:
+            return (pl.col(name).cast(pl.String).cast(pl.Float64) * E4).round(0)
+    return None
+
+
+def coupons(data: Dataset, options: Options) -> pl.DataFrame | None:
+    uses = data.optional.get("coupon_uses")
+    if uses is None:
+        return None
+    amount = _amount_e4(uses, ("discount",))
+    assert amount is not None, "coupon_uses has a discount"
+    frame = _in_range(uses.with_columns(_local_date("used_at", data.tz)), options)
+    return (
+        frame.with_columns(_period(pl.col("day"), options), amount.alias("discount_e4"))
+        .group_by("period")
+        .agg(pl.len().alias("uses"), pl.col("discount_e4").sum().cast(pl.Int64))
+        .sort("period")
+    )
+
+
+def surveys(data: Dataset, options: Options) -> pl.DataFrame | None:
+    """NPS = % promoters (9-10) − % detractors (0-6); satisfaction = the mean rating."""
+    responses = data.optional.get("survey_responses")
+    if responses is None:
+        return None
+    frame = _in_range(responses.with_columns(_local_date("submitted_at", data.tz)), options)
+    out = (
+        frame.with_columns(_period(pl.col("day"), options))
+        .group_by("period")
+        .agg(
+            pl.col("nps").is_not_null().sum().alias("nps_responses"),
+            (pl.col("nps") >= 9).sum().alias("promoters"),
+            (pl.col("nps") <= 6).sum().alias("detractors"),
+            pl.col("rating").cast(pl.Float64).mean().round(4).alias("satisfaction"),
+        )
+    )
+    return out.with_columns(
+        pl.when(pl.col("nps_responses") > 0)
+        .then(((pl.col("promoters") - pl.col("detractors")) * 100 / pl.col("nps_responses"))
+              .round(2))
+        .otherwise(None).alias("nps")
+    ).sort("period")
+
+
+def memberships(data: Dataset, options: Options) -> pl.DataFrame | None:
+    """Paid-membership fees per period, from ``membership_purchases``."""
+    bought = data.optional.get("membership_purchases")
+    if bought is None:
+        return None
+    amount = _amount_e4(bought, ("fee", "amount", "price"))
+    when = next((c for c in ("purchased_at", "occurred_at", "created_at") if c in bought.columns),
+                None)
+    if amount is None or when is None:
+        return None
+    frame = _in_range(bought.with_columns(_local_date(when, data.tz)), options)
+    return (
+        frame.with_columns(_period(pl.col("day"), options), amount.alias("fees_e4"))
+        .group_by("period")
+        .agg(pl.len().alias("memberships_sold"), pl.col("fees_e4").sum().cast(pl.Int64))
+        .sort("period")
+    )
+
+
+RFM_SEGMENTS = ("champions", "loyal", "new", "at_risk", "hibernating", "others")
+
+
+def rfm(data: Dataset, options: Options) -> pl.DataFrame:
+    """Per member with a purchase in the range: recency (days from the last purchase to
+    date_to), frequency (purchases), monetary (net spend), each scored 1-5 by rank among
+    those members (5 = best; ties share the lower score), and a segment."""
+    per = _in_range(data.orders, options).group_by("member_pk").agg(
+        (pl.lit(options.date_to) - pl.col("day").max()).dt.total_days().alias("recency_days"),
+        pl.len().alias("frequency"),
+        pl.col("net_e4").sum().alias("monetary_e4"),
+    )
+    n = max(per.height, 1)
+
+    def score(column: str, descending: bool) -> pl.Expr:
+        rank = pl.col(column).rank("min", descending=descending)
+        return (1 + ((rank - 1) * 5 // n)).cast(pl.Int8)
+
+    scored = per.with_columns(
+        score("recency_days", True).alias("r"),
+        score("frequency", False).alias("f"),
+        score("monetary_e4", False).alias("m"),
+    )
+    r, f = pl.col("r"), pl.col("f")
+    segment = (
+        pl.when((r >= 4) & (f >= 4)).then(pl.lit("champions"))
+        .when(f >= 4).then(pl.lit("loyal"))
+        .when((r >= 4) & (f <= 2)).then(pl.lit("new"))
+        .when((r <= 2) & (f >= 3)).then(pl.lit("at_risk"))
+        .when(r <= 2).then(pl.lit("hibernating"))
+        .otherwise(pl.lit("others"))
+    )
+    return (
+        scored.with_columns(segment.alias("segment"))
+        .join(data.members.select("member_pk", "member"), on="member_pk", how="left")
+        .select("member", "recency_days", "frequency", "monetary_e4", "r", "f", "m", "segment")
+        .sort("member")
+    )
+
+
+def rfm_segments(data: Dataset, options: Options) -> pl.DataFrame:
+    return rfm(data, options).group_by("segment").agg(pl.len().alias("members")).sort("segment")
+
+
+METRICS: dict[str, Callable[[Dataset, Options], pl.DataFrame | None]] = {
+    "sales": sales,
+    "enrolments": enrolments,
+    "retention": retention,
+    "churn": churn,
+    "points": points,
+    "liability-ageing": liability_ageing,
+    "campaigns": campaigns,
+    "coupons": coupons,
+    "surveys": surveys,
+    "memberships": memberships,
+    "rfm": rfm_segments,
+}
+
+
+def options_for(programme: Programme, date_from: date, date_to: date, **given: Any) -> Options:
+    """Options with the programme file's ``analytics`` section filling what is not given."""
+    config = programme.model.analytics
+    values = {k: v for k, v in given.items() if v is not None}
+    values.setdefault("churn_days", config.churn_days if config else DEFAULT_CHURN_DAYS)
+    values.setdefault("cost_per_point", config.cost_per_point if config else Decimal(0))
+    options = Options(date_from=date_from, date_to=date_to, **values)
+    options.check()
+    return options
+
+
+def compute(data: Dataset, options: Options, names: tuple[str, ...] | None = None
+            ) -> dict[str, pl.DataFrame | None]:
+    return {name: METRICS[name](data, options) for name in names or tuple(METRICS)}
+
+
+# ----------------------------------------------------------------------------- output
+
+CENT = Decimal("0.01")
+
+
+def money(value_e4: Any, digits: int = 2) -> str | None:
+    """Ten-thousandths as a decimal string with the currency's digits (half up)."""
+    if value_e4 is None:
+        return None
+    quantum = Decimal(1).scaleb(-digits)
+    return str((Decimal(str(value_e4)) / E4).quantize(quantum, rounding=ROUND_HALF_UP))
+
+
+def records(frame: pl.DataFrame | None, digits: int = 2) -> list[dict[str, Any]] | None:
+    """Rows for JSON: dates as ISO text, ``*_e4`` money columns as decimal strings without
+    the suffix."""
+    if frame is None:
+        return None
+    rows = frame.to_dicts()
+    out = []
+    for row in rows:
+        item: dict[str, Any] = {}
+        for key, value in row.items():
+            if key.endswith("_e4"):
+                item[key[:-3]] = money(value, digits)
+            elif isinstance(value, date):
+                item[key] = value.isoformat()
+            else:
+                item[key] = value
+        out.append(item)
+    return out
+
+
+def money_text(column: str, digits: int = 2) -> pl.Expr:
+    """A ``*_e4`` column as decimal text with the currency's digits (half up), vectorised."""
+    scale = 10 ** (4 - digits)
+    value = pl.col(column).cast(pl.Float64).round(0).cast(pl.Int64)
+    units = ((value.abs() * 2 + scale) // (2 * scale))  # half up, in minor units
+    sign = pl.when(value < 0).then(pl.lit("-")).otherwise(pl.lit(""))
+    whole = (units // 10**digits).cast(pl.String)
+    if digits == 0:
+        text = pl.concat_str([sign, whole])
+    else:
+        part = (units % 10**digits).cast(pl.String).str.zfill(digits)
+        text = pl.concat_str([sign, whole, pl.lit("."), part])
+    return pl.when(pl.col(column).is_null()).then(None).otherwise(text).alias(column[:-3])
+
+
+def for_display(frame: pl.DataFrame, digits: int = 2) -> pl.DataFrame:
+    """The frame with money columns as decimal text, for CSV and terminal tables."""
+    money_columns = [c for c in frame.columns if c.endswith("_e4")]
+    if not money_columns:
+        return frame
+    return frame.with_columns(money_text(c, digits) for c in money_columns).drop(money_columns)
+
+
+def metrics(engine: sa.Engine, program_id: str, date_from: date, date_to: date,
+            names: tuple[str, ...] | None = None, **given: Any) -> dict[str, Any]:
+    """The API's answer: every asked metric as a list of rows."""
+    programme = programme_of(engine, program_id)
+    options = options_for(programme, date_from, date_to, **given)
+    for name in names or ():
+        if name not in METRICS:
+            raise InvalidField(f"no metric {name!r}; one of {', '.join(METRICS)}",
+                               field="metric")
+    data = load(engine, program_id, by=options.by)
+    digits = _digits(programme)
+    return {
+        "program": program_id,
+        "from": date_from.isoformat(),
+        "to": date_to.isoformat(),
+        "grain": options.grain,
+        "by": options.by,
+        "churn_days": options.churn_days,
+        "cost_per_point": str(options.cost_per_point),
+        "metrics": {
+            name: records(frame, digits) for name, frame in compute(data, options, names).items()
+        },
+    }
+
+
+def _digits(programme: Programme) -> int:
+    from setia.domain.money import minor_digits
+
+    return minor_digits(programme.currency)

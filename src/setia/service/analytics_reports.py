@@ -1,0 +1,285 @@
+"""Periodic member statements, the audit that reconciles the journal with the metrics,
+and exports (CSV, Parquet) of members, the journal and metrics."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import polars as pl
+import sqlalchemy as sa
+
+from setia.adapters.db import tables as t
+from setia.adapters.db.analytics_read import reader
+from setia.domain import tiers
+from setia.domain.errors import InvalidField
+from setia.service import analytics as an
+from setia.service.clv import member_clv
+
+FORMATS = ("csv", "json", "parquet")
+MAX_AUDIT_PERIODS = 400  # each period is checked with its own SQL sums
+DATASETS = ("members", "journal", "metrics")
+
+
+def _in_period(frame: pl.DataFrame, options: an.Options) -> pl.DataFrame:
+    return frame.filter(pl.col("day").is_between(options.date_from, options.date_to))
+
+
+def member_statements(data: an.Dataset, options: an.Options,
+                      postings: pl.DataFrame | None = None,
+                      buckets: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Per member and asset for the period: earned (net of clawbacks), spent (redeemed),
+    expired, adjusted, balance at the start and end, purchases and net spend; and the tier
+    progress at the end of the period (metric over the tier window, next level, remaining)."""
+    postings = data.postings if postings is None else postings
+    before = postings.filter(pl.col("day") < options.date_from).group_by("member_pk", "asset").agg(
+        pl.col("member_delta").sum().alias("balance_start"))
+    during = _in_period(postings, options).group_by("member_pk", "asset").agg(
+        pl.col("issued").sum().alias("earned"), pl.col("redeemed").sum().alias("spent"),
+        pl.col("expired").sum(), pl.col("adjusted").sum(),
+        pl.col("member_delta").sum().alias("change"),
+    )
+    assets = pl.concat([before.select("member_pk", "asset"), during.select("member_pk", "asset")]
+                       ).unique()
+    flows = (
+        assets.join(before, on=["member_pk", "asset"], how="left")
+        .join(during, on=["member_pk", "asset"], how="left")
+        .fill_null(0)
+        .with_columns((pl.col("balance_start") + pl.col("change")).alias("balance_end"))
+        .drop("change")
+    )
+    purchases = _in_period(data.orders, options).group_by("member_pk").agg(
+        pl.len().alias("purchases"), pl.col("net_e4").sum().alias("spend_e4"))
+    members = data.members.filter(pl.col("enrolled_day") <= options.date_to).select(
+        "member_pk", "member", "tier")
+    out = (
+        members.join(flows, on="member_pk", how="left")
+        .join(purchases, on="member_pk", how="left")
+        .with_columns(pl.col("asset").fill_null("points"),
+                      pl.col("purchases").fill_null(0), pl.col("spend_e4").fill_null(0))
+        .with_columns(pl.col(c).fill_null(0) for c in
+                      ("balance_start", "earned", "spent", "expired", "adjusted", "balance_end"))
+    )
+    if buckets is not None:
+        out = out.join(tier_progress(data, buckets, options.date_to), on="member_pk", how="left")
+    return out.drop("member_pk").sort("member", "asset")
+
+
+def tier_progress(data: an.Dataset, buckets: pl.DataFrame, at: date) -> pl.DataFrame:
+    """The tier metric over the window that contains ``at`` and the next level's threshold."""
+    programme = data.programme
+    config = programme.model.tiers
+    local = datetime.combine(at, time(12), tzinfo=programme.tz)
+    months = tiers.window_months(programme, local)
+    column = {"spend": "spend_e4", "points": "points", "visits": "visits"}[config.metric]
+    scale = an.E4 if config.metric == "spend" else 1
+    value = (
+        buckets.filter(pl.col("month").is_in(months)).group_by("member_pk")
+        .agg((pl.col(column).sum() / scale).alias("tier_metric"))
+    )
+    levels = pl.DataFrame({
+        "tier": [level.id for level in config.levels],
+        "rank": list(range(len(config.levels))),
+    })
+    nexts = pl.DataFrame({
+        "rank": list(range(len(config.levels))),
+        "next_tier": [config.levels[i + 1].id if i + 1 < len(config.levels) else None
+                      for i in range(len(config.levels))],
+        "next_threshold": [float(config.levels[i + 1].threshold)
+                           if i + 1 < len(config.levels) else None
+                           for i in range(len(config.levels))],
+    })
+    return (
+        data.members.select("member_pk", "tier")
+        .join(levels, on="tier", how="left")
+        .join(nexts, on="rank", how="left")
+        .join(value, on="member_pk", how="left")
+        .with_columns(pl.col("tier_metric").fill_null(0.0))
+        .with_columns(
+            pl.when(pl.col("next_threshold").is_not_null())
+            .then(pl.max_horizontal(pl.col("next_threshold") - pl.col("tier_metric"), pl.lit(0.0)))
+            .otherwise(None).round(4).alias("remaining_to_next"),
+            pl.col("tier_metric").round(4),
+        )
+        .select("member_pk", "tier_metric", "next_tier", "remaining_to_next")
+    )
+
+
+def statements(engine: sa.Engine, program_id: str, date_from: date, date_to: date,
+               member: str | None = None) -> tuple[an.Dataset, pl.DataFrame]:
+    programme = an.programme_of(engine, program_id)
+    options = an.options_for(programme, date_from, date_to)
+    data = an.load(engine, program_id, optional=False)
+    with reader(engine) as read:
+        postings = read.postings(program_id, asset=None, detail=True).with_columns(
+            an._local_date("occurred_at", programme.model.timezone))
+        buckets = read.metric_buckets(program_id)
+    frame = member_statements(data, options, postings, buckets)
+    if member is not None:
+        frame = frame.filter(pl.col("member") == member)
+        if frame.height == 0:
+            from setia.domain.errors import UnknownMember
+
+            raise UnknownMember(f"no member {member!r} in programme {program_id}",
+                                field="member")
+    return data, frame
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+@dataclass
+class Check:
+    name: str
+    journal: int
+    metrics: int
+
+    @property
+    def ok(self) -> bool:
+        return self.journal == self.metrics
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "journal": self.journal, "metrics": self.metrics,
+                "ok": self.ok}
+
+
+def _utc(day: date, tz: ZoneInfo) -> datetime:
+    return datetime.combine(day, time(), tzinfo=tz).astimezone(UTC)
+
+
+def _journal_totals(conn: sa.Connection, program_id: str, start: datetime | None,
+                    end: datetime) -> dict[str, int]:
+    """Net flows by account, summed by the database (an independent path from Polars)."""
+    p = t.postings
+    where = [p.c.program_id == program_id, p.c.asset == "points", p.c.occurred_at < end]
+    if start is not None:
+        where.append(p.c.occurred_at >= start)
+    totals: dict[str, int] = {}
+    for side, sign in ((p.c.credit, 1), (p.c.debit, -1)):
+        rows = conn.execute(
+            sa.select(side, sa.func.coalesce(sa.func.sum(p.c.points), 0)).where(*where)
+            .group_by(side)
+        )
+        for account, points in rows:
+            totals[account] = totals.get(account, 0) + sign * int(points)
+    return totals
+
+
+def audit(engine: sa.Engine, program_id: str, date_from: date, date_to: date,
+          grain: str = "month") -> dict[str, Any]:
+    """For each period: the journal's own totals (SQL sums by account) against the metrics
+    (Polars), and the zero sum; for the whole journal, cached balances against it."""
+    programme = an.programme_of(engine, program_id)
+    options = an.options_for(programme, date_from, date_to, grain=grain)
+    if an.periods(options).height > MAX_AUDIT_PERIODS:
+        raise InvalidField(f"an audit covers at most {MAX_AUDIT_PERIODS} periods; "
+                           "choose a coarser grain or a shorter range", field="grain")
+    data = an.load(engine, program_id, optional=False)
+    points = an.points(data, options)
+    sales = an.sales(data, options)
+    tz = programme.tz
+    o = t.orders
+    out = []
+    with engine.connect() as conn:
+        for period, end in an.periods(options).iter_rows():
+            start_utc = _utc(max(period, date_from), tz)
+            end_utc = _utc(end + timedelta(days=1), tz)
+            flows = _journal_totals(conn, program_id, start_utc, end_utc)
+            cumulative = _journal_totals(conn, program_id, None, end_utc)
+            row = points.filter(pl.col("period") == period).row(0, named=True)
+            srow = sales.filter(pl.col("period") == period)
+            net = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(o.c.amount_e4 - o.c.refunded_e4), 0))
+                .where(o.c.program_id == program_id, o.c.occurred_at >= start_utc,
+                       o.c.occurred_at < end_utc)
+            ).scalar_one()
+            member_accounts = sum(cumulative.get(a, 0) for a in
+                                  ("available", "pending", "reserved"))
+            checks = [
+                Check("points issued", -flows.get("issued", 0), row["issued"]),
+                Check("points redeemed", flows.get("redeemed", 0), row["redeemed"]),
+                Check("points expired", flows.get("expired", 0), row["expired"]),
+                Check("points adjusted", -flows.get("adjustments", 0), row["adjusted"]),
+                Check("outstanding points", member_accounts, row["outstanding"]),
+                Check("journal sums to zero", sum(cumulative.values()), 0),
+                Check("member sales (net, minor units x 100)", int(net),
+                      int(srow["member_sales_e4"][0]) if srow.height else 0),
+            ]
+            out.append({"period": period.isoformat(), "period_end": end.isoformat(),
+                        "checks": [c.as_dict() for c in checks],
+                        "ok": all(c.ok for c in checks)})
+        m = t.members
+        cached = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(m.c.available + m.c.pending + m.c.reserved), 0))
+            .where(m.c.program_id == program_id)
+        ).scalar_one()
+        everything = _journal_totals(conn, program_id, None, datetime.max.replace(tzinfo=UTC))
+    whole = Check("cached balances = journal (all time)", int(cached),
+                  sum(everything.get(a, 0) for a in ("available", "pending", "reserved")))
+    return {"program": program_id, "from": date_from.isoformat(), "to": date_to.isoformat(),
+            "grain": grain, "periods": out, "all_time": [whole.as_dict()],
+            "ok": all(p["ok"] for p in out) and whole.ok}
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def members_export(engine: sa.Engine, program_id: str, as_of: date,
+                   horizon_weeks: int = 52) -> tuple[an.Dataset, pl.DataFrame]:
+    """Every member with balances, CLV (historic and predicted) and RFM scores."""
+    data = an.load(engine, program_id, optional=False)
+    clv, _ = member_clv(data, as_of, horizon_weeks)
+    first = data.orders["day"].min() if data.orders.height else as_of
+    assert first is None or isinstance(first, date)
+    options = an.Options(date_from=min(first or as_of, as_of), date_to=as_of)
+    rfm = an.rfm(data, options).rename({"monetary_e4": "rfm_monetary_e4"})
+    balances = data.members.select("member", "available", "pending", "reserved")
+    frame = clv.join(balances, on="member", how="left").join(rfm, on="member", how="left")
+    return data, frame.sort("member")
+
+
+def journal_export(engine: sa.Engine, program_id: str) -> pl.DataFrame:
+    an.programme_of(engine, program_id)
+    with reader(engine) as read:
+        return read.journal(program_id)
+
+
+def write(frame: pl.DataFrame, fmt: str, digits: int, target: Path | io.BytesIO) -> None:
+    """CSV and JSON carry money as decimal text; Parquet keeps the exact ``*_e4`` integers
+    (ten-thousandths of the currency unit) and floats as they are."""
+    if fmt not in FORMATS:
+        raise InvalidField(f"format must be one of {', '.join(FORMATS)}", field="format")
+    if fmt == "parquet":
+        frame.write_parquet(target)
+        return
+    shown = an.for_display(frame.with_columns(
+        pl.col(c).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        for c, dtype in frame.schema.items() if isinstance(dtype, pl.Datetime)
+    ), digits)
+    if fmt == "csv":
+        shown.write_csv(target)
+    else:
+        shown.write_json(target)
+
+
+def export(engine: sa.Engine, program_id: str, dataset: str, date_from: date, date_to: date,
+           metric: str = "sales", **given: Any) -> tuple[pl.DataFrame, int]:
+    """The frame of an export and the currency's digits."""
+    if dataset not in DATASETS:
+        raise InvalidField(f"dataset must be one of {', '.join(DATASETS)}", field="dataset")
+    programme = an.programme_of(engine, program_id)
+    digits = an._digits(programme)
+    if dataset == "members":
+        return members_export(engine, program_id, date_to)[1], digits
+    if dataset == "journal":
+        return journal_export(engine, program_id), digits
+    if metric not in an.METRICS:
+        raise InvalidField(f"no metric {metric!r}; one of {', '.join(an.METRICS)}",
+                           field="metric")
+    options = an.options_for(programme, date_from, date_to, **given)
+    frame = an.METRICS[metric](an.load(engine, program_id, by=options.by), options)
+    return (frame if frame is not None else pl.DataFrame()), digits

@@ -1,0 +1,255 @@
+"""What-if: the real history of a period replayed through a draft programme and through
+the live one (domain/whatif.py), compared. Reads only: nothing is written."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+from dateutil.relativedelta import relativedelta
+
+from setia.adapters.db.analytics_read import _literal, reader
+from setia.domain import tiers
+from setia.domain.errors import InvalidField
+from setia.domain.events import EVENT_KEYS, Event, Line, parse_event
+from setia.domain.money import minor_digits
+from setia.domain.programme import Programme, compile_programme, validate_document
+from setia.domain.whatif import MemberStart, Replay, replay
+from setia.service import analytics as an
+
+MAX_DAYS = 93
+
+
+def compile_draft(document: Any, live: Programme) -> Programme:
+    model = validate_document(document)
+    if model.currency != live.currency:
+        raise InvalidField(f"the draft's currency {model.currency} is not the programme's "
+                           f"{live.currency}", field="currency")
+    return compile_programme(model, version=0)
+
+
+def _utc(day: date, programme: Programme) -> datetime:
+    return datetime.combine(day, time(), tzinfo=programme.tz).astimezone(UTC)
+
+
+def _naive(moment: datetime) -> str:
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+
+
+def _window_months(programmes: tuple[Programme, ...], date_from: date, date_to: date
+                   ) -> list[str]:
+    """The months before the period that a tier window of any event in it can reach."""
+    first = date_from.strftime("%Y-%m")
+    months: set[str] = set()
+    cursor = date_from.replace(day=1)
+    while cursor <= date_to:
+        local = datetime.combine(cursor, time(12))
+        for programme in programmes:
+            months.update(m for m in tiers.window_months(programme, local) if m < first)
+        cursor += relativedelta(months=1)
+    return sorted(months)
+
+
+def _lines(text: str | None, digits: int) -> tuple[Line, ...]:
+    if not text or text == "[]":
+        return ()
+    return tuple(
+        Line(sku=line["sku"], category=line.get("category"), quantity=line["quantity"],
+             amount=Decimal(line["amount"]))
+        for line in json.loads(text)
+    )
+
+
+def _events(frame: pl.DataFrame, currency: str) -> Iterator[Event]:
+    """The period's events in time order. Purchases are rebuilt from their order's columns
+    (they were checked when they were ingested); other events are parsed again from what
+    was stored, leaving out fields this version does not know (added by later features)."""
+    digits = minor_digits(currency)
+    scale = 10 ** (4 - digits)
+    columns = ("id", "type", "member", "occurred_at", "order_id", "amount_e4", "store",
+               "channel", "lines", "attributes", "payload")
+    for (event_id, kind, member, occurred_at, order_id, amount_e4, store, channel, lines,
+         attributes, payload) in frame.select(columns).iter_rows():
+        if kind == "purchase":
+            yield Event(
+                id=event_id, type="purchase", member=member, occurred_at=occurred_at,
+                order_id=order_id, amount=Decimal(amount_e4 // scale).scaleb(-digits),
+                currency=currency, store=store, channel=channel,
+                lines=_lines(lines, digits),
+                attributes=json.loads(attributes) if attributes else {},
+            )
+            continue
+        raw = json.loads(payload)
+        if not EVENT_KEYS.issuperset(raw):
+            raw = {k: v for k, v in raw.items() if k in EVENT_KEYS}
+        yield parse_event(raw, currency)
+
+
+def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date,
+        date_to: date, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Replay [date_from, date_to] (local dates, both included) and compare."""
+    an.check_dates(from_=date_from, to=date_to)
+    if date_to < date_from:
+        raise InvalidField("'to' is before 'from'", field="to")
+    if (date_to - date_from).days >= MAX_DAYS:
+        raise InvalidField(f"a what-if covers at most {MAX_DAYS} days", field="to")
+    live = an.programme_of(engine, program_id)
+    draft = compile_draft(draft_document, live)
+    start, end = _utc(date_from, live), _utc(date_to + timedelta(days=1), live)
+    lit = _literal(program_id)
+    text = "TEXT" if engine.dialect.name == "sqlite" else "text"
+    months = _window_months((live, draft), date_from, date_to)
+    with reader(engine) as read:
+        step = progress or (lambda _: None)
+        step("reading the period's events")
+        happened = read.frame(
+            "SELECT o.event_id AS id, o.occurred_at, o.order_id, o.amount_e4, "
+            f"CAST(o.lines AS {text}) AS lines, CAST(o.event AS {text}) AS payload, "
+            "o.tier_id AS tier, o.member_pk "
+            f"FROM orders o WHERE o.program_id = {lit} "
+            f"AND o.occurred_at >= '{_naive(start)}' AND o.occurred_at < '{_naive(end)}'",
+            ("occurred_at",),
+        )
+        others = read.frame(
+            f"SELECT e.id, e.occurred_at, CAST(e.payload AS {text}) AS payload "
+            f"FROM events e WHERE e.program_id = {lit} AND e.type NOT IN ('purchase', 'refund') "
+            f"AND e.occurred_at >= '{_naive(start)}' AND e.occurred_at < '{_naive(end)}'",
+            ("occurred_at",),
+        )
+        members = read.frame(
+            "SELECT pk AS member_pk, id AS member, tier_id AS tier, enrolled_at, "
+            f"CAST(attributes AS {text}) AS attributes FROM members WHERE program_id = {lit}",
+            ("enrolled_at",),
+        ).with_columns(pl.col("member_pk").cast(pl.Int64))
+        before = read.frame(
+            f"SELECT member_pk, count(*) AS purchases FROM orders WHERE program_id = {lit} "
+            f"AND occurred_at < '{_naive(start)}' GROUP BY member_pk"
+        ).with_columns(pl.col("member_pk").cast(pl.Int64), pl.col("purchases").cast(pl.Int64))
+        buckets = read.metric_buckets(program_id).filter(pl.col("month").is_in(months))
+        postings = read.postings(program_id)
+        earned = read.postings(program_id, detail=True, between=(_naive(start), _naive(end)))
+    step("preparing members")
+    postings = postings.with_columns(an._local_date("occurred_at", live.model.timezone))
+    happened = happened.with_columns(
+        pl.col("member_pk").cast(pl.Int64), pl.col("amount_e4").cast(pl.Int64),
+        pl.col("payload").str.json_path_match("$.store").alias("store"),
+        pl.col("payload").str.json_path_match("$.channel").alias("channel"),
+        pl.col("payload").str.json_path_match("$.attributes").alias("attributes"),
+        pl.lit("purchase").alias("type"),
+    ).join(members.select("member_pk", "member"), on="member_pk", how="left")
+    first_tier = happened.sort("occurred_at", "id").group_by("member_pk").first().select(
+        "member_pk", pl.col("tier").alias("tier_then"))
+    others_members = others.select(
+        pl.col("payload").str.json_path_match("$.member").alias("member")).unique()
+    involved = (
+        members.join(happened.select("member_pk").unique(), on="member_pk", how="semi")
+        .vstack(members.join(others_members, on="member", how="semi"))
+        .unique("member_pk")
+        .join(first_tier, on="member_pk", how="left")
+        .join(before, on="member_pk", how="left")
+        .with_columns(pl.coalesce("tier_then", "tier").alias("tier"),
+                      pl.col("purchases").fill_null(0))
+    )
+    grouped = (
+        buckets.join(involved.select("member_pk", "member"), on="member_pk")
+        .group_by("member")
+        .agg(pl.col("month"), pl.col("spend_e4"), pl.col("points"), pl.col("visits"))
+    )
+    bucket_map: dict[str, dict[str, tiers.Bucket]] = {}
+    for member, ms, spends, pts, visits in grouped.iter_rows():
+        bucket_map[member] = {
+            m: tiers.Bucket(Decimal(s).scaleb(-4), p, v)
+            for m, s, p, v in zip(ms, spends, pts, visits, strict=True)
+        }
+    starts = {
+        member: MemberStart(member, tier, purchases, json.loads(attributes or "{}"),
+                            enrolled_at, bucket_map.get(member, {}))
+        for member, tier, purchases, attributes, enrolled_at in involved.select(
+            "member", "tier", "purchases", "attributes", "enrolled_at").iter_rows()
+    }
+    step(f"replaying {happened.height + others.height:,} events")
+    columns = ("id", "type", "member", "occurred_at", "order_id", "amount_e4", "store",
+               "channel", "lines", "attributes")
+    ordered = pl.concat([
+        happened.select(*columns, pl.lit(None, pl.String).alias("payload")),
+        others.select(
+            "id", pl.lit("other").alias("type"), pl.lit(None, pl.String).alias("member"),
+            "occurred_at", *(pl.lit(None, happened.schema[c]).alias(c) for c in columns[4:]),
+            "payload"),
+    ]).sort("occurred_at", "id")
+    result = replay(live, draft, starts, _events(ordered, live.currency))
+    step("comparing")
+    posted = (
+        earned.join(ordered.select(pl.col("id").alias("ref")), on="ref", how="semi")
+        .filter(pl.col("code") == "earn")
+        .join(members.select("member_pk", "member"), on="member_pk")
+        .group_by("member").agg(pl.col("issued").sum().alias("posted"))
+    )
+    return _compare(live, draft, result, posted, postings, members, date_to, date_from)
+
+
+def _compare(live: Programme, draft: Programme, result: Replay, posted: pl.DataFrame,
+             postings: pl.DataFrame, members: pl.DataFrame, date_to: date, date_from: date
+             ) -> dict[str, Any]:
+    per = pl.DataFrame(
+        {"member": list(result.points),
+         "live": [a for a, _ in result.points.values()],
+         "draft": [b for _, b in result.points.values()],
+         "live_tier": [a for a, _ in result.tiers.values()],
+         "draft_tier": [b for _, b in result.tiers.values()]},
+        schema={"member": pl.String, "live": pl.Int64, "draft": pl.Int64,
+                "live_tier": pl.String, "draft_tier": pl.String},
+    ).join(posted, on="member", how="left").with_columns(pl.col("posted").fill_null(0))
+    balance = (
+        postings.filter(pl.col("day") <= date_to).group_by("member_pk")
+        .agg(pl.col("member_delta").sum().alias("balance"))
+        .join(members.select("member_pk", "member"), on="member_pk")
+        .select("member", "balance")
+    )
+    per = per.join(balance, on="member", how="left").with_columns(pl.col("balance").fill_null(0))
+    issued_all = int(postings.filter(pl.col("day") <= date_to)["issued"].sum() or 0)
+    expired_all = int(postings.filter(pl.col("day") <= date_to)["expired"].sum() or 0)
+    breakage = Decimal(expired_all) / Decimal(issued_all) if issued_all > 0 else Decimal(0)
+
+    def side(programme: Programme, column: str, balance: pl.Expr) -> dict[str, Any]:
+        config = programme.model.analytics or live.model.analytics
+        cost_per_point = config.cost_per_point if config else Decimal(0)
+        points = int(per[column].sum() or 0)
+        liability = cost_per_point * points
+        index = 0 if programme is live else 1
+        tier_column = "live_tier" if programme is live else "draft_tier"
+        tiers_count = per.group_by(tier_column).agg(pl.len().alias("members")).sort(tier_column)
+        with_balance = per.with_columns(balance.alias("_b"))
+        return {
+            "points_issued": points,
+            "points_by_rule": {rule: pts for (i, rule), pts in sorted(result.rules.items())
+                               if i == index},
+            "liability": str(liability.quantize(Decimal("0.01"))),
+            "cost": str((liability * (1 - breakage)).quantize(Decimal("0.01"))),
+            "tier_distribution": {t: n for t, n in tiers_count.iter_rows()},
+            "rewards_affordable": {
+                reward.id: int(with_balance.filter(pl.col("_b") >= reward.cost).height)
+                for reward in programme.model.rewards
+            },
+        }
+
+    adjusted = pl.col("balance") - pl.col("posted") + pl.col("draft")
+    return {
+        "program": live.id,
+        "from": date_from.isoformat(),
+        "to": date_to.isoformat(),
+        "events": result.events,
+        "members": per.height,
+        "breakage_rate": str(breakage.quantize(Decimal("0.0001"))),
+        "posted_points": int(per["posted"].sum() or 0),
+        "live": side(live, "live", pl.col("balance")),
+        "draft": side(draft, "draft", adjusted),
+        "members_affected": int(per.filter(pl.col("live") != pl.col("draft")).height),
+        "members_changing_tier": int(
+            per.filter(pl.col("live_tier") != pl.col("draft_tier")).height),
+    }
