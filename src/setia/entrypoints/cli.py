@@ -296,6 +296,9 @@ def serve_command(
     run_server(engine(), host, port, scheduler=scheduler, workers=workers)
 
 
+from setia.entrypoints.cli_users import users_app  # noqa: E402 - staff accounts (web pages)
+
+app.add_typer(users_app, name="users")
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

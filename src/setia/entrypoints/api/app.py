@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import Caller, require
+from setia.entrypoints.web import install as install_web
 from setia.service import (
     activity,
     batch,
@@ -446,6 +447,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
         body = await read_body(request)
         return await call(reversals.reverse, program, body, key)
 
+    install_web(app)  # the web pages: entrypoints/web
     return app
 
 
