@@ -76,13 +76,12 @@ def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dic
                                    ).all()
         issued = sum(r.points for r in posting_rows if r.debit == ISSUED)
         redeemed = sum(r.points for r in posting_rows if r.credit == REDEEMED)
-        balances: tuple[Any, ...] = uow.execute(sa.select(sa.func.coalesce(sa.func.sum(m.c.available), 0),
-                                         sa.func.coalesce(sa.func.sum(m.c.pending), 0),
-                                         sa.func.coalesce(sa.func.sum(m.c.reserved), 0))
-                               .where(m.c.program_id == program_id)).one()
-        balances = tuple(balances)
-        tiers: dict[str, int] = dict(uow.execute(sa.select(m.c.tier_id, sa.func.count()).where(
-            m.c.program_id == program_id).group_by(m.c.tier_id)).all())  # type: ignore[arg-type]
+        totals = [sa.func.coalesce(sa.func.sum(column), 0)
+                  for column in (m.c.available, m.c.pending, m.c.reserved)]
+        balances = tuple(uow.execute(sa.select(*totals).where(m.c.program_id == program_id)).one())
+        tier_rows = uow.execute(sa.select(m.c.tier_id, sa.func.count().label("n")).where(
+            m.c.program_id == program_id).group_by(m.c.tier_id)).all()
+        tiers: dict[str, int] = {row.tier_id: row.n for row in tier_rows}
         monthly = (end - start).days > 62
         def bucket(moment: datetime) -> str:
             local = moment.astimezone(programme.tz).date()
@@ -193,8 +192,10 @@ def member_page(engine: sa.Engine, program_id: str, member_id: str,
 def rewards_with_stock(engine: sa.Engine, program_id: str) -> list[dict[str, Any]]:
     def work(uow: UnitOfWork) -> list[dict[str, Any]]:
         programme = require_programme(uow, program_id)
-        taken: dict[str, int] = dict(uow.execute(sa.select(t.reward_stock.c.reward_id, t.reward_stock.c.redeemed)
-                                 .where(t.reward_stock.c.program_id == program_id)).all())  # type: ignore[arg-type]
+        stock = t.reward_stock
+        rows = uow.execute(sa.select(stock.c.reward_id, stock.c.redeemed)
+                           .where(stock.c.program_id == program_id)).all()
+        taken: dict[str, int] = {row.reward_id: row.redeemed for row in rows}
         out = []
         for reward in programme.model.rewards:
             used = int(taken.get(reward.id, 0))
@@ -228,7 +229,10 @@ def version_yaml(engine: sa.Engine, program_id: str, version: int) -> str | None
 
 
 def as_yaml(document: Any) -> str:
-    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    """A stored definition as YAML in the programme file's own order, defaults left out."""
+    model = validate_document(document)
+    plain = model.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    return yaml.safe_dump(plain, sort_keys=False, allow_unicode=True, width=100)
 
 
 def diff(old: str, new: str, old_name: str, new_name: str) -> list[tuple[str, str]]:

@@ -4,7 +4,6 @@ services as the HTTP API, with the form's hidden key as the idempotency key."""
 
 from __future__ import annotations
 
-import json
 import secrets
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
@@ -144,7 +143,7 @@ def cashier(request: Request, program: str, q: str = "") -> Response:
 
 @router.post("/staff/{program}/cashier/enrol")
 def cashier_enrol(request: Request, program: str, phone: str = Form(""), name: str = Form(""),
-                  key: str = Form(""), csrf: str = Form("")) -> Response:
+                  email: str = Form(""), key: str = Form(""), csrf: str = Form("")) -> Response:
     session = staff_session(request, program)
     check_csrf(session.csrf, csrf)
     engine = engine_of(request)
@@ -155,6 +154,8 @@ def cashier_enrol(request: Request, program: str, phone: str = Form(""), name: s
     profile: dict[str, Any] = {"phone": phone.strip()}
     if name.strip():
         profile["name"] = name.strip()
+    if email.strip():
+        profile["email"] = email.strip()
     try:
         if not phone.strip() or len(key) < 8:
             raise InvalidField("phone is required", field="phone")
@@ -396,8 +397,7 @@ def programme_draft(request: Request, program: str, draft: str = Form(""),
             raise InvalidField(f"the draft's id {model.id!r} is not {program!r}", field="id")
         context["valid"] = True
         context["changes"] = insights.diff(insights.version_yaml(engine, program, current) or "",
-                                           insights.as_yaml(json.loads(
-                                               programmes.canonical_json(model))),
+                                           insights.as_yaml(document),
                                            f"v{current}", "draft")
         if action == "preview":
             if not member.strip():
