@@ -33,8 +33,16 @@ MAX_USER_FAILURES = 5  # per username in the window
 MAX_IP_FAILURES = 20  # per client address in the window
 MAX_LINKS = 3  # sign-in links per member email in the window
 _hasher = PasswordHasher()  # argon2id with the library's (RFC 9106 low-memory) defaults
-# A hash to verify against when the user does not exist, so both answers take as long.
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+# A hash to verify against when the user does not exist, so both answers take as long
+# (made on first use: hashing takes a moment).
+_DUMMY_HASH: str | None = None
+
+
+def _dummy_hash() -> str:
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = _hasher.hash("not a password of anyone")
+    return _DUMMY_HASH
 
 
 class TooManyAttempts(SetiaError):
@@ -145,7 +153,7 @@ def sign_in(engine: sa.Engine, username: str, password: str, client: str,
     row = transaction(engine, check)
     ok: bool
     try:
-        ok = _hasher.verify(row.password_hash if row else _DUMMY_HASH, password)
+        ok = _hasher.verify(row.password_hash if row else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         ok = False
     if not ok or row is None or row.disabled_at is not None:
