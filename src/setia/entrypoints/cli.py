@@ -259,10 +259,7 @@ def demo_command(
     except SetiaError as exc:
         fail(_explain(exc))
     if serve:
-        console.print(
-            "[dim]The HTTP API is not part of this build yet; the demo stops after "
-            "its summary.[/dim]"
-        )
+        _serve_demo("127.0.0.1", 8000)  # the API and the web pages
 
 
 def _serve_demo(host: str, port: int) -> None:

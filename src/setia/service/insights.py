@@ -311,3 +311,18 @@ def member_export(engine: sa.Engine, program_id: str, member_id: str,
         "activity": activity,
         "member_accounts": list(MEMBER_ACCOUNTS),
     }
+
+
+def recorded_time(engine: sa.Engine, program_id: str, event_id: str) -> str | None:
+    """The occurred_at an event was first sent with: a form sent twice sends it again, so
+    that the second is a replay rather than a conflict."""
+    with engine.connect() as conn:
+        payload = conn.execute(sa.select(t.events.c.payload).where(
+            t.events.c.program_id == program_id, t.events.c.id == event_id)).scalar()
+    return payload.get("occurred_at") if isinstance(payload, dict) else None
+
+
+def programme_ids(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(sa.select(t.programs.c.id)
+                                               .order_by(t.programs.c.id)).all()]

@@ -115,12 +115,8 @@ def staff_language(request: Request, lang: str = "en", back: str = "/staff/") ->
 @router.get("/staff/")
 def staff_home(request: Request) -> Response:
     session = staff_session(request)
-    with engine_of(request).connect() as conn:
-        from setia.adapters.db import tables as t
-
-        ids = [row[0] for row in conn.execute(t.programs.select().with_only_columns(
-            t.programs.c.id).order_by(t.programs.c.id)).all()]
-    ids = [program for program in ids if session.may_use(program)]
+    ids = [program for program in insights.programme_ids(engine_of(request))
+           if session.may_use(program)]
     if len(ids) == 1:
         landing = "dashboard" if session.role == "owner" else "cashier"
         return redirect(f"/staff/{ids[0]}/{landing}")
@@ -217,9 +213,11 @@ def cashier_purchase(request: Request, program: str, member_id: str, amount: str
             amount = str(sum((Decimal(line["amount"]) for line in parsed), Decimal(0)))
         if not amount.strip():
             raise InvalidField("amount is required", field="amount")
-        body: dict[str, Any] = {"id": f"web-{key}", "type": "purchase", "member": member_id,
-                                "order_id": f"web-{key}", "amount": amount.strip(),
-                                "occurred_at": utc_now().isoformat()}
+        event_id = f"web-{key}"
+        body: dict[str, Any] = {"id": event_id, "type": "purchase", "member": member_id,
+                                "order_id": event_id, "amount": amount.strip(),
+                                "occurred_at": insights.recorded_time(engine, program, event_id)
+                                or utc_now().isoformat()}
         if parsed:
             body["lines"] = parsed
         if store.strip():
