@@ -71,6 +71,18 @@ def test_sign_in_session_and_sign_out(engine: sa.Engine) -> None:
     assert staff.session_for(engine, cookie, clock()) is None
 
 
+def test_a_disabled_account_is_signed_out_and_cannot_sign_in(engine: sa.Engine) -> None:
+    staff.create_user(engine, "till", "a-long-password", "cashier")
+    cookie, _ = staff.sign_in(engine, "till", "a-long-password", "10.0.0.1", clock())
+    staff.disable_user(engine, "till", clock())
+    assert staff.session_for(engine, cookie, clock()) is None
+    with pytest.raises(staff.SignInFailed):
+        staff.sign_in(engine, "till", "a-long-password", "10.0.0.1", clock())
+    with pytest.raises(InvalidField):
+        staff.disable_user(engine, "till")
+    assert staff.list_users(engine)[0]["disabled"] is True
+
+
 def test_five_failures_lock_the_username_for_15_minutes(engine: sa.Engine) -> None:
     staff.create_user(engine, "owner", "a-long-password", "owner")
     for attempt in range(5):

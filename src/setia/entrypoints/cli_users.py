@@ -57,3 +57,16 @@ def users_list() -> None:
         table.add_row(user["username"], user["role"], user["program"] or "(all)",
                       "yes" if user["disabled"] else "no")
     console.print(table)
+
+
+@users_app.command("disable")
+def users_disable(username: Annotated[str, typer.Argument(help="the account to disable")]) -> None:
+    """Disable a staff account: its sessions end and it can no longer sign in."""
+    from setia.service.staff import disable_user
+
+    try:
+        disable_user(_engine(), username)
+    except SetiaError as exc:
+        errors.print(f"error: {exc.detail}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"{username} disabled", markup=False)

@@ -121,6 +121,20 @@ def list_users(engine: sa.Engine) -> list[dict[str, Any]]:
              "disabled": r.disabled_at is not None} for r in rows]
 
 
+def disable_user(engine: sa.Engine, username: str, clock: Clock = utc_now) -> None:
+    """Refuse the account's sign-ins from now on and end its sessions."""
+    def work(uow: UnitOfWork) -> None:
+        done = uow.execute(w.staff_users.update().where(
+            w.staff_users.c.username == username, w.staff_users.c.disabled_at.is_(None))
+            .values(disabled_at=clock())).rowcount
+        if not done:
+            raise InvalidField(f"no enabled user {username!r}", field="username")
+        uow.execute(w.web_sessions.delete().where(w.web_sessions.c.username == username))
+        uow.commit()
+
+    transaction(engine, work)
+
+
 def _failures(uow: UnitOfWork, key: str, now: datetime) -> int:
     return int(uow.execute(sa.select(sa.func.count()).select_from(w.login_failures).where(
         w.login_failures.c.key == key, w.login_failures.c.at > now - THROTTLE_WINDOW)).scalar_one())
