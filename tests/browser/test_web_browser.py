@@ -142,10 +142,18 @@ def test_cashier_member_and_owner_in_a_real_browser(browser: object, tmp_path: P
         assert till.inner_text("#earned") == "+72 Beans"
         assert till.inner_text("#balance") == "122 Beans"
         pages.check(till, "cashier-purchase")
-        # The keyboard alone reaches the purchase form's amount field from the page's top.
+        # The keyboard alone: skip link, then the amount field, then Enter records 5.00.
         till.goto(f"{base}/staff/{PROGRAM}/cashier/{member_id}")
         till.keyboard.press("Tab")
         assert till.evaluate("document.activeElement.textContent") == "Skip to content"
+        till.keyboard.press("Enter")
+        till.keyboard.press("Tab")
+        assert till.evaluate("document.activeElement.id") == "amount"
+        till.keyboard.type("5.00")
+        till.keyboard.press("Enter")
+        till.wait_for_selector("#earned")
+        assert till.inner_text("#earned") == "+5 Beans"
+        assert till.inner_text("#balance") == "127 Beans"
 
         # 3. The member asks for a sign-in link (phone width, Traditional Chinese browser).
         phone_context = browser.new_context(viewport=PHONE, bypass_csp=True,  # type: ignore[attr-defined]
@@ -164,8 +172,8 @@ def test_cashier_member_and_owner_in_a_real_browser(browser: object, tmp_path: P
         phone.goto(link)
         phone.get_by_role("button", name="登入").click()
         assert phone.url == f"{base}/portal/{PROGRAM}/"
-        assert phone.inner_text("#balance") == "122"
-        assert "再 RM 40.00 即可升級至 Gold" in phone.inner_text("main")
+        assert phone.inner_text("#balance") == "127"
+        assert "再 RM 35.00 即可升級至 Gold" in phone.inner_text("main")
         pages.check(phone, "portal-home")
         # The link worked once: a second use is refused.
         phone.goto(link)
@@ -173,10 +181,10 @@ def test_cashier_member_and_owner_in_a_real_browser(browser: object, tmp_path: P
         assert "此登入連結已使用或已過期" in phone.get_by_role("alert").inner_text()
         phone.goto(f"{base}/portal/{PROGRAM}/")
 
-        # 4. The member redeems the free latte (100): 22 left, a voucher with its QR.
+        # 4. The member redeems the free latte (100): 27 left, a voucher with its QR.
         phone.get_by_role("button", name="兌換 Free latte").click()
         code = re.search(r"[A-Z0-9-]{6,}", phone.inner_text("#redeemed").split("是")[1]).group(0)
-        assert phone.inner_text("#balance") == "22"
+        assert phone.inner_text("#balance") == "27"
         assert phone.inner_text(".voucher-code") == code
         assert phone.locator(".vouchers svg").count() == 1
         # English again, chosen in the profile, stays with the member.
@@ -210,7 +218,7 @@ def test_cashier_member_and_owner_in_a_real_browser(browser: object, tmp_path: P
         owner.get_by_label("Points (negative to remove)").fill("25")
         owner.get_by_label("Reason").fill("birthday cake was late")
         owner.get_by_role("button", name="Adjust balance").click()
-        assert owner.inner_text("#available") == "47"
+        assert owner.inner_text("#available") == "52"
         first = owner.locator("#activity tbody tr").first.inner_text()
         assert "+25" in first and "birthday cake was late (by owner)" in first
         pages.check(owner, "member")
@@ -244,7 +252,7 @@ def test_cashier_member_and_owner_in_a_real_browser(browser: object, tmp_path: P
         with engine.connect() as conn:
             available = conn.execute(sa.text(
                 "SELECT available FROM members WHERE id = :id"), {"id": member_id}).scalar_one()
-        assert available == 47
+        assert available == 52
         assert_journal_ok(engine)
     finally:
         engine.dispose()

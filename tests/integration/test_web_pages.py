@@ -142,6 +142,10 @@ def test_cashier_enrols_records_and_takes_payment(cafe: sa.Engine) -> None:
     assert again.headers["location"].split("/")[-1].split("?")[0] == member_id
     assert balance(cafe, member_id)[0] == 50  # the welcome points, once
     # The phone typed another way finds the same member.
+    other = till.post(f"/staff/{P}/cashier/enrol", data={**form, "key": "another-form-key",
+                                                          "phone": "(019) 876-5432"},
+                      follow_redirects=False)  # the same phone on another form
+    assert other.headers["location"] == f"/staff/{P}/cashier/{member_id}"
     found = till.get(f"/staff/{P}/cashier", params={"q": "0198765432"}, follow_redirects=False)
     assert found.headers["location"] == f"/staff/{P}/cashier/{member_id}"
     scanned = till.get(f"/staff/{P}/cashier", params={"q": f"setia:member:{member_id}"},
@@ -231,6 +235,7 @@ def test_dashboard_figures(cafe: sa.Engine) -> None:
     buy("c", "e4", "2027-03-21T10:00:00+08:00", "7.00")  # after the period
     redemptions.redeem(cafe, P, {"member": "a", "points": 40}, "pay",
                        clock=lambda: at("2027-02-12T10:00:00+08:00"))
+    assert insights.latest_activity_day(cafe, P) == date(2027, 3, 21)  # the default end
     figures = insights.dashboard(cafe, P, date(2027, 2, 1), date(2027, 2, 28))
     assert (figures["members"], figures["new_members"]) == (2, 1)
     assert (figures["active"], figures["repeaters"], figures["repeat_rate"]) == (2, 1, 0.5)

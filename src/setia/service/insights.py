@@ -41,11 +41,10 @@ def latest_activity_day(engine: sa.Engine, program_id: str, clock: Clock = utc_n
     """The day of the programme's latest posting (or today): the default period's end."""
     def work(uow: UnitOfWork) -> date:
         programme = require_programme(uow, program_id)
-        last = uow.execute(sa.select(sa.func.max(t.postings.c.occurred_at))
-                           .where(t.postings.c.program_id == program_id)).scalar()
-        moment = last.replace(tzinfo=last.tzinfo or None) if last else clock()
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=programme.tz)
+        last = uow.execute(sa.select(t.postings.c.occurred_at)
+                           .where(t.postings.c.program_id == program_id)
+                           .order_by(t.postings.c.occurred_at.desc()).limit(1)).scalar()
+        moment: datetime = last or clock()
         return moment.astimezone(programme.tz).date()
 
     return transaction(engine, work)

@@ -143,7 +143,10 @@ def cashier_enrol(request: Request, program: str, phone: str = Form(""), name: s
     session = staff_session(request, program)
     check_csrf(session.csrf, csrf)
     engine = engine_of(request)
-    existing = insights.find_members(engine, program, phone) if phone.strip() else []
+    digits = "".join(ch for ch in phone if ch.isdigit() or ch == "+")
+    existing = [found for found in insights.find_members(engine, program, phone)
+                if "".join(ch for ch in found["phone"] or "" if ch.isdigit() or ch == "+")
+                == digits] if digits else []
     member_id = "w-" + "".join(ch for ch in key if ch.isalnum())[:12].lower()
     if existing and existing[0]["id"] != member_id:
         return redirect(f"/staff/{program}/cashier/{existing[0]['id']}")
@@ -153,8 +156,10 @@ def cashier_enrol(request: Request, program: str, phone: str = Form(""), name: s
     if email.strip():
         profile["email"] = email.strip()
     try:
-        if not phone.strip() or len(key) < 8:
+        if not phone.strip():
             raise InvalidField("phone is required", field="phone")
+        if len(key) < 8:
+            raise InvalidField("the form has no key; reload the page", field="key")
         members.upsert_member(engine, program, member_id, profile)
     except SetiaError as exc:
         return _page(request, "cashier.html", session, program, status=exc.status, q=phone,
