@@ -353,3 +353,18 @@ def test_sign_in_request_answers_the_same_for_unknown_emails(cafe: sa.Engine,
     assert 'id="sent"' in known.text and 'id="sent"' in unknown.text
     assert sum("sign-in link for m1@example.com" in r.message for r in caplog.records) == 1
 
+
+
+def test_static_files_and_security_headers(cafe: sa.Engine) -> None:
+    browser = client(cafe)
+    css = browser.get("/static/web/setia.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    script = browser.get("/static/web/setia.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert browser.get("/static/web/../tables.py").status_code == 404
+    assert browser.get("/static/web/nope.js").status_code == 404
+    page = browser.get("/staff/login")
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["cache-control"] == "no-store"
+    assert browser.get("/", follow_redirects=False).headers["location"] == "/staff/"
