@@ -12,7 +12,6 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from setia.entrypoints.web import i18n
 from setia.service import staff
@@ -36,7 +35,10 @@ class WebForbidden(Exception):  # noqa: N818
 
 
 @cache
-def environment(locale: str) -> Environment:
+def environment(locale: str) -> Any:
+    """The templates for one language (jinja2 is imported on the first page, not at start)."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
     env = Environment(loader=FileSystemLoader(HERE / "templates"),
                       autoescape=select_autoescape(["html"]),
                       extensions=["jinja2.ext.i18n"], trim_blocks=True, lstrip_blocks=True)

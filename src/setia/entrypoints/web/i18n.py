@@ -12,8 +12,6 @@ from zoneinfo import ZoneInfo
 
 from babel import Locale
 from babel.dates import format_date, format_datetime
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
 from babel.numbers import format_decimal, get_currency_symbol
 from babel.support import Translations
 
@@ -36,6 +34,9 @@ CURRENCY_STYLE: dict[str, tuple[str, int]] = {
 
 @cache
 def translations(locale: str) -> Translations:
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
     if locale == DEFAULT:
         return Translations()  # the templates are written in English
     with (CATALOGUES / locale / "LC_MESSAGES" / "messages.po").open("rb") as handle:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import smtplib
-from email.message import EmailMessage
 
 log = logging.getLogger("setia.web.mail")
 
 
 def send_signin_link(to: str, link: str, subject: str, body: str) -> None:
+    import smtplib  # here, not at start: the server starts faster
+    from email.message import EmailMessage
+
     host = os.environ.get("SETIA_SMTP_HOST")
     if not host:
         log.warning("SETIA_SMTP_HOST is not set; sign-in link for %s: %s", to, link)

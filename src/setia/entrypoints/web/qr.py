@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 
-import segno
-
 
 def svg(text: str, scale: int = 6) -> str:
+    import segno  # here, not at start: the server starts faster
+
     buffer = io.BytesIO()
     segno.make(text, error="m").save(buffer, kind="svg", scale=scale, border=2,
                                     xmldecl=False, svgns=True, title=None)
