@@ -15,11 +15,19 @@ SETIA_TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint pytest bench lock clean
+.PHONY: venv browser demo test lint pytest bench lock clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements/lock.txt pyproject.toml
+# The browser tests drive Debian's chromium (Playwright never downloads a browser) and need
+# a CJK font for the Traditional Chinese pages: installed with apt when missing.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "wenquanyi"; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        chromium fonts-wqy-microhei; \
+	fi
+
+$(STAMP): requirements/lock.txt pyproject.toml | browser
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements/lock.txt
@@ -35,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/mypy src
 
 # pytest exit code 5 ("no tests collected") is turned into a failure.
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	export SETIA_TEST_DATABASE_URL='$(SETIA_TEST_DATABASE_URL)'; \
 	rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests -- failing" >&2; exit 1; fi; \

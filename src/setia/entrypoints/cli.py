@@ -269,10 +269,7 @@ def demo_command(
     except SetiaError as exc:
         fail(_explain(exc))
     if serve:
-        console.print(
-            "[dim]The HTTP API is not part of this build yet; the demo stops after "
-            "its summary.[/dim]"
-        )
+        _serve_demo("127.0.0.1", 8000)  # the API and the web pages
 
 
 def _serve_demo(host: str, port: int) -> None:
@@ -306,6 +303,9 @@ def serve_command(
     run_server(engine(), host, port, scheduler=scheduler, workers=workers)
 
 
+from setia.entrypoints.cli_users import users_app  # noqa: E402 - staff accounts (web pages)
+
+app.add_typer(users_app, name="users")
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

@@ -24,6 +24,7 @@ from rich.table import Table
 from setia.adapters.db import tables as t
 from setia.domain.errors import SetiaError
 from setia.entrypoints.demo_analytics import analytics_summary
+from setia.entrypoints.web.demo import demo_web
 from setia.service.check import check
 from setia.service.importer import import_batch
 from setia.service.members import upsert_member
@@ -340,3 +341,4 @@ def run_demo(
         console.print(activity)
     console.print(summary(engine))
     analytics_summary(engine, console, PROGRAM_ID, YEAR)
+    demo_web(engine, console, PROGRAM_ID)  # staff accounts of the web pages

@@ -218,3 +218,4 @@ api_keys = sa.Table(
 )
 
 from setia.adapters.db import tables_analytics  # noqa: E402,F401  (its tables join metadata)
+from setia.adapters.db import tables_web as tables_web  # noqa: E402,F401 - web pages' tables

@@ -26,6 +26,7 @@ from setia.entrypoints.api import analytics as analytics_api
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import Caller, require
 from setia.entrypoints.api.responses import JSONResponse
+from setia.entrypoints.web import install as install_web
 from setia.service import (
     activity,
     batch,
@@ -458,6 +459,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
         body = await read_body(request)
         return await call(reversals.reverse, program, body, key)
 
+    install_web(app)  # the web pages: entrypoints/web
     return app
 
 
