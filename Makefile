@@ -27,7 +27,7 @@ browser:
 	        chromium fonts-wqy-microhei; \
 	fi
 
-$(STAMP): requirements/lock.txt pyproject.toml | browser
+$(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements/lock.txt
