@@ -216,3 +216,11 @@ api_keys = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime),
 )
+
+# Tables of referrals, coupons, surveys and donations, on the same metadata.
+from setia.adapters.db import (  # noqa: E402, F401
+    tables_coupons,
+    tables_donations,
+    tables_referrals,
+    tables_surveys,
+)

@@ -446,6 +446,10 @@ def create_app(engine: sa.Engine) -> FastAPI:
         body = await read_body(request)
         return await call(reversals.reverse, program, body, key)
 
+    from setia.entrypoints.api import coupons, donations, referrals, surveys  # routers
+
+    for router in (coupons.router, referrals.router, surveys.router, donations.router):
+        app.include_router(router, responses=schemas.PROBLEM_RESPONSES)
     return app
 
 
