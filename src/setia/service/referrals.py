@@ -65,8 +65,8 @@ def _member_pk(uow: UnitOfWork, programme: Programme, member_id: Any, field: str
 
 
 def _ids(uow: UnitOfWork, pks: list[int]) -> dict[int, str]:
-    return dict(uow.execute(sa.select(t.members.c.pk, t.members.c.id)
-                            .where(t.members.c.pk.in_(pks))).tuples().all())
+    return {pk: member_id for pk, member_id in uow.execute(
+        sa.select(t.members.c.pk, t.members.c.id).where(t.members.c.pk.in_(pks)))}
 
 
 def _view(uow: UnitOfWork, row: Any) -> dict[str, Any]:
@@ -112,10 +112,9 @@ def code_for(engine: sa.Engine, program_id: str, member_id: str, clock: Clock = 
                     code = candidate
                     break
             assert code is not None, "five referral codes in a row collided"
-        counts = dict(uow.execute(
+        counts = {status: count for status, count in uow.execute(
             sa.select(tr.referrals.c.status, sa.func.count()).where(
-                tr.referrals.c.referrer_pk == pk).group_by(tr.referrals.c.status)
-        ).tuples().all())
+                tr.referrals.c.referrer_pk == pk).group_by(tr.referrals.c.status))}
         uow.commit()
         return {"member": member_id, "code": code, "link": r.link(config, code),
                 "referrals": {status: int(counts.get(status, 0)) for status in STATUSES}}
