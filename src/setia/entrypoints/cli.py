@@ -317,5 +317,14 @@ def keys_create(
     sys.stdout.write(key + "\n")
 
 
+# Referrals, coupons, surveys and donations: sub-apps in their own modules.
+from setia.entrypoints import cli_coupons, cli_referrals, cli_surveys  # noqa: E402
+
+app.add_typer(cli_coupons.app, name="coupons")
+app.add_typer(cli_referrals.app, name="referrals")
+app.add_typer(cli_surveys.surveys_app, name="surveys")
+app.add_typer(cli_surveys.donations_app, name="donations")
+
+
 def main() -> Any:  # pragma: no cover - console script entry
     return app()

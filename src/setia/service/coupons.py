@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from setia.adapters.db import tables_coupons as tc
+from setia.adapters.db.bulk_codes import insert_codes
 from setia.adapters.db.store import UnitOfWork
 from setia.domain import coupons as c
 from setia.domain.errors import CurrencyMismatch, InvalidField, UnknownMember
@@ -377,9 +378,8 @@ def generate_batch(engine: sa.Engine, program_id: str, coupon_id: str, body: Any
                 codes = c.batch_codes(prefix, wanted, random_bytes(7 * wanted))
                 # A code that collides with an existing one fails the insert; the
                 # transaction is retried with new random codes (50 bits: not expected).
-                uow.execute(tc.coupon_codes.insert(), [
-                    {"program_id": programme.id, "code": code, "coupon_id": coupon.id,
-                     "batch_id": batch_id, "uses": 0} for code in codes])
+                insert_codes(uow.conn, [(programme.id, code, coupon.id, batch_id, 0)
+                                        for code in codes])
                 made += len(codes)
                 if progress is not None:
                     progress(made)
