@@ -25,11 +25,12 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.growth_programme import GROWTH  # noqa: E402
+
 from setia.adapters.db.engine import make_engine  # noqa: E402
 from setia.adapters.db.migrate import upgrade  # noqa: E402
 from setia.service.coupons import export_batch, generate_batch  # noqa: E402
 from setia.service.programmes import store_programme  # noqa: E402
-from tests.growth_programme import GROWTH  # noqa: E402
 
 
 def run(url: str, count: int) -> tuple[float, float]:

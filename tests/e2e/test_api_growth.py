@@ -304,8 +304,9 @@ def test_survey_responses_rewards_and_nps(api: Api) -> None:
 
 def test_a_donation_reward_and_the_totals_per_cause(api: Api) -> None:
     api.enrol("d-ana")
+    # 50 welcome + 100: one donation of 100, not two
     adjusted = api.admin.post(f"{API}/adjustments", headers={"Idempotency-Key": "d-adj"},
-                              json={"member": "d-ana", "points": 100, "reason": "e2e"})  # +50 welcome
+                              json={"member": "d-ana", "points": 100, "reason": "e2e"})
     assert adjusted.status_code == 201
     donated = api.post("/redemptions", {"member": "d-ana", "reward": "donate-mercy"}, "d-1")
     assert donated.status_code == 201, donated.text

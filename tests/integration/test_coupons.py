@@ -4,8 +4,8 @@ rules, batches of unique codes, release on refund. Nothing changes after a refus
 from __future__ import annotations
 
 import csv
-from decimal import Decimal
 import io
+from decimal import Decimal
 from typing import Any
 
 import pytest

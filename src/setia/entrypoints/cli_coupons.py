@@ -11,7 +11,7 @@ import typer
 from setia.domain.errors import SetiaError
 from setia.entrypoints.cli import _explain, console, engine, fail, progress_bar
 
-app = typer.Typer(help="Coupons: batches of unique codes.", no_args_is_help=True)
+app: typer.Typer = typer.Typer(help="Coupons: batches of unique codes.", no_args_is_help=True)
 
 
 def _write(path: Path, chunks: object) -> int:

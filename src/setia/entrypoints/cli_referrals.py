@@ -11,7 +11,7 @@ from rich.table import Table
 from setia.domain.errors import SetiaError
 from setia.entrypoints.cli import _explain, console, engine, fail
 
-app = typer.Typer(help="Referrals: the review queue.", no_args_is_help=True)
+app: typer.Typer = typer.Typer(help="Referrals: the review queue.", no_args_is_help=True)
 
 
 @app.command("queue")

@@ -12,8 +12,8 @@ from rich.table import Table
 from setia.domain.errors import SetiaError
 from setia.entrypoints.cli import _explain, console, engine, fail
 
-surveys_app = typer.Typer(help="Surveys: NPS and satisfaction.", no_args_is_help=True)
-donations_app = typer.Typer(help="Donations: totals per cause.", no_args_is_help=True)
+surveys_app: typer.Typer = typer.Typer(help="Surveys: NPS and satisfaction.", no_args_is_help=True)
+donations_app: typer.Typer = typer.Typer(help="Donations: totals per cause.", no_args_is_help=True)
 
 
 @surveys_app.command("results")

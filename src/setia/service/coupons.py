@@ -78,9 +78,7 @@ def parse_basket(body: Any, currency: str, *, order: bool) -> tuple[str, str, c.
     if lines and sum((line.amount for line in lines), Decimal(0)) > amount:
         raise InvalidField("the lines add up to more than amount", field="lines")
     order_id = None
-    if order:
-        order_id = _text(body, "order_id")
-    elif "order_id" in body:
+    if order or "order_id" in body:
         order_id = _text(body, "order_id")
     return code, member_id, c.Basket(amount, tuple(lines)), order_id
 
@@ -402,9 +400,9 @@ def export_batch(engine: sa.Engine, program_id: str, batch_id: str) -> Iterator[
             tc.coupon_batches.c.program_id == program_id)).mappings().one_or_none()
         if found is None:
             raise c.UnknownCouponBatch(f"no coupon batch {batch_id!r}", field="batch")
-        rows = conn.execute(sa.select(tc.coupon_codes.c.code, tc.coupon_codes.c.coupon_id,
+        rows = list(conn.execute(sa.select(tc.coupon_codes.c.code, tc.coupon_codes.c.coupon_id,
                                       tc.coupon_codes.c.uses).where(
-            tc.coupon_codes.c.batch_id == batch_id).order_by(tc.coupon_codes.c.code)).all()
+            tc.coupon_codes.c.batch_id == batch_id).order_by(tc.coupon_codes.c.code)))
     return _csv_chunks(rows, batch_id)
 
 

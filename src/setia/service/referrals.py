@@ -65,7 +65,7 @@ def _member_pk(uow: UnitOfWork, programme: Programme, member_id: Any, field: str
 
 
 def _ids(uow: UnitOfWork, pks: list[int]) -> dict[int, str]:
-    return {pk: member_id for pk, member_id in uow.execute(
+    return {row.pk: row.id for row in uow.execute(
         sa.select(t.members.c.pk, t.members.c.id).where(t.members.c.pk.in_(pks)))}
 
 
@@ -112,8 +112,8 @@ def code_for(engine: sa.Engine, program_id: str, member_id: str, clock: Clock = 
                     code = candidate
                     break
             assert code is not None, "five referral codes in a row collided"
-        counts = {status: count for status, count in uow.execute(
-            sa.select(tr.referrals.c.status, sa.func.count()).where(
+        counts = {row.status: row.n for row in uow.execute(
+            sa.select(tr.referrals.c.status, sa.func.count().label("n")).where(
                 tr.referrals.c.referrer_pk == pk).group_by(tr.referrals.c.status))}
         uow.commit()
         return {"member": member_id, "code": code, "link": r.link(config, code),

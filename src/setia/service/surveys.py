@@ -111,7 +111,8 @@ def results(engine: sa.Engine, program_id: str, survey_id: str, per: str = "mont
         if until is not None:
             query = query.where(r.c.submitted_at < until)
         periods: dict[str, tuple[int, list[int], list[int]]] = {}
-        for submitted_at, nps, rating in uow.execute(query):
+        for row in uow.execute(query):
+            submitted_at, nps, rating = row.submitted_at, row.nps, row.rating
             key = earning.period_key(per, submitted_at.astimezone(programme.tz))
             count, scores, ratings = periods.get(key, (0, [], []))
             if nps is not None:

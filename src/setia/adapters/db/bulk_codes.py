@@ -19,6 +19,7 @@ def insert_codes(conn: sa.Connection, rows: Sequence[tuple[str, str, str, str, i
     if not rows:
         return
     driver = conn.connection.driver_connection
+    assert driver is not None
     if conn.dialect.name == "postgresql" and hasattr(driver, "pipeline"):  # psycopg 3
         import psycopg
 

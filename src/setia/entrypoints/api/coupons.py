@@ -39,7 +39,8 @@ BATCH_BODY = schemas._json_body({
     "type": "object", "required": ["count"], "additionalProperties": False,
     "properties": {"count": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
                    "prefix": {"type": "string", "maxLength": 12}}})
-CSV_RESPONSE = {200: {"description": "code,coupon,batch,status", "content": {"text/csv": {}}}}
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "code,coupon,batch,status", "content": {"text/csv": {}}}}
 
 
 @router.post("/coupons/validate", openapi_extra=VALIDATE_BODY,

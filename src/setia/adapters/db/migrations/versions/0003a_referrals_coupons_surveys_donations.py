@@ -12,7 +12,6 @@ from alembic import op
 
 import setia.adapters.db.tables
 
-
 revision = '0003a'
 down_revision = '0002'
 branch_labels = None
