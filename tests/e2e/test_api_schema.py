@@ -41,7 +41,9 @@ CONFIG = """\
 "path.member" = "cust-1"
 "body.member" = "cust-1"
 """
-BUDGET_SECONDS = 100
+# A bound, not a timing: 32 operations (with referrals, coupons, surveys, donations) took
+# 138 s on the shared 2-core machine, where 100 s had been enough for 18.
+BUDGET_SECONDS = 300
 
 
 @pytest.fixture(params=[
