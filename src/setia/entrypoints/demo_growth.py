@@ -12,6 +12,7 @@ seed; cust-0001 (the README tour's member) is left alone.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -31,7 +32,7 @@ TZ = ZoneInfo("Asia/Kuala_Lumpur")
 JAN = datetime(2028, 1, 3, 10, 0, tzinfo=TZ)
 
 
-def _clock(moment: datetime):  # type: ignore[no-untyped-def]
+def _clock(moment: datetime) -> Callable[[], datetime]:
     return lambda: moment
 
 
