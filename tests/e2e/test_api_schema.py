@@ -42,8 +42,9 @@ CONFIG = """\
 "body.member" = "cust-1"
 """
 # A bound, not a timing: 32 operations (with referrals, coupons, surveys, donations) took
-# 138 s on the shared 2-core machine, where 100 s had been enough for 18.
-BUDGET_SECONDS = 300
+# 138 s on SQLite on the shared 2-core machine, where 100 s had been enough for 18, and
+# more than 300 s on PostgreSQL while another test suite ran beside it.
+BUDGET_SECONDS = 480
 
 
 @pytest.fixture(params=[
@@ -64,6 +65,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServe
         yield live
 
 
+@pytest.mark.timeout(BUDGET_SECONDS + 120)
 def test_the_live_api_answers_as_its_openapi_schema_says(server: LiveServer,
                                                           tmp_path: Path) -> None:
     config = tmp_path / "schemathesis.toml"
