@@ -46,8 +46,10 @@ CONFIG = """\
 include-tag = "analytics"
 generation.max-examples = 5
 """
-# A bound, not a timing: a loaded 2-core machine needs several times the usual ~40 s.
-BUDGET_SECONDS = 420
+# A bound, not a timing: 32 operations (with referrals, coupons, surveys, donations) took
+# 138 s on SQLite on the shared 2-core machine, where 100 s had been enough for 18, and
+# more than 300 s on PostgreSQL while another test suite ran beside it.
+BUDGET_SECONDS = 480
 
 
 @pytest.fixture(params=[
@@ -68,6 +70,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServe
         yield live
 
 
+@pytest.mark.timeout(BUDGET_SECONDS + 120)
 def test_the_live_api_answers_as_its_openapi_schema_says(server: LiveServer,
                                                           tmp_path: Path) -> None:
     config = tmp_path / "schemathesis.toml"

@@ -19,6 +19,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from babel import Locale, UnknownLocaleError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from setia.domain import coupons as coupons_
+from setia.domain import donations as donations_
+from setia.domain import referrals as referrals_
+from setia.domain import surveys as surveys_
 from setia.domain.conditions import Condition, ConditionError, compile_condition
 from setia.domain.errors import InvalidProgramme
 from setia.domain.money import known_currencies, minor_digits
@@ -128,6 +132,7 @@ class Reward(_Strict):
     tiers: list[str] | None = None
     from_: date | None = Field(default=None, alias="from")
     until: date | None = None
+    donation: donations_.DonationSpec | None = None  # a donation to a cause (docs/growth-a.md)
 
 
 class AnalyticsConfig(_Strict):
@@ -149,6 +154,12 @@ class ProgrammeModel(_Strict):
     tiers: Tiers = Tiers()
     rewards: list[Reward] = Field(default_factory=list)
     analytics: AnalyticsConfig | None = None
+    # Referrals, coupons, surveys and donation causes (docs/growth-a.md). None when
+    # absent, so that the definition hash of a programme without them does not change.
+    referrals: referrals_.ReferralsConfig | None = None
+    coupons: list[coupons_.Coupon] | None = None
+    surveys: list[surveys_.Survey] | None = None
+    causes: list[donations_.Cause] | None = None
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -262,7 +273,22 @@ def _semantic_errors(model: ProgrammeModel) -> list[tuple[str, str]]:
                 errors.append(
                     (f"{at}.voucher.amount_off", f"more decimals than {model.currency} allows")
                 )
+    errors += _growth_errors(model, digits)
     return errors
+
+
+def _growth_errors(model: ProgrammeModel, digits: int) -> list[tuple[str, str]]:
+    """Referrals, coupons, surveys and donations (their own modules' checks)."""
+    return (
+        referrals_.semantic_errors(model.referrals, {r.id for r in model.rewards}, digits)
+        + coupons_.semantic_errors(model.coupons or [], digits, model.currency)
+        + surveys_.semantic_errors(model.surveys or [])
+        + donations_.semantic_errors(
+            model.causes or [],
+            [(i, r.donation.cause if r.donation else None, r.voucher is not None)
+             for i, r in enumerate(model.rewards)],
+        )
+    )
 
 
 def _related(a: str, b: str) -> bool:

@@ -330,6 +330,13 @@ def keys_create(
 from setia.entrypoints import cli_analytics  # noqa: E402  (report, whatif, analytics ...)
 
 cli_analytics.register(app)
+# Referrals, coupons, surveys and donations: sub-apps in their own modules.
+from setia.entrypoints import cli_coupons, cli_referrals, cli_surveys  # noqa: E402
+
+app.add_typer(cli_coupons.app, name="coupons")
+app.add_typer(cli_referrals.app, name="referrals")
+app.add_typer(cli_surveys.surveys_app, name="surveys")
+app.add_typer(cli_surveys.donations_app, name="donations")
 
 
 def main() -> Any:  # pragma: no cover - console script entry

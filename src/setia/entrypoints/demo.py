@@ -23,6 +23,7 @@ from rich.table import Table
 
 from setia.adapters.db import tables as t
 from setia.domain.errors import SetiaError
+from setia.entrypoints import demo_growth
 from setia.entrypoints.demo_analytics import analytics_summary
 from setia.entrypoints.web.demo import demo_web
 from setia.service.check import check
@@ -339,6 +340,7 @@ def run_demo(
         for key, value in sorted(simulation.stats.items()):
             activity.add_row(key, f"{value:,}")
         console.print(activity)
+        demo_growth.build(engine, console, seed)  # referrals, coupons, survey, donations
     console.print(summary(engine))
     analytics_summary(engine, console, PROGRAM_ID, YEAR)
     demo_web(engine, console, PROGRAM_ID)  # staff accounts of the web pages

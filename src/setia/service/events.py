@@ -28,6 +28,7 @@ from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Level, Programme
 from setia.domain.refunds import Order, OrderLine, remaining_lines, split_refund
+from setia.service import coupons, referrals
 from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
 from setia.service.views import balances, tier_view
 
@@ -270,6 +271,7 @@ def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Even
             payload=_order_payload(event),
         ),
     )
+    referrals.after_purchase(uow, programme, member, event)
     return total
 
 
@@ -334,6 +336,8 @@ def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event)
         for line in order.lines
     ]
     order.dirty = True
+    referrals.after_refund(uow, programme, member, order, event.occurred_at)
+    coupons.after_refund(uow, programme, order.order_id, order.left, event.occurred_at)
     month = tiers.month_key(order.occurred_at.astimezone(programme.tz))
     member.add_to_bucket(
         month, spend=-split.total, points=-clawed, visits=-1 if order.left == 0 else 0

@@ -32,6 +32,7 @@ from setia.domain.errors import (
 from setia.domain.ledger import ADJUSTMENTS, REDEEMED
 from setia.domain.member import Member
 from setia.domain.programme import Programme, Reward
+from setia.service import donations
 from setia.service.common import (
     Clock,
     idempotent,
@@ -224,6 +225,8 @@ def redeem(
                 voucher = _issue_voucher(
                     uow, programme, reward, member, redemption_id, now, random_bytes
                 )
+                donations.after_capture(uow, programme, reward, member, redemption_id, points,
+                                        now)
             row = {
                 "id": redemption_id,
                 "program_id": programme.id,
@@ -291,6 +294,7 @@ def finish_hold(
         member.ledger.capture(row["points"], f"captured redemption {redemption_id}")
         row["status"] = "captured"
         reward = programme.reward(row["reward_id"]) if row["reward_id"] else None
+        donations.after_capture(uow, programme, reward, member, redemption_id, row["points"], now)
         if reward is not None:
             voucher = _issue_voucher(
                 uow, programme, reward, member, redemption_id, now, random_bytes

@@ -23,6 +23,7 @@ from setia.domain.errors import RedemptionNotHeld, UnknownProgramme
 from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
+from setia.service import referrals
 from setia.service.common import require_programme, transaction
 from setia.service.events import apply_event
 from setia.service.redemptions import finish_hold
@@ -61,6 +62,7 @@ def run_due(engine: sa.Engine, as_of: datetime, program_id: str | None = None,
         _expire(engine, pid, as_of, report)
         _review_tiers(engine, pid, as_of, report)
         _birthdays(engine, pid, as_of, report)
+        referrals.pay_due(engine, pid, as_of)
         if progress:
             progress(pid)
     return report

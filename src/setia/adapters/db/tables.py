@@ -217,5 +217,12 @@ api_keys = sa.Table(
     sa.Column("revoked_at", UTCDateTime),
 )
 
-from setia.adapters.db import tables_analytics  # noqa: E402,F401  (its tables join metadata)
+# Tables of referrals, coupons, surveys and donations, on the same metadata.
+from setia.adapters.db import (  # noqa: E402, F401
+    tables_analytics,  # noqa: E402,F401  (its tables join metadata)
+    tables_coupons,
+    tables_donations,
+    tables_referrals,
+    tables_surveys,
+)
 from setia.adapters.db import tables_web as tables_web  # noqa: E402,F401 - web pages' tables

@@ -460,6 +460,10 @@ def create_app(engine: sa.Engine) -> FastAPI:
         return await call(reversals.reverse, program, body, key)
 
     install_web(app)  # the web pages: entrypoints/web
+    from setia.entrypoints.api import coupons, donations, referrals, surveys  # routers
+
+    for router in (coupons.router, referrals.router, surveys.router, donations.router):
+        app.include_router(router, responses=schemas.PROBLEM_RESPONSES)
     return app
 
 

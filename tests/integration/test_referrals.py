@@ -1,0 +1,190 @@
+"""Referrals on growth-cafe (tests/growth_programme.py): codes, linking, the qualifying
+purchase, payout by run-due after 14 days, clawback on refund, fraud guards and the
+review queue. Payout: referrer 300, referee 150, rule id ``referral:<id>``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from setia.adapters.db import tables as t
+from setia.domain import referrals as r
+from setia.domain.errors import UnknownMember
+from setia.service import referrals
+from setia.service.events import ingest_event
+from setia.service.members import get_member, upsert_member
+from setia.service.run_due import run_due
+from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
+from tests.growth_programme import GROWTH
+
+P = "growth-cafe"
+ENROL = fixed_clock("2027-03-01T09:00:00+08:00")
+DAY_2 = fixed_clock("2027-03-02T09:00:00+08:00")
+
+
+@pytest.fixture
+def cafe(engine: sa.Engine) -> sa.Engine:
+    load_programme(engine, GROWTH)
+    upsert_member(engine, P, "rina", {"email": "Rina.Tan+shop@gmail.com",
+                                      "phone": "+60 12-345 6789"}, ENROL)
+    return engine
+
+
+def available(engine: sa.Engine, member: str) -> int:
+    return get_member(engine, P, member, DAY_2)["balances"]["available"]
+
+
+def referral_postings(engine: sa.Engine) -> list[tuple[str, str, str, int, str]]:
+    p = t.postings
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(t.members.c.id, p.c.debit, p.c.credit, p.c.points,
+                                      p.c.rule_id)
+                            .join(t.members, t.members.c.pk == p.c.member_pk)
+                            .where(p.c.rule_id.like("referral:%")).order_by(p.c.id))
+        return [tuple(row) for row in rows]
+
+
+def purchase(engine: sa.Engine, member: str, order: str, amount: str, when: str) -> None:
+    ingest_event(engine, P, {"id": f"e-{order}", "type": "purchase", "member": member,
+                             "occurred_at": when, "order_id": order, "amount": amount}, DAY_2)
+
+
+def refund(engine: sa.Engine, member: str, order: str, amount: str, when: str,
+           event: str) -> dict[str, Any]:
+    return ingest_event(engine, P, {"id": event, "type": "refund", "member": member,
+                                    "occurred_at": when, "order_id": order,
+                                    "amount": amount}, DAY_2)
+
+
+def refer(engine: sa.Engine, member: str, profile: dict[str, Any] | None = None,
+          ip: str | None = None, key: str | None = None) -> dict[str, Any]:
+    upsert_member(engine, P, member, profile or {}, DAY_2)
+    code = referrals.code_for(engine, P, "rina", DAY_2)["code"]
+    body: dict[str, Any] = {"code": code, "member": member}
+    if ip is not None:
+        body["ip"] = ip
+    return referrals.link(engine, P, body, key or f"link-{member}", DAY_2)
+
+
+def test_a_member_has_one_code_and_link(cafe: sa.Engine) -> None:
+    first = referrals.code_for(cafe, P, "rina", DAY_2, random_bytes=lambda n: b"\x01" * n)
+    # bits 0, 8, 16, 24, 32 set; 5 bits a character, least significant first: 1 8 0 2 G 0 4 0
+    assert first["code"] == "1802G040"
+    assert first["link"] == "https://growth.example/join?ref=1802G040"
+    assert referrals.code_for(cafe, P, "rina", DAY_2)["code"] == "1802G040"
+    assert first["referrals"]["paid"] == 0
+    with pytest.raises(UnknownMember):
+        referrals.code_for(cafe, P, "nobody", DAY_2)
+
+
+def test_the_referral_pays_both_sides_after_the_pending_period(cafe: sa.Engine) -> None:
+    linked = refer(cafe, "adi")
+    assert (linked["status"], linked["referrer"], linked["referee"], linked["guards"]) == (
+        "linked", "rina", "adi", [])
+    # RM 19.99 is below min_purchase: nothing qualifies
+    purchase(cafe, "adi", "o-1", "19.99", "2027-03-03T10:00:00+08:00")
+    assert referrals.get(cafe, P, linked["id"])["status"] == "linked"
+    purchase(cafe, "adi", "o-2", "25.00", "2027-03-04T10:00:00+08:00")
+    qualified = referrals.get(cafe, P, linked["id"])
+    assert (qualified["status"], qualified["order_id"], qualified["qualifies_at"]) == (
+        "qualified", "o-2", "2027-03-18T02:00:00+00:00")
+    run_due(cafe, at("2027-03-18T09:59:59+08:00"))
+    assert referral_postings(cafe) == []
+    run_due(cafe, at("2027-03-18T10:00:00+08:00"))
+    rid = f"referral:{linked['id']}"
+    assert referral_postings(cafe) == [("rina", "issued", "available", 300, rid),
+                                       ("adi", "issued", "available", 150, rid)]
+    # rina: 50 welcome + 300; adi: 50 welcome + 19 + 25 base + 150
+    assert available(cafe, "rina") == 350
+    assert available(cafe, "adi") == 244
+    run_due(cafe, at("2027-03-19T10:00:00+08:00"))  # idempotent: paid once
+    assert len(referral_postings(cafe)) == 2
+    assert referrals.get(cafe, P, linked["id"])["status"] == "paid"
+    assert_journal_ok(cafe)
+
+
+def test_a_refund_below_the_minimum_claws_both_sides_back(cafe: sa.Engine) -> None:
+    linked = refer(cafe, "adi")
+    purchase(cafe, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
+    run_due(cafe, at("2027-03-20T00:00:00+08:00"))
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (350, 230)
+    # 30.00 - 5.00 = 25.00 still qualifies: only the base points of 5.00 go
+    refund(cafe, "adi", "o-1", "5.00", "2027-03-21T10:00:00+08:00", "r-1")
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (350, 225)
+    result = refund(cafe, "adi", "o-1", "10.00", "2027-03-22T10:00:00+08:00", "r-2")
+    rid = f"referral:{linked['id']}"
+    assert [(p["rule"], p["points"]) for p in result["postings"]] == [("base", -10),
+                                                                     (rid, -150)]
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (50, 65)
+    assert referrals.get(cafe, P, linked["id"])["status"] == "clawed_back"
+    assert referral_postings(cafe)[2:] == [("rina", "available", "issued", 300, rid),
+                                           ("adi", "available", "issued", 150, rid)]
+    assert_journal_ok(cafe)
+
+
+def test_a_refund_before_payment_waits_for_another_purchase(cafe: sa.Engine) -> None:
+    linked = refer(cafe, "adi")
+    purchase(cafe, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
+    refund(cafe, "adi", "o-1", "30.00", "2027-03-04T10:00:00+08:00", "r-1")
+    assert referrals.get(cafe, P, linked["id"])["status"] == "linked"
+    purchase(cafe, "adi", "o-2", "20.00", "2027-03-05T10:00:00+08:00")
+    assert referrals.get(cafe, P, linked["id"])["qualifies_at"] == "2027-03-19T02:00:00+00:00"
+    run_due(cafe, at("2027-03-19T10:00:00+08:00"))
+    assert referrals.get(cafe, P, linked["id"])["status"] == "paid"
+    assert_journal_ok(cafe)
+
+
+def test_self_referral_by_normalised_email_goes_to_review(cafe: sa.Engine) -> None:
+    guarded = refer(cafe, "rina2", {"email": "rinatan@googlemail.com"})
+    assert guarded["status"] == "review"
+    assert guarded["guards"] == ["self-referral: the same email or phone as the referrer"]
+    by_phone = refer(cafe, "rina3", {"phone": "012-345 6789"})
+    assert by_phone["status"] == "review"
+    purchase(cafe, "rina2", "o-1", "40.00", "2027-03-03T10:00:00+08:00")
+    run_due(cafe, at("2027-04-30T10:00:00+08:00"))
+    assert referral_postings(cafe) == []  # in review: never pays by itself
+    queue = referrals.listing(cafe, P, "review")
+    assert sorted(q["referee"] for q in queue) == ["rina2", "rina3"]  # same created_at
+    approved = referrals.decide(cafe, P, guarded["id"], "approve", {"reason": "a sister"},
+                                "ok-1", fixed_clock("2027-04-30T11:00:00+08:00"))
+    # its purchase is already past the 14 days: approval pays at once
+    assert (approved["status"], approved["decided_reason"]) == ("paid", "a sister")
+    assert len(referral_postings(cafe)) == 2
+    rejected = referrals.decide(cafe, P, by_phone["id"], "reject", None, "no-1", DAY_2)
+    assert rejected["status"] == "rejected"
+    with pytest.raises(r.ReferralNotInReview):
+        referrals.decide(cafe, P, by_phone["id"], "approve", None, "ok-2", DAY_2)
+    assert referrals.listing(cafe, P, "review") == []
+    assert_journal_ok(cafe)
+
+
+def test_caps_per_referrer_and_per_ip_send_referrals_to_review(cafe: sa.Engine) -> None:
+    assert refer(cafe, "m1", ip="10.0.0.1")["status"] == "linked"
+    assert refer(cafe, "m2", ip="10.0.0.1")["status"] == "linked"
+    third = refer(cafe, "m3", ip="10.0.0.1")
+    assert third["status"] == "review"
+    assert third["guards"] == [
+        "referrer cap: 2 referral(s) this month already (at most 2)",
+        "IP cap: 2 referral(s) from this IP today already (at most 2)"]
+
+
+def test_refusals_change_nothing(cafe: sa.Engine) -> None:
+    upsert_member(cafe, P, "adi", {}, DAY_2)
+    code = referrals.code_for(cafe, P, "rina", DAY_2)["code"]
+    with pytest.raises(r.UnknownReferralCode):
+        referrals.link(cafe, P, {"code": "ZZZZZZZZ", "member": "adi"}, "k-1", DAY_2)
+    with pytest.raises(r.SelfReferral):
+        referrals.link(cafe, P, {"code": code, "member": "rina"}, "k-2", DAY_2)
+    with pytest.raises(UnknownMember):
+        referrals.link(cafe, P, {"code": code, "member": "nobody"}, "k-3", DAY_2)
+    purchase(cafe, "adi", "o-1", "5.00", "2027-03-03T10:00:00+08:00")
+    with pytest.raises(r.NotANewMember):
+        referrals.link(cafe, P, {"code": code, "member": "adi"}, "k-4", DAY_2)
+    assert referrals.listing(cafe, P) == []
+    refer(cafe, "bo")
+    with pytest.raises(r.AlreadyReferred):
+        referrals.link(cafe, P, {"code": code, "member": "bo"}, "k-5", DAY_2)
+    assert len(referrals.listing(cafe, P)) == 1
+    assert_journal_ok(cafe)
