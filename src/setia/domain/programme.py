@@ -20,6 +20,7 @@ from babel import Locale, UnknownLocaleError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from setia.domain.conditions import Condition, ConditionError, compile_condition
+from setia.domain.engagement_sections import Campaign, MembershipPlan, StampCard, section_errors
 from setia.domain.errors import InvalidProgramme
 from setia.domain.money import known_currencies, minor_digits
 
@@ -141,6 +142,11 @@ class ProgrammeModel(_Strict):
     earn: list[EarnRule] = Field(default_factory=list)
     tiers: Tiers = Tiers()
     rewards: list[Reward] = Field(default_factory=list)
+    # None when absent, so that the stored definition (and its hash) of a programme
+    # without these sections stays what it was
+    campaigns: list[Campaign] | None = None
+    stamp_cards: list[StampCard] | None = None
+    memberships: list[MembershipPlan] | None = None
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -254,6 +260,7 @@ def _semantic_errors(model: ProgrammeModel) -> list[tuple[str, str]]:
                 errors.append(
                     (f"{at}.voucher.amount_off", f"more decimals than {model.currency} allows")
                 )
+    errors += section_errors(model, digits)
     return errors
 
 

@@ -24,6 +24,7 @@ from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.service.common import require_programme, transaction
+from setia.service.engagement_due import engagement_due
 from setia.service.events import apply_event
 from setia.service.redemptions import finish_hold
 
@@ -39,6 +40,7 @@ class DueReport:
     tiers_changed: int = 0
     birthdays: int = 0
     programmes: list[str] = field(default_factory=list)
+    engagement: dict[str, int] = field(default_factory=dict)  # memberships, anniversaries
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -61,6 +63,7 @@ def run_due(engine: sa.Engine, as_of: datetime, program_id: str | None = None,
         _expire(engine, pid, as_of, report)
         _review_tiers(engine, pid, as_of, report)
         _birthdays(engine, pid, as_of, report)
+        engagement_due(engine, pid, as_of, report.engagement)
         if progress:
             progress(pid)
     return report

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import Caller, require
+from setia.entrypoints.api.engagement import router as engagement_router
 from setia.service import (
     activity,
     batch,
@@ -446,6 +447,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
         body = await read_body(request)
         return await call(reversals.reverse, program, body, key)
 
+    app.include_router(engagement_router)
     return app
 
 
