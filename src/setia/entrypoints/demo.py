@@ -23,6 +23,7 @@ from rich.table import Table
 
 from setia.adapters.db import tables as t
 from setia.domain.errors import SetiaError
+from setia.entrypoints.demo_engagement import engagement_demo
 from setia.service.check import check
 from setia.service.importer import import_batch
 from setia.service.members import upsert_member
@@ -338,3 +339,4 @@ def run_demo(
             activity.add_row(key, f"{value:,}")
         console.print(activity)
     console.print(summary(engine))
+    engagement_demo(engine, console, PROGRAM_ID, YEAR)
