@@ -235,3 +235,31 @@ def test_an_invalid_campaign_is_refused_with_its_path(sqlite_engine, campaign, f
     with pytest.raises(InvalidProgramme) as caught:
         load_programme(sqlite_engine, document)
     assert field in [path for path, _ in caught.value.errors]
+
+
+def test_setia_check_finds_campaign_counters_that_disagree_with_the_journal(engine):
+    from setia.service.check import check
+
+    programme(engine, campaigns=[{"id": "bonus", "name": "Bonus", "points": 10,
+                                  "budget": 100}])
+    enrol(engine, "m1")
+    buy(engine, "m1", "o1", "2027-02-01T10:00:00+08:00", "10.00")
+    assert check(engine).problems == []
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE campaign_budgets SET used = 11"))
+        conn.execute(sa.text("UPDATE campaign_awards SET kept = 4"))
+    assert check(engine).problems == [
+        "eng/campaign:bonus: awards say 6 points taken back, the journal clawed back 0",
+        "eng/campaign:bonus: budget used 11, awards 10",
+    ]
+
+
+def test_a_refund_claws_back_campaign_points_after_a_version_without_campaigns(engine):
+    programme(engine, campaigns=[{"id": "rate", "name": "Extra", "rate": 1}])
+    enrol(engine, "m1")
+    buy(engine, "m1", "o1", "2027-02-01T10:00:00+08:00", "40.00")
+    programme(engine)  # version 2: no campaigns
+    result = refund(engine, "m1", "o1", "40.00")
+    assert result["points"] == -80
+    assert available(engine, "m1") == 0
+    assert_journal_ok(engine)

@@ -38,10 +38,12 @@ def has_engagement(programme: Programme) -> bool:
 def after_event(uow: UnitOfWork, programme: Programme, member: Member, event: Event) -> int:
     """Campaign, stamp-card and membership effects of one event; the points they add
     (negative for a refund's clawbacks). Nothing here refuses the event."""
+    if event.type == "refund":
+        # even when the current version has none of the sections: the order may have
+        # earned campaign points or stamps under an earlier one
+        return _after_refund(uow, programme, member, event)
     if not has_engagement(programme):
         return 0
-    if event.type == "refund":
-        return _after_refund(uow, programme, member, event)
     rule_points: dict[str, int] = {}
     for posting in member.ledger.postings:
         if posting.code == "earn" and posting.rule_id is not None:
