@@ -1,12 +1,17 @@
 """The demo's campaigns, stamp cards and paid memberships (docs/engagement.md).
 
-The simulated year runs through the campaigns and stamp cards of
-examples/programs/kopi-setia.yaml on its own; here the café's most frequent
-members buy the Kopi Setia Plus plan on 1 December, and the figures are shown.
+The simulated 2027 runs through the stamp cards and the birthday and anniversary
+vouchers of examples/programs/kopi-setia.yaml. The points campaigns are dated 2028
+so that 2027's balances stay as the README tour expects; after it, a short "2028
+campaign season" runs: the café's most frequent members buy Kopi Setia Plus on
+2 January, then members shop during Chinese New Year (a budget that runs out) and
+Hari Raya (a multiplier with a hold-out). Deterministic; the same ids and keys on a
+rebuilt demo answer the first results, so nothing is counted twice.
 """
 
 from __future__ import annotations
 
+import random
 from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -19,21 +24,45 @@ from setia.adapters.db import tables as t
 from setia.adapters.db import tables_engagement as te
 from setia.service import memberships
 from setia.service.engagement_views import list_campaigns
+from setia.service.events import ingest_event
 
 PLAN = "kopi-plus"
 BUYERS = 12
+SEASON_PURCHASES = 150
 
 
 def engagement_demo(engine: sa.Engine, console: Console, program_id: str, year: int) -> None:
     tz = ZoneInfo("Asia/Kuala_Lumpur")
-    bought_at = datetime(year, 12, 1, 10, 0, tzinfo=tz)
+    season = year + 1
+    bought_at = datetime(season, 1, 2, 10, 0, tzinfo=tz)
     with engine.connect() as conn:
-        frequent = list(conn.execute(
-            sa.select(t.members.c.id).where(t.members.c.program_id == program_id)
-            .order_by(t.members.c.purchases.desc(), t.members.c.id).limit(BUYERS)).scalars())
-    for member_id in frequent:  # the same keys on a rebuilt demo answer the first result
+        ids = list(conn.execute(sa.select(t.members.c.id, t.members.c.purchases)
+                                .where(t.members.c.program_id == program_id)
+                                .order_by(t.members.c.id)).tuples())
+    frequent = [m for m, _ in sorted(ids, key=lambda row: (-row[1], row[0]))[:BUYERS]]
+    for member_id in frequent:
         memberships.buy(engine, program_id, member_id, {"plan": PLAN}, f"demo-plus-{member_id}",
                         clock=lambda: bought_at)
+    rng = random.Random(season)
+    members = [m for m, _ in ids]
+    days = [(1, 26), (1, 27), (2, 26), (2, 27), (2, 28)]
+    for n in range(min(SEASON_PURCHASES, 3 * len(members))):
+        month, day = days[n % len(days)]
+        member_id = rng.choice(members)
+        lattes = rng.randint(1, 3)
+        croissants = rng.randint(0, 2)
+        lines = [{"sku": "LATTE", "category": "coffee", "quantity": lattes,
+                  "amount": f"{Decimal('9.50') * lattes:.2f}"}]
+        if croissants:
+            lines.append({"sku": "CROISSANT", "category": "pastry", "quantity": croissants,
+                          "amount": f"{Decimal('6.50') * croissants:.2f}"})
+        amount = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
+        when = datetime(season, month, day, 9 + n % 10, n % 60, tzinfo=tz)
+        ingest_event(engine, program_id, {
+            "id": f"demo-{season}-{n:04d}", "type": "purchase", "member": member_id,
+            "order_id": f"demo-{season}-{n:04d}", "occurred_at": when.isoformat(),
+            "amount": f"{amount:.2f}", "currency": "MYR", "store": "kl-01", "channel": "pos",
+            "lines": lines}, clock=lambda when=when: when)
     console.print(campaign_table(engine, program_id))
     console.print(engagement_table(engine, program_id))
 
@@ -45,7 +74,7 @@ def campaign_table(engine: sa.Engine, program_id: str) -> Table:
         table.add_column(column, justify="left" if column in ("campaign", "effect")
                          else "right")
     for c in list_campaigns(engine, program_id)["campaigns"]:
-        budget = "-" if c["budget"] is None else f"{c['budget_used']:,}/{c['budget']:,}"
+        budget = "-" if c["budget"] is None else f"{c['budget_used']}/{c['budget']}"
         table.add_row(c["id"], c["effect"], f"{c['members']:,}", f"{c['points_kept']:,}",
                       f"{c['vouchers']:,}", budget, f"{c['holdouts']:,}")
     return table

@@ -12,6 +12,18 @@ from setia.entrypoints.api.auth import Caller, require
 from setia.service import engagement_views, memberships
 
 router = APIRouter()
+
+
+def _body_schema(properties: dict[str, Any], *, required: bool) -> dict[str, Any]:
+    schema = {"type": "object", "additionalProperties": False, "properties": properties}
+    return {"requestBody": {"required": required,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+PLAN = {"plan": {"type": "string", "examples": ["kopi-plus"]}}
+BUY_BODY = _body_schema(PLAN, required=True)
+RENEW_BODY = _body_schema(PLAN, required=False)
+CANCEL_BODY = _body_schema({"reason": {"type": "string"}}, required=False)
 BASE = "/v1/programs/{program}"
 IdempotencyKey = Header(alias="Idempotency-Key", min_length=1, max_length=200,
                         description="the caller's key for this write; a replay answers the "
@@ -66,7 +78,7 @@ async def get_membership(program: str, member: str, request: Request,
 
 
 @router.post(BASE + "/members/{member}/membership", tags=["memberships"], status_code=201,
-             responses=schemas.PROBLEM_RESPONSES)
+             openapi_extra=BUY_BODY, responses=schemas.PROBLEM_RESPONSES)
 async def buy_membership(program: str, member: str, request: Request,
                          key: str = IdempotencyKey,
                          caller: Caller = Depends(require(*WRITE))) -> Any:
@@ -78,7 +90,7 @@ async def buy_membership(program: str, member: str, request: Request,
 
 
 @router.post(BASE + "/members/{member}/membership/renew", tags=["memberships"],
-             responses=schemas.PROBLEM_RESPONSES)
+             openapi_extra=RENEW_BODY, responses=schemas.PROBLEM_RESPONSES)
 async def renew_membership(program: str, member: str, request: Request,
                            key: str = IdempotencyKey,
                            caller: Caller = Depends(require(*WRITE))) -> Any:
@@ -90,7 +102,7 @@ async def renew_membership(program: str, member: str, request: Request,
 
 
 @router.post(BASE + "/members/{member}/membership/cancel", tags=["memberships"],
-             responses=schemas.PROBLEM_RESPONSES)
+             openapi_extra=CANCEL_BODY, responses=schemas.PROBLEM_RESPONSES)
 async def cancel_membership(program: str, member: str, request: Request,
                             key: str = IdempotencyKey,
                             caller: Caller = Depends(require(*WRITE))) -> Any:
