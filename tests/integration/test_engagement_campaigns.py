@@ -235,6 +235,7 @@ def test_an_invalid_campaign_is_refused_with_its_path(sqlite_engine, campaign, f
     with pytest.raises(InvalidProgramme) as caught:
         load_programme(sqlite_engine, document)
     assert field in [path for path, _ in caught.value.errors]
+    assert_journal_ok(sqlite_engine)
 
 
 def test_setia_check_finds_campaign_counters_that_disagree_with_the_journal(engine):

@@ -124,6 +124,7 @@ def test_bad_requests_are_refused_and_change_nothing(engine, call, error, field)
         call(engine)
     assert caught.value.field == field
     assert state(engine) == before
+    assert_journal_ok(engine)
 
 
 def test_renew_or_cancel_without_a_membership_is_refused(engine):
@@ -133,6 +134,7 @@ def test_renew_or_cancel_without_a_membership_is_refused(engine):
         with pytest.raises(NoActiveMembership):
             command(engine, P, "m1", {}, f"k-{command.__name__}", fixed_clock(T0))
     assert state(engine) == before
+    assert_journal_ok(engine)
 
 
 def test_the_same_key_replays_the_first_answer(engine):
@@ -142,3 +144,4 @@ def test_the_same_key_replays_the_first_answer(engine):
     assert again == first
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM membership_purchases")).scalar() == 1
+    assert_journal_ok(engine)

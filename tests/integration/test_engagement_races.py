@@ -91,3 +91,4 @@ def test_two_tills_buying_a_membership_for_one_member_at_once_record_one_fee(pg_
                if kind == "error")
     with pg_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM membership_purchases")).scalar() == 1
+    assert_journal_ok(pg_engine)

@@ -12,6 +12,7 @@ rebuilt demo answer the first results, so nothing is counted twice.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -51,20 +52,25 @@ def engagement_demo(engine: sa.Engine, console: Console, program_id: str, year: 
         member_id = rng.choice(members)
         lattes = rng.randint(1, 3)
         croissants = rng.randint(0, 2)
-        lines = [{"sku": "LATTE", "category": "coffee", "quantity": lattes,
-                  "amount": f"{Decimal('9.50') * lattes:.2f}"}]
+        lines: list[dict[str, str | int]] = [
+            {"sku": "LATTE", "category": "coffee", "quantity": lattes,
+             "amount": f"{Decimal('9.50') * lattes:.2f}"}]
         if croissants:
             lines.append({"sku": "CROISSANT", "category": "pastry", "quantity": croissants,
                           "amount": f"{Decimal('6.50') * croissants:.2f}"})
-        amount = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
+        amount = sum((Decimal(str(line["amount"])) for line in lines), Decimal(0))
         when = datetime(season, month, day, 9 + n % 10, n % 60, tzinfo=tz)
         ingest_event(engine, program_id, {
             "id": f"demo-{season}-{n:04d}", "type": "purchase", "member": member_id,
             "order_id": f"demo-{season}-{n:04d}", "occurred_at": when.isoformat(),
             "amount": f"{amount:.2f}", "currency": "MYR", "store": "kl-01", "channel": "pos",
-            "lines": lines}, clock=lambda when=when: when)
+            "lines": lines}, clock=_at(when))
     console.print(campaign_table(engine, program_id))
     console.print(engagement_table(engine, program_id))
+
+
+def _at(moment: datetime) -> Callable[[], datetime]:
+    return lambda: moment
 
 
 def campaign_table(engine: sa.Engine, program_id: str) -> Table:
