@@ -24,6 +24,7 @@ from setia.domain import donations as donations_
 from setia.domain import referrals as referrals_
 from setia.domain import surveys as surveys_
 from setia.domain.conditions import Condition, ConditionError, compile_condition
+from setia.domain.engagement_sections import Campaign, MembershipPlan, StampCard, section_errors
 from setia.domain.errors import InvalidProgramme
 from setia.domain.money import known_currencies, minor_digits
 
@@ -160,6 +161,11 @@ class ProgrammeModel(_Strict):
     coupons: list[coupons_.Coupon] | None = None
     surveys: list[surveys_.Survey] | None = None
     causes: list[donations_.Cause] | None = None
+    # None when absent, so that the stored definition (and its hash) of a programme
+    # without these sections stays what it was
+    campaigns: list[Campaign] | None = None
+    stamp_cards: list[StampCard] | None = None
+    memberships: list[MembershipPlan] | None = None
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -274,6 +280,7 @@ def _semantic_errors(model: ProgrammeModel) -> list[tuple[str, str]]:
                     (f"{at}.voucher.amount_off", f"more decimals than {model.currency} allows")
                 )
     errors += _growth_errors(model, digits)
+    errors += section_errors(model, digits)
     return errors
 
 

@@ -341,3 +341,9 @@ app.add_typer(cli_surveys.donations_app, name="donations")
 
 def main() -> Any:  # pragma: no cover - console script entry
     return app()
+
+
+from setia.entrypoints.cli_engagement import campaigns_app, membership_app  # noqa: E402
+
+app.add_typer(campaigns_app, name="campaigns")
+app.add_typer(membership_app, name="membership")

@@ -25,6 +25,7 @@ from setia.adapters.db import tables as t
 from setia.domain.errors import SetiaError
 from setia.entrypoints import demo_growth
 from setia.entrypoints.demo_analytics import analytics_summary
+from setia.entrypoints.demo_engagement import engagement_demo
 from setia.entrypoints.web.demo import demo_web
 from setia.service.check import check
 from setia.service.importer import import_batch
@@ -344,3 +345,4 @@ def run_demo(
     console.print(summary(engine))
     analytics_summary(engine, console, PROGRAM_ID, YEAR)
     demo_web(engine, console, PROGRAM_ID)  # staff accounts of the web pages
+    engagement_demo(engine, console, PROGRAM_ID, YEAR)

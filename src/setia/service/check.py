@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
 from setia.domain.ledger import MEMBER_ACCOUNTS
+from setia.service.engagement_check import engagement_problems
 
 
 @dataclass
@@ -146,4 +147,5 @@ def check(engine: sa.Engine) -> CheckReport:
                 )
             if member.pending < 0 or member.reserved < 0:
                 report.problems.append(f"{who}: a pending or reserved balance is negative")
+        report.problems.extend(engagement_problems(conn))
     return report

@@ -28,7 +28,7 @@ from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Level, Programme
 from setia.domain.refunds import Order, OrderLine, remaining_lines, split_refund
-from setia.service import coupons, referrals
+from setia.service import coupons, engagement, referrals
 from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
 from setia.service.views import balances, tier_view
 
@@ -124,6 +124,7 @@ def apply_event(
         made = _refund(uow, programme, member, event)
     else:
         made = _other(programme, member, event)
+    made += engagement.after_event(uow, programme, member, event)
     context = PostingContext(
         ref=event.id, program_version=programme.version, occurred_at=event.occurred_at
     )

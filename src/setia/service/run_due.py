@@ -25,6 +25,7 @@ from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.service import referrals
 from setia.service.common import require_programme, transaction
+from setia.service.engagement_due import engagement_due
 from setia.service.events import apply_event
 from setia.service.redemptions import finish_hold
 
@@ -40,6 +41,7 @@ class DueReport:
     tiers_changed: int = 0
     birthdays: int = 0
     programmes: list[str] = field(default_factory=list)
+    engagement: dict[str, int] = field(default_factory=dict)  # memberships, anniversaries
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -63,6 +65,7 @@ def run_due(engine: sa.Engine, as_of: datetime, program_id: str | None = None,
         _review_tiers(engine, pid, as_of, report)
         _birthdays(engine, pid, as_of, report)
         referrals.pay_due(engine, pid, as_of)
+        engagement_due(engine, pid, as_of, report.engagement)
         if progress:
             progress(pid)
     return report

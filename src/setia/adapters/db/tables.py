@@ -225,4 +225,5 @@ from setia.adapters.db import (  # noqa: E402, F401
     tables_referrals,
     tables_surveys,
 )
+from setia.adapters.db import tables_engagement as tables_engagement  # noqa: E402,F401
 from setia.adapters.db import tables_web as tables_web  # noqa: E402,F401 - web pages' tables

@@ -25,6 +25,7 @@ from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import analytics as analytics_api
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import Caller, require
+from setia.entrypoints.api.engagement import router as engagement_router
 from setia.entrypoints.api.responses import JSONResponse
 from setia.entrypoints.web import install as install_web
 from setia.service import (
@@ -464,6 +465,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
 
     for router in (coupons.router, referrals.router, surveys.router, donations.router):
         app.include_router(router, responses=schemas.PROBLEM_RESPONSES)
+    app.include_router(engagement_router)
     return app
 
 

@@ -1,0 +1,138 @@
+"""Run-due work of campaigns and paid memberships, driven by ``as_of`` and idempotent:
+memberships that ended expire (their tier floor goes), active ones get the monthly
+vouchers owed and keep their tier floor (after the core's tier review), and members
+whose enrolment anniversary has come get an ``anniversary`` event (earn rules and
+campaigns ``on: anniversary`` reward it). Each member is one transaction, locked
+with SKIP LOCKED on PostgreSQL like the core's run-due.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from setia.adapters.db import tables as t
+from setia.adapters.db import tables_engagement as te
+from setia.adapters.db.store import PostingContext, UnitOfWork
+from setia.domain.events import Event
+from setia.domain.programme import Programme
+from setia.service.common import require_programme, transaction
+from setia.service.engagement import plan_of
+from setia.service.memberships import apply_tier_floor, issue_monthly, restore_tier
+
+BATCH = 200
+
+
+def engagement_due(engine: sa.Engine, program_id: str, as_of: datetime,
+                   counts: dict[str, int]) -> None:
+    with UnitOfWork(engine) as uow:
+        programme = require_programme(uow, program_id)
+    for name in ("memberships_expired", "membership_vouchers", "anniversaries"):
+        counts.setdefault(name, 0)
+    if programme.model.memberships is not None or _has_rows(engine, program_id):
+        _memberships(engine, program_id, as_of, counts)
+    if any(c.on == "anniversary" for c in programme.model.campaigns or []) or any(
+            rule.on == "anniversary" for rule in programme.model.earn):
+        _anniversaries(engine, program_id, as_of, counts)
+
+
+def _has_rows(engine: sa.Engine, program_id: str) -> bool:
+    m = te.membership_purchases
+    with engine.connect() as conn:
+        return conn.execute(sa.select(m.c.id).where(m.c.program == program_id,
+                                                    m.c.status == "active").limit(1)).first() \
+            is not None
+
+
+def _for_each_member(engine: sa.Engine, program_id: str, pks: list[int], as_of: datetime,
+                     work: Any) -> None:
+    for start in range(0, len(pks), BATCH):
+        chunk = pks[start:start + BATCH]
+
+        def batch(uow: UnitOfWork, chunk: list[int] = chunk) -> None:
+            programme = require_programme(uow, program_id)
+            for member in uow.members_for_update(program_id, chunk, skip_locked=True):
+                work(uow, programme, member)
+                uow.record(program_id, member, PostingContext(
+                    f"run-due:{as_of.isoformat()}", programme.version, as_of))
+            uow.commit()
+
+        transaction(engine, batch)
+
+
+def _memberships(engine: sa.Engine, program_id: str, as_of: datetime,
+                 counts: dict[str, int]) -> None:
+    m = te.membership_purchases
+    with engine.connect() as conn:
+        pks = sorted(set(conn.execute(sa.select(m.c.member_pk).where(
+            m.c.program == program_id, m.c.status == "active",
+            m.c.starts_at <= as_of)).scalars()))
+
+    def work(uow: UnitOfWork, programme: Programme, member: Any) -> None:
+        rows = [dict(row) for row in uow.execute(sa.select(m).where(
+            m.c.member_pk == member.pk, m.c.program == program_id, m.c.status == "active",
+        ).order_by(m.c.starts_at)).mappings()]
+        ended = [row for row in rows if row["ends_at"] <= as_of]
+        if ended:
+            uow.execute(m.update().where(m.c.id.in_([row["id"] for row in ended]))
+                        .values(status="expired"))
+            counts["memberships_expired"] += len(ended)
+        current = next((row for row in rows
+                        if row["starts_at"] <= as_of < row["ends_at"]), None)
+        if current is None:
+            if ended:
+                restore_tier(programme, member, as_of)
+            return
+        counts["membership_vouchers"] += issue_monthly(uow, programme, member, current, as_of)
+        apply_tier_floor(programme, member, plan_of(programme, current["plan_id"]))
+
+    _for_each_member(engine, program_id, pks, as_of, work)
+
+
+def anniversary_in(year: int, enrolled: date) -> date:
+    try:
+        return enrolled.replace(year=year)
+    except ValueError:  # enrolled on 29 February
+        return date(year, 2, 28)
+
+
+def _anniversaries(engine: sa.Engine, program_id: str, as_of: datetime,
+                   counts: dict[str, int]) -> None:
+    with UnitOfWork(engine) as uow:
+        programme = require_programme(uow, program_id)
+    local = as_of.astimezone(programme.tz)
+    year = local.year
+    mem, ev = t.members, t.events
+    event_id = sa.literal("anniversary:") + mem.c.id + sa.literal(f":{year}")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(mem.c.pk, mem.c.enrolled_at)
+            .outerjoin(ev, sa.and_(ev.c.program_id == mem.c.program_id, ev.c.id == event_id))
+            .where(mem.c.program_id == program_id, ev.c.id.is_(None))
+        ).all()
+    pks = sorted(pk for pk, enrolled_at in rows if _due(programme, enrolled_at, local.date()))
+
+    def work(uow: UnitOfWork, programme: Programme, member: Any) -> None:
+        from setia.service.events import apply_event
+
+        if not _due(programme, member.enrolled_at, local.date()):
+            return
+        event_id = f"anniversary:{member.id}:{year}"
+        payload = {"id": event_id, "type": "anniversary", "member": member.id,
+                   "occurred_at": as_of.isoformat()}
+        result = apply_event(uow, programme, Event(id=event_id, type="anniversary",
+                                                   member=member.id, occurred_at=as_of),
+                             payload, as_of)
+        if result["status"] == "applied":
+            counts["anniversaries"] += 1
+
+    _for_each_member(engine, program_id, pks, as_of, work)
+
+
+def _due(programme: Programme, enrolled_at: datetime, today: date) -> bool:
+    enrolled = enrolled_at.astimezone(programme.tz).date()
+    if enrolled.year >= today.year:
+        return False
+    return anniversary_in(today.year, enrolled) <= today

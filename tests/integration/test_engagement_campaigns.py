@@ -1,0 +1,266 @@
+"""Campaigns: windows, effects, audiences, hold-outs, budget and per-member caps, refunds,
+birthday and anniversary rewards; every point through the journal."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from setia.domain.engagement import in_holdout
+from setia.domain.errors import InvalidProgramme
+from setia.service.engagement_views import get_campaign, list_campaigns
+from setia.service.events import ingest_event
+from setia.service.members import get_member, upsert_member
+from setia.service.redemptions import check_voucher
+from setia.service.run_due import run_due
+from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
+
+P = "eng"
+CLOCK = fixed_clock("2027-01-04T09:00:00+08:00")
+BASE: dict[str, Any] = {
+    "id": P, "name": "Engagement", "currency": "MYR", "timezone": "Asia/Kuala_Lumpur",
+    "points": {"pending_days": 0},
+    "earn": [
+        {"id": "base", "on": "purchase", "rate": 1},
+        {"id": "pastry", "on": "purchase", "categories": ["pastry"], "rate": 1},
+    ],
+    "tiers": {"levels": [{"id": "member", "name": "Member", "threshold": 0},
+                         {"id": "gold", "name": "Gold", "threshold": 100,
+                          "multiplier": 2}]},
+}
+
+
+def programme(engine: sa.Engine, **sections: Any) -> None:
+    document = copy.deepcopy(BASE)
+    document.update(sections)
+    load_programme(engine, document)
+
+
+def enrol(engine: sa.Engine, member: str, **profile: Any) -> None:
+    profile.setdefault("enrolled_at", "2027-01-01T09:00:00+08:00")
+    upsert_member(engine, P, member, profile, CLOCK)
+
+
+def buy(engine: sa.Engine, member: str, order: str, when: str, amount: str,
+        lines: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+    event = {"id": f"e-{order}", "type": "purchase", "member": member, "order_id": order,
+             "occurred_at": when, "amount": amount, **extra}
+    if lines is not None:
+        event["lines"] = lines
+    return ingest_event(engine, P, event, CLOCK)
+
+
+def refund(engine: sa.Engine, member: str, order: str, amount: str, n: int = 1) -> Any:
+    return ingest_event(engine, P, {
+        "id": f"r{n}-{order}", "type": "refund", "member": member, "order_id": order,
+        "occurred_at": "2027-12-01T10:00:00+08:00", "amount": amount}, CLOCK)
+
+
+def rules_of(result: dict[str, Any]) -> dict[str, int]:
+    return {p["rule"]: p["points"] for p in result["postings"]}
+
+
+def available(engine: sa.Engine, member: str) -> int:
+    return int(get_member(engine, P, member, CLOCK)["balances"]["available"])
+
+
+RAYA = {"id": "hari-raya", "name": "Hari Raya double", "from": "2027-03-10",
+        "until": "2027-03-12", "multiplier": 2, "rules": ["base"]}
+
+
+def test_a_multiplier_campaign_doubles_the_named_rule_inside_its_window_only(engine):
+    # Given Hari Raya ×2 on base, 10 to 12 March 2027 (Kuala Lumpur days)
+    programme(engine, campaigns=[RAYA])
+    enrol(engine, "m1")
+    lines = [{"sku": "LATTE", "category": "coffee", "quantity": 2, "amount": "24.00"},
+             {"sku": "CROISSANT", "category": "pastry", "quantity": 1, "amount": "18.50"}]
+    # When m1 buys RM 42.50 on 11 March: base 42, pastry 18, campaign (2-1) × 42 = 42
+    inside = buy(engine, "m1", "o1", "2027-03-11T10:00:00+08:00", "42.50", lines)
+    # and the same on 13 March 00:30 local (12 March 16:30 UTC): outside the window
+    outside = buy(engine, "m1", "o2", "2027-03-12T16:30:00+00:00", "42.50", lines)
+    # Then
+    assert rules_of(inside) == {"base": 42, "pastry": 18, "campaign:hari-raya": 42}
+    assert inside["points"] == 102
+    assert inside["postings"][-1]["explanation"] == (
+        "×2 on 42 Points: +42 Points (Hari Raya double)")
+    assert rules_of(outside) == {"base": 42, "pastry": 18}
+    assert available(engine, "m1") == 102 + 60
+    assert_journal_ok(engine)
+
+
+def test_budget_and_per_member_cap_are_never_exceeded(engine):
+    # Given 11.11: 100 points per purchase, at most 150 per member, 250 in all
+    programme(engine, campaigns=[{"id": "double-eleven", "name": "11.11", "from": "2027-11-11",
+                                  "until": "2027-11-11", "points": 100, "per_member": 150,
+                                  "budget": 250}])
+    for member in ("m1", "m2", "m3"):
+        enrol(engine, member)
+    day = "2027-11-11T12:00:00+08:00"
+    # When m1 buys twice, then m2, then m3 (RM 10.00 each: base 10)
+    first = buy(engine, "m1", "a", day, "10.00")
+    second = buy(engine, "m1", "b", day, "10.00")
+    third = buy(engine, "m2", "c", day, "10.00")
+    fourth = buy(engine, "m3", "d", day, "10.00")
+    # Then m1 gets 100 then 50 (its cap), m2 the last 100 of the budget, m3 nothing
+    assert rules_of(first) == {"base": 10, "campaign:double-eleven": 100}
+    assert rules_of(second) == {"base": 10, "campaign:double-eleven": 50}
+    assert second["postings"][-1]["explanation"].endswith(", capped to 50")
+    assert rules_of(third) == {"base": 10, "campaign:double-eleven": 100}
+    assert rules_of(fourth) == {"base": 10}
+    report = get_campaign(engine, P, "double-eleven")
+    assert (report["budget_used"], report["budget_left"], report["awards"],
+            report["members"], report["points_awarded"]) == (250, 0, 3, 2, 250)
+    assert_journal_ok(engine)
+
+
+def test_audiences_tier_attributes_birthday_month_and_win_back(engine):
+    programme(engine, campaigns=[
+        {"id": "gold-weekend", "name": "Gold weekend", "days": ["sat", "sun"],
+         "audience": {"tiers": ["gold"]}, "points": 7},
+        {"id": "penang", "name": "Penang", "audience": {"attributes": {"city": "Penang"}},
+         "points": 11},
+        {"id": "birthday-month", "name": "Birthday month", "audience": {"birthday_month": True},
+         "rate": "0.5"},
+        {"id": "win-back", "name": "We miss you", "audience": {"lapsed_days": 60},
+         "points": 50},
+    ])
+    enrol(engine, "penang-bday", birthday="1990-05-20", attributes={"city": "Penang"})
+    enrol(engine, "plain")
+    # A first purchase in May (a Monday, 2027-05-03): penang and birthday month
+    # (floor(0.5 x 30) = 15); no earlier purchase, so no win-back
+    first = buy(engine, "penang-bday", "p1", "2027-05-03T10:00:00+08:00", "30.00")
+    assert rules_of(first) == {"base": 30, "campaign:penang": 11,
+                               "campaign:birthday-month": 15}
+    # RM 100 makes "plain" gold from this event on; the event itself counts at Member
+    crossing = buy(engine, "plain", "q1", "2027-05-08T10:00:00+08:00", "100.00")  # Saturday
+    assert rules_of(crossing) == {"base": 100}
+    # The next Saturday, as Gold: base 2 x 10 = 20 and gold-weekend 7
+    gold = buy(engine, "plain", "q2", "2027-05-15T10:00:00+08:00", "10.00")
+    assert rules_of(gold) == {"base": 20, "campaign:gold-weekend": 7}
+    # 59 days and 23 hours after the last purchase: not lapsed yet; 61 days after that
+    # one (Monday 13 September): win-back
+    early = buy(engine, "plain", "q3", "2027-07-14T09:00:00+08:00", "10.00")
+    assert rules_of(early) == {"base": 20}
+    late = buy(engine, "plain", "q4", "2027-09-13T09:00:00+08:00", "10.00")
+    assert rules_of(late) == {"base": 20, "campaign:win-back": 50}
+    assert_journal_ok(engine)
+
+
+def test_a_hold_out_share_excludes_members_deterministically_and_records_them(engine):
+    programme(engine, campaigns=[{"id": "half", "name": "Half", "points": 5,
+                                  "holdout": "0.5"}])
+    members = [f"h{i}" for i in range(12)]
+    held = [m for m in members if in_holdout(P, "half", m, __import__("decimal").Decimal("0.5"))]
+    assert 0 < len(held) < len(members)  # both sides are represented among these twelve
+    for n, member in enumerate(members):
+        enrol(engine, member)
+        result = buy(engine, member, f"o{n}", "2027-02-01T10:00:00+08:00", "10.00")
+        assert ("campaign:half" in rules_of(result)) == (member not in held)
+    with engine.connect() as conn:
+        recorded = conn.execute(sa.text(
+            "SELECT member_id FROM campaign_holdouts WHERE program_id = :p AND "
+            "campaign_id = 'half' ORDER BY member_id"), {"p": P}).scalars().all()
+    assert recorded == sorted(held)
+    report = get_campaign(engine, P, "half")
+    assert (report["holdouts"], report["members"]) == (len(held), len(members) - len(held))
+    assert_journal_ok(engine)
+
+
+def test_a_refund_claws_back_campaign_points_recomputed_on_what_is_left(engine):
+    programme(engine, campaigns=[
+        {"id": "rate", "name": "Extra", "rate": 1},
+        {"id": "fixed", "name": "Big basket", "points": 30, "min_amount": "30.00"},
+    ])
+    enrol(engine, "m1")
+    buy(engine, "m1", "o1", "2027-02-01T10:00:00+08:00", "40.00")
+    assert available(engine, "m1") == 40 + 40 + 30
+    # Refund 15.00: base keeps 25, rate keeps 25, fixed falls below its 30.00: all 30 back
+    result = refund(engine, "m1", "o1", "15.00")
+    assert result["points"] == -(15 + 15 + 30)
+    assert available(engine, "m1") == 50
+    # The rest: everything goes
+    refund(engine, "m1", "o1", "25.00", n=2)
+    assert available(engine, "m1") == 0
+    report = {c["id"]: c for c in list_campaigns(engine, P)["campaigns"]}
+    assert (report["rate"]["points_awarded"], report["rate"]["points_kept"]) == (40, 0)
+    assert_journal_ok(engine)
+
+
+def test_birthday_voucher_and_anniversary_points_come_from_run_due_once(engine):
+    programme(engine, campaigns=[
+        {"id": "cake", "name": "Birthday cake", "on": "birthday",
+         "voucher": {"free_item": "cake", "valid_days": 30}},
+        {"id": "anniversary", "name": "Thank you", "on": "anniversary", "points": 200},
+    ])
+    enrol(engine, "old", enrolled_at="2026-05-01T12:00:00+08:00", birthday="1990-03-03")
+    # Given run-due before either day: nothing
+    report = run_due(engine, at("2027-03-02T12:00:00+08:00"), P)
+    assert (report.birthdays, report.engagement["anniversaries"]) == (0, 0)
+    # On the birthday: one voucher for a free cake, valid 30 days
+    run_due(engine, at("2027-03-03T08:00:00+08:00"), P)
+    with engine.connect() as conn:
+        codes = conn.execute(sa.text("SELECT code FROM vouchers WHERE reward_id = "
+                                     "'campaign:cake'")).scalars().all()
+    assert len(codes) == 1
+    voucher = check_voucher(engine, P, codes[0], fixed_clock("2027-03-10T00:00:00+08:00"))
+    assert (voucher["status"], voucher["benefit"]) == ("valid",
+                                                       {"kind": "free_item", "free_item": "cake"})
+    assert voucher["expires_at"] == "2027-04-02T00:00:00+00:00"
+    # On the enrolment anniversary: 200 points, once
+    report = run_due(engine, at("2027-05-01T09:00:00+08:00"), P)
+    assert report.engagement["anniversaries"] == 1
+    again = run_due(engine, at("2027-05-02T09:00:00+08:00"), P)
+    assert (again.engagement["anniversaries"], again.birthdays) == (0, 0)
+    assert available(engine, "old") == 200
+    assert_journal_ok(engine)
+
+
+@pytest.mark.parametrize(("campaign", "field"), [
+    ({"id": "x", "name": "X"}, "campaigns[0]"),
+    ({"id": "x", "name": "X", "points": 1, "rate": 1}, "campaigns[0]"),
+    ({"id": "x", "name": "X", "multiplier": 2, "rules": ["nope"]}, "campaigns[0].rules[0]"),
+    ({"id": "x", "name": "X", "points": 1, "audience": {"tiers": ["platinum"]}},
+     "campaigns[0].audience.tiers[0]"),
+    ({"id": "x", "name": "X", "points": 1, "from": "2027-02-01", "until": "2027-01-01"},
+     "campaigns[0].until"),
+    ({"id": "x", "name": "X", "points": 1, "holdout": "1"}, "campaigns[0].holdout"),
+    ({"id": "x", "name": "X", "multiplier": 1}, "campaigns[0].multiplier"),
+])
+def test_an_invalid_campaign_is_refused_with_its_path(sqlite_engine, campaign, field):
+    document = copy.deepcopy(BASE)
+    document["campaigns"] = [campaign]
+    with pytest.raises(InvalidProgramme) as caught:
+        load_programme(sqlite_engine, document)
+    assert field in [path for path, _ in caught.value.errors]
+    assert_journal_ok(sqlite_engine)
+
+
+def test_setia_check_finds_campaign_counters_that_disagree_with_the_journal(engine):
+    from setia.service.check import check
+
+    programme(engine, campaigns=[{"id": "bonus", "name": "Bonus", "points": 10,
+                                  "budget": 100}])
+    enrol(engine, "m1")
+    buy(engine, "m1", "o1", "2027-02-01T10:00:00+08:00", "10.00")
+    assert check(engine).problems == []
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE campaign_budgets SET used = 11"))
+        conn.execute(sa.text("UPDATE campaign_awards SET kept = 4"))
+    assert check(engine).problems == [
+        "eng/campaign:bonus: awards say 6 points taken back, the journal clawed back 0",
+        "eng/campaign:bonus: budget used 11, awards 10",
+    ]
+
+
+def test_a_refund_claws_back_campaign_points_after_a_version_without_campaigns(engine):
+    programme(engine, campaigns=[{"id": "rate", "name": "Extra", "rate": 1}])
+    enrol(engine, "m1")
+    buy(engine, "m1", "o1", "2027-02-01T10:00:00+08:00", "40.00")
+    programme(engine)  # version 2: no campaigns
+    result = refund(engine, "m1", "o1", "40.00")
+    assert result["points"] == -80
+    assert available(engine, "m1") == 0
+    assert_journal_ok(engine)

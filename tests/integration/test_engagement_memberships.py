@@ -1,0 +1,147 @@
+"""Paid memberships: buy, renew, cancel, expire by run-due; benefits (multiplier, monthly
+voucher, tier floor) only while active; every fee recorded."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from setia.domain.engagement import MembershipActive, NoActiveMembership, UnknownPlan
+from setia.domain.errors import IdempotencyConflict, InvalidField, UnknownMember
+from setia.service import memberships
+from setia.service.run_due import run_due
+from tests.conftest import assert_journal_ok, at, fixed_clock
+from tests.integration.test_engagement_campaigns import P, buy, enrol, programme, rules_of
+
+PLUS = {"id": "plus", "name": "Kopi+", "fee": "49.00", "months": 3, "multiplier": "1.5",
+        "monthly_voucher": {"free_item": "latte", "valid_days": 30}, "tier_floor": "gold"}
+LITE = {"id": "lite", "name": "Lite", "fee": "9.90", "months": 1}
+T0 = "2027-01-31T10:00:00+08:00"
+
+
+def setup(engine: sa.Engine) -> None:
+    programme(engine, memberships=[PLUS, LITE])
+    enrol(engine, "m1")
+
+
+def bought(engine: sa.Engine, when: str = T0, plan: str = "plus",
+           key: str = "k-buy") -> dict[str, Any]:
+    return memberships.buy(engine, P, "m1", {"plan": plan}, key, fixed_clock(when))
+
+
+def state(engine: sa.Engine) -> tuple[Any, ...]:
+    with engine.connect() as conn:
+        return tuple(tuple(conn.execute(sa.text(sql)).all()) for sql in (
+            "SELECT id, status, ends_at FROM membership_purchases ORDER BY id",
+            "SELECT count(*) FROM postings", "SELECT count(*) FROM vouchers",
+            "SELECT tier_id, available FROM members ORDER BY pk"))
+
+
+def test_buying_records_the_fee_and_gives_every_benefit_while_active(engine):
+    setup(engine)
+    view = bought(engine)
+    # 31 January + 3 months = 30 April (end of a shorter month), 10:00 local
+    assert (view["status"], view["plan"], view["tier"]) == ("active", "plus", "gold")
+    assert view["ends_at"] == "2027-04-30T02:00:00+00:00"
+    assert view["purchases"] == [{
+        "id": view["purchases"][0]["id"], "plan": "plus", "kind": "buy", "fee": "49.00",
+        "currency": "MYR", "starts_at": "2027-01-31T02:00:00+00:00",
+        "ends_at": "2027-04-30T02:00:00+00:00", "status": "active", "vouchers_issued": 1}]
+    with engine.connect() as conn:
+        fee = conn.execute(sa.text("SELECT fee, currency, program, member, plan_id FROM "
+                                   "membership_purchases")).one()
+    assert (Decimal(fee[0]), *fee[1:]) == (Decimal("49.00"), "MYR", P, "m1", "plus")
+    # A RM 20.00 purchase as Gold (x2): base 40, membership (1.5 - 1) x 40 = 20
+    result = buy(engine, "m1", "o1", "2027-02-01T10:00:00+08:00", "20.00")
+    assert rules_of(result) == {"base": 40, "membership:plus": 20}
+    # Run-due a month later: the second monthly voucher (28 February 10:00 local)
+    report = run_due(engine, at("2027-02-28T10:00:00+08:00"), P)
+    assert report.engagement["membership_vouchers"] == 1
+    assert memberships.get_membership(engine, P, "m1", fixed_clock(
+        "2027-03-01T00:00:00+08:00"))["purchases"][0]["vouchers_issued"] == 2
+    assert_journal_ok(engine)
+
+
+def test_at_expiry_the_benefits_stop_and_the_tier_is_what_the_member_earned(engine):
+    setup(engine)
+    bought(engine)
+    run_due(engine, at("2027-04-30T09:59:00+08:00"), P)  # a minute before the end
+    after = buy(engine, "m1", "o1", "2027-04-30T10:00:00+08:00", "20.00")
+    # the purchase at the very end earns without the multiplier, though still at Gold
+    # until run-due ends the membership
+    assert rules_of(after) == {"base": 40}
+    report = run_due(engine, at("2027-04-30T10:00:00+08:00"), P)
+    assert report.engagement["memberships_expired"] == 1
+    view = memberships.get_membership(engine, P, "m1", fixed_clock("2027-05-01T00:00:00+08:00"))
+    assert (view["status"], view["tier"], view["purchases"][0]["status"]) == (
+        "none", "member", "expired")
+    assert view["purchases"][0]["vouchers_issued"] == 3  # January, February, March
+    assert run_due(engine, at("2027-05-30T10:00:00+08:00"), P).engagement == {
+        "memberships_expired": 0, "membership_vouchers": 0, "anniversaries": 0}
+    assert_journal_ok(engine)
+
+
+def test_renewal_starts_when_the_current_period_ends_and_cancel_stops_both(engine):
+    setup(engine)
+    bought(engine)
+    renewed = memberships.renew(engine, P, "m1", {"plan": "lite"}, "k-renew",
+                                fixed_clock("2027-04-01T10:00:00+08:00"))
+    assert [(p["kind"], p["plan"], p["fee"], p["starts_at"], p["ends_at"])
+            for p in renewed["purchases"]] == [
+        ("buy", "plus", "49.00", "2027-01-31T02:00:00+00:00", "2027-04-30T02:00:00+00:00"),
+        ("renew", "lite", "9.90", "2027-04-30T02:00:00+00:00", "2027-05-30T02:00:00+00:00")]
+    assert renewed["ends_at"] == "2027-05-30T02:00:00+00:00"
+    cancelled = memberships.cancel(engine, P, "m1", {"reason": "moving away"}, "k-cancel",
+                                   fixed_clock("2027-04-02T10:00:00+08:00"))
+    assert (cancelled["status"], cancelled["tier"]) == ("none", "member")
+    assert [p["status"] for p in cancelled["purchases"]] == ["cancelled", "cancelled"]
+    result = buy(engine, "m1", "o1", "2027-04-03T10:00:00+08:00", "20.00")
+    assert rules_of(result) == {"base": 20}
+    assert_journal_ok(engine)
+
+
+@pytest.mark.parametrize(("call", "error", "field"), [
+    (lambda e: memberships.buy(e, P, "m1", {"plan": "gold"}, "x1", fixed_clock(T0)),
+     UnknownPlan, "plan"),
+    (lambda e: memberships.buy(e, P, "m1", {}, "x2", fixed_clock(T0)), InvalidField, "plan"),
+    (lambda e: memberships.buy(e, P, "m1", {"plan": "plus", "fee": "1"}, "x3",
+                               fixed_clock(T0)), InvalidField, "fee"),
+    (lambda e: memberships.buy(e, P, "ghost", {"plan": "plus"}, "x4", fixed_clock(T0)),
+     UnknownMember, "member"),
+    (lambda e: memberships.buy(e, P, "m1", {"plan": "lite"}, "x5", fixed_clock(T0)),
+     MembershipActive, "plan"),
+    (lambda e: memberships.buy(e, P, "m1", {"plan": "lite"}, "k-buy", fixed_clock(T0)),
+     IdempotencyConflict, "Idempotency-Key"),
+])
+def test_bad_requests_are_refused_and_change_nothing(engine, call, error, field):
+    setup(engine)
+    bought(engine)
+    before = state(engine)
+    with pytest.raises(error) as caught:
+        call(engine)
+    assert caught.value.field == field
+    assert state(engine) == before
+    assert_journal_ok(engine)
+
+
+def test_renew_or_cancel_without_a_membership_is_refused(engine):
+    setup(engine)
+    before = state(engine)
+    for command in (memberships.renew, memberships.cancel):
+        with pytest.raises(NoActiveMembership):
+            command(engine, P, "m1", {}, f"k-{command.__name__}", fixed_clock(T0))
+    assert state(engine) == before
+    assert_journal_ok(engine)
+
+
+def test_the_same_key_replays_the_first_answer(engine):
+    setup(engine)
+    first = bought(engine)
+    again = bought(engine, when="2027-02-05T10:00:00+08:00")
+    assert again == first
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM membership_purchases")).scalar() == 1
+    assert_journal_ok(engine)
