@@ -23,6 +23,7 @@ from setia.domain.errors import RedemptionNotHeld, UnknownProgramme
 from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
+from setia.service import store_credit
 from setia.service.common import require_programme, transaction
 from setia.service.events import apply_event
 from setia.service.redemptions import finish_hold
@@ -38,6 +39,8 @@ class DueReport:
     tiers_reviewed: int = 0
     tiers_changed: int = 0
     birthdays: int = 0
+    credit_holds_released: int = 0
+    rebates_credited: int = 0
     programmes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,6 +64,9 @@ def run_due(engine: sa.Engine, as_of: datetime, program_id: str | None = None,
         _expire(engine, pid, as_of, report)
         _review_tiers(engine, pid, as_of, report)
         _birthdays(engine, pid, as_of, report)
+        released, rebated = store_credit.run_due(engine, pid, as_of)
+        report.credit_holds_released += released
+        report.rebates_credited += rebated
         if progress:
             progress(pid)
     return report

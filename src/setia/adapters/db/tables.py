@@ -126,6 +126,7 @@ orders = sa.Table(
     sa.Column("lines", sa.JSON, nullable=False),
     sa.Column("awards", sa.JSON, nullable=False),
     sa.Column("event", sa.JSON, nullable=False),
+    sa.Column("partner", sa.String(64)),  # the coalition partner of the purchase, if any
 )
 
 metric_buckets = sa.Table(
@@ -156,6 +157,7 @@ events = sa.Table(
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("result", sa.JSON, nullable=False),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.Column("partner", sa.String(64)),  # the coalition partner the event came from, if any
 )
 
 commands = sa.Table(
@@ -216,3 +218,7 @@ api_keys = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime),
 )
+
+
+# Tables of feature areas, on the same metadata (kept in their own modules).
+from setia.adapters.db import tables_partners, tables_store_credit  # noqa: E402, F401
