@@ -319,3 +319,9 @@ def keys_create(
 
 def main() -> Any:  # pragma: no cover - console script entry
     return app()
+
+
+from setia.entrypoints.cli_store_credit import credit_app, settlement_command  # noqa: E402
+
+app.add_typer(credit_app, name="credit")
+app.command("settlement")(settlement_command)

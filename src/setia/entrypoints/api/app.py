@@ -22,7 +22,9 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from setia.domain.errors import Busy, InvalidField, SetiaError
+from setia.entrypoints.api import partners as partners_api
 from setia.entrypoints.api import schemas
+from setia.entrypoints.api import store_credit as store_credit_api
 from setia.entrypoints.api.auth import Caller, require
 from setia.service import (
     activity,
@@ -446,6 +448,8 @@ def create_app(engine: sa.Engine) -> FastAPI:
         body = await read_body(request)
         return await call(reversals.reverse, program, body, key)
 
+    app.include_router(store_credit_api.router)
+    app.include_router(partners_api.router)
     return app
 
 
