@@ -21,6 +21,34 @@ HOLD_BODY = {"requestBody": {"required": True, "content": {"application/json": {
                    "amount": {"type": "string", "example": "12.50"},
                    "reference": {"type": "string", "maxLength": 200}},
     "additionalProperties": False}}}}}
+_MONEY = {"type": "string", "example": "12.50"}
+_BALANCES = {"type": "object", "required": ["available", "reserved"],
+             "properties": {"available": _MONEY, "reserved": _MONEY}}
+HOLD_VIEW = {"description": "the hold", "content": {"application/json": {"schema": {
+    "type": "object",
+    "required": ["id", "status", "member", "amount", "captured", "hold_expires_at", "balances"],
+    "properties": {"id": {"type": "string"},
+                   "status": {"type": "string", "enum": ["held", "captured", "released"]},
+                   "member": {"type": "string"}, "amount": _MONEY, "captured": _MONEY,
+                   "reference": {"type": ["string", "null"]},
+                   "hold_expires_at": {"type": "string", "format": "date-time"},
+                   "balances": _BALANCES}}}}}
+CREDIT_VIEW = {"description": "the member's store credit", "content": {"application/json": {
+    "schema": {"type": "object",
+               "required": ["member", "asset", "currency", "available", "reserved"],
+               "properties": {"member": {"type": "string"}, "asset": {"type": "string"},
+                              "currency": {"type": "string"}, "available": _MONEY,
+                              "reserved": _MONEY}}}}}
+STATEMENT_VIEW = {"description": "the statement, as JSON or (format=csv) CSV", "content": {
+    "application/json": {"schema": {
+        "type": "object",
+        "required": ["member", "period", "opening_balance", "earned", "clawed_back", "spent",
+                     "closing_balance", "lines"],
+        "properties": {"period": {"type": "string"}, "opening_balance": _MONEY,
+                       "earned": _MONEY, "clawed_back": _MONEY, "spent": _MONEY,
+                       "closing_balance": _MONEY,
+                       "lines": {"type": "array", "items": {"type": "object"}}}}},
+    "text/csv": {"schema": {"type": "string"}}}}
 CAPTURE_BODY = {"requestBody": {"required": False, "content": {"application/json": {"schema": {
     "type": "object", "properties": {"amount": {"type": "string", "example": "8.00"}},
     "additionalProperties": False}}}}}
@@ -45,14 +73,16 @@ def _key() -> Any:
                               "result")
 
 
-@router.get("/members/{member}/credit", responses=schemas.PROBLEM_RESPONSES)
+@router.get("/members/{member}/credit",
+            responses={**schemas.PROBLEM_RESPONSES, 200: CREDIT_VIEW})
 async def get_credit(request: Request, program: str, member: str,
                      caller: Caller = Depends(require("admin", "pos", "member-read"))) -> Any:
     caller.check_program(program)
     return await _call(request, store_credit.balance, program, member)
 
 
-@router.get("/members/{member}/credit/statement", responses=schemas.PROBLEM_RESPONSES)
+@router.get("/members/{member}/credit/statement",
+            responses={**schemas.PROBLEM_RESPONSES, 200: STATEMENT_VIEW})
 async def get_statement(
     request: Request, program: str, member: str,
     period: str = Query(..., max_length=16, description="2027-03, 2027-Q1 or 2027"),
@@ -69,7 +99,7 @@ async def get_statement(
 
 
 @router.post("/credit/holds", status_code=201, openapi_extra=HOLD_BODY,
-             responses=schemas.PROBLEM_RESPONSES)
+             responses={**schemas.PROBLEM_RESPONSES, 201: HOLD_VIEW})
 async def post_hold(request: Request, program: str, key: str = _key(),
                     caller: Caller = Depends(require("admin", "pos"))) -> Any:
     caller.check_program(program)
@@ -78,7 +108,7 @@ async def post_hold(request: Request, program: str, key: str = _key(),
 
 
 @router.post("/credit/holds/{hold}/capture", openapi_extra=CAPTURE_BODY,
-             responses=schemas.PROBLEM_RESPONSES)
+             responses={**schemas.PROBLEM_RESPONSES, 200: HOLD_VIEW})
 async def post_capture(request: Request, program: str, hold: str, key: str = _key(),
                        caller: Caller = Depends(require("admin", "pos"))) -> Any:
     caller.check_program(program)
@@ -87,7 +117,8 @@ async def post_capture(request: Request, program: str, hold: str, key: str = _ke
                        body, key)
 
 
-@router.post("/credit/holds/{hold}/release", responses=schemas.PROBLEM_RESPONSES)
+@router.post("/credit/holds/{hold}/release",
+             responses={**schemas.PROBLEM_RESPONSES, 200: HOLD_VIEW})
 async def post_release(request: Request, program: str, hold: str, key: str = _key(),
                        caller: Caller = Depends(require("admin", "pos"))) -> Any:
     caller.check_program(program)
