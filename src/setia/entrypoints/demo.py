@@ -23,6 +23,7 @@ from rich.table import Table
 
 from setia.adapters.db import tables as t
 from setia.domain.errors import SetiaError
+from setia.entrypoints import demo_store_credit
 from setia.service.check import check
 from setia.service.importer import import_batch
 from setia.service.members import upsert_member
@@ -264,9 +265,9 @@ def summary(engine: sa.Engine) -> Table:
         ).one()
         by_code = dict(
             conn.execute(
-                sa.select(t.postings.c.code, sa.func.sum(t.postings.c.points)).group_by(
-                    t.postings.c.code
-                )
+                sa.select(t.postings.c.code, sa.func.sum(t.postings.c.points))
+                .where(t.postings.c.asset == "points")
+                .group_by(t.postings.c.code)
             ).all()
         )
         tiers = conn.execute(
@@ -337,4 +338,5 @@ def run_demo(
         for key, value in sorted(simulation.stats.items()):
             activity.add_row(key, f"{value:,}")
         console.print(activity)
+        demo_store_credit.run(engine, console, YEAR)
     console.print(summary(engine))

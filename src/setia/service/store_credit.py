@@ -413,20 +413,27 @@ def _release_timed_out(engine: sa.Engine, program_id: str, as_of: datetime) -> i
 
 def _ended_periods(engine: sa.Engine, programme: Programme, rebate_id: str, per: str,
                    as_of: datetime) -> list[Period]:
+    """The periods that have ended by ``as_of`` and were not credited yet: those after the
+    last one credited, or (the first time) from the period of the programme's first order.
+    Every ended period gets its run row, even when nobody spent, so none is skipped."""
     with engine.connect() as conn:
-        first = conn.execute(sa.select(sa.func.min(t.orders.c.occurred_at)).where(
-            t.orders.c.program_id == programme.id)).scalar()
-        done = set(conn.execute(sa.select(rebate_runs.c.period).where(
+        done = list(conn.execute(sa.select(rebate_runs.c.period).where(
             rebate_runs.c.program_id == programme.id,
             rebate_runs.c.rebate_id == rebate_id)).scalars())
-    if first is None:
-        return []
-    period = period_of(per, first.astimezone(programme.tz).date())
+        if done:
+            last = max((parse_period(key) for key in done), key=lambda p: p.first_day)
+            start = last.next_first_day
+        else:
+            first = conn.execute(sa.select(sa.func.min(t.orders.c.occurred_at)).where(
+                t.orders.c.program_id == programme.id)).scalar()
+            if first is None:
+                return []
+            start = first.astimezone(programme.tz).date()
+    period = period_of(per, start)
     today: date = as_of.astimezone(programme.tz).date()
     periods: list[Period] = []
     while period.next_first_day <= today and len(periods) < MAX_PERIODS_PER_RUN:
-        if period.key not in done:
-            periods.append(period)
+        periods.append(period)
         period = period.following()
     return periods
 
