@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -214,6 +215,14 @@ def test_tiered_rebate_by_run_due_then_visible_in_the_next_statement(api: Api) -
                       "--period", "2021-Q2", "--csv")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines()[2].endswith(",11.00,19.00")
+    show = run_setia(api.live.db_url, "credit", "show", "cb-3", "--program", PROGRAM)
+    assert show.returncode == 0, show.stderr
+    assert json.loads(show.stdout) == {"member": "cb-3", "asset": "credit:MYR",
+                                       "currency": "MYR", "available": "19.00",
+                                       "reserved": "0.00"}
+    nobody = run_setia(api.live.db_url, "credit", "show", "nobody", "--program", PROGRAM)
+    assert (nobody.returncode, nobody.stderr.strip()) == (
+        1, f"error: no member 'nobody' in programme {PROGRAM} (field member)")
     bad = run_setia(api.live.db_url, "credit", "statement", "cb-3", "--program", PROGRAM,
                     "--period", "Q2")
     assert bad.returncode == 1

@@ -8,6 +8,8 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from setia.domain.errors import InvalidField, InvalidProgramme
 from setia.domain.events import Line
@@ -132,3 +134,13 @@ def test_cashback_section_errors():
     assert _errors({"tiered": [{"id": "q", "per": "week", "bands": [{"percent": 1}]}]})[0][0] \
         == "cashback.tiered[0].per"
     assert _errors({"refund_policy": "x"}) == [("cashback.refund_policy", "unknown key")]
+
+
+@given(st.decimals(min_value=0, max_value=10**6, places=2),
+       st.decimals(min_value=0, max_value=10**6, places=2))
+def test_a_larger_spend_never_gets_a_smaller_rebate(a, b):
+    low, high = sorted((a, b))
+    assert tiered_rebate(BANDS, low, 2) <= tiered_rebate(BANDS, high, 2)
+    # never more than the top band's percent of the whole spend, never less than the first's
+    assert tiered_rebate(BANDS, high, 2) <= high * 2
+    assert tiered_rebate(BANDS, high, 2) >= int(high)  # 1% of the spend, in sen

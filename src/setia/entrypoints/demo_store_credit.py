@@ -1,4 +1,5 @@
-"""The demo's store credit and partners: after the simulated year, a few purchases at the
+"""The demo's store credit and partners: after the simulated year (whose quarterly rebates
+run-due has credited), a few merchandise purchases with instant cashback, purchases at the
 partner Roti Bakar, Beans burned at Kopi Setia, store credit spent at the till, then a table
 of store credit and the December settlement between the partners."""
 
@@ -37,6 +38,13 @@ def run(engine: sa.Engine, console: Console, year: int) -> None:
             .where(t.members.c.program_id == PROGRAM_ID, credit_accounts.c.available >= 100)
             .order_by(credit_accounts.c.available.desc(), t.members.c.id).limit(1)).scalar()
     for n, member in enumerate(members):
+        ingest_event(engine, PROGRAM_ID, {
+            "id": f"demo-c-merch-{n}", "type": "purchase", "member": member,
+            "occurred_at": datetime(year, 12, 29, 15, n, tzinfo=TZ).isoformat(),
+            "order_id": f"demo-c-merch-{n}", "partner": "kopi-setia",
+            "lines": [{"sku": "TUMBLER", "category": "merch", "amount": "45.00"},
+                      {"sku": "LATTE", "category": "coffee", "amount": "9.50"}]},
+            clock=lambda: december)
         ingest_event(engine, PROGRAM_ID, {
             "id": f"demo-c-roti-{n}", "type": "purchase", "member": member,
             "occurred_at": datetime(year, 12, 30, 9, n, tzinfo=TZ).isoformat(),
