@@ -41,7 +41,7 @@ CONFIG = """\
 "path.member" = "cust-1"
 "body.member" = "cust-1"
 """
-BUDGET_SECONDS = 100
+BUDGET_SECONDS = 400  # 2 cores shared by several sessions: 100 s was not enough under load
 
 
 @pytest.fixture(params=[
@@ -62,6 +62,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServe
         yield live
 
 
+@pytest.mark.timeout(BUDGET_SECONDS + 120)  # the server's start and checks beyond the run
 def test_the_live_api_answers_as_its_openapi_schema_says(server: LiveServer,
                                                           tmp_path: Path) -> None:
     config = tmp_path / "schemathesis.toml"
