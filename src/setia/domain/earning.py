@@ -144,6 +144,8 @@ def _scope_matches(rule: EarnRule, event: Event, local: datetime, member: Member
         return False
     if rule.channels is not None and event.channel not in rule.channels:
         return False
+    if rule.partners is not None and event.partner not in rule.partners:
+        return False
     if rule.days is not None and WEEKDAYS[local.weekday()] not in rule.days:
         return False
     if rule.from_ is not None and local.date() < rule.from_:

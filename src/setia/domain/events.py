@@ -35,6 +35,7 @@ EVENT_KEYS = frozenset(
         "channel",
         "lines",
         "attributes",
+        "partner",
     }
 )
 
@@ -71,6 +72,7 @@ class Event:
     lines: tuple[Line, ...] = ()
     refund_lines: tuple[RefundLine, ...] = ()
     attributes: dict[str, Any] = field(default_factory=dict)
+    partner: str | None = None
 
 
 def _text(raw: dict[str, Any], key: str, *, required: bool, max_length: int = 200) -> str | None:
@@ -229,4 +231,5 @@ def parse_event(raw: Any, currency: str) -> Event:
         lines=lines,
         refund_lines=refund_lines,
         attributes=attributes,
+        partner=_text(raw, "partner", required=False, max_length=64),
     )

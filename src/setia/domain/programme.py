@@ -27,6 +27,8 @@ from setia.domain.conditions import Condition, ConditionError, compile_condition
 from setia.domain.engagement_sections import Campaign, MembershipPlan, StampCard, section_errors
 from setia.domain.errors import InvalidProgramme
 from setia.domain.money import known_currencies, minor_digits
+from setia.domain.partners import PartnersConfig, partners_errors
+from setia.domain.store_credit import CashbackConfig, cashback_errors
 
 Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 EventType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
@@ -73,6 +75,7 @@ class EarnRule(_Strict):
     tiers: list[str] | None = None
     condition: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
     tier_multiplier: bool | None = None
+    partners: list[str] | None = None
 
     @property
     def is_rate(self) -> bool:
@@ -166,6 +169,8 @@ class ProgrammeModel(_Strict):
     campaigns: list[Campaign] | None = None
     stamp_cards: list[StampCard] | None = None
     memberships: list[MembershipPlan] | None = None
+    cashback: CashbackConfig | None = None
+    partners: PartnersConfig | None = None
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -245,7 +250,7 @@ def _semantic_errors(model: ProgrammeModel) -> list[tuple[str, str]]:
         for j, tier in enumerate(rule.tiers or []):
             if tier not in level_ids:
                 errors.append((f"{at}.tiers[{j}]", f"unknown tier {tier!r}"))
-        for key in ("categories", "skus", "stores", "channels", "days", "tiers"):
+        for key in ("categories", "skus", "stores", "channels", "days", "tiers", "partners"):
             if getattr(rule, key) == []:
                 errors.append((f"{at}.{key}", "must not be empty; omit it to match everything"))
         if rule.condition is not None:
@@ -281,6 +286,7 @@ def _semantic_errors(model: ProgrammeModel) -> list[tuple[str, str]]:
                 )
     errors += _growth_errors(model, digits)
     errors += section_errors(model, digits)
+    errors += cashback_errors(model.cashback, digits) + partners_errors(model.partners, model.earn)
     return errors
 
 

@@ -347,3 +347,7 @@ from setia.entrypoints.cli_engagement import campaigns_app, membership_app  # no
 
 app.add_typer(campaigns_app, name="campaigns")
 app.add_typer(membership_app, name="membership")
+from setia.entrypoints.cli_store_credit import credit_app, settlement_command  # noqa: E402
+
+app.add_typer(credit_app, name="credit")
+app.command("settlement")(settlement_command)

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from setia.adapters.db import tables as t
 from setia.domain.errors import SetiaError
-from setia.entrypoints import demo_growth
+from setia.entrypoints import demo_growth, demo_store_credit
 from setia.entrypoints.demo_analytics import analytics_summary
 from setia.entrypoints.demo_engagement import engagement_demo
 from setia.entrypoints.web.demo import demo_web
@@ -268,9 +268,9 @@ def summary(engine: sa.Engine) -> Table:
         ).one()
         by_code = dict(
             conn.execute(
-                sa.select(t.postings.c.code, sa.func.sum(t.postings.c.points)).group_by(
-                    t.postings.c.code
-                )
+                sa.select(t.postings.c.code, sa.func.sum(t.postings.c.points))
+                .where(t.postings.c.asset == "points")
+                .group_by(t.postings.c.code)
             ).all()
         )
         tiers = conn.execute(
@@ -342,6 +342,7 @@ def run_demo(
             activity.add_row(key, f"{value:,}")
         console.print(activity)
         demo_growth.build(engine, console, seed)  # referrals, coupons, survey, donations
+        demo_store_credit.run(engine, console, YEAR)
     console.print(summary(engine))
     analytics_summary(engine, console, PROGRAM_ID, YEAR)
     demo_web(engine, console, PROGRAM_ID)  # staff accounts of the web pages

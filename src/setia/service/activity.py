@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
 from setia.domain.errors import InvalidField, UnknownMember
-from setia.domain.ledger import MEMBER_ACCOUNTS
+from setia.domain.ledger import ASSET_POINTS, MEMBER_ACCOUNTS
 from setia.service.common import require_programme, transaction
 
 MAX_LIMIT = 200
@@ -63,7 +63,8 @@ def member_activity(engine: sa.Engine, program_id: str, member_id: str, *, limit
         if pk is None:
             raise UnknownMember(f"no member {member_id!r} in programme {program_id}",
                                 field="member")
-        query = sa.select(t.postings).where(t.postings.c.member_pk == pk)
+        query = sa.select(t.postings).where(t.postings.c.member_pk == pk,
+                                            t.postings.c.asset == ASSET_POINTS)
         if before is not None:
             query = query.where(t.postings.c.id < before)
         rows = uow.execute(query.order_by(t.postings.c.id.desc()).limit(limit + 1)).all()

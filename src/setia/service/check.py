@@ -5,6 +5,9 @@
 2. Each member's cached balances equal the journal.
 3. Lots equal balances: open available lots hold max(available, 0), pending
    lots hold the pending balance, open holds hold the reserved balance.
+4. Store credit (asset ``credit:<currency>``): cached balances equal the journal,
+   open till holds hold the reserved credit (service/store_credit.py).
+5. Partner settlement sums to zero per programme (service/partners.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
-from setia.domain.ledger import MEMBER_ACCOUNTS
+from setia.domain.ledger import ASSET_POINTS, MEMBER_ACCOUNTS
+from setia.service import partners, store_credit
 from setia.service.engagement_check import engagement_problems
 
 
@@ -76,6 +80,8 @@ def check(engine: sa.Engine) -> CheckReport:
         for row in _account_flows(conn):
             balance = int(row.balance)
             sums[(row.program_id, row.asset)] = sums.get((row.program_id, row.asset), 0) + balance
+            if row.asset != ASSET_POINTS:
+                continue  # store credit: checked by store_credit.check_journal below
             if row.owner is not None:
                 journal[(row.owner, row.account)] = balance
             else:
@@ -148,4 +154,6 @@ def check(engine: sa.Engine) -> CheckReport:
             if member.pending < 0 or member.reserved < 0:
                 report.problems.append(f"{who}: a pending or reserved balance is negative")
         report.problems.extend(engagement_problems(conn))
+        report.problems += store_credit.check_journal(conn)
+        report.problems += partners.check_journal(conn)
     return report

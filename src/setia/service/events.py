@@ -28,7 +28,8 @@ from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Level, Programme
 from setia.domain.refunds import Order, OrderLine, remaining_lines, split_refund
-from setia.service import coupons, engagement, referrals
+from setia.service import coupons, engagement, referrals, store_credit
+from setia.service import partners as partner_settlement
 from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
 from setia.service.views import balances, tier_view
 
@@ -117,6 +118,7 @@ def apply_event(
     stored = known.get(event.id) if known is not None else uow.stored_event(programme.id, event.id)
     if stored is not None:
         return replay_or_conflict(stored, digest, event.id)
+    partner_settlement.check_event(programme, event)
 
     if event.type == "purchase":
         made = _purchase(uow, programme, member, event)
@@ -129,6 +131,7 @@ def apply_event(
         ref=event.id, program_version=programme.version, occurred_at=event.occurred_at
     )
     postings = uow.record(programme.id, member, context)
+    partner_settlement.settle_event(uow, programme, event, postings)
     result = {
         "event": event.id,
         "status": "applied",
@@ -243,6 +246,7 @@ def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Even
     awards = earning.evaluate(programme, event, member_facts(programme, member), member.usage)
     # Nothing below can refuse the event.
     total = earn_awards(programme, member, event, awards)
+    store_credit.on_purchase(uow, programme, member, event)
     member.purchases += 1
     local = event.occurred_at.astimezone(programme.tz)
     member.add_to_bucket(tiers.month_key(local), spend=event.amount, points=total, visits=1)
@@ -286,6 +290,7 @@ def _order_payload(event: Event) -> dict[str, Any]:
         "amount": str(event.amount),
         "store": event.store,
         "channel": event.channel,
+        **({"partner": event.partner} if event.partner is not None else {}),
         "lines": [
             {
                 "sku": line.sku,
@@ -315,6 +320,7 @@ def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event)
     left_amount = order.left - split.total
     tier = original.level(order.tier_id)
     # Nothing below can refuse the event.
+    store_credit.on_refund(uow, programme, original, member, event, order, left_lines, left_amount)
     clawed = 0
     for rule_id, awarded in sorted(order.awards.items()):
         keep = earning.recompute_after_refund(

@@ -32,7 +32,7 @@ from setia.domain.errors import (
 from setia.domain.ledger import ADJUSTMENTS, REDEEMED
 from setia.domain.member import Member
 from setia.domain.programme import Programme, Reward
-from setia.service import donations
+from setia.service import donations, partners
 from setia.service.common import (
     Clock,
     idempotent,
@@ -175,7 +175,7 @@ def redeem(
     """Redeem a reward or pay with points; with ``hold: true`` only reserve them."""
     if not isinstance(body, dict):
         raise InvalidField("the redemption must be a JSON object", field="(body)")
-    unknown = sorted(set(body) - {"member", "reward", "points", "hold"})
+    unknown = sorted(set(body) - {"member", "reward", "points", "hold", "partner"})
     if unknown:
         raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
     hold = body.get("hold", False)
@@ -241,7 +241,10 @@ def redeem(
                 "updated_at": now,
             }
             uow.execute(t.redemptions.insert().values(**row))
-            uow.record(programme.id, member, PostingContext(redemption_id, programme.version, now))
+            made = uow.record(programme.id, member,
+                              PostingContext(redemption_id, programme.version, now))
+            partners.settle_redemption(uow, programme, body.get("partner"), redemption_id, made,
+                                       now)
             return _view(row, member, voucher)
 
         result = idempotent(uow, program_id, key, "redeem", body, run, now)
@@ -311,7 +314,8 @@ def finish_hold(
         .where(t.redemptions.c.id == redemption_id)
         .values(status=row["status"], voucher_code=row["voucher_code"], updated_at=now)
     )
-    uow.record(programme.id, member, PostingContext(redemption_id, programme.version, now))
+    made = uow.record(programme.id, member, PostingContext(redemption_id, programme.version, now))
+    partners.settle_redemption(uow, programme, None, redemption_id, made, now)
     return _view(row, member, voucher)
 
 

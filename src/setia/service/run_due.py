@@ -23,7 +23,7 @@ from setia.domain.errors import RedemptionNotHeld, UnknownProgramme
 from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
-from setia.service import referrals
+from setia.service import referrals, store_credit
 from setia.service.common import require_programme, transaction
 from setia.service.engagement_due import engagement_due
 from setia.service.events import apply_event
@@ -40,6 +40,8 @@ class DueReport:
     tiers_reviewed: int = 0
     tiers_changed: int = 0
     birthdays: int = 0
+    credit_holds_released: int = 0
+    rebates_credited: int = 0
     programmes: list[str] = field(default_factory=list)
     engagement: dict[str, int] = field(default_factory=dict)  # memberships, anniversaries
 
@@ -66,6 +68,9 @@ def run_due(engine: sa.Engine, as_of: datetime, program_id: str | None = None,
         _birthdays(engine, pid, as_of, report)
         referrals.pay_due(engine, pid, as_of)
         engagement_due(engine, pid, as_of, report.engagement)
+        released, rebated = store_credit.run_due(engine, pid, as_of)
+        report.credit_holds_released += released
+        report.rebates_credited += rebated
         if progress:
             progress(pid)
     return report

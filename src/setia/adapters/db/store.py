@@ -127,11 +127,11 @@ POSTING_COLUMNS = ("program_id", "asset", "member_pk", "debit", "credit", "point
                    "rule_id", "program_version", "explanation", "occurred_at",
                    "debit_balance_after", "credit_balance_after")
 EVENT_COLUMNS = ("program_id", "id", "type", "member_id", "occurred_at", "request_hash",
-                 "payload", "result", "recorded_at")
+                 "payload", "result", "recorded_at", "partner")
 LOT_COLUMNS = ("member_pk", "seq", "program_id", "source", "order_id", "points", "remaining",
                "available_at", "expires_at", "pending")
 ORDER_COLUMNS = ("program_id", "order_id", "member_pk", "event_id", "program_version", "tier_id",
-                 "occurred_at", "amount_e4", "refunded_e4", "lines", "awards", "event")
+                 "occurred_at", "amount_e4", "refunded_e4", "lines", "awards", "event", "partner")
 MEMBER_UPDATE_COLUMNS = ("tier_id", "tier_reviewed", "available", "pending", "reserved",
                          "lot_seq", "purchases", "last_activity_at", "birthday_year")
 
@@ -676,7 +676,7 @@ class UnitOfWork:
         ts = self._times
         self._events.append((program_id, event.id, event.type, event.member,
                              ts(event.occurred_at), request_hash, payload, result,
-                             ts(recorded_at)))
+                             ts(recorded_at), event.partner))
 
     def stored_command(self, program_id: str, key: str) -> Any:
         return self.conn.execute(
@@ -823,9 +823,9 @@ class UnitOfWork:
         if self._events:
             self._write("events", [
                 (program_id, event_id, kind, member_id, occurred_at, digest, as_json(payload),
-                 as_json(result), recorded_at)
+                 as_json(result), recorded_at, partner)
                 for (program_id, event_id, kind, member_id, occurred_at, digest, payload, result,
-                     recorded_at) in self._events
+                     recorded_at, partner) in self._events
             ])
             self._events = []
         self._send_writes(commit)
@@ -841,7 +841,7 @@ class UnitOfWork:
                                 order.program_version, order.tier_id, ts(order.occurred_at),
                                 _minor(order.amount), _minor(order.refunded),
                                 as_json(_lines_json(order)), as_json(order.awards),
-                                as_json(order.payload)))
+                                as_json(order.payload), order.payload.get("partner")))
                 order.new = False
                 order.dirty = False
             elif order.dirty:

@@ -126,6 +126,7 @@ orders = sa.Table(
     sa.Column("lines", sa.JSON, nullable=False),
     sa.Column("awards", sa.JSON, nullable=False),
     sa.Column("event", sa.JSON, nullable=False),
+    sa.Column("partner", sa.String(64)),  # the coalition partner of the purchase, if any
 )
 
 metric_buckets = sa.Table(
@@ -156,6 +157,7 @@ events = sa.Table(
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("result", sa.JSON, nullable=False),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.Column("partner", sa.String(64)),  # the coalition partner the event came from, if any
 )
 
 commands = sa.Table(
@@ -218,11 +220,14 @@ api_keys = sa.Table(
 )
 
 # Tables of referrals, coupons, surveys and donations, on the same metadata.
-from setia.adapters.db import (  # noqa: E402, F401
+# Tables of feature areas, on the same metadata (kept in their own modules).
+from setia.adapters.db import (  # noqa: E402, F401  # noqa: E402, F401
     tables_analytics,  # noqa: E402,F401  (its tables join metadata)
     tables_coupons,
     tables_donations,
+    tables_partners,
     tables_referrals,
+    tables_store_credit,
     tables_surveys,
 )
 from setia.adapters.db import tables_engagement as tables_engagement  # noqa: E402,F401

@@ -23,7 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import analytics as analytics_api
+from setia.entrypoints.api import partners as partners_api
 from setia.entrypoints.api import schemas
+from setia.entrypoints.api import store_credit as store_credit_api
 from setia.entrypoints.api.auth import Caller, require
 from setia.entrypoints.api.engagement import router as engagement_router
 from setia.entrypoints.api.responses import JSONResponse
@@ -466,6 +468,8 @@ def create_app(engine: sa.Engine) -> FastAPI:
     for router in (coupons.router, referrals.router, surveys.router, donations.router):
         app.include_router(router, responses=schemas.PROBLEM_RESPONSES)
     app.include_router(engagement_router)
+    app.include_router(store_credit_api.router)
+    app.include_router(partners_api.router)
     return app
 
 

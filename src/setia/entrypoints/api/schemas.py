@@ -71,6 +71,7 @@ EVENT = {
         "currency": {"type": "string"},
         "store": {"type": "string"},
         "channel": {"type": "string"},
+        "partner": {"type": "string", "maxLength": 64},  # a coalition partner (docs/partners.md)
         "lines": {"type": "array", "items": LINE},
         "attributes": {"type": "object"},
     },
@@ -113,6 +114,7 @@ REDEMPTION_BODY = _json_body(
             "reward": {"type": "string"},
             "points": {"type": "integer", "minimum": 1},
             "hold": {"type": "boolean"},
+            "partner": {"type": "string"},  # where the points are burned (docs/partners.md)
         },
     }
 )

@@ -1,0 +1,185 @@
+"""Partner settlement: the value points carry between coalition partners.
+
+``settle_event`` and ``settle_redemption`` are called in the transaction of
+the points postings they follow and write one settlement posting per points
+posting that issues or burns points at a partner (domain/partners.py says
+which). ``settlement`` sums a period per account: what each partner owes or is
+owed; the totals, with the coalition's account, sum to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from setia.adapters.db.store import UnitOfWork
+from setia.adapters.db.tables_partners import settlement_postings
+from setia.domain.events import Event
+from setia.domain.ledger import Posting
+from setia.domain.money import minor_digits
+from setia.domain.partners import (
+    COALITION,
+    PARTNER_PREFIX,
+    account,
+    require_partner,
+    transfer_for,
+)
+from setia.domain.programme import Programme
+from setia.domain.store_credit import parse_period
+from setia.service.common import require_programme, transaction
+
+
+def check_event(programme: Programme, event: Event) -> None:
+    """Refuse an event that names a partner the programme does not have."""
+    if event.partner is not None:
+        require_partner(programme.model.partners, event.partner)
+
+
+def _write(uow: UnitOfWork, programme: Programme, partner_id: str, ref: str,
+           postings: Sequence[Posting], occurred_at: datetime) -> int:
+    config = programme.model.partners
+    assert config is not None
+    rows = []
+    for posting in postings:
+        transfer = transfer_for(posting.code, posting.debit, posting.credit, posting.points,
+                                partner_id, config.point_value)
+        if transfer is None:
+            continue
+        rows.append({"program_id": programme.id, "currency": programme.currency,
+                     "debit": transfer.debit, "credit": transfer.credit,
+                     "amount_e4": transfer.amount_e4, "points": transfer.points,
+                     "partner": partner_id, "code": transfer.code, "ref": ref,
+                     "program_version": programme.version, "occurred_at": occurred_at})
+    if rows:
+        uow.execute(settlement_postings.insert(), rows)
+    return len(rows)
+
+
+def settle_event(uow: UnitOfWork, programme: Programme, event: Event,
+                 postings: Sequence[Posting]) -> None:
+    """Settle an event's points at its partner; a refund's clawbacks at the partner of the
+    purchase it refunds (whoever sends the refund)."""
+    if programme.model.partners is None or not postings:
+        return
+    partner_id = event.partner
+    if event.type == "refund" and event.order_id is not None:
+        order = uow.order(programme.id, event.order_id, programme.currency)
+        partner_id = order.payload.get("partner") if order is not None else None
+    if partner_id is None:
+        return
+    _write(uow, programme, partner_id, event.id, postings, event.occurred_at)
+
+
+def settle_redemption(uow: UnitOfWork, programme: Programme, partner_id: Any, ref: str,
+                      postings: Sequence[Posting], now: datetime) -> None:
+    """Settle a redemption's points at the partner where they were burned. A capture or a
+    release names no partner: it is the partner the redemption's hold was settled with."""
+    if programme.model.partners is None and partner_id is None:
+        return
+    if partner_id is None:
+        partner_id = uow.execute(
+            sa.select(settlement_postings.c.partner).where(
+                settlement_postings.c.program_id == programme.id,
+                settlement_postings.c.ref == ref).limit(1)).scalar()
+        if partner_id is None:
+            return
+    else:
+        require_partner(programme.model.partners, partner_id)
+    _write(uow, programme, partner_id, ref, postings, now)
+
+
+def _money(amount_e4: int, digits: int) -> str:
+    value = Decimal(amount_e4).scaleb(-4)
+    places = max(digits, -int(value.normalize().as_tuple().exponent))
+    return f"{value:.{places}f}"
+
+
+def settlement(engine: sa.Engine, program_id: str, period_text: Any) -> dict[str, Any]:
+    """Per settlement account, the period's movements: points issued and burned there, and
+    the net value (negative: the partner owes it; positive: it is owed)."""
+    period = parse_period(period_text)
+
+    def work(uow: UnitOfWork) -> dict[str, Any]:
+        programme = require_programme(uow, program_id)
+        start, end = period.bounds(programme.tz)
+        s = settlement_postings
+        in_period = sa.and_(s.c.program_id == program_id, s.c.occurred_at >= start,
+                            s.c.occurred_at < end)
+        accounts: dict[str, dict[str, int]] = {}
+        config = programme.model.partners
+        for partner_id in config.ids() if config is not None else []:
+            accounts[account(partner_id)] = {"issued": 0, "burned": 0, "net_e4": 0}
+        accounts.setdefault(COALITION, {"issued": 0, "burned": 0, "net_e4": 0})
+        for row in uow.execute(sa.select(s.c.debit, s.c.credit, s.c.amount_e4, s.c.points,
+                                         s.c.code).where(in_period)):
+            points, amount = int(row.points), int(row.amount_e4)
+            payer = accounts.setdefault(row.debit, {"issued": 0, "burned": 0, "net_e4": 0})
+            payee = accounts.setdefault(row.credit, {"issued": 0, "burned": 0, "net_e4": 0})
+            payer["net_e4"] -= amount
+            payee["net_e4"] += amount
+            # Value leaves a partner for points issued there (or a released hold) and comes
+            # in for points burned there (or issued points clawed back by a refund).
+            if row.code == "release":
+                payer["burned"] -= points
+            elif row.code == "clawback":
+                payee["issued"] -= points
+            elif row.debit != COALITION:
+                payer["issued"] += points
+            else:
+                payee["burned"] += points
+        accounts[COALITION]["issued"] = accounts[COALITION]["burned"] = 0
+        digits = minor_digits(programme.currency)
+        partners = []
+        for name, entry in sorted(accounts.items(), key=lambda item: item[0] == COALITION):
+            net = entry["net_e4"]
+            partners.append({
+                "account": name,
+                "partner": name[len(PARTNER_PREFIX):] if name.startswith(PARTNER_PREFIX)
+                else None,
+                "points_issued": entry["issued"],
+                "points_burned": entry["burned"],
+                "net": _money(net, digits),
+                "position": "owes" if net < 0 else ("is owed" if net > 0 else "settled"),
+                "amount": _money(abs(net), digits),
+            })
+        total = sum(entry["net_e4"] for entry in accounts.values())
+        assert total == 0, f"settlement accounts sum to {total}, not 0"
+        return {
+            "program": program_id, "period": period.key, "currency": programme.currency,
+            "from": start.isoformat(), "until": end.isoformat(),
+            "point_value": f"{config.point_value.normalize():f}" if config else None,
+            "accounts": partners, "total": _money(total, digits),
+        }
+
+    return transaction(engine, work)
+
+
+def check_journal(conn: sa.Connection) -> list[str]:
+    """Settlement accounts sum to zero per programme and currency, and every settlement
+    posting follows points postings of the same reference."""
+    from setia.adapters.db import tables as t
+
+    s = settlement_postings
+    problems: list[str] = []
+    balances: dict[tuple[str, str], int] = {}
+    for column, sign in ((s.c.credit, 1), (s.c.debit, -1)):
+        for row in conn.execute(sa.select(s.c.program_id, s.c.currency, column.label("account"),
+                                          sa.func.sum(s.c.amount_e4).label("amount"))
+                                .group_by(s.c.program_id, s.c.currency, column)):
+            key = (row.program_id, row.currency)
+            balances[key] = balances.get(key, 0) + sign * int(row.amount)
+    for (program_id, currency), total in sorted(balances.items()):
+        if total != 0:
+            problems.append(f"{program_id}/settlement:{currency}: accounts sum to {total}, not 0")
+    orphans = conn.execute(
+        sa.select(s.c.program_id, s.c.ref).where(~sa.exists().where(
+            t.postings.c.program_id == s.c.program_id, t.postings.c.ref == s.c.ref))
+        .limit(10)).all()
+    for orphan in orphans:
+        problems.append(
+            f"{orphan.program_id}: settlement posting {orphan.ref!r} has no points posting")
+    return problems

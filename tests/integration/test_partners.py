@@ -1,0 +1,150 @@
+"""Coalition partners: events tagged with their partner, earning rules per partner, points
+issued by one partner and burned at another, settlement postings and the period's
+settlement; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from setia.adapters.db import tables as t
+from setia.adapters.db.tables_partners import settlement_postings
+from setia.domain.errors import InvalidProgramme
+from setia.domain.partners import UnknownPartner
+from setia.service.events import ingest_event
+from setia.service.members import get_member, upsert_member
+from setia.service.partners import settlement
+from setia.service.redemptions import capture_or_release, redeem
+from tests.conftest import assert_journal_ok, fixed_clock, load_programme
+
+P = "kopi-roti"
+COALITION: dict[str, Any] = {
+    "id": P, "name": "Kopi & Roti", "currency": "MYR", "timezone": "Asia/Kuala_Lumpur",
+    "earn": [{"id": "base", "on": "purchase", "rate": 1},
+             {"id": "roti-double", "on": "purchase", "partners": ["roti"], "rate": 1}],
+    "partners": {"point_value": "0.01",
+                 "merchants": [{"id": "kopi", "name": "Kopi Setia"},
+                               {"id": "roti", "name": "Roti Bakar"}]},
+    "rewards": [{"id": "latte", "name": "Latte", "cost": 150}],
+}
+CLOCK = fixed_clock("2027-03-10T12:00:00+08:00")
+
+
+@pytest.fixture
+def coalition(engine: sa.Engine) -> sa.Engine:
+    load_programme(engine, COALITION)
+    upsert_member(engine, P, "ana", {"enrolled_at": "2027-01-01T09:00:00+08:00"},
+                  fixed_clock("2027-01-01T09:00:00+08:00"))
+    return engine
+
+
+def purchase(event_id: str, amount: str, partner: str | None, when: str) -> dict[str, Any]:
+    body = {"id": event_id, "type": "purchase", "member": "ana", "occurred_at": when,
+            "order_id": f"ord-{event_id}", "amount": amount}
+    if partner is not None:
+        body["partner"] = partner
+    return body
+
+
+def transfers(engine: sa.Engine) -> list[tuple[str, str, str, int, int]]:
+    s = settlement_postings
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(  # type: ignore[misc]
+            sa.select(s.c.code, s.c.debit, s.c.credit, s.c.points, s.c.amount_e4)
+            .order_by(s.c.id))]
+
+
+def test_points_issued_at_one_partner_and_burned_at_another_settle_to_zero(coalition):
+    # roti: base 100 + roti-double 100; kopi: base 50 only (the rule is roti's)
+    assert ingest_event(coalition, P, purchase(
+        "e1", "100.00", "roti", "2027-03-02T10:00:00+08:00"))["points"] == 200
+    assert ingest_event(coalition, P, purchase(
+        "e2", "50.00", "kopi", "2027-03-03T10:00:00+08:00"))["points"] == 50
+    redeem(coalition, P, {"member": "ana", "reward": "latte", "partner": "kopi"}, "k1", CLOCK)
+    # a refund names no partner: the clawback settles with the purchase's partner (roti)
+    ingest_event(coalition, P, {"id": "r1", "type": "refund", "member": "ana",
+                                "order_id": "ord-e1", "amount": "20.00",
+                                "occurred_at": "2027-03-04T10:00:00+08:00"})
+    held = redeem(coalition, P, {"member": "ana", "points": 50, "hold": True,
+                                 "partner": "roti"}, "k2", CLOCK)
+    capture_or_release(coalition, P, held["id"], "release", "k3", CLOCK)
+    assert get_member(coalition, P, "ana")["balances"]["available"] == 60
+    assert transfers(coalition) == [
+        ("earn", "partner:roti", "coalition", 100, 10_000),
+        ("earn", "partner:roti", "coalition", 100, 10_000),
+        ("earn", "partner:kopi", "coalition", 50, 5_000),
+        ("redeem", "coalition", "partner:kopi", 150, 15_000),
+        ("clawback", "coalition", "partner:roti", 20, 2_000),
+        ("clawback", "coalition", "partner:roti", 20, 2_000),
+        ("hold", "coalition", "partner:roti", 50, 5_000),
+        ("release", "partner:roti", "coalition", 50, 5_000),
+    ]
+    view = settlement(coalition, P, "2027-03")
+    assert view["accounts"] == [
+        {"account": "partner:kopi", "partner": "kopi", "points_issued": 50,
+         "points_burned": 150, "net": "1.00", "position": "is owed", "amount": "1.00"},
+        {"account": "partner:roti", "partner": "roti", "points_issued": 160,
+         "points_burned": 0, "net": "-1.60", "position": "owes", "amount": "1.60"},
+        {"account": "coalition", "partner": None, "points_issued": 0, "points_burned": 0,
+         "net": "0.60", "position": "is owed", "amount": "0.60"},
+    ]
+    assert (view["total"], view["point_value"], view["period"]) == ("0.00", "0.01", "2027-03")
+    # another period has nothing
+    assert [row["net"] for row in settlement(coalition, P, "2027-04")["accounts"]] == [
+        "0.00", "0.00", "0.00"]
+    with coalition.connect() as conn:
+        assert conn.execute(sa.select(t.events.c.id, t.events.c.partner)
+                            .order_by(t.events.c.id)).all() == [
+            ("e1", "roti"), ("e2", "kopi"), ("r1", None), ("signup:ana", None)]
+        assert sorted(conn.execute(sa.select(t.orders.c.order_id, t.orders.c.partner)).all()) \
+            == [("ord-e1", "roti"), ("ord-e2", "kopi")]
+    assert_journal_ok(coalition)
+
+
+def test_events_and_redemptions_naming_an_unknown_partner_change_nothing(coalition):
+    ingest_event(coalition, P, purchase("e1", "100.00", "roti", "2027-03-02T10:00:00+08:00"))
+    before = (get_member(coalition, P, "ana")["balances"], transfers(coalition))
+    with pytest.raises(UnknownPartner) as caught:
+        ingest_event(coalition, P, purchase("e2", "10.00", "bakery", "2027-03-02T11:00:00+08:00"))
+    assert caught.value.field == "partner"
+    with pytest.raises(UnknownPartner):
+        redeem(coalition, P, {"member": "ana", "points": 10, "partner": "bakery"}, "k1", CLOCK)
+    with pytest.raises(UnknownPartner):
+        redeem(coalition, P, {"member": "ana", "points": 10, "partner": 7}, "k2", CLOCK)
+    assert (get_member(coalition, P, "ana")["balances"], transfers(coalition)) == before
+    with coalition.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.events)).scalar() == 2
+    assert_journal_ok(coalition)
+
+
+def test_a_points_only_programme_refuses_a_partner(engine):
+    load_programme(engine, {"id": "plain", "name": "Plain", "currency": "MYR",
+                            "earn": [{"id": "base", "on": "purchase", "rate": 1}]})
+    upsert_member(engine, "plain", "ana", {}, CLOCK)
+    with pytest.raises(UnknownPartner) as caught:
+        ingest_event(engine, "plain", {**purchase("e1", "10.00", "roti",
+                                                  "2027-03-02T10:00:00+08:00")})
+    assert "has no partners" in caught.value.detail
+    assert_journal_ok(engine)
+
+
+def test_programme_errors_of_the_partners_section():
+    from setia.domain.programme import validate_document
+
+    def errors(**changes: Any) -> list[tuple[str, str]]:
+        with pytest.raises(InvalidProgramme) as caught:
+            validate_document({**COALITION, **changes})
+        return caught.value.errors
+
+    merchants = [{"id": "kopi", "name": "K"}, {"id": "kopi", "name": "K2"}]
+    assert errors(partners={"point_value": "0.00001", "merchants": merchants[:1]}) == [
+        ("partners.point_value", "Decimal input should have no more than 4 decimal places")]
+    assert errors(partners={"point_value": "0.0025", "merchants": merchants},
+                  earn=[{"id": "b", "on": "purchase", "rate": 1, "partners": ["bakery"]}]) == [
+        ("partners.merchants[1].id", "duplicate partner id 'kopi'"),
+        ("earn[0].partners[0]", "unknown partner 'bakery'")]
+    assert errors(partners=None, earn=[{"id": "b", "on": "purchase", "rate": 1,
+                                        "partners": ["kopi"]}]) == [
+        ("earn[0].partners", "needs a partners section")]

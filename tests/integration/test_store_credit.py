@@ -1,0 +1,246 @@
+"""Store credit: instant cashback and its clawback, tiered rebates by run-due, holds at the
+till, statements; on SQLite and PostgreSQL, every test ending with the journal check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from setia.adapters.db import tables as t
+from setia.domain.errors import InvalidAmount, InvalidField, UnknownMember
+from setia.domain.store_credit import CreditHoldNotOpen, InsufficientCredit, UnknownCreditHold
+from setia.service import store_credit
+from setia.service.check import check
+from setia.service.events import ingest_event
+from setia.service.members import get_member, upsert_member
+from setia.service.run_due import run_due
+from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
+
+P = "credit-cafe"
+CREDIT_CAFE: dict[str, Any] = {
+    "id": P, "name": "Credit Cafe", "currency": "MYR", "timezone": "Asia/Kuala_Lumpur",
+    "earn": [{"id": "base", "on": "purchase", "rate": 1}],
+    "cashback": {
+        "instant": [{"id": "all", "percent": 1},
+                    {"id": "pastry", "categories": ["pastry"], "percent": "5"}],
+        "tiered": [{"id": "quarterly", "per": "quarter",
+                    "bands": [{"up_to": "500.00", "percent": 1}, {"percent": 2}]}],
+    },
+}
+TILL = fixed_clock("2027-03-15T12:00:00+08:00")
+LINES = [{"sku": "LATTE", "category": "coffee", "quantity": 2, "amount": "24.00"},
+         {"sku": "CROISSANT", "category": "pastry", "quantity": 1, "amount": "18.50"}]
+
+
+@pytest.fixture
+def cafe(engine: sa.Engine) -> sa.Engine:
+    load_programme(engine, CREDIT_CAFE)
+    for member in ("ana", "bob"):
+        upsert_member(engine, P, member, {"enrolled_at": "2027-01-01T09:00:00+08:00"},
+                      fixed_clock("2027-01-01T09:00:00+08:00"))
+    return engine
+
+
+def purchase(event_id: str, member: str, when: str, **body: Any) -> dict[str, Any]:
+    return {"id": event_id, "type": "purchase", "member": member, "occurred_at": when,
+            "order_id": f"ord-{event_id}", **body}
+
+
+def credit(engine: sa.Engine, member: str) -> dict[str, str]:
+    view = store_credit.balance(engine, P, member)
+    return {"available": view["available"], "reserved": view["reserved"]}
+
+
+def credit_postings(engine: sa.Engine) -> list[tuple[str, str, str, int, str | None]]:
+    p = t.postings
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(  # type: ignore[misc]
+            sa.select(p.c.code, p.c.debit, p.c.credit, p.c.points, p.c.rule_id)
+            .where(p.c.asset == "credit:MYR").order_by(p.c.id))]
+
+
+def hold(engine: sa.Engine, member: str, amount: Any, key: str) -> dict[str, Any]:
+    return store_credit.hold(engine, P, {"member": member, "amount": amount}, key, TILL)
+
+
+def test_a_purchase_earns_cashback_per_rule_floored_to_the_sen(cafe):
+    # all: 1% of 42.50 = 0.425 -> 0.42; pastry: 5% of 18.50 = 0.925 -> 0.92
+    result = ingest_event(cafe, P, purchase("e1", "ana", "2027-01-10T10:00:00+08:00",
+                                            lines=LINES))
+    assert result["points"] == 42  # the points path is unchanged
+    assert credit(cafe, "ana") == {"available": "1.34", "reserved": "0.00"}
+    assert credit_postings(cafe) == [("cashback", "issued", "available", 42, "all"),
+                                     ("cashback", "issued", "available", 92, "pastry")]
+    assert get_member(cafe, P, "ana")["balances"] == {"available": 42, "pending": 0,
+                                                       "reserved": 0}
+    assert_journal_ok(cafe)
+
+
+def test_a_refund_claws_back_the_cashback_of_what_was_refunded(cafe):
+    ingest_event(cafe, P, purchase("e1", "ana", "2027-01-10T10:00:00+08:00", lines=LINES))
+    # the croissant back: all now 1% of 24.00 = 0.24 (0.18 back), pastry 0 (0.92 back)
+    ingest_event(cafe, P, {"id": "r1", "type": "refund", "member": "ana",
+                           "occurred_at": "2027-01-11T10:00:00+08:00", "order_id": "ord-e1",
+                           "lines": [{"sku": "CROISSANT", "amount": "18.50"}]})
+    assert credit(cafe, "ana") == {"available": "0.24", "reserved": "0.00"}
+    assert credit_postings(cafe)[2:] == [("clawback", "available", "issued", 18, "all"),
+                                         ("clawback", "available", "issued", 92, "pastry")]
+    # then the rest: 0.24 back, nothing left
+    ingest_event(cafe, P, {"id": "r2", "type": "refund", "member": "ana",
+                           "occurred_at": "2027-01-12T10:00:00+08:00", "order_id": "ord-e1",
+                           "amount": "24.00"})
+    assert credit(cafe, "ana") == {"available": "0.00", "reserved": "0.00"}
+    assert_journal_ok(cafe)
+
+
+def test_a_clawback_after_the_credit_was_spent_leaves_a_debt(cafe):
+    ingest_event(cafe, P, purchase("e1", "ana", "2027-01-10T10:00:00+08:00", amount="100.00"))
+    held = hold(cafe, "ana", "1.00", "k1")
+    store_credit.capture_or_release(cafe, P, held["id"], "capture", None, "k2", TILL)
+    ingest_event(cafe, P, {"id": "r1", "type": "refund", "member": "ana",
+                           "occurred_at": "2027-03-16T10:00:00+08:00", "order_id": "ord-e1",
+                           "amount": "100.00"})
+    assert credit(cafe, "ana") == {"available": "-1.00", "reserved": "0.00"}
+    with pytest.raises(InsufficientCredit):
+        hold(cafe, "ana", "0.01", "k3")
+    assert_journal_ok(cafe)
+
+
+def test_hold_then_capture_part_spends_it_and_releases_the_rest(cafe):
+    ingest_event(cafe, P, purchase("e1", "bob", "2027-02-01T10:00:00+08:00", amount="800.00"))
+    assert credit(cafe, "bob") == {"available": "8.00", "reserved": "0.00"}
+    held = hold(cafe, "bob", "5.00", "k1")
+    assert held["status"] == "held"
+    assert held["hold_expires_at"] == "2027-03-15T12:15:00+08:00"
+    assert held["balances"] == {"available": "3.00", "reserved": "5.00"}
+    assert hold(cafe, "bob", "5.00", "k1") == held  # the same key answers the same hold
+    done = store_credit.capture_or_release(cafe, P, held["id"], "capture", {"amount": "4.00"},
+                                           "k2", TILL)
+    assert (done["status"], done["captured"]) == ("captured", "4.00")
+    assert done["balances"] == {"available": "4.00", "reserved": "0.00"}
+    assert [p[:4] for p in credit_postings(cafe)[1:]] == [
+        ("hold", "available", "reserved", 500), ("capture", "reserved", "redeemed", 400),
+        ("release", "reserved", "available", 100)]
+    assert_journal_ok(cafe)
+
+
+def test_refused_holds_and_captures_change_nothing(cafe):
+    ingest_event(cafe, P, purchase("e1", "bob", "2027-02-01T10:00:00+08:00", amount="800.00"))
+    held = hold(cafe, "bob", "2.00", "k1")
+    before = (credit(cafe, "bob"), credit_postings(cafe))
+    cases: list[tuple[Any, type[Exception], str]] = [
+        (lambda: hold(cafe, "bob", "6.01", "k2"), InsufficientCredit, "amount"),
+        (lambda: hold(cafe, "bob", "-1.00", "k3"), InvalidAmount, "amount"),
+        (lambda: hold(cafe, "bob", "0.001", "k4"), InvalidAmount, "amount"),
+        (lambda: hold(cafe, "bob", "0", "k5"), InvalidAmount, "amount"),
+        (lambda: hold(cafe, "nobody", "1.00", "k6"), UnknownMember, "member"),
+        (lambda: hold(cafe, "bob", None, "k7"), InvalidField, "amount"),
+        (lambda: store_credit.hold(cafe, P, {"member": "bob", "amount": "1.00", "tip": 1},
+                                   "k8", TILL), InvalidField, "tip"),
+        (lambda: store_credit.capture_or_release(cafe, P, "crh_nope", "capture", None, "k9",
+                                                 TILL), UnknownCreditHold, "hold"),
+        (lambda: store_credit.capture_or_release(cafe, P, held["id"], "capture",
+                                                 {"amount": "2.01"}, "k10", TILL),
+         InvalidAmount, "amount"),
+        (lambda: hold(cafe, "bob", "1.00", "k1"), Exception, "Idempotency-Key"),
+    ]
+    for call, error, field in cases:
+        with pytest.raises(error) as caught:
+            call()
+        assert getattr(caught.value, "field", None) == field
+        assert (credit(cafe, "bob"), credit_postings(cafe)) == before
+    store_credit.capture_or_release(cafe, P, held["id"], "release", None, "k11", TILL)
+    with pytest.raises(CreditHoldNotOpen):
+        store_credit.capture_or_release(cafe, P, held["id"], "capture", None, "k12", TILL)
+    assert credit(cafe, "bob") == {"available": "8.00", "reserved": "0.00"}
+    assert_journal_ok(cafe)
+
+
+def test_run_due_releases_holds_left_open(cafe):
+    ingest_event(cafe, P, purchase("e1", "bob", "2027-02-01T10:00:00+08:00", amount="800.00"))
+    hold(cafe, "bob", "3.00", "k1")
+    assert run_due(cafe, at("2027-03-15T12:14:59+08:00"), P).credit_holds_released == 0
+    assert run_due(cafe, at("2027-03-15T12:15:00+08:00"), P).credit_holds_released == 1
+    assert run_due(cafe, at("2027-03-15T12:16:00+08:00"), P).credit_holds_released == 0
+    assert credit(cafe, "bob") == {"available": "8.00", "reserved": "0.00"}
+    assert_journal_ok(cafe)
+
+
+def test_tiered_rebate_is_credited_once_when_the_quarter_has_ended(cafe):
+    ingest_event(cafe, P, purchase("e1", "bob", "2027-02-01T10:00:00+08:00", amount="700.00"))
+    ingest_event(cafe, P, purchase("e2", "bob", "2027-03-31T23:30:00+08:00", amount="100.00"))
+    ingest_event(cafe, P, purchase("e3", "ana", "2027-01-05T10:00:00+08:00", amount="300.00"))
+    ingest_event(cafe, P, {"id": "r3", "type": "refund", "member": "ana", "order_id": "ord-e3",
+                           "occurred_at": "2027-01-06T10:00:00+08:00", "amount": "50.00"})
+    # Q2 purchase: not in Q1's spend
+    ingest_event(cafe, P, purchase("e4", "bob", "2027-04-01T00:00:00+08:00", amount="100.00"))
+    assert run_due(cafe, at("2027-03-31T23:59:59+08:00"), P).rebates_credited == 0
+    report = run_due(cafe, at("2027-04-01T00:00:00+08:00"), P)
+    assert report.rebates_credited == 2
+    # bob: 800 -> 1% of 500 + 2% of 300 = 5.00 + 6.00; ana: 250 net -> 2.50
+    # instant cashback: bob 7.00 + 1.00 + 1.00, ana 3.00 - 0.50
+    assert credit(cafe, "bob") == {"available": "20.00", "reserved": "0.00"}
+    assert credit(cafe, "ana") == {"available": "5.00", "reserved": "0.00"}
+    assert run_due(cafe, at("2027-07-02T00:00:00+08:00"), P).rebates_credited == 1  # Q2: bob
+    assert run_due(cafe, at("2027-07-03T00:00:00+08:00"), P).rebates_credited == 0
+    assert credit(cafe, "bob") == {"available": "21.00", "reserved": "0.00"}
+    rebates = [p for p in credit_postings(cafe) if p[0] == "rebate"]
+    assert rebates == [("rebate", "issued", "available", 250, "quarterly"),
+                       ("rebate", "issued", "available", 1100, "quarterly"),
+                       ("rebate", "issued", "available", 100, "quarterly")]
+    assert_journal_ok(cafe)
+
+
+def test_statement_per_period_as_json_and_csv(cafe):
+    ingest_event(cafe, P, purchase("e1", "bob", "2027-02-01T10:00:00+08:00", amount="800.00"))
+    held = hold(cafe, "bob", "5.00", "k1")
+    store_credit.capture_or_release(cafe, P, held["id"], "capture", {"amount": "4.00"}, "k2",
+                                    TILL)
+    run_due(cafe, at("2027-04-02T00:00:00+08:00"), P)
+    q1 = store_credit.statement(cafe, P, "bob", "2027-Q1")
+    assert {k: v for k, v in q1.items() if k != "lines"} == {
+        "member": "bob", "asset": "credit:MYR", "currency": "MYR", "period": "2027-Q1",
+        "from": "2027-01-01T00:00:00+08:00", "until": "2027-04-01T00:00:00+08:00",
+        "opening_balance": "0.00", "earned": "8.00", "clawed_back": "0.00", "spent": "4.00",
+        "closing_balance": "4.00"}
+    assert [(line["code"], line["amount"], line["balance"]) for line in q1["lines"]] == [
+        ("cashback", "8.00", "8.00"), ("capture", "-4.00", "4.00")]
+    q2 = store_credit.statement(cafe, P, "bob", "2027-Q2")
+    assert (q2["opening_balance"], q2["earned"], q2["spent"], q2["closing_balance"]) == (
+        "4.00", "11.00", "0.00", "15.00")
+    assert store_credit.statement_csv(q1) == (
+        "occurred_at,code,rule,ref,explanation,amount,balance\n"
+        "2027-01-01T00:00:00+08:00,opening,,,opening balance 2027-Q1,,0.00\n"
+        "2027-02-01T10:00:00+08:00,cashback,all,e1,1% of RM 800.00 = RM 8.00 cashback (all),"
+        "8.00,8.00\n"
+        f"2027-03-15T12:00:00+08:00,capture,,{held['id']},spent 4.00 at the till "
+        f"(hold {held['id']}),-4.00,4.00\n"
+        "2027-04-01T00:00:00+08:00,closing,,,closing balance 2027-Q1,,4.00\n"
+        ",total-earned,,,,8.00,\n"
+        ",total-clawed-back,,,,0.00,\n"
+        ",total-spent,,,,4.00,\n")
+    for bad in ("2027-Q5", "27-01", "2027-13", "", "next"):
+        with pytest.raises(InvalidField) as caught:
+            store_credit.statement(cafe, P, "bob", bad)
+        assert caught.value.field == "period"
+    with pytest.raises(UnknownMember):
+        store_credit.statement(cafe, P, "nobody", "2027-Q1")
+    assert_journal_ok(cafe)
+
+
+def test_check_finds_a_cached_credit_balance_that_disagrees_with_the_journal(cafe):
+    ingest_event(cafe, P, purchase("e1", "bob", "2027-02-01T10:00:00+08:00", amount="800.00"))
+    with cafe.begin() as conn:
+        conn.execute(sa.text("UPDATE credit_accounts SET available = 801"))
+    assert check(cafe).problems == [
+        "credit-cafe/bob: cached store credit available 801 but the journal says 800"]
+    with cafe.begin() as conn:
+        conn.execute(sa.text("UPDATE credit_accounts SET available = 800, reserved = 100"))
+    assert check(cafe).problems == [
+        "credit-cafe/bob: cached store credit reserved 100 but the journal says 0",
+        "credit-cafe/bob: open store-credit holds reserve 0, reserved store credit is 100"]
+    with cafe.begin() as conn:
+        conn.execute(sa.text("UPDATE credit_accounts SET reserved = 0"))
+    assert_journal_ok(cafe)
