@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from setia.domain.conditions import Condition, ConditionError, compile_condition
 from setia.domain.errors import InvalidProgramme
 from setia.domain.money import known_currencies, minor_digits
+from setia.domain.trust import FraudConfig, PrivacyConfig
 
 Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 EventType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
@@ -141,6 +142,8 @@ class ProgrammeModel(_Strict):
     earn: list[EarnRule] = Field(default_factory=list)
     tiers: Tiers = Tiers()
     rewards: list[Reward] = Field(default_factory=list)
+    fraud: FraudConfig | None = None  # domain/trust.py, docs/programme.md
+    privacy: PrivacyConfig | None = None  # domain/trust.py, docs/programme.md
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

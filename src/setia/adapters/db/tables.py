@@ -216,3 +216,7 @@ api_keys = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime),
 )
+
+
+# Tables of other areas, on the same metadata.
+from setia.adapters.db import tables_trust  # noqa: E402,F401

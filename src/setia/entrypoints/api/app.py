@@ -22,7 +22,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from setia.domain.errors import Busy, InvalidField, SetiaError
-from setia.entrypoints.api import schemas
+from setia.entrypoints.api import schemas, trust
 from setia.entrypoints.api.auth import Caller, require
 from setia.service import (
     activity,
@@ -219,6 +219,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
     app.state.engine = engine
 
     app.add_middleware(RefuseUnstorablePaths)
+    trust.install(app)  # security middleware, member tokens, privacy, fraud, audit
 
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return run_in_threadpool(fn, engine, *args, **kwargs)
