@@ -95,7 +95,7 @@ _cache_lock = threading.Lock()
 
 def authenticate(engine: sa.Engine, token: str, clock: Clock = utc_now) -> MemberPrincipal | None:
     """The member a presented token stands for, or None (unknown, expired or revoked)."""
-    parts = token.split("_")
+    parts = token.split("_", 2)  # the secret may hold "_" itself
     if len(parts) != 3 or parts[0] != PREFIX or len(token) > 200:
         return None
     cached = _cache.get(token)
