@@ -319,3 +319,9 @@ def keys_create(
 
 def main() -> Any:  # pragma: no cover - console script entry
     return app()
+
+
+# Operations and trust: privacy, fraud, audit, member token, db partitions.
+from setia.entrypoints import cli_trust  # noqa: E402
+
+cli_trust.register(app)
