@@ -23,6 +23,7 @@ from rich.table import Table
 
 from setia.adapters.db import tables as t
 from setia.domain.errors import SetiaError
+from setia.entrypoints.demo_trust import show_trust
 from setia.service.check import check
 from setia.service.importer import import_batch
 from setia.service.members import upsert_member
@@ -337,4 +338,5 @@ def run_demo(
         for key, value in sorted(simulation.stats.items()):
             activity.add_row(key, f"{value:,}")
         console.print(activity)
+        show_trust(engine, console)
     console.print(summary(engine))
