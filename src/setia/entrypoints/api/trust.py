@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import BEARER, Caller, require
 from setia.entrypoints.api.security import (
     RateLimits,
@@ -20,8 +21,9 @@ from setia.entrypoints.api.security import (
 from setia.service import activity, audit, fraud, member_tokens, members, privacy, redemptions
 from setia.service.member_tokens import MemberPrincipal
 
-router = APIRouter()
+router = APIRouter(responses=schemas.PROBLEM_RESPONSES)  # every route answers problems
 BASE = "/v1/programs/{program}"
+MAX_ID = 2**63 - 1  # ids are 64-bit integers in both databases
 
 
 async def _body(request: Request) -> Any:
@@ -135,7 +137,7 @@ async def post_member_erase(program: str, member: str, request: Request,
 
 @router.get(BASE + "/reviews", tags=["fraud"])
 async def get_reviews(program: str, request: Request, status: str = Query("open"),
-                      after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=500),
+                      after: int = Query(0, ge=0, le=MAX_ID), limit: int = Query(100, ge=1, le=500),
                       caller: Caller = Depends(require("admin"))) -> Any:
     caller.check_program(program)
     return {"data": await run_in_threadpool(fraud.reviews, request.app.state.engine, program,
@@ -143,7 +145,8 @@ async def get_reviews(program: str, request: Request, status: str = Query("open"
 
 
 @router.post(BASE + "/reviews/{review}/{decision}", tags=["fraud"])
-async def post_review_decision(program: str, review: int, decision: str, request: Request,
+async def post_review_decision(program: str, decision: str, request: Request,
+                               review: int = Path(ge=1, le=MAX_ID),
                                caller: Caller = Depends(require("admin"))) -> Any:
     """``decision``: approve (the held points become available) or reject (taken back)."""
     caller.check_program(program)
@@ -158,7 +161,7 @@ async def post_review_decision(program: str, review: int, decision: str, request
 
 @router.get("/v1/audit", tags=["operations"])
 async def get_audit(request: Request, program: str | None = Query(None, max_length=64),
-                    after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=500),
+                    after: int = Query(0, ge=0, le=MAX_ID), limit: int = Query(100, ge=1, le=500),
                     caller: Caller = Depends(require("admin"))) -> Any:
     """Audit rows oldest first, from after ``after`` (the last id seen)."""
     if program is not None:
