@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -34,6 +34,7 @@ class MemberPrincipal:
     token_id: str
     program_id: str
     member_pk: int
+    expires_at: datetime
 
 
 def _digest(token: str) -> str:
@@ -100,7 +101,8 @@ def authenticate(engine: sa.Engine, token: str, clock: Clock = utc_now) -> Membe
         return None
     cached = _cache.get(token)
     if cached is not None and cached[0] > time.monotonic():
-        return cached[1]
+        found = cached[1]
+        return found if found is None or found.expires_at > clock() else None
     m = tt.member_tokens
     with engine.connect() as conn:
         row = conn.execute(sa.select(m).where(m.c.id == parts[1])).one_or_none()
@@ -108,11 +110,11 @@ def authenticate(engine: sa.Engine, token: str, clock: Clock = utc_now) -> Membe
     if (row is not None and row.revoked_at is None and row.expires_at > clock()
             and hmac.compare_digest(row.secret_hash, _digest(token))):
         principal = MemberPrincipal(token_id=row.id, program_id=row.program_id,
-                                    member_pk=row.member_pk)
+                                    member_pk=row.member_pk, expires_at=row.expires_at)
     with _cache_lock:
         if len(_cache) > 10_000:
             _cache.clear()
-        # an expired token stays refused; a valid one is re-checked within CACHE_SECONDS
+        # a revocation in another process takes effect within CACHE_SECONDS; expiry at once
         _cache[token] = (time.monotonic() + CACHE_SECONDS, principal)
     return principal
 
