@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from setia.domain.errors import InsufficientPoints
 
@@ -31,6 +31,8 @@ ADJUSTMENTS = "adjustments"
 PROGRAMME_ACCOUNTS = (ISSUED, REDEEMED, EXPIRED, ADJUSTMENTS)
 
 _FAR_FUTURE = datetime.max.replace(tzinfo=None)
+# available_at of a lot held for a fraud review: never due by itself (domain/trust.py)
+UNDER_REVIEW = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -212,6 +214,36 @@ class MemberLedger:
                            f"{amount} pending points became available")
                 activated += amount
         return activated
+
+    # -- fraud review (domain/trust.py) --------------------------------------------
+
+    def suspend(self, seq: int, explanation: str) -> int:
+        """Keep a lot of this event's earnings pending until a review releases it; the
+        points move from available to pending. Answers the points held."""
+        lot = self.lots[seq]
+        lot.available_at = UNDER_REVIEW
+        self._touch(lot)
+        if lot.pending:  # pending already (pending_days): only its due time changes
+            return lot.remaining
+        lot.pending = True
+        lot.remaining = lot.points  # any debt it paid is owed again while it is held
+        self._post("review_hold", AVAILABLE, PENDING, lot.points, None, explanation)
+        return lot.points
+
+    def resume(self, seq: int, available_at: datetime, now: datetime, explanation: str) -> int:
+        """An approved review: the lot is due when it would have been; if that time has
+        come its points become available now (paying any debt first)."""
+        lot = self.lots[seq]
+        lot.available_at = available_at
+        self._touch(lot)
+        if not lot.pending or available_at > now:
+            return 0
+        lot.pending = False
+        amount = lot.remaining
+        if amount > 0:
+            lot.remaining -= min(self.debt, amount)
+            self._post("review_ok", PENDING, AVAILABLE, amount, None, explanation)
+        return amount
 
     # -- spending ---------------------------------------------------------------
 

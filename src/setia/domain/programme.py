@@ -29,6 +29,7 @@ from setia.domain.errors import InvalidProgramme
 from setia.domain.money import known_currencies, minor_digits
 from setia.domain.partners import PartnersConfig, partners_errors
 from setia.domain.store_credit import CashbackConfig, cashback_errors
+from setia.domain.trust import FraudConfig, PrivacyConfig
 
 Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 EventType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
@@ -171,6 +172,8 @@ class ProgrammeModel(_Strict):
     memberships: list[MembershipPlan] | None = None
     cashback: CashbackConfig | None = None
     partners: PartnersConfig | None = None
+    fraud: FraudConfig | None = None  # domain/trust.py, docs/programme.md
+    privacy: PrivacyConfig | None = None  # domain/trust.py, docs/programme.md
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

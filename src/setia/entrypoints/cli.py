@@ -351,3 +351,7 @@ from setia.entrypoints.cli_store_credit import credit_app, settlement_command  #
 
 app.add_typer(credit_app, name="credit")
 app.command("settlement")(settlement_command)
+# Operations and trust: privacy, fraud, audit, member token, db partitions.
+from setia.entrypoints import cli_trust  # noqa: E402
+
+cli_trust.register(app)

@@ -26,6 +26,7 @@ from setia.domain.errors import SetiaError
 from setia.entrypoints import demo_growth, demo_store_credit
 from setia.entrypoints.demo_analytics import analytics_summary
 from setia.entrypoints.demo_engagement import engagement_demo
+from setia.entrypoints.demo_trust import show_trust
 from setia.entrypoints.web.demo import demo_web
 from setia.service.check import check
 from setia.service.importer import import_batch
@@ -343,6 +344,7 @@ def run_demo(
         console.print(activity)
         demo_growth.build(engine, console, seed)  # referrals, coupons, survey, donations
         demo_store_credit.run(engine, console, YEAR)
+        show_trust(engine, console)
     console.print(summary(engine))
     analytics_summary(engine, console, PROGRAM_ID, YEAR)
     demo_web(engine, console, PROGRAM_ID)  # staff accounts of the web pages

@@ -28,7 +28,7 @@ from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Level, Programme
 from setia.domain.refunds import Order, OrderLine, remaining_lines, split_refund
-from setia.service import coupons, engagement, referrals, store_credit
+from setia.service import coupons, engagement, fraud, privacy, referrals, store_credit
 from setia.service import partners as partner_settlement
 from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
 from setia.service.views import balances, tier_view
@@ -119,6 +119,7 @@ def apply_event(
     if stored is not None:
         return replay_or_conflict(stored, digest, event.id)
     partner_settlement.check_event(programme, event)
+    privacy.check_event_age(programme, event, now)
 
     if event.type == "purchase":
         made = _purchase(uow, programme, member, event)
@@ -127,6 +128,7 @@ def apply_event(
     else:
         made = _other(programme, member, event)
     made += engagement.after_event(uow, programme, member, event)
+    review = fraud.screen(uow, programme, member, event, made, now) if store else None
     context = PostingContext(
         ref=event.id, program_version=programme.version, occurred_at=event.occurred_at
     )
@@ -147,6 +149,8 @@ def apply_event(
         "balances": balances(member),
         "tier": _tier_summary(programme, member),
     }
+    if review is not None:
+        result["review"] = review
     if store:
         uow.add_event(programme.id, event, digest, payload, result, now)
         if known is not None:  # a repeat later in the same batch replays this result

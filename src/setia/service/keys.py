@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
 from setia.domain.errors import InvalidField
+from setia.service import audit
 from setia.service.common import Clock, utc_now
 
 SCOPES = ("admin", "pos", "member-read")
@@ -50,6 +51,8 @@ def create_key(engine: sa.Engine, scope: str, program_id: str | None = None,
             id=key_id, secret_hash=_digest(key), scope=scope, program_id=program_id,
             created_at=clock(),
         ))
+        audit.record_now(conn, "key.create", program_id=program_id, target=f"key {key_id}",
+                         before=None, after={"scope": scope}, now=clock())
     return key
 
 

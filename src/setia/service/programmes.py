@@ -18,6 +18,7 @@ from setia.domain.programme import (
     definition_hash,
     validate_document,
 )
+from setia.service import audit
 from setia.service.common import Clock, require_programme, transaction, utc_now
 
 
@@ -83,6 +84,9 @@ def store_programme(engine: sa.Engine, document: Any, *, program_id: str | None 
             program_id=model.id, version=version, definition=canonical_json(model),
             definition_hash=digest, created_at=now,
         ))
+        audit.record(uow, "programme.store", program_id=model.id, target=f"programme {model.id}",
+                     before={"version": current}, after={"version": version, "hash": digest},
+                     now=now)
         uow.commit()
         return {"id": model.id, "version": version, "created": True}
 

@@ -32,7 +32,7 @@ from setia.domain.errors import (
 from setia.domain.ledger import ADJUSTMENTS, REDEEMED
 from setia.domain.member import Member
 from setia.domain.programme import Programme, Reward
-from setia.service import donations, partners
+from setia.service import audit, donations, partners
 from setia.service.common import (
     Clock,
     idempotent,
@@ -451,6 +451,7 @@ def adjust(
 
         def run() -> dict[str, Any]:
             member = _member(uow, programme, body.get("member"))
+            before = balances(member)
             ref = f"adjust:{key}"
             if points > 0:
                 member.ledger.earn(
@@ -467,6 +468,10 @@ def adjust(
             else:
                 member.ledger.spend(-points, code="adjust", credit=ADJUSTMENTS, explanation=reason)
             uow.record(programme.id, member, PostingContext(ref, programme.version, now))
+            audit.record(uow, "adjust", program_id=program_id, target=f"member #{member.pk}",
+                         before={"balances": before}, after={"balances": balances(member),
+                                                             "points": points, "reason": reason},
+                         now=now)
             return {
                 "member": member.id,
                 "points": points,

@@ -21,6 +21,7 @@ from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import earning
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
 from setia.domain.ledger import MEMBER_ACCOUNTS, PROGRAMME_ACCOUNTS
+from setia.service import audit
 from setia.service.common import (
     Clock,
     idempotent,
@@ -94,6 +95,8 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                                     PostingContext(reversal_ref, programme.version, now))
                 if posted:
                     changed.append({"member": member.id, "balances": balances(member)})
+            audit.record(uow, "reverse", program_id=program_id, target=ref, before=None,
+                         after={"reason": reason, "members": changed}, now=now)
             return {"ref": ref, "reason": reason, "members": changed}
 
         result = idempotent(uow, program_id, key, "reverse", body, run, now)

@@ -221,6 +221,7 @@ api_keys = sa.Table(
 
 # Tables of referrals, coupons, surveys and donations, on the same metadata.
 # Tables of feature areas, on the same metadata (kept in their own modules).
+# Tables of other areas, on the same metadata.
 from setia.adapters.db import (  # noqa: E402, F401  # noqa: E402, F401
     tables_analytics,  # noqa: E402,F401  (its tables join metadata)
     tables_coupons,
@@ -229,6 +230,7 @@ from setia.adapters.db import (  # noqa: E402, F401  # noqa: E402, F401
     tables_referrals,
     tables_store_credit,
     tables_surveys,
+    tables_trust,  # noqa: E402,F401
 )
 from setia.adapters.db import tables_engagement as tables_engagement  # noqa: E402,F401
 from setia.adapters.db import tables_web as tables_web  # noqa: E402,F401 - web pages' tables

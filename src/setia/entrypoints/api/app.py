@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import analytics as analytics_api
 from setia.entrypoints.api import partners as partners_api
-from setia.entrypoints.api import schemas
+from setia.entrypoints.api import schemas, trust
 from setia.entrypoints.api import store_credit as store_credit_api
 from setia.entrypoints.api.auth import Caller, require
 from setia.entrypoints.api.engagement import router as engagement_router
@@ -235,6 +235,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
     app.include_router(analytics_api.router)
 
     app.add_middleware(RefuseUnstorablePaths)
+    trust.install(app)  # security middleware, member tokens, privacy, fraud, audit
 
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return run_in_threadpool(fn, engine, *args, **kwargs)

@@ -9,6 +9,7 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from setia.service import audit
 from setia.service.keys import (
     NEEDS_DATABASE,
     Principal,
@@ -51,6 +52,7 @@ def require(*scopes: str) -> Callable[[Request], Awaitable[Caller]]:
             raise HTTPException(
                 403, f"a {principal.scope} key may not do this; it needs {' or '.join(scopes)}"
             )
+        audit.acting_as(f"key:{principal.key_id}")  # who, for the audit log
         return Caller(principal)
 
     return dependency

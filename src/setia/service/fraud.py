@@ -1,0 +1,208 @@
+"""Fraud screening on ingestion and the review queue (programme section ``fraud``).
+
+``screen`` is called once per applied event by ``service.events.apply_event``. With no
+``fraud`` section it returns at once: no query. With one, it reads the member's recent
+earnings and same-store, same-amount purchases in one statement, and if the event is
+suspicious holds its points (domain ``MemberLedger.suspend``) and queues a review.
+Admins approve (the points become available when they were due) or reject (the points
+are taken back) with ``decide``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from setia.adapters.db import tables as t
+from setia.adapters.db import tables_trust as tt
+from setia.adapters.db.store import PostingContext, UnitOfWork
+from setia.domain import trust
+from setia.domain.errors import InvalidField
+from setia.domain.events import Event
+from setia.domain.member import Member
+from setia.domain.programme import Programme
+from setia.service import audit
+from setia.service.common import (
+    Clock,
+    idempotent,
+    iso,
+    require_programme,
+    transaction,
+    utc_now,
+)
+from setia.service.views import balances
+
+# Earnings and purchases screened in a unit of work but not yet written (a batch or an
+# import applies many events before its one flush): counted as if already stored.
+_unwritten: weakref.WeakKeyDictionary[UnitOfWork, list[tuple[Any, ...]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def screen(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
+           points: int, now: datetime) -> dict[str, Any] | None:
+    """Hold the points of a suspicious event and queue it for review; what the event
+    result shows about it (``{"review", "reasons", "held"}``), or None."""
+    config = programme.model.fraud
+    if config is None or points <= 0 or not config.active:
+        return None
+    recent = _recent(uow, programme, member, event, config)
+    seen = _unwritten.setdefault(uow, [])
+    seen.append((member.pk, event.occurred_at, points, event.store, event.amount
+                 if event.type == "purchase" else None))
+    found = trust.reasons(config, recent, points)
+    if not found:
+        return None
+    ledger = member.ledger
+    seq = ledger.new_lots.get((event.id, False)) or ledger.new_lots.get((event.id, True))
+    assert seq is not None, "an event that earned points has a lot"
+    lot = ledger.lots[seq]
+    available_at = lot.available_at
+    if config.hold:
+        ledger.suspend(seq, f"held for review: {'; '.join(found)}"[:400])
+    review_id = uow.execute(tt.fraud_reviews.insert().values(
+        program_id=programme.id, member_pk=member.pk, event_id=event.id, lot_seq=seq,
+        points=points, reasons={"reasons": found, "held": config.hold},
+        available_at=available_at, status="open", created_at=now,
+    )).inserted_primary_key[0]  # type: ignore[index]
+    return {"review": review_id, "reasons": found, "held": config.hold}
+
+
+def _recent(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
+            config: trust.FraudConfig) -> trust.Recent:
+    at = event.occurred_at
+    hour, day = at - trust.WINDOWS["hour"], at - trust.WINDOWS["day"]
+    p = t.postings
+    window = sa.and_(p.c.member_pk == member.pk, p.c.code == "earn", p.c.occurred_at > day,
+                     p.c.occurred_at <= at, p.c.ref != event.id)
+    in_hour = p.c.occurred_at > hour
+    columns: list[Any] = [
+        sa.select(sa.func.count(sa.distinct(sa.case((in_hour, p.c.ref)))))
+        .where(window).scalar_subquery(),
+        sa.select(sa.func.count(sa.distinct(p.c.ref))).where(window).scalar_subquery(),
+        sa.select(sa.func.coalesce(sa.func.sum(sa.case((in_hour, p.c.points), else_=0)), 0))
+        .where(window).scalar_subquery(),
+        sa.select(sa.func.coalesce(sa.func.sum(p.c.points), 0)).where(window).scalar_subquery(),
+    ]
+    duplicate = config.duplicate_receipts
+    check_duplicates = (duplicate is not None and event.type == "purchase"
+                        and event.store is not None and event.amount is not None)
+    if check_duplicates:
+        assert duplicate is not None and event.amount is not None
+        o = t.orders
+        span = timedelta(minutes=duplicate.window_minutes)
+        columns.append(
+            sa.select(sa.func.count()).select_from(o).where(
+                o.c.program_id == programme.id,
+                o.c.amount_e4 == int(event.amount.scaleb(4)),
+                o.c.occurred_at >= at - span, o.c.occurred_at <= at + span,
+                o.c.order_id != event.order_id,
+                o.c.event["store"].as_string() == event.store,
+            ).scalar_subquery())
+    row: tuple[Any, ...] = tuple(uow.execute(sa.select(*columns)).one())
+    events = {"hour": int(row[0]), "day": int(row[1])}
+    points = {"hour": int(row[2]), "day": int(row[3])}
+    duplicates = int(row[4]) if check_duplicates else 0
+    for pk, occurred_at, earned, store, amount in _unwritten.get(uow, ()):
+        if pk == member.pk and day < occurred_at <= at:
+            for name, start in (("hour", hour), ("day", day)):
+                if occurred_at > start:
+                    events[name] += 1
+                    points[name] += earned
+        if (check_duplicates and duplicate is not None and store == event.store
+                and amount == event.amount
+                and abs(occurred_at - at) <= timedelta(minutes=duplicate.window_minutes)):
+            duplicates += 1
+    return trust.Recent(events=events, points=points, duplicates=duplicates)
+
+
+# -- the review queue -------------------------------------------------------------------
+
+def _view(row: Any, member_id: str, **changes: Any) -> dict[str, Any]:
+    values = {**row._mapping, **changes}
+    return {
+        "id": values["id"], "member": member_id, "event": values["event_id"],
+        "points": values["points"], "reasons": values["reasons"]["reasons"],
+        "held": values["reasons"]["held"], "status": values["status"],
+        "created_at": iso(values["created_at"]), "decided_at": iso(values["decided_at"]),
+        "decided_by": values["decided_by"],
+    }
+
+
+def reviews(engine: sa.Engine, program_id: str, status: str = "open", *, after_id: int = 0,
+            limit: int = 100) -> list[dict[str, Any]]:
+    if status not in ("open", "approved", "rejected"):
+        raise InvalidField("status must be open, approved or rejected", field="status")
+    r, m = tt.fraud_reviews, t.members
+    query = (sa.select(r, m.c.id.label("member_id")).join(m, m.c.pk == r.c.member_pk)
+             .where(r.c.program_id == program_id, r.c.status == status, r.c.id > after_id)
+             .order_by(r.c.id).limit(min(max(limit, 1), 500)))
+    with engine.connect() as conn:
+        return [_view(row, row.member_id) for row in conn.execute(query)]
+
+
+def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, key: str,
+           clock: Clock = utc_now) -> dict[str, Any]:
+    """Approve or reject an open review, once per idempotency key; audited."""
+    if decision not in ("approve", "reject"):
+        raise InvalidField("decision must be approve or reject", field="decision")
+
+    def work(uow: UnitOfWork) -> dict[str, Any]:
+        programme = require_programme(uow, program_id)
+        now = clock()
+
+        def run() -> dict[str, Any]:
+            r = tt.fraud_reviews
+            row = uow.execute(sa.select(r).where(r.c.program_id == program_id,
+                                                 r.c.id == review_id)).one_or_none()
+            if row is None:
+                raise trust.UnknownReview(f"no review {review_id} in programme {program_id}",
+                                          field="review")
+            (member,) = uow.members_for_update(program_id, [row.member_pk])
+            # Locked the member first: a concurrent decision waits, then sees it decided.
+            row = uow.execute(sa.select(r).where(r.c.id == review_id)).one()
+            if row.status != "open":
+                raise trust.ReviewDecided(f"review {review_id} was already {row.status}",
+                                          field="review")
+            before = balances(member)
+            ledger = member.ledger
+            held = bool(row.reasons["held"])
+            if decision == "approve":
+                if held:
+                    ledger.resume(row.lot_seq, row.available_at, now,
+                                  f"review {review_id} approved: points released")
+                status = "approved"
+            else:
+                lot = ledger.lots.get(row.lot_seq)
+                take = (lot.remaining if held and lot is not None
+                        else row.points if not held else 0)
+                if held and lot is not None:
+                    lot.available_at = row.available_at  # no longer under review
+                if take > 0:
+                    ledger.clawback(take, order_id=None, rule_id=None, code="review_reject",
+                                    source=row.event_id,
+                                    explanation=f"review {review_id} rejected: points taken back")
+                status = "rejected"
+            uow.record(program_id, member,
+                       PostingContext(f"review:{review_id}", programme.version, now))
+            actor = audit.current_actor()
+            uow.execute(r.update().where(r.c.id == review_id).values(
+                status=status, decided_at=now, decided_by=actor[:120]))
+            after = balances(member)
+            audit.record(uow, f"review.{decision}", program_id=program_id,
+                         target=f"review {review_id}", before={"status": "open",
+                                                              "balances": before},
+                         after={"status": status, "balances": after}, now=now)
+            view = _view(row, member.id, status=status, decided_at=now, decided_by=actor[:120])
+            view["balances"] = after
+            return view
+
+        result = idempotent(uow, program_id, key, f"review.{decision}", {"review": review_id},
+                            run, now)
+        uow.commit()
+        return result
+
+    return transaction(engine, work)
+

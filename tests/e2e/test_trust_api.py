@@ -1,0 +1,211 @@
+"""Operations and trust over HTTP, against a live ``setia serve``: rate limits (429 with
+Retry-After), security headers, member tokens and /v1/me, the audit log, privacy and the
+review queue routes, and logs that hold no secret or personal data."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from setia.adapters.db.engine import make_engine
+from setia.entrypoints.api.security import RedactSecrets
+from tests.e2e.api_server import (
+    CAFE_PROGRAMME,
+    LiveServer,
+    assert_problem,
+    assert_setia_check_ok,
+    create_key,
+    database_url,
+    live_server,
+)
+
+CAFE = CAFE_PROGRAMME["id"]
+API = f"/v1/programs/{CAFE}"
+PROFILE = {"name": "Nurul Huda", "email": "nurul.huda@example.my", "phone": "+60 19-876 5432"}
+FRAUD_CAFE = {**CAFE_PROGRAMME, "fraud": {"velocity": [{"per": "day", "max_points": 100}]}}
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveServer]:
+    monkeypatch.setenv("SETIA_RATE_LIMIT_PER_KEY", "1000/minute")
+    monkeypatch.setenv("SETIA_RATE_LIMIT_PER_IP", "1000/minute")
+    with database_url("sqlite", tmp_path) as url, live_server(url, tmp_path) as live:
+        admin = live.client(live.admin_key)
+        assert admin.put(API, json=FRAUD_CAFE).status_code == 201
+        assert admin.put(f"{API}/members/cust-1", json=PROFILE).status_code == 201
+        assert admin.put(f"{API}/members/cust-2", json={}).status_code == 201
+        admin.close()
+        yield live
+        assert_setia_check_ok(url)
+
+
+def test_every_answer_carries_the_security_headers(server: LiveServer) -> None:
+    with server.client() as anonymous:
+        for response in (anonymous.get("/health"), anonymous.get(f"{API}/members/cust-1")):
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["x-frame-options"] == "DENY"
+            assert response.headers["referrer-policy"] == "no-referrer"
+            assert response.headers["content-security-policy"] == (
+                "default-src 'none'; frame-ancestors 'none'")
+            assert response.headers["strict-transport-security"].startswith("max-age=31536000")
+        assert anonymous.get(f"{API}/members/cust-1").status_code == 401
+
+
+def test_a_member_token_reads_and_redeems_only_for_its_member(server: LiveServer) -> None:
+    with server.client(server.admin_key) as admin:
+        issued = admin.post(f"{API}/members/cust-1/tokens", json={"days": 7})
+        assert issued.status_code == 201, issued.text
+        token = issued.json()["token"]
+        assert token.startswith("smt_")
+        assert admin.post(f"{API}/adjustments", json={"member": "cust-1", "points": 200,
+                                                       "reason": "welcome gift"},
+                          headers={"Idempotency-Key": "adj-1"}).status_code == 201
+
+    with server.client(token) as member:
+        me = member.get("/v1/me")
+        assert me.status_code == 200
+        assert (me.json()["id"], me.json()["balances"]) == (
+            "cust-1", {"available": 250, "pending": 0, "reserved": 0})
+        activity = member.get("/v1/me/activity").json()["data"]
+        assert [line["points"] for line in activity] == [200, 50]
+        redeemed = member.post("/v1/me/redemptions", json={"reward": "free-latte"},
+                               headers={"Idempotency-Key": "r-1"})
+        assert redeemed.status_code == 201, redeemed.text
+        assert (redeemed.json()["member"], redeemed.json()["balances"]["available"]) == (
+            "cust-1", 100)
+        # another member's data, another member's redemption: refused, nothing changes
+        assert_problem(member.get(f"{API}/members/cust-2"), 401, "unauthorized")
+        assert_problem(member.post("/v1/me/redemptions",
+                                   json={"member": "cust-2", "reward": "cap"},
+                                   headers={"Idempotency-Key": "r-2"}), 403, "forbidden")
+        assert member.get("/v1/me").json()["balances"]["available"] == 100
+    with server.client("smt_000000000000_wrong") as stranger:
+        assert_problem(stranger.get("/v1/me"), 401, "unauthorized")
+
+
+def test_admin_actions_are_in_the_audit_log_with_who_did_them(server: LiveServer) -> None:
+    key = create_key(server.db_url, "admin")
+    key_id = key.split("_")[1]
+    with server.client(key) as admin:
+        assert admin.post(f"{API}/adjustments", json={"member": "cust-2", "points": 30,
+                                                       "reason": "goodwill"},
+                          headers={"Idempotency-Key": "adj-9"}).status_code == 201
+        rows = admin.get("/v1/audit", params={"program": CAFE}).json()["data"]
+    assert [(r["action"], r["actor"]) for r in rows] == [
+        ("programme.store", "key:env:SETIA_ADMIN_KEY"),
+        ("adjust", f"key:{key_id}"),
+    ]
+    assert rows[1]["before"] == {"balances": {"available": 50, "pending": 0, "reserved": 0}}
+    assert rows[1]["after"] == {"balances": {"available": 80, "pending": 0, "reserved": 0},
+                                "points": 30, "reason": "goodwill"}
+    # append-only: the database refuses to change or remove a row
+    with server.engine.begin() as conn, pytest.raises(sa.exc.DatabaseError):
+        conn.execute(sa.text("UPDATE audit_log SET actor = 'someone else'"))
+    with server.engine.begin() as conn, pytest.raises(sa.exc.DatabaseError):
+        conn.execute(sa.text("DELETE FROM audit_log"))
+
+
+def test_export_erase_and_the_review_queue_over_http(server: LiveServer) -> None:
+    with server.client(server.admin_key) as admin:
+        event = {"id": "big-1", "type": "purchase", "member": "cust-1", "order_id": "ob-1",
+                 "occurred_at": "2026-03-02T10:00:00+08:00", "amount": "120.00",
+                 "currency": "MYR", "store": "pg-01"}
+        applied = admin.post(f"{API}/events", json=event).json()
+        # base 120 + first-visit 100 = 220 > 100 points a day: held for review
+        assert applied["review"]["held"] is True
+        queue = admin.get(f"{API}/reviews").json()["data"]
+        assert [(r["member"], r["event"], r["points"]) for r in queue] == [
+            ("cust-1", "big-1", 220)]
+        approved = admin.post(f"{API}/reviews/{queue[0]['id']}/approve",
+                              headers={"Idempotency-Key": "rv-1"})
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["balances"] == {"available": 270, "pending": 0, "reserved": 0}
+
+        export = admin.get(f"{API}/members/cust-1/export")
+        assert export.status_code == 200
+        assert export.json()["member"]["email"] == PROFILE["email"]
+        assert [e["id"] for e in export.json()["events"]] == ["big-1", "signup:cust-1"]
+
+        erased = admin.post(f"{API}/members/cust-1/erase", headers={"Idempotency-Key": "er-1"})
+        assert erased.status_code == 200, erased.text
+        pseudonym = erased.json()["member"]
+        assert_problem(admin.get(f"{API}/members/cust-1"), 404, "unknown-member")
+        view = admin.get(f"{API}/members/{pseudonym}").json()
+        assert (view["name"], view["email"], view["balances"]["available"]) == (None, None, 270)
+        assert_problem(admin.post(f"{API}/reviews/999/reject",
+                                  headers={"Idempotency-Key": "rv-2"}), 404, "unknown-review")
+
+
+def test_no_secret_or_personal_data_reaches_the_server_log(server: LiveServer) -> None:
+    key = create_key(server.db_url, "admin")
+    with server.client(server.admin_key) as admin:
+        token = admin.post(f"{API}/members/cust-1/tokens").json()["token"]
+        admin.put(f"{API}/members/cust-1", json={**PROFILE, "birthday": "1991-02-03"})
+        admin.get(f"{API}/members/cust-1/export")
+    with server.client(key) as other:
+        other.get(f"{API}/members/cust-1")
+    with server.client(token) as member:
+        member.get("/v1/me")
+    with server.client(key + "x") as wrong:
+        assert wrong.get(f"{API}/members/cust-1").status_code == 401
+    log = server.log()
+    assert "Uvicorn running" in log or "Application startup complete" in log  # it logs
+    for secret in (server.admin_key, key, key.split("_", 2)[2], token, token.split("_", 2)[2],
+                   PROFILE["name"], PROFILE["email"], "876 5432", "1991-02-03"):
+        assert secret not in log
+
+
+def test_the_log_filter_redacts_keys_tokens_contacts_and_sql_parameters(tmp_path: Path) -> None:
+    # A real SQLAlchemy error carries the statement's parameters, here an email address
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE people (email TEXT PRIMARY KEY)"))
+        conn.execute(sa.text("INSERT INTO people VALUES ('ali@example.my')"))
+    logger = logging.getLogger("setia.test-redaction")
+    path = tmp_path / "log.txt"
+    handler = logging.FileHandler(path)
+    handler.addFilter(RedactSecrets())
+    logger.addHandler(handler)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO people VALUES (:e)"), {"e": "ali@example.my"})
+    except sa.exc.IntegrityError:
+        logger.exception("insert failed for %s with %s", "ali@example.my",
+                         "Bearer sk_0a1b2c3d4e5f_s3cr3tPart-xyz")
+    logger.warning("member phone +60 12-345 6789 and token smt_abcdef123456_tokenSecret9")
+    logger.removeHandler(handler)
+    handler.close()
+    engine.dispose()
+    text = path.read_text()
+    assert "IntegrityError" in text and "[parameters: redacted]" in text
+    for secret in ("ali@example.my", "s3cr3tPart", "345 6789", "tokenSecret9"):
+        assert secret not in text
+    assert "smt_abcdef123456_[redacted]" in text
+
+
+def test_rate_limits_per_key_and_per_address_answer_429_with_retry_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SETIA_RATE_LIMIT_PER_KEY", "3/minute")
+    monkeypatch.setenv("SETIA_RATE_LIMIT_PER_IP", "5/minute")
+    with database_url("sqlite", tmp_path) as url, live_server(url, tmp_path) as live:
+        key = create_key(url, "admin")
+        with live.client(key) as first, live.client(live.admin_key) as second:
+            # the first key's fourth request is over its 3 a minute
+            answers = [first.get(API) for _ in range(4)]
+            assert [a.status_code for a in answers] == [404, 404, 404, 429]
+            body = assert_problem(answers[3], 429, "rate-limited")
+            retry_after = int(answers[3].headers["retry-after"])
+            assert 1 <= retry_after <= 60 and body["retry_after"] == retry_after
+            assert "API key" in body["detail"]
+            assert answers[3].headers["x-content-type-options"] == "nosniff"
+            # another key has its own count, but the address has used 5 of its 5
+            assert second.get(API).status_code == 404
+            over = second.get(API)
+            assert "client address" in assert_problem(over, 429, "rate-limited")["detail"]
+            assert int(over.headers["retry-after"]) >= 1
+            # health checks are never limited
+            assert [second.get("/health").status_code for _ in range(3)] == [200, 200, 200]

@@ -1,0 +1,227 @@
+"""Fraud rules on ingestion (velocity, duplicate receipts), the hold and the review queue."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from setia.domain.trust import ReviewDecided, UnknownReview
+from setia.service import audit, fraud
+from setia.service.batch import ingest_batch
+from setia.service.events import ingest_event
+from setia.service.members import get_member, upsert_member
+from setia.service.programmes import parse_text
+from setia.service.run_due import run_due
+from tests.conftest import KOPI_SETIA, assert_journal_ok, at, fixed_clock, load_programme
+
+P = "fraud-cafe"
+CLOCK = fixed_clock("2027-03-01T12:00:00+00:00")
+PROGRAMME: dict[str, Any] = {
+    "id": P, "name": "Fraud Cafe", "currency": "MYR", "timezone": "UTC",
+    "points": {"pending_days": 0},
+    "earn": [{"id": "base", "on": "purchase", "rate": 1},
+             {"id": "review", "on": "review", "points": 5}],
+    "fraud": {
+        "velocity": [{"per": "hour", "max_events": 2}, {"per": "day", "max_points": 500}],
+        "duplicate_receipts": {"window_minutes": 10},
+    },
+}
+
+
+@pytest.fixture
+def cafe(engine: sa.Engine) -> sa.Engine:
+    load_programme(engine, PROGRAMME)
+    for member in ("m1", "m2", "m3"):
+        upsert_member(engine, P, member, {}, CLOCK)
+    return engine
+
+
+def purchase(event_id: str, member: str, when: str, amount: str, store: str = "kl-01",
+             program: str = P) -> dict[str, Any]:
+    return {"id": event_id, "type": "purchase", "member": member, "order_id": f"o-{event_id}",
+            "occurred_at": when, "amount": amount, "currency": "MYR", "store": store}
+
+
+def balances(engine: sa.Engine, member: str, program: str = P) -> dict[str, int]:
+    return get_member(engine, program, member, CLOCK)["balances"]
+
+
+def journal(engine: sa.Engine, code: str) -> list[tuple[str, str, int]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.text(
+            "SELECT debit, credit, points FROM postings WHERE code = :code ORDER BY id"),
+            {"code": code})]
+
+
+def test_a_third_earning_event_within_an_hour_is_held_for_review(cafe):
+    # Given two purchases by m1 within the hour (10 and 20 points)
+    ingest_event(cafe, P, purchase("e1", "m1", "2027-03-01T10:00:00+00:00", "10.00"), CLOCK)
+    ingest_event(cafe, P, purchase("e2", "m1", "2027-03-01T10:20:00+00:00", "20.00"), CLOCK)
+
+    # When a third arrives within the same hour
+    result = ingest_event(cafe, P, purchase("e3", "m1", "2027-03-01T10:40:00+00:00", "30.00"),
+                          CLOCK)
+
+    # Then its 30 points are earned but held pending, and a review is queued
+    assert result["points"] == 30
+    assert result["balances"] == {"available": 30, "pending": 30, "reserved": 0}
+    assert result["review"]["reasons"] == ["velocity: 3 earning events in an hour (limit 2)"]
+    assert result["review"]["held"] is True
+    assert balances(cafe, "m1") == {"available": 30, "pending": 30, "reserved": 0}
+    assert journal(cafe, "review_hold") == [("available", "pending", 30)]
+    queue = fraud.reviews(cafe, P)
+    assert [(r["member"], r["event"], r["points"], r["status"]) for r in queue] == [
+        ("m1", "e3", 30, "open")]
+    assert_journal_ok(cafe)
+
+
+def test_an_event_outside_the_hour_is_not_held(cafe):
+    ingest_event(cafe, P, purchase("e1", "m1", "2027-03-01T09:00:00+00:00", "10.00"), CLOCK)
+    ingest_event(cafe, P, purchase("e2", "m1", "2027-03-01T10:20:00+00:00", "20.00"), CLOCK)
+    result = ingest_event(cafe, P, purchase("e3", "m1", "2027-03-01T10:40:00+00:00", "30.00"),
+                          CLOCK)
+    # 09:00 is more than an hour before 10:40: two earning events in the hour, limit 2
+    assert "review" not in result
+    assert balances(cafe, "m1") == {"available": 60, "pending": 0, "reserved": 0}
+    assert fraud.reviews(cafe, P) == []
+    assert_journal_ok(cafe)
+
+
+def test_points_over_the_daily_limit_are_held_even_in_one_event(cafe):
+    ingest_event(cafe, P, purchase("e1", "m1", "2027-03-01T08:00:00+00:00", "200.00"), CLOCK)
+    result = ingest_event(cafe, P, purchase("e2", "m1", "2027-03-01T20:00:00+00:00",
+                                            "301.00"), CLOCK)
+    assert result["review"]["reasons"] == ["velocity: 501 points in a day (limit 500)"]
+    assert balances(cafe, "m1") == {"available": 200, "pending": 301, "reserved": 0}
+    assert_journal_ok(cafe)
+
+
+def test_the_same_receipt_claimed_by_another_member_is_held(cafe):
+    # Given m1's purchase of RM 42.50 at kl-01 at 10:00
+    ingest_event(cafe, P, purchase("e1", "m1", "2027-03-01T10:00:00+00:00", "42.50"), CLOCK)
+
+    # When m2 claims the same store and amount 5 minutes later, m3 the same amount at
+    # another store, and m3 again at kl-01 20 minutes later
+    dup = ingest_event(cafe, P, purchase("e2", "m2", "2027-03-01T10:05:00+00:00", "42.50"),
+                       CLOCK)
+    other_store = ingest_event(cafe, P, purchase("e3", "m3", "2027-03-01T10:05:00+00:00",
+                                                 "42.50", store="pg-02"), CLOCK)
+    later = ingest_event(cafe, P, purchase("e4", "m3", "2027-03-01T10:25:00+00:00", "42.50"),
+                         CLOCK)
+
+    # Then only m2's is held
+    assert dup["review"]["reasons"] == [
+        "duplicate receipt: 1 other purchase(s) with the same store and amount within 10 minutes"]
+    assert "review" not in other_store and "review" not in later
+    assert balances(cafe, "m2") == {"available": 0, "pending": 42, "reserved": 0}
+    assert balances(cafe, "m3") == {"available": 84, "pending": 0, "reserved": 0}
+    assert_journal_ok(cafe)
+
+
+def held_m1(engine: sa.Engine) -> int:
+    for n, minute in enumerate(("00", "20", "40"), start=1):
+        ingest_event(engine, P, purchase(f"e{n}", "m1", f"2027-03-01T10:{minute}:00+00:00",
+                                         f"{n * 10}.00"), CLOCK)
+    (review,) = fraud.reviews(engine, P)
+    return int(review["id"])
+
+
+def test_approving_a_review_releases_the_points_and_is_audited(cafe):
+    review = held_m1(cafe)
+    audit.acting_as("key:reviewer-1")
+
+    decided = fraud.decide(cafe, P, review, "approve", "k-approve", CLOCK)
+
+    assert decided["status"] == "approved"
+    assert decided["decided_by"] == "key:reviewer-1"
+    assert decided["balances"] == {"available": 60, "pending": 0, "reserved": 0}
+    assert balances(cafe, "m1") == {"available": 60, "pending": 0, "reserved": 0}
+    assert journal(cafe, "review_ok") == [("pending", "available", 30)]
+    assert fraud.reviews(cafe, P) == []
+    (row,) = [e for e in audit.entries(cafe, P) if e["action"] == "review.approve"]
+    assert (row["actor"], row["target"]) == ("key:reviewer-1", f"review {review}")
+    assert row["before"] == {"status": "open",
+                             "balances": {"available": 30, "pending": 30, "reserved": 0}}
+    assert row["after"] == {"status": "approved",
+                            "balances": {"available": 60, "pending": 0, "reserved": 0}}
+    # the same key replays; a second decision is refused and changes nothing
+    assert fraud.decide(cafe, P, review, "approve", "k-approve", CLOCK) == decided
+    with pytest.raises(ReviewDecided):
+        fraud.decide(cafe, P, review, "reject", "k-reject", CLOCK)
+    assert balances(cafe, "m1") == {"available": 60, "pending": 0, "reserved": 0}
+    assert_journal_ok(cafe)
+
+
+def test_rejecting_a_review_takes_the_held_points_back(cafe):
+    review = held_m1(cafe)
+    decided = fraud.decide(cafe, P, review, "reject", "k1", CLOCK)
+    assert decided["status"] == "rejected"
+    assert balances(cafe, "m1") == {"available": 30, "pending": 0, "reserved": 0}
+    assert journal(cafe, "review_reject") == [("pending", "issued", 30)]
+    assert_journal_ok(cafe)
+
+
+def test_an_unknown_review_is_refused_and_changes_nothing(cafe):
+    held_m1(cafe)
+    with pytest.raises(UnknownReview):
+        fraud.decide(cafe, P, 999, "approve", "k1", CLOCK)
+    assert balances(cafe, "m1") == {"available": 30, "pending": 30, "reserved": 0}
+    assert_journal_ok(cafe)
+
+
+def test_events_of_one_batch_count_towards_the_velocity_limits(cafe):
+    results = ingest_batch(cafe, P, [
+        purchase(f"b{n}", "m1", f"2027-03-01T10:0{n}:00+00:00", f"{10 + n}.00")
+        for n in range(4)
+    ], CLOCK)
+    # 10 and 11 points earned; the third and fourth (12, 13) are over 2 events an hour
+    assert [("review" in r) for r in results] == [False, False, True, True]
+    assert balances(cafe, "m1") == {"available": 21, "pending": 25, "reserved": 0}
+    assert_journal_ok(cafe)
+
+
+def test_held_points_of_a_pending_programme_wait_past_their_pending_days(engine):
+    # Kopi Setia keeps points pending 3 days; a hold keeps them pending until approved
+    document = copy.deepcopy(parse_text(KOPI_SETIA.read_text()))
+    document["fraud"] = {"velocity": [{"per": "day", "max_points": 50}]}
+    load_programme(engine, document)
+    clock = fixed_clock("2027-03-01T09:00:00+08:00")
+    upsert_member(engine, "kopi-setia", "cust-1", {}, clock)  # welcome 50, pending
+    result = ingest_event(engine, "kopi-setia", {
+        "id": "k1", "type": "purchase", "member": "cust-1", "order_id": "ko1",
+        "occurred_at": "2027-03-02T10:00:00+08:00", "amount": "42.00", "currency": "MYR",
+        "store": "pg-01"}, clock)
+    # base 42 + first-visit 100 = 142 > 50 in a day: held
+    assert result["points"] == 142 and result["review"]["held"] is True
+    run_due(engine, at("2027-03-10T00:00:00+08:00"))
+    assert get_member(engine, "kopi-setia", "cust-1", clock)["balances"] == {
+        "available": 50, "pending": 142, "reserved": 0}
+    (review,) = fraud.reviews(engine, "kopi-setia")
+    fraud.decide(engine, "kopi-setia", review["id"], "approve", "a1",
+                 fixed_clock("2027-03-10T01:00:00+08:00"))
+    assert get_member(engine, "kopi-setia", "cust-1", clock)["balances"] == {
+        "available": 192, "pending": 0, "reserved": 0}
+    assert_journal_ok(engine)
+
+
+def test_without_a_fraud_section_ingestion_runs_no_fraud_query(kopi):
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    upsert_member(kopi, "kopi-setia", "cust-1", {}, fixed_clock("2027-03-01T09:00:00+08:00"))
+    sa.event.listen(kopi, "before_cursor_execute", seen)
+    try:
+        ingest_event(kopi, "kopi-setia", {
+            "id": "k1", "type": "purchase", "member": "cust-1", "order_id": "ko1",
+            "occurred_at": "2027-03-02T10:00:00+08:00", "amount": "42.00", "currency": "MYR",
+            "store": "kl-01"}, fixed_clock("2027-03-02T10:00:00+08:00"))
+    finally:
+        sa.event.remove(kopi, "before_cursor_execute", seen)
+    assert statements, "the listener saw the ingestion"
+    assert not [s for s in statements if "fraud_reviews" in s or "count(DISTINCT" in s]
+    assert_journal_ok(kopi)
