@@ -28,6 +28,7 @@ from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Level, Programme
 from setia.domain.refunds import Order, OrderLine, remaining_lines, split_refund
+from setia.service import outbox
 from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
 from setia.service.views import balances, tier_view
 
@@ -116,6 +117,7 @@ def apply_event(
     stored = known.get(event.id) if known is not None else uow.stored_event(programme.id, event.id)
     if stored is not None:
         return replay_or_conflict(stored, digest, event.id)
+    tier_before = member.tier_id
 
     if event.type == "purchase":
         made = _purchase(uow, programme, member, event)
@@ -144,6 +146,7 @@ def apply_event(
     }
     if store:
         uow.add_event(programme.id, event, digest, payload, result, now)
+        outbox.changed(uow, programme, member, postings, event.id, now, tier_before=tier_before)
         if known is not None:  # a repeat later in the same batch replays this result
             known[event.id] = StoredEvent(digest, result)
     return result

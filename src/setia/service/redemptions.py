@@ -32,6 +32,7 @@ from setia.domain.errors import (
 from setia.domain.ledger import ADJUSTMENTS, REDEEMED
 from setia.domain.member import Member
 from setia.domain.programme import Programme, Reward
+from setia.service import outbox
 from setia.service.common import (
     Clock,
     idempotent,
@@ -238,7 +239,9 @@ def redeem(
                 "updated_at": now,
             }
             uow.execute(t.redemptions.insert().values(**row))
-            uow.record(programme.id, member, PostingContext(redemption_id, programme.version, now))
+            outbox.changed(uow, programme, member, uow.record(
+                programme.id, member, PostingContext(redemption_id, programme.version, now)),
+                redemption_id, now, voucher=voucher, reward=reward.id if reward else None)
             return _view(row, member, voucher)
 
         result = idempotent(uow, program_id, key, "redeem", body, run, now)
@@ -307,7 +310,9 @@ def finish_hold(
         .where(t.redemptions.c.id == redemption_id)
         .values(status=row["status"], voucher_code=row["voucher_code"], updated_at=now)
     )
-    uow.record(programme.id, member, PostingContext(redemption_id, programme.version, now))
+    outbox.changed(uow, programme, member, uow.record(
+        programme.id, member, PostingContext(redemption_id, programme.version, now)),
+        redemption_id, now, voucher=voucher, reward=row["reward_id"])
     return _view(row, member, voucher)
 
 
@@ -414,6 +419,7 @@ def use_voucher(
 
                 raise VoucherUsed(f"voucher {row['code']} was just used", field="code")
             row["used_at"] = now
+            outbox.voucher_used(uow, programme, row, now)
             return _voucher_view(row, now)
 
         result = idempotent(
@@ -458,7 +464,8 @@ def adjust(
                 )
             else:
                 member.ledger.spend(-points, code="adjust", credit=ADJUSTMENTS, explanation=reason)
-            uow.record(programme.id, member, PostingContext(ref, programme.version, now))
+            outbox.changed(uow, programme, member, uow.record(
+                programme.id, member, PostingContext(ref, programme.version, now)), ref, now)
             return {
                 "member": member.id,
                 "points": points,

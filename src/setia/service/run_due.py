@@ -23,6 +23,7 @@ from setia.domain.errors import RedemptionNotHeld, UnknownProgramme
 from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
+from setia.service import outbox
 from setia.service.common import require_programme, transaction
 from setia.service.events import apply_event
 from setia.service.redemptions import finish_hold
@@ -38,6 +39,7 @@ class DueReport:
     tiers_reviewed: int = 0
     tiers_changed: int = 0
     birthdays: int = 0
+    expiry_notices: int = 0
     programmes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,6 +63,7 @@ def run_due(engine: sa.Engine, as_of: datetime, program_id: str | None = None,
         _expire(engine, pid, as_of, report)
         _review_tiers(engine, pid, as_of, report)
         _birthdays(engine, pid, as_of, report)
+        report.expiry_notices += outbox.expiring_soon(engine, pid, as_of)
         if progress:
             progress(pid)
     return report
@@ -80,8 +83,9 @@ def _in_batches(engine: sa.Engine, program_id: str, pks: list[int], as_of: datet
             programme = require_programme(uow, program_id)
             for member in uow.members_for_update(program_id, chunk, skip_locked=True):
                 work(uow, programme, member)
-                uow.record(program_id, member,
-                           PostingContext(f"run-due:{as_of.isoformat()}", programme.version, as_of))
+                ref = f"run-due:{as_of.isoformat()}"
+                outbox.changed(uow, programme, member, uow.record(
+                    program_id, member, PostingContext(ref, programme.version, as_of)), ref, as_of)
             uow.commit()
 
         transaction(engine, batch)
@@ -166,7 +170,8 @@ def _review_tiers(engine: sa.Engine, program_id: str, as_of: datetime, report: D
         report.tiers_reviewed += 1
         if reviewed.id != member.tier_id:
             report.tiers_changed += 1
-            member.tier_id = reviewed.id
+            before, member.tier_id = member.tier_id, reviewed.id
+            outbox.tier_reviewed(uow, programme, member, before, f"review:{period}", as_of)
         member.tier_reviewed = period
 
     _in_batches(engine, program_id, sorted(pks), as_of, work)

@@ -216,3 +216,5 @@ api_keys = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime),
 )
+
+from setia.adapters.db import tables_outbox  # noqa: E402, F401  (outbox, deliveries, webhooks)

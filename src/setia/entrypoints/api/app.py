@@ -22,7 +22,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from setia.domain.errors import Busy, InvalidField, SetiaError
-from setia.entrypoints.api import schemas
+from setia.entrypoints.api import ops, schemas
 from setia.entrypoints.api.auth import Caller, require
 from setia.service import (
     activity,
@@ -219,6 +219,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
     app.state.engine = engine
 
     app.add_middleware(RefuseUnstorablePaths)
+    ops.install(app)  # request ids, latency, /metrics, webhooks, dead letters, 503s
 
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return run_in_threadpool(fn, engine, *args, **kwargs)
@@ -329,6 +330,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
         caller.check_program(program)
         body = await read_body(request)
         result = await call(events.ingest_event, program, body)
+        ops.count_results([result])
         return JSONResponse(result, status_code=201 if result["status"] == "applied" else 200)
 
     @app.post(
@@ -344,7 +346,9 @@ def create_app(engine: sa.Engine) -> FastAPI:
         body = await read_body(request)
         if not isinstance(body, dict) or set(body) != {"events"}:
             raise InvalidField('the body must be {"events": [...]}', field="events")
-        return JSONResponse({"results": await call(batch.ingest_batch, program, body["events"])})
+        results = await call(batch.ingest_batch, program, body["events"])
+        ops.count_results(results)
+        return JSONResponse({"results": results})
 
     @app.post(
         base + "/simulate",
@@ -455,5 +459,7 @@ __all__ = ["create_app"]
 def app_from_env() -> FastAPI:
     """The application for SETIA_DATABASE_URL: the factory uvicorn's worker processes call."""
     from setia.adapters.db.engine import make_engine
+    from setia.entrypoints.observability import configure_logging
 
+    configure_logging()  # each worker process logs JSON lines too
     return create_app(make_engine())
