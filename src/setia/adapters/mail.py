@@ -48,8 +48,8 @@ def build(settings: SmtpSettings, to: str, subject: str, text: str, message_id: 
     message["Date"] = formatdate(localtime=False)
     # Stable per delivery: a retried send carries the same id, so mail systems can dedupe.
     message["Message-ID"] = message_id
-    message["Content-Language"] = language.replace("_", "-")
     message.set_content(text)
+    message["Content-Language"] = language.replace("_", "-")  # after: set_content clears it
     return message
 
 

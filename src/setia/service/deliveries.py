@@ -151,7 +151,7 @@ def dispatch(engine: sa.Engine, now: datetime, limit: int = DISPATCH_BATCH) -> i
                 if endpoint.types is None or row.type in endpoint.types:
                     made.append({**base, "outbox_id": row.id, "program_id": row.program_id,
                                  "channel": WEBHOOK, "target": endpoint.id})
-            if (row.program_id, row.member_id) in with_address:
+            if row.type in n.EMAIL_TYPES and (row.program_id, row.member_id) in with_address:
                 made.append({**base, "outbox_id": row.id, "program_id": row.program_id,
                              "channel": EMAIL, "target": "member"})
         if made:

@@ -146,12 +146,9 @@ def expiring_soon(engine: sa.Engine, program_id: str, as_of: datetime) -> int:
                                     sort_keys=True),
                  "occurred_at": as_of, "created_at": as_of}
                 for member, first, points in found[start:start + 500]]
+        insert = (postgresql.insert(outbox) if engine.dialect.name == "postgresql"
+                  else sqlite.insert(outbox))
         with engine.begin() as conn:
-            for row in rows:
-                insert = (postgresql.insert(outbox)
-                          if engine.dialect.name == "postgresql"
-                          else sqlite.insert(outbox))
-                result = conn.execute(insert.values(**row).on_conflict_do_nothing(
-                    index_elements=["program_id", "key"]))
-                written += result.rowcount or 0
+            written += len(conn.execute(insert.values(rows).on_conflict_do_nothing(
+                index_elements=["program_id", "key"]).returning(outbox.c.id)).all())
     return written
