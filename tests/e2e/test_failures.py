@@ -31,7 +31,7 @@ from tests.e2e.throwaway_pg import throwaway_postgres
 pytestmark = pytest.mark.postgres
 CAFE = CAFE_PROGRAMME["id"]
 MEMBERS = 10
-EVENTS = 240
+EVENTS = 120
 
 
 def event(i: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +67,6 @@ def throwaway_postgres() -> Iterator[Cluster]:
         cluster.start()
         yield cluster
     finally:
-        try:
+        with suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
             cluster.stop("immediate")
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            pass
         shutil.rmtree(directory, ignore_errors=True)
