@@ -105,14 +105,10 @@ def referral_paid(uow: UnitOfWork, programme: Programme, member: Member, *, refe
         "points": points, "balances": balances(member)})], occurred_at)
 
 
-def expiring_soon(engine: sa.Engine, program_id: str, as_of: datetime) -> int:
+def expiring_soon(engine: sa.Engine, programme: Programme, as_of: datetime) -> int:
     """Tell each member with points expiring within 30 days of ``as_of``, once per first
     expiry date: the notice names all points that expire in that window. Returns how many
     notices were new (several workers may run this at once: a key written is skipped)."""
-    with UnitOfWork(engine) as uow:
-        programme = uow.programme(program_id)
-    if programme is None:
-        return 0
     horizon = as_of + timedelta(days=EXPIRING_NOTICE_DAYS)
     expiry = programme.model.points.expiry
     m, lots = t.members, t.lots

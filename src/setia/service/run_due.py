@@ -63,7 +63,6 @@ def run_due(engine: sa.Engine, as_of: datetime, program_id: str | None = None,
         _expire(engine, pid, as_of, report)
         _review_tiers(engine, pid, as_of, report)
         _birthdays(engine, pid, as_of, report)
-        report.expiry_notices += outbox.expiring_soon(engine, pid, as_of)
         if progress:
             progress(pid)
     return report
@@ -126,6 +125,7 @@ def _expire(engine: sa.Engine, program_id: str, as_of: datetime, report: DueRepo
     with UnitOfWork(engine) as uow:
         programme = require_programme(uow, program_id)
     expiry = programme.model.points.expiry
+    report.expiry_notices += outbox.expiring_soon(engine, programme, as_of)
     if expiry.policy == "rolling":
         pks = _scalars(engine, sa.select(t.lots.c.member_pk).distinct().where(
             t.lots.c.program_id == program_id, t.lots.c.pending.is_(False),
