@@ -28,6 +28,7 @@ from setia.adapters.db.engine import database_url, make_engine
 from setia.adapters.db.migrate import upgrade
 from setia.domain.errors import InvalidProgramme, SetiaError
 from setia.domain.events import parse_time
+from setia.entrypoints import cli_ops
 
 app = typer.Typer(
     help="Setia: a loyalty and rewards engine.",
@@ -42,6 +43,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(program_app, name="program")
 app.add_typer(import_app, name="import")
 app.add_typer(member_app, name="member")
+app.add_typer(cli_ops.webhooks_app, name="webhooks")
+app.command("worker")(cli_ops.worker_command)
 
 console = Console()
 errors = Console(stderr=True)

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 import uvicorn
 
 from setia.entrypoints.api.app import create_app
+from setia.entrypoints.observability import configure_logging
 from setia.service.run_due import run_due
 
 SCHEDULE_SECONDS = 60
@@ -44,17 +45,18 @@ class Scheduler:
 def serve(engine: sa.Engine, host: str, port: int, *, scheduler: bool, workers: int = 1) -> None:
     """Serve until stopped. With several workers uvicorn starts processes that build the
     app from SETIA_DATABASE_URL; run-due stays in this process, once."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()  # JSON lines with request ids
     background = Scheduler(engine) if scheduler else None
     if background:
         background.start()
     try:
         if workers > 1:
             uvicorn.run("setia.entrypoints.api.app:app_from_env", factory=True, host=host,
-                        port=port, workers=workers, log_level="info", access_log=False)
+                        port=port, workers=workers, log_level="info", access_log=False,
+                        log_config=None)
         else:
             uvicorn.run(create_app(engine), host=host, port=port, log_level="info",
-                        access_log=False)
+                        access_log=False, log_config=None)
     finally:
         if background:
             background.stop()

@@ -28,7 +28,7 @@ from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Level, Programme
 from setia.domain.refunds import Order, OrderLine, remaining_lines, split_refund
-from setia.service import coupons, engagement, fraud, privacy, referrals, store_credit
+from setia.service import coupons, engagement, fraud, outbox, privacy, referrals, store_credit
 from setia.service import partners as partner_settlement
 from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
 from setia.service.views import balances, tier_view
@@ -120,6 +120,7 @@ def apply_event(
         return replay_or_conflict(stored, digest, event.id)
     partner_settlement.check_event(programme, event)
     privacy.check_event_age(programme, event, now)
+    tier_before = member.tier_id
 
     if event.type == "purchase":
         made = _purchase(uow, programme, member, event)
@@ -153,6 +154,7 @@ def apply_event(
         result["review"] = review
     if store:
         uow.add_event(programme.id, event, digest, payload, result, now)
+        outbox.changed(uow, programme, member, postings, event.id, now, tier_before=tier_before)
         if known is not None:  # a repeat later in the same batch replays this result
             known[event.id] = StoredEvent(digest, result)
     return result

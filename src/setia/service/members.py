@@ -14,6 +14,7 @@ from setia.domain.errors import InvalidField, UnknownMember
 from setia.domain.events import Event, parse_time
 from setia.domain.member import Member
 from setia.domain.programme import Programme
+from setia.service import outbox
 from setia.service.common import Clock, require_programme, transaction, utc_now
 from setia.service.views import member_view
 
@@ -102,6 +103,7 @@ def enrol(
         },
         now,
     )
+    outbox.enrolled(uow, programme, member, now)
     return member
 
 

@@ -32,7 +32,7 @@ from setia.domain.errors import (
 from setia.domain.ledger import ADJUSTMENTS, REDEEMED
 from setia.domain.member import Member
 from setia.domain.programme import Programme, Reward
-from setia.service import audit, donations, partners
+from setia.service import audit, donations, outbox, partners
 from setia.service.common import (
     Clock,
     idempotent,
@@ -243,6 +243,8 @@ def redeem(
             uow.execute(t.redemptions.insert().values(**row))
             made = uow.record(programme.id, member,
                               PostingContext(redemption_id, programme.version, now))
+            outbox.changed(uow, programme, member, made, redemption_id, now, voucher=voucher,
+                           reward=reward.id if reward else None)
             partners.settle_redemption(uow, programme, body.get("partner"), redemption_id, made,
                                        now)
             return _view(row, member, voucher)
@@ -315,6 +317,8 @@ def finish_hold(
         .values(status=row["status"], voucher_code=row["voucher_code"], updated_at=now)
     )
     made = uow.record(programme.id, member, PostingContext(redemption_id, programme.version, now))
+    outbox.changed(uow, programme, member, made, redemption_id, now, voucher=voucher,
+                   reward=row["reward_id"])
     partners.settle_redemption(uow, programme, None, redemption_id, made, now)
     return _view(row, member, voucher)
 
@@ -422,6 +426,7 @@ def use_voucher(
 
                 raise VoucherUsed(f"voucher {row['code']} was just used", field="code")
             row["used_at"] = now
+            outbox.voucher_used(uow, programme, row, now)
             return _voucher_view(row, now)
 
         result = idempotent(
@@ -467,7 +472,8 @@ def adjust(
                 )
             else:
                 member.ledger.spend(-points, code="adjust", credit=ADJUSTMENTS, explanation=reason)
-            uow.record(programme.id, member, PostingContext(ref, programme.version, now))
+            made = uow.record(programme.id, member, PostingContext(ref, programme.version, now))
+            outbox.changed(uow, programme, member, made, ref, now)
             audit.record(uow, "adjust", program_id=program_id, target=f"member #{member.pk}",
                          before={"balances": before}, after={"balances": balances(member),
                                                              "points": points, "reason": reason},

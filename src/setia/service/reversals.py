@@ -21,7 +21,7 @@ from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import earning
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
 from setia.domain.ledger import MEMBER_ACCOUNTS, PROGRAMME_ACCOUNTS
-from setia.service import audit
+from setia.service import audit, outbox
 from setia.service.common import (
     Clock,
     idempotent,
@@ -93,6 +93,7 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                                            code="reverse", debit=account)
                 posted = uow.record(program_id, member,
                                     PostingContext(reversal_ref, programme.version, now))
+                outbox.changed(uow, programme, member, posted, reversal_ref, now)
                 if posted:
                     changed.append({"member": member.id, "balances": balances(member)})
             audit.record(uow, "reverse", program_id=program_id, target=ref, before=None,

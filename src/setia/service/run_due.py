@@ -23,7 +23,7 @@ from setia.domain.errors import RedemptionNotHeld, UnknownProgramme
 from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
-from setia.service import referrals, store_credit
+from setia.service import outbox, referrals, store_credit
 from setia.service.common import require_programme, transaction
 from setia.service.engagement_due import engagement_due
 from setia.service.events import apply_event
@@ -42,6 +42,7 @@ class DueReport:
     birthdays: int = 0
     credit_holds_released: int = 0
     rebates_credited: int = 0
+    expiry_notices: int = 0
     programmes: list[str] = field(default_factory=list)
     engagement: dict[str, int] = field(default_factory=dict)  # memberships, anniversaries
 
@@ -90,8 +91,9 @@ def _in_batches(engine: sa.Engine, program_id: str, pks: list[int], as_of: datet
             programme = require_programme(uow, program_id)
             for member in uow.members_for_update(program_id, chunk, skip_locked=True):
                 work(uow, programme, member)
-                uow.record(program_id, member,
-                           PostingContext(f"run-due:{as_of.isoformat()}", programme.version, as_of))
+                ref = f"run-due:{as_of.isoformat()}"
+                outbox.changed(uow, programme, member, uow.record(
+                    program_id, member, PostingContext(ref, programme.version, as_of)), ref, as_of)
             uow.commit()
 
         transaction(engine, batch)
@@ -132,6 +134,7 @@ def _expire(engine: sa.Engine, program_id: str, as_of: datetime, report: DueRepo
     with UnitOfWork(engine) as uow:
         programme = require_programme(uow, program_id)
     expiry = programme.model.points.expiry
+    report.expiry_notices += outbox.expiring_soon(engine, programme, as_of)
     if expiry.policy == "rolling":
         pks = _scalars(engine, sa.select(t.lots.c.member_pk).distinct().where(
             t.lots.c.program_id == program_id, t.lots.c.pending.is_(False),
@@ -176,7 +179,8 @@ def _review_tiers(engine: sa.Engine, program_id: str, as_of: datetime, report: D
         report.tiers_reviewed += 1
         if reviewed.id != member.tier_id:
             report.tiers_changed += 1
-            member.tier_id = reviewed.id
+            before, member.tier_id = member.tier_id, reviewed.id
+            outbox.tier_reviewed(uow, programme, member, before, f"review:{period}", as_of)
         member.tier_reviewed = period
 
     _in_batches(engine, program_id, sorted(pks), as_of, work)

@@ -723,6 +723,25 @@ class UnitOfWork:
         self._orders[(program_id, order.order_id)] = order
         self._absent_orders.discard((program_id, order.order_id))
 
+    # -- rows written with the flush (the outbox) -----------------------------------------
+
+    def insert_later(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]],
+                     *, skip_on: tuple[str, ...] = ()) -> None:
+        """Insert ``rows`` with the next flush, in its one round trip; rows of the same
+        statement are sent as one batch. Times go through ``driver_time`` first. With
+        ``skip_on``, a row whose key already exists is skipped."""
+        sql = _insert_sql(self._formats.mark, table, columns)
+        if skip_on:
+            sql += f" ON CONFLICT ({_names(skip_on)}) DO NOTHING"
+        if self._writes and self._writes[-1][0] == sql:
+            self._writes[-1][1].extend(rows)
+        else:
+            self._writes.append((sql, list(rows)))
+
+    def driver_time(self, value: datetime) -> Any:
+        """A time as the driver stores it (for ``insert_later``)."""
+        return self._times(value)
+
     # -- flush ------------------------------------------------------------------------------
 
     def _write(self, name: str, rows: list[tuple[Any, ...]]) -> None:

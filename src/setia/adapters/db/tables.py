@@ -226,6 +226,7 @@ from setia.adapters.db import (  # noqa: E402, F401  # noqa: E402, F401
     tables_analytics,  # noqa: E402,F401  (its tables join metadata)
     tables_coupons,
     tables_donations,
+    tables_outbox,  # noqa: E402, F401  (outbox, deliveries, webhooks)
     tables_partners,
     tables_referrals,
     tables_store_credit,

@@ -23,8 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import analytics as analytics_api
+from setia.entrypoints.api import ops, schemas, trust
 from setia.entrypoints.api import partners as partners_api
-from setia.entrypoints.api import schemas, trust
 from setia.entrypoints.api import store_credit as store_credit_api
 from setia.entrypoints.api.auth import Caller, require
 from setia.entrypoints.api.engagement import router as engagement_router
@@ -236,6 +236,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
 
     app.add_middleware(RefuseUnstorablePaths)
     trust.install(app)  # security middleware, member tokens, privacy, fraud, audit
+    ops.install(app)  # request ids, latency, /metrics, webhooks, dead letters, 503s
 
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return run_in_threadpool(fn, engine, *args, **kwargs)
@@ -346,6 +347,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
         caller.check_program(program)
         body = await read_body(request)
         result = await call(events.ingest_event, program, body)
+        ops.count_results([result])
         return JSONResponse(result, status_code=201 if result["status"] == "applied" else 200)
 
     @app.post(
@@ -361,7 +363,9 @@ def create_app(engine: sa.Engine) -> FastAPI:
         body = await read_body(request)
         if not isinstance(body, dict) or set(body) != {"events"}:
             raise InvalidField('the body must be {"events": [...]}', field="events")
-        return JSONResponse({"results": await call(batch.ingest_batch, program, body["events"])})
+        results = await call(batch.ingest_batch, program, body["events"])
+        ops.count_results(results)
+        return JSONResponse({"results": results})
 
     @app.post(
         base + "/simulate",
@@ -480,5 +484,7 @@ __all__ = ["create_app"]
 def app_from_env() -> FastAPI:
     """The application for SETIA_DATABASE_URL: the factory uvicorn's worker processes call."""
     from setia.adapters.db.engine import make_engine
+    from setia.entrypoints.observability import configure_logging
 
+    configure_logging()  # each worker process logs JSON lines too
     return create_app(make_engine())

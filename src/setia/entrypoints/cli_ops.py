@@ -1,0 +1,103 @@
+"""``setia worker`` and ``setia webhooks ...`` (endpoints, dead letters, replay)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+
+from setia.domain.errors import SetiaError
+
+webhooks_app = typer.Typer(help="Webhook endpoints and the dead-letter list.",
+                           no_args_is_help=True)
+
+
+def _cli() -> Any:
+    from setia.entrypoints import cli
+
+    return cli
+
+
+def worker_command(
+    once: Annotated[bool, typer.Option("--once", help="one pass, then exit")] = False,
+    run_due_every: Annotated[float, typer.Option(
+        help="seconds between run-due passes (0: never)")] = 60.0,
+    webhook_timeout: Annotated[float, typer.Option(help="seconds to wait for a receiver")] = 10.0,
+) -> None:
+    """Run due work and deliver webhooks and emails until stopped (SIGTERM or Ctrl-C).
+
+    SMTP comes from SETIA_SMTP_HOST, SETIA_SMTP_PORT and SETIA_SMTP_FROM; without them
+    emails wait in the queue."""
+    from setia.adapters.mail import settings_from_env
+    from setia.entrypoints.observability import configure_logging
+    from setia.entrypoints.worker import Worker
+
+    configure_logging()
+    worker = Worker(_cli().engine(), smtp=settings_from_env(), run_due_seconds=run_due_every,
+                    webhook_timeout=webhook_timeout)
+    try:
+        if once:
+            report = worker.run_once()
+            print(json.dumps({"dispatched": report.dispatched, "delivered": report.delivered,
+                              "failed": report.failed, "dead": report.dead,
+                              "dropped": report.dropped}))
+            return
+        signal.signal(signal.SIGTERM, lambda *_: worker.stopped.set())
+        try:
+            worker.run()
+        except KeyboardInterrupt:
+            worker.stopped.set()
+    finally:
+        worker.close()
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    url: Annotated[str, typer.Argument(help="where to POST, http:// or https://")],
+    program: Annotated[str, typer.Option(help="programme id")],
+    type_: Annotated[list[str] | None, typer.Option(
+        "--type", help="only these message types (repeat); default every type")] = None,
+) -> None:
+    """Register an endpoint; prints its id, then its signing secret alone on the last line."""
+    from setia.service.deliveries import add_endpoint
+
+    try:
+        found = add_endpoint(_cli().engine(), program, url, type_ or None, datetime.now(UTC))
+    except SetiaError as exc:
+        _cli().fail(str(exc))
+    print(found["id"])
+    print(found["secret"])
+
+
+@webhooks_app.command("list")
+def webhooks_list(program: Annotated[str, typer.Option(help="programme id")]) -> None:
+    """Active endpoints of a programme (without their secrets)."""
+    from setia.service.deliveries import list_endpoints
+
+    print(json.dumps(list_endpoints(_cli().engine(), program), indent=2))
+
+
+@webhooks_app.command("dead")
+def webhooks_dead(program: Annotated[str, typer.Option(help="programme id")]) -> None:
+    """Deliveries that failed for 24 hours (webhooks and emails), as JSON."""
+    from setia.service.deliveries import dead_letters
+
+    print(json.dumps(dead_letters(_cli().engine(), program), indent=2))
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(
+    program: Annotated[str, typer.Option(help="programme id")],
+    id_: Annotated[list[int] | None, typer.Option("--id", help="only these (repeat)")] = None,
+) -> None:
+    """Queue dead deliveries again (all of the programme's, or --id ones)."""
+    from setia.service.deliveries import replay
+
+    try:
+        result = replay(_cli().engine(), program, id_ or None, datetime.now(UTC))
+    except SetiaError as exc:
+        _cli().fail(str(exc))
+    print(f"replayed {result['replayed']}")

@@ -1,0 +1,150 @@
+"""Outbox writes: every member-visible change leaves one row in the transaction that made
+it. Services call one function here; rows go out with the unit of work's flush (no round
+trip of their own). Workers deliver them (``service.deliveries``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from dateutil.relativedelta import relativedelta
+from sqlalchemy.dialects import postgresql, sqlite
+
+from setia.adapters.db import tables as t
+from setia.adapters.db.store import UnitOfWork
+from setia.adapters.db.tables_outbox import outbox
+from setia.domain import notifications as n
+from setia.domain.ledger import Posting
+from setia.domain.member import Member
+from setia.domain.programme import Programme
+from setia.service.views import balances
+
+COLUMNS = ("program_id", "key", "type", "member_id", "data", "occurred_at", "created_at")
+EXPIRING_NOTICE_DAYS = 30
+
+
+def write(uow: UnitOfWork, program_id: str, messages: Iterable[n.Message],
+          occurred_at: datetime, now: datetime | None = None) -> None:
+    """Queue the messages' rows with the flush; a key already written is skipped."""
+    time = uow.driver_time
+    at = time(occurred_at)
+    created = time(now) if now is not None else at
+    rows = [(program_id, m.key[:300], m.type, m.data["member"],
+             json.dumps({"program": program_id, **m.data}, sort_keys=True, default=str),
+             at, created) for m in messages]
+    if rows:
+        uow.insert_later("outbox", COLUMNS, rows, skip_on=("program_id", "key"))
+
+
+def _position(programme: Programme, level_id: str) -> int:
+    return [level.id for level in programme.model.tiers.levels].index(level_id)
+
+
+def _tier_message(programme: Programme, member: Member, ref: str,
+                  tier_before: str) -> n.Message:
+    names = {level.id: level.name for level in programme.model.tiers.levels}
+    return n.tier_changed(member.id, ref, (tier_before, _position(programme, tier_before)),
+                          (member.tier_id, _position(programme, member.tier_id)), names)
+
+
+def changed(uow: UnitOfWork, programme: Programme, member: Member, postings: list[Posting],
+            ref: str, occurred_at: datetime, *, tier_before: str | None = None,
+            voucher: dict[str, Any] | None = None, reward: str | None = None) -> None:
+    """The messages of one change to one member: points moved (by posting code), the tier
+    if it moved from ``tier_before``, a voucher issued."""
+    messages = n.from_postings(postings, member_id=member.id, ref=ref,
+                               balances=balances(member))
+    if tier_before is not None and tier_before != member.tier_id:
+        messages.append(_tier_message(programme, member, ref, tier_before))
+    if voucher is not None:
+        found = programme.reward(reward) if reward else None
+        messages.append(n.Message(n.VOUCHER_ISSUED, f"{n.VOUCHER_ISSUED}:{voucher['code']}", {
+            "member": member.id, "ref": ref, "code": voucher["code"], "reward": reward,
+            "reward_name": found.name if found else reward,
+            "expires_at": voucher.get("expires_at"),
+        }))
+    write(uow, programme.id, messages, occurred_at)
+
+
+def tier_reviewed(uow: UnitOfWork, programme: Programme, member: Member, tier_before: str,
+                  ref: str, occurred_at: datetime) -> None:
+    """A tier review (run-due) moved the member from ``tier_before``."""
+    if tier_before != member.tier_id:
+        write(uow, programme.id, [_tier_message(programme, member, ref, tier_before)],
+              occurred_at)
+
+
+def enrolled(uow: UnitOfWork, programme: Programme, member: Member, occurred_at: datetime) -> None:
+    """A new member (the welcome email)."""
+    write(uow, programme.id, [n.Message(n.MEMBER_ENROLLED, f"{n.MEMBER_ENROLLED}:{member.id}",
+                                        {"member": member.id, "balances": balances(member)})],
+          occurred_at)
+
+
+def voucher_used(uow: UnitOfWork, programme: Programme, voucher: dict[str, Any],
+                 used_at: datetime) -> None:
+    """A voucher used at the till (``voucher``: its row, with member_pk)."""
+    member_id = uow.execute(
+        sa.select(t.members.c.id).where(t.members.c.pk == voucher["member_pk"])
+    ).scalar_one()
+    write(uow, programme.id, [n.Message(n.VOUCHER_USED, f"{n.VOUCHER_USED}:{voucher['code']}", {
+        "member": member_id, "code": voucher["code"], "reward": voucher["reward_id"],
+        "used_at": used_at.isoformat()})], used_at)
+
+
+def referral_paid(uow: UnitOfWork, programme: Programme, member: Member, *, referral_id: str,
+                  referred_member: str, points: int, occurred_at: datetime) -> None:
+    """A referral reward paid to ``member`` (the referrer), for the referrals feature to
+    call in the transaction that pays it."""
+    write(uow, programme.id, [n.Message(n.REFERRAL_PAID, f"{n.REFERRAL_PAID}:{referral_id}", {
+        "member": member.id, "referral": referral_id, "referred": referred_member,
+        "points": points, "balances": balances(member)})], occurred_at)
+
+
+def expiring_soon(engine: sa.Engine, programme: Programme, as_of: datetime) -> int:
+    """Tell each member with points expiring within 30 days of ``as_of``, once per first
+    expiry date: the notice names all points that expire in that window. Returns how many
+    notices were new (several workers may run this at once: a key written is skipped)."""
+    horizon = as_of + timedelta(days=EXPIRING_NOTICE_DAYS)
+    expiry = programme.model.points.expiry
+    m, lots = t.members, t.lots
+    with engine.connect() as conn:
+        if expiry.policy == "rolling":
+            found = [(row.id, row.first, int(row.points)) for row in conn.execute(
+                sa.select(m.c.id, sa.func.min(lots.c.expires_at).label("first"),
+                          sa.func.sum(lots.c.remaining).label("points"))
+                .join(m, m.c.pk == lots.c.member_pk)
+                .where(lots.c.program_id == programme.id, lots.c.pending.is_(False),
+                       lots.c.remaining > 0, lots.c.expires_at > as_of,
+                       lots.c.expires_at <= horizon)
+                .group_by(m.c.id).order_by(m.c.id))]
+        elif expiry.policy == "inactivity":
+            months = relativedelta(months=expiry.months or 0)
+            found = [(row.id, row.last_activity_at + months, int(row.available))
+                     for row in conn.execute(
+                         sa.select(m.c.id, m.c.last_activity_at, m.c.available)
+                         .where(m.c.program_id == programme.id, m.c.available > 0,
+                                m.c.last_activity_at > as_of - months,
+                                m.c.last_activity_at <= horizon - months)
+                         .order_by(m.c.id))]
+        else:
+            return 0
+    written = 0
+    for start in range(0, len(found), 500):
+        rows = [{"program_id": programme.id, "key": f"{n.POINTS_EXPIRING}:{member}:"
+                 f"{first.isoformat()}", "type": n.POINTS_EXPIRING, "member_id": member,
+                 "data": json.dumps({"program": programme.id, "member": member,
+                                     "points": points, "expires_at": first.isoformat()},
+                                    sort_keys=True),
+                 "occurred_at": as_of, "created_at": as_of}
+                for member, first, points in found[start:start + 500]]
+        insert = (postgresql.insert(outbox) if engine.dialect.name == "postgresql"
+                  else sqlite.insert(outbox))
+        with engine.begin() as conn:
+            written += len(conn.execute(insert.values(rows).on_conflict_do_nothing(
+                index_elements=["program_id", "key"]).returning(outbox.c.id)).all())
+    return written

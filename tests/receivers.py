@@ -1,0 +1,122 @@
+"""Real receivers for delivery tests: an HTTP server that verifies Standard Webhooks
+signatures (and can fail or stall on cue), and an SMTP server (aiosmtpd)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Received:
+    webhook_id: str
+    body: dict[str, Any]
+    verified: bool
+    answered: int
+
+
+@dataclass
+class WebhookReceiver:
+    """``script``: what to do with each next request ("ok", "fail" = HTTP 500, "stall" =
+    answer after ``stall_seconds``); ``default`` once the script is used up."""
+
+    secret: str = ""
+    script: list[str] = field(default_factory=list)
+    default: str = "ok"
+    stall_seconds: float = 1.5
+    received: list[Received] = field(default_factory=list)
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [r.webhook_id for r in self.received]
+
+
+@contextmanager
+def webhook_receiver(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            raw = self.rfile.read(int(self.headers.get("content-length", "0")))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            try:
+                Webhook(receiver.secret).verify(raw, headers)
+                verified = True
+            except WebhookVerificationError:
+                verified = False
+            with receiver.lock:
+                action = receiver.script.pop(0) if receiver.script else receiver.default
+                status = 200 if action in ("ok", "stall") and verified else 500
+                if not verified:
+                    status = 401
+                receiver.received.append(Received(headers.get("webhook-id", ""),
+                                                  json.loads(raw), verified, status))
+            if action == "stall":
+                time.sleep(receiver.stall_seconds)  # longer than the sender waits
+            try:
+                self.send_response(status)
+                self.end_headers()
+            except OSError:
+                pass  # the sender gave up waiting
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class MailBox:
+    """An aiosmtpd handler: keeps accepted messages; refuses the first ``refuse`` with 451."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.refuse = refuse
+        self.messages: list[Message] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        with self.lock:
+            if self.refuse > 0:
+                self.refuse -= 1
+                return "451 4.3.0 try again later"
+            self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+        return "250 OK"
+
+
+@contextmanager
+def smtp_server(box: MailBox) -> Iterator[int]:
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()
