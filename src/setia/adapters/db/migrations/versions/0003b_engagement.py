@@ -1,7 +1,7 @@
 """Campaigns, stamp cards and paid memberships
 
 Revision ID: 0003b
-Revises: 0002
+Revises: 0003a
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 from setia.adapters.db.tables import UTCDateTime
 
 revision = "0003b"
-down_revision = "0002"
+down_revision = "0003a"
 branch_labels = None
 depends_on = None
 

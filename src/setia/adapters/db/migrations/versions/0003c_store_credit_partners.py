@@ -1,7 +1,7 @@
 """Store credit (cashback, rebates, till holds) and coalition partners
 
 Revision ID: 0003c
-Revises: 0002
+Revises: 0003b
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import setia.adapters.db.tables
 
 revision = "0003c"
-down_revision = "0002"
+down_revision = "0003b"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """Analytics: guest sales (purchases without a member)
 
 Revision ID: 0003d
-Revises: 0002
+Revises: 0003c
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import setia.adapters.db.tables
 
 revision = "0003d"
-down_revision = "0002"
+down_revision = "0003c"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """Web pages: staff users, sessions, sign-in links, login failures, member locales
 
 Revision ID: 0003e
-Revises: 0002
+Revises: 0003d
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import setia.adapters.db.tables
 
 revision = "0003e"
-down_revision = "0002"
+down_revision = "0003d"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """Outbox, webhook endpoints and deliveries
 
 Revision ID: 0003f
-Revises: 0002
+Revises: 0003e
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import setia.adapters.db.tables
 
 revision = "0003f"
-down_revision = "0002"
+down_revision = "0003e"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """Audit log, member tokens, fraud review queue; monthly partitions on PostgreSQL
 
 Revision ID: 0003g
-Revises: 0002
+Revises: 0003f
 
 On PostgreSQL the journal (postings) and events become tables partitioned by
 month of occurred_at (see adapters/db/partitions.py). A partitioned table's
@@ -23,7 +23,7 @@ import setia.adapters.db.tables
 from setia.adapters.db.partitions import add_months, ensure_months, month_start
 
 revision = "0003g"
-down_revision = "0002"
+down_revision = "0003f"
 branch_labels = None
 depends_on = None
 
