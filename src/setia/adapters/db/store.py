@@ -195,7 +195,7 @@ class UnitOfWork:
         # absent to ``member`` until ``add_member`` enrols them, at the same point as before.
         self._prepared: dict[tuple[str, str], tuple[Member, datetime, str, str]] = {}
         self._committed = False
-        # (name of a table or statement, rows)
+        # (name of a table or statement in _Formats.sql, or the SQL itself; rows)
         self._writes: list[tuple[str, list[tuple[Any, ...]]]] = []
         # (current version, definition hash) of each programme as this transaction read it
         self._seen_programmes: dict[str, tuple[int, str]] = {}
@@ -762,7 +762,7 @@ class UnitOfWork:
         driver = self._psycopg()
         if driver is None:  # SQLite, or another PostgreSQL driver
             for name, rows in writes:
-                self.conn.exec_driver_sql(sql_for[name], rows)
+                self.conn.exec_driver_sql(sql_for.get(name, name), rows)
             return
         import psycopg
 
@@ -778,7 +778,7 @@ class UnitOfWork:
                             for row in rows:
                                 copy.write_row(row)
                     else:
-                        piped.append((sql_for[name], rows))
+                        piped.append((sql_for.get(name, name), rows))
                 with driver.pipeline():
                     for sql, rows in piped:
                         cursor.executemany(sql, rows)
