@@ -351,7 +351,8 @@ def test_sign_in_request_answers_the_same_for_unknown_emails(cafe: sa.Engine,
     unknown = browser.post(f"/portal/{P}/signin", data={"email": "x@example.com", "csrf": csrf})
     assert known.status_code == unknown.status_code == 200
     assert 'id="sent"' in known.text and 'id="sent"' in unknown.text
-    assert sum("sign-in link for m1@example.com" in r.message for r in caplog.records) == 1
+    # one link, for the known address only (the log filter masks the address itself)
+    assert sum("sign-in link for" in r.getMessage() for r in caplog.records) == 1
 
 
 

@@ -494,6 +494,8 @@ def coupons(data: Dataset, options: Options) -> pl.DataFrame | None:
         return None
     amount = _amount_e4(uses, ("discount",))
     assert amount is not None, "coupon_uses has a discount"
+    if "released_at" in uses.columns:  # a use given back (by a refund) costs nothing
+        uses = uses.filter(pl.col("released_at").is_null())
     frame = _in_range(uses.with_columns(_local_date("used_at", data.tz)), options)
     return (
         frame.with_columns(_period(pl.col("day"), options), amount.alias("discount_e4"))

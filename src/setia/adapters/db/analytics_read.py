@@ -213,7 +213,8 @@ class Reader:
         if not inspector.has_table(name):
             return None
         columns = {c["name"]: c["type"] for c in inspector.get_columns(name)}
-        where = f" WHERE program_id = {_literal(program_id)}" if "program_id" in columns else ""
+        key = next((c for c in ("program_id", "program") if c in columns), None)
+        where = f" WHERE {key} = {_literal(program_id)}" if key else ""
         times = tuple(
             n for n, t in columns.items() if isinstance(t, sa.DateTime) or n.endswith("_at")
         )

@@ -86,9 +86,28 @@ class RequestContext:
             obs.request_id.reset(token)
 
 
-def _database_away(_: Request, exc: Exception) -> JSONResponse:
+def _unavailable(exc: Exception) -> bool:
+    """Whether a database error means "the database is away" (a lost or refused
+    connection, a server shutting down), not a fault of ours such as a missing table."""
+    if getattr(exc, "connection_invalidated", False) or isinstance(exc, sa.exc.InterfaceError):
+        return True
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate:
+        return str(sqlstate).startswith(("08", "57P"))
+    # psycopg reports a failed connection attempt without a SQLSTATE; SQLite's
+    # OperationalError ("no such table") is never unavailability.
+    return orig is not None and type(orig).__module__.startswith("psycopg")
+
+
+def _database_away(request: Request, exc: Exception) -> JSONResponse:
     """The database did not answer (restarting, failing over): 503 with Retry-After. Every
-    write is idempotent by its key, so the retry is safe even if the commit went through."""
+    write is idempotent by its key, so the retry is safe even if the commit went through.
+    Any other database error is an internal error (500), as for every unexpected error."""
+    if not _unavailable(exc):
+        from setia.entrypoints.api.app import _unexpected
+
+        return _unexpected(request, exc)
     log.warning("database unavailable: %s", type(exc).__name__)
     body = {"type": "https://setia.dev/problems/database-unavailable",
             "title": "Database unavailable", "status": 503,
