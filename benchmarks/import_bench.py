@@ -49,11 +49,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from programmes import kopi_setia  # benchmarks/programmes.py (run as a script)
 
 from setia.adapters.db.engine import make_engine
 from setia.adapters.db.migrate import upgrade
 from setia.service.importer import import_events
-from setia.service.programmes import parse_text, store_programme
+from setia.service.programmes import store_programme
 
 ROOT = Path(__file__).resolve().parents[1]
 KOPI_SETIA = ROOT / "examples" / "programs" / "kopi-setia.yaml"
@@ -125,8 +126,11 @@ def generate_events(folder: Path, events: int, members: int, seed: int) -> list[
     return paths
 
 
+ALL_SECTIONS = False  # --all-sections
+
+
 def programme_document() -> dict[str, Any]:
-    document = parse_text(KOPI_SETIA.read_text(encoding="utf-8"))
+    document = kopi_setia(all_sections=ALL_SECTIONS)
     document["auto_enroll"] = True
     return document
 
@@ -298,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/"
                         "postgres", help="a server to create the scratch database setia_bench on")
     parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--all-sections", action="store_true",
+                        help="keep Kopi Setia's growth and trust sections "
+                        "(benchmarks/programmes.py)")
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile one SQLite import; print the top 15 cumulative")
     parser.add_argument("--import-budget", type=float, default=90,
@@ -308,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=int, default=300,
                         help="stop (exit 2) if the whole run takes longer")
     args = parser.parse_args(argv)
+    global ALL_SECTIONS
+    ALL_SECTIONS = args.all_sections
 
     def out_of_time(_signum: int, _frame: Any) -> None:
         raise OutOfTime(f"the run took longer than --max-seconds {args.max_seconds}")

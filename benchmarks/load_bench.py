@@ -68,10 +68,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
+from programmes import kopi_setia  # benchmarks/programmes.py (run as a script)
 
 from setia.adapters.db.engine import make_engine
 from setia.adapters.db.migrate import upgrade
-from setia.service.programmes import parse_text, store_programme
+from setia.service.programmes import store_programme
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -831,6 +832,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=2_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20, help="length of each main phase")
+    parser.add_argument("--all-sections", action="store_true",
+                        help="keep Kopi Setia's growth and trust sections "
+                        "(benchmarks/programmes.py)")
     parser.add_argument("--short-seconds", type=float, default=5,
                         help="length of the one-client phases")
     parser.add_argument("--max-requests", type=int, default=100_000,
@@ -886,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(tmp)
             engine = make_engine(url)
             upgrade(engine)
-            store_programme(engine, parse_text(KOPI_SETIA.read_text(encoding="utf-8")))
+            store_programme(engine, kopi_setia(all_sections=args.all_sections))
             env = {**os.environ, "SETIA_DATABASE_URL": url, "SETIA_ADMIN_KEY": key}
             port = free_port()
             server = Server([str(BIN / "setia"), "serve", "--no-scheduler", "--host",
