@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from programmes import kopi_setia  # benchmarks/programmes.py (run as a script)
+from programmes import CHANNELS, MENU, STORES, kopi_setia  # benchmarks/programmes.py
 
 from setia.adapters.db.engine import make_engine
 from setia.adapters.db.migrate import upgrade
@@ -57,7 +57,6 @@ from setia.service.importer import import_events
 from setia.service.programmes import store_programme
 
 ROOT = Path(__file__).resolve().parents[1]
-KOPI_SETIA = ROOT / "examples" / "programs" / "kopi-setia.yaml"
 PROGRAM = "kopi-setia"
 BENCH_DB = "setia_bench"
 BATCH = 1000
@@ -65,17 +64,6 @@ CHUNK = 5000  # events per file; the import budget is checked between files
 TARGET_EVENTS_PER_S = 20_000
 TARGET_RATIO = 0.25
 
-# (sku, category, price): a café menu; KOPI-SETIA triggers the signature-drink rule,
-# pastries the pastry bonus.
-MENU = [
-    ("KOPI-SETIA", "coffee", Decimal("9.50")), ("LATTE", "coffee", Decimal("12.00")),
-    ("AMERICANO", "coffee", Decimal("8.00")), ("TEH-TARIK", "tea", Decimal("6.50")),
-    ("MATCHA", "tea", Decimal("13.00")), ("CROISSANT", "pastry", Decimal("8.50")),
-    ("KAYA-TOAST", "pastry", Decimal("7.00")), ("MUFFIN", "pastry", Decimal("6.00")),
-    ("NASI-LEMAK", "food", Decimal("15.90")), ("BEANS-250G", "retail", Decimal("45.00")),
-]
-STORES = ["kl-01", "kl-02", "pg-01", "jb-01"]
-CHANNELS = ["pos", "pos", "pos", "app"]
 MYT = timezone(timedelta(hours=8))  # the till sends local times with their offset
 
 

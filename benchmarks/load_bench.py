@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from programmes import kopi_setia  # benchmarks/programmes.py (run as a script)
+from programmes import CHANNELS, MENU, STORES, kopi_setia  # benchmarks/programmes.py
 
 from setia.adapters.db.engine import make_engine
 from setia.adapters.db.migrate import upgrade
@@ -76,7 +76,6 @@ from setia.service.programmes import store_programme
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-KOPI_SETIA = ROOT / "examples" / "programs" / "kopi-setia.yaml"
 PROGRAM = "kopi-setia"
 BENCH_DB = "setia_loadbench"
 RAW_BATCH = 1000  # rows per transaction of the bulk baseline, as import_bench.py
@@ -88,16 +87,6 @@ TARGET_EVENT_P99_MS = 50.0
 TARGET_GET_P99_MS = 5.0
 TARGET_BATCH_EVENTS_PER_S = 5000
 
-# (sku, category, price): the café menu of import_bench.py.
-MENU = [
-    ("KOPI-SETIA", "coffee", Decimal("9.50")), ("LATTE", "coffee", Decimal("12.00")),
-    ("AMERICANO", "coffee", Decimal("8.00")), ("TEH-TARIK", "tea", Decimal("6.50")),
-    ("MATCHA", "tea", Decimal("13.00")), ("CROISSANT", "pastry", Decimal("8.50")),
-    ("KAYA-TOAST", "pastry", Decimal("7.00")), ("MUFFIN", "pastry", Decimal("6.00")),
-    ("NASI-LEMAK", "food", Decimal("15.90")), ("BEANS-250G", "retail", Decimal("45.00")),
-]
-STORES = ["kl-01", "kl-02", "pg-01", "jb-01"]
-CHANNELS = ["pos", "pos", "pos", "app"]
 MYT = timezone(timedelta(hours=8))
 
 
