@@ -5,11 +5,11 @@ trip of their own). Workers deliver them (``service.deliveries``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from dateutil.relativedelta import relativedelta
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,6 +23,8 @@ from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.service.views import balances
 
+# Sorted keys; times and other values not native to JSON as ``str()`` gives them.
+JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 COLUMNS = ("program_id", "key", "type", "member_id", "data", "occurred_at", "created_at")
 EXPIRING_NOTICE_DAYS = 30
 
@@ -34,7 +36,8 @@ def write(uow: UnitOfWork, program_id: str, messages: Iterable[n.Message],
     at = time(occurred_at)
     created = time(now) if now is not None else at
     rows = [(program_id, m.key[:300], m.type, m.data["member"],
-             json.dumps({"program": program_id, **m.data}, sort_keys=True, default=str),
+             orjson.dumps({"program": program_id, **m.data}, default=str,
+                          option=JSON_OPTIONS).decode(),
              at, created) for m in messages]
     if rows:
         uow.insert_later("outbox", COLUMNS, rows, skip_on=("program_id", "key"))
@@ -137,9 +140,9 @@ def expiring_soon(engine: sa.Engine, programme: Programme, as_of: datetime) -> i
     for start in range(0, len(found), 500):
         rows = [{"program_id": programme.id, "key": f"{n.POINTS_EXPIRING}:{member}:"
                  f"{first.isoformat()}", "type": n.POINTS_EXPIRING, "member_id": member,
-                 "data": json.dumps({"program": programme.id, "member": member,
-                                     "points": points, "expires_at": first.isoformat()},
-                                    sort_keys=True),
+                 "data": orjson.dumps({"program": programme.id, "member": member,
+                                       "points": points, "expires_at": first.isoformat()},
+                                      option=JSON_OPTIONS).decode(),
                  "occurred_at": as_of, "created_at": as_of}
                 for member, first, points in found[start:start + 500]]
         insert = (postgresql.insert(outbox) if engine.dialect.name == "postgresql"

@@ -41,6 +41,7 @@ _programme_cache_lock = threading.Lock()
 _current: dict[str, tuple[int, str, Programme]] = {}
 CHUNK = 500  # rows per IN (...) list: well under SQLite's bound-parameter limit
 COPY_MIN = 64  # PostgreSQL: inserts of at least this many rows of one table go by COPY
+BULK_MIN = 16  # PostgreSQL: other writes of at least this many rows go as one array statement
 
 
 @dataclass(slots=True)
@@ -92,6 +93,21 @@ class _Formats:
                                           2)
         self.sql["usage"] = _upsert_sql(mark, "rule_usage",
                                         ("member_pk", "rule_id", "period", "count"), 3)
+        # PostgreSQL: a large update or upsert goes as one statement over arrays (see
+        # UnitOfWork._send_writes); with the positions of the row's key, to keep one row a key
+        self.bulk: dict[str, tuple[str, tuple[int, ...]]] = {}
+        if dialect.name == "postgresql":
+            self.bulk = {
+                "lots_update": _bulk_update("lots", ("remaining", "pending"),
+                                            ("member_pk", "seq")),
+                "members_update": _bulk_update("members", MEMBER_UPDATE_COLUMNS, ("pk",)),
+                "orders_update": _bulk_update("orders", ("refunded_e4", "lines", "awards"),
+                                              ("program_id", "order_id")),
+                "buckets": _bulk_upsert("metric_buckets",
+                                        ("member_pk", "month", "spend_e4", "points", "visits"), 2),
+                "usage": _bulk_upsert("rule_usage", ("member_pk", "rule_id", "period", "count"),
+                                      3),
+            }
 
     def ts(self, value: datetime | None) -> Any:
         """A time as stored (naive UTC)."""
@@ -167,7 +183,51 @@ def _upsert_sql(mark: str, table: str, columns: tuple[str, ...], keys: int) -> s
             f"ON CONFLICT ({_names(columns[:keys])}) DO UPDATE SET {update}")
 
 
+def _unnest(table: str, columns: tuple[str, ...]) -> str:
+    """``unnest`` of one array parameter per column, typed as the column, named as it."""
+    dialect = postgresql.dialect()
+    found = t.metadata.tables[table].c
+    arrays = ", ".join(f"%s::{found[name].type.compile(dialect=dialect)}[]" for name in columns)
+    return f"unnest({arrays}) AS v({_names(columns)})"
+
+
+def _bulk_insert(table: str, columns: tuple[str, ...], conflict: str = "") -> str:
+    return (f'INSERT INTO "{table}" ({_names(columns)}) '
+            f"SELECT {_names(columns)} FROM {_unnest(table, columns)}{conflict}")
+
+
+def _bulk_update(table: str, columns: tuple[str, ...],
+                 keys: tuple[str, ...]) -> tuple[str, tuple[int, ...]]:
+    assignments = ", ".join(f'"{name}" = v."{name}"' for name in columns)
+    where = " AND ".join(f't."{name}" = v."{name}"' for name in keys)
+    sql = (f'UPDATE "{table}" AS t SET {assignments} FROM {_unnest(table, columns + keys)} '
+           f"WHERE {where}")
+    return sql, tuple(range(len(columns), len(columns) + len(keys)))
+
+
+def _bulk_upsert(table: str, columns: tuple[str, ...],
+                 keys: int) -> tuple[str, tuple[int, ...]]:
+    update = ", ".join(f'"{name}" = excluded."{name}"' for name in columns[keys:])
+    conflict = f" ON CONFLICT ({_names(columns[:keys])}) DO UPDATE SET {update}"
+    return _bulk_insert(table, columns, conflict), tuple(range(keys))
+
+
+def _columns(rows: list[tuple[Any, ...]], key: tuple[int, ...]) -> list[list[Any]]:
+    """The rows as one list per column, for ``unnest``. With ``key``, only the last row of
+    each key is kept (in its place): one statement may not update a row twice, and the
+    last row is what a statement per row would have left."""
+    if key:
+        last = {tuple(row[i] for i in key): index for index, row in enumerate(rows)}
+        if len(last) < len(rows):
+            rows = [rows[index] for index in sorted(last.values())]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
 _formats: dict[int, tuple[sa.Dialect, _Formats]] = {}
+# insert_later's statements by (mark, table, columns, skip_on): a few dozen at most.
+_later_sql: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], str] = {}
+# ... and on PostgreSQL the same insert over arrays, by the statement's text
+_later_bulk: dict[str, tuple[str, tuple[int, ...]]] = {}
 
 
 def _formats_for(dialect: sa.Dialect) -> _Formats:
@@ -730,9 +790,14 @@ class UnitOfWork:
         """Insert ``rows`` with the next flush, in its one round trip; rows of the same
         statement are sent as one batch. Times go through ``driver_time`` first. With
         ``skip_on``, a row whose key already exists is skipped."""
-        sql = _insert_sql(self._formats.mark, table, columns)
-        if skip_on:
-            sql += f" ON CONFLICT ({_names(skip_on)}) DO NOTHING"
+        key = (self._formats.mark, table, columns, skip_on)
+        sql = _later_sql.get(key)
+        if sql is None:
+            conflict = f" ON CONFLICT ({_names(skip_on)}) DO NOTHING" if skip_on else ""
+            sql = _insert_sql(self._formats.mark, table, columns) + conflict
+            if self.dialect == "postgresql":
+                _later_bulk[sql] = (_bulk_insert(table, columns, conflict), ())
+            _later_sql[key] = sql
         if self._writes and self._writes[-1][0] == sql:
             self._writes[-1][1].extend(rows)
         else:
@@ -750,11 +815,14 @@ class UnitOfWork:
 
     def _send_writes(self, commit: bool = False) -> None:
         """Run the flush's statements. On PostgreSQL, inserts of at least ``COPY_MIN`` rows
-        go by COPY (a tenth of the server's and the driver's cost per row of an INSERT), then
-        the other statements go in one psycopg pipeline, with the COMMIT when ``commit``: one
-        round trip for all of them instead of one each (the transaction's own commit then
-        finds nothing left to do). New rows are only inserted, never updated in the same
-        flush, so sending the COPYs first keeps every statement's effect."""
+        go by COPY (a tenth of the server's and the driver's cost per row of an INSERT);
+        other writes of at least ``BULK_MIN`` rows (updates, upserts, inserts that skip
+        existing keys) go as one statement over ``unnest`` of one array per column instead
+        of a statement per row; then the statements go in one psycopg pipeline, with the
+        COMMIT when ``commit``: one round trip for all of them instead of one each (the
+        transaction's own commit then finds nothing left to do). New rows are only
+        inserted, never updated in the same flush, so sending the COPYs first keeps every
+        statement's effect."""
         writes, self._writes = self._writes, []
         if not writes:
             return
@@ -766,22 +834,29 @@ class UnitOfWork:
             return
         import psycopg
 
-        copies = self._formats.copy
+        copies, bulk = self._formats.copy, self._formats.bulk
         sql = ""
         try:
             with driver.cursor() as cursor:
-                piped = []
+                piped: list[tuple[str, list[Any], bool]] = []
                 for name, rows in writes:
-                    if name in copies and len(rows) >= COPY_MIN:
+                    if len(rows) < BULK_MIN:
+                        piped.append((sql_for.get(name, name), rows, True))
+                    elif name in copies and len(rows) >= COPY_MIN:
                         sql = copies[name]
                         with cursor.copy(sql) as copy:
                             for row in rows:
                                 copy.write_row(row)
+                    elif (found := bulk.get(name) or _later_bulk.get(name)) is not None:
+                        piped.append((found[0], _columns(rows, found[1]), False))
                     else:
-                        piped.append((sql_for.get(name, name), rows))
+                        piped.append((sql_for.get(name, name), rows, True))
                 with driver.pipeline():
-                    for sql, rows in piped:
-                        cursor.executemany(sql, rows)
+                    for sql, rows, many in piped:
+                        if many:
+                            cursor.executemany(sql, rows)
+                        else:
+                            cursor.execute(sql, rows)
                     if commit:
                         sql = "COMMIT"
                         driver.commit()
