@@ -594,8 +594,9 @@ def statement_profile(url: str, members: int, calls: int, seed: int) -> list[str
     def timed_send_writes(uow: UnitOfWork, commit: bool = False) -> None:
         if not uow._writes:
             return
+        # each write is a statement's name ("postings", "members_update") or its SQL text
         key = "pipeline: " + ", ".join(
-            sql.split('"')[1] + (" (update)" if sql.startswith("UPDATE") else "")
+            sql.split('"')[1] if '"' in sql else sql
             for sql, _ in uow._writes) + (" + COMMIT" if commit else "")
         started = time.perf_counter()
         try:
