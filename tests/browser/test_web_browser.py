@@ -1,9 +1,12 @@
 """The web pages in a real headless Chromium (Debian's /usr/bin/chromium, driven by
 Playwright): the cashier enrols a walk-in customer and records a purchase, the member
-signs in with the link emailed to a real SMTP server, sees the new points and redeems a
-reward, the cashier takes the voucher, the owner adjusts the balance and sees it in the
-activity. Every page is photographed at phone and desktop width and checked by axe-core
-for serious or critical violations.
+signs in with the link emailed to a real SMTP server, sees the new points and their
+referral link and redeems a reward, the cashier takes the voucher, the owner adjusts the
+balance and sees it in the activity and saves a programme change; then the cashier
+records a purchase with a coupon, and the owner looks at campaigns, makes a batch of
+coupon codes, approves a referral from the review queue, reads and downloads the report
+and runs a what-if of a draft. Every page is photographed at phone and desktop width and
+checked by axe-core for serious or critical violations.
 
 Screenshots go to a temporary folder; with SETIA_UPDATE_SCREENSHOTS=1 they replace the
 ones in docs/screenshots/ that the README shows.
@@ -21,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from setia.adapters.db.engine import make_engine
+from setia.service import members, referrals
 from tests.browser.web_server import (
     CASHIER_PASSWORD,
     OWNER_PASSWORD,
@@ -75,7 +79,9 @@ class Pages:
         self.folder = folder
         self.taken: list[str] = []
 
-    def check(self, page: object, name: str) -> None:
+    def check(self, page: object, name: str, focus: str | None = None) -> None:
+        """axe-core on the whole page, then a screenshot at each width (scrolled to
+        ``focus``, a CSS selector, when the part to show is further down)."""
         page.add_script_tag(path=str(AXE))  # type: ignore[attr-defined]
         results = page.evaluate(  # type: ignore[attr-defined]
             "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
@@ -84,6 +90,9 @@ class Pages:
         assert serious == [], f"{name}: {serious}"
         for label, size in (("desktop", DESKTOP), ("phone", PHONE)):
             page.set_viewport_size(size)  # type: ignore[attr-defined]
+            if focus is not None:
+                page.locator(focus).evaluate(  # type: ignore[attr-defined]
+                    "element => element.scrollIntoView()")
             path = self.folder / f"{name}-{label}.png"
             page.screenshot(path=str(path), full_page=False)  # type: ignore[attr-defined]
             assert png_size(path)[0] == size["width"]
@@ -187,6 +196,13 @@ def test_cashier_member_and_owner_in_a_real_browser(browser: object, tmp_path: P
         assert phone.inner_text("#balance") == "27"
         assert phone.inner_text(".voucher-code") == code
         assert phone.locator(".vouchers svg").count() == 1
+        # The member's referral link, with its QR code, to share.
+        referral_code = phone.inner_text("#referral-code")
+        assert re.fullmatch(r"[0-9A-Z]{8}", referral_code)
+        assert phone.inner_text("#referral-link") == (
+            f"https://web-cafe.example/join?ref={referral_code}")
+        assert "已加入的朋友：0 · 已獲獎勵：0" in phone.inner_text("#referral")
+        pages.check(phone, "portal-referral", focus="#referral")
         # English again, chosen in the profile, stays with the member.
         phone.get_by_label("語言", exact=True).last.select_option("en")
         phone.get_by_role("button", name="儲存").click()
@@ -243,16 +259,98 @@ def test_cashier_member_and_owner_in_a_real_browser(browser: object, tmp_path: P
         owner.get_by_role("button", name="Save as new version").click()
         assert owner.inner_text("#current-version") == "2"
 
+        # 8. The cashier checks a coupon, then records the purchase with it: 10% of RM 40.00
+        #    off, 36 Beans on the RM 36.00 paid (52 + 36 = 88).
+        till.goto(f"{base}/staff/{PROGRAM}/cashier/{member_id}")
+        till.get_by_label("Amount (MYR)").fill("40.00")
+        till.get_by_label("Coupon code (optional)").fill("welcome10")
+        till.get_by_role("button", name="Check coupon").click()
+        assert till.inner_text("#discount") == "−RM 4.00"
+        assert till.inner_text("#to-pay") == "RM 36.00"
+        assert till.inner_text("#balance") == "52 Beans"  # nothing used yet
+        till.get_by_role("button", name="Record purchase").click()
+        assert till.inner_text("#discount") == "−RM 4.00"
+        assert till.inner_text("#earned") == "+36 Beans"
+        assert till.inner_text("#balance") == "88 Beans"
+        pages.check(till, "cashier-coupon")
+        till.get_by_label("Amount (MYR)").fill("30.00")
+        till.get_by_label("Coupon code (optional)").fill("WELCOME10")
+        till.get_by_role("button", name="Record purchase").click()
+        assert till.get_by_role("alert").inner_text().startswith(
+            "This member has used this coupon as often as allowed.")
+        assert till.inner_text("#balance") == "88 Beans"
+
+        # 9. Campaigns: the one of February 2026 is over.
+        owner.goto(f"{base}/staff/{PROGRAM}/campaigns")
+        assert owner.inner_text("#campaign-cny-2026 .state") == "ended"
+        assert owner.locator("#campaigns tbody tr").count() == 3
+        pages.check(owner, "campaigns")
+
+        # 10. Coupons: a batch of five Chinese New Year codes; the till's WELCOME10 use.
+        owner.goto(f"{base}/staff/{PROGRAM}/coupons")
+        owner.get_by_label("Coupon", exact=True).select_option("cny")
+        owner.get_by_label("Number of codes (at most 100,000)").fill("5")
+        owner.get_by_label("Prefix (optional, up to 12 letters and digits)").fill("CNY")
+        owner.get_by_role("button", name="Make codes").click()
+        assert owner.inner_text("#made").startswith("Batch cpb_")
+        assert owner.locator("#batches tbody tr").first.inner_text().split("\t")[3:5] == [
+            "5", "0"]
+        assert "WELCOME10" in owner.inner_text("#uses")
+        assert "RM 4.00" in owner.inner_text("#coupon-welcome10")
+        pages.check(owner, "coupons")
+
+        # 11. The referral review queue: two friends share the referrer's mailbox.
+        engine = make_engine(db_url)
+        try:
+            for friend in ("ref-owner", "ref-friend-1", "ref-friend-2"):
+                members.upsert_member(engine, PROGRAM, friend,
+                                      {"name": friend, "email": "sam@example.com"})
+            referral_code = referrals.code_for(engine, PROGRAM, "ref-owner")["code"]
+            held = [referrals.link(engine, PROGRAM, {"code": referral_code, "member": friend},
+                                   f"link-{friend}")["id"]
+                    for friend in ("ref-friend-1", "ref-friend-2")]
+        finally:
+            engine.dispose()
+        owner.goto(f"{base}/staff/{PROGRAM}/referrals")
+        assert owner.locator("#referrals > li").count() == 2
+        owner.get_by_role("button", name=f"Approve referral {held[0]}").click()
+        assert owner.inner_text("#decided") == f"Referral {held[0]} is now linked."
+        assert owner.locator("#referrals > li").count() == 1
+        pages.check(owner, "referrals")
+
+        # 12. Reports for the default period, and the HTML report as a download.
+        owner.goto(f"{base}/staff/{PROGRAM}/reports?grain=total")
+        assert owner.locator("#sales tbody tr").count() == 1
+        with owner.expect_download() as download:
+            owner.get_by_role("link", name="The full report (HTML, with charts)").click()
+        assert download.value.suggested_filename.startswith(f"{PROGRAM}-report-")
+        assert "<h1>web-cafe</h1>" in Path(download.value.path()).read_text()
+        pages.check(owner, "reports")
+
+        # 13. What-if: pastry bonus at 3 a ringgit instead of 2, over the last 30 days.
+        #     Only the first purchase had a pastry line (CAKE RM 12.00): 12 more Beans.
+        owner.goto(f"{base}/staff/{PROGRAM}/programme")
+        draft = owner.get_by_label("Programme file (YAML)").input_value()
+        head, tail = draft.split("id: pastry-bonus")
+        owner.get_by_label("Programme file (YAML)").fill(
+            head + "id: pastry-bonus" + tail.replace("rate: '2'", "rate: '3'", 1))
+        owner.get_by_role("button", name="What-if").click()
+        live, changed = (int(cell.replace(",", "")) for cell in
+                         owner.locator("#whatif-points td").all_inner_texts())
+        assert changed - live == 12
+        pages.check(owner, "programme-whatif", focus="#whatif")
+
         for context in (till_context, phone_context, owner_context):
             context.close()
 
-    assert len(pages.taken) == 18
+    assert len(pages.taken) == 32
     engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
             available = conn.execute(sa.text(
                 "SELECT available FROM members WHERE id = :id"), {"id": member_id}).scalar_one()
-        assert available == 52
+            uses = conn.execute(sa.text("SELECT count(*) FROM coupon_uses")).scalar_one()
+        assert (available, uses) == (88, 1)
         assert_journal_ok(engine)
     finally:
         engine.dispose()

@@ -45,6 +45,32 @@ WEB_CAFE: dict[str, Any] = {
         {"id": "mug", "name": "Mug", "cost": 500, "stock": 5,
          "voucher": {"amount_off": "5.00", "valid_days": 30}},
     ],
+    # Growth sections that change nothing for a plain purchase: coupons apply only when a
+    # code is given, referrals only to linked members, and the campaigns are over
+    # (February 2026), run in November 2027, or pay for reviews.
+    "analytics": {"cost_per_point": "0.01"},
+    "coupons": [
+        {"id": "welcome10", "name": "Welcome 10%", "code": "WELCOME10",
+         "discount": {"percent_off": 10, "max_off": "15.00"}, "min_spend": "20.00",
+         "per_member": 1},
+        {"id": "pastry5", "name": "RM 5 off pastries", "code": "PASTRY5",
+         "discount": {"amount_off": "5.00"}, "categories": ["pastry"]},
+        {"id": "cny", "name": "Chinese New Year", "discount": {"amount_off": "8.00"},
+         "from": "2026-01-01", "until": "2027-12-31", "max_uses": 100},
+    ],
+    "referrals": {
+        "link": "https://web-cafe.example/join?ref={code}",
+        "min_purchase": "10.00", "pending_days": 0,
+        "referrer": {"points": 100}, "referee": {"points": 40},
+    },
+    "campaigns": [
+        {"id": "cny-2026", "name": "Double Beans for CNY", "from": "2026-02-01",
+         "until": "2026-02-28", "multiplier": 2},
+        {"id": "double-eleven", "name": "11.11 bonus", "from": "2027-11-01",
+         "until": "2027-11-30", "points": 20, "min_amount": "10.00", "budget": 1000,
+         "per_member": 40},
+        {"id": "review-thanks", "name": "Thanks for the review", "on": "review", "points": 5},
+    ],
 }
 OWNER_PASSWORD = "owner-password-123"
 CASHIER_PASSWORD = "cashier-password-123"

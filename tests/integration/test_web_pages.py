@@ -1,20 +1,28 @@
 """The web pages through HTTP (in process), on SQLite and PostgreSQL: cookies, CSRF,
 roles, the cashier's writes (idempotent by the form's key, nothing changed by a refusal),
-the dashboard's figures, the programme editor, the portal's data download."""
+a coupon at the till, the dashboard's figures, the programme editor with its what-if,
+campaigns, coupons and their batches, the referral review queue, reports and their
+downloads, the portal's referral link and data download."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from datetime import date
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from setia.adapters.db import tables as t
+from setia.adapters.db import tables_coupons as tc
+from setia.adapters.db import tables_referrals as tr
 from setia.entrypoints.api.app import create_app
-from setia.service import events, insights, members, redemptions, staff
+from setia.entrypoints.web import growth_pages
+from setia.service import coupons, events, insights, members, redemptions, referrals, staff
 from tests.browser.web_server import WEB_CAFE
 from tests.conftest import assert_journal_ok, at, load_programme
 
@@ -66,6 +74,20 @@ def balance(engine: sa.Engine, member_id: str) -> tuple[int, int]:
     return available, postings
 
 
+def coupon_rows(engine: sa.Engine) -> list[tuple[Any, ...]]:
+    u = tc.coupon_uses
+    with engine.connect() as conn:
+        return [(row.coupon_id, row.code, row.member_id, row.order_id, str(row.discount),
+                 row.released_at is not None)
+                for row in conn.execute(sa.select(u).order_by(u.c.used_at, u.c.id))]
+
+
+def batch_count(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(
+            tc.coupon_batches)).scalar_one())
+
+
 def test_session_cookie_flags_and_secure_over_tls(cafe: sa.Engine) -> None:
     for base, secure in (("http://testserver", False), ("https://testserver", True)):
         browser = client(cafe, base)
@@ -95,10 +117,16 @@ def test_forms_without_the_csrf_token_are_refused(cafe: sa.Engine) -> None:
         (f"/staff/{P}/members/m1/adjust", {"points": "10", "reason": "x", "key": "k1"}),
         (f"/staff/{P}/cashier/m1/purchase", {"amount": "10.00", "key": "k2"}),
         (f"/staff/{P}/cashier/m1/points", {"points": "5", "key": "k3"}),
+        (f"/staff/{P}/cashier/m1/purchase", {"amount": "30.00", "coupon": "WELCOME10",
+                                             "key": "k4"}),
+        (f"/staff/{P}/coupons/batches", {"coupon": "cny", "count": "3", "key": "k5"}),
+        (f"/staff/{P}/coupons/release", {"order_id": "o1", "key": "k6"}),
+        (f"/staff/{P}/referrals/rfl_x/approve", {"key": "k7"}),
     ]:
         assert owner.post(path, data=data).status_code == 403
         assert owner.post(path, data={**data, "csrf": "wrong"}).status_code == 403
     assert balance(cafe, "m1") == before
+    assert coupon_rows(cafe) == [] and batch_count(cafe) == 0
     assert_journal_ok(cafe)
 
 
@@ -120,10 +148,13 @@ def test_roles(cafe: sa.Engine) -> None:
     assert (answer.status_code, answer.headers["location"]) == (303, "/staff/login")
     till = signed_in(cafe, "till", "till-password")
     assert till.get(f"/staff/{P}/cashier").status_code == 200
-    for page in ("dashboard", "members", "programme", "rewards"):
+    owner_pages = ("dashboard", "members", "programme", "rewards", "campaigns", "coupons",
+                   "referrals", "reports")
+    for page in owner_pages:
         assert till.get(f"/staff/{P}/{page}").status_code == 403
+    assert till.get(f"/staff/{P}/reports/journal.csv").status_code == 403
     owner = signed_in(cafe, "owner", "owner-password")
-    for page in ("cashier", "dashboard", "members", "programme", "rewards"):
+    for page in ("cashier", *owner_pages):
         assert owner.get(f"/staff/{P}/{page}").status_code == 200
     home = owner.get("/staff/", follow_redirects=False)
     assert home.headers["location"] == f"/staff/{P}/dashboard"
@@ -369,3 +400,397 @@ def test_static_files_and_security_headers(cafe: sa.Engine) -> None:
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["cache-control"] == "no-store"
     assert browser.get("/", follow_redirects=False).headers["location"] == "/staff/"
+
+
+# ----------------------------------------------------------------------------- growth
+
+
+def test_a_coupon_at_the_till_discounts_the_purchase_and_points_follow_what_was_paid(
+        cafe: sa.Engine) -> None:
+    members.upsert_member(cafe, P, "m1", {})
+    members.upsert_member(cafe, P, "m2", {})
+    till = signed_in(cafe, "till", "till-password")
+    page = till.get(f"/staff/{P}/cashier/m1")
+    csrf, key = hidden(page.text, "csrf"), hidden(page.text, "key")
+    basket = {"amount": "", "lines": "CAKE, pastry, 1, 8.50\nLATTE, coffee, 2, 20.00",
+              "coupon": " welcome-10 ", "csrf": csrf}
+    # Checking the coupon answers the discount and uses nothing.
+    checked = till.post(f"/staff/{P}/cashier/m1/purchase", data={**basket, "action": "check",
+                                                                 "key": "check-1"})
+    assert checked.status_code == 200
+    assert '<p class="huge" id="discount">−RM 2.85</p>' in checked.text
+    assert '<span id="to-pay">RM 25.65</span>' in checked.text
+    # the form keeps what was typed
+    assert ('<textarea id="lines" name="lines" rows="3">CAKE, pastry, 1, 8.50\n'
+            'LATTE, coffee, 2, 20.00</textarea>') in checked.text
+    assert 'id="coupon" name="coupon" autocomplete="off" autocapitalize="characters" ' \
+        'value=" welcome-10 "' in checked.text
+    assert coupon_rows(cafe) == [] and balance(cafe, "m1") == (50, 2)
+
+    # 10% of 28.50 = 2.85, spread 0.85 / 2.00 over the lines: CAKE 7.65, LATTE 18.00.
+    # Points on what was paid: base floor(25.65) = 25, pastry bonus floor(7.65) = 7.
+    done = till.post(f"/staff/{P}/cashier/m1/purchase", data={**basket, "action": "record",
+                                                              "key": key})
+    assert done.status_code == 200, done.text
+    assert '<p class="huge" id="discount">−RM 2.85</p>' in done.text
+    assert '<span id="to-pay">RM 25.65</span>' in done.text
+    assert "RM 28.50 before the coupon" in done.text
+    assert '<p class="huge" id="earned">+32 Beans</p>' in done.text
+    assert '<p class="huge" id="balance">82 Beans</p>' in done.text
+    order = f"web-{key}"
+    assert coupon_rows(cafe) == [("welcome10", "WELCOME10", "m1", order, "2.8500", False)]
+    with cafe.connect() as conn:
+        stored = conn.execute(sa.select(t.events.c.payload).where(
+            t.events.c.id == order)).scalar_one()
+    stored = json.loads(stored) if isinstance(stored, str) else stored
+    assert (stored["amount"], [line["amount"] for line in stored["lines"]]) == (
+        "25.65", ["7.65", "18.00"])
+    after = balance(cafe, "m1")
+    assert after == (82, 4)
+    # The same form again: the same answer, nothing new.
+    again = till.post(f"/staff/{P}/cashier/m1/purchase", data={**basket, "action": "record",
+                                                               "key": key})
+    assert "+32 Beans" in again.text and "−RM 2.85" in again.text
+    assert balance(cafe, "m1") == after and len(coupon_rows(cafe)) == 1
+
+    # Every refusal: the problem in words, and no purchase, no coupon use.
+    for member, data, status, message in [
+        ("m1", {"amount": "30.00", "coupon": "WELCOME10"}, 409,
+         "This member has used this coupon as often as allowed."),
+        ("m2", {"amount": "12.00", "coupon": "WELCOME10"}, 422,
+         "The purchase is below the coupon's minimum spend."),
+        ("m2", {"amount": "", "lines": "LATTE, coffee, 1, 12.00", "coupon": "PASTRY5"}, 422,
+         "No line of the purchase is in the coupon's categories."),
+        ("m2", {"amount": "30.00", "coupon": "NOPE99"}, 404,
+         "There is no coupon with this code."),
+        ("m2", {"amount": "30.00", "lines": "CAKE, pastry, 1, 8.50", "coupon": "WELCOME10"},
+         422, "A field is missing or invalid."),
+        ("m2", {"amount": "12.345", "coupon": "PASTRY5"}, 422, "The amount is not valid."),
+    ]:
+        before = balance(cafe, member)
+        refused = till.post(f"/staff/{P}/cashier/{member}/purchase",
+                            data={**data, "csrf": csrf, "key": f"k-{member}-{data}"})
+        assert refused.status_code == status, (data, refused.text)
+        assert message in refused.text, data
+        assert balance(cafe, member) == before
+        assert len(coupon_rows(cafe)) == 1
+    # The coupon and the purchase are written together or not at all: a form already
+    # recorded without a coupon, sent again with one, leaves no coupon use behind.
+    plain = till.post(f"/staff/{P}/cashier/m2/purchase", data={
+        "amount": "25.00", "csrf": csrf, "key": "plain-1"})
+    assert "+25 Beans" in plain.text
+    before = balance(cafe, "m2")
+    twice = till.post(f"/staff/{P}/cashier/m2/purchase", data={
+        "amount": "25.00", "coupon": "WELCOME10", "csrf": csrf, "key": "plain-1"})
+    assert twice.status_code == 409
+    assert "This form was already sent with other values" in twice.text
+    assert balance(cafe, "m2") == before and len(coupon_rows(cafe)) == 1
+    # A refused check uses nothing either.
+    refused = till.post(f"/staff/{P}/cashier/m2/purchase",
+                        data={"amount": "30.00", "coupon": "", "action": "check", "csrf": csrf,
+                              "key": "k-check"})
+    assert refused.status_code == 422 and "<code>coupon</code>" in refused.text
+    # PASTRY5 on a pastry line: RM 5.00 off the CAKE only, 3.50 left of it.
+    pastry = till.post(f"/staff/{P}/cashier/m2/purchase", data={
+        "lines": "CAKE, pastry, 1, 8.50\nTEA, , 1, 4.00", "coupon": "pastry5",
+        "csrf": csrf, "key": "pastry-1"})
+    # base floor(7.50) = 7, pastry bonus floor(3.50) = 3
+    assert '<p class="huge" id="earned">+10 Beans</p>' in pastry.text
+    assert '<span id="to-pay">RM 7.50</span>' in pastry.text
+    assert balance(cafe, "m2") == (50 + 25 + 10, 7)
+    assert_journal_ok(cafe)
+
+
+def test_the_referral_review_queue_approves_and_rejects(cafe: sa.Engine) -> None:
+    # b and c share a's mailbox: self-referral guard, both wait for review.
+    enrolled = "2026-10-01T09:00:00+08:00"
+    for member in ("a", "b", "c"):
+        members.upsert_member(cafe, P, member, {"email": "ana@example.com",
+                                                "enrolled_at": enrolled})
+    code = referrals.code_for(cafe, P, "a")["code"]
+    held = referrals.link(cafe, P, {"code": code, "member": "b"}, "link-b")
+    other = referrals.link(cafe, P, {"code": code, "member": "c"}, "link-c")
+    assert (held["status"], other["status"]) == ("review", "review")
+    events.ingest_event(cafe, P, {"id": "b-1", "type": "purchase", "member": "b",
+                                  "order_id": "b-1", "amount": "30.00",
+                                  "occurred_at": "2026-10-03T10:00:00+08:00"})
+    owner = signed_in(cafe, "owner", "owner-password")
+    queue = owner.get(f"/staff/{P}/referrals")
+    assert queue.status_code == 200
+    assert f'id="referral-{held["id"]}"' in queue.text
+    assert f'id="referral-{other["id"]}"' in queue.text
+    assert "self-referral: the same email or phone as the referrer" in queue.text
+    csrf, key = hidden(queue.text, "csrf"), hidden(queue.text, "key")
+
+    def postings_of(referral_id: str) -> list[tuple[str, int]]:
+        with cafe.connect() as conn:
+            rows = conn.execute(sa.select(t.members.c.id, t.postings.c.points).join(
+                t.members, t.members.c.pk == t.postings.c.member_pk).where(
+                t.postings.c.rule_id == f"referral:{referral_id}").order_by(t.members.c.id))
+            return [(row.id, row.points) for row in rows]
+
+    before = (balance(cafe, "a"), balance(cafe, "b"))
+    assert before == ((50, 4), (80, 4))
+    for path, data, status, message in [
+        (f"referrals/{held['id']}/approve", {"key": "x", "csrf": "forged"}, 403, ""),
+        ("referrals/rfl_unknown/approve", {"key": "u-1", "csrf": csrf}, 404,
+         "There is no such referral."),
+        (f"referrals/{held['id']}/maybe", {"key": "m-1", "csrf": csrf}, 404, ""),
+    ]:
+        refused = owner.post(f"/staff/{P}/{path}", data=data)
+        assert refused.status_code == status and message in refused.text
+        assert (balance(cafe, "a"), balance(cafe, "b")) == before
+    form = {"reason": " known  family ", "key": f"{key}-{held['id']}", "csrf": csrf}
+    approved = owner.post(f"/staff/{P}/referrals/{held['id']}/approve", data=form,
+                          follow_redirects=False)
+    assert approved.headers["location"] == f"/staff/{P}/referrals?decided={held['id']}"
+    # The purchase is past its pending days (0): approving pays both sides at once.
+    stored = referrals.get(cafe, P, held["id"])
+    assert (stored["status"], stored["decided_reason"]) == ("paid", "known family (by owner)")
+    assert postings_of(held["id"]) == [("a", 100), ("b", 40)]
+    assert (balance(cafe, "a"), balance(cafe, "b")) == ((150, 6), (120, 6))
+    shown = owner.get(approved.headers["location"])
+    assert f"Referral {held['id']} is now paid." in shown.text
+    # The same form again answers the same; a new form finds it decided; nothing changes.
+    replay = owner.post(f"/staff/{P}/referrals/{held['id']}/approve", data=form,
+                        follow_redirects=False)
+    assert replay.status_code == 303
+    late = owner.post(f"/staff/{P}/referrals/{held['id']}/reject",
+                      data={"key": "late-1", "csrf": csrf})
+    assert late.status_code == 409 and "no longer waiting for review" in late.text
+    assert (balance(cafe, "a"), balance(cafe, "b")) == ((150, 6), (120, 6))
+    assert referrals.get(cafe, P, held["id"])["status"] == "paid"
+    rejected = owner.post(f"/staff/{P}/referrals/{other['id']}/reject",
+                          data={"reason": "", "key": "reject-c", "csrf": csrf},
+                          follow_redirects=False)
+    assert rejected.status_code == 303
+    assert referrals.get(cafe, P, other["id"])["status"] == "rejected"
+    assert referrals.get(cafe, P, other["id"])["decided_reason"] == "by owner"
+    assert postings_of(other["id"]) == [] and balance(cafe, "c")[0] == 50
+    assert "No referrals." in owner.get(f"/staff/{P}/referrals").text
+    paid = owner.get(f"/staff/{P}/referrals", params={"status": "paid"})
+    assert f'id="referral-{held["id"]}"' in paid.text
+    with cafe.connect() as conn:
+        statuses = sorted(conn.execute(sa.select(tr.referrals.c.status)).scalars())
+    assert statuses == ["paid", "rejected"]
+    assert_journal_ok(cafe)
+
+
+def test_coupons_page_batches_their_codes_and_giving_uses_back(cafe: sa.Engine) -> None:
+    members.upsert_member(cafe, P, "m1", {})
+    owner = signed_in(cafe, "owner", "owner-password")
+    page = owner.get(f"/staff/{P}/coupons")
+    csrf, key = hidden(page.text, "csrf"), hidden(page.text, "key")
+    assert '<option value="cny">Chinese New Year</option>' in page.text  # batch coupons only
+    for data, status, message in [
+        ({"coupon": "cny", "count": "0"}, 422, "A field is missing or invalid."),
+        ({"coupon": "cny", "count": "many"}, 422, "A field is missing or invalid."),
+        ({"coupon": "welcome10", "count": "3"}, 422, "A field is missing or invalid."),
+        ({"coupon": "nope", "count": "3"}, 404, "There is no coupon with this code."),
+        ({"coupon": "cny", "count": "3", "prefix": "NO-WAY"}, 422, "<code>prefix</code>"),
+    ]:
+        refused = owner.post(f"/staff/{P}/coupons/batches",
+                             data={**data, "key": f"b-{data}", "csrf": csrf})
+        assert refused.status_code == status and message in refused.text, data
+        assert batch_count(cafe) == 0
+    form = {"coupon": "cny", "count": "4", "prefix": "cny", "key": key, "csrf": csrf}
+    made = owner.post(f"/staff/{P}/coupons/batches", data=form, follow_redirects=False)
+    batch = made.headers["location"].split("batch=")[1]
+    again = owner.post(f"/staff/{P}/coupons/batches", data=form, follow_redirects=False)
+    assert again.headers["location"] == made.headers["location"] and batch_count(cafe) == 1
+    export = owner.get(f"/staff/{P}/coupons/batches/{batch}.csv")
+    assert export.headers["content-disposition"] == f'attachment; filename="{batch}.csv"'
+    rows = list(csv.reader(io.StringIO(export.text)))
+    assert rows[0] == ["code", "coupon", "batch", "status"] and len(rows) == 5
+    assert all(r[0].startswith("CNY") and len(r[0]) == 13 and r[1:] == ["cny", batch, "unused"]
+               for r in rows[1:])
+    assert owner.get(f"/staff/{P}/coupons/batches/cpb_nope.csv").status_code == 404
+    # One code used at the till: RM 8.00 off.
+    coupons.redeem(cafe, P, {"code": rows[1][0], "member": "m1", "amount": "20.00",
+                             "order_id": "o-1"}, "use-1")
+    shown = owner.get(f"/staff/{P}/coupons")
+    cny = re.search(r'<tr id="coupon-cny">(.*?)</tr>', shown.text, re.S)
+    assert cny is not None
+    cells = re.findall(r'<td class="num">([^<]*)</td>', cny.group(1))
+    assert cells == ["1 / 100", "0", "RM 8.00"]
+    assert "4 codes in batches" in cny.group(1)
+    assert re.search(rf"<td class=\"num\">4</td><td class=\"num\">1</td><td><a href=\"/staff/"
+                     rf"{P}/coupons/batches/{batch}.csv\"", shown.text)
+    # Giving the use back: refused for an unknown order, then done once.
+    unknown = owner.post(f"/staff/{P}/coupons/release",
+                         data={"order_id": "o-9", "key": "r-0", "csrf": csrf})
+    assert unknown.status_code == 404
+    assert "This order has no coupon use to give back." in unknown.text
+    assert coupon_rows(cafe) == [("cny", rows[1][0], "m1", "o-1", "8.0000", False)]
+    release = {"order_id": "o-1", "code": rows[1][0].lower(), "key": "r-1", "csrf": csrf}
+    done = owner.post(f"/staff/{P}/coupons/release", data=release, follow_redirects=False)
+    assert done.headers["location"] == f"/staff/{P}/coupons?released=1"
+    assert coupon_rows(cafe) == [("cny", rows[1][0], "m1", "o-1", "8.0000", True)]
+    replay = owner.post(f"/staff/{P}/coupons/release", data=release, follow_redirects=False)
+    assert replay.headers["location"] == f"/staff/{P}/coupons?released=1"
+    shown = owner.get(f"/staff/{P}/coupons?released=1")
+    assert "Coupon uses given back: 1." in shown.text
+    cny = re.search(r'<tr id="coupon-cny">(.*?)</tr>', shown.text, re.S)
+    assert cny is not None
+    assert re.findall(r'<td class="num">([^<]*)</td>', cny.group(1)) == [
+        "0 / 100", "1", "RM 0.00"]
+    # the code can be used again
+    assert coupons.validate(cafe, P, {"code": rows[1][0], "member": "m1",
+                                      "amount": "20.00"})["discount"] == "8.00"
+
+
+def test_campaigns_page_shows_state_budget_and_cost(cafe: sa.Engine,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(growth_pages, "utc_now", lambda: at("2027-11-15T12:00:00+08:00"))
+    for member in ("a", "b"):
+        members.upsert_member(cafe, P, member, {"enrolled_at": "2027-10-01T09:00:00+08:00"})
+    for event, member, when, amount in (("e1", "a", "2027-11-02T10:00:00+08:00", "12.00"),
+                                        ("e2", "b", "2027-11-03T10:00:00+08:00", "30.00"),
+                                        ("e3", "a", "2027-11-04T10:00:00+08:00", "5.00")):
+        events.ingest_event(cafe, P, {"id": event, "type": "purchase", "member": member,
+                                      "order_id": event, "occurred_at": when,
+                                      "amount": amount})
+    owner = signed_in(cafe, "owner", "owner-password")
+    page = owner.get(f"/staff/{P}/campaigns", params={"from": "2027-11-01",
+                                                      "to": "2027-11-30"})
+    assert page.status_code == 200
+
+    def row(campaign: str) -> tuple[str, list[str]]:
+        found = re.search(rf'<tr id="campaign-{campaign}">(.*?)</tr>', page.text, re.S)
+        assert found is not None
+        state = re.search(r'<span class="state state-([a-z]+)">', found.group(1))
+        assert state is not None
+        return state.group(1), re.findall(r'<td class="num">([^<]*)</td>', found.group(1))
+
+    # 20 Beans each for a's RM 12.00 and b's RM 30.00 (a's RM 5.00 is below RM 10.00):
+    # budget 40 of 1,000, 2 awards, 2 members; cost 40 x RM 0.01; spend per member
+    # (17.00 + 30.00) / 2.
+    assert row("double-eleven") == ("running", ["40 / 1,000", "2", "2", "40", "RM 0.40",
+                                                "RM 23.50"])
+    assert row("cny-2026") == ("ended", ["0", "0", "0", "0", "RM 0.00", "–"])
+    assert row("review-thanks") == ("running", ["0", "0", "0", "0", "RM 0.00", "–"])
+    assert "Feb 1, 2026 – Feb 28, 2026" in page.text
+    bad = owner.get(f"/staff/{P}/campaigns", params={"from": "1900-01-01",
+                                                     "to": "1900-02-01"})
+    assert bad.status_code == 422 and "A field is missing or invalid." in bad.text
+
+
+def test_reports_page_tables_and_downloads(cafe: sa.Engine) -> None:
+    for member, enrolled in (("a", "2027-01-05T09:00:00+08:00"),
+                             ("b", "2027-02-01T09:00:00+08:00")):
+        members.upsert_member(cafe, P, member, {"enrolled_at": enrolled})
+    for event, member, when, amount in (("e1", "a", "2027-02-03T10:00:00+08:00", "10.00"),
+                                        ("e2", "a", "2027-02-10T10:00:00+08:00", "20.00"),
+                                        ("e3", "b", "2027-02-11T10:00:00+08:00", "5.50"),
+                                        ("e4", "b", "2027-03-02T10:00:00+08:00", "8.00")):
+        events.ingest_event(cafe, P, {"id": event, "type": "purchase", "member": member,
+                                      "order_id": event, "occurred_at": when,
+                                      "amount": amount})
+    redemptions.redeem(cafe, P, {"member": "a", "points": 40}, "pay",
+                       clock=lambda: at("2027-02-12T10:00:00+08:00"))
+    owner = signed_in(cafe, "owner", "owner-password")
+    query = {"from": "2027-02-01", "to": "2027-03-31", "grain": "month"}
+    page = owner.get(f"/staff/{P}/reports", params=query)
+    assert page.status_code == 200
+
+    def table(name: str) -> list[list[str]]:
+        found = re.search(rf'<table id="{name}">.*?<tbody>(.*?)</tbody>', page.text, re.S)
+        assert found is not None
+        return [re.findall(r"<t[hd][^>]*>([^<]*)</t[hd]>", r)
+                for r in re.findall(r"<tr>(.*?)</tr>", found.group(1), re.S)]
+
+    # February: 3 purchases by 2 members, a twice: repeat rate 50%, RM 35.50, RM 11.83 each.
+    assert table("sales") == [
+        ["Feb 1, 2027", "3", "2", "1", "50%", "RM 35.50", "RM 11.83", "RM 0.00"],
+        ["Mar 1, 2027", "1", "1", "0", "0%", "RM 8.00", "RM 8.00", "RM 0.00"]]
+    # Issued in February: b's welcome 50 + 10 + 20 + 5 = 85, a redeemed 40; outstanding at
+    # the end of February: a 50 + 30 - 40 = 40, b 50 + 5 = 55; March adds 8.
+    assert table("points") == [
+        ["Feb 1, 2027", "85", "40", "0", "0", "47.1%", "0%", "95", "RM 0.95"],
+        ["Mar 1, 2027", "8", "0", "0", "0", "0%", "0%", "103", "RM 1.03"]]
+    assert table("members") == [["Feb 1, 2027", "1", "2", "0", "0%"],
+                                ["Mar 1, 2027", "0", "2", "0", "0%"]]
+    assert table("coupon-uses") == [["Nothing in this period."]]
+    assert table("rfm")[0][1] in ("1", "2")
+    assert sum(int(r[1]) for r in table("rfm")) == 2
+    # Downloads: the HTML report and the CSV exports, for the same period.
+    report = owner.get(f"/staff/{P}/reports/report.html", params=query)
+    assert report.headers["content-disposition"] == (
+        f'attachment; filename="{P}-report-2027-02-01-2027-03-31.html"')
+    assert "<h1>web-cafe</h1>" in report.text and "2027-02-01 to 2027-03-31, by month" in \
+        report.text
+    sales = owner.get(f"/staff/{P}/reports/metrics.csv", params=query)
+    assert sales.headers["content-disposition"] == (
+        f'attachment; filename="{P}-metrics-2027-02-01-2027-03-31.csv"')
+    lines = list(csv.DictReader(io.StringIO(sales.text)))
+    assert [(r["period"], r["purchases"], r["member_sales"]) for r in lines] == [
+        ("2027-02-01", "3", "35.50"), ("2027-03-01", "1", "8.00")]
+    journal = owner.get(f"/staff/{P}/reports/journal.csv", params=query)
+    assert journal.status_code == 200 and len(journal.text.strip().splitlines()) == 1 + 7
+    assert owner.get(f"/staff/{P}/reports/secrets.csv").status_code == 404
+    bad = owner.get(f"/staff/{P}/reports", params={"from": "1900-01-01", "to": "1900-01-31"})
+    assert bad.status_code == 422 and "A field is missing or invalid." in bad.text
+
+
+def test_what_if_of_a_draft_in_the_programme_editor(cafe: sa.Engine) -> None:
+    for member in ("a", "b"):
+        members.upsert_member(cafe, P, member, {"enrolled_at": "2027-01-05T09:00:00+08:00"})
+    for event, member, when, lines in (
+            ("e1", "a", "2027-02-03T10:00:00+08:00", [("CAKE", "pastry", "8.50"),
+                                                      ("LATTE", "coffee", "12.00")]),
+            ("e2", "b", "2027-02-10T10:00:00+08:00", [("LATTE", "coffee", "30.00")])):
+        events.ingest_event(cafe, P, {"id": event, "type": "purchase", "member": member,
+                                      "order_id": event, "occurred_at": when, "lines": [
+                                          {"sku": sku, "category": cat, "quantity": 1,
+                                           "amount": amount} for sku, cat, amount in lines]})
+    owner = signed_in(cafe, "owner", "owner-password")
+    page = owner.get(f"/staff/{P}/programme")
+    assert 'name="whatif_from" type="date" value="2027-01-12"' in page.text  # 30 days
+    assert 'name="whatif_to" type="date" value="2027-02-10"' in page.text
+    csrf = hidden(page.text, "csrf")
+    draft = insights.version_yaml(cafe, P, 1)
+    assert draft is not None
+    head, tail = draft.split("id: pastry-bonus")
+    changed = head + "id: pastry-bonus" + tail.replace("rate: '1'", "rate: '3'", 1)
+    before = balance(cafe, "a"), balance(cafe, "b")
+    answer = owner.post(f"/staff/{P}/programme", data={
+        "draft": changed, "action": "whatif", "whatif_from": "2027-02-01",
+        "whatif_to": "2027-02-28", "csrf": csrf})
+    assert answer.status_code == 200, answer.text
+
+    def cells(row_id: str) -> list[str]:
+        found = re.search(rf'<tr id="{row_id}">(.*?)</tr>', answer.text, re.S)
+        assert found is not None
+        return re.findall(r'<td class="num">([^<]*)</td>', found.group(1))
+
+    # live: 20 + 8 (pastry) + 30 = 58; draft: pastry at 3 a ringgit, 20 + 25 + 30 = 75
+    assert cells("whatif-points") == ["58", "75"]
+    assert cells("whatif-liability") == ["RM 0.58", "RM 0.75"]
+    assert "2 events of 2 members" in answer.text
+    assert ("Members who would earn differently: 1; who would end in another tier: 0."
+            in answer.text)
+    assert "<span class=\"add\">+  rate: &#39;3&#39;</span>" in answer.text  # the draft's diff
+    assert (balance(cafe, "a"), balance(cafe, "b")) == before  # nothing is written
+    too_long = owner.post(f"/staff/{P}/programme", data={
+        "draft": changed, "action": "whatif", "whatif_from": "2027-01-01",
+        "whatif_to": "2027-06-30", "csrf": csrf})
+    assert too_long.status_code == 422 and "<code>to</code>" in too_long.text
+    no_date = owner.post(f"/staff/{P}/programme", data={
+        "draft": changed, "action": "whatif", "whatif_from": "soon", "whatif_to": "",
+        "csrf": csrf})
+    assert no_date.status_code == 422 and "<code>whatif_from</code>" in no_date.text
+    assert [v["version"] for v in insights.versions(cafe, P)] == [1]
+
+
+def test_portal_shows_the_referral_link(cafe: sa.Engine) -> None:
+    browser = portal(cafe, "m1", "m1@example.com")
+    home = browser.get(f"/portal/{P}/")
+    code = referrals.code_for(cafe, P, "m1")["code"]
+    assert f'<a href="https://web-cafe.example/join?ref={code}" id="referral-link">' in home.text
+    assert f'<code class="referral-code" id="referral-code">{code}</code>' in home.text
+    assert "Friends who joined: 0 · rewarded: 0" in home.text
+    members.upsert_member(cafe, P, "m2", {})
+    referrals.link(cafe, P, {"code": code, "member": "m2"}, "link-m2")
+    home = browser.get(f"/portal/{P}/", headers={"accept-language": "id"})
+    assert "Teman yang bergabung: 1 · diberi hadiah: 0" in home.text
+    assert referrals.code_for(cafe, P, "m1")["code"] == code  # the same code every time

@@ -91,6 +91,23 @@ def test_an_amount_off_never_exceeds_the_lines_it_applies_to() -> None:
         c.discount_for(coupon(min_spend="12.01"), c.Basket(Decimal("12.00"), lines), 2)
 
 
+def test_the_discount_is_spread_over_the_lines_it_applies_to() -> None:
+    lines = (c.BasketLine("LATTE", "coffee", Decimal("10.00")),
+             c.BasketLine("CAKE", "pastry", Decimal("9.00")),
+             c.BasketLine("MOCHA", "coffee", Decimal("20.00")))
+    # 1.00 over coffee 10.00 and 20.00: 0.333... and 0.666..., floored 0.33 and 0.66; the
+    # cent left goes to the larger remainder (MOCHA, .0066 against LATTE's .0033)
+    assert c.net_lines(coupon(categories=["coffee"]), lines, Decimal("1.00"), 2) == (
+        Decimal("9.67"), Decimal("9.00"), Decimal("19.33"))
+    # without categories every line takes its share: 3.90 of 39.00 is 10% each
+    assert c.net_lines(coupon(), lines, Decimal("3.90"), 2) == (
+        Decimal("9.00"), Decimal("8.10"), Decimal("18.00"))
+    # a tie of remainders: the earlier line takes the unit
+    pair = (c.BasketLine("A", None, Decimal(5)), c.BasketLine("B", None, Decimal(5)))
+    assert c.net_lines(coupon(), pair, Decimal(1), 0) == (Decimal(4), Decimal(5))
+    assert c.net_lines(coupon(), pair, Decimal(0), 0) == (Decimal(5), Decimal(5))
+
+
 def test_batch_codes_are_the_prefix_and_ten_crockford_characters() -> None:
     codes = c.batch_codes("NY", 3, bytes(range(21)))
     # bytes 0..6 = 0x00010203040506: bits 1, 2, 8, 10, 18, 24, 25, 33, 40 set. In groups

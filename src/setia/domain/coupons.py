@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -230,6 +230,37 @@ def discount_for(coupon: Coupon, basket: Basket, digits: int) -> Decimal:
     off = min(off, eligible).quantize(quantum)
     assert Decimal(0) <= off <= basket.amount
     return off
+
+
+def net_lines(coupon: Coupon, lines: tuple[BasketLine, ...], discount: Decimal,
+              digits: int) -> tuple[Decimal, ...]:
+    """What each line costs after the discount, for the purchase the till records: the
+    discount is spread over the lines it applies to (the coupon's categories, else every
+    line) in proportion to their amounts, rounded to the minor unit by largest remainder
+    (earlier lines first on a tie), so the parts add up to the discount exactly."""
+    wanted = set(coupon.categories) if coupon.categories is not None else None
+    eligible = [i for i, line in enumerate(lines)
+                if line.amount > 0 and (wanted is None or line.category in wanted)]
+    base = sum((lines[i].amount for i in eligible), Decimal(0))
+    assert Decimal(0) <= discount <= base or discount == 0, "discount beyond its lines"
+    unit = Decimal(1).scaleb(-digits)
+    shares = {i: Decimal(0) for i in eligible}
+    if discount > 0:
+        remainders = []
+        for order, i in enumerate(eligible):
+            exact = discount * lines[i].amount / base
+            shares[i] = exact.quantize(unit, rounding=ROUND_FLOOR)
+            remainders.append((exact - shares[i], -order, i))
+        short = discount - sum(shares.values(), Decimal(0))
+        for _, _, i in sorted(remainders, reverse=True):
+            if short <= 0:
+                break
+            shares[i] += unit
+            short -= unit
+    out = tuple(line.amount - shares.get(i, Decimal(0)) for i, line in enumerate(lines))
+    assert sum(out, Decimal(0)) == sum((line.amount for line in lines), Decimal(0)) - discount
+    assert all(amount >= 0 for amount in out)
+    return out
 
 
 # -- codes ------------------------------------------------------------------------------

@@ -230,33 +230,39 @@ def redeem(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
-        now = clock()
-
-        def run() -> dict[str, Any]:
-            coupon, code, generated, member, discount, order_id = _assess(
-                uow, programme, body, now, order=True, lock=True)
-            assert order_id is not None
-            u = tc.coupon_uses
-            applied = uow.execute(sa.select(u.c.id).where(
-                u.c.program_id == programme.id, u.c.order_id == order_id,
-                u.c.coupon_id == coupon.id, u.c.released_at.is_(None))).first()
-            if applied is not None:
-                raise c.CouponAlreadyApplied(
-                    f"coupon {coupon.id} is already applied to order {order_id}",
-                    field="order_id")
-            _take(uow, programme, coupon, code, generated)
-            row = {"id": "cpu_" + secrets.token_hex(10), "program_id": programme.id,
-                   "coupon_id": coupon.id, "code": code, "member_pk": member.pk,
-                   "member_id": member.id, "order_id": order_id, "discount": discount,
-                   "currency": programme.currency, "used_at": now, "released_at": None}
-            uow.execute(u.insert().values(**row))
-            return _use_view(row, programme.currency)
-
-        result = idempotent(uow, program_id, key, "coupon-redeem", body, run, now)
+        result = redeem_in(uow, programme, body, key, clock())
         uow.commit()
         return result
 
     return transaction(engine, work)
+
+
+def redeem_in(uow: UnitOfWork, programme: Programme, body: Any, key: str, now: datetime
+              ) -> dict[str, Any]:
+    """``redeem`` inside the caller's unit of work (which commits): for the till's
+    purchase with a coupon (service/till.py), so both are written or neither."""
+
+    def run() -> dict[str, Any]:
+        coupon, code, generated, member, discount, order_id = _assess(
+            uow, programme, body, now, order=True, lock=True)
+        assert order_id is not None
+        u = tc.coupon_uses
+        applied = uow.execute(sa.select(u.c.id).where(
+            u.c.program_id == programme.id, u.c.order_id == order_id,
+            u.c.coupon_id == coupon.id, u.c.released_at.is_(None))).first()
+        if applied is not None:
+            raise c.CouponAlreadyApplied(
+                f"coupon {coupon.id} is already applied to order {order_id}",
+                field="order_id")
+        _take(uow, programme, coupon, code, generated)
+        row = {"id": "cpu_" + secrets.token_hex(10), "program_id": programme.id,
+               "coupon_id": coupon.id, "code": code, "member_pk": member.pk,
+               "member_id": member.id, "order_id": order_id, "discount": discount,
+               "currency": programme.currency, "used_at": now, "released_at": None}
+        uow.execute(u.insert().values(**row))
+        return _use_view(row, programme.currency)
+
+    return idempotent(uow, programme.id, key, "coupon-redeem", body, run, now)
 
 
 def release_uses(uow: UnitOfWork, programme: Programme, order_id: str, now: datetime, *,
@@ -418,3 +424,63 @@ def _csv_chunks(rows: list[Any], batch_id: str) -> Iterator[str]:
         buffer.truncate()
     if buffer.tell():
         yield buffer.getvalue()
+
+
+# -- reads for the owner's page ---------------------------------------------------------
+
+MAX_RECENT_USES = 200
+
+
+def overview(engine: sa.Engine, program_id: str, recent: int = 20) -> dict[str, Any]:
+    """Every coupon of the programme with its uses (standing and given back) and the
+    discount its standing uses gave, every batch with how many of its codes are used,
+    and the latest ``recent`` uses, newest first."""
+    if not 1 <= recent <= MAX_RECENT_USES:
+        raise InvalidField(f"recent must be from 1 to {MAX_RECENT_USES}", field="recent")
+
+    def work(uow: UnitOfWork) -> dict[str, Any]:
+        programme = require_programme(uow, program_id)
+        currency = programme.currency
+        u, b, cc = tc.coupon_uses, tc.coupon_batches, tc.coupon_codes
+        standing = sa.case((u.c.released_at.is_(None), 1), else_=0)
+        uses = {row.coupon_id: row for row in uow.execute(
+            sa.select(u.c.coupon_id, sa.func.sum(standing).label("used"),
+                      sa.func.count().label("all"),
+                      sa.func.sum(sa.case((u.c.released_at.is_(None), u.c.discount),
+                                          else_=0)).label("discount"))
+            .where(u.c.program_id == programme.id).group_by(u.c.coupon_id))}
+        codes = {row.batch_id: row for row in uow.execute(
+            sa.select(cc.c.batch_id, sa.func.count().label("codes"),
+                      sa.func.sum(cc.c.uses).label("used"))
+            .where(cc.c.program_id == programme.id).group_by(cc.c.batch_id))}
+        batches = [
+            {"id": row.id, "coupon": row.coupon_id, "prefix": row.prefix, "count": row.count,
+             "created_at": row.created_at.astimezone(UTC).isoformat(),
+             "used": int(codes[row.id].used or 0) if row.id in codes else 0}
+            for row in uow.execute(sa.select(b).where(b.c.program_id == programme.id)
+                                   .order_by(b.c.created_at.desc(), b.c.id))]
+        listed = []
+        for coupon in programme.model.coupons or []:
+            found = uses.get(coupon.id)
+            used = int(found.used or 0) if found else 0
+            listed.append({
+                "id": coupon.id, "name": coupon.name, "code": coupon.code,
+                "discount": coupon.discount.model_dump(mode="json", exclude_none=True),
+                "from": coupon.from_.isoformat() if coupon.from_ else None,
+                "until": coupon.until.isoformat() if coupon.until else None,
+                "max_uses": coupon.max_uses, "per_member": coupon.per_member,
+                "min_spend": str(coupon.min_spend) if coupon.min_spend is not None else None,
+                "categories": coupon.categories, "first_purchase": coupon.first_purchase,
+                "new_members_days": coupon.new_members_days,
+                "uses": used, "released": (int(found.all) - used) if found else 0,
+                "discount_given": _money(Decimal(str(found.discount or 0)) if found
+                                         else Decimal(0), currency),
+                "codes": sum(batch["count"] for batch in batches
+                             if batch["coupon"] == coupon.id),
+            })
+        latest = uow.execute(sa.select(u).where(u.c.program_id == programme.id)
+                             .order_by(u.c.used_at.desc(), u.c.id.desc()).limit(recent))
+        return {"currency": currency, "coupons": listed, "batches": batches,
+                "uses": [_use_view(row, currency) for row in latest.mappings()]}
+
+    return transaction(engine, work)

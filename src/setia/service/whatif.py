@@ -90,6 +90,12 @@ def _events(frame: pl.DataFrame, currency: str) -> Iterator[Event]:
         yield parse_event(raw, currency)
 
 
+def _text_columns(*names: str) -> list[pl.Expr]:
+    """Text columns as text: SQLite's driver types the columns of an empty answer as
+    integers (a period without other events, say), which the JSON paths below refuse."""
+    return [pl.col(name).cast(pl.String) for name in names]
+
+
 def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date,
         date_to: date, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Replay [date_from, date_to] (local dates, both included) and compare."""
@@ -114,13 +120,13 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
             f"FROM orders o WHERE o.program_id = {lit} "
             f"AND o.occurred_at >= '{_naive(start)}' AND o.occurred_at < '{_naive(end)}'",
             ("occurred_at",),
-        )
+        ).with_columns(_text_columns("id", "order_id", "lines", "payload", "tier"))
         others = read.frame(
             f"SELECT e.id, e.occurred_at, CAST(e.payload AS {text}) AS payload "
             f"FROM events e WHERE e.program_id = {lit} AND e.type NOT IN ('purchase', 'refund') "
             f"AND e.occurred_at >= '{_naive(start)}' AND e.occurred_at < '{_naive(end)}'",
             ("occurred_at",),
-        )
+        ).with_columns(_text_columns("id", "payload"))
         members = read.frame(
             "SELECT pk AS member_pk, id AS member, tier_id AS tier, enrolled_at, "
             f"CAST(attributes AS {text}) AS attributes FROM members WHERE program_id = {lit}",

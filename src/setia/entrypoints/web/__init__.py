@@ -10,7 +10,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.exceptions import HTTPException
 
-from setia.entrypoints.web import portal, staff_pages
+from setia.entrypoints.web import growth_pages, portal, report_pages, staff_pages
 from setia.entrypoints.web.base import (
     WebForbidden,
     WebRedirect,
@@ -48,6 +48,8 @@ def _forbidden(request: Request, _: Exception) -> HTMLResponse:
 def install(app: FastAPI) -> None:
     app.include_router(static)
     app.include_router(staff_pages.router)
+    app.include_router(growth_pages.router)
+    app.include_router(report_pages.router)
     app.include_router(portal.router)
     app.add_exception_handler(WebRedirect, _redirect)
     app.add_exception_handler(WebForbidden, _forbidden)

@@ -27,7 +27,7 @@ from setia.entrypoints.web.base import (
     set_cookie,
 )
 from setia.entrypoints.web.mailer import send_signin_link
-from setia.service import insights, members, programmes, redemptions, staff
+from setia.service import insights, members, programmes, redemptions, referrals, staff
 from setia.service.common import utc_now
 from setia.service.staff import Session
 
@@ -141,10 +141,17 @@ def _home(request: Request, program: str, session: Session, status: int = 200,
             offers.append(reward)
     vouchers = [dict(v, qr=qr.svg(f"setia:voucher:{v['code']}", scale=4))
                 for v in page["vouchers"] if v["status"] == "valid"]
+    referral = None
+    if facts["definition"].get("referrals"):
+        # the member's code and link (made on the first visit, as the API's GET does)
+        referral = referrals.code_for(engine, program, session.member_id)
+        counts = referral["referrals"]
+        referral.update(qr=qr.svg(referral["link"], scale=3),
+                        joined=sum(n for status, n in counts.items() if status != "rejected"))
     return render(request, "portal_home.html", locale, status=status,
                   csrf=session.csrf,
                   key=secrets.token_urlsafe(12), member=member, page=page, offers=offers,
-                  vouchers=vouchers, pref=pref or locale,
+                  vouchers=vouchers, pref=pref or locale, referral=referral,
                   card=qr.svg(qr.member_payload(session.member_id), scale=5),
                   normalise=reward_rules.normalise_code, **facts, **context)
 

@@ -29,12 +29,14 @@ from setia.entrypoints.web.base import (
     staff_session,
 )
 from setia.service import (
+    coupons,
     events,
     insights,
     members,
     programmes,
     redemptions,
     staff,
+    till,
 )
 from setia.service.common import utc_now
 from setia.service.staff import Session
@@ -207,17 +209,35 @@ def parse_lines(text: str) -> list[dict[str, Any]]:
 
 @router.post("/staff/{program}/cashier/{member_id}/purchase")
 def cashier_purchase(request: Request, program: str, member_id: str, amount: str = Form(""),
-                     lines: str = Form(""), store: str = Form(""), key: str = Form(""),
+                     lines: str = Form(""), store: str = Form(""), coupon: str = Form(""),
+                     action: str = Form("record"), key: str = Form(""),
                      csrf: str = Form("")) -> Response:
+    """Record a purchase; with a coupon code, the coupon is used for the basket and the
+    purchase of what is left to pay is recorded, both or neither (service/till.py).
+    ``action=check`` answers the coupon's discount for the basket and writes nothing."""
     session = staff_session(request, program)
     check_csrf(session.csrf, csrf)
     engine = engine_of(request)
+    typed = {"amount": amount, "lines": lines, "store": store, "coupon": coupon}
+    code = coupon.strip()
     try:
         parsed = parse_lines(lines)
         if not amount.strip() and parsed:
             amount = str(sum((Decimal(line["amount"]) for line in parsed), Decimal(0)))
         if not amount.strip():
             raise InvalidField("amount is required", field="amount")
+        if action == "check":
+            if not code:
+                raise InvalidField("coupon code is required", field="coupon")
+            basket: dict[str, Any] = {"code": code, "member": member_id,
+                                      "amount": amount.strip()}
+            if parsed:
+                basket["lines"] = parsed
+            checked = coupons.validate(engine, program, basket)
+            return _cashier_member(request, session, program, member_id, done="coupon-check",
+                                   checked=dict(checked, amount=amount.strip(), paid=str(
+                                       Decimal(amount.strip()) - Decimal(checked["discount"]))),
+                                   form=typed)
         event_id = f"web-{key}"
         body: dict[str, Any] = {"id": event_id, "type": "purchase", "member": member_id,
                                 "order_id": event_id, "amount": amount.strip(),
@@ -227,12 +247,16 @@ def cashier_purchase(request: Request, program: str, member_id: str, amount: str
             body["lines"] = parsed
         if store.strip():
             body["store"] = store.strip()
+        if code:
+            sale = till.purchase_with_coupon(engine, program, body, code, f"web-coupon-{key}")
+            return _cashier_member(request, session, program, member_id, done="purchase",
+                                   result=sale["purchase"], sale=sale)
         result = events.ingest_event(engine, program, body)
     except (SetiaError, InvalidOperation) as exc:
         error = exc if isinstance(exc, SetiaError) else InvalidField("amount is not a number",
                                                                       field="amount")
         return _cashier_member(request, session, program, member_id, status=error.status,
-                               error=error)
+                               error=error, form=typed)
     return _cashier_member(request, session, program, member_id, done="purchase",
                            result=result)
 
@@ -377,13 +401,30 @@ def programme_page(request: Request, program: str) -> Response:
     changes = insights.diff(old or "", new or "", f"v{a}", f"v{b}") if old and new else []
     return _page(request, "programme.html", session, program, history=history, a=a, b=b,
                  changes=changes, draft=insights.version_yaml(engine, program, current),
-                 sample={"member": "", "amount": "10.00", "store": "", "lines": ""})
+                 sample={"member": "", "amount": "10.00", "store": "", "lines": ""},
+                 period=_whatif_period(request, program))
+
+
+WHATIF_DAYS = 30  # the what-if's default period: the last 30 days with activity
+
+
+def _whatif_period(request: Request, program: str) -> dict[str, str]:
+    end = insights.latest_activity_day(engine_of(request), program)
+    return {"from": (end - timedelta(days=WHATIF_DAYS - 1)).isoformat(), "to": end.isoformat()}
+
+
+def _day(text: str, field: str) -> date:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidField(f"{field} must be a date (YYYY-MM-DD)", field=field) from None
 
 
 @router.post("/staff/{program}/programme")
 def programme_draft(request: Request, program: str, draft: str = Form(""),
                     action: str = Form("validate"), member: str = Form(""),
                     amount: str = Form(""), store: str = Form(""), lines: str = Form(""),
+                    whatif_from: str = Form(""), whatif_to: str = Form(""),
                     csrf: str = Form("")) -> Response:
     session = staff_session(request, program, role="owner")
     check_csrf(session.csrf, csrf)
@@ -392,7 +433,8 @@ def programme_draft(request: Request, program: str, draft: str = Form(""),
     current = history[0]["version"]
     context: dict[str, Any] = {"history": history, "a": current, "b": current, "changes": [],
                                "draft": draft, "sample": {"member": member, "amount": amount,
-                                                          "store": store, "lines": lines}}
+                                                          "store": store, "lines": lines},
+                               "period": {"from": whatif_from, "to": whatif_to}}
     try:
         document = programmes.parse_text(draft)
         model = programmes.validate_document(document)
@@ -417,6 +459,12 @@ def programme_draft(request: Request, program: str, draft: str = Form(""),
             if store.strip():
                 sample["store"] = store.strip()
             context["preview"] = insights.preview_draft(engine, program, draft, sample)
+        elif action == "whatif":
+            from setia.service import whatif  # Polars is loaded on the first what-if
+
+            context["whatif"] = whatif.run(engine, program, document,
+                                           _day(whatif_from, "whatif_from"),
+                                           _day(whatif_to, "whatif_to"))
         elif action == "save":
             stored = programmes.store_programme(engine, document, program_id=program)
             return redirect(f"/staff/{program}/programme?saved={stored['version']}")
