@@ -15,7 +15,8 @@ What it does (everything on 127.0.0.1; the scratch database is dropped at the en
 3. every --sample-seconds it reads the resident memory (VmRSS) of the server and the
    worker from /proc, and the requests done so far;
 4. prints each sample and a summary: requests by kind and status, and the memory of
-   each process at the first sample after warm-up (25 % of the run) and at the end.
+   each process at the first sample, the first after warm-up (25 % of the run) and the
+   end, with the least-squares slope (MiB per minute) over the samples after warm-up.
 """
 
 from __future__ import annotations
@@ -131,6 +132,29 @@ def main() -> int:
             print(f"logs: {logs}")
 
 
+def slope_per_minute(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, MiB) points, in MiB per minute."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    return 60 * sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var else 0.0
+
+
+def memory(samples: list[tuple[float, int, float, float]], warm: tuple[float, int, float, float],
+           column: int) -> dict[str, float]:
+    """One process's RSS: first sample, after warm-up, end, growth since warm-up, and the
+    slope over the samples after warm-up."""
+    first, last = samples[0], samples[-1]
+    return {"start": round(first[column], 1), "warm": round(warm[column], 1),
+            "end": round(last[column], 1),
+            "growth_pct": round(100 * (last[column] - warm[column]) / warm[column], 1),
+            "slope_mib_per_minute": round(slope_per_minute(
+                [(s[0], s[column]) for s in samples if s[0] >= warm[0]]), 3)}
+
+
 def soak(opts: argparse.Namespace, base: str, key: str, hook_url: str, hooks: list[int],
          server: subprocess.Popen[bytes], worker: subprocess.Popen[bytes]) -> int:
     headers = {"Authorization": f"Bearer {key}"}
@@ -223,10 +247,9 @@ def soak(opts: argparse.Namespace, base: str, key: str, hook_url: str, hooks: li
         "seconds": round(last[0]), "clients": opts.clients, "requests": last[1],
         "requests_per_second": round(last[1] / last[0], 1),
         "by_kind_and_status": dict(sorted(counts.items())),
-        "server_rss_mib": {"warm": round(warm[2], 1), "end": round(last[2], 1),
-                           "growth_pct": round(100 * (last[2] - warm[2]) / warm[2], 1)},
-        "worker_rss_mib": {"warm": round(warm[3], 1), "end": round(last[3], 1),
-                           "growth_pct": round(100 * (last[3] - warm[3]) / warm[3], 1)},
+        "warm_up_seconds": round(warm[0]),
+        "server_rss_mib": memory(samples, warm, 2),
+        "worker_rss_mib": memory(samples, warm, 3),
         "webhooks_received": hooks[0],
     }
     print(json.dumps(summary, indent=2))

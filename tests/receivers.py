@@ -31,12 +31,16 @@ class Received:
     body: dict[str, Any]
     verified: bool
     answered: int
+    arrived_at: float = 0.0  # time.monotonic() when the request came in
 
 
 @dataclass
 class WebhookReceiver:
     """``script``: what to do with each next request ("ok", "fail" = HTTP 500, "stall" =
-    answer after ``stall_seconds``); ``default`` once the script is used up."""
+    answer after ``stall_seconds``); ``default`` once the script is used up. With
+    ``together`` set, each request waits until that many are in flight at once before it
+    is answered (a 503 if they never are, within ``together_seconds``): proof that a
+    sender sends in parallel, without timing anything."""
 
     secret: str = ""
     script: list[str] = field(default_factory=list)
@@ -44,21 +48,36 @@ class WebhookReceiver:
     stall_seconds: float = 1.5
     received: list[Received] = field(default_factory=list)
     url: str = ""
+    together: int = 0
+    together_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
+        self.barrier = threading.Barrier(self.together) if self.together > 1 else None
 
     def ids(self) -> list[str]:
         with self.lock:
             return [r.webhook_id for r in self.received]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog: a worker sends several webhooks at once
+
+
 @contextmanager
 def webhook_receiver(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            arrived_at = time.monotonic()
             raw = self.rfile.read(int(self.headers.get("content-length", "0")))
             headers = {k.lower(): v for k, v in self.headers.items()}
+            alone = False
+            if receiver.barrier is not None:
+                try:
+                    receiver.barrier.wait(receiver.together_seconds)
+                except threading.BrokenBarrierError:
+                    alone = True
             try:
                 Webhook(receiver.secret).verify(raw, headers)
                 verified = True
@@ -69,8 +88,11 @@ def webhook_receiver(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
                 status = 200 if action in ("ok", "stall") and verified else 500
                 if not verified:
                     status = 401
+                if alone:
+                    status = 503
                 receiver.received.append(Received(headers.get("webhook-id", ""),
-                                                  json.loads(raw), verified, status))
+                                                  json.loads(raw), verified, status,
+                                                  arrived_at))
             if action == "stall":
                 time.sleep(receiver.stall_seconds)  # longer than the sender waits
             try:
@@ -82,8 +104,7 @@ def webhook_receiver(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"

@@ -156,6 +156,52 @@ def test_a_webhook_that_fails_then_times_out_is_retried_with_backoff_until_deliv
     assert _due(engine)[:2] == ("delivered", 3)
 
 
+def test_a_claimed_batch_is_sent_in_parallel_and_each_outcome_keeps_its_own_schedule(engine):
+    # Given 8 welcome webhooks due, and a receiver that answers nobody until 4 requests are
+    # in flight at once (a 503 if they never are), failing the first 4 it answers
+    load_programme(engine, SHOP)
+    t0 = at("2027-03-01T10:00:00+08:00")
+    receiver = WebhookReceiver(script=["fail"] * 4, together=4)
+    with webhook_receiver(receiver), httpx.Client() as client:
+        endpoint = deliveries.add_endpoint(engine, P, receiver.url, ["member.enrolled"], t0)
+        receiver.secret = endpoint["secret"]
+        for m in range(8):
+            enrol(engine, f"m-{m}")
+        deliveries.dispatch(engine, t0)
+
+        def send(seconds: int) -> tuple[int, int, int, int]:
+            report = deliveries.deliver_webhooks(engine, t0 + timedelta(seconds=seconds),
+                                                 client, concurrency=4)
+            return report.delivered, report.failed, report.dead, report.dropped
+
+        # When a worker sends 4 at a time: 4 fail, 4 are delivered
+        assert send(0) == (4, 4, 0, 0)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(
+                "SELECT status, attempts, last_error, count(*) FROM deliveries WHERE channel = "
+                "'webhook' GROUP BY status, attempts, last_error ORDER BY status")).all() == [
+                ("delivered", 1, None, 4), ("pending", 1, "HTTP 500", 4)]
+            retry_at = {row[0] for row in conn.execute(sa.select(
+                tables_outbox.deliveries.c.next_attempt_at).where(
+                tables_outbox.deliveries.c.status == "pending",
+                tables_outbox.deliveries.c.channel == "webhook"))}
+        # Then each failed one waits its 30 s, as it would alone, and goes out again
+        assert retry_at == {t0 + timedelta(seconds=30)}
+        assert send(29) == (0, 0, 0, 0)
+        assert send(30) == (4, 0, 0, 0)
+        assert send(100_000) == (0, 0, 0, 0)
+    with engine.connect() as conn:
+        outbox_ids = conn.execute(sa.text(
+            "SELECT id FROM outbox WHERE type = 'member.enrolled' ORDER BY id")).scalars().all()
+        assert conn.execute(sa.text(
+            "SELECT status, count(*), sum(attempts) FROM deliveries WHERE channel = 'webhook' "
+            "GROUP BY status")).all() == [("delivered", 8, 12)]
+    assert all(r.verified for r in receiver.received)
+    assert sorted(r.answered for r in receiver.received) == [200] * 8 + [500] * 4
+    assert sorted(r.webhook_id for r in receiver.received if r.answered == 200) == sorted(
+        f"msg_{i}" for i in outbox_ids)
+
+
 def test_a_receiver_down_for_24_hours_parks_the_delivery_as_dead_until_replayed(engine):
     load_programme(engine, SHOP)
     t0 = at("2027-03-01T10:00:00+08:00")

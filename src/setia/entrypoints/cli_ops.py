@@ -26,6 +26,9 @@ def worker_command(
     run_due_every: Annotated[float, typer.Option(
         help="seconds between run-due passes (0: never)")] = 60.0,
     webhook_timeout: Annotated[float, typer.Option(help="seconds to wait for a receiver")] = 10.0,
+    webhook_concurrency: Annotated[int, typer.Option(
+        min=1, max=64, help="webhooks sent at once (each batch claimed is sent in parallel)"
+    )] = 8,
 ) -> None:
     """Run due work and deliver webhooks and emails until stopped (SIGTERM or Ctrl-C).
 
@@ -37,7 +40,7 @@ def worker_command(
 
     configure_logging()
     worker = Worker(_cli().engine(), smtp=settings_from_env(), run_due_seconds=run_due_every,
-                    webhook_timeout=webhook_timeout)
+                    webhook_timeout=webhook_timeout, webhook_concurrency=webhook_concurrency)
     try:
         if once:
             report = worker.run_once()

@@ -35,13 +35,19 @@ class Worker:
     def __init__(self, engine: sa.Engine, *, smtp: mail.SmtpSettings | None = None,
                  run_due_seconds: float = RUN_DUE_SECONDS,
                  webhook_timeout: float = TIMEOUT_SECONDS,
+                 webhook_concurrency: int = deliveries.WEBHOOK_CONCURRENCY,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.engine = engine
         self.smtp = smtp
         self.run_due_seconds = run_due_seconds
         self.webhook_timeout = webhook_timeout
+        self.webhook_concurrency = webhook_concurrency
         self.clock = clock
-        self.client = httpx.Client(timeout=webhook_timeout, follow_redirects=False)
+        # One connection per concurrent send at most, kept alive between batches.
+        self.client = httpx.Client(timeout=webhook_timeout, follow_redirects=False,
+                                   limits=httpx.Limits(
+                                       max_connections=webhook_concurrency,
+                                       max_keepalive_connections=webhook_concurrency))
         self._last_run_due: float | None = None
         self.stopped = threading.Event()
 
@@ -69,6 +75,7 @@ class Worker:
             round_ = deliveries.DeliveryReport(dispatched=deliveries.dispatch(self.engine, now))
             round_.add(deliveries.deliver_webhooks(self.engine, now, self.client,
                                                    timeout=self.webhook_timeout,
+                                                   concurrency=self.webhook_concurrency,
                                                    on_attempt=_count))
             if self.smtp is not None:
                 round_.add(deliveries.deliver_emails(self.engine, now, self.smtp,

@@ -6,7 +6,8 @@ FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite runs one writer at a time):
 1. ``dispatch``: each new outbox row becomes one delivery per active webhook endpoint of
    its programme, and one email if its type sends one and the member has an address.
 2. ``claim``: due deliveries get a lease (a worker sends them until it ends) and one
-   more attempt, in a short transaction; nothing is held open while sending.
+   more attempt, in a short transaction; nothing is held open while sending. A claimed
+   batch of webhooks is sent a few at a time in parallel (``WEBHOOK_CONCURRENCY``).
 3. ``finish``: delivered, or the next attempt (exponential backoff) or, once the 24-hour
    window is over, dead. An admin can ``replay`` dead ones.
 
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,8 +40,10 @@ from setia.domain.errors import InvalidField, UnknownProgramme
 from setia.service.common import idempotent, iso, require_programme, transaction
 
 DISPATCH_BATCH = 500
-CLAIM_BATCH = 20
-LEASE = timedelta(minutes=10)  # longer than CLAIM_BATCH sends at the webhook timeout
+CLAIM_BATCH = 20  # at least; a worker claims 4 x its webhook concurrency of webhooks
+WEBHOOK_CONCURRENCY = 8  # webhook sends in flight at once per worker (default)
+MAX_WEBHOOK_CONCURRENCY = 64
+LEASE = timedelta(minutes=10)  # longer than a claimed batch takes at the webhook timeout
 MAX_ENDPOINTS = 20
 WEBHOOK = "webhook"
 EMAIL = "email"
@@ -235,28 +240,57 @@ def message_id(delivery: dict[str, Any]) -> str:
 
 def deliver_webhooks(engine: sa.Engine, now: datetime, client: httpx.Client, *,
                      timeout: float = webhooks.TIMEOUT_SECONDS,
+                     concurrency: int = WEBHOOK_CONCURRENCY,
                      wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                      on_attempt: Callable[[str, str], None] | None = None) -> DeliveryReport:
-    """Send one claimed batch of due webhooks. ``now`` drives the schedule; the signature's
-    timestamp is the wall clock, which receivers compare with theirs."""
+    """Send one claimed batch of due webhooks, up to ``concurrency`` at once (threads
+    sharing ``client``'s connection pool); each sender records its outcome in its own
+    short transaction as soon as it has it, as a single sender would. ``now`` drives the
+    schedule; the signature's timestamp is the wall clock at the moment of sending, which
+    receivers compare with theirs."""
+    assert 1 <= concurrency <= MAX_WEBHOOK_CONCURRENCY, concurrency
     report = DeliveryReport()
-    claimed = claim(engine, WEBHOOK, now)
+    claimed = claim(engine, WEBHOOK, now, limit=max(CLAIM_BATCH, 4 * concurrency))
     if not claimed:
         return report
     with engine.connect() as conn:
         endpoints = {row.id: row for row in conn.execute(sa.select(webhook_endpoints).where(
             webhook_endpoints.c.id.in_(sorted({d["target"] for d in claimed}))))}
+    sendable: list[tuple[dict[str, Any], Any]] = []
     for delivery in claimed:
         endpoint = endpoints.get(delivery["target"])
         if endpoint is None or endpoint.disabled_at is not None:
             finish(engine, delivery, "endpoint disabled", now, drop=True)
             report.dropped += 1
-            continue
+        else:
+            sendable.append((delivery, endpoint))
+
+    counting = threading.Lock()
+
+    def deliver(delivery: dict[str, Any], endpoint: Any) -> None:
         outcome = webhooks.send(client, endpoint.url, endpoint.secret, message_id(delivery),
                                 wall_clock(), webhook_body(delivery), timeout)
-        _count(report, finish(engine, delivery, outcome.error, now), outcome.error)
+        status = finish(engine, delivery, outcome.error, now)
+        with counting:
+            _count(report, status, outcome.error)
         if on_attempt:
             on_attempt(WEBHOOK, "ok" if outcome.ok else "failed")
+
+    if concurrency == 1 or len(sendable) <= 1:
+        for delivery, endpoint in sendable:
+            deliver(delivery, endpoint)
+        return report
+    crashed: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(sendable)),
+                            thread_name_prefix="setia-webhook") as pool:
+        for future in [pool.submit(deliver, delivery, endpoint)
+                       for delivery, endpoint in sendable]:
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - re-raised once the others are done
+                crashed.append(exc)  # its lease runs out and it is sent again
+    if crashed:
+        raise crashed[0]
     return report
 
 

@@ -4,8 +4,10 @@ personal data out of logs.
 
 Rate limits use the ``limits`` library (sliding-window counters). Where their state
 lives is ``SETIA_RATE_LIMIT_STORAGE``, a ``limits`` storage URI: ``memory://`` (the
-default: per process) or a shared store such as ``redis://host:6379`` so that several
-API processes and hosts count together (docs/decisions/rate-limits.md).
+default: per process) or a shared store such as ``redis://host:6379/0`` so that several
+API processes and hosts count together (docs/decisions/rate-limits.md). Redis URIs are
+served by the ``redis`` package (installed with Setia, as ``limits[redis]``); a store
+that does not answer lets requests through and logs a warning, at most once a minute.
 """
 
 from __future__ import annotations
@@ -24,10 +26,28 @@ from limits.aio import strategies
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+log = logging.getLogger("setia.api")
 DEFAULT_PER_KEY = "1000/second"
 DEFAULT_PER_IP = "1000/second"
 EXEMPT_PATHS = frozenset({"/health", "/ready", "/metrics"})
 PROBLEM = b"application/problem+json"
+REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
+# How long a request waits for the shared store before it is let through unlimited.
+STORE_TIMEOUT_SECONDS = 0.5
+STORE_WARNING_SECONDS = 60.0
+
+
+def rate_limit_storage(uri: str) -> Any:
+    """The asyncio ``limits`` storage for a URI; Redis through the ``redis`` package
+    (``limits[redis]``) with bounded connect and read timeouts, unless the URI's query
+    sets its own (``?socket_timeout=2``)."""
+    uri = uri.strip()
+    uri = uri if uri.startswith("async+") else f"async+{uri}"
+    options: dict[str, Any] = {}
+    if uri.removeprefix("async+").split("://", 1)[0] in REDIS_SCHEMES:
+        options = {"implementation": "redispy", "socket_connect_timeout":
+                   STORE_TIMEOUT_SECONDS, "socket_timeout": STORE_TIMEOUT_SECONDS}
+    return storage_from_string(uri, **options)
 
 
 def _limit(env: str, default: str) -> Any:
@@ -62,9 +82,10 @@ class RateLimits:
         self.app = app
         self.per_key = _limit("SETIA_RATE_LIMIT_PER_KEY", DEFAULT_PER_KEY)
         self.per_ip = _limit("SETIA_RATE_LIMIT_PER_IP", DEFAULT_PER_IP)
-        uri = os.environ.get("SETIA_RATE_LIMIT_STORAGE", "memory://")
-        storage = storage_from_string(uri if uri.startswith("async+") else f"async+{uri}")
-        self.limiter = strategies.SlidingWindowCounterRateLimiter(storage)
+        self.storage = rate_limit_storage(os.environ.get("SETIA_RATE_LIMIT_STORAGE",
+                                                         "memory://"))
+        self.limiter = strategies.SlidingWindowCounterRateLimiter(self.storage)
+        self._warned_at: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") in EXEMPT_PATHS:
@@ -79,12 +100,27 @@ class RateLimits:
             if key is not None:
                 checks.append((self.per_key, "key", key))
         for limit, kind, who in checks:
-            if not await self.limiter.hit(limit, kind, who):
-                stats = await self.limiter.get_window_stats(limit, kind, who)
+            try:
+                allowed = await self.limiter.hit(limit, kind, who)
+                stats = None if allowed else await self.limiter.get_window_stats(
+                    limit, kind, who)
+            except Exception as exc:  # noqa: BLE001 - the store is down: fail open, say so
+                self._store_failed(exc)
+                break
+            if stats is not None:
                 retry_after = max(1, math.ceil(stats.reset_time - time.time()))
                 await _too_many(send, kind, str(limit), retry_after)
                 return
         await self.app(scope, receive, send)
+
+    def _store_failed(self, exc: Exception) -> None:
+        """A rate-limit store that does not answer must not take the API down with it:
+        the request goes through unlimited, and a warning is logged once a minute."""
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= STORE_WARNING_SECONDS:
+            self._warned_at = now
+            log.warning("rate-limit store unavailable, requests are not limited: %s",
+                        f"{type(exc).__name__}: {exc}"[:300])
 
 
 async def _too_many(send: Send, kind: str, limit: str, retry_after: int) -> None:
