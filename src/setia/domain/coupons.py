@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from setia.domain.errors import SetiaError
+from setia.domain.money import allocate
 
 CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base 32, as voucher codes
 BATCH_CODE_LENGTH = 10  # 50 random bits per code, after the batch prefix
@@ -243,20 +244,8 @@ def net_lines(coupon: Coupon, lines: tuple[BasketLine, ...], discount: Decimal,
                 if line.amount > 0 and (wanted is None or line.category in wanted)]
     base = sum((lines[i].amount for i in eligible), Decimal(0))
     assert Decimal(0) <= discount <= base or discount == 0, "discount beyond its lines"
-    unit = Decimal(1).scaleb(-digits)
-    shares = {i: Decimal(0) for i in eligible}
-    if discount > 0:
-        remainders = []
-        for order, i in enumerate(eligible):
-            exact = discount * lines[i].amount / base
-            shares[i] = exact.quantize(unit, rounding=ROUND_FLOOR)
-            remainders.append((exact - shares[i], -order, i))
-        short = discount - sum(shares.values(), Decimal(0))
-        for _, _, i in sorted(remainders, reverse=True):
-            if short <= 0:
-                break
-            shares[i] += unit
-            short -= unit
+    parts = allocate(discount, [lines[i].amount for i in eligible], digits)
+    shares = dict(zip(eligible, parts, strict=True))
     out = tuple(line.amount - shares.get(i, Decimal(0)) for i, line in enumerate(lines))
     assert sum(out, Decimal(0)) == sum((line.amount for line in lines), Decimal(0)) - discount
     assert all(amount >= 0 for amount in out)

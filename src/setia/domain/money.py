@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from collections.abc import Sequence
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from functools import cache
 
 from babel.numbers import get_currency_precision, get_currency_symbol, list_currencies
@@ -89,3 +90,29 @@ def from_minor(amount_minor: int, currency: str) -> Decimal:
 
 def format_money(amount: Decimal, currency: str) -> str:
     return f"{currency_symbol(currency)} {amount}"
+
+
+def allocate(total: Decimal, weights: Sequence[Decimal], digits: int) -> list[Decimal]:
+    """``total`` split over ``weights`` in proportion, each part rounded down to the minor
+    unit (``digits`` places) and the units left over given by largest remainder (the
+    earlier weight first on a tie), so the parts add up to ``total`` exactly. Weights must
+    be positive; an empty list of weights takes nothing."""
+    base = sum(weights, Decimal(0))
+    if not weights or total == 0:
+        return [Decimal(0)] * len(weights)
+    unit = Decimal(1).scaleb(-digits)
+    parts: list[Decimal] = []
+    remainders: list[tuple[Decimal, int]] = []
+    for index, weight in enumerate(weights):
+        exact = total * weight / base
+        floored = exact.quantize(unit, rounding=ROUND_FLOOR)
+        parts.append(floored)
+        remainders.append((exact - floored, -index))
+    short = total - sum(parts, Decimal(0))
+    for _, negative_index in sorted(remainders, reverse=True):
+        if short <= 0:
+            break
+        parts[-negative_index] += unit
+        short -= unit
+    assert sum(parts, Decimal(0)) == total
+    return parts

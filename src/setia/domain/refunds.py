@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Decimal
 from typing import Any
 
 from setia.domain.errors import InvalidField, RefundExceedsOrder
 from setia.domain.events import Event, Line
+from setia.domain.money import allocate
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,25 +74,10 @@ def split_refund(event: Event, amount: Decimal, refunded: Decimal, lines: list[O
 def spread(total: Decimal, lines: list[OrderLine], minor_digits: int) -> dict[str, Decimal]:
     """Spread ``total`` over lines in proportion to what is left of each (largest remainder)."""
     open_lines = [line for line in lines if line.left > 0]
-    base = sum((line.left for line in open_lines), Decimal(0))
-    if not open_lines or base == 0:
+    if not open_lines:
         return {}
-    unit = Decimal(1).scaleb(-minor_digits)
-    shares: dict[str, Decimal] = {}
-    remainders: list[tuple[Decimal, int, str]] = []
-    for index, line in enumerate(open_lines):
-        exact = total * line.left / base
-        floored = exact.quantize(unit, rounding=ROUND_FLOOR)
-        shares[line.sku] = floored
-        remainders.append((exact - floored, -index, line.sku))
-    short = total - sum(shares.values(), Decimal(0))
-    for _, _, sku in sorted(remainders, reverse=True):
-        if short <= 0:
-            break
-        shares[sku] += unit
-        short -= unit
-    assert sum(shares.values(), Decimal(0)) == total
-    return shares
+    parts = allocate(total, [line.left for line in open_lines], minor_digits)
+    return {line.sku: part for line, part in zip(open_lines, parts, strict=True)}
 
 
 def remaining_lines(lines: list[OrderLine], refunded_now: dict[str, Decimal]) -> tuple[Line, ...]:
