@@ -11,6 +11,7 @@ once is written once.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -184,11 +185,18 @@ def _upsert_sql(mark: str, table: str, columns: tuple[str, ...], keys: int) -> s
 
 
 def _unnest(table: str, columns: tuple[str, ...]) -> str:
-    """``unnest`` of one array parameter per column, typed as the column, named as it."""
+    """The rows of one JSON parameter (an array of rows, each an array of values: see
+    ``_json_rows``), every value cast to its column's type and named as the column.
+
+    One ``jsonb`` text instead of one array parameter per column: psycopg builds array
+    parameters in Python, value by value (about 13 ms per 1,000 member rows), where orjson
+    writes the whole text in C (0.2 ms); PostgreSQL parses it in about the same time as
+    the arrays."""
     dialect = postgresql.dialect()
     found = t.metadata.tables[table].c
-    arrays = ", ".join(f"%s::{found[name].type.compile(dialect=dialect)}[]" for name in columns)
-    return f"unnest({arrays}) AS v({_names(columns)})"
+    values = ", ".join(f'(r->>{i})::{found[name].type.compile(dialect=dialect)} AS "{name}"'
+                       for i, name in enumerate(columns))
+    return f"(SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS r) AS v"
 
 
 def _bulk_insert(table: str, columns: tuple[str, ...], conflict: str = "") -> str:
@@ -212,15 +220,34 @@ def _bulk_upsert(table: str, columns: tuple[str, ...],
     return _bulk_insert(table, columns, conflict), tuple(range(keys))
 
 
-def _columns(rows: list[tuple[Any, ...]], key: tuple[int, ...]) -> list[list[Any]]:
-    """The rows as one list per column, for ``unnest``. With ``key``, only the last row of
-    each key is kept (in its place): one statement may not update a row twice, and the
-    last row is what a statement per row would have left."""
+def _json_value(value: Any) -> Any:
+    """What orjson does not write itself, as PostgreSQL casts it from text: a JSON column's
+    value as the very text psycopg would send (so ``(r->>i)::json`` stores it unchanged),
+    naive times (the flush's times are naive UTC) and Decimals as text."""
+    from psycopg.types.json import Json
+
+    if isinstance(value, Json):
+        text = value.dumps(value.obj) if value.dumps is not None else json.dumps(value.obj)
+        return text.decode() if isinstance(text, bytes) else text
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            raise TypeError("an aware time reached a bulk write; the flush stores naive UTC")
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"no JSON form for {type(value).__name__} in a bulk write")
+
+
+def _json_rows(rows: list[tuple[Any, ...]], key: tuple[int, ...]) -> str:
+    """The rows as one JSON text for ``_unnest``. With ``key``, only the last row of each
+    key is kept (in its place): one statement may not update a row twice, and the last row
+    is what a statement per row would have left."""
     if key:
         last = {tuple(row[i] for i in key): index for index, row in enumerate(rows)}
         if len(last) < len(rows):
             rows = [rows[index] for index in sorted(last.values())]
-    return [list(column) for column in zip(*rows, strict=True)]
+    return orjson.dumps(rows, default=_json_value,
+                        option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
 
 
 _formats: dict[int, tuple[sa.Dialect, _Formats]] = {}
@@ -848,7 +875,7 @@ class UnitOfWork:
                             for row in rows:
                                 copy.write_row(row)
                     elif (found := bulk.get(name) or _later_bulk.get(name)) is not None:
-                        piped.append((found[0], _columns(rows, found[1]), False))
+                        piped.append((found[0], [_json_rows(rows, found[1])], False))
                     else:
                         piped.append((sql_for.get(name, name), rows, True))
                 with driver.pipeline():
