@@ -184,7 +184,7 @@ def _upsert_sql(mark: str, table: str, columns: tuple[str, ...], keys: int) -> s
             f"ON CONFLICT ({_names(columns[:keys])}) DO UPDATE SET {update}")
 
 
-def _unnest(table: str, columns: tuple[str, ...]) -> str:
+def _json_table(table: str, columns: tuple[str, ...]) -> str:
     """The rows of one JSON parameter (an array of rows, each an array of values: see
     ``_json_rows``), every value cast to its column's type and named as the column.
 
@@ -201,14 +201,14 @@ def _unnest(table: str, columns: tuple[str, ...]) -> str:
 
 def _bulk_insert(table: str, columns: tuple[str, ...], conflict: str = "") -> str:
     return (f'INSERT INTO "{table}" ({_names(columns)}) '
-            f"SELECT {_names(columns)} FROM {_unnest(table, columns)}{conflict}")
+            f"SELECT {_names(columns)} FROM {_json_table(table, columns)}{conflict}")
 
 
 def _bulk_update(table: str, columns: tuple[str, ...],
                  keys: tuple[str, ...]) -> tuple[str, tuple[int, ...]]:
     assignments = ", ".join(f'"{name}" = v."{name}"' for name in columns)
     where = " AND ".join(f't."{name}" = v."{name}"' for name in keys)
-    sql = (f'UPDATE "{table}" AS t SET {assignments} FROM {_unnest(table, columns + keys)} '
+    sql = (f'UPDATE "{table}" AS t SET {assignments} FROM {_json_table(table, columns + keys)} '
            f"WHERE {where}")
     return sql, tuple(range(len(columns), len(columns) + len(keys)))
 
@@ -239,7 +239,7 @@ def _json_value(value: Any) -> Any:
 
 
 def _json_rows(rows: list[tuple[Any, ...]], key: tuple[int, ...]) -> str:
-    """The rows as one JSON text for ``_unnest``. With ``key``, only the last row of each
+    """The rows as one JSON text for ``_json_table``. With ``key``, only the last row of each
     key is kept (in its place): one statement may not update a row twice, and the last row
     is what a statement per row would have left."""
     if key:
@@ -844,7 +844,7 @@ class UnitOfWork:
         """Run the flush's statements. On PostgreSQL, inserts of at least ``COPY_MIN`` rows
         go by COPY (a tenth of the server's and the driver's cost per row of an INSERT);
         other writes of at least ``BULK_MIN`` rows (updates, upserts, inserts that skip
-        existing keys) go as one statement over ``unnest`` of one array per column instead
+        existing keys) go as one statement over one JSON parameter (``_json_table``) instead
         of a statement per row; then the statements go in one psycopg pipeline, with the
         COMMIT when ``commit``: one round trip for all of them instead of one each (the
         transaction's own commit then finds nothing left to do). New rows are only
