@@ -121,9 +121,5 @@ class Front:
                                                                      str(status))
         sample.observe(seconds)
         if log.isEnabledFor(logging.INFO):
-            # makeRecord + handle: the same record as log.info(...) without looking up the
-            # caller's frame, which no log line shows.
-            log.handle(log.makeRecord(
-                log.name, logging.INFO, __file__, 0, "request", (), None,
-                extra={"method": method, "route": route, "status": status,
-                       "duration_ms": round(seconds * 1000, 2)}))
+            log.info("request", extra={"method": method, "route": route, "status": status,
+                                       "duration_ms": round(seconds * 1000, 2)})

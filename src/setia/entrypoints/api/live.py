@@ -55,15 +55,37 @@ WRITE_SCOPES = ("admin", "pos")
 
 def thread_runner(executor: ThreadPoolExecutor) -> Runner:
     """``await run(fn, *args)``: ``fn`` on one of the executor's threads, in a copy of
-    the caller's context (request id, audit actor), as run_in_threadpool does."""
+    the caller's context (request id, audit actor), as run_in_threadpool does. The thread
+    hands the outcome back with one ``call_soon_threadsafe`` (no chained futures)."""
 
     def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
         if kwargs:
             fn = functools.partial(fn, **kwargs)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         context = contextvars.copy_context()
-        return asyncio.get_running_loop().run_in_executor(executor, context.run, fn, *args)
+
+        def work() -> None:
+            try:
+                result = context.run(fn, *args)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's task
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+        executor.submit(work)
+        return future
 
     return run
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 @dataclass(frozen=True, slots=True)
