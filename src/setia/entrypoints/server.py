@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 import uvicorn
 
-from setia.entrypoints.api.app import create_app
+from setia.entrypoints.api.app import create_app, freeze_startup_heap
 from setia.entrypoints.api.protocol import JoinedWritesProtocol
 from setia.entrypoints.observability import configure_logging
 from setia.service.run_due import run_due
@@ -60,7 +60,9 @@ def serve(engine: sa.Engine, host: str, port: int, *, scheduler: bool, workers: 
             uvicorn.run("setia.entrypoints.api.app:app_from_env", factory=True, host=host,
                         port=port, workers=workers, **UVICORN)
         else:
-            uvicorn.run(create_app(engine), host=host, port=port, **UVICORN)
+            app = create_app(engine)
+            freeze_startup_heap()
+            uvicorn.run(app, host=host, port=port, **UVICORN)
     finally:
         if background:
             background.stop()
