@@ -11,7 +11,6 @@ import gc
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +27,7 @@ from setia.entrypoints.api import store_credit as store_credit_api
 from setia.entrypoints.api.auth import Caller, require
 from setia.entrypoints.api.engagement import router as engagement_router
 from setia.entrypoints.api.front import Front, decorate
-from setia.entrypoints.api.live import THREADS, LiveRoutes, thread_runner
+from setia.entrypoints.api.live import THREADS, LiveRoutes, Threads, thread_runner
 from setia.entrypoints.api.responses import JSONResponse
 from setia.entrypoints.api.wire import (
     MAX_BODY_BYTES,
@@ -163,11 +162,11 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.state.engine = engine
-    # The services' blocking calls run on this executor's threads (auth.require and the
-    # live routes too), not anyio's: a plain run_in_executor per call.
-    executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="setia-api")
-    run = app.state.run = thread_runner(executor)
-    app.router.on_shutdown.append(lambda: executor.shutdown(wait=False))
+    # The services' blocking calls run on these threads (auth.require's and the live
+    # routes' too), not anyio's worker threads.
+    threads = Threads(THREADS, "setia-api")
+    run = app.state.run = thread_runner(threads)
+    app.router.on_shutdown.append(threads.shutdown)
     app.include_router(analytics_api.router)
 
     trust.install(app)  # member tokens, privacy, fraud, audit, log redaction

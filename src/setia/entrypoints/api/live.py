@@ -21,10 +21,12 @@ answers byte for byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
+import queue
+import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,10 +55,53 @@ READ_SCOPES = ("admin", "pos", "member-read")
 WRITE_SCOPES = ("admin", "pos")
 
 
-def thread_runner(executor: ThreadPoolExecutor) -> Runner:
-    """``await run(fn, *args)``: ``fn`` on one of the executor's threads, in a copy of
-    the caller's context (request id, audit actor), as run_in_threadpool does. The thread
-    hands the outcome back with one ``call_soon_threadsafe`` (no chained futures)."""
+class Threads:
+    """Threads that run the services' blocking calls for the event loop: at most ``size``,
+    started when a call finds none idle, kept for the next. ThreadPoolExecutor's scheme
+    without its futures: a call is a plain function put on a queue."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self.size = size
+        self.name = name
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._idle = 0  # threads waiting for work and not yet promised any
+        self._started = 0
+
+    def submit(self, work: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1  # promised to this call
+            elif self._started < self.size:
+                self._started += 1
+                threading.Thread(target=self._run, args=(self._queue,), daemon=True,
+                                 name=f"{self.name}_{self._started}").start()
+            self._queue.put(work)
+
+    def _run(self, calls: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+        while True:
+            work = calls.get()
+            if work is None:
+                return
+            with contextlib.suppress(Exception):  # the event loop is gone; nobody waits
+                work()
+            with self._lock:
+                if calls is self._queue:  # else shut down meanwhile: on to its None
+                    self._idle += 1
+
+    def shutdown(self) -> None:
+        """Let the threads end once their calls are done; a later call starts new ones."""
+        with self._lock:
+            calls, started = self._queue, self._started
+            self._queue, self._idle, self._started = queue.SimpleQueue(), 0, 0
+        for _ in range(started):
+            calls.put(None)
+
+
+def thread_runner(threads: Threads) -> Runner:
+    """``await run(fn, *args)``: ``fn`` on one of the threads, in a copy of the caller's
+    context (request id, audit actor), as run_in_threadpool does. The thread hands the
+    outcome back with one ``call_soon_threadsafe``."""
 
     def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
         if kwargs:
@@ -73,7 +118,7 @@ def thread_runner(executor: ThreadPoolExecutor) -> Runner:
             else:
                 loop.call_soon_threadsafe(_settle, future, result, None)
 
-        executor.submit(work)
+        threads.submit(work)
         return future
 
     return run

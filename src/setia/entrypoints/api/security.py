@@ -140,6 +140,9 @@ class RateLimiter:
             self.storage = rate_limit_storage(uri)
             self.limiter = strategies.SlidingWindowCounterRateLimiter(self.storage)
         self._warned_at: float | None = None
+        self._sizes = {kind: (limit.amount, limit.get_expiry())
+                       for kind, limit in (("ip", self.per_ip), ("key", self.per_key))
+                       if limit is not None}
 
     @property
     def active(self) -> bool:
@@ -161,7 +164,8 @@ class RateLimiter:
         assert self.local is not None
         now = time.time()
         for limit, kind, who in self._checks(scope):
-            wait = self.local.hit(kind, who, limit.amount, limit.get_expiry(), now)
+            amount, length = self._sizes[kind]
+            wait = self.local.hit(kind, who, amount, length, now)
             if wait is not None:
                 return kind, str(limit), max(1, math.ceil(wait))
         return None
