@@ -987,6 +987,16 @@ def main(argv: list[str] | None = None) -> int:
                     multi.append(phase(f"GET member, {args.clients} cl, {args.workers} workers",
                                        args.clients, args.workers_seconds,
                                        get_member_request(args.members), seed=7))
+                    rng = random.Random(args.seed + 1)
+                    bodies = [json.dumps({"events": [
+                        purchase(rng, f"wb{b:03d}-{i:04d}", args.members)
+                        for i in range(args.batch_size)]}).encode()
+                        for b in range(args.max_batches)]
+                    multi.append(phase(f"batch of {args.batch_size}, {args.batch_clients} cl, "
+                                       f"{args.workers} workers", args.batch_clients,
+                                       args.workers_seconds, batch_request(bodies),
+                                       max_requests=args.max_batches))
+                    del bodies
                     server.stop()
 
             print("baselines (server stopped) ...", flush=True)

@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import Receive, Scope, Send
 
 from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import analytics as analytics_api
@@ -145,12 +146,27 @@ IdempotencyKey = Header(
 )
 
 
+class SetiaAPI(FastAPI):
+    """FastAPI with ``front.Front`` before everything else: every HTTP request passes it
+    first, and the live path's requests go no further (FastAPI's and Starlette's own
+    layers, its telemetry check, error and body-limit middlewares, are for the rest)."""
+
+    front: Front | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await self.front(scope, receive, send)
+
+
 def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
     """The API and the web pages on ``engine``. ``live_routes=False`` leaves every request
     to FastAPI's routes (``live.py``: the same answers; tests compare the two)."""
     telemetry = (None if os.environ.get("SETIA_FASTAPI_TELEMETRY", "").lower() == "on"
                  else TELEMETRY_OFF)
-    app = FastAPI(
+    app = SetiaAPI(
         default_response_class=JSONResponse,
         title="Setia",
         version="0.1.0",
@@ -173,7 +189,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
     ops.install(app)  # /metrics, webhooks, dead letters, 503s
     live = LiveRoutes(app, engine, run, decorate) if live_routes else None
     # request ids, rate limits, unstorable paths, the live path, security headers, logs
-    app.add_middleware(Front, live=live)
+    app.front = Front(super(SetiaAPI, app).__call__, live=live)
 
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return run(fn, engine, *args, **kwargs)

@@ -63,15 +63,27 @@ def _caller_key(headers: list[tuple[bytes, bytes]]) -> str | None:
     secret itself."""
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, credential = value.decode("latin-1").partition(" ")
-            credential = credential.strip()
-            if scheme.lower() != "bearer" or not credential:
-                return None
-            parts = credential.split("_")
-            if len(parts) >= 3 and parts[0] in ("sk", "smt"):
-                return f"{parts[0]}:{parts[1][:32]}"
-            return "h:" + hashlib.sha256(credential.encode()).hexdigest()[:24]
+            found = _caller_keys.get(value)
+            if found is None:
+                if len(_caller_keys) >= 1024:
+                    _caller_keys.clear()
+                found = _caller_keys[value] = _caller_key_of(value)
+            return found or None
     return None
+
+
+_caller_keys: dict[bytes, str] = {}  # Authorization value -> its key ("": none)
+
+
+def _caller_key_of(value: bytes) -> str:
+    scheme, _, credential = value.decode("latin-1").partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        return ""
+    parts = credential.split("_")
+    if len(parts) >= 3 and parts[0] in ("sk", "smt"):
+        return f"{parts[0]}:{parts[1][:32]}"
+    return "h:" + hashlib.sha256(credential.encode()).hexdigest()[:24]
 
 
 class MemoryWindows:
@@ -256,9 +268,15 @@ _REDACTIONS = [
 ]
 
 
+# Every pattern above needs one of these to match; text without any (most request log
+# lines) skips them.
+_MAY_NEED_REDACTION = re.compile(r"[_@\d\[]|(?i:bearer)")
+
+
 def redact(text: str) -> str:
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
+    if _MAY_NEED_REDACTION.search(text):
+        for pattern, replacement in _REDACTIONS:
+            text = pattern.sub(replacement, text)
     secret = os.environ.get("SETIA_ADMIN_KEY")
     if secret and len(secret) >= 8:
         text = text.replace(secret, "[redacted]")
