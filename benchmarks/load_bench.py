@@ -190,9 +190,29 @@ def cpu_snapshot(server_pid: int | None) -> CpuSnapshot:
     return CpuSnapshot(
         at=time.perf_counter(), busy=_busy_seconds(),
         server={pid: table[pid][2] for pid in server if pid in table},
-        postgres={pid: cpu for pid, (name, _, cpu) in table.items() if name == "postgres"},
+        postgres={pid: cpu for pid, (name, _, cpu) in table.items()
+                  if name == "postgres" and _ours(pid)},
         generator=sum(os.times()[:2]),
     )
+
+
+def _ours(pid: int) -> bool:
+    """Whether a postgres process works for this benchmark: a backend of the scratch
+    database, or a server process of no database (WAL writer, checkpointer, ...). Other
+    databases' backends on a shared server count as "other"."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            "latin-1", "replace")
+    except OSError:
+        return False
+    # a backend: "postgres: [<cluster name>:] <user> <database> <host(port)|[local]> ..."
+    parts = title.split()
+    if not parts or parts[0] != "postgres:":
+        return True  # the postmaster
+    rest = parts[2:] if len(parts) > 1 and parts[1].endswith(":") else parts[1:]
+    if len(rest) >= 3 and ("(" in rest[2] or rest[2] == "[local]"):
+        return rest[1] == BENCH_DB
+    return True
 
 
 def cpu_use(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
