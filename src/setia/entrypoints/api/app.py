@@ -149,7 +149,9 @@ IdempotencyKey = Header(
 class SetiaAPI(FastAPI):
     """FastAPI with ``front.Front`` before everything else: every HTTP request passes it
     first, and the live path's requests go no further (FastAPI's and Starlette's own
-    layers, its telemetry check, error and body-limit middlewares, are for the rest)."""
+    layers, its telemetry check, error and body-limit middlewares, are for the rest).
+    A middleware added with ``add_middleware`` therefore never sees the live path's
+    requests: work every request needs belongs in ``Front``."""
 
     front: Front | None = None
 
