@@ -71,11 +71,23 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+_INGESTED: dict[str, Any] = {}  # status -> EVENTS_INGESTED's child for it
+
+
 def count_results(results: list[dict[str, Any]]) -> None:
     """Count applied / replayed / rejected events and the points they issued."""
+    issued = 0
+    counts: dict[str, int] = {}
     for result in results:
         status = str(result.get("status", "rejected"))
-        EVENTS_INGESTED.labels(status).inc()
+        counts[status] = counts.get(status, 0) + 1
         points = result.get("points")
         if status == "applied" and isinstance(points, int) and points > 0:
-            POINTS_ISSUED.inc(points)
+            issued += points
+    for status, count in counts.items():
+        child = _INGESTED.get(status)
+        if child is None:
+            child = _INGESTED[status] = EVENTS_INGESTED.labels(status)
+        child.inc(count)
+    if issued:
+        POINTS_ISSUED.inc(issued)

@@ -5,15 +5,21 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 import uvicorn
 
-from setia.entrypoints.api.app import create_app
+from setia.entrypoints.api.app import create_app, freeze_startup_heap
+from setia.entrypoints.api.protocol import JoinedWritesProtocol
 from setia.entrypoints.observability import configure_logging
 from setia.service.run_due import run_due
 
 SCHEDULE_SECONDS = 60
+# uvicorn's settings: httptools with a response's head and body in one write
+# (api/protocol.py), uvloop, no access log (front.Front logs one JSON line per request).
+UVICORN: dict[str, Any] = {"http": JoinedWritesProtocol, "loop": "uvloop", "log_level": "info",
+                           "access_log": False, "log_config": None}
 log = logging.getLogger("setia.scheduler")
 
 
@@ -52,11 +58,11 @@ def serve(engine: sa.Engine, host: str, port: int, *, scheduler: bool, workers: 
     try:
         if workers > 1:
             uvicorn.run("setia.entrypoints.api.app:app_from_env", factory=True, host=host,
-                        port=port, workers=workers, log_level="info", access_log=False,
-                        log_config=None)
+                        port=port, workers=workers, **UVICORN)
         else:
-            uvicorn.run(create_app(engine), host=host, port=port, log_level="info",
-                        access_log=False, log_config=None)
+            app = create_app(engine)
+            freeze_startup_heap()
+            uvicorn.run(app, host=host, port=port, **UVICORN)
     finally:
         if background:
             background.stop()

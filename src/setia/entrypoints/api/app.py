@@ -7,19 +7,18 @@ are refused the same way.
 
 from __future__ import annotations
 
-import json
+import gc
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from setia.domain.errors import Busy, InvalidField, SetiaError
 from setia.entrypoints.api import analytics as analytics_api
@@ -28,7 +27,18 @@ from setia.entrypoints.api import partners as partners_api
 from setia.entrypoints.api import store_credit as store_credit_api
 from setia.entrypoints.api.auth import Caller, require
 from setia.entrypoints.api.engagement import router as engagement_router
+from setia.entrypoints.api.front import Front, decorate
+from setia.entrypoints.api.live import THREADS, LiveRoutes, Threads, thread_runner
 from setia.entrypoints.api.responses import JSONResponse
+from setia.entrypoints.api.wire import (
+    MAX_BODY_BYTES,
+    PROBLEM,
+    check_storable,
+    declared_too_large,
+    parse_body,
+    problem_response,
+    too_large,
+)
 from setia.entrypoints.web import install as install_web
 from setia.service import (
     activity,
@@ -40,30 +50,10 @@ from setia.service import (
     reversals,
 )
 
-MAX_BODY_BYTES = 1024 * 1024
-PROBLEM = "application/problem+json"
 log = logging.getLogger("setia.api")
-
-
-def problem_response(
-    status: int,
-    type_slug: str,
-    title: str,
-    detail: str,
-    field: str | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": f"https://setia.dev/problems/{type_slug}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    if field is not None:
-        body["field"] = field
-    body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+# Off unless set: FastAPI's own OpenTelemetry checks cost every request a few calls even
+# with no SDK configured. SETIA_FASTAPI_TELEMETRY=on restores FastAPI's defaults.
+TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 
 
 def _setia_error(_: Request, exc: Exception) -> JSONResponse:
@@ -138,78 +128,14 @@ def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 async def read_body(request: Request, *, yaml_ok: bool = False) -> Any:
     """The request's JSON (or, for programmes, YAML) body, within 1 MiB."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise StarletteHTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    if declared_too_large(request.headers.get("content-length")):
+        raise too_large()
     raw = bytearray()
     async for chunk in request.stream():
         raw.extend(chunk)
         if len(raw) > MAX_BODY_BYTES:
-            raise StarletteHTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if yaml_ok and media in ("application/yaml", "application/x-yaml", "text/yaml"):
-        document = programmes.parse_text(bytes(raw))
-        check_storable(document)
-        return document
-    if media != "application/json" and not media.endswith("+json"):
-        raise StarletteHTTPException(415, "send the body as application/json")
-    if b"\\u" not in raw:
-        # No \u escape: no NUL character and no unpaired surrogate can be in it (valid JSON
-        # has no raw control characters, valid UTF-8 no surrogates), so the fast parser
-        # alone decides; a body it refuses is parsed again below for the error message.
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StarletteHTTPException(400, f"the body is not valid JSON: {exc}") from None
-    check_storable(body)
-    return body
-
-
-def check_storable(value: Any, path: str = "") -> None:
-    """Refuse text no database can hold: NUL characters and unpaired surrogates
-    (JSON's \\u escapes allow both)."""
-    if isinstance(value, str):
-        if "\x00" in value or not _encodes(value):
-            where = path or "(body)"
-            raise InvalidField(f"{where} contains a NUL character or an unpaired surrogate",
-                               field=where)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_storable(key, path or "(body)")
-            check_storable(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            check_storable(item, f"{path}[{index}]")
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-class RefuseUnstorablePaths:
-    """A path with a NUL or an unpaired surrogate names nothing that can be stored: 404.
-    A plain ASGI middleware (``@app.middleware("http")`` costs a task and streams per
-    request)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path = scope.get("path", "")
-            if "\x00" in path or not _encodes(path):
-                response = problem_response(404, "not-found", "Not found", "no such resource")
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+            raise too_large()
+    return parse_body(raw, request.headers.get("content-type", ""), yaml_ok=yaml_ok)
 
 
 IdempotencyKey = Header(
@@ -220,26 +146,55 @@ IdempotencyKey = Header(
 )
 
 
-def create_app(engine: sa.Engine) -> FastAPI:
-    app = FastAPI(
+class SetiaAPI(FastAPI):
+    """FastAPI with ``front.Front`` before everything else: every HTTP request passes it
+    first, and the live path's requests go no further (FastAPI's and Starlette's own
+    layers, its telemetry check, error and body-limit middlewares, are for the rest).
+    A middleware added with ``add_middleware`` therefore never sees the live path's
+    requests: work every request needs belongs in ``Front``."""
+
+    front: Front | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await self.front(scope, receive, send)
+
+
+def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
+    """The API and the web pages on ``engine``. ``live_routes=False`` leaves every request
+    to FastAPI's routes (``live.py``: the same answers; tests compare the two)."""
+    telemetry = (None if os.environ.get("SETIA_FASTAPI_TELEMETRY", "").lower() == "on"
+                 else TELEMETRY_OFF)
+    app = SetiaAPI(
         default_response_class=JSONResponse,
         title="Setia",
         version="0.1.0",
         description="A loyalty and rewards engine. Errors are RFC 9457 problems.",
+        telemetry=telemetry,  # type: ignore[arg-type]
     )
     app.add_exception_handler(SetiaError, _setia_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.state.engine = engine
+    # The services' blocking calls run on these threads (auth.require's and the live
+    # routes' too), not anyio's worker threads.
+    threads = Threads(THREADS, "setia-api")
+    run = app.state.run = thread_runner(threads)
+    app.router.on_shutdown.append(threads.shutdown)
     app.include_router(analytics_api.router)
 
-    app.add_middleware(RefuseUnstorablePaths)
-    trust.install(app)  # security middleware, member tokens, privacy, fraud, audit
-    ops.install(app)  # request ids, latency, /metrics, webhooks, dead letters, 503s
+    trust.install(app)  # member tokens, privacy, fraud, audit, log redaction
+    ops.install(app)  # /metrics, webhooks, dead letters, 503s
+    live = LiveRoutes(app, engine, run, decorate) if live_routes else None
+    # request ids, rate limits, unstorable paths, the live path, security headers, logs
+    app.front = Front(super(SetiaAPI, app).__call__, live=live)
 
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return run_in_threadpool(fn, engine, *args, **kwargs)
+        return run(fn, engine, *args, **kwargs)
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:
@@ -252,7 +207,7 @@ def create_app(engine: sa.Engine) -> FastAPI:
                 conn.execute(sa.text("select 1"))
 
         try:
-            await run_in_threadpool(ping, engine)
+            await run(ping, engine)
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return problem_response(
                 503,
@@ -491,7 +446,7 @@ def _live_path_first(app: FastAPI, hot: set[tuple[str, str]]) -> None:
     app.router.routes.sort(key=rank)
 
 
-__all__ = ["create_app"]
+__all__ = ["check_storable", "create_app", "problem_response", "read_body"]
 
 
 def app_from_env() -> FastAPI:
@@ -500,4 +455,16 @@ def app_from_env() -> FastAPI:
     from setia.entrypoints.observability import configure_logging
 
     configure_logging()  # each worker process logs JSON lines too
-    return create_app(make_engine())
+    app = create_app(make_engine())
+    freeze_startup_heap()
+    return app
+
+
+def freeze_startup_heap() -> None:
+    """Leave the objects made at startup (modules, the app and its routes and schemas,
+    SQLAlchemy's tables: about 130,000) out of every later garbage collection. A full
+    collection otherwise walks all of them while holding the GIL, which stalls every
+    request in the process (tens of ms, hundreds on a busy machine); they live as long
+    as the process anyway."""
+    gc.collect()
+    gc.freeze()

@@ -1,10 +1,15 @@
-"""Bearer API keys and scopes: 401 for no or a wrong key, 403 for the wrong scope."""
+"""Bearer API keys and scopes: 401 for no or a wrong key, 403 for the wrong scope.
+
+``authorize`` is the check itself, a plain call: the live path's routes (``live.py``) call
+it directly, and ``require`` wraps it as a FastAPI dependency for every other route."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+import sqlalchemy as sa
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -18,6 +23,8 @@ from setia.service.keys import (
 )
 
 BEARER = {"WWW-Authenticate": "Bearer"}
+# Runs a blocking call off the event loop: ``await run(fn, *args)``.
+Runner = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -31,28 +38,48 @@ class Caller:
             )
 
 
+def bearer_key(header: str) -> str:
+    """The key in an ``Authorization: Bearer <key>`` header; 401 without one."""
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise HTTPException(
+            401, "send an API key as 'Authorization: Bearer <key>'", headers=BEARER
+        )
+    return key.strip()
+
+
+def admit(principal: Principal | None, scopes: tuple[str, ...]) -> Caller:
+    """The caller for a key's principal (None: no such key) if its scope is one of
+    ``scopes``; 401 or 403 otherwise. Records who acts, for the audit log."""
+    if principal is None:
+        raise HTTPException(401, "the API key is not valid", headers=BEARER)
+    if principal.scope not in scopes:
+        raise HTTPException(
+            403, f"a {principal.scope} key may not do this; it needs {' or '.join(scopes)}"
+        )
+    audit.acting_as(f"key:{principal.key_id}")  # who, for the audit log
+    return Caller(principal)
+
+
+async def authorize(header: str, scopes: tuple[str, ...], engine: sa.Engine,
+                    run: Runner = run_in_threadpool) -> Caller:
+    """The caller an Authorization header names, allowed one of ``scopes``. The env admin
+    key and keys checked in the last 30 s need no query (no thread hop for them); any
+    other key is looked up with ``run``."""
+    key = bearer_key(header)
+    quick = authenticate_without_database(key)
+    if quick is NEEDS_DATABASE:
+        principal = await run(authenticate, engine, key)
+    else:
+        principal = quick if isinstance(quick, Principal) else None
+    return admit(principal, scopes)
+
+
 def require(*scopes: str) -> Callable[[Request], Awaitable[Caller]]:
     async def dependency(request: Request) -> Caller:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise HTTPException(
-                401, "send an API key as 'Authorization: Bearer <key>'", headers=BEARER
-            )
-        key = key.strip()
-        # The env admin key and recently checked keys need no query: no thread hop for them.
-        quick = authenticate_without_database(key)
-        if quick is NEEDS_DATABASE:
-            principal = await run_in_threadpool(authenticate, request.app.state.engine, key)
-        else:
-            principal = quick if isinstance(quick, Principal) else None
-        if principal is None:
-            raise HTTPException(401, "the API key is not valid", headers=BEARER)
-        if principal.scope not in scopes:
-            raise HTTPException(
-                403, f"a {principal.scope} key may not do this; it needs {' or '.join(scopes)}"
-            )
-        audit.acting_as(f"key:{principal.key_id}")  # who, for the audit log
-        return Caller(principal)
+        state = request.app.state
+        run = getattr(state, "run", run_in_threadpool)
+        return await authorize(request.headers.get("authorization", ""), scopes,
+                               state.engine, run)
 
     return dependency

@@ -1,5 +1,5 @@
 """Operations over HTTP: webhook endpoints and the dead-letter list (admin), /metrics,
-the request-id and latency middleware, and 503 answers while the database is away.
+and 503 answers while the database is away (request ids and latency: front.py).
 
 ``install(app)`` adds all of it to the application in one call.
 """
@@ -7,8 +7,6 @@ the request-id and latency middleware, and 503 answers while the database is awa
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +21,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from setia.domain.notifications import MESSAGE_TYPES
 from setia.entrypoints import observability as obs
@@ -47,43 +44,6 @@ REPLAY_BODY = {"requestBody": {"required": False, "content": {"application/json"
     "properties": {"ids": {"type": "array", "maxItems": 1000, "items": {"type": "integer"}}}}}}}}
 count_results = obs.count_results
 base = "/v1/programs/{program}"
-
-
-class RequestContext:
-    """Request id in, request id out, one JSON log line and one latency sample per request.
-    A plain ASGI middleware: no task or stream per request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        rid = given if obs.REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        token = obs.request_id.set(rid)
-        status = 500
-        started = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            seconds = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            obs.REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(seconds)
-            log.info("request", extra={"method": scope["method"], "route": route,
-                                       "status": status,
-                                       "duration_ms": round(seconds * 1000, 2)})
-            obs.request_id.reset(token)
 
 
 def _unavailable(exc: Exception) -> bool:
@@ -151,7 +111,6 @@ class _QueueCollector:
 def install(app: FastAPI) -> None:
     """Everything this module adds, in one call from ``create_app``."""
     engine: sa.Engine = app.state.engine
-    app.add_middleware(RequestContext)
     app.add_exception_handler(sa.exc.OperationalError, _database_away)
     app.add_exception_handler(sa.exc.InterfaceError, _database_away)
     queue = CollectorRegistry(auto_describe=False)

@@ -24,7 +24,7 @@ from typing import Any
 from limits import parse
 from limits.aio import strategies
 from limits.storage import storage_from_string
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 log = logging.getLogger("setia.api")
 DEFAULT_PER_KEY = "1000/second"
@@ -63,34 +63,104 @@ def _caller_key(headers: list[tuple[bytes, bytes]]) -> str | None:
     secret itself."""
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, credential = value.decode("latin-1").partition(" ")
-            credential = credential.strip()
-            if scheme.lower() != "bearer" or not credential:
-                return None
-            parts = credential.split("_")
-            if len(parts) >= 3 and parts[0] in ("sk", "smt"):
-                return f"{parts[0]}:{parts[1][:32]}"
-            return "h:" + hashlib.sha256(credential.encode()).hexdigest()[:24]
+            found = _caller_keys.get(value)
+            if found is None:
+                if len(_caller_keys) >= 1024:
+                    _caller_keys.clear()
+                found = _caller_keys[value] = _caller_key_of(value)
+            return found or None
     return None
 
 
-class RateLimits:
-    """A plain ASGI middleware: the per-IP limit counts every request from a client
-    address, the per-key limit every request that presents a bearer credential."""
+_caller_keys: dict[bytes, str] = {}  # Authorization value -> its key ("": none)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+
+def _caller_key_of(value: bytes) -> str:
+    scheme, _, credential = value.decode("latin-1").partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        return ""
+    parts = credential.split("_")
+    if len(parts) >= 3 and parts[0] in ("sk", "smt"):
+        return f"{parts[0]}:{parts[1][:32]}"
+    return "h:" + hashlib.sha256(credential.encode()).hexdigest()[:24]
+
+
+class MemoryWindows:
+    """The sliding-window counters of ``limits``' memory storage, kept in this process
+    without its asyncio locks, tasks and string keys: the event loop runs one request's
+    check at a time, so a plain dict is enough.
+
+    The same arithmetic as ``limits``' ``SlidingWindowCounterRateLimiter``: windows of the
+    limit's length aligned on multiples of it; a hit is allowed while
+    ``floor(previous * (time left in the current window / length) + current) + 1`` stays
+    within the limit; a refusal answers when the count next drops (its window stats)."""
+
+    SWEEP_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        # (kind, who, amount, length) -> [window index, previous count, current count]
+        self.windows: dict[tuple[str, str, int, int], list[int]] = {}
+        self._next_sweep = time.time() + self.SWEEP_SECONDS
+
+    def hit(self, kind: str, who: str, amount: int, length: int, now: float) -> float | None:
+        """Count one hit; ``None`` when allowed, else the seconds until one would be."""
+        if now >= self._next_sweep:
+            self._sweep(now)
+        index = int(now / length)
+        key = (kind, who, amount, length)
+        state = self.windows.get(key)
+        if state is None:
+            state = self.windows[key] = [index, 0, 0]
+        elif state[0] != index:
+            state[1] = state[2] if state[0] == index - 1 else 0
+            state[2] = 0
+            state[0] = index
+        previous, current = state[1], state[2]
+        left = (1 - ((now / length) % 1)) * length  # of the current window
+        if math.floor(previous * left / length + current) + 1 > amount:
+            if not (previous or current):
+                return 0.0
+            return min(left % (length / previous) if previous else math.inf,
+                       (left + length) % length if current else math.inf)
+        state[2] = current + 1
+        return None
+
+    def _sweep(self, now: float) -> None:
+        """Forget counters whose two windows have both ended."""
+        self._next_sweep = now + self.SWEEP_SECONDS
+        stale = [key for key, state in self.windows.items()
+                 if state[0] < int(now / key[3]) - 1]
+        for key in stale:
+            del self.windows[key]
+
+
+class RateLimiter:
+    """The per-IP limit counts every request from a client address, the per-key limit
+    every request that presents a bearer credential. ``memory://`` counts in this process
+    (``MemoryWindows``); any other storage goes through ``limits`` (Redis)."""
+
+    def __init__(self) -> None:
         self.per_key = _limit("SETIA_RATE_LIMIT_PER_KEY", DEFAULT_PER_KEY)
         self.per_ip = _limit("SETIA_RATE_LIMIT_PER_IP", DEFAULT_PER_IP)
-        self.storage = rate_limit_storage(os.environ.get("SETIA_RATE_LIMIT_STORAGE",
-                                                         "memory://"))
-        self.limiter = strategies.SlidingWindowCounterRateLimiter(self.storage)
+        uri = os.environ.get("SETIA_RATE_LIMIT_STORAGE", "memory://").strip()
+        self.local: MemoryWindows | None = None
+        self.limiter: Any = None
+        if uri in ("memory://", "async+memory://"):
+            self.local = MemoryWindows()
+        else:
+            self.storage = rate_limit_storage(uri)
+            self.limiter = strategies.SlidingWindowCounterRateLimiter(self.storage)
         self._warned_at: float | None = None
+        self._sizes = {kind: (limit.amount, limit.get_expiry())
+                       for kind, limit in (("ip", self.per_ip), ("key", self.per_key))
+                       if limit is not None}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in EXEMPT_PATHS:
-            await self.app(scope, receive, send)
-            return
+    @property
+    def active(self) -> bool:
+        return self.per_ip is not None or self.per_key is not None
+
+    def _checks(self, scope: Scope) -> list[tuple[Any, str, str]]:
         checks = []
         if self.per_ip is not None:
             client = scope.get("client")
@@ -99,19 +169,33 @@ class RateLimits:
             key = _caller_key(scope.get("headers", []))
             if key is not None:
                 checks.append((self.per_key, "key", key))
-        for limit, kind, who in checks:
+        return checks
+
+    def check_here(self, scope: Scope) -> tuple[str, str, int] | None:
+        """With the in-process store: ``(kind, limit, retry_after)`` when refused."""
+        assert self.local is not None
+        now = time.time()
+        for limit, kind, who in self._checks(scope):
+            amount, length = self._sizes[kind]
+            wait = self.local.hit(kind, who, amount, length, now)
+            if wait is not None:
+                return kind, str(limit), max(1, math.ceil(wait))
+        return None
+
+    async def check_shared(self, scope: Scope) -> tuple[str, str, int] | None:
+        """With a shared store (``limits``): ``(kind, limit, retry_after)`` when refused;
+        a store that does not answer lets the request through."""
+        for limit, kind, who in self._checks(scope):
             try:
                 allowed = await self.limiter.hit(limit, kind, who)
                 stats = None if allowed else await self.limiter.get_window_stats(
                     limit, kind, who)
             except Exception as exc:  # noqa: BLE001 - the store is down: fail open, say so
                 self._store_failed(exc)
-                break
+                return None
             if stats is not None:
-                retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-                await _too_many(send, kind, str(limit), retry_after)
-                return
-        await self.app(scope, receive, send)
+                return kind, str(limit), max(1, math.ceil(stats.reset_time - time.time()))
+        return None
 
     def _store_failed(self, exc: Exception) -> None:
         """A rate-limit store that does not answer must not take the API down with it:
@@ -123,7 +207,8 @@ class RateLimits:
                         f"{type(exc).__name__}: {exc}"[:300])
 
 
-async def _too_many(send: Send, kind: str, limit: str, retry_after: int) -> None:
+def too_many(kind: str, limit: str, retry_after: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The 429 answer's headers (security headers included) and body."""
     who = "API key" if kind == "key" else "client address"
     body = json.dumps({
         "type": "https://setia.dev/problems/rate-limited",
@@ -132,12 +217,11 @@ async def _too_many(send: Send, kind: str, limit: str, retry_after: int) -> None
         "detail": f"this {who} is over its limit of {limit}; retry after {retry_after} s",
         "retry_after": retry_after,
     }).encode()
-    await send({"type": "http.response.start", "status": 429, "headers": [
+    return [
         (b"content-type", PROBLEM), (b"content-length", str(len(body)).encode()),
         (b"retry-after", str(retry_after).encode()),
         *SECURITY_HEADERS, (b"content-security-policy", API_CSP),
-    ]})
-    await send({"type": "http.response.body", "body": body})
+    ], body
 
 
 SECURITY_HEADERS = [
@@ -155,35 +239,21 @@ PAGE_CSP = (b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe
 NO_CSP_PATHS = ("/docs", "/redoc")
 
 
-class SecurityHeaders:
-    """Adds the security headers to every HTTP response (pages get a page CSP, everything
-    else ``default-src 'none'``); a header the app set itself is left as it is."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope.get("path", "")
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                for name, value in SECURITY_HEADERS:
-                    if name not in present:
-                        headers.append((name, value))
-                if b"content-security-policy" not in present and not path.startswith(
-                        NO_CSP_PATHS):
-                    html = any(name.lower() == b"content-type" and value.startswith(b"text/html")
-                               for name, value in headers)
-                    headers.append((b"content-security-policy", PAGE_CSP if html else API_CSP))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
+def with_security_headers(headers: list[tuple[bytes, bytes]], path: str
+                          ) -> list[tuple[bytes, bytes]]:
+    """A response's headers with the security headers it lacks (pages get a page CSP,
+    everything else ``default-src 'none'``); a header the app set itself is left as it
+    is."""
+    headers = list(headers)
+    present = {name.lower() for name, _ in headers}
+    for name, value in SECURITY_HEADERS:
+        if name not in present:
+            headers.append((name, value))
+    if b"content-security-policy" not in present and not path.startswith(NO_CSP_PATHS):
+        html = any(name.lower() == b"content-type" and value.startswith(b"text/html")
+                   for name, value in headers)
+        headers.append((b"content-security-policy", PAGE_CSP if html else API_CSP))
+    return headers
 
 
 # -- logs ------------------------------------------------------------------------------
@@ -198,9 +268,15 @@ _REDACTIONS = [
 ]
 
 
+# Every pattern above needs one of these to match; text without any (most request log
+# lines) skips them.
+_MAY_NEED_REDACTION = re.compile(r"[_@\d\[]|(?i:bearer)")
+
+
 def redact(text: str) -> str:
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
+    if _MAY_NEED_REDACTION.search(text):
+        for pattern, replacement in _REDACTIONS:
+            text = pattern.sub(replacement, text)
     secret = os.environ.get("SETIA_ADMIN_KEY")
     if secret and len(secret) >= 8:
         text = text.replace(secret, "[redacted]")

@@ -13,11 +13,7 @@ from starlette.exceptions import HTTPException
 
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import BEARER, Caller, require
-from setia.entrypoints.api.security import (
-    RateLimits,
-    SecurityHeaders,
-    install_log_redaction,
-)
+from setia.entrypoints.api.security import install_log_redaction
 from setia.service import activity, audit, fraud, member_tokens, members, privacy, redemptions
 from setia.service.member_tokens import MemberPrincipal
 
@@ -173,9 +169,8 @@ async def get_audit(request: Request, program: str | None = Query(None, max_leng
 
 
 def install(app: FastAPI) -> None:
-    """Routes, rate limits, security headers and log redaction: one call from create_app."""
+    """Routes and log redaction: one call from create_app (the rate limits and security
+    headers are front.Front's)."""
     app.include_router(router)
-    app.add_middleware(RateLimits)
-    app.add_middleware(SecurityHeaders)  # outermost: also on 429 and 404 answers
     install_log_redaction()
     app.router.on_startup.append(install_log_redaction)

@@ -1,0 +1,260 @@
+"""The live path's routes, answered without FastAPI's per-request machinery.
+
+``POST /v1/programs/{program}/events``, ``POST .../events/batch`` and
+``GET .../members/{member}`` carry nearly all of a till's traffic. Their FastAPI routes stay
+registered as they are (so /openapi.json does not change, and they answer whenever the
+live path is off); ``Front`` (front.py) hands a request that one of them would receive to
+``LiveRoutes.handle`` instead, which does the same work in plain ASGI:
+
+- the same checks in the same order: the API key (``auth.authorize``, a plain call instead
+  of a dependency), the key's programme, the body (``wire.parse_body``: the same size,
+  content type, JSON and storable-text rules), then the service call;
+- the same answers: the same JSON bodies, status codes and headers, and every error
+  answered by the application's own exception handlers (the same problem documents);
+- the blocking service call on the application's thread executor (``thread_runner``)
+  instead of anyio's worker threads.
+
+tests/e2e/test_live_routes.py sends the same requests to both ways and compares the
+answers byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import queue
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive, Scope, Send
+
+from setia.domain.errors import InvalidField
+from setia.entrypoints.api.auth import Runner, authorize
+from setia.entrypoints.api.security import API_CSP, SECURITY_HEADERS
+from setia.entrypoints.api.wire import (
+    MAX_BODY_BYTES,
+    declared_too_large,
+    parse_body,
+    too_large,
+)
+from setia.entrypoints.observability import count_results
+from setia.service import batch, events, members
+
+# anyio's default limit of worker threads, which run_in_threadpool used before.
+THREADS = 40
+BASE = "/v1/programs/{program}"
+READ_SCOPES = ("admin", "pos", "member-read")
+WRITE_SCOPES = ("admin", "pos")
+
+
+class Threads:
+    """Threads that run the services' blocking calls for the event loop: at most ``size``,
+    started when a call finds none idle, kept for the next. ThreadPoolExecutor's scheme
+    without its futures: a call is a plain function put on a queue."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self.size = size
+        self.name = name
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._idle = 0  # threads waiting for work and not yet promised any
+        self._started = 0
+
+    def submit(self, work: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1  # promised to this call
+            elif self._started < self.size:
+                self._started += 1
+                threading.Thread(target=self._run, args=(self._queue,), daemon=True,
+                                 name=f"{self.name}_{self._started}").start()
+            self._queue.put(work)
+
+    def _run(self, calls: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+        while True:
+            work = calls.get()
+            if work is None:
+                return
+            with contextlib.suppress(Exception):  # the event loop is gone; nobody waits
+                work()
+            with self._lock:
+                if calls is self._queue:  # else shut down meanwhile: on to its None
+                    self._idle += 1
+
+    def shutdown(self) -> None:
+        """Let the threads end once their calls are done; a later call starts new ones."""
+        with self._lock:
+            calls, started = self._queue, self._started
+            self._queue, self._idle, self._started = queue.SimpleQueue(), 0, 0
+        for _ in range(started):
+            calls.put(None)
+
+
+def thread_runner(threads: Threads) -> Runner:
+    """``await run(fn, *args)``: ``fn`` on one of the threads, in a copy of the caller's
+    context (request id, audit actor), as run_in_threadpool does. The thread hands the
+    outcome back with one ``call_soon_threadsafe``."""
+
+    def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        if kwargs:
+            fn = functools.partial(fn, **kwargs)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        context = contextvars.copy_context()
+
+        def work() -> None:
+            try:
+                result = context.run(fn, *args)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's task
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+        threads.submit(work)
+        return future
+
+    return run
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A request one of the live routes answers: which, its route's path, its parameters."""
+    kind: str
+    route: str
+    program: str
+    member: str = ""
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header's first value, as Starlette's ``request.headers.get`` reads it."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class LiveRoutes:
+    def __init__(self, app: Any, engine: sa.Engine, run: Runner,
+                 decorate: Callable[[Send, str, tuple[bytes, bytes]], Send]) -> None:
+        self.app = app  # for its exception handlers, looked up as Starlette does
+        self.engine = engine
+        self.run = run
+        self.decorate = decorate  # adds the security headers and the request id
+
+    def match(self, scope: Scope) -> Hit | None:
+        """The live route Starlette's router would pick for this request, if any. The live
+        routes come first in the router (``create_app``) and their parameters match any
+        non-empty segment, so a path of the same shape goes to the same route there."""
+        path: str = scope["path"]
+        if not path.startswith("/v1/programs/") or scope.get("root_path"):
+            return None
+        parts = path.split("/")
+        count = len(parts)
+        method = scope["method"]
+        if method == "POST" and parts[3] and parts[4:5] == ["events"]:
+            if count == 5:
+                return Hit("event", BASE + "/events", parts[3])
+            if count == 6 and parts[5] == "batch":
+                return Hit("batch", BASE + "/events/batch", parts[3])
+        elif (method == "GET" and count == 6 and parts[4] == "members" and parts[3]
+              and parts[5]):
+            return Hit("member", BASE + "/members/{member}", parts[3], parts[5])
+        return None
+
+    async def handle(self, hit: Hit, scope: Scope, receive: Receive, send: Send,
+                     request_id: tuple[bytes, bytes]) -> int:
+        """Answer the request; the status code sent."""
+        try:
+            authorization = header(scope, b"authorization") or ""
+            if hit.kind == "member":
+                caller = await authorize(authorization, READ_SCOPES, self.engine, self.run)
+                caller.check_program(hit.program)
+                view = await self.run(members.get_member, self.engine, hit.program, hit.member)
+                return await self._json(send, request_id, view, 200)
+            caller = await authorize(authorization, WRITE_SCOPES, self.engine, self.run)
+            caller.check_program(hit.program)
+            body = await self._body(scope, receive)
+            if hit.kind == "event":
+                result = await self.run(events.ingest_event, self.engine, hit.program, body)
+                count_results([result])
+                status = 201 if result["status"] == "applied" else 200
+                return await self._json(send, request_id, result, status)
+            if not isinstance(body, dict) or set(body) != {"events"}:
+                raise InvalidField('the body must be {"events": [...]}', field="events")
+            results = await self.run(batch.ingest_batch, self.engine, hit.program,
+                                     body["events"])
+            count_results(results)
+            return await self._json(send, request_id, {"results": results}, 200)
+        except Exception as exc:  # noqa: BLE001 - answered by the app's own handlers
+            return await self._error(exc, scope, receive, send, request_id)
+
+    async def _body(self, scope: Scope, receive: Receive) -> Any:
+        """The JSON body, read as ``Request.stream`` reads it (413 past 1 MiB)."""
+        if declared_too_large(header(scope, b"content-length")):
+            raise too_large()
+        raw: bytes | bytearray = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                if not raw:
+                    raw = chunk
+                elif chunk:
+                    raw = bytearray(raw) if isinstance(raw, bytes) else raw
+                    raw.extend(chunk)
+                if len(raw) > MAX_BODY_BYTES:
+                    raise too_large()
+                if not message.get("more_body", False):
+                    break
+            elif message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+        return parse_body(raw, header(scope, b"content-type") or "")
+
+    @staticmethod
+    async def _json(send: Send, request_id: tuple[bytes, bytes], content: Any,
+                    status: int) -> int:
+        """The answer as ``responses.JSONResponse`` sends it, with the headers ``Front``
+        adds to every answer (the security headers, the request id)."""
+        body = orjson.dumps(content)
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-length", str(len(body)).encode("latin-1")),
+            (b"content-type", b"application/json"),
+            *SECURITY_HEADERS, (b"content-security-policy", API_CSP), request_id]})
+        await send({"type": "http.response.body", "body": body})
+        return status
+
+    async def _error(self, exc: Exception, scope: Scope, receive: Receive, send: Send,
+                     request_id: tuple[bytes, bytes]) -> int:
+        """Answer ``exc`` with the handler the application registered for it, found as
+        Starlette's exception middleware finds it (by status code, then by class)."""
+        handlers = self.app.exception_handlers
+        handler = None
+        if isinstance(exc, StarletteHTTPException):
+            handler = handlers.get(exc.status_code)
+        if handler is None:
+            handler = next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers),
+                           None)
+        if handler is None:
+            raise exc
+        response = handler(Request(scope, receive), exc)
+        if asyncio.iscoroutine(response):
+            response = await response
+        await response(scope, receive, self.decorate(send, scope["path"], request_id))
+        return int(response.status_code)
