@@ -54,6 +54,9 @@ class Replay:
 def _after_event(programme: Programme, current_id: str, buckets: Mapping[str, tiers.Bucket],
                  local: datetime, windows: dict[tuple[int, int, int], list[str]]) -> str:
     """``tiers.after_event`` with the window's months worked out once per month."""
+    levels = programme.model.tiers.levels
+    if current_id == levels[-1].id:
+        return current_id  # at the top already: nothing is higher (tiers.higher)
     key = (id(programme), local.year, local.month)
     months = windows.get(key)
     if months is None:
@@ -73,13 +76,17 @@ def _side(programme: Programme, start: MemberStart, local: datetime,
 
 
 def _apply(programme: Programme, side: Side, start: MemberStart, purchases: int,
-           event: Event, local: datetime, month: str, result: Replay, index: int) -> int:
+           event: Event, local: datetime, month: str, result: Replay, index: int,
+           programme_local: datetime) -> int:
+    """``event`` through one programme: ``local`` is the event's time in the live
+    programme's time zone (buckets and tier windows), ``programme_local`` in this one's."""
     rules = result.rules
     facts = earning.MemberFacts(
         id=start.id, tier=programme.level(side.tier_id), purchases=purchases,
         attributes=start.attributes, enrolled_at=start.enrolled_at,
     )
-    awards = earning.evaluate(programme, event, facts, side.usage)
+    awards = earning.evaluate(programme, event, facts, side.usage, local=programme_local,
+                              explain=False)
     total = 0
     for award in awards:
         total += award.points
@@ -108,6 +115,7 @@ def replay(live: Programme, draft: Programme, starts: Mapping[str, MemberStart],
     sides: dict[str, tuple[Side, Side]] = {}
     purchases: dict[str, int] = {}
     tz = live.tz
+    same_zone = draft.tz is tz or str(draft.tz) == str(tz)
     for event in events:
         start = starts.get(event.member)
         if start is None:
@@ -120,8 +128,9 @@ def replay(live: Programme, draft: Programme, starts: Mapping[str, MemberStart],
             purchases[event.member] = start.purchases
         count = purchases[event.member]
         month = f"{local.year:04d}-{local.month:02d}"  # tiers.month_key, without strftime
-        _apply(live, pair[0], start, count, event, local, month, result, 0)
-        _apply(draft, pair[1], start, count, event, local, month, result, 1)
+        _apply(live, pair[0], start, count, event, local, month, result, 0, local)
+        _apply(draft, pair[1], start, count, event, local, month, result, 1,
+               local if same_zone else event.occurred_at.astimezone(draft.tz))
         if event.type == "purchase":
             purchases[event.member] = count + 1
         result.events += 1
