@@ -389,7 +389,7 @@ def measure(engine: sa.Engine) -> list[tuple[str, float]]:
     year = (date(2027, 1, 1), date(2027, 12, 31))
     say("dashboard set, 2027 by month, overall:")
     total_started = time.perf_counter()
-    data = timed("read frames (ADBC -> Arrow -> Polars)", lambda: an.load(engine, PROGRAM),
+    data = timed("read frames (ADBC -> Arrow -> Polars)", lambda: an.load(engine, PROGRAM, summary=True),
                  figures)
     options = an.options_for(data.programme, *year, grain="month")
     for name, metric in an.METRICS.items():

@@ -20,6 +20,7 @@ Definitions (docs/analytics.md has them with examples):
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -28,7 +29,8 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
-from setia.adapters.db.analytics_read import reader
+from setia.adapters.db.analytics_read import reader, slices_keep_dates
+from setia.adapters.db.engine import is_sqlite
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import InvalidField
 from setia.domain.programme import Programme
@@ -112,24 +114,42 @@ def _local_date(column: str, tz: str, name: str = "day") -> pl.Expr:
 
 
 def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
-         optional: bool = True) -> Dataset:
+         optional: bool = True, summary: bool = False) -> Dataset:
     """The frames the metrics read. Per-order dimensions are read only for ``by`` (store,
-    channel and partner live in the stored event: a JSON parse per order)."""
+    channel and partner live in the stored event: a JSON parse per order).
+
+    With ``summary`` (and no ``by``), postings come summed per 15 minutes without their
+    member (``Reader.posting_flows``): all the metrics need overall, not what member
+    statements need. On PostgreSQL the orders are read on a second connection at the
+    same time as the rest."""
     programme = programme_of(engine, program_id)
     tz = programme.model.timezone
     dims: tuple[str, ...] = () if by is None else (by,)
-    with reader(engine) as read:
-        members = read.members(program_id)
-        orders = read.orders(program_id, dims)
-        postings = read.postings(program_id, detail=by is not None)
-        lots = read.lots(program_id)
-        guests = read.guest_sales(program_id)
-        campaign_postings = read.campaign_postings(program_id)
-        extra = {}
-        if optional:
-            for name in ("campaign_holdouts", "coupon_uses", "survey_responses",
-                         "membership_purchases"):
-                extra[name] = read.optional(name, program_id)
+
+    def read_orders() -> pl.DataFrame:
+        with reader(engine) as read:
+            return read.orders(program_id, dims)
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = None if is_sqlite(engine) else pool.submit(read_orders)
+        with reader(engine) as read:
+            members = read.members(program_id)
+            postings = None
+            if summary and by is None:
+                postings = read.posting_flows(program_id)
+                if postings is not None and not slices_keep_dates(postings, tz):
+                    postings = None
+            if postings is None:
+                postings = read.postings(program_id, detail=by is not None)
+            lots = read.lots(program_id)
+            guests = read.guest_sales(program_id)
+            campaign_postings = read.campaign_postings(program_id)
+            extra = {}
+            if optional:
+                for name in ("campaign_holdouts", "coupon_uses", "survey_responses",
+                             "membership_purchases"):
+                    extra[name] = read.optional(name, program_id)
+            orders = read.orders(program_id, dims) if pending is None else pending.result()
     members = members.with_columns(_local_date("enrolled_at", tz, "enrolled_day"))
     orders = orders.with_columns(
         _local_date("occurred_at", tz),
@@ -301,14 +321,14 @@ def churn(data: Dataset, options: Options) -> pl.DataFrame:
     days = orders.select("member_pk", *by, "day").unique().sort("member_pk", "day")
     # Each purchase day d keeps its member "active" on days [d, d + n); overlapping spans
     # of one member merge, so that summing the merged spans counts members, not purchases.
+    # The days are sorted by member: a span starts at a member's first day or after a gap
+    # of more than n days, and numbering the starts over the whole frame gives every span
+    # its own number (the same spans as numbering within each member, without windows).
+    previous = pl.col("day").shift(1)
+    starts = (pl.col("member_pk") != pl.col("member_pk").shift(1)) | (
+        pl.col("day") > previous + timedelta(days=n))
     spans = (
-        days.with_columns(
-            (pl.col("day") > pl.col("day").shift(1).over("member_pk") + timedelta(days=n))
-            .fill_null(True)
-            .cum_sum()
-            .over("member_pk")
-            .alias("span")
-        )
+        days.with_columns(starts.fill_null(True).cum_sum().alias("span"))
         .group_by("member_pk", *by, "span")
         .agg(pl.col("day").min().alias("start"), pl.col("day").max().alias("last"))
         .with_columns((pl.col("last") + timedelta(days=n)).alias("end"))
@@ -442,9 +462,19 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
     reached = reached.with_columns(
         (pl.col("points") * cost).round(0).cast(pl.Int64).alias("cost_e4")
     )
-    spend = _in_range(data.orders, options).group_by("member_pk").agg(
-        pl.col("net_e4").sum().alias("spend_e4")
-    )
+    holdouts = data.optional.get("campaign_holdouts")
+    held_members = None
+    if holdouts is not None and holdouts.height > 0:
+        column = next(c for c in ("campaign_id", "campaign") if c in holdouts.columns)
+        held_members = (
+            _member_column(holdouts, data)
+            .select(pl.col(column).cast(pl.String).alias("campaign"), "member_pk").unique()
+        )
+    # spend of the members reached or held out only (the others' is never looked at)
+    wanted = pl.concat([awarded.select("member_pk")] + (
+        [held_members.select("member_pk")] if held_members is not None else []))
+    spend = _in_range(data.orders, options).join(wanted, on="member_pk", how="semi").group_by(
+        "member_pk").agg(pl.col("net_e4").sum().alias("spend_e4"))
     treated = (
         awarded.select("campaign", "member_pk").unique()
         .join(spend, on="member_pk", how="left")
@@ -452,12 +482,9 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
         .agg(pl.col("spend_e4").fill_null(0).mean().alias("spend_per_member_e4"))
     )
     out = reached.join(treated, on="campaign", how="left")
-    holdouts = data.optional.get("campaign_holdouts")
-    if holdouts is not None and holdouts.height > 0:
-        column = next(c for c in ("campaign_id", "campaign") if c in holdouts.columns)
+    if held_members is not None:
         held = (
-            _member_column(holdouts, data)
-            .select(pl.col(column).cast(pl.String).alias("campaign"), "member_pk").unique()
+            held_members
             .join(spend, on="member_pk", how="left")
             .group_by("campaign")
             .agg(
@@ -688,7 +715,7 @@ def metrics(engine: sa.Engine, program_id: str, date_from: date, date_to: date,
         if name not in METRICS:
             raise InvalidField(f"no metric {name!r}; one of {', '.join(METRICS)}",
                                field="metric")
-    data = load(engine, program_id, by=options.by)
+    data = load(engine, program_id, by=options.by, summary=True)
     digits = _digits(programme)
     return {
         "program": program_id,
