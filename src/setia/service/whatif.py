@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -90,6 +91,19 @@ def _events(frame: pl.DataFrame, currency: str) -> Iterator[Event]:
         yield parse_event(raw, currency)
 
 
+_HOLDS = "('available', 'pending', 'reserved')"
+_MEMBER_DELTA = (f"(CASE WHEN credit IN {_HOLDS} THEN points ELSE 0 END"
+                 f" - CASE WHEN debit IN {_HOLDS} THEN points ELSE 0 END)")
+
+
+def _flow(account: str, sign: int = 1) -> str:
+    """Points into ``account`` (negated with ``sign=-1``: issued counts what leaves it), as
+    Reader.postings has them."""
+    into = f"(CASE WHEN credit = '{account}' THEN points ELSE 0 END"
+    out = f"CASE WHEN debit = '{account}' THEN points ELSE 0 END)"
+    return f"{into} - {out}" if sign == 1 else f"-{into} - {out}"
+
+
 def _text_columns(*names: str) -> list[pl.Expr]:
     """Text columns as text: SQLite's driver types the columns of an empty answer as
     integers (a period without other events, say), which the JSON paths below refuse."""
@@ -110,37 +124,60 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
     lit = _literal(program_id)
     text = "TEXT" if engine.dialect.name == "sqlite" else "text"
     months = _window_months((live, draft), date_from, date_to)
-    with reader(engine) as read:
-        step = progress or (lambda _: None)
-        step("reading the period's events")
-        happened = read.frame(
-            "SELECT o.event_id AS id, o.occurred_at, o.order_id, o.amount_e4, "
-            f"CAST(o.lines AS {text}) AS lines, CAST(o.event AS {text}) AS payload, "
-            "o.tier_id AS tier, o.member_pk "
-            f"FROM orders o WHERE o.program_id = {lit} "
-            f"AND o.occurred_at >= '{_naive(start)}' AND o.occurred_at < '{_naive(end)}'",
-            ("occurred_at",),
-        ).with_columns(_text_columns("id", "order_id", "lines", "payload", "tier"))
-        others = read.frame(
-            f"SELECT e.id, e.occurred_at, CAST(e.payload AS {text}) AS payload "
-            f"FROM events e WHERE e.program_id = {lit} AND e.type NOT IN ('purchase', 'refund') "
-            f"AND e.occurred_at >= '{_naive(start)}' AND e.occurred_at < '{_naive(end)}'",
-            ("occurred_at",),
-        ).with_columns(_text_columns("id", "payload"))
-        members = read.frame(
-            "SELECT pk AS member_pk, id AS member, tier_id AS tier, enrolled_at, "
-            f"CAST(attributes AS {text}) AS attributes FROM members WHERE program_id = {lit}",
-            ("enrolled_at",),
-        ).with_columns(pl.col("member_pk").cast(pl.Int64))
-        before = read.frame(
-            f"SELECT member_pk, count(*) AS purchases FROM orders WHERE program_id = {lit} "
-            f"AND occurred_at < '{_naive(start)}' GROUP BY member_pk"
-        ).with_columns(pl.col("member_pk").cast(pl.Int64), pl.col("purchases").cast(pl.Int64))
-        buckets = read.metric_buckets(program_id).filter(pl.col("month").is_in(months))
-        postings = read.postings(program_id)
-        earned = read.postings(program_id, detail=True, between=(_naive(start), _naive(end)))
+    step = progress or (lambda _: None)
+    step("reading the period's events")
+    period = f"occurred_at >= '{_naive(start)}' AND occurred_at < '{_naive(end)}'"
+
+    def read_period() -> pl.DataFrame:
+        # the period's orders on a connection of their own (PostgreSQL), while the rest
+        # is read on another
+        with reader(engine) as read:
+            return read.frame(
+                "SELECT event_id AS id, occurred_at, order_id, amount_e4, "
+                f"CAST(lines AS {text}) AS lines, CAST(event AS {text}) AS payload, "
+                f"tier_id AS tier, member_pk FROM orders WHERE program_id = {lit} AND {period}",
+                ("occurred_at",),
+            ).with_columns(_text_columns("id", "order_id", "lines", "payload", "tier"))
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = None if engine.dialect.name == "sqlite" else pool.submit(read_period)
+        with reader(engine) as read:
+            others = read.frame(
+                f"SELECT id, occurred_at, CAST(payload AS {text}) AS payload "
+                f"FROM events WHERE program_id = {lit} AND type NOT IN ('purchase', 'refund') "
+                f"AND {period}",
+                ("occurred_at",),
+            ).with_columns(_text_columns("id", "payload"))
+            members = read.frame(
+                "SELECT pk AS member_pk, id AS member, tier_id AS tier, enrolled_at, "
+                f"CAST(attributes AS {text}) AS attributes FROM members "
+                f"WHERE program_id = {lit}",
+                ("enrolled_at",),
+            ).with_columns(pl.col("member_pk").cast(pl.Int64))
+            before = read.frame(
+                f"SELECT member_pk, count(*) AS purchases FROM orders WHERE program_id = {lit} "
+                f"AND occurred_at < '{_naive(start)}' GROUP BY member_pk"
+            ).with_columns(pl.col("member_pk").cast(pl.Int64),
+                           pl.col("purchases").cast(pl.Int64))
+            buckets = read.metric_buckets(program_id).filter(pl.col("month").is_in(months))
+            # the journal up to the end of the period, summed per member in the database
+            balances = read.frame(
+                "SELECT member_pk, "
+                f"CAST(sum({_MEMBER_DELTA}) AS bigint) AS member_delta, "
+                f"CAST(sum({_flow('issued', -1)}) AS bigint) AS issued, "
+                f"CAST(sum({_flow('expired')}) AS bigint) AS expired "
+                f"FROM postings WHERE program_id = {lit} AND asset = 'points' "
+                f"AND occurred_at < '{_naive(end)}' GROUP BY member_pk"
+            ).with_columns(pl.col("member_pk", "member_delta", "issued", "expired")
+                           .cast(pl.Int64))
+            earned = read.frame(
+                f"SELECT member_pk, ref, {_flow('issued', -1)} AS issued FROM postings "
+                f"WHERE program_id = {lit} AND asset = 'points' AND code = 'earn' AND {period}"
+            ).with_columns(pl.col("member_pk", "issued").cast(pl.Int64),
+                           pl.col("ref").cast(pl.String))
+            happened = read_period() if pending is None else pending.result()
+
     step("preparing members")
-    postings = postings.with_columns(an._local_date("occurred_at", live.model.timezone))
     happened = happened.with_columns(
         pl.col("member_pk").cast(pl.Int64), pl.col("amount_e4").cast(pl.Int64),
         pl.col("payload").str.json_path_match("$.store").alias("store"),
@@ -192,16 +229,17 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
     step("comparing")
     posted = (
         earned.join(ordered.select(pl.col("id").alias("ref")), on="ref", how="semi")
-        .filter(pl.col("code") == "earn")
         .join(members.select("member_pk", "member"), on="member_pk")
         .group_by("member").agg(pl.col("issued").sum().alias("posted"))
     )
-    return _compare(live, draft, result, posted, postings, members, date_to, date_from)
+    return _compare(live, draft, result, posted, balances, members, date_to, date_from)
 
 
 def _compare(live: Programme, draft: Programme, result: Replay, posted: pl.DataFrame,
-             postings: pl.DataFrame, members: pl.DataFrame, date_to: date, date_from: date
+             balances: pl.DataFrame, members: pl.DataFrame, date_to: date, date_from: date
              ) -> dict[str, Any]:
+    """``balances``: per member, the journal up to the end of the period (member_delta,
+    issued, expired summed)."""
     per = pl.DataFrame(
         {"member": list(result.points),
          "live": [a for a, _ in result.points.values()],
@@ -212,14 +250,12 @@ def _compare(live: Programme, draft: Programme, result: Replay, posted: pl.DataF
                 "live_tier": pl.String, "draft_tier": pl.String},
     ).join(posted, on="member", how="left").with_columns(pl.col("posted").fill_null(0))
     balance = (
-        postings.filter(pl.col("day") <= date_to).group_by("member_pk")
-        .agg(pl.col("member_delta").sum().alias("balance"))
-        .join(members.select("member_pk", "member"), on="member_pk")
-        .select("member", "balance")
+        balances.join(members.select("member_pk", "member"), on="member_pk")
+        .select("member", pl.col("member_delta").alias("balance"))
     )
     per = per.join(balance, on="member", how="left").with_columns(pl.col("balance").fill_null(0))
-    issued_all = int(postings.filter(pl.col("day") <= date_to)["issued"].sum() or 0)
-    expired_all = int(postings.filter(pl.col("day") <= date_to)["expired"].sum() or 0)
+    issued_all = int(balances["issued"].sum() or 0)
+    expired_all = int(balances["expired"].sum() or 0)
     breakage = Decimal(expired_all) / Decimal(issued_all) if issued_all > 0 else Decimal(0)
 
     def side(programme: Programme, column: str, balance: pl.Expr) -> dict[str, Any]:
