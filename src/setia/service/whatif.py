@@ -128,39 +128,26 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
     step("reading the period's events")
     period = f"occurred_at >= '{_naive(start)}' AND occurred_at < '{_naive(end)}'"
 
-    def read_period() -> pl.DataFrame:
-        # the period's orders on a connection of their own (PostgreSQL), while the rest
-        # is read on another
+    def read_orders() -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The period's orders, and each member's purchases before the period."""
         with reader(engine) as read:
-            return read.frame(
+            happened = read.frame(
                 "SELECT event_id AS id, occurred_at, order_id, amount_e4, "
                 f"CAST(lines AS {text}) AS lines, CAST(event AS {text}) AS payload, "
                 f"tier_id AS tier, member_pk FROM orders WHERE program_id = {lit} AND {period}",
                 ("occurred_at",),
             ).with_columns(_text_columns("id", "order_id", "lines", "payload", "tier"))
-
-    with ThreadPoolExecutor(1) as pool:
-        pending = None if engine.dialect.name == "sqlite" else pool.submit(read_period)
-        with reader(engine) as read:
-            others = read.frame(
-                f"SELECT id, occurred_at, CAST(payload AS {text}) AS payload "
-                f"FROM events WHERE program_id = {lit} AND type NOT IN ('purchase', 'refund') "
-                f"AND {period}",
-                ("occurred_at",),
-            ).with_columns(_text_columns("id", "payload"))
-            members = read.frame(
-                "SELECT pk AS member_pk, id AS member, tier_id AS tier, enrolled_at, "
-                f"CAST(attributes AS {text}) AS attributes FROM members "
-                f"WHERE program_id = {lit}",
-                ("enrolled_at",),
-            ).with_columns(pl.col("member_pk").cast(pl.Int64))
             before = read.frame(
                 f"SELECT member_pk, count(*) AS purchases FROM orders WHERE program_id = {lit} "
                 f"AND occurred_at < '{_naive(start)}' GROUP BY member_pk"
             ).with_columns(pl.col("member_pk").cast(pl.Int64),
                            pl.col("purchases").cast(pl.Int64))
-            buckets = read.metric_buckets(program_id).filter(pl.col("month").is_in(months))
-            # the journal up to the end of the period, summed per member in the database
+        return happened, before
+
+    def read_journal() -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The journal up to the end of the period summed per member in the database, and
+        the earn postings of the period: only the comparison needs them."""
+        with reader(engine) as read:
             balances = read.frame(
                 "SELECT member_pk, "
                 f"CAST(sum({_MEMBER_DELTA}) AS bigint) AS member_delta, "
@@ -175,8 +162,48 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
                 f"WHERE program_id = {lit} AND asset = 'points' AND code = 'earn' AND {period}"
             ).with_columns(pl.col("member_pk", "issued").cast(pl.Int64),
                            pl.col("ref").cast(pl.String))
-            happened = read_period() if pending is None else pending.result()
+        return balances, earned
 
+    # PostgreSQL: three connections at once, and the journal's sums go on while the
+    # replay runs (the replay is Python on one core, the database works on the other)
+    pool = ThreadPoolExecutor(2)
+    try:
+        sqlite = engine.dialect.name == "sqlite"
+        orders_job = None if sqlite else pool.submit(read_orders)
+        journal_job = None if sqlite else pool.submit(read_journal)
+        with reader(engine) as read:
+            others = read.frame(
+                f"SELECT id, occurred_at, CAST(payload AS {text}) AS payload "
+                f"FROM events WHERE program_id = {lit} AND type NOT IN ('purchase', 'refund') "
+                f"AND {period}",
+                ("occurred_at",),
+            ).with_columns(_text_columns("id", "payload"))
+            members = read.frame(
+                "SELECT pk AS member_pk, id AS member, tier_id AS tier, enrolled_at, "
+                f"CAST(attributes AS {text}) AS attributes FROM members "
+                f"WHERE program_id = {lit}",
+                ("enrolled_at",),
+            ).with_columns(pl.col("member_pk").cast(pl.Int64))
+            buckets = read.metric_buckets(program_id).filter(pl.col("month").is_in(months))
+        happened, before = read_orders() if orders_job is None else orders_job.result()
+        result, ordered = _replay(live, draft, happened, others, members, before, buckets,
+                                  step)
+        balances, earned = read_journal() if journal_job is None else journal_job.result()
+    finally:
+        pool.shutdown(wait=True)
+    step("comparing")
+    posted = (
+        earned.join(ordered.select(pl.col("id").alias("ref")), on="ref", how="semi")
+        .join(members.select("member_pk", "member"), on="member_pk")
+        .group_by("member").agg(pl.col("issued").sum().alias("posted"))
+    )
+    return _compare(live, draft, result, posted, balances, members, date_to, date_from)
+
+
+def _replay(live: Programme, draft: Programme, happened: pl.DataFrame, others: pl.DataFrame,
+            members: pl.DataFrame, before: pl.DataFrame, buckets: pl.DataFrame,
+            step: Callable[[str], None]) -> tuple[Replay, pl.DataFrame]:
+    """The members' starts and the events in time order, through domain/whatif.replay."""
     step("preparing members")
     happened = happened.with_columns(
         pl.col("member_pk").cast(pl.Int64), pl.col("amount_e4").cast(pl.Int64),
@@ -225,14 +252,7 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
             "occurred_at", *(pl.lit(None, happened.schema[c]).alias(c) for c in columns[4:]),
             "payload"),
     ]).sort("occurred_at", "id")
-    result = replay(live, draft, starts, _events(ordered, live.currency))
-    step("comparing")
-    posted = (
-        earned.join(ordered.select(pl.col("id").alias("ref")), on="ref", how="semi")
-        .join(members.select("member_pk", "member"), on="member_pk")
-        .group_by("member").agg(pl.col("issued").sum().alias("posted"))
-    )
-    return _compare(live, draft, result, posted, balances, members, date_to, date_from)
+    return replay(live, draft, starts, _events(ordered, live.currency)), ordered
 
 
 def _compare(live: Programme, draft: Programme, result: Replay, posted: pl.DataFrame,
