@@ -154,3 +154,18 @@ def replay(live: Programme, draft: Programme, starts: Mapping[str, MemberStart],
         result.points[member] = (a.points, b.points)
         result.tiers[member] = (a.tier_id, b.tier_id)
     return result
+
+
+def merge(parts: Iterable[Replay]) -> Replay:
+    """The replays of disjoint sets of members as one: members' points and tiers side by
+    side, the points of each rule and the events added up."""
+    out = Replay()
+    for part in parts:
+        overlap = out.points.keys() & part.points.keys()
+        assert not overlap, f"members replayed twice: {sorted(overlap)[:3]}"
+        out.points.update(part.points)
+        out.tiers.update(part.tiers)
+        for key, points in part.rules.items():
+            out.rules[key] = out.rules.get(key, 0) + points
+        out.events += part.events
+    return out

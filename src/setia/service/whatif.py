@@ -4,6 +4,11 @@ the live one (domain/whatif.py), compared. Reads only: nothing is written."""
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta
@@ -20,10 +25,11 @@ from setia.domain.errors import InvalidField
 from setia.domain.events import EVENT_KEYS, Event, Line, parse_event
 from setia.domain.money import minor_digits
 from setia.domain.programme import Programme, compile_programme, validate_document
-from setia.domain.whatif import MemberStart, Replay, replay
+from setia.domain.whatif import MemberStart, Replay, merge, replay
 from setia.service import analytics as an
 
 MAX_DAYS = 93
+PARALLEL_FROM = 100_000
 
 
 def compile_draft(document: Any, live: Programme) -> Programme:
@@ -111,8 +117,13 @@ def _text_columns(*names: str) -> list[pl.Expr]:
 
 
 def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date,
-        date_to: date, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Replay [date_from, date_to] (local dates, both included) and compare."""
+        date_to: date, progress: Callable[[str], None] | None = None,
+        workers: int | None = None) -> dict[str, Any]:
+    """Replay [date_from, date_to] (local dates, both included) and compare.
+
+    ``workers``: processes the members are split over for the replay (None: two from
+    PARALLEL_FROM events on, when the machine has two cores; one otherwise). The answer
+    does not depend on it."""
     an.check_dates(from_=date_from, to=date_to)
     if date_to < date_from:
         raise InvalidField("'to' is before 'from'", field="to")
@@ -187,7 +198,7 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
             buckets = read.metric_buckets(program_id).filter(pl.col("month").is_in(months))
         happened, before = read_orders() if orders_job is None else orders_job.result()
         result, ordered = _replay(live, draft, happened, others, members, before, buckets,
-                                  step)
+                                  step, workers)
         balances, earned = read_journal() if journal_job is None else journal_job.result()
     finally:
         pool.shutdown(wait=True)
@@ -202,8 +213,28 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
 
 def _replay(live: Programme, draft: Programme, happened: pl.DataFrame, others: pl.DataFrame,
             members: pl.DataFrame, before: pl.DataFrame, buckets: pl.DataFrame,
-            step: Callable[[str], None]) -> tuple[Replay, pl.DataFrame]:
+            step: Callable[[str], None], workers: int | None
+            ) -> tuple[Replay, pl.DataFrame]:
     """The members' starts and the events in time order, through domain/whatif.replay."""
+    if workers is None:
+        events = happened.height + others.height
+        workers = 2 if (os.cpu_count() or 1) >= 2 and events >= PARALLEL_FROM else 1
+    children = _start_children(workers - 1) if workers > 1 else None
+    try:
+        return _prepare_and_replay(live, draft, happened, others, members, before, buckets,
+                                   step, workers, children)
+    finally:
+        for child in children or []:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def _prepare_and_replay(live: Programme, draft: Programme, happened: pl.DataFrame,
+                        others: pl.DataFrame, members: pl.DataFrame, before: pl.DataFrame,
+                        buckets: pl.DataFrame, step: Callable[[str], None], workers: int,
+                        children: list[subprocess.Popen[bytes]] | None
+                        ) -> tuple[Replay, pl.DataFrame]:
     step("preparing members")
     happened = happened.with_columns(
         pl.col("member_pk").cast(pl.Int64), pl.col("amount_e4").cast(pl.Int64),
@@ -230,6 +261,76 @@ def _replay(live: Programme, draft: Programme, happened: pl.DataFrame, others: p
         .group_by("member")
         .agg(pl.col("month"), pl.col("spend_e4"), pl.col("points"), pl.col("visits"))
     )
+    columns = ("id", "type", "member", "occurred_at", "order_id", "amount_e4", "store",
+               "channel", "lines", "attributes")
+    ordered = pl.concat([
+        happened.select(*columns, pl.lit(None, pl.String).alias("payload"),
+                        pl.col("member").alias("owner")),
+        others.select(
+            "id", pl.lit("other").alias("type"), pl.lit(None, pl.String).alias("member"),
+            "occurred_at", *(pl.lit(None, happened.schema[c]).alias(c) for c in columns[4:]),
+            "payload", pl.col("payload").str.json_path_match("$.member").alias("owner")),
+    ]).sort("occurred_at", "id")
+    step(f"replaying {ordered.height:,} events")
+    involved = involved.select("member", "tier", "purchases", "attributes", "enrolled_at")
+    if workers <= 1:
+        return replay_frames(live, draft, involved, grouped, ordered), ordered
+    # Members replay independently (a member's events read and change only that member's
+    # tier, buckets, limit usage and purchase count): the members are split in two by a
+    # hash of their id, one half replayed in a second process, and the results added up.
+    share = pl.col("owner").hash(seed=0) % workers
+    member_share = pl.col("member").hash(seed=0) % workers
+    parts = [(involved.filter(member_share == i), grouped.filter(member_share == i),
+              ordered.filter(share == i)) for i in range(workers)]
+    children = children or []
+    senders = []
+    for child, part in zip(children, parts[1:], strict=True):
+        work = (live.model, live.version, draft.model, draft.version, *part)
+        sender = threading.Thread(target=_send, args=(child, work), daemon=True)
+        sender.start()
+        senders.append(sender)
+    results = [replay_frames(live, draft, *parts[0])]
+    for child, sender in zip(children, senders, strict=True):
+        sender.join()
+        assert child.stdout is not None
+        answer = child.stdout.read()
+        if child.wait() != 0 or not answer:
+            raise RuntimeError(f"the what-if's second process failed ({child.returncode})")
+        results.append(pickle.loads(answer))
+    return merge(results), ordered
+
+
+def _start_children(count: int) -> list[subprocess.Popen[bytes]]:
+    """Python processes that wait for a share of the replay on their standard input: started
+    before the frames are ready, so that their imports overlap the preparation."""
+    code = "from setia.service.whatif import replay_child; replay_child()"
+    return [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE) for _ in range(count)]
+
+
+def _send(child: subprocess.Popen[bytes], work: tuple[Any, ...]) -> None:
+    assert child.stdin is not None
+    try:
+        child.stdin.write(pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL))
+    finally:
+        child.stdin.close()
+
+
+def replay_child() -> None:
+    """A second process's share of the replay: the programmes (models and versions, compiled
+    here again) and the frames of its members come pickled on standard input, the Replay
+    goes back pickled on standard output. Nothing is read from or written to a database."""
+    live_model, live_version, draft_model, draft_version, *frames = pickle.load(sys.stdin.buffer)
+    result = replay_frames(compile_programme(live_model, live_version),
+                           compile_programme(draft_model, draft_version), *frames)
+    sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+
+
+def replay_frames(live: Programme, draft: Programme, involved: pl.DataFrame,
+                  grouped: pl.DataFrame, ordered: pl.DataFrame) -> Replay:
+    """The members' starts built from ``involved`` and their tier buckets ``grouped``, and
+    the events of ``ordered`` (in time order) replayed (domain/whatif.replay)."""
     bucket_map: dict[str, dict[str, tiers.Bucket]] = {}
     for member, ms, spends, pts, visits in grouped.iter_rows():
         bucket_map[member] = {
@@ -239,20 +340,9 @@ def _replay(live: Programme, draft: Programme, happened: pl.DataFrame, others: p
     starts = {
         member: MemberStart(member, tier, purchases, json.loads(attributes or "{}"),
                             enrolled_at, bucket_map.get(member, {}))
-        for member, tier, purchases, attributes, enrolled_at in involved.select(
-            "member", "tier", "purchases", "attributes", "enrolled_at").iter_rows()
+        for member, tier, purchases, attributes, enrolled_at in involved.iter_rows()
     }
-    step(f"replaying {happened.height + others.height:,} events")
-    columns = ("id", "type", "member", "occurred_at", "order_id", "amount_e4", "store",
-               "channel", "lines", "attributes")
-    ordered = pl.concat([
-        happened.select(*columns, pl.lit(None, pl.String).alias("payload")),
-        others.select(
-            "id", pl.lit("other").alias("type"), pl.lit(None, pl.String).alias("member"),
-            "occurred_at", *(pl.lit(None, happened.schema[c]).alias(c) for c in columns[4:]),
-            "payload"),
-    ]).sort("occurred_at", "id")
-    return replay(live, draft, starts, _events(ordered, live.currency)), ordered
+    return replay(live, draft, starts, _events(ordered, live.currency))
 
 
 def _compare(live: Programme, draft: Programme, result: Replay, posted: pl.DataFrame,
