@@ -481,7 +481,7 @@ def main() -> int:
         say(f"load average at the end: {os.getloadavg()[0]:.1f}")
     finally:
         engine.dispose()
-        if not (args.keep or args.generate_only):
+        if not (args.keep or args.generate_only or args.reuse):  # a reused one stays
             with admin.connect() as conn:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         admin.dispose()
