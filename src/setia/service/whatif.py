@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -97,6 +98,10 @@ def _events(frame: pl.DataFrame, currency: str) -> Iterator[Event]:
         yield parse_event(raw, currency)
 
 
+_MONTH = re.compile(r"^[0-9]{4}-[0-9]{2}$")
+_NO_BUCKETS = pl.DataFrame(schema={"member_pk": pl.Int64, "month": pl.String,
+                                   "spend_e4": pl.Int64, "points": pl.Int64,
+                                   "visits": pl.Int64})
 _HOLDS = "('available', 'pending', 'reserved')"
 _MEMBER_DELTA = (f"(CASE WHEN credit IN {_HOLDS} THEN points ELSE 0 END"
                  f" - CASE WHEN debit IN {_HOLDS} THEN points ELSE 0 END)")
@@ -148,26 +153,26 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
                 f"tier_id AS tier, member_pk FROM orders WHERE program_id = {lit} AND {period}",
                 ("occurred_at",),
             ).with_columns(_text_columns("id", "order_id", "lines", "payload", "tier"))
+            # counted in Polars: cheaper than the database's GROUP BY (measured)
             before = read.frame(
-                f"SELECT member_pk, count(*) AS purchases FROM orders WHERE program_id = {lit} "
-                f"AND occurred_at < '{_naive(start)}' GROUP BY member_pk"
-            ).with_columns(pl.col("member_pk").cast(pl.Int64),
-                           pl.col("purchases").cast(pl.Int64))
+                f"SELECT member_pk FROM orders WHERE program_id = {lit} "
+                f"AND occurred_at < '{_naive(start)}'"
+            ).group_by(pl.col("member_pk").cast(pl.Int64)).agg(
+                pl.len().cast(pl.Int64).alias("purchases"))
         return happened, before
 
     def read_journal() -> tuple[pl.DataFrame, pl.DataFrame]:
-        """The journal up to the end of the period summed per member in the database, and
-        the earn postings of the period: only the comparison needs them."""
+        """The journal up to the end of the period summed per member, and the earn postings
+        of the period: only the comparison needs them."""
         with reader(engine) as read:
             balances = read.frame(
-                "SELECT member_pk, "
-                f"CAST(sum({_MEMBER_DELTA}) AS bigint) AS member_delta, "
-                f"CAST(sum({_flow('issued', -1)}) AS bigint) AS issued, "
-                f"CAST(sum({_flow('expired')}) AS bigint) AS expired "
+                f"SELECT member_pk, {_MEMBER_DELTA} AS member_delta, "
+                f"{_flow('issued', -1)} AS issued, {_flow('expired')} AS expired "
                 f"FROM postings WHERE program_id = {lit} AND asset = 'points' "
-                f"AND occurred_at < '{_naive(end)}' GROUP BY member_pk"
+                f"AND occurred_at < '{_naive(end)}'"
             ).with_columns(pl.col("member_pk", "member_delta", "issued", "expired")
-                           .cast(pl.Int64))
+                           .cast(pl.Int64)).group_by("member_pk").agg(
+                pl.col("member_delta", "issued", "expired").sum())
             earned = read.frame(
                 f"SELECT member_pk, ref, {_flow('issued', -1)} AS issued FROM postings "
                 f"WHERE program_id = {lit} AND asset = 'points' AND code = 'earn' AND {period}"
@@ -195,7 +200,15 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
                 f"WHERE program_id = {lit}",
                 ("enrolled_at",),
             ).with_columns(pl.col("member_pk").cast(pl.Int64))
-            buckets = read.metric_buckets(program_id).filter(pl.col("month").is_in(months))
+            # the tier buckets of the months the period's tier windows reach, of this
+            # programme's members (metric_buckets has no programme: its members say it)
+            wanted = ", ".join(f"'{m}'" for m in months if _MONTH.match(m))
+            buckets = (read.frame(
+                "SELECT member_pk, month, spend_e4, points, visits FROM metric_buckets "
+                f"WHERE month IN ({wanted})") if wanted else _NO_BUCKETS).with_columns(
+                pl.col("member_pk", "spend_e4", "points", "visits").cast(pl.Int64),
+                pl.col("month").cast(pl.String),
+            ).join(members.select("member_pk"), on="member_pk", how="semi")
         happened, before = read_orders() if orders_job is None else orders_job.result()
         result, ordered = _replay(live, draft, happened, others, members, before, buckets,
                                   step, workers)
