@@ -126,12 +126,15 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
     tz = programme.model.timezone
     dims: tuple[str, ...] = () if by is None else (by,)
 
-    def read_orders() -> pl.DataFrame:
+    def read_orders_lots_campaigns() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         with reader(engine) as read:
-            return read.orders(program_id, dims)
+            return (read.orders(program_id, dims), read.lots(program_id),
+                    read.campaign_postings(program_id))
 
     with ThreadPoolExecutor(1) as pool:
-        pending = None if is_sqlite(engine) else pool.submit(read_orders)
+        # PostgreSQL: orders, lots and campaign postings on a second connection, at the
+        # same time as the rest
+        pending = None if is_sqlite(engine) else pool.submit(read_orders_lots_campaigns)
         with reader(engine) as read:
             members = read.members(program_id)
             postings = None
@@ -141,15 +144,18 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
                     postings = None
             if postings is None:
                 postings = read.postings(program_id, detail=by is not None)
-            lots = read.lots(program_id)
             guests = read.guest_sales(program_id)
-            campaign_postings = read.campaign_postings(program_id)
             extra = {}
             if optional:
                 for name in ("campaign_holdouts", "coupon_uses", "survey_responses",
                              "membership_purchases"):
                     extra[name] = read.optional(name, program_id)
-            orders = read.orders(program_id, dims) if pending is None else pending.result()
+            if pending is None:
+                orders, lots, campaign_postings = (
+                    read.orders(program_id, dims), read.lots(program_id),
+                    read.campaign_postings(program_id))
+            else:
+                orders, lots, campaign_postings = pending.result()
     members = members.with_columns(_local_date("enrolled_at", tz, "enrolled_day"))
     orders = orders.with_columns(
         _local_date("occurred_at", tz),
@@ -209,6 +215,11 @@ def _dim(df: pl.DataFrame, options: Options) -> tuple[pl.DataFrame, list[str]]:
     return df.with_columns(pl.col(options.by).fill_null(NONE)), ["period", options.by]
 
 
+def _narrow(orders: pl.DataFrame, options: Options, *columns: str) -> pl.DataFrame:
+    """The columns of the orders a metric reads (filtering copies every column kept)."""
+    return orders.select("member_pk", "day", *columns, *([options.by] if options.by else []))
+
+
 def _ratio(num: str, den: str, name: str) -> pl.Expr:
     return (
         pl.when(pl.col(den) > 0)
@@ -224,7 +235,7 @@ def _ratio(num: str, den: str, name: str) -> pl.Expr:
 def sales(data: Dataset, options: Options) -> pl.DataFrame:
     """Purchases, active members, repeat purchase rate, frequency, and the average order
     value of members against guests (non-members)."""
-    orders, keys = _dim(_in_range(data.orders, options).with_columns(
+    orders, keys = _dim(_in_range(_narrow(data.orders, options, "net_e4"), options).with_columns(
         _period(pl.col("day"), options)), options)
     per_member = orders.group_by([*keys, "member_pk"]).agg(
         pl.len().alias("purchases"), pl.col("net_e4").sum().alias("net_e4")
@@ -271,7 +282,8 @@ def retention(data: Dataset, options: Options) -> pl.DataFrame:
     members, dims = _dim(members, options)
     keys = ["cohort", *dims[1:]]
     size = members.group_by(keys).agg(pl.len().alias("cohort_size"))
-    orders = data.orders.filter(pl.col("day") <= options.date_to).select(
+    orders = data.orders.select("member_pk", "day").filter(
+        pl.col("day") <= options.date_to).select(
         "member_pk", pl.col("day").dt.truncate("1mo").alias("month")
     ).unique()
     active = (
@@ -308,7 +320,8 @@ def churn(data: Dataset, options: Options) -> pl.DataFrame:
     and churned ones (no purchase in the ``churn_days`` days ending at E)."""
     n = options.churn_days
     ends = periods(options).select("period", "period_end")
-    orders, _ = _dim(data.orders.filter(pl.col("day") <= options.date_to), options)
+    orders, _ = _dim(_narrow(data.orders, options).filter(pl.col("day") <= options.date_to),
+                     options)
     by = [options.by] if options.by else []
     if options.by in ("store", "channel", "partner"):
         orders = orders.drop(options.by).join(
@@ -473,8 +486,11 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
     # spend of the members reached or held out only (the others' is never looked at)
     wanted = pl.concat([awarded.select("member_pk")] + (
         [held_members.select("member_pk")] if held_members is not None else []))
-    spend = _in_range(data.orders, options).join(wanted, on="member_pk", how="semi").group_by(
-        "member_pk").agg(pl.col("net_e4").sum().alias("spend_e4"))
+    spend = (
+        _in_range(data.orders.select("member_pk", "day", "net_e4"), options)
+        .join(wanted, on="member_pk", how="semi")
+        .group_by("member_pk").agg(pl.col("net_e4").sum().alias("spend_e4"))
+    )
     treated = (
         awarded.select("campaign", "member_pk").unique()
         .join(spend, on="member_pk", how="left")
@@ -582,7 +598,8 @@ def rfm(data: Dataset, options: Options) -> pl.DataFrame:
     """Per member with a purchase in the range: recency (days from the last purchase to
     date_to), frequency (purchases), monetary (net spend), each scored 1-5 by rank among
     those members (5 = best; ties share the lower score), and a segment."""
-    per = _in_range(data.orders, options).group_by("member_pk").agg(
+    per = _in_range(data.orders.select("member_pk", "day", "net_e4"), options).group_by(
+        "member_pk").agg(
         (pl.lit(options.date_to) - pl.col("day").max()).dt.total_days().alias("recency_days"),
         pl.len().alias("frequency"),
         pl.col("net_e4").sum().alias("monetary_e4"),

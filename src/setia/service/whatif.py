@@ -4,7 +4,6 @@ the live one (domain/whatif.py), compared. Reads only: nothing is written."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import subprocess
@@ -30,7 +29,6 @@ from setia.domain.whatif import MemberStart, Replay, merge, replay
 from setia.service import analytics as an
 
 MAX_DAYS = 93
-PARALLEL_FROM = 100_000
 
 
 def compile_draft(document: Any, live: Programme) -> Programme:
@@ -126,9 +124,8 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
         workers: int | None = None) -> dict[str, Any]:
     """Replay [date_from, date_to] (local dates, both included) and compare.
 
-    ``workers``: processes the members are split over for the replay (None: two from
-    PARALLEL_FROM events on, when the machine has two cores; one otherwise). The answer
-    does not depend on it."""
+    ``workers``: processes the members are split over for the replay (None: one). The
+    answer does not depend on it (tests/integration/test_analytics_fast_paths.py)."""
     an.check_dates(from_=date_from, to=date_to)
     if date_to < date_from:
         raise InvalidField("'to' is before 'from'", field="to")
@@ -230,8 +227,7 @@ def _replay(live: Programme, draft: Programme, happened: pl.DataFrame, others: p
             ) -> tuple[Replay, pl.DataFrame]:
     """The members' starts and the events in time order, through domain/whatif.replay."""
     if workers is None:
-        events = happened.height + others.height
-        workers = 2 if (os.cpu_count() or 1) >= 2 and events >= PARALLEL_FROM else 1
+        workers = 1  # two measured no faster on a shared two-core machine (benchmarks)
     children = _start_children(workers - 1) if workers > 1 else None
     try:
         return _prepare_and_replay(live, draft, happened, others, members, before, buckets,
