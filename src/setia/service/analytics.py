@@ -220,6 +220,15 @@ def _narrow(orders: pl.DataFrame, options: Options, *columns: str) -> pl.DataFra
     return orders.select("member_pk", "day", *columns, *([options.by] if options.by else []))
 
 
+def _distinct_sorted(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """The distinct (member, ``column``) rows sorted by member and ``column``: sorted, then
+    each row kept where it differs from the one before (cheaper than ``unique`` + sort on
+    millions of rows). Other columns must be the member's own (one value per member)."""
+    keys = ("member_pk", column)
+    changed = pl.any_horizontal(pl.col(k) != pl.col(k).shift(1) for k in keys)
+    return frame.sort(*keys).filter(changed.fill_null(True))
+
+
 def _ratio(num: str, den: str, name: str) -> pl.Expr:
     return (
         pl.when(pl.col(den) > 0)
@@ -331,7 +340,8 @@ def churn(data: Dataset, options: Options) -> pl.DataFrame:
         orders = orders.drop("tier").join(
             data.members.select("member_pk", "tier"), on="member_pk", how="left"
         )
-    days = orders.select("member_pk", *by, "day").unique().sort("member_pk", "day")
+    # the distinct days of each member, sorted (``by`` is the member's own: one per member)
+    days = _distinct_sorted(orders.select("member_pk", *by, "day"), "day")
     # Each purchase day d keeps its member "active" on days [d, d + n); overlapping spans
     # of one member merge, so that summing the merged spans counts members, not purchases.
     # The days are sorted by member: a span starts at a member's first day or after a gap
