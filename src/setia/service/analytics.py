@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
-from setia.adapters.db.analytics_read import reader, slices_keep_dates
+from setia.adapters.db.analytics_read import Reader, reader, slices_keep_dates
 from setia.adapters.db.engine import is_sqlite
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import InvalidField
@@ -126,10 +126,19 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
     tz = programme.model.timezone
     dims: tuple[str, ...] = () if by is None else (by,)
 
+    def orders_of(read: Reader) -> pl.DataFrame:
+        orders = read.orders(program_id, dims)
+        return orders.with_columns(
+            _local_date("occurred_at", tz),
+            (pl.col("amount_e4") - pl.col("refunded_e4")).alias("net_e4"),
+            *(pl.lit(None, pl.String).alias(c) for c in ("store", "channel", "partner", "tier")
+              if c not in orders.columns),
+        )
+
     def read_orders_lots_campaigns() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        # the orders' local dates are worked out here too, while the other connection reads
         with reader(engine) as read:
-            return (read.orders(program_id, dims), read.lots(program_id),
-                    read.campaign_postings(program_id))
+            return orders_of(read), read.lots(program_id), read.campaign_postings(program_id)
 
     with ThreadPoolExecutor(1) as pool:
         # PostgreSQL: orders, lots and campaign postings on a second connection, at the
@@ -152,17 +161,10 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
                     extra[name] = read.optional(name, program_id)
             if pending is None:
                 orders, lots, campaign_postings = (
-                    read.orders(program_id, dims), read.lots(program_id),
-                    read.campaign_postings(program_id))
+                    orders_of(read), read.lots(program_id), read.campaign_postings(program_id))
             else:
                 orders, lots, campaign_postings = pending.result()
     members = members.with_columns(_local_date("enrolled_at", tz, "enrolled_day"))
-    orders = orders.with_columns(
-        _local_date("occurred_at", tz),
-        (pl.col("amount_e4") - pl.col("refunded_e4")).alias("net_e4"),
-        *(pl.lit(None, pl.String).alias(c) for c in ("store", "channel", "partner", "tier")
-          if c not in orders.columns),
-    )
     if by in ("store", "channel", "partner"):
         # The member's "home" dimensions: those of the first purchase.
         first = (
