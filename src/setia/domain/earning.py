@@ -194,17 +194,22 @@ def condition_context(event: Event, local: datetime, member: MemberFacts) -> dic
 
 
 def evaluate(
-    programme: Programme, event: Event, member: MemberFacts, usage: Mapping[tuple[str, str], int]
+    programme: Programme, event: Event, member: MemberFacts, usage: Mapping[tuple[str, str], int],
+    *, local: datetime | None = None, explain: bool = True,
 ) -> list[Award]:
     """The points each matching rule gives for ``event``; rules with nothing to give are left out.
 
     ``usage`` maps (rule id, period key) to how often the rule already paid this member.
+    ``local`` is the event's time in the programme's time zone when the caller has it
+    already; with ``explain=False`` the awards carry no explanation text (the what-if
+    replay, which shows none, skips the formatting; the points are the same).
     """
     plan = _plan(programme)
     rules = plan.rules.get(event.type)
     if not rules:
         return []
-    local = event.occurred_at.astimezone(programme.tz)
+    if local is None:
+        local = event.occurred_at.astimezone(programme.tz)
     awards: list[Award] = []
     context: dict[str, Any] | None = None
     event_amount = event.amount or Decimal(0)
@@ -233,9 +238,13 @@ def evaluate(
                 # A condition that cannot be evaluated for this event (a missing attribute)
                 # does not hold: one rule must never block a purchase (decisions/cel.md).
                 continue
-        points, explanation = _award_points(
-            rule, amount, member.tier, plan, plan.uses_multiplier[rule.id], plan.points_name
-        )
+        if explain:
+            points, explanation = _award_points(
+                rule, amount, member.tier, plan, plan.uses_multiplier[rule.id], plan.points_name
+            )
+        else:
+            points, explanation = _points_only(rule, amount, member.tier,
+                                               plan.uses_multiplier[rule.id]), ""
         if points > 0:
             awards.append(
                 Award(rule.id, points, explanation, fixed=not plan.is_rate[rule.id],
@@ -254,20 +263,28 @@ def award_points(
 _ONE = Decimal(1)
 
 
+def _points_only(rule: EarnRule, amount: Decimal, tier: Level, uses_multiplier: bool) -> int:
+    """The points of ``_award_points`` without the explanation (same arithmetic)."""
+    multiplier = tier.multiplier if uses_multiplier else _ONE
+    rate = rule.rate
+    if rate is not None:
+        return rate_points(rate, amount, multiplier)
+    assert rule.points is not None
+    return math.floor(rule.points * multiplier)
+
+
 def _award_points(
     rule: EarnRule, amount: Decimal, tier: Level, plan: _Plan, uses_multiplier: bool,
     points_name: str,
 ) -> tuple[int, str]:
     multiplier = tier.multiplier if uses_multiplier else _ONE
     at_tier = f" at {tier.name}" if multiplier != 1 else ""
+    points = _points_only(rule, amount, tier, uses_multiplier)
     rate = rule.rate
     if rate is not None:
-        points = rate_points(rate, amount, multiplier)
         factor_text = _normalized(rate * multiplier)
         money = f"{plan.symbol} {amount}"  # format_money, the symbol looked up once
         return points, f"{factor_text} × {money}{at_tier} = {points} {points_name} ({rule.id})"
-    assert rule.points is not None
-    points = math.floor(rule.points * multiplier)
     if multiplier != 1:
         return (
             points,

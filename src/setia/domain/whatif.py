@@ -49,37 +49,61 @@ class Replay:
     tiers: dict[str, tuple[str, str]] = field(default_factory=dict)  # member -> (a, b)
     events: int = 0
     windows: dict[tuple[int, int, int], list[str]] = field(default_factory=dict)
+    ladders: dict[int, tuple[str, dict[str, int], str]] = field(default_factory=dict)
+
+
+def _ladder(programme: Programme, result: Replay) -> tuple[str, dict[str, int], str]:
+    """The programme's top level, each level's rank (``tiers.rank``) and its first level,
+    worked out once per replay."""
+    ladder = result.ladders.get(id(programme))
+    if ladder is None:
+        levels = programme.model.tiers.levels
+        ranks: dict[str, int] = {}
+        for i, level in enumerate(levels):
+            ranks.setdefault(level.id, i)
+        ladder = result.ladders[id(programme)] = (levels[-1].id, ranks, levels[0].id)
+    return ladder
 
 
 def _after_event(programme: Programme, current_id: str, buckets: Mapping[str, tiers.Bucket],
-                 local: datetime, windows: dict[tuple[int, int, int], list[str]]) -> str:
-    """``tiers.after_event`` with the window's months worked out once per month."""
+                 local: datetime, result: Replay) -> str:
+    """``tiers.after_event`` with the window's months worked out once per month and the
+    ranks of the levels once per replay."""
+    top, ranks, first = _ladder(programme, result)
+    if current_id == top:
+        return current_id  # at the top already: nothing is higher (tiers.higher)
     key = (id(programme), local.year, local.month)
-    months = windows.get(key)
+    months = result.windows.get(key)
     if months is None:
-        months = windows[key] = tiers.window_months(programme, local)
-    reached = tiers.level_for(programme, tiers.metric_value(programme, buckets, months))
-    return tiers.higher(programme, reached, programme.level(current_id)).id
+        months = result.windows[key] = tiers.window_months(programme, local)
+    reached = tiers.level_for(programme, tiers.metric_value(programme, buckets, months)).id
+    current_rank = ranks.get(current_id)
+    if current_rank is None:  # programme.level of an unknown id is the first level
+        current_id, current_rank = first, 0
+    return reached if ranks[reached] >= current_rank else current_id
 
 
-def _side(programme: Programme, start: MemberStart, local: datetime,
-          windows: dict[tuple[int, int, int], list[str]]) -> Side:
+def _side(programme: Programme, start: MemberStart, local: datetime, result: Replay) -> Side:
     """The member under ``programme`` at the start: its live tier where the programme has
     that level, at least the level its window's metric reaches."""
     buckets = dict(start.buckets)  # the replay adds months of the period only
-    known = {level.id for level in programme.model.tiers.levels}
-    current = programme.level(start.tier_id if start.tier_id in known else None).id
-    return Side(_after_event(programme, current, buckets, local, windows), buckets)
+    _, ranks, first = _ladder(programme, result)
+    current = start.tier_id if start.tier_id in ranks else first
+    return Side(_after_event(programme, current, buckets, local, result), buckets)
 
 
 def _apply(programme: Programme, side: Side, start: MemberStart, purchases: int,
-           event: Event, local: datetime, month: str, result: Replay, index: int) -> int:
+           event: Event, local: datetime, month: str, result: Replay, index: int,
+           programme_local: datetime) -> int:
+    """``event`` through one programme: ``local`` is the event's time in the live
+    programme's time zone (buckets and tier windows), ``programme_local`` in this one's."""
     rules = result.rules
     facts = earning.MemberFacts(
         id=start.id, tier=programme.level(side.tier_id), purchases=purchases,
         attributes=start.attributes, enrolled_at=start.enrolled_at,
     )
-    awards = earning.evaluate(programme, event, facts, side.usage)
+    awards = earning.evaluate(programme, event, facts, side.usage, local=programme_local,
+                              explain=False)
     total = 0
     for award in awards:
         total += award.points
@@ -94,8 +118,7 @@ def _apply(programme: Programme, side: Side, start: MemberStart, purchases: int,
         if event.type == "purchase":
             bucket.spend += event.amount or Decimal(0)
             bucket.visits += 1
-        side.tier_id = _after_event(programme, side.tier_id, side.buckets, local,
-                                    result.windows)
+        side.tier_id = _after_event(programme, side.tier_id, side.buckets, local, result)
     side.points += total
     return total
 
@@ -108,6 +131,7 @@ def replay(live: Programme, draft: Programme, starts: Mapping[str, MemberStart],
     sides: dict[str, tuple[Side, Side]] = {}
     purchases: dict[str, int] = {}
     tz = live.tz
+    same_zone = draft.tz is tz or str(draft.tz) == str(tz)
     for event in events:
         start = starts.get(event.member)
         if start is None:
@@ -115,13 +139,14 @@ def replay(live: Programme, draft: Programme, starts: Mapping[str, MemberStart],
         local = event.occurred_at.astimezone(tz)
         pair = sides.get(event.member)
         if pair is None:
-            pair = sides[event.member] = (_side(live, start, local, result.windows),
-                                          _side(draft, start, local, result.windows))
+            pair = sides[event.member] = (_side(live, start, local, result),
+                                          _side(draft, start, local, result))
             purchases[event.member] = start.purchases
         count = purchases[event.member]
         month = f"{local.year:04d}-{local.month:02d}"  # tiers.month_key, without strftime
-        _apply(live, pair[0], start, count, event, local, month, result, 0)
-        _apply(draft, pair[1], start, count, event, local, month, result, 1)
+        _apply(live, pair[0], start, count, event, local, month, result, 0, local)
+        _apply(draft, pair[1], start, count, event, local, month, result, 1,
+               local if same_zone else event.occurred_at.astimezone(draft.tz))
         if event.type == "purchase":
             purchases[event.member] = count + 1
         result.events += 1
@@ -129,3 +154,18 @@ def replay(live: Programme, draft: Programme, starts: Mapping[str, MemberStart],
         result.points[member] = (a.points, b.points)
         result.tiers[member] = (a.tier_id, b.tier_id)
     return result
+
+
+def merge(parts: Iterable[Replay]) -> Replay:
+    """The replays of disjoint sets of members as one: members' points and tiers side by
+    side, the points of each rule and the events added up."""
+    out = Replay()
+    for part in parts:
+        overlap = out.points.keys() & part.points.keys()
+        assert not overlap, f"members replayed twice: {sorted(overlap)[:3]}"
+        out.points.update(part.points)
+        out.tiers.update(part.tiers)
+        for key, points in part.rules.items():
+            out.rules[key] = out.rules.get(key, 0) + points
+        out.events += part.events
+    return out

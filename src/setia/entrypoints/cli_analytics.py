@@ -95,7 +95,7 @@ def report(
                                  cost_per_point=_decimal(cost_per_point, "--cost-per-point"))
         with cli.progress_bar() as bar:
             task = bar.add_task("computing metrics", total=len(an.METRICS) + 1)
-            data = an.load(engine, program, by=options.by)
+            data = an.load(engine, program, by=options.by, summary=True)
             bar.advance(task)
             results = {}
             for name, metric in an.METRICS.items():

@@ -20,6 +20,7 @@ Definitions (docs/analytics.md has them with examples):
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -28,7 +29,8 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
-from setia.adapters.db.analytics_read import reader
+from setia.adapters.db.analytics_read import Reader, reader, slices_keep_dates
+from setia.adapters.db.engine import is_sqlite
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import InvalidField
 from setia.domain.programme import Programme
@@ -112,31 +114,57 @@ def _local_date(column: str, tz: str, name: str = "day") -> pl.Expr:
 
 
 def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
-         optional: bool = True) -> Dataset:
+         optional: bool = True, summary: bool = False) -> Dataset:
     """The frames the metrics read. Per-order dimensions are read only for ``by`` (store,
-    channel and partner live in the stored event: a JSON parse per order)."""
+    channel and partner live in the stored event: a JSON parse per order).
+
+    With ``summary`` (and no ``by``), postings come summed per 15 minutes without their
+    member (``Reader.posting_flows``): all the metrics need overall, not what member
+    statements need. On PostgreSQL the orders are read on a second connection at the
+    same time as the rest."""
     programme = programme_of(engine, program_id)
     tz = programme.model.timezone
     dims: tuple[str, ...] = () if by is None else (by,)
-    with reader(engine) as read:
-        members = read.members(program_id)
+
+    def orders_of(read: Reader) -> pl.DataFrame:
         orders = read.orders(program_id, dims)
-        postings = read.postings(program_id, detail=by is not None)
-        lots = read.lots(program_id)
-        guests = read.guest_sales(program_id)
-        campaign_postings = read.campaign_postings(program_id)
-        extra = {}
-        if optional:
-            for name in ("campaign_holdouts", "coupon_uses", "survey_responses",
-                         "membership_purchases"):
-                extra[name] = read.optional(name, program_id)
+        return orders.with_columns(
+            _local_date("occurred_at", tz),
+            (pl.col("amount_e4") - pl.col("refunded_e4")).alias("net_e4"),
+            *(pl.lit(None, pl.String).alias(c) for c in ("store", "channel", "partner", "tier")
+              if c not in orders.columns),
+        )
+
+    def read_orders_lots_campaigns() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        # the orders' local dates are worked out here too, while the other connection reads
+        with reader(engine) as read:
+            return orders_of(read), read.lots(program_id), read.campaign_postings(program_id)
+
+    with ThreadPoolExecutor(1) as pool:
+        # PostgreSQL: orders, lots and campaign postings on a second connection, at the
+        # same time as the rest
+        pending = None if is_sqlite(engine) else pool.submit(read_orders_lots_campaigns)
+        with reader(engine) as read:
+            members = read.members(program_id)
+            postings = None
+            if summary and by is None:
+                postings = read.posting_flows(program_id)
+                if postings is not None and not slices_keep_dates(postings, tz):
+                    postings = None
+            if postings is None:
+                postings = read.postings(program_id, detail=by is not None)
+            guests = read.guest_sales(program_id)
+            extra = {}
+            if optional:
+                for name in ("campaign_holdouts", "coupon_uses", "survey_responses",
+                             "membership_purchases"):
+                    extra[name] = read.optional(name, program_id)
+            if pending is None:
+                orders, lots, campaign_postings = (
+                    orders_of(read), read.lots(program_id), read.campaign_postings(program_id))
+            else:
+                orders, lots, campaign_postings = pending.result()
     members = members.with_columns(_local_date("enrolled_at", tz, "enrolled_day"))
-    orders = orders.with_columns(
-        _local_date("occurred_at", tz),
-        (pl.col("amount_e4") - pl.col("refunded_e4")).alias("net_e4"),
-        *(pl.lit(None, pl.String).alias(c) for c in ("store", "channel", "partner", "tier")
-          if c not in orders.columns),
-    )
     if by in ("store", "channel", "partner"):
         # The member's "home" dimensions: those of the first purchase.
         first = (
@@ -189,6 +217,20 @@ def _dim(df: pl.DataFrame, options: Options) -> tuple[pl.DataFrame, list[str]]:
     return df.with_columns(pl.col(options.by).fill_null(NONE)), ["period", options.by]
 
 
+def _narrow(orders: pl.DataFrame, options: Options, *columns: str) -> pl.DataFrame:
+    """The columns of the orders a metric reads (filtering copies every column kept)."""
+    return orders.select("member_pk", "day", *columns, *([options.by] if options.by else []))
+
+
+def _distinct_sorted(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """The distinct (member, ``column``) rows sorted by member and ``column``: sorted, then
+    each row kept where it differs from the one before (cheaper than ``unique`` + sort on
+    millions of rows). Other columns must be the member's own (one value per member)."""
+    keys = ("member_pk", column)
+    changed = pl.any_horizontal(pl.col(k) != pl.col(k).shift(1) for k in keys)
+    return frame.sort(*keys).filter(changed.fill_null(True))
+
+
 def _ratio(num: str, den: str, name: str) -> pl.Expr:
     return (
         pl.when(pl.col(den) > 0)
@@ -204,7 +246,7 @@ def _ratio(num: str, den: str, name: str) -> pl.Expr:
 def sales(data: Dataset, options: Options) -> pl.DataFrame:
     """Purchases, active members, repeat purchase rate, frequency, and the average order
     value of members against guests (non-members)."""
-    orders, keys = _dim(_in_range(data.orders, options).with_columns(
+    orders, keys = _dim(_in_range(_narrow(data.orders, options, "net_e4"), options).with_columns(
         _period(pl.col("day"), options)), options)
     per_member = orders.group_by([*keys, "member_pk"]).agg(
         pl.len().alias("purchases"), pl.col("net_e4").sum().alias("net_e4")
@@ -251,7 +293,8 @@ def retention(data: Dataset, options: Options) -> pl.DataFrame:
     members, dims = _dim(members, options)
     keys = ["cohort", *dims[1:]]
     size = members.group_by(keys).agg(pl.len().alias("cohort_size"))
-    orders = data.orders.filter(pl.col("day") <= options.date_to).select(
+    orders = data.orders.select("member_pk", "day").filter(
+        pl.col("day") <= options.date_to).select(
         "member_pk", pl.col("day").dt.truncate("1mo").alias("month")
     ).unique()
     active = (
@@ -288,7 +331,8 @@ def churn(data: Dataset, options: Options) -> pl.DataFrame:
     and churned ones (no purchase in the ``churn_days`` days ending at E)."""
     n = options.churn_days
     ends = periods(options).select("period", "period_end")
-    orders, _ = _dim(data.orders.filter(pl.col("day") <= options.date_to), options)
+    orders, _ = _dim(_narrow(data.orders, options).filter(pl.col("day") <= options.date_to),
+                     options)
     by = [options.by] if options.by else []
     if options.by in ("store", "channel", "partner"):
         orders = orders.drop(options.by).join(
@@ -298,17 +342,18 @@ def churn(data: Dataset, options: Options) -> pl.DataFrame:
         orders = orders.drop("tier").join(
             data.members.select("member_pk", "tier"), on="member_pk", how="left"
         )
-    days = orders.select("member_pk", *by, "day").unique().sort("member_pk", "day")
+    # the distinct days of each member, sorted (``by`` is the member's own: one per member)
+    days = _distinct_sorted(orders.select("member_pk", *by, "day"), "day")
     # Each purchase day d keeps its member "active" on days [d, d + n); overlapping spans
     # of one member merge, so that summing the merged spans counts members, not purchases.
+    # The days are sorted by member: a span starts at a member's first day or after a gap
+    # of more than n days, and numbering the starts over the whole frame gives every span
+    # its own number (the same spans as numbering within each member, without windows).
+    previous = pl.col("day").shift(1)
+    starts = (pl.col("member_pk") != pl.col("member_pk").shift(1)) | (
+        pl.col("day") > previous + timedelta(days=n))
     spans = (
-        days.with_columns(
-            (pl.col("day") > pl.col("day").shift(1).over("member_pk") + timedelta(days=n))
-            .fill_null(True)
-            .cum_sum()
-            .over("member_pk")
-            .alias("span")
-        )
+        days.with_columns(starts.fill_null(True).cum_sum().alias("span"))
         .group_by("member_pk", *by, "span")
         .agg(pl.col("day").min().alias("start"), pl.col("day").max().alias("last"))
         .with_columns((pl.col("last") + timedelta(days=n)).alias("end"))
@@ -442,8 +487,21 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
     reached = reached.with_columns(
         (pl.col("points") * cost).round(0).cast(pl.Int64).alias("cost_e4")
     )
-    spend = _in_range(data.orders, options).group_by("member_pk").agg(
-        pl.col("net_e4").sum().alias("spend_e4")
+    holdouts = data.optional.get("campaign_holdouts")
+    held_members = None
+    if holdouts is not None and holdouts.height > 0:
+        column = next(c for c in ("campaign_id", "campaign") if c in holdouts.columns)
+        held_members = (
+            _member_column(holdouts, data)
+            .select(pl.col(column).cast(pl.String).alias("campaign"), "member_pk").unique()
+        )
+    # spend of the members reached or held out only (the others' is never looked at)
+    wanted = pl.concat([awarded.select("member_pk")] + (
+        [held_members.select("member_pk")] if held_members is not None else []))
+    spend = (
+        _in_range(data.orders.select("member_pk", "day", "net_e4"), options)
+        .join(wanted, on="member_pk", how="semi")
+        .group_by("member_pk").agg(pl.col("net_e4").sum().alias("spend_e4"))
     )
     treated = (
         awarded.select("campaign", "member_pk").unique()
@@ -452,12 +510,9 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
         .agg(pl.col("spend_e4").fill_null(0).mean().alias("spend_per_member_e4"))
     )
     out = reached.join(treated, on="campaign", how="left")
-    holdouts = data.optional.get("campaign_holdouts")
-    if holdouts is not None and holdouts.height > 0:
-        column = next(c for c in ("campaign_id", "campaign") if c in holdouts.columns)
+    if held_members is not None:
         held = (
-            _member_column(holdouts, data)
-            .select(pl.col(column).cast(pl.String).alias("campaign"), "member_pk").unique()
+            held_members
             .join(spend, on="member_pk", how="left")
             .group_by("campaign")
             .agg(
@@ -555,7 +610,8 @@ def rfm(data: Dataset, options: Options) -> pl.DataFrame:
     """Per member with a purchase in the range: recency (days from the last purchase to
     date_to), frequency (purchases), monetary (net spend), each scored 1-5 by rank among
     those members (5 = best; ties share the lower score), and a segment."""
-    per = _in_range(data.orders, options).group_by("member_pk").agg(
+    per = _in_range(data.orders.select("member_pk", "day", "net_e4"), options).group_by(
+        "member_pk").agg(
         (pl.lit(options.date_to) - pl.col("day").max()).dt.total_days().alias("recency_days"),
         pl.len().alias("frequency"),
         pl.col("net_e4").sum().alias("monetary_e4"),
@@ -688,7 +744,7 @@ def metrics(engine: sa.Engine, program_id: str, date_from: date, date_to: date,
         if name not in METRICS:
             raise InvalidField(f"no metric {name!r}; one of {', '.join(METRICS)}",
                                field="metric")
-    data = load(engine, program_id, by=options.by)
+    data = load(engine, program_id, by=options.by, summary=True)
     digits = _digits(programme)
     return {
         "program": program_id,

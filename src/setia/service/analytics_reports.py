@@ -281,5 +281,6 @@ def export(engine: sa.Engine, program_id: str, dataset: str, date_from: date, da
         raise InvalidField(f"no metric {metric!r}; one of {', '.join(an.METRICS)}",
                            field="metric")
     options = an.options_for(programme, date_from, date_to, **given)
-    frame = an.METRICS[metric](an.load(engine, program_id, by=options.by), options)
+    frame = an.METRICS[metric](an.load(engine, program_id, by=options.by, summary=True),
+                                options)
     return (frame if frame is not None else pl.DataFrame()), digits

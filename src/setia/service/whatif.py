@@ -4,7 +4,13 @@ the live one (domain/whatif.py), compared. Reads only: nothing is written."""
 from __future__ import annotations
 
 import json
+import pickle
+import re
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,7 +25,7 @@ from setia.domain.errors import InvalidField
 from setia.domain.events import EVENT_KEYS, Event, Line, parse_event
 from setia.domain.money import minor_digits
 from setia.domain.programme import Programme, compile_programme, validate_document
-from setia.domain.whatif import MemberStart, Replay, replay
+from setia.domain.whatif import MemberStart, Replay, merge, replay
 from setia.service import analytics as an
 
 MAX_DAYS = 93
@@ -90,6 +96,23 @@ def _events(frame: pl.DataFrame, currency: str) -> Iterator[Event]:
         yield parse_event(raw, currency)
 
 
+_MONTH = re.compile(r"^[0-9]{4}-[0-9]{2}$")
+_NO_BUCKETS = pl.DataFrame(schema={"member_pk": pl.Int64, "month": pl.String,
+                                   "spend_e4": pl.Int64, "points": pl.Int64,
+                                   "visits": pl.Int64})
+_HOLDS = "('available', 'pending', 'reserved')"
+_MEMBER_DELTA = (f"(CASE WHEN credit IN {_HOLDS} THEN points ELSE 0 END"
+                 f" - CASE WHEN debit IN {_HOLDS} THEN points ELSE 0 END)")
+
+
+def _flow(account: str, sign: int = 1) -> str:
+    """Points into ``account`` (negated with ``sign=-1``: issued counts what leaves it), as
+    Reader.postings has them."""
+    into = f"(CASE WHEN credit = '{account}' THEN points ELSE 0 END"
+    out = f"CASE WHEN debit = '{account}' THEN points ELSE 0 END)"
+    return f"{into} - {out}" if sign == 1 else f"-{into} - {out}"
+
+
 def _text_columns(*names: str) -> list[pl.Expr]:
     """Text columns as text: SQLite's driver types the columns of an empty answer as
     integers (a period without other events, say), which the JSON paths below refuse."""
@@ -97,8 +120,12 @@ def _text_columns(*names: str) -> list[pl.Expr]:
 
 
 def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date,
-        date_to: date, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Replay [date_from, date_to] (local dates, both included) and compare."""
+        date_to: date, progress: Callable[[str], None] | None = None,
+        workers: int | None = None) -> dict[str, Any]:
+    """Replay [date_from, date_to] (local dates, both included) and compare.
+
+    ``workers``: processes the members are split over for the replay (None: one). The
+    answer does not depend on it (tests/integration/test_analytics_fast_paths.py)."""
     an.check_dates(from_=date_from, to=date_to)
     if date_to < date_from:
         raise InvalidField("'to' is before 'from'", field="to")
@@ -110,37 +137,114 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
     lit = _literal(program_id)
     text = "TEXT" if engine.dialect.name == "sqlite" else "text"
     months = _window_months((live, draft), date_from, date_to)
-    with reader(engine) as read:
-        step = progress or (lambda _: None)
-        step("reading the period's events")
-        happened = read.frame(
-            "SELECT o.event_id AS id, o.occurred_at, o.order_id, o.amount_e4, "
-            f"CAST(o.lines AS {text}) AS lines, CAST(o.event AS {text}) AS payload, "
-            "o.tier_id AS tier, o.member_pk "
-            f"FROM orders o WHERE o.program_id = {lit} "
-            f"AND o.occurred_at >= '{_naive(start)}' AND o.occurred_at < '{_naive(end)}'",
-            ("occurred_at",),
-        ).with_columns(_text_columns("id", "order_id", "lines", "payload", "tier"))
-        others = read.frame(
-            f"SELECT e.id, e.occurred_at, CAST(e.payload AS {text}) AS payload "
-            f"FROM events e WHERE e.program_id = {lit} AND e.type NOT IN ('purchase', 'refund') "
-            f"AND e.occurred_at >= '{_naive(start)}' AND e.occurred_at < '{_naive(end)}'",
-            ("occurred_at",),
-        ).with_columns(_text_columns("id", "payload"))
-        members = read.frame(
-            "SELECT pk AS member_pk, id AS member, tier_id AS tier, enrolled_at, "
-            f"CAST(attributes AS {text}) AS attributes FROM members WHERE program_id = {lit}",
-            ("enrolled_at",),
-        ).with_columns(pl.col("member_pk").cast(pl.Int64))
-        before = read.frame(
-            f"SELECT member_pk, count(*) AS purchases FROM orders WHERE program_id = {lit} "
-            f"AND occurred_at < '{_naive(start)}' GROUP BY member_pk"
-        ).with_columns(pl.col("member_pk").cast(pl.Int64), pl.col("purchases").cast(pl.Int64))
-        buckets = read.metric_buckets(program_id).filter(pl.col("month").is_in(months))
-        postings = read.postings(program_id)
-        earned = read.postings(program_id, detail=True, between=(_naive(start), _naive(end)))
+    step = progress or (lambda _: None)
+    step("reading the period's events")
+    period = f"occurred_at >= '{_naive(start)}' AND occurred_at < '{_naive(end)}'"
+
+    def read_orders() -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The period's orders, and each member's purchases before the period."""
+        with reader(engine) as read:
+            happened = read.frame(
+                "SELECT event_id AS id, occurred_at, order_id, amount_e4, "
+                f"CAST(lines AS {text}) AS lines, CAST(event AS {text}) AS payload, "
+                f"tier_id AS tier, member_pk FROM orders WHERE program_id = {lit} AND {period}",
+                ("occurred_at",),
+            ).with_columns(_text_columns("id", "order_id", "lines", "payload", "tier"))
+            # counted in Polars: cheaper than the database's GROUP BY (measured)
+            before = read.frame(
+                f"SELECT member_pk FROM orders WHERE program_id = {lit} "
+                f"AND occurred_at < '{_naive(start)}'"
+            ).group_by(pl.col("member_pk").cast(pl.Int64)).agg(
+                pl.len().cast(pl.Int64).alias("purchases"))
+        return happened, before
+
+    def read_journal() -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The journal up to the end of the period summed per member, and the earn postings
+        of the period: only the comparison needs them."""
+        with reader(engine) as read:
+            balances = read.frame(
+                f"SELECT member_pk, {_MEMBER_DELTA} AS member_delta, "
+                f"{_flow('issued', -1)} AS issued, {_flow('expired')} AS expired "
+                f"FROM postings WHERE program_id = {lit} AND asset = 'points' "
+                f"AND occurred_at < '{_naive(end)}'"
+            ).with_columns(pl.col("member_pk", "member_delta", "issued", "expired")
+                           .cast(pl.Int64)).group_by("member_pk").agg(
+                pl.col("member_delta", "issued", "expired").sum())
+            earned = read.frame(
+                f"SELECT member_pk, ref, {_flow('issued', -1)} AS issued FROM postings "
+                f"WHERE program_id = {lit} AND asset = 'points' AND code = 'earn' AND {period}"
+            ).with_columns(pl.col("member_pk", "issued").cast(pl.Int64),
+                           pl.col("ref").cast(pl.String))
+        return balances, earned
+
+    # PostgreSQL: three connections at once, and the journal's sums go on while the
+    # replay runs (the replay is Python on one core, the database works on the other)
+    pool = ThreadPoolExecutor(2)
+    try:
+        sqlite = engine.dialect.name == "sqlite"
+        orders_job = None if sqlite else pool.submit(read_orders)
+        journal_job = None if sqlite else pool.submit(read_journal)
+        with reader(engine) as read:
+            others = read.frame(
+                f"SELECT id, occurred_at, CAST(payload AS {text}) AS payload "
+                f"FROM events WHERE program_id = {lit} AND type NOT IN ('purchase', 'refund') "
+                f"AND {period}",
+                ("occurred_at",),
+            ).with_columns(_text_columns("id", "payload"))
+            members = read.frame(
+                "SELECT pk AS member_pk, id AS member, tier_id AS tier, enrolled_at, "
+                f"CAST(attributes AS {text}) AS attributes FROM members "
+                f"WHERE program_id = {lit}",
+                ("enrolled_at",),
+            ).with_columns(pl.col("member_pk").cast(pl.Int64))
+            # the tier buckets of the months the period's tier windows reach, of this
+            # programme's members (metric_buckets has no programme: its members say it)
+            wanted = ", ".join(f"'{m}'" for m in months if _MONTH.match(m))
+            buckets = (read.frame(
+                "SELECT member_pk, month, spend_e4, points, visits FROM metric_buckets "
+                f"WHERE month IN ({wanted})") if wanted else _NO_BUCKETS).with_columns(
+                pl.col("member_pk", "spend_e4", "points", "visits").cast(pl.Int64),
+                pl.col("month").cast(pl.String),
+            ).join(members.select("member_pk"), on="member_pk", how="semi")
+        happened, before = read_orders() if orders_job is None else orders_job.result()
+        result, ordered = _replay(live, draft, happened, others, members, before, buckets,
+                                  step, workers)
+        balances, earned = read_journal() if journal_job is None else journal_job.result()
+    finally:
+        pool.shutdown(wait=True)
+    step("comparing")
+    posted = (
+        earned.join(ordered.select(pl.col("id").alias("ref")), on="ref", how="semi")
+        .join(members.select("member_pk", "member"), on="member_pk")
+        .group_by("member").agg(pl.col("issued").sum().alias("posted"))
+    )
+    return _compare(live, draft, result, posted, balances, members, date_to, date_from)
+
+
+def _replay(live: Programme, draft: Programme, happened: pl.DataFrame, others: pl.DataFrame,
+            members: pl.DataFrame, before: pl.DataFrame, buckets: pl.DataFrame,
+            step: Callable[[str], None], workers: int | None
+            ) -> tuple[Replay, pl.DataFrame]:
+    """The members' starts and the events in time order, through domain/whatif.replay."""
+    if workers is None:
+        workers = 1  # two measured no faster on a shared two-core machine (benchmarks)
+    children = _start_children(workers - 1) if workers > 1 else None
+    try:
+        return _prepare_and_replay(live, draft, happened, others, members, before, buckets,
+                                   step, workers, children)
+    finally:
+        for child in children or []:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def _prepare_and_replay(live: Programme, draft: Programme, happened: pl.DataFrame,
+                        others: pl.DataFrame, members: pl.DataFrame, before: pl.DataFrame,
+                        buckets: pl.DataFrame, step: Callable[[str], None], workers: int,
+                        children: list[subprocess.Popen[bytes]] | None
+                        ) -> tuple[Replay, pl.DataFrame]:
     step("preparing members")
-    postings = postings.with_columns(an._local_date("occurred_at", live.model.timezone))
     happened = happened.with_columns(
         pl.col("member_pk").cast(pl.Int64), pl.col("amount_e4").cast(pl.Int64),
         pl.col("payload").str.json_path_match("$.store").alias("store"),
@@ -166,6 +270,76 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
         .group_by("member")
         .agg(pl.col("month"), pl.col("spend_e4"), pl.col("points"), pl.col("visits"))
     )
+    columns = ("id", "type", "member", "occurred_at", "order_id", "amount_e4", "store",
+               "channel", "lines", "attributes")
+    ordered = pl.concat([
+        happened.select(*columns, pl.lit(None, pl.String).alias("payload"),
+                        pl.col("member").alias("owner")),
+        others.select(
+            "id", pl.lit("other").alias("type"), pl.lit(None, pl.String).alias("member"),
+            "occurred_at", *(pl.lit(None, happened.schema[c]).alias(c) for c in columns[4:]),
+            "payload", pl.col("payload").str.json_path_match("$.member").alias("owner")),
+    ]).sort("occurred_at", "id")
+    step(f"replaying {ordered.height:,} events")
+    involved = involved.select("member", "tier", "purchases", "attributes", "enrolled_at")
+    if workers <= 1:
+        return replay_frames(live, draft, involved, grouped, ordered), ordered
+    # Members replay independently (a member's events read and change only that member's
+    # tier, buckets, limit usage and purchase count): the members are split in two by a
+    # hash of their id, one half replayed in a second process, and the results added up.
+    share = pl.col("owner").hash(seed=0) % workers
+    member_share = pl.col("member").hash(seed=0) % workers
+    parts = [(involved.filter(member_share == i), grouped.filter(member_share == i),
+              ordered.filter(share == i)) for i in range(workers)]
+    children = children or []
+    senders = []
+    for child, part in zip(children, parts[1:], strict=True):
+        work = (live.model, live.version, draft.model, draft.version, *part)
+        sender = threading.Thread(target=_send, args=(child, work), daemon=True)
+        sender.start()
+        senders.append(sender)
+    results = [replay_frames(live, draft, *parts[0])]
+    for child, sender in zip(children, senders, strict=True):
+        sender.join()
+        assert child.stdout is not None
+        answer = child.stdout.read()
+        if child.wait() != 0 or not answer:
+            raise RuntimeError(f"the what-if's second process failed ({child.returncode})")
+        results.append(pickle.loads(answer))
+    return merge(results), ordered
+
+
+def _start_children(count: int) -> list[subprocess.Popen[bytes]]:
+    """Python processes that wait for a share of the replay on their standard input: started
+    before the frames are ready, so that their imports overlap the preparation."""
+    code = "from setia.service.whatif import replay_child; replay_child()"
+    return [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE) for _ in range(count)]
+
+
+def _send(child: subprocess.Popen[bytes], work: tuple[Any, ...]) -> None:
+    assert child.stdin is not None
+    try:
+        child.stdin.write(pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL))
+    finally:
+        child.stdin.close()
+
+
+def replay_child() -> None:
+    """A second process's share of the replay: the programmes (models and versions, compiled
+    here again) and the frames of its members come pickled on standard input, the Replay
+    goes back pickled on standard output. Nothing is read from or written to a database."""
+    live_model, live_version, draft_model, draft_version, *frames = pickle.load(sys.stdin.buffer)
+    result = replay_frames(compile_programme(live_model, live_version),
+                           compile_programme(draft_model, draft_version), *frames)
+    sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+
+
+def replay_frames(live: Programme, draft: Programme, involved: pl.DataFrame,
+                  grouped: pl.DataFrame, ordered: pl.DataFrame) -> Replay:
+    """The members' starts built from ``involved`` and their tier buckets ``grouped``, and
+    the events of ``ordered`` (in time order) replayed (domain/whatif.replay)."""
     bucket_map: dict[str, dict[str, tiers.Bucket]] = {}
     for member, ms, spends, pts, visits in grouped.iter_rows():
         bucket_map[member] = {
@@ -175,33 +349,16 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
     starts = {
         member: MemberStart(member, tier, purchases, json.loads(attributes or "{}"),
                             enrolled_at, bucket_map.get(member, {}))
-        for member, tier, purchases, attributes, enrolled_at in involved.select(
-            "member", "tier", "purchases", "attributes", "enrolled_at").iter_rows()
+        for member, tier, purchases, attributes, enrolled_at in involved.iter_rows()
     }
-    step(f"replaying {happened.height + others.height:,} events")
-    columns = ("id", "type", "member", "occurred_at", "order_id", "amount_e4", "store",
-               "channel", "lines", "attributes")
-    ordered = pl.concat([
-        happened.select(*columns, pl.lit(None, pl.String).alias("payload")),
-        others.select(
-            "id", pl.lit("other").alias("type"), pl.lit(None, pl.String).alias("member"),
-            "occurred_at", *(pl.lit(None, happened.schema[c]).alias(c) for c in columns[4:]),
-            "payload"),
-    ]).sort("occurred_at", "id")
-    result = replay(live, draft, starts, _events(ordered, live.currency))
-    step("comparing")
-    posted = (
-        earned.join(ordered.select(pl.col("id").alias("ref")), on="ref", how="semi")
-        .filter(pl.col("code") == "earn")
-        .join(members.select("member_pk", "member"), on="member_pk")
-        .group_by("member").agg(pl.col("issued").sum().alias("posted"))
-    )
-    return _compare(live, draft, result, posted, postings, members, date_to, date_from)
+    return replay(live, draft, starts, _events(ordered, live.currency))
 
 
 def _compare(live: Programme, draft: Programme, result: Replay, posted: pl.DataFrame,
-             postings: pl.DataFrame, members: pl.DataFrame, date_to: date, date_from: date
+             balances: pl.DataFrame, members: pl.DataFrame, date_to: date, date_from: date
              ) -> dict[str, Any]:
+    """``balances``: per member, the journal up to the end of the period (member_delta,
+    issued, expired summed)."""
     per = pl.DataFrame(
         {"member": list(result.points),
          "live": [a for a, _ in result.points.values()],
@@ -212,14 +369,12 @@ def _compare(live: Programme, draft: Programme, result: Replay, posted: pl.DataF
                 "live_tier": pl.String, "draft_tier": pl.String},
     ).join(posted, on="member", how="left").with_columns(pl.col("posted").fill_null(0))
     balance = (
-        postings.filter(pl.col("day") <= date_to).group_by("member_pk")
-        .agg(pl.col("member_delta").sum().alias("balance"))
-        .join(members.select("member_pk", "member"), on="member_pk")
-        .select("member", "balance")
+        balances.join(members.select("member_pk", "member"), on="member_pk")
+        .select("member", pl.col("member_delta").alias("balance"))
     )
     per = per.join(balance, on="member", how="left").with_columns(pl.col("balance").fill_null(0))
-    issued_all = int(postings.filter(pl.col("day") <= date_to)["issued"].sum() or 0)
-    expired_all = int(postings.filter(pl.col("day") <= date_to)["expired"].sum() or 0)
+    issued_all = int(balances["issued"].sum() or 0)
+    expired_all = int(balances["expired"].sum() or 0)
     breakage = Decimal(expired_all) / Decimal(issued_all) if issued_all > 0 else Decimal(0)
 
     def side(programme: Programme, column: str, balance: pl.Expr) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def report_html(request: Request, program: str) -> Response:
     engine = engine_of(request)
     programme = an.programme_of(engine, program)
     options = an.options_for(programme, start, end, grain=_grain(request))
-    results = an.compute(an.load(engine, program), options)
+    results = an.compute(an.load(engine, program, summary=True), options)
     body = html_report.render(program, options, results, an._digits(programme))
     return Response(body, media_type="text/html; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="{program}-report-{start}-{end}.html"',
