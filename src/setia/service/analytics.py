@@ -128,12 +128,15 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
 
     def orders_of(read: Reader) -> pl.DataFrame:
         orders = read.orders(program_id, dims)
+        # Sorted by member and day once, here on the orders' own thread: churn's and
+        # retention's distinct days and months per member then find their input sorted
+        # (a tenth of the time of sorting 10 million rows each).
         return orders.with_columns(
             _local_date("occurred_at", tz),
             (pl.col("amount_e4") - pl.col("refunded_e4")).alias("net_e4"),
             *(pl.lit(None, pl.String).alias(c) for c in ("store", "channel", "partner", "tier")
               if c not in orders.columns),
-        )
+        ).sort("member_pk", "day")
 
     def read_orders_lots_campaigns() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         # the orders' local dates are worked out here too, while the other connection reads
@@ -293,10 +296,10 @@ def retention(data: Dataset, options: Options) -> pl.DataFrame:
     members, dims = _dim(members, options)
     keys = ["cohort", *dims[1:]]
     size = members.group_by(keys).agg(pl.len().alias("cohort_size"))
-    orders = data.orders.select("member_pk", "day").filter(
+    orders = _distinct_sorted(data.orders.select("member_pk", "day").filter(
         pl.col("day") <= options.date_to).select(
         "member_pk", pl.col("day").dt.truncate("1mo").alias("month")
-    ).unique()
+    ), "month")
     active = (
         members.select("member_pk", *keys)
         .join(orders, on="member_pk")
