@@ -498,6 +498,24 @@ class TestLoadAndImportOnSqlite:
         journal_ok(db)
 
 
+@pytest.mark.parametrize("value", ["0", "many", "257"])
+def test_serve_refuses_a_bad_thread_count_in_one_line_before_starting(
+        value: str, tmp_path: Path) -> None:
+    # Given SETIA_API_THREADS that is not a whole number from 1 to 256
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env.update(SETIA_DATABASE_URL=f"sqlite:///{tmp_path / 'serve.db'}", SETIA_API_THREADS=value)
+    # When serving
+    result = subprocess.run([SETIA, "serve", "--no-scheduler", "--port", "1"], env=env,
+                            capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL, check=False)
+    # Then it exits 1 with one line naming the variable and the value, having started
+    # nothing (no database file made)
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        f"error: SETIA_API_THREADS must be a whole number from 1 to 256, not {value!r}")
+    assert not (tmp_path / "serve.db").exists()
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 

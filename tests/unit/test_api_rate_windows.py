@@ -17,7 +17,7 @@ from limits import parse
 from limits.aio import strategies
 from limits.aio.storage import MemoryStorage
 
-from setia.entrypoints.api.live import Threads
+from setia.entrypoints.api.live import MAX_THREADS, THREADS, Threads, thread_count
 from setia.entrypoints.api.security import MemoryWindows
 
 
@@ -87,3 +87,16 @@ def test_threads_run_every_call_and_start_again_after_a_shutdown() -> None:
         threads.submit(lambda number=number: call(number, 10))
     assert finished.wait(10) and sorted(done) == list(range(10))
     threads.shutdown()
+
+
+def test_thread_count_is_eight_unless_setia_api_threads_says_otherwise() -> None:
+    assert THREADS == 8 and MAX_THREADS == 256
+    assert thread_count({}) == 8
+    assert thread_count({"SETIA_API_THREADS": " "}) == 8
+    assert thread_count({"SETIA_API_THREADS": "3"}) == 3
+    assert thread_count({"SETIA_API_THREADS": "256"}) == 256
+    for bad in ("0", "257", "-1", "2.5", "eight"):
+        with pytest.raises(ValueError) as refused:
+            thread_count({"SETIA_API_THREADS": bad})
+        assert str(refused.value) == (
+            f"SETIA_API_THREADS must be a whole number from 1 to 256, not {bad!r}")

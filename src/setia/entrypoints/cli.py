@@ -301,8 +301,13 @@ def serve_command(
     workers: Annotated[int, typer.Option(min=1, max=32, help="API processes")] = 1,
 ) -> None:
     """Migrate the database, then serve the HTTP API (and run-due every minute)."""
+    from setia.entrypoints.api.live import thread_count
     from setia.entrypoints.server import serve as run_server
 
+    try:
+        thread_count()  # SETIA_API_THREADS, checked before anything starts
+    except ValueError as exc:
+        fail(str(exc))
     run_server(engine(), host, port, scheduler=scheduler, workers=workers)
 
 

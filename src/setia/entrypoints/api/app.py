@@ -28,7 +28,7 @@ from setia.entrypoints.api import store_credit as store_credit_api
 from setia.entrypoints.api.auth import Caller, require
 from setia.entrypoints.api.engagement import router as engagement_router
 from setia.entrypoints.api.front import Front, decorate
-from setia.entrypoints.api.live import THREADS, LiveRoutes, Threads, thread_runner
+from setia.entrypoints.api.live import LiveRoutes, Threads, thread_count, thread_runner
 from setia.entrypoints.api.responses import JSONResponse
 from setia.entrypoints.api.wire import (
     MAX_BODY_BYTES,
@@ -182,7 +182,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
     app.state.engine = engine
     # The services' blocking calls run on these threads (auth.require's and the live
     # routes' too), not anyio's worker threads.
-    threads = Threads(THREADS, "setia-api")
+    threads = Threads(thread_count(), "setia-api")
     run = app.state.run = thread_runner(threads)
     app.router.on_shutdown.append(threads.shutdown)
     app.include_router(analytics_api.router)

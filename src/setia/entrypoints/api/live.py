@@ -24,9 +24,10 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import os
 import queue
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +49,24 @@ from setia.entrypoints.api.wire import (
 from setia.entrypoints.observability import count_results
 from setia.service import batch, events, members
 
-# anyio's default limit of worker threads, which run_in_threadpool used before.
-THREADS = 40
+# Threads for the live routes' service calls and the API-key lookups (all short: a few
+# statements each). More threads than cores only add GIL hand-offs: with 16 clients on two
+# cores, 8 threads gave single events a p99 of 42-48 ms where anyio's 40 gave 52-62 ms
+# (docs/benchmarks-api.md). SETIA_API_THREADS changes it.
+THREADS = 8
+MAX_THREADS = 256
+
+
+def thread_count(environ: Mapping[str, str] | None = None) -> int:
+    """SETIA_API_THREADS, else ``THREADS``; a value that is not a whole number from 1 to
+    ``MAX_THREADS`` is refused with the reason (at startup)."""
+    raw = (os.environ if environ is None else environ).get("SETIA_API_THREADS", "").strip()
+    if not raw:
+        return THREADS
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_THREADS:
+        raise ValueError(f"SETIA_API_THREADS must be a whole number from 1 to {MAX_THREADS}, "
+                         f"not {raw!r}")
+    return int(raw)
 BASE = "/v1/programs/{program}"
 READ_SCOPES = ("admin", "pos", "member-read")
 WRITE_SCOPES = ("admin", "pos")
