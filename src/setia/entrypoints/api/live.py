@@ -50,9 +50,9 @@ from setia.entrypoints.observability import count_results
 from setia.service import batch, events, members
 
 # Threads for the live routes' service calls and the API-key lookups (all short: a few
-# statements each). More threads than cores only add GIL hand-offs: with 16 clients on two
-# cores, 8 threads gave single events a p99 of 42-48 ms where anyio's 40 gave 52-62 ms
-# (docs/benchmarks-api.md). SETIA_API_THREADS changes it.
+# statements each). More threads than cores mostly add GIL hand-offs: with 16 clients on
+# two cores, 6 or 8 threads gave single events a shorter p99 than anyio's 40 in most runs
+# and GETs a third shorter (docs/benchmarks-api.md). SETIA_API_THREADS changes it.
 THREADS = 8
 MAX_THREADS = 256
 
