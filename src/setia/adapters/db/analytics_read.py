@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
-from setia.adapters.db.engine import is_sqlite
+from setia.adapters.db.engine import SQLITE_BUSY_TIMEOUT_MS, is_sqlite
 
 _PROGRAM_ID = re.compile(r"^[a-z0-9-]{1,64}$")
 OPTIONAL_TABLES = ("campaign_holdouts", "coupon_uses", "survey_responses", "membership_purchases")
@@ -33,9 +33,14 @@ def _adbc(engine: sa.Engine) -> Iterator[Any]:
     url = engine.url
     conn: Any
     if is_sqlite(engine):
-        import adbc_driver_sqlite.dbapi as sqlite_driver
+        # The same SQLite library as the engine's (Python's sqlite3), not ADBC's driver,
+        # which links a copy of its own: two copies of SQLite in one process do not see
+        # each other's file locks, and a second copy closing the file dropped the first's
+        # (the demo's server then failed to open the database with "disk I/O error").
+        import sqlite3
 
-        conn = sqlite_driver.connect(url.database or ":memory:")
+        conn = sqlite3.connect(url.database or ":memory:", check_same_thread=False,
+                               timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
     else:
         import adbc_driver_postgresql.dbapi as postgres_driver
 
@@ -54,7 +59,8 @@ def _json_text(engine: sa.Engine, column: str, key: str) -> str:
 
 
 class Reader:
-    """One ADBC connection for a set of reads; frames come back with UTC datetimes."""
+    """One connection for a set of reads (ADBC on PostgreSQL, sqlite3 on SQLite); frames
+    come back with UTC datetimes."""
 
     def __init__(self, engine: sa.Engine, conn: Any) -> None:
         self.engine = engine
@@ -74,11 +80,16 @@ class Reader:
         cursor = self.conn.cursor()
         try:
             cursor.execute(sql)
-            table = cursor.fetch_arrow_table()
+            if self.sqlite:  # sqlite3 rows; every row read to type the columns
+                names = [column[0] for column in cursor.description]
+                df = pl.DataFrame(cursor.fetchall(), schema=names, orient="row",
+                                  infer_schema_length=None)
+            else:
+                found = pl.from_arrow(cursor.fetch_arrow_table())
+                assert isinstance(found, pl.DataFrame)
+                df = found
         finally:
             cursor.close()
-        df = pl.from_arrow(table)
-        assert isinstance(df, pl.DataFrame)
         fixes = []
         for name in times:
             dtype = df.schema[name]
@@ -137,7 +148,7 @@ class Reader:
                                pl.col("issued").cast(pl.Int64))
 
     def postings(self, program_id: str, asset: str | None = "points",
-                 detail: bool = False, between: tuple[str, str] | None = None) -> pl.DataFrame:
+                 detail: bool = False) -> pl.DataFrame:
         """Each posting as signed flows: points into ``issued`` (earned), ``redeemed``,
         ``expired`` and ``adjustments`` accounts, and the change of the member's balance."""
 
@@ -158,9 +169,7 @@ class Reader:
             f"{flow('redeemed')} AS redeemed, {flow('expired')} AS expired, "
             f"-{flow('adjustments')} AS adjusted, {member} AS member_delta "
             f"FROM postings WHERE program_id = {_literal(program_id)}"
-            + ("" if asset is None else f" AND asset = '{asset}'")
-            + ("" if between is None else
-               f" AND occurred_at >= '{between[0]}' AND occurred_at < '{between[1]}'"),
+            + ("" if asset is None else f" AND asset = '{asset}'"),
             ("occurred_at",),
         )
         return df.with_columns(
