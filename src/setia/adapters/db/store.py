@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
+from psycopg.types.json import Json
 from sqlalchemy.dialects import postgresql, sqlite
 
 from setia.adapters.db import tables as t
@@ -224,8 +225,6 @@ def _json_value(value: Any) -> Any:
     """What orjson does not write itself, as PostgreSQL casts it from text: a JSON column's
     value as the very text psycopg would send (so ``(r->>i)::json`` stores it unchanged),
     naive times (the flush's times are naive UTC) and Decimals as text."""
-    from psycopg.types.json import Json
-
     if isinstance(value, Json):
         text = value.dumps(value.obj) if value.dumps is not None else json.dumps(value.obj)
         return text.decode() if isinstance(text, bytes) else text

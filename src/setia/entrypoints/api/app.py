@@ -33,7 +33,6 @@ from setia.entrypoints.api.responses import JSONResponse
 from setia.entrypoints.api.wire import (
     MAX_BODY_BYTES,
     PROBLEM,
-    check_storable,
     declared_too_large,
     parse_body,
     problem_response,
@@ -446,7 +445,7 @@ def _live_path_first(app: FastAPI, hot: set[tuple[str, str]]) -> None:
     app.router.routes.sort(key=rank)
 
 
-__all__ = ["check_storable", "create_app", "problem_response", "read_body"]
+__all__ = ["create_app", "read_body"]
 
 
 def app_from_env() -> FastAPI:

@@ -156,10 +156,6 @@ class RateLimiter:
                        for kind, limit in (("ip", self.per_ip), ("key", self.per_key))
                        if limit is not None}
 
-    @property
-    def active(self) -> bool:
-        return self.per_ip is not None or self.per_key is not None
-
     def _checks(self, scope: Scope) -> list[tuple[Any, str, str]]:
         checks = []
         if self.per_ip is not None:
