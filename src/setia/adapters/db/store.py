@@ -41,9 +41,26 @@ _programme_cache_lock = threading.Lock()
 # hash, programme). Only a hint: a caller that uses it confirms it against the version and
 # hash the member statement reads (``UnitOfWork.is_current``) before anything is applied.
 _current: dict[str, tuple[int, str, Programme]] = {}
-CHUNK = 500  # rows per IN (...) list: well under SQLite's bound-parameter limit
 COPY_MIN = 64  # PostgreSQL: inserts of at least this many rows of one table go by COPY
 BULK_MIN = 16  # PostgreSQL: other writes of at least this many rows go as one array statement
+
+
+def _among(dialect: str, column: Any, values: list[Any]) -> Any:
+    """``column IN (values)``. On PostgreSQL ``column = ANY(:array)``: one parameter, so the
+    statement's text is the same for any number of values and SQLAlchemy and psycopg reuse
+    their compiled forms (an IN list of 1,000 values was rendered and split anew for every
+    batch, about a tenth of the batch's time)."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, values, type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
+
+
+def _chunks(dialect: str, values: list[Any], size: int = 500) -> Iterable[list[Any]]:
+    """``values`` in lists of ``size`` (SQLite's bound-parameter limit), or whole on
+    PostgreSQL, where ``_among`` passes them as one array."""
+    step = max(len(values), 1) if dialect == "postgresql" else size
+    for start in range(0, len(values), step):
+        yield values[start:start + step]
 
 
 @dataclass(slots=True)
@@ -554,9 +571,9 @@ class UnitOfWork:
         pks = sorted(set(member_pks))
         loaded = {m.pk: m for m in self._members.values() if m.pk in pks}
         missing = [pk for pk in pks if pk not in loaded]
-        for start in range(0, len(missing), CHUNK):
+        for chunk in _chunks(self.dialect, missing):
             rows = self.conn.execute(
-                sa.select(t.members).where(t.members.c.pk.in_(missing[start:start + CHUNK]))
+                sa.select(t.members).where(_among(self.dialect, t.members.c.pk, chunk))
                 .order_by(t.members.c.pk).with_for_update(skip_locked=skip_locked)
             ).mappings().all()
             for member in self._load_members(program_id, rows, eager_lots=True):
@@ -566,10 +583,10 @@ class UnitOfWork:
     def preload_members(self, program_id: str, member_ids: Iterable[str]) -> None:
         """Load and lock many members with a handful of queries (the bulk path)."""
         missing = sorted({m for m in member_ids if (program_id, m) not in self._members})
-        for start in range(0, len(missing), CHUNK):
+        for chunk in _chunks(self.dialect, missing):
             rows = self.conn.execute(
                 sa.select(t.members).where(t.members.c.program_id == program_id,
-                                           t.members.c.id.in_(missing[start:start + CHUNK]))
+                                           _among(self.dialect, t.members.c.id, chunk))
                 .order_by(t.members.c.pk).with_for_update()
             ).mappings().all()
             self._load_members(program_id, rows)
@@ -607,7 +624,8 @@ class UnitOfWork:
         if not details:
             return list(members.values())
         for bucket_row in self.conn.execute(
-            sa.select(t.metric_buckets).where(t.metric_buckets.c.member_pk.in_(pks))
+            sa.select(t.metric_buckets)
+            .where(_among(self.dialect, t.metric_buckets.c.member_pk, pks))
         ).mappings():
             members[bucket_row["member_pk"]].buckets[bucket_row["month"]] = Bucket(
                 spend=Decimal(bucket_row["spend_e4"]).scaleb(-4),
@@ -615,7 +633,7 @@ class UnitOfWork:
                 visits=bucket_row["visits"],
             )
         for usage_row in self.conn.execute(
-            sa.select(t.rule_usage).where(t.rule_usage.c.member_pk.in_(pks))
+            sa.select(t.rule_usage).where(_among(self.dialect, t.rule_usage.c.member_pk, pks))
         ).mappings():
             key = (usage_row["rule_id"], usage_row["period"])
             members[usage_row["member_pk"]].usage[key] = usage_row["count"]
@@ -625,7 +643,7 @@ class UnitOfWork:
         found: dict[int, list[Lot]] = {pk: [] for pk in member_pks}
         # one member (the usual case): "=", which SQLAlchemy need not re-render each time
         by_member = (t.lots.c.member_pk == member_pks[0] if len(member_pks) == 1
-                     else t.lots.c.member_pk.in_(member_pks))
+                     else _among(self.dialect, t.lots.c.member_pk, member_pks))
         for row in self.conn.execute(
             sa.select(t.lots).where(
                 by_member,
@@ -697,9 +715,9 @@ class UnitOfWork:
                    + ' ON CONFLICT ("program_id", "id") DO NOTHING RETURNING "pk"')
             params = tuple(value for row in chunk for value in row)
             inserted.extend(pk for (pk,) in self.conn.exec_driver_sql(sql, params))
-        for start in range(0, len(inserted), CHUNK):
+        for chunk in _chunks(self.dialect, inserted):
             found = self.conn.execute(
-                sa.select(t.members).where(t.members.c.pk.in_(inserted[start:start + CHUNK]))
+                sa.select(t.members).where(_among(self.dialect, t.members.c.pk, chunk))
                 .order_by(t.members.c.pk)
             ).mappings().all()
             for member in self._load_members(program_id, found, register=False):
@@ -745,11 +763,11 @@ class UnitOfWork:
 
     def stored_events(self, program_id: str, event_ids: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
-        for start in range(0, len(event_ids), 500):
-            chunk = event_ids[start:start + 500]
+        for chunk in _chunks(self.dialect, event_ids):
             for row in self.conn.execute(
                 sa.select(t.events.c.id, t.events.c.request_hash, t.events.c.result).where(
-                    t.events.c.program_id == program_id, t.events.c.id.in_(chunk)
+                    t.events.c.program_id == program_id,
+                    _among(self.dialect, t.events.c.id, chunk)
                 )
             ):
                 found[row.id] = row
@@ -793,12 +811,11 @@ class UnitOfWork:
         """Read many orders at once; remember the ones that do not exist."""
         missing = sorted({o for o in order_ids if (program_id, o) not in self._orders
                           and (program_id, o) not in self._absent_orders})
-        for start in range(0, len(missing), CHUNK):
-            chunk = missing[start:start + CHUNK]
+        for chunk in _chunks(self.dialect, missing):
             found: set[str] = set()
             for row in self.conn.execute(
                 sa.select(t.orders).where(t.orders.c.program_id == program_id,
-                                          t.orders.c.order_id.in_(chunk))
+                                          _among(self.dialect, t.orders.c.order_id, chunk))
             ).mappings():
                 found.add(row["order_id"])
                 self._orders[(program_id, row["order_id"])] = _order(row, currency)
@@ -893,7 +910,7 @@ class UnitOfWork:
         if self._prepared:  # never enrolled after all: as if never inserted
             pks = [prepared[0].pk for prepared in self._prepared.values()]
             self._prepared.clear()
-            self.conn.execute(t.members.delete().where(t.members.c.pk.in_(pks)))
+            self.conn.execute(t.members.delete().where(_among(self.dialect, t.members.c.pk, pks)))
         formats = self._formats
         ts, as_bool, as_json = self._times, formats.bool, formats.json
         if self._postings:
