@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from setia.adapters.db import partitions
 from setia.domain.errors import IdempotencyConflict
+from setia.service.batch import ingest_batch
 from setia.service.events import ingest_event
 from setia.service.members import upsert_member
 from tests.conftest import KOPI_SETIA, assert_journal_ok, fixed_clock, load_programme
@@ -99,4 +100,29 @@ def test_an_event_id_stays_unique_across_months_under_concurrent_use(pg_engine):
     with pg_engine.connect() as conn:
         assert conn.execute(sa.text(
             "SELECT count(*) FROM events WHERE id LIKE 'shared-%'")).scalar_one() == 5
+    assert_journal_ok(pg_engine)
+
+
+def test_a_batch_registers_every_event_id_once_per_statement(pg_engine):
+    # Migration 0003h: ids are registered by one statement trigger (a transition table),
+    # also when the flush writes the events by COPY (a batch of at least 64 rows).
+    with pg_engine.connect() as conn:
+        triggers = conn.execute(sa.text(
+            "SELECT tgname, (tgtype & 1) = 1 AS per_row FROM pg_trigger "
+            "WHERE tgrelid = 'events'::regclass AND NOT tgisinternal")).all()
+    assert [tuple(row) for row in triggers] == [("events_register_ids", False)]
+    load_programme(pg_engine, KOPI_SETIA)
+    upsert_member(pg_engine, P, "cust-1", {}, CLOCK)
+    batch = [purchase(f"b{n}", "cust-1", "2031-05-02T10:00:00+08:00") for n in range(80)]
+    outcomes = ingest_batch(pg_engine, P, batch, CLOCK)
+    assert [outcome["status"] for outcome in outcomes] == ["applied"] * 80
+    with pg_engine.connect() as conn:
+        registered = conn.execute(sa.text(
+            "SELECT count(*), count(DISTINCT id) FROM event_ids "
+            "WHERE program_id = :p AND id LIKE 'b%'"), {"p": P}).one()
+    assert tuple(registered) == (80, 80)
+    # the same id in another month is still refused: event_ids holds it
+    with pytest.raises(IdempotencyConflict):
+        ingest_event(pg_engine, P, purchase("b7", "cust-1", "2031-08-02T10:00:00+08:00"), CLOCK)
+    assert ingest_batch(pg_engine, P, batch[:3], CLOCK)[0]["status"] == "replayed"
     assert_journal_ok(pg_engine)

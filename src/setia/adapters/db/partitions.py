@@ -97,11 +97,8 @@ def _create_month(conn: sa.Connection, table: str, month: date) -> int:
     conn.execute(sa.text(
         f'CREATE TABLE "{name}" PARTITION OF "{table}" FOR VALUES FROM (\'{start}\') TO (\'{end}\')'
     ))
-    if table == "events":  # the insert below registers each id again (see the trigger)
-        conn.execute(sa.text(
-            f'DELETE FROM event_ids e USING "{default}" d WHERE e.program_id = d.program_id '
-            f"AND e.id = d.id AND d.occurred_at >= :start AND d.occurred_at < :end"
-        ), {"start": start, "end": end})
+    # Straight into the partition: the events table's trigger, a statement trigger on the
+    # parent, does not fire, and the moved events' ids stay registered in event_ids as they are.
     conn.execute(sa.text(
         f'INSERT INTO "{name}" SELECT * FROM "{default}" '
         f"WHERE occurred_at >= :start AND occurred_at < :end"
