@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import subprocess
 import sys
 import threading
@@ -96,23 +95,6 @@ def _events(frame: pl.DataFrame, currency: str) -> Iterator[Event]:
         yield parse_event(raw, currency)
 
 
-_MONTH = re.compile(r"^[0-9]{4}-[0-9]{2}$")
-_NO_BUCKETS = pl.DataFrame(schema={"member_pk": pl.Int64, "month": pl.String,
-                                   "spend_e4": pl.Int64, "points": pl.Int64,
-                                   "visits": pl.Int64})
-_HOLDS = "('available', 'pending', 'reserved')"
-_MEMBER_DELTA = (f"(CASE WHEN credit IN {_HOLDS} THEN points ELSE 0 END"
-                 f" - CASE WHEN debit IN {_HOLDS} THEN points ELSE 0 END)")
-
-
-def _flow(account: str, sign: int = 1) -> str:
-    """Points into ``account`` (negated with ``sign=-1``: issued counts what leaves it), as
-    Reader.postings has them."""
-    into = f"(CASE WHEN credit = '{account}' THEN points ELSE 0 END"
-    out = f"CASE WHEN debit = '{account}' THEN points ELSE 0 END)"
-    return f"{into} - {out}" if sign == 1 else f"-{into} - {out}"
-
-
 def _text_columns(*names: str) -> list[pl.Expr]:
     """Text columns as text: SQLite's driver types the columns of an empty answer as
     integers (a period without other events, say), which the JSON paths below refuse."""
@@ -162,19 +144,12 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
         """The journal up to the end of the period summed per member, and the earn postings
         of the period: only the comparison needs them."""
         with reader(engine) as read:
-            balances = read.frame(
-                f"SELECT member_pk, {_MEMBER_DELTA} AS member_delta, "
-                f"{_flow('issued', -1)} AS issued, {_flow('expired')} AS expired "
-                f"FROM postings WHERE program_id = {lit} AND asset = 'points' "
-                f"AND occurred_at < '{_naive(end)}'"
-            ).with_columns(pl.col("member_pk", "member_delta", "issued", "expired")
-                           .cast(pl.Int64)).group_by("member_pk").agg(
-                pl.col("member_delta", "issued", "expired").sum())
-            earned = read.frame(
-                f"SELECT member_pk, ref, {_flow('issued', -1)} AS issued FROM postings "
-                f"WHERE program_id = {lit} AND asset = 'points' AND code = 'earn' AND {period}"
-            ).with_columns(pl.col("member_pk", "issued").cast(pl.Int64),
-                           pl.col("ref").cast(pl.String))
+            balances = read.postings(
+                program_id, columns=("member_pk", "member_delta", "issued", "expired"),
+                until=end,
+            ).group_by("member_pk").agg(pl.col("member_delta", "issued", "expired").sum())
+            earned = read.postings(program_id, columns=("member_pk", "ref", "issued"),
+                                   code="earn", since=start, until=end)
         return balances, earned
 
     # PostgreSQL: three connections at once, and the journal's sums go on while the
@@ -197,15 +172,8 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
                 f"WHERE program_id = {lit}",
                 ("enrolled_at",),
             ).with_columns(pl.col("member_pk").cast(pl.Int64))
-            # the tier buckets of the months the period's tier windows reach, of this
-            # programme's members (metric_buckets has no programme: its members say it)
-            wanted = ", ".join(f"'{m}'" for m in months if _MONTH.match(m))
-            buckets = (read.frame(
-                "SELECT member_pk, month, spend_e4, points, visits FROM metric_buckets "
-                f"WHERE month IN ({wanted})") if wanted else _NO_BUCKETS).with_columns(
-                pl.col("member_pk", "spend_e4", "points", "visits").cast(pl.Int64),
-                pl.col("month").cast(pl.String),
-            ).join(members.select("member_pk"), on="member_pk", how="semi")
+            # the tier buckets of the months the period's tier windows reach
+            buckets = read.metric_buckets(program_id, months=tuple(months))
         happened, before = read_orders() if orders_job is None else orders_job.result()
         result, ordered = _replay(live, draft, happened, others, members, before, buckets,
                                   step, workers)
