@@ -90,3 +90,13 @@ def test_metric_buckets_of_some_months(cafe: sa.Engine) -> None:
         ("2027-01", 1_100_000, 120, 2, "ann"), ("2027-01", 0, 10, 0, "bob")]
     for empty in (none, malformed):  # no month asked (or none in YYYY-MM): no bucket
         assert empty.height == 0 and empty.schema == every.schema
+
+
+def test_postgresql_reads_run_without_jit_and_with_256_mb_of_work_mem(engine: sa.Engine) -> None:
+    with reader(engine) as read:
+        if engine.dialect.name == "sqlite":
+            assert read.sqlite
+            return
+        settings = read.frame("SELECT current_setting('jit') AS jit, "
+                              "current_setting('work_mem') AS work_mem")
+    assert settings.rows() == [("off", "256MB")]

@@ -121,10 +121,11 @@ class Reader:
         if not self.sqlite:
             # Reads scan whole tables once: compiling them (JIT) costs more than it saves,
             # and a summing query keeps its groups in memory rather than spilling to disk.
+            # One text sent as one simple query: one round trip (``execute`` prepares,
+            # describes and runs each statement, three round trips apiece).
             cursor = self.conn.cursor()
             try:
-                cursor.execute("SET jit = off")
-                cursor.execute("SET work_mem = '256MB'")
+                cursor.executescript("SET jit = off; SET work_mem = '256MB'")
             finally:
                 cursor.close()
 
