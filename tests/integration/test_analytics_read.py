@@ -3,6 +3,7 @@ them by, on SQLite and PostgreSQL over the hand-built history (analytics_history
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import polars as pl
@@ -90,6 +91,39 @@ def test_metric_buckets_of_some_months(cafe: sa.Engine) -> None:
         ("2027-01", 1_100_000, 120, 2, "ann"), ("2027-01", 0, 10, 0, "bob")]
     for empty in (none, malformed):  # no month asked (or none in YYYY-MM): no bucket
         assert empty.height == 0 and empty.schema == every.schema
+
+
+def test_what_the_whatif_replays_a_period_from(cafe: sa.Engine) -> None:
+    # given February (local time): e3 at 07:00 on the 1st is 31 January in UTC
+    since, until = local("2027-02-01T00:00"), local("2027-03-01T00:00")
+    with reader(cafe) as read:
+        members = read.members(P, attributes=True)
+        purchases = read.stored_purchases(P, since, until)
+        before = read.purchase_counts(P, since)
+        others = read.stored_events(P, since, until, excluding=("purchase", "refund"))
+        every = read.stored_events(P, since, until)
+        none = read.stored_events(P, local("2030-01-01T00:00"), local("2030-02-01T00:00"))
+    assert members.select("member", "tier", "available", "attributes").sort("member").rows(
+        ) == [("ann", "gold", 110, "{}"), ("bob", "member", 40, "{}"), ("cat", "member", 50, "{}")]
+    assert _by_member(purchases, members).sort("id").select(
+        "id", "order_id", "amount_e4", "lines", "tier", "member").rows() == [
+        ("e3", "o-e3", 300_000, "[]", "member", "bob"),
+        ("e4", "o-e4", 200_000, "[]", "gold", "ann"),
+        ("e5", "o-e5", 500_000, "[]", "member", "cat")]
+    assert json.loads(purchases.sort("id")["payload"][1]) == {
+        "id": "e4", "type": "purchase", "member": "ann", "occurred_at": "2027-02-10T10:00:00+08:00",
+        "order_id": "o-e4", "amount": "20.00", "store": "s2", "channel": "app", "lines": []}
+    # only ann bought before February (e1, e2)
+    assert _by_member(before, members).rows() == [(2, "ann")]
+    assert others.select("id").rows() == [("signup:cat",)]
+    assert json.loads(others["payload"][0]) == {
+        "id": "signup:cat", "type": "signup", "member": "cat",
+        "occurred_at": "2027-02-03T09:00:00+08:00"}
+    assert sorted(every["id"]) == ["e3", "e4", "e5", "r5", "signup:cat"]
+    assert purchases.schema["occurred_at"] == others.schema["occurred_at"] == pl.Datetime(
+        "us", "UTC")
+    # an empty answer keeps its text columns text (SQLite's driver would type them integers)
+    assert none.height == 0 and none.schema["id"] == none.schema["payload"] == pl.String
 
 
 def test_postgresql_reads_run_without_jit_and_with_256_mb_of_work_mem(engine: sa.Engine) -> None:

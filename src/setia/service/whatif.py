@@ -18,7 +18,7 @@ import polars as pl
 import sqlalchemy as sa
 from dateutil.relativedelta import relativedelta
 
-from setia.adapters.db.analytics_read import _literal, reader
+from setia.adapters.db.analytics_read import reader
 from setia.domain import tiers
 from setia.domain.errors import InvalidField
 from setia.domain.events import EVENT_KEYS, Event, Line, parse_event
@@ -40,10 +40,6 @@ def compile_draft(document: Any, live: Programme) -> Programme:
 
 def _utc(day: date, programme: Programme) -> datetime:
     return datetime.combine(day, time(), tzinfo=programme.tz).astimezone(UTC)
-
-
-def _naive(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
 def _window_months(programmes: tuple[Programme, ...], date_from: date, date_to: date
@@ -95,12 +91,6 @@ def _events(frame: pl.DataFrame, currency: str) -> Iterator[Event]:
         yield parse_event(raw, currency)
 
 
-def _text_columns(*names: str) -> list[pl.Expr]:
-    """Text columns as text: SQLite's driver types the columns of an empty answer as
-    integers (a period without other events, say), which the JSON paths below refuse."""
-    return [pl.col(name).cast(pl.String) for name in names]
-
-
 def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date,
         date_to: date, progress: Callable[[str], None] | None = None,
         workers: int | None = None) -> dict[str, Any]:
@@ -116,29 +106,15 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
     live = an.programme_of(engine, program_id)
     draft = compile_draft(draft_document, live)
     start, end = _utc(date_from, live), _utc(date_to + timedelta(days=1), live)
-    lit = _literal(program_id)
-    text = "TEXT" if engine.dialect.name == "sqlite" else "text"
     months = _window_months((live, draft), date_from, date_to)
     step = progress or (lambda _: None)
     step("reading the period's events")
-    period = f"occurred_at >= '{_naive(start)}' AND occurred_at < '{_naive(end)}'"
 
     def read_orders() -> tuple[pl.DataFrame, pl.DataFrame]:
         """The period's orders, and each member's purchases before the period."""
         with reader(engine) as read:
-            happened = read.frame(
-                "SELECT event_id AS id, occurred_at, order_id, amount_e4, "
-                f"CAST(lines AS {text}) AS lines, CAST(event AS {text}) AS payload, "
-                f"tier_id AS tier, member_pk FROM orders WHERE program_id = {lit} AND {period}",
-                ("occurred_at",),
-            ).with_columns(_text_columns("id", "order_id", "lines", "payload", "tier"))
-            # counted in Polars: cheaper than the database's GROUP BY (measured)
-            before = read.frame(
-                f"SELECT member_pk FROM orders WHERE program_id = {lit} "
-                f"AND occurred_at < '{_naive(start)}'"
-            ).group_by(pl.col("member_pk").cast(pl.Int64)).agg(
-                pl.len().cast(pl.Int64).alias("purchases"))
-        return happened, before
+            return (read.stored_purchases(program_id, start, end),
+                    read.purchase_counts(program_id, start))
 
     def read_journal() -> tuple[pl.DataFrame, pl.DataFrame]:
         """The journal up to the end of the period summed per member, and the earn postings
@@ -160,18 +136,9 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
         orders_job = None if sqlite else pool.submit(read_orders)
         journal_job = None if sqlite else pool.submit(read_journal)
         with reader(engine) as read:
-            others = read.frame(
-                f"SELECT id, occurred_at, CAST(payload AS {text}) AS payload "
-                f"FROM events WHERE program_id = {lit} AND type NOT IN ('purchase', 'refund') "
-                f"AND {period}",
-                ("occurred_at",),
-            ).with_columns(_text_columns("id", "payload"))
-            members = read.frame(
-                "SELECT pk AS member_pk, id AS member, tier_id AS tier, enrolled_at, "
-                f"CAST(attributes AS {text}) AS attributes FROM members "
-                f"WHERE program_id = {lit}",
-                ("enrolled_at",),
-            ).with_columns(pl.col("member_pk").cast(pl.Int64))
+            others = read.stored_events(program_id, start, end,
+                                        excluding=("purchase", "refund"))
+            members = read.members(program_id, attributes=True)
             # the tier buckets of the months the period's tier windows reach
             buckets = read.metric_buckets(program_id, months=tuple(months))
         happened, before = read_orders() if orders_job is None else orders_job.result()
