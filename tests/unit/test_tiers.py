@@ -12,9 +12,11 @@ from setia.domain.programme import Programme, compile_programme, validate_docume
 from setia.domain.tiers import (
     Bucket,
     after_event,
+    higher,
     level_for,
     metric_value,
     next_level,
+    rank,
     review,
     review_period,
     window_months,
@@ -214,3 +216,16 @@ def test_next_level_of_a_whole_number_metric_is_an_int():
     progress = next_level(prog, prog.level("member"), {"2027-03": Bucket(visits=4)},
                           local(2027, 3, 5))
     assert progress == {"id": "regular", "threshold": 10, "metric": "visits", "remaining": 6}
+
+
+def test_ranks_are_the_programmes_own_positions_of_its_levels():
+    prog = programme()
+    assert prog.tier_ranks == {"member": 0, "gold": 1, "platinum": 2}
+    assert prog.tier_ranks is prog.tier_ranks  # worked out once per programme version
+    assert [rank(prog, i) for i in ("member", "gold", "platinum", "bronze")] == [0, 1, 2, 0]
+    assert higher(prog, prog.level("gold"), prog.level("platinum")).id == "platinum"
+    assert higher(prog, prog.level("gold"), prog.level("member")).id == "gold"
+    assert higher(prog, prog.level("member"), prog.level("member")).id == "member"
+    # an unknown id (or none) is the first level, as its rank is the first's
+    assert prog.level("bronze").id == "member" and prog.level(None).id == "member"
+    assert prog.level("platinum").threshold == Decimal(1000)

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -400,11 +401,19 @@ class Programme:
     def currency(self) -> str:
         return self.model.currency
 
+    @cached_property
+    def tier_ranks(self) -> dict[str, int]:
+        """Each level's position in the ladder (0 the first), worked out once per version:
+        ``tiers.rank``, ``tiers.higher`` and ``level`` look it up instead of walking the
+        levels (validation refuses a level id listed twice; the first would count)."""
+        ranks: dict[str, int] = {}
+        for i, level in enumerate(self.model.tiers.levels):
+            ranks.setdefault(level.id, i)
+        return ranks
+
     def level(self, level_id: str | None) -> Level:
-        for level in self.model.tiers.levels:
-            if level.id == level_id:
-                return level
-        return self.model.tiers.levels[0]
+        """The level of that id; the first level for an unknown id (or None)."""
+        return self.model.tiers.levels[self.tier_ranks.get(level_id or "", 0)]
 
     def reward(self, reward_id: str) -> Reward | None:
         for reward in self.model.rewards:

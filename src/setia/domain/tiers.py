@@ -67,10 +67,8 @@ def level_for(programme: Programme, value: Decimal) -> Level:
 
 
 def rank(programme: Programme, level_id: str) -> int:
-    for i, level in enumerate(programme.model.tiers.levels):
-        if level.id == level_id:
-            return i
-    return 0
+    """The level's position in the ladder (``Programme.tier_ranks``); 0 for an unknown id."""
+    return programme.tier_ranks.get(level_id, 0)
 
 
 def higher(programme: Programme, a: Level, b: Level) -> Level:

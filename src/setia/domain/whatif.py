@@ -49,37 +49,24 @@ class Replay:
     tiers: dict[str, tuple[str, str]] = field(default_factory=dict)  # member -> (a, b)
     events: int = 0
     windows: dict[tuple[int, int, int], list[str]] = field(default_factory=dict)
-    ladders: dict[int, tuple[str, dict[str, int], str]] = field(default_factory=dict)
-
-
-def _ladder(programme: Programme, result: Replay) -> tuple[str, dict[str, int], str]:
-    """The programme's top level, each level's rank (``tiers.rank``) and its first level,
-    worked out once per replay."""
-    ladder = result.ladders.get(id(programme))
-    if ladder is None:
-        levels = programme.model.tiers.levels
-        ranks: dict[str, int] = {}
-        for i, level in enumerate(levels):
-            ranks.setdefault(level.id, i)
-        ladder = result.ladders[id(programme)] = (levels[-1].id, ranks, levels[0].id)
-    return ladder
 
 
 def _after_event(programme: Programme, current_id: str, buckets: Mapping[str, tiers.Bucket],
                  local: datetime, result: Replay) -> str:
-    """``tiers.after_event`` with the window's months worked out once per month and the
-    ranks of the levels once per replay."""
-    top, ranks, first = _ladder(programme, result)
-    if current_id == top:
+    """``tiers.after_event`` with the window's months worked out once per month, on level
+    ids (the ranks are the programme's own: ``Programme.tier_ranks``)."""
+    levels = programme.model.tiers.levels
+    if current_id == levels[-1].id:
         return current_id  # at the top already: nothing is higher (tiers.higher)
     key = (id(programme), local.year, local.month)
     months = result.windows.get(key)
     if months is None:
         months = result.windows[key] = tiers.window_months(programme, local)
     reached = tiers.level_for(programme, tiers.metric_value(programme, buckets, months)).id
+    ranks = programme.tier_ranks
     current_rank = ranks.get(current_id)
     if current_rank is None:  # programme.level of an unknown id is the first level
-        current_id, current_rank = first, 0
+        current_id, current_rank = levels[0].id, 0
     return reached if ranks[reached] >= current_rank else current_id
 
 
@@ -87,8 +74,7 @@ def _side(programme: Programme, start: MemberStart, local: datetime, result: Rep
     """The member under ``programme`` at the start: its live tier where the programme has
     that level, at least the level its window's metric reaches."""
     buckets = dict(start.buckets)  # the replay adds months of the period only
-    _, ranks, first = _ladder(programme, result)
-    current = start.tier_id if start.tier_id in ranks else first
+    current = programme.level(start.tier_id).id
     return Side(_after_event(programme, current, buckets, local, result), buckets)
 
 

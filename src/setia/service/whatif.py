@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ import polars as pl
 import sqlalchemy as sa
 from dateutil.relativedelta import relativedelta
 
-from setia.adapters.db.analytics_read import _literal, reader
+from setia.adapters.db.analytics_read import reader
 from setia.domain import tiers
 from setia.domain.errors import InvalidField
 from setia.domain.events import EVENT_KEYS, Event, Line, parse_event
@@ -41,10 +40,6 @@ def compile_draft(document: Any, live: Programme) -> Programme:
 
 def _utc(day: date, programme: Programme) -> datetime:
     return datetime.combine(day, time(), tzinfo=programme.tz).astimezone(UTC)
-
-
-def _naive(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
 def _window_months(programmes: tuple[Programme, ...], date_from: date, date_to: date
@@ -96,29 +91,6 @@ def _events(frame: pl.DataFrame, currency: str) -> Iterator[Event]:
         yield parse_event(raw, currency)
 
 
-_MONTH = re.compile(r"^[0-9]{4}-[0-9]{2}$")
-_NO_BUCKETS = pl.DataFrame(schema={"member_pk": pl.Int64, "month": pl.String,
-                                   "spend_e4": pl.Int64, "points": pl.Int64,
-                                   "visits": pl.Int64})
-_HOLDS = "('available', 'pending', 'reserved')"
-_MEMBER_DELTA = (f"(CASE WHEN credit IN {_HOLDS} THEN points ELSE 0 END"
-                 f" - CASE WHEN debit IN {_HOLDS} THEN points ELSE 0 END)")
-
-
-def _flow(account: str, sign: int = 1) -> str:
-    """Points into ``account`` (negated with ``sign=-1``: issued counts what leaves it), as
-    Reader.postings has them."""
-    into = f"(CASE WHEN credit = '{account}' THEN points ELSE 0 END"
-    out = f"CASE WHEN debit = '{account}' THEN points ELSE 0 END)"
-    return f"{into} - {out}" if sign == 1 else f"-{into} - {out}"
-
-
-def _text_columns(*names: str) -> list[pl.Expr]:
-    """Text columns as text: SQLite's driver types the columns of an empty answer as
-    integers (a period without other events, say), which the JSON paths below refuse."""
-    return [pl.col(name).cast(pl.String) for name in names]
-
-
 def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date,
         date_to: date, progress: Callable[[str], None] | None = None,
         workers: int | None = None) -> dict[str, Any]:
@@ -134,47 +106,26 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
     live = an.programme_of(engine, program_id)
     draft = compile_draft(draft_document, live)
     start, end = _utc(date_from, live), _utc(date_to + timedelta(days=1), live)
-    lit = _literal(program_id)
-    text = "TEXT" if engine.dialect.name == "sqlite" else "text"
     months = _window_months((live, draft), date_from, date_to)
     step = progress or (lambda _: None)
     step("reading the period's events")
-    period = f"occurred_at >= '{_naive(start)}' AND occurred_at < '{_naive(end)}'"
 
     def read_orders() -> tuple[pl.DataFrame, pl.DataFrame]:
         """The period's orders, and each member's purchases before the period."""
         with reader(engine) as read:
-            happened = read.frame(
-                "SELECT event_id AS id, occurred_at, order_id, amount_e4, "
-                f"CAST(lines AS {text}) AS lines, CAST(event AS {text}) AS payload, "
-                f"tier_id AS tier, member_pk FROM orders WHERE program_id = {lit} AND {period}",
-                ("occurred_at",),
-            ).with_columns(_text_columns("id", "order_id", "lines", "payload", "tier"))
-            # counted in Polars: cheaper than the database's GROUP BY (measured)
-            before = read.frame(
-                f"SELECT member_pk FROM orders WHERE program_id = {lit} "
-                f"AND occurred_at < '{_naive(start)}'"
-            ).group_by(pl.col("member_pk").cast(pl.Int64)).agg(
-                pl.len().cast(pl.Int64).alias("purchases"))
-        return happened, before
+            return (read.stored_purchases(program_id, start, end),
+                    read.purchase_counts(program_id, start))
 
     def read_journal() -> tuple[pl.DataFrame, pl.DataFrame]:
         """The journal up to the end of the period summed per member, and the earn postings
         of the period: only the comparison needs them."""
         with reader(engine) as read:
-            balances = read.frame(
-                f"SELECT member_pk, {_MEMBER_DELTA} AS member_delta, "
-                f"{_flow('issued', -1)} AS issued, {_flow('expired')} AS expired "
-                f"FROM postings WHERE program_id = {lit} AND asset = 'points' "
-                f"AND occurred_at < '{_naive(end)}'"
-            ).with_columns(pl.col("member_pk", "member_delta", "issued", "expired")
-                           .cast(pl.Int64)).group_by("member_pk").agg(
-                pl.col("member_delta", "issued", "expired").sum())
-            earned = read.frame(
-                f"SELECT member_pk, ref, {_flow('issued', -1)} AS issued FROM postings "
-                f"WHERE program_id = {lit} AND asset = 'points' AND code = 'earn' AND {period}"
-            ).with_columns(pl.col("member_pk", "issued").cast(pl.Int64),
-                           pl.col("ref").cast(pl.String))
+            balances = read.postings(
+                program_id, columns=("member_pk", "member_delta", "issued", "expired"),
+                until=end,
+            ).group_by("member_pk").agg(pl.col("member_delta", "issued", "expired").sum())
+            earned = read.postings(program_id, columns=("member_pk", "ref", "issued"),
+                                   code="earn", since=start, until=end)
         return balances, earned
 
     # PostgreSQL: three connections at once, and the journal's sums go on while the
@@ -185,27 +136,11 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
         orders_job = None if sqlite else pool.submit(read_orders)
         journal_job = None if sqlite else pool.submit(read_journal)
         with reader(engine) as read:
-            others = read.frame(
-                f"SELECT id, occurred_at, CAST(payload AS {text}) AS payload "
-                f"FROM events WHERE program_id = {lit} AND type NOT IN ('purchase', 'refund') "
-                f"AND {period}",
-                ("occurred_at",),
-            ).with_columns(_text_columns("id", "payload"))
-            members = read.frame(
-                "SELECT pk AS member_pk, id AS member, tier_id AS tier, enrolled_at, "
-                f"CAST(attributes AS {text}) AS attributes FROM members "
-                f"WHERE program_id = {lit}",
-                ("enrolled_at",),
-            ).with_columns(pl.col("member_pk").cast(pl.Int64))
-            # the tier buckets of the months the period's tier windows reach, of this
-            # programme's members (metric_buckets has no programme: its members say it)
-            wanted = ", ".join(f"'{m}'" for m in months if _MONTH.match(m))
-            buckets = (read.frame(
-                "SELECT member_pk, month, spend_e4, points, visits FROM metric_buckets "
-                f"WHERE month IN ({wanted})") if wanted else _NO_BUCKETS).with_columns(
-                pl.col("member_pk", "spend_e4", "points", "visits").cast(pl.Int64),
-                pl.col("month").cast(pl.String),
-            ).join(members.select("member_pk"), on="member_pk", how="semi")
+            others = read.stored_events(program_id, start, end,
+                                        excluding=("purchase", "refund"))
+            members = read.members(program_id, attributes=True)
+            # the tier buckets of the months the period's tier windows reach
+            buckets = read.metric_buckets(program_id, months=tuple(months))
         happened, before = read_orders() if orders_job is None else orders_job.result()
         result, ordered = _replay(live, draft, happened, others, members, before, buckets,
                                   step, workers)
