@@ -148,6 +148,13 @@ def test_report_whatif_and_exports_on_the_command_line(db_url: str, tmp_path: Pa
     assert whatif.returncode == 0, whatif.stderr
     result = json.loads(whatif.stdout)
     assert (result["live"]["points_issued"], result["draft"]["points_issued"]) == (130, 250)
+    split = run_setia(db_url, "whatif", "--program", P, "--draft", str(draft),
+                      "--from", "2027-02-01", "--to", "2027-02-28", "--json", "--workers", "2")
+    assert split.returncode == 0, split.stderr
+    assert json.loads(split.stdout) == result  # members split over two processes: same answer
+    refused = run_setia(db_url, "whatif", "--program", P, "--draft", str(draft),
+                        "--from", "2027-02-01", "--to", "2027-02-28", "--workers", "0")
+    assert refused.returncode == 2 and "--workers" in refused.stderr
 
     target = tmp_path / "journal.parquet"
     exported = run_setia(db_url, "analytics", "export", "journal", str(target),

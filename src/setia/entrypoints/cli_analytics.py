@@ -121,6 +121,9 @@ def whatif(
     date_from: From, date_to: To,
     as_json: Annotated[bool, typer.Option("--json", help="print the comparison as JSON")]
     = False,
+    workers: Annotated[int, typer.Option(
+        min=1, max=8, help="processes the members are split over (the answer is the same)"
+    )] = 1,
 ) -> None:
     """Replay a period's real events through a draft programme; compare; write nothing."""
     from setia.domain.errors import SetiaError
@@ -138,7 +141,7 @@ def whatif(
                 bar.update(task, description=text)
                 bar.advance(task)
 
-            result = service.run(cli.engine(), program, document, start, end, step)
+            result = service.run(cli.engine(), program, document, start, end, step, workers)
     except SetiaError as exc:
         cli.fail(cli._explain(exc))
     if as_json:
