@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from setia.adapters.db.engine import make_engine
 from setia.adapters.db.migrate import upgrade
 from setia.entrypoints.api.app import create_app
+from setia.entrypoints.api.live import HOT_ROUTES, LiveRoutes
 from setia.service.keys import create_key
 from tests.conftest import assert_journal_ok, load_programme, scratch_postgres_database
 from tests.e2e.api_server import CAFE_PROGRAMME
@@ -198,4 +199,20 @@ def test_openapi_is_the_same_document_with_and_without_the_live_routes(tmp_path:
     assert {"post"} <= set(paths["/v1/programs/{program}/events"])
     assert {"post"} <= set(paths["/v1/programs/{program}/events/batch"])
     assert {"get", "put"} <= set(paths["/v1/programs/{program}/members/{member}"])
+    engine.dispose()
+
+
+def test_the_live_paths_routes_come_first_in_the_router_and_match_as_there(
+        tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'routes.db'}")
+    app = create_app(engine)
+    first = app.router.routes[:len(HOT_ROUTES)]
+    assert {(method, route.path) for route in first  # type: ignore[attr-defined]
+            for method in route.methods - {"HEAD"}} == HOT_ROUTES  # type: ignore[attr-defined]
+    live = LiveRoutes(app, engine, None, None)  # type: ignore[arg-type]
+    hits = {(method, hit.route) for method, path in [
+        ("POST", "/v1/programs/cafe/events"), ("POST", "/v1/programs/cafe/events/batch"),
+        ("GET", "/v1/programs/cafe/members/cust-1")]
+        if (hit := live.match({"path": path, "method": method})) is not None}
+    assert hits == HOT_ROUTES
     engine.dispose()

@@ -26,6 +26,8 @@ from limits.aio import strategies
 from limits.storage import storage_from_string
 from starlette.types import Scope
 
+from setia.entrypoints.api.auth import bearer_credential
+
 log = logging.getLogger("setia.api")
 DEFAULT_PER_KEY = "1000/second"
 DEFAULT_PER_IP = "1000/second"
@@ -76,9 +78,8 @@ _caller_keys: dict[bytes, str] = {}  # Authorization value -> its key ("": none)
 
 
 def _caller_key_of(value: bytes) -> str:
-    scheme, _, credential = value.decode("latin-1").partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
+    credential = bearer_credential(value.decode("latin-1"))
+    if credential is None:
         return ""
     parts = credential.split("_")
     if len(parts) >= 3 and parts[0] in ("sk", "smt"):

@@ -1,8 +1,9 @@
 """What every API route shares on the wire: problem answers (RFC 9457) and request bodies
 (JSON, or YAML for programmes, within 1 MiB, text every database can store).
 
-The FastAPI routes (``app.read_body``) and the live path's routes (``live.py``) both parse
-bodies here, so they accept and refuse exactly the same bodies with the same answers.
+The FastAPI routes (``app.read_body``) and the live path's routes (``live.py``) both read
+and parse bodies here, so they accept and refuse exactly the same bodies with the same
+answers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from setia.domain.errors import InvalidField
 from setia.entrypoints.api.responses import JSONResponse
@@ -51,6 +54,31 @@ def declared_too_large(content_length: str | None) -> bool:
     """Whether a Content-Length header already says the body is over the limit."""
     return (content_length is not None and content_length.isdigit()
             and int(content_length) > MAX_BODY_BYTES)
+
+
+async def receive_body(receive: Receive, content_length: str | None) -> bytes | bytearray:
+    """A request's body, read whole from its ASGI messages as Starlette's
+    ``Request.stream`` reads them (ClientDisconnect when the client goes); 413 when the
+    Content-Length header (``content_length``) or the body itself is over 1 MiB, without
+    reading further. A body sent in one message is returned as it came, uncopied."""
+    if declared_too_large(content_length):
+        raise too_large()
+    raw: bytes | bytearray = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if not raw:
+                raw = chunk
+            elif chunk:
+                raw = bytearray(raw) if isinstance(raw, bytes) else raw
+                raw.extend(chunk)
+            if len(raw) > MAX_BODY_BYTES:
+                raise too_large()
+            if not message.get("more_body", False):
+                return raw
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
 
 
 def parse_body(raw: bytes | bytearray, content_type: str, *, yaml_ok: bool = False) -> Any:
