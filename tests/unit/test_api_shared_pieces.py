@@ -1,7 +1,7 @@
 """The pieces the live path's routes (entrypoints/api/live.py) and the FastAPI routes
 (app.py) share, each written once: reading a request's body (wire.receive_body), the shape
-of a batch (live.batch_events) and the reading of a Bearer header
-(auth.bearer_credential)."""
+of a batch (live.batch_events), the reading of a Bearer header (auth.bearer_credential) and
+a request's headers read once (wire.RequestHeaders)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from setia.entrypoints.api import wire
 from setia.entrypoints.api.app import read_body
 from setia.entrypoints.api.auth import bearer_credential, bearer_key
 from setia.entrypoints.api.live import batch_events
-from setia.entrypoints.api.wire import MAX_BODY_BYTES, receive_body
+from setia.entrypoints.api.wire import MAX_BODY_BYTES, RequestHeaders, receive_body
 
 MIB = MAX_BODY_BYTES
 
@@ -162,3 +162,21 @@ def test_a_bearer_header_is_read_one_way(header: str, credential: str | None) ->
         assert refused.value.status_code == 401
     else:
         assert bearer_key(header) == credential
+
+
+@pytest.mark.parametrize("raw", [
+    [],
+    [(b"host", b"till"), (b"authorization", b"Bearer a"), (b"content-type", b"application/json")],
+    [(b"authorization", b"Bearer a"), (b"x-request-id", b"r-1"), (b"authorization", b"Bearer b"),
+     (b"x-request-id", b"r-2"), (b"content-length", b"2")],
+    [(b"content-type", b"text/plain"), (b"content-type", b"application/json")],
+    [(b"x-custom", b"caf\xe9")],
+])
+def test_headers_read_once_answer_as_a_scan_of_them_does(raw: list[tuple[bytes, bytes]]) -> None:
+    headers = RequestHeaders(raw)
+    starlettes = Request(scope({}) | {"headers": raw}).headers
+    for name in {name for name, _ in raw} | {b"authorization", b"missing"}:
+        given = [value for key, value in raw if key == name]
+        assert headers.first.get(name) == (given[0] if given else None)
+        assert headers.last.get(name) == (given[-1] if given else None)
+        assert headers.get(name) == starlettes.get(name.decode())

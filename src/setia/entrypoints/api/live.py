@@ -43,7 +43,7 @@ from starlette.types import Receive, Scope, Send
 from setia.domain.errors import InvalidField
 from setia.entrypoints.api.auth import READ_SCOPES, WRITE_SCOPES, Runner, authorize
 from setia.entrypoints.api.security import API_CSP, SECURITY_HEADERS
-from setia.entrypoints.api.wire import parse_body, receive_body
+from setia.entrypoints.api.wire import RequestHeaders, parse_body, receive_body
 from setia.entrypoints.observability import count_results
 from setia.service import batch, events, members
 
@@ -170,14 +170,6 @@ class Hit:
     member: str = ""
 
 
-def header(scope: Scope, name: bytes) -> str | None:
-    """A request header's first value, as Starlette's ``request.headers.get`` reads it."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
 class LiveRoutes:
     def __init__(self, app: Any, engine: sa.Engine, run: Runner,
                  decorate: Callable[[Send, str, tuple[bytes, bytes]], Send]) -> None:
@@ -207,10 +199,11 @@ class LiveRoutes:
         return None
 
     async def handle(self, hit: Hit, scope: Scope, receive: Receive, send: Send,
-                     request_id: tuple[bytes, bytes]) -> int:
-        """Answer the request; the status code sent."""
+                     request_id: tuple[bytes, bytes], headers: RequestHeaders) -> int:
+        """Answer the request (``headers``: its headers, read by ``Front``); the status
+        code sent."""
         try:
-            authorization = header(scope, b"authorization") or ""
+            authorization = headers.get(b"authorization") or ""
             if hit.kind == "member":
                 caller = await authorize(authorization, READ_SCOPES, self.engine, self.run)
                 caller.check_program(hit.program)
@@ -218,7 +211,7 @@ class LiveRoutes:
                 return await self._json(send, request_id, view, 200)
             caller = await authorize(authorization, WRITE_SCOPES, self.engine, self.run)
             caller.check_program(hit.program)
-            body = await self._body(scope, receive)
+            body = await self._body(headers, receive)
             if hit.kind == "event":
                 result = await self.run(events.ingest_event, self.engine, hit.program, body)
                 count_results([result])
@@ -232,10 +225,10 @@ class LiveRoutes:
             return await self._error(exc, scope, receive, send, request_id)
 
     @staticmethod
-    async def _body(scope: Scope, receive: Receive) -> Any:
+    async def _body(headers: RequestHeaders, receive: Receive) -> Any:
         """The JSON body, read and parsed as ``app.read_body`` reads and parses it."""
-        raw = await receive_body(receive, header(scope, b"content-length"))
-        return parse_body(raw, header(scope, b"content-type") or "")
+        raw = await receive_body(receive, headers.get(b"content-length"))
+        return parse_body(raw, headers.get(b"content-type") or "")
 
     @staticmethod
     async def _json(send: Send, request_id: tuple[bytes, bytes], content: Any,

@@ -9,6 +9,7 @@ answers.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -23,6 +24,25 @@ from setia.service import programmes
 MAX_BODY_BYTES = 1024 * 1024
 PROBLEM = "application/problem+json"
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+
+
+class RequestHeaders:
+    """A request's headers (``scope["headers"]``) read in one pass, for what every request
+    passes (front.py, its rate limits, the live path's routes): ``first`` maps a name to
+    its first value, the one Starlette's ``request.headers.get`` answers; ``last`` to its
+    last. Names are the lower-case bytes ASGI servers send."""
+
+    __slots__ = ("first", "last")
+
+    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
+        self.last: dict[bytes, bytes] = dict(raw)
+        # a name sent more than once (rare): the first values take a pass of their own
+        self.first = self.last if len(self.last) == len(raw) else dict(reversed(raw))
+
+    def get(self, name: bytes) -> str | None:
+        """A header's first value as text, as ``request.headers.get`` reads it."""
+        value = self.first.get(name)
+        return None if value is None else value.decode("latin-1")
 
 
 def problem_response(
