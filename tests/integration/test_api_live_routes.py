@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from setia.adapters.db.engine import make_engine
 from setia.adapters.db.migrate import upgrade
 from setia.entrypoints.api.app import create_app
+from setia.entrypoints.api.live import HOT_ROUTES, LiveRoutes
 from setia.service.keys import create_key
 from tests.conftest import assert_journal_ok, load_programme, scratch_postgres_database
 from tests.e2e.api_server import CAFE_PROGRAMME
@@ -199,3 +200,53 @@ def test_openapi_is_the_same_document_with_and_without_the_live_routes(tmp_path:
     assert {"post"} <= set(paths["/v1/programs/{program}/events/batch"])
     assert {"get", "put"} <= set(paths["/v1/programs/{program}/members/{member}"])
     engine.dispose()
+
+
+def test_the_live_paths_routes_come_first_in_the_router_and_match_as_there(
+        tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'routes.db'}")
+    app = create_app(engine)
+    first = app.router.routes[:len(HOT_ROUTES)]
+    assert {(method, route.path) for route in first  # type: ignore[attr-defined]
+            for method in route.methods - {"HEAD"}} == HOT_ROUTES  # type: ignore[attr-defined]
+    live = LiveRoutes(app, engine, None, None)  # type: ignore[arg-type]
+    hits = {(method, hit.route) for method, path in [
+        ("POST", "/v1/programs/cafe/events"), ("POST", "/v1/programs/cafe/events/batch"),
+        ("GET", "/v1/programs/cafe/members/cust-1")]
+        if (hit := live.match({"path": path, "method": method})) is not None}
+    assert hits == HOT_ROUTES
+    engine.dispose()
+
+
+def test_a_header_sent_twice_is_read_as_fastapis_routes_read_it(
+        two_engines: tuple[sa.Engine, sa.Engine]) -> None:
+    # given requests that send a header twice: the first value counts, the request id's last
+    admin, bogus = f"Bearer {ADMIN_KEY}", "Bearer sk_000000000000_nope"
+    twice: list[tuple[str, str, list[tuple[str, str]], bytes | None]] = [
+        ("GET", f"{API}/members/cust-1", [("authorization", admin), ("authorization", bogus)],
+         None),
+        ("GET", f"{API}/members/cust-1", [("authorization", bogus), ("authorization", admin)],
+         None),
+        ("POST", f"{API}/events", [("authorization", admin), ("content-type", "text/plain"),
+                                   ("content-type", "application/json")], body(event(40))),
+        ("POST", f"{API}/events", [("authorization", admin), *JSON.items(),
+                                   ("content-type", "text/plain")], body(event(41))),
+        ("POST", f"{API}/events/batch", [("authorization", admin), *JSON.items(),
+                                         ("x-request-id", "first"), ("x-request-id", "last")],
+         body({"events": [event(42)]})),
+    ]
+    found = []
+    for engine, live in zip(two_engines, (True, False), strict=True):
+        load_programme(engine, CAFE_PROGRAMME)
+        client = TestClient(create_app(engine, live_routes=live))
+        client.put(f"{API}/members/cust-1", headers={"authorization": admin},
+                   json={"enrolled_at": "2021-03-01T09:00:00+08:00"})
+        answers = [client.request(method, path, headers=headers, content=content)
+                   for method, path, headers, content in twice]
+        found.append([(a.status_code, [(name, value) for name, value in a.headers.multi_items()
+                                       if name != "x-request-id" or a.request.headers.get_list(
+                                           "x-request-id")], a.content) for a in answers])
+    # then the live routes answer them as FastAPI's routes do
+    assert found[0] == found[1]
+    assert [status for status, _, _ in found[0]] == [200, 401, 415, 201, 200]
+    assert ("x-request-id", "last") in found[0][4][1]

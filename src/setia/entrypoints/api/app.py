@@ -18,26 +18,30 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from setia.domain.errors import Busy, InvalidField, SetiaError
+from setia.domain.errors import Busy, SetiaError
 from setia.entrypoints.api import analytics as analytics_api
 from setia.entrypoints.api import ops, schemas, trust
 from setia.entrypoints.api import partners as partners_api
 from setia.entrypoints.api import store_credit as store_credit_api
-from setia.entrypoints.api.auth import Caller, require
+from setia.entrypoints.api.auth import READ_SCOPES, WRITE_SCOPES, Caller, require
 from setia.entrypoints.api.engagement import router as engagement_router
 from setia.entrypoints.api.front import Front, decorate
-from setia.entrypoints.api.live import LiveRoutes, Threads, thread_count, thread_runner
-from setia.entrypoints.api.responses import JSONResponse
-from setia.entrypoints.api.wire import (
-    MAX_BODY_BYTES,
-    PROBLEM,
-    declared_too_large,
-    parse_body,
-    problem_response,
-    too_large,
+from setia.entrypoints.api.live import (
+    BASE,
+    BATCH_PATH,
+    EVENTS_PATH,
+    HOT_ROUTES,
+    MEMBER_PATH,
+    LiveRoutes,
+    Threads,
+    batch_events,
+    thread_count,
+    thread_runner,
 )
+from setia.entrypoints.api.responses import JSONResponse
+from setia.entrypoints.api.wire import PROBLEM, parse_body, problem_response, receive_body
 from setia.entrypoints.web import install as install_web
 from setia.service import (
     activity,
@@ -126,15 +130,24 @@ def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def read_body(request: Request, *, yaml_ok: bool = False) -> Any:
-    """The request's JSON (or, for programmes, YAML) body, within 1 MiB."""
-    if declared_too_large(request.headers.get("content-length")):
-        raise too_large()
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw.extend(chunk)
-        if len(raw) > MAX_BODY_BYTES:
-            raise too_large()
+    """The request's JSON (or, for programmes, YAML) body, within 1 MiB: read and parsed
+    as the live path's routes read and parse theirs (``wire``)."""
+    raw = await receive_body(_body_source(request), request.headers.get("content-length"))
     return parse_body(raw, request.headers.get("content-type", ""), yaml_ok=yaml_ok)
+
+
+def _body_source(request: Request) -> Receive:
+    """The request's ASGI ``receive``; or, when the route has read the body already (some
+    call ``await request.body()`` to see whether one came), that body handed once more,
+    as Starlette's ``Request.stream`` hands it then (it keeps it as ``_body``)."""
+    body: bytes | None = getattr(request, "_body", None)
+    if body is None:
+        return request.receive
+
+    async def again() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again
 
 
 IdempotencyKey = Header(
@@ -217,10 +230,8 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
             )
         return {"status": "ready"}
 
-    base = "/v1/programs/{program}"
-
     @app.put(
-        base,
+        BASE,
         tags=["programmes"],
         openapi_extra=schemas.PROGRAMME_BODY,
         responses=schemas.PROBLEM_RESPONSES,
@@ -233,15 +244,15 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         stored = await call(programmes.store_programme, document, program_id=program)
         return JSONResponse(stored, status_code=201 if stored["created"] else 200)
 
-    @app.get(base, tags=["programmes"], responses=schemas.PROBLEM_RESPONSES)
+    @app.get(BASE, tags=["programmes"], responses=schemas.PROBLEM_RESPONSES)
     async def get_programme(
-        program: str, caller: Caller = Depends(require("admin", "pos", "member-read"))
+        program: str, caller: Caller = Depends(require(*READ_SCOPES))
     ) -> Any:
         caller.check_program(program)
         return await call(programmes.get_programme, program)
 
     @app.put(
-        base + "/members/{member}",
+        MEMBER_PATH,
         tags=["members"],
         openapi_extra=schemas.MEMBER_BODY,
         responses={
@@ -254,7 +265,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str,
         member: str,
         request: Request,
-        caller: Caller = Depends(require("admin", "pos")),
+        caller: Caller = Depends(require(*WRITE_SCOPES)),
     ) -> JSONResponse:
         caller.check_program(program)
         body = await read_body(request)
@@ -262,31 +273,31 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         return JSONResponse(view, status_code=201 if created else 200)
 
     @app.get(
-        base + "/members/{member}",
+        MEMBER_PATH,
         tags=["members"],
         responses={**schemas.PROBLEM_RESPONSES, 200: schemas.MEMBER_RESPONSE},
     )
     async def get_member(
-        program: str, member: str, caller: Caller = Depends(require("admin", "pos", "member-read"))
+        program: str, member: str, caller: Caller = Depends(require(*READ_SCOPES))
     ) -> Any:
         caller.check_program(program)
         return JSONResponse(await call(members.get_member, program, member))
 
     @app.get(
-        base + "/members/{member}/activity", tags=["members"], responses=schemas.PROBLEM_RESPONSES
+        BASE + "/members/{member}/activity", tags=["members"], responses=schemas.PROBLEM_RESPONSES
     )
     async def get_activity(
         program: str,
         member: str,
         limit: int = Query(50, ge=1, le=activity.MAX_LIMIT),
         cursor: str | None = Query(None, max_length=64),
-        caller: Caller = Depends(require("admin", "pos", "member-read")),
+        caller: Caller = Depends(require(*READ_SCOPES)),
     ) -> Any:
         caller.check_program(program)
         return await call(activity.member_activity, program, member, limit=limit, cursor=cursor)
 
     @app.post(
-        base + "/events",
+        EVENTS_PATH,
         tags=["events"],
         openapi_extra=schemas.EVENT_BODY,
         responses={
@@ -296,7 +307,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         },
     )
     async def post_event(
-        program: str, request: Request, caller: Caller = Depends(require("admin", "pos"))
+        program: str, request: Request, caller: Caller = Depends(require(*WRITE_SCOPES))
     ) -> JSONResponse:
         caller.check_program(program)
         body = await read_body(request)
@@ -305,37 +316,35 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         return JSONResponse(result, status_code=201 if result["status"] == "applied" else 200)
 
     @app.post(
-        base + "/events/batch",
+        BATCH_PATH,
         tags=["events"],
         openapi_extra=schemas.BATCH_BODY,
         responses=schemas.PROBLEM_RESPONSES,
     )
     async def post_batch(
-        program: str, request: Request, caller: Caller = Depends(require("admin", "pos"))
+        program: str, request: Request, caller: Caller = Depends(require(*WRITE_SCOPES))
     ) -> JSONResponse:
         caller.check_program(program)
-        body = await read_body(request)
-        if not isinstance(body, dict) or set(body) != {"events"}:
-            raise InvalidField('the body must be {"events": [...]}', field="events")
-        results = await call(batch.ingest_batch, program, body["events"])
+        listed = batch_events(await read_body(request))
+        results = await call(batch.ingest_batch, program, listed)
         ops.count_results(results)
         return JSONResponse({"results": results})
 
     @app.post(
-        base + "/simulate",
+        BASE + "/simulate",
         tags=["events"],
         openapi_extra=schemas.EVENT_BODY,
         responses={**schemas.PROBLEM_RESPONSES, 200: schemas.EVENT_RESULT},
     )
     async def post_simulate(
-        program: str, request: Request, caller: Caller = Depends(require("admin", "pos"))
+        program: str, request: Request, caller: Caller = Depends(require(*WRITE_SCOPES))
     ) -> Any:
         caller.check_program(program)
         body = await read_body(request)
         return await call(events.simulate_event, program, body)
 
     @app.post(
-        base + "/redemptions",
+        BASE + "/redemptions",
         tags=["redemptions"],
         status_code=201,
         openapi_extra=schemas.REDEMPTION_BODY,
@@ -345,14 +354,14 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str,
         request: Request,
         key: str = IdempotencyKey,
-        caller: Caller = Depends(require("admin", "pos")),
+        caller: Caller = Depends(require(*WRITE_SCOPES)),
     ) -> Any:
         caller.check_program(program)
         body = await read_body(request)
         return await call(redemptions.redeem, program, body, key)
 
     @app.post(
-        base + "/redemptions/{redemption}/capture",
+        BASE + "/redemptions/{redemption}/capture",
         tags=["redemptions"],
         responses={**schemas.PROBLEM_RESPONSES, 200: schemas.REDEMPTION_RESPONSE},
     )
@@ -360,13 +369,13 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str,
         redemption: str,
         key: str = IdempotencyKey,
-        caller: Caller = Depends(require("admin", "pos")),
+        caller: Caller = Depends(require(*WRITE_SCOPES)),
     ) -> Any:
         caller.check_program(program)
         return await call(redemptions.capture_or_release, program, redemption, "capture", key)
 
     @app.post(
-        base + "/redemptions/{redemption}/release",
+        BASE + "/redemptions/{redemption}/release",
         tags=["redemptions"],
         responses={**schemas.PROBLEM_RESPONSES, 200: schemas.REDEMPTION_RESPONSE},
     )
@@ -374,30 +383,30 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str,
         redemption: str,
         key: str = IdempotencyKey,
-        caller: Caller = Depends(require("admin", "pos")),
+        caller: Caller = Depends(require(*WRITE_SCOPES)),
     ) -> Any:
         caller.check_program(program)
         return await call(redemptions.capture_or_release, program, redemption, "release", key)
 
-    @app.get(base + "/vouchers/{code}", tags=["vouchers"], responses=schemas.PROBLEM_RESPONSES)
+    @app.get(BASE + "/vouchers/{code}", tags=["vouchers"], responses=schemas.PROBLEM_RESPONSES)
     async def get_voucher(
-        program: str, code: str, caller: Caller = Depends(require("admin", "pos", "member-read"))
+        program: str, code: str, caller: Caller = Depends(require(*READ_SCOPES))
     ) -> Any:
         caller.check_program(program)
         return await call(redemptions.check_voucher, program, code)
 
-    @app.post(base + "/vouchers/{code}/use", tags=["vouchers"], responses=schemas.PROBLEM_RESPONSES)
+    @app.post(BASE + "/vouchers/{code}/use", tags=["vouchers"], responses=schemas.PROBLEM_RESPONSES)
     async def post_voucher_use(
         program: str,
         code: str,
         key: str = IdempotencyKey,
-        caller: Caller = Depends(require("admin", "pos")),
+        caller: Caller = Depends(require(*WRITE_SCOPES)),
     ) -> Any:
         caller.check_program(program)
         return await call(redemptions.use_voucher, program, code, key)
 
     @app.post(
-        base + "/adjustments",
+        BASE + "/adjustments",
         tags=["adjustments"],
         status_code=201,
         openapi_extra=schemas.ADJUSTMENT_BODY,
@@ -413,7 +422,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         body = await read_body(request)
         return await call(redemptions.adjust, program, body, key)
 
-    @app.post(base + "/reversals", tags=["adjustments"], status_code=201,
+    @app.post(BASE + "/reversals", tags=["adjustments"], status_code=201,
               openapi_extra=schemas.REVERSAL_BODY, responses=schemas.PROBLEM_RESPONSES)
     async def post_reversal(program: str, request: Request, key: str = IdempotencyKey,
                             caller: Caller = Depends(require("admin"))) -> Any:
@@ -429,12 +438,11 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
     app.include_router(engagement_router)
     app.include_router(store_credit_api.router)
     app.include_router(partners_api.router)
-    _live_path_first(app, {("POST", base + "/events"), ("GET", base + "/members/{member}"),
-                           ("POST", base + "/events/batch")})
+    _live_path_first(app, HOT_ROUTES)
     return app
 
 
-def _live_path_first(app: FastAPI, hot: set[tuple[str, str]]) -> None:
+def _live_path_first(app: FastAPI, hot: frozenset[tuple[str, str]]) -> None:
     """Move the live path's routes to the front: a request tries the routes in order, and
     the pages and the other areas' routers add dozens. No other route's path can match
     theirs (no route takes a ``:path`` parameter), so the order changes nothing else."""

@@ -23,6 +23,11 @@ from setia.service.keys import (
 )
 
 BEARER = {"WWW-Authenticate": "Bearer"}
+# The scopes of the keys that may read a programme's members and those that may write
+# (events, members, redemptions ...): the FastAPI routes (app.py) and the live path's
+# routes (live.py) both ask for these, so their 403 answers name the same scopes.
+READ_SCOPES = ("admin", "pos", "member-read")
+WRITE_SCOPES = ("admin", "pos")
 # Runs a blocking call off the event loop: ``await run(fn, *args)``.
 Runner = Callable[..., Awaitable[Any]]
 
@@ -38,14 +43,25 @@ class Caller:
             )
 
 
+def bearer_credential(header: str) -> str | None:
+    """The credential in an ``Authorization: Bearer <credential>`` header, None if the
+    header does not carry one. The one reading of the header: ``bearer_key`` here and the
+    per-key rate limit (``security``) both use it."""
+    scheme, _, credential = header.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        return None
+    return credential
+
+
 def bearer_key(header: str) -> str:
     """The key in an ``Authorization: Bearer <key>`` header; 401 without one."""
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = bearer_credential(header)
+    if key is None:
         raise HTTPException(
             401, "send an API key as 'Authorization: Bearer <key>'", headers=BEARER
         )
-    return key.strip()
+    return key
 
 
 def admit(principal: Principal | None, scopes: tuple[str, ...]) -> Caller:

@@ -30,7 +30,7 @@ from setia.entrypoints.api.security import (
     too_many,
     with_security_headers,
 )
-from setia.entrypoints.api.wire import encodes, problem_response
+from setia.entrypoints.api.wire import RequestHeaders, encodes, problem_response
 
 log = logging.getLogger("setia.http")
 
@@ -60,11 +60,8 @@ class Front:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        given = b""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                given = value  # the last one, as before
-        rid = given.decode("latin-1")
+        headers = RequestHeaders(scope["headers"])  # read once for all of the below
+        rid = headers.last.get(b"x-request-id", b"").decode("latin-1")  # the last one given
         if not obs.REQUEST_ID.fullmatch(rid):
             rid = uuid.uuid4().hex
         token = obs.request_id.set(rid)
@@ -77,13 +74,14 @@ class Front:
             limits = self.limits
             if (limits.per_ip is not None or limits.per_key is not None) \
                     and path not in EXEMPT_PATHS:
-                refused = (limits.check_here(scope) if limits.local is not None
-                           else await limits.check_shared(scope))
+                authorization = headers.first.get(b"authorization")
+                refused = (limits.check_here(scope, authorization) if limits.local is not None
+                           else await limits.check_shared(scope, authorization))
             if refused is not None:
-                headers, body = too_many(*refused)
+                refusal, body = too_many(*refused)
                 status = 429
                 await send({"type": "http.response.start", "status": 429,
-                            "headers": [*headers, request_id]})
+                            "headers": [*refusal, request_id]})
                 await send({"type": "http.response.body", "body": body})
             elif "\x00" in path or not encodes(path):
                 response = problem_response(404, "not-found", "Not found", "no such resource")
@@ -91,7 +89,8 @@ class Front:
                 await response(scope, receive, decorate(send, path, request_id))
             elif self.live is not None and (hit := self.live.match(scope)) is not None:
                 route = hit.route
-                status = await self.live.handle(hit, scope, receive, send, request_id)
+                status = await self.live.handle(hit, scope, receive, send, request_id,
+                                                headers)
             else:
                 sent = [500]
                 outer = decorate(send, path, request_id)

@@ -14,8 +14,11 @@ live path is off); ``Front`` (front.py) hands a request that one of them would r
 - the blocking service call on the application's thread executor (``thread_runner``)
   instead of anyio's worker threads.
 
-tests/e2e/test_live_routes.py sends the same requests to both ways and compares the
-answers byte for byte.
+What both ways share is written once: the routes' paths (``HOT_ROUTES``, which also puts
+their FastAPI routes first in the router), the scopes they accept (``auth.READ_SCOPES``,
+``auth.WRITE_SCOPES``), the reading of a body (``wire.receive_body``, ``wire.parse_body``)
+and the shape of a batch (``batch_events``). tests/integration/test_api_live_routes.py
+sends the same requests to both ways and compares the answers byte for byte.
 """
 
 from __future__ import annotations
@@ -34,18 +37,13 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from setia.domain.errors import InvalidField
-from setia.entrypoints.api.auth import Runner, authorize
+from setia.entrypoints.api.auth import READ_SCOPES, WRITE_SCOPES, Runner, authorize
 from setia.entrypoints.api.security import API_CSP, SECURITY_HEADERS
-from setia.entrypoints.api.wire import (
-    MAX_BODY_BYTES,
-    declared_too_large,
-    parse_body,
-    too_large,
-)
+from setia.entrypoints.api.wire import RequestHeaders, parse_body, receive_body
 from setia.entrypoints.observability import count_results
 from setia.service import batch, events, members
 
@@ -67,9 +65,22 @@ def thread_count(environ: Mapping[str, str] | None = None) -> int:
         raise ValueError(f"SETIA_API_THREADS must be a whole number from 1 to {MAX_THREADS}, "
                          f"not {raw!r}")
     return int(raw)
+
+
+# The live path's routes: their FastAPI routes in app.py are declared with these paths.
 BASE = "/v1/programs/{program}"
-READ_SCOPES = ("admin", "pos", "member-read")
-WRITE_SCOPES = ("admin", "pos")
+EVENTS_PATH = BASE + "/events"
+BATCH_PATH = BASE + "/events/batch"
+MEMBER_PATH = BASE + "/members/{member}"
+HOT_ROUTES = frozenset({("POST", EVENTS_PATH), ("POST", BATCH_PATH), ("GET", MEMBER_PATH)})
+
+
+def batch_events(body: Any) -> Any:
+    """The events of a batch's body, which must be ``{"events": [...]}`` (the list itself
+    is checked by ``batch.ingest_batch``)."""
+    if not isinstance(body, dict) or set(body) != {"events"}:
+        raise InvalidField('the body must be {"events": [...]}', field="events")
+    return body["events"]
 
 
 class Threads:
@@ -159,14 +170,6 @@ class Hit:
     member: str = ""
 
 
-def header(scope: Scope, name: bytes) -> str | None:
-    """A request header's first value, as Starlette's ``request.headers.get`` reads it."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
 class LiveRoutes:
     def __init__(self, app: Any, engine: sa.Engine, run: Runner,
                  decorate: Callable[[Send, str, tuple[bytes, bytes]], Send]) -> None:
@@ -187,19 +190,20 @@ class LiveRoutes:
         method = scope["method"]
         if method == "POST" and parts[3] and parts[4:5] == ["events"]:
             if count == 5:
-                return Hit("event", BASE + "/events", parts[3])
+                return Hit("event", EVENTS_PATH, parts[3])
             if count == 6 and parts[5] == "batch":
-                return Hit("batch", BASE + "/events/batch", parts[3])
+                return Hit("batch", BATCH_PATH, parts[3])
         elif (method == "GET" and count == 6 and parts[4] == "members" and parts[3]
               and parts[5]):
-            return Hit("member", BASE + "/members/{member}", parts[3], parts[5])
+            return Hit("member", MEMBER_PATH, parts[3], parts[5])
         return None
 
     async def handle(self, hit: Hit, scope: Scope, receive: Receive, send: Send,
-                     request_id: tuple[bytes, bytes]) -> int:
-        """Answer the request; the status code sent."""
+                     request_id: tuple[bytes, bytes], headers: RequestHeaders) -> int:
+        """Answer the request (``headers``: its headers, read by ``Front``); the status
+        code sent."""
         try:
-            authorization = header(scope, b"authorization") or ""
+            authorization = headers.get(b"authorization") or ""
             if hit.kind == "member":
                 caller = await authorize(authorization, READ_SCOPES, self.engine, self.run)
                 caller.check_program(hit.program)
@@ -207,42 +211,24 @@ class LiveRoutes:
                 return await self._json(send, request_id, view, 200)
             caller = await authorize(authorization, WRITE_SCOPES, self.engine, self.run)
             caller.check_program(hit.program)
-            body = await self._body(scope, receive)
+            body = await self._body(headers, receive)
             if hit.kind == "event":
                 result = await self.run(events.ingest_event, self.engine, hit.program, body)
                 count_results([result])
                 status = 201 if result["status"] == "applied" else 200
                 return await self._json(send, request_id, result, status)
-            if not isinstance(body, dict) or set(body) != {"events"}:
-                raise InvalidField('the body must be {"events": [...]}', field="events")
             results = await self.run(batch.ingest_batch, self.engine, hit.program,
-                                     body["events"])
+                                     batch_events(body))
             count_results(results)
             return await self._json(send, request_id, {"results": results}, 200)
         except Exception as exc:  # noqa: BLE001 - answered by the app's own handlers
             return await self._error(exc, scope, receive, send, request_id)
 
-    async def _body(self, scope: Scope, receive: Receive) -> Any:
-        """The JSON body, read as ``Request.stream`` reads it (413 past 1 MiB)."""
-        if declared_too_large(header(scope, b"content-length")):
-            raise too_large()
-        raw: bytes | bytearray = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.request":
-                chunk = message.get("body", b"")
-                if not raw:
-                    raw = chunk
-                elif chunk:
-                    raw = bytearray(raw) if isinstance(raw, bytes) else raw
-                    raw.extend(chunk)
-                if len(raw) > MAX_BODY_BYTES:
-                    raise too_large()
-                if not message.get("more_body", False):
-                    break
-            elif message["type"] == "http.disconnect":
-                raise ClientDisconnect()
-        return parse_body(raw, header(scope, b"content-type") or "")
+    @staticmethod
+    async def _body(headers: RequestHeaders, receive: Receive) -> Any:
+        """The JSON body, read and parsed as ``app.read_body`` reads and parses it."""
+        raw = await receive_body(receive, headers.get(b"content-length"))
+        return parse_body(raw, headers.get(b"content-type") or "")
 
     @staticmethod
     async def _json(send: Send, request_id: tuple[bytes, bytes], content: Any,

@@ -26,6 +26,8 @@ from limits.aio import strategies
 from limits.storage import storage_from_string
 from starlette.types import Scope
 
+from setia.entrypoints.api.auth import bearer_credential
+
 log = logging.getLogger("setia.api")
 DEFAULT_PER_KEY = "1000/second"
 DEFAULT_PER_IP = "1000/second"
@@ -57,28 +59,26 @@ def _limit(env: str, default: str) -> Any:
     return parse(value)
 
 
-def _caller_key(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """What the per-key limit counts by: the public id of an API key or member token
-    (``sk_<id>_...``, ``smt_<id>_...``); a digest for any other bearer value. Never the
-    secret itself."""
-    for name, value in headers:
-        if name == b"authorization":
-            found = _caller_keys.get(value)
-            if found is None:
-                if len(_caller_keys) >= 1024:
-                    _caller_keys.clear()
-                found = _caller_keys[value] = _caller_key_of(value)
-            return found or None
-    return None
+def _caller_key(authorization: bytes | None) -> str | None:
+    """What the per-key limit counts by, for a request's (first) Authorization header: the
+    public id of an API key or member token (``sk_<id>_...``, ``smt_<id>_...``); a digest
+    for any other bearer value. Never the secret itself."""
+    if authorization is None:
+        return None
+    found = _caller_keys.get(authorization)
+    if found is None:
+        if len(_caller_keys) >= 1024:
+            _caller_keys.clear()
+        found = _caller_keys[authorization] = _caller_key_of(authorization)
+    return found or None
 
 
 _caller_keys: dict[bytes, str] = {}  # Authorization value -> its key ("": none)
 
 
 def _caller_key_of(value: bytes) -> str:
-    scheme, _, credential = value.decode("latin-1").partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
+    credential = bearer_credential(value.decode("latin-1"))
+    if credential is None:
         return ""
     parts = credential.split("_")
     if len(parts) >= 3 and parts[0] in ("sk", "smt"):
@@ -156,32 +156,36 @@ class RateLimiter:
                        for kind, limit in (("ip", self.per_ip), ("key", self.per_key))
                        if limit is not None}
 
-    def _checks(self, scope: Scope) -> list[tuple[Any, str, str]]:
+    def _checks(self, scope: Scope, authorization: bytes | None
+                ) -> list[tuple[Any, str, str]]:
         checks = []
         if self.per_ip is not None:
             client = scope.get("client")
             checks.append((self.per_ip, "ip", client[0] if client else "unknown"))
         if self.per_key is not None:
-            key = _caller_key(scope.get("headers", []))
+            key = _caller_key(authorization)
             if key is not None:
                 checks.append((self.per_key, "key", key))
         return checks
 
-    def check_here(self, scope: Scope) -> tuple[str, str, int] | None:
-        """With the in-process store: ``(kind, limit, retry_after)`` when refused."""
+    def check_here(self, scope: Scope, authorization: bytes | None
+                   ) -> tuple[str, str, int] | None:
+        """With the in-process store: ``(kind, limit, retry_after)`` when refused.
+        ``authorization``: the request's first Authorization header, if any."""
         assert self.local is not None
         now = time.time()
-        for limit, kind, who in self._checks(scope):
+        for limit, kind, who in self._checks(scope, authorization):
             amount, length = self._sizes[kind]
             wait = self.local.hit(kind, who, amount, length, now)
             if wait is not None:
                 return kind, str(limit), max(1, math.ceil(wait))
         return None
 
-    async def check_shared(self, scope: Scope) -> tuple[str, str, int] | None:
+    async def check_shared(self, scope: Scope, authorization: bytes | None
+                           ) -> tuple[str, str, int] | None:
         """With a shared store (``limits``): ``(kind, limit, retry_after)`` when refused;
         a store that does not answer lets the request through."""
-        for limit, kind, who in self._checks(scope):
+        for limit, kind, who in self._checks(scope, authorization):
             try:
                 allowed = await self.limiter.hit(limit, kind, who)
                 stats = None if allowed else await self.limiter.get_window_stats(
