@@ -137,17 +137,18 @@ async def read_body(request: Request, *, yaml_ok: bool = False) -> Any:
 
 
 def _body_source(request: Request) -> Receive:
-    """The request's ASGI ``receive``; or, when the route has read the body already (some
-    call ``await request.body()`` to see whether one came), that body handed once more,
-    as Starlette's ``Request.stream`` hands it then (it keeps it as ``_body``)."""
-    body: bytes | None = getattr(request, "_body", None)
-    if body is None:
-        return request.receive
+    """The request's body as ASGI messages, from Starlette's public ``Request.stream``
+    (which also hands a body a route has read already with ``await request.body()``, and
+    raises ClientDisconnect when the client goes)."""
+    chunks = request.stream()
 
-    async def again() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
+    async def receive() -> Message:
+        try:
+            return {"type": "http.request", "body": await anext(chunks), "more_body": True}
+        except StopAsyncIteration:
+            return {"type": "http.request", "body": b"", "more_body": False}
 
-    return again
+    return receive
 
 
 IdempotencyKey = Header(
