@@ -76,7 +76,7 @@ def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
     changed anything)."""
     engine = uow.engine
     if uow.dialect == "postgresql" and (engine.dialect.server_version_info or ()) >= (12,):
-        # The batch reads run with IN lists the driver prepares server-side; a generic plan
+        # The batch reads take their keys as arrays the driver prepares server-side; a generic plan
         # made while the tables were small (a seq scan) would be kept as they grow and cost
         # more with every batch. Plan them for their values, in this transaction only.
         uow.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
