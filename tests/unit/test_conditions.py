@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from setia.domain.conditions import Condition, ConditionError, compile_condition
+from setia.domain.conditions import Condition, ConditionError, compile_condition, fields_read
 
 EXAMPLE = "event.channel == 'app' && member.attributes.city == 'Penang'"
 
@@ -233,7 +233,59 @@ def test_context_must_be_a_mapping() -> None:
 def test_unsupported_value_names_its_place() -> None:
     context = make_context(member__attributes_pet=object())
     with pytest.raises(ConditionError, match=r"member\.attributes\.pet holds a object"):
-        compile_condition("member.tier == 'gold'").evaluate(context)
+        compile_condition("member.tier == 'gold' && has(member.attributes.x)").evaluate(context)
+    with pytest.raises(ConditionError, match=r"member\.attributes\.pet holds a object"):
+        compile_condition("size(member) > 0").evaluate(context)
+
+
+def test_a_field_the_text_does_not_read_is_not_converted() -> None:
+    context = make_context(member__attributes_pet=object())
+    assert compile_condition("member.tier == 'gold'").evaluate(context) is True
+
+
+@pytest.mark.parametrize(("source", "fields"), [
+    (EXAMPLE, {"event": {"channel"}, "member": {"attributes"}}),
+    ("event.amount >= 20.0 && event . store == 'x'", {"event": {"amount", "store"}}),
+    ("has(event.order_id)", {"event": {"order_id"}}),
+    ("event.lines.exists(l, l.quantity >= 2)", {"event": {"lines"}}),
+    ("event.exists(k, k == 'store')", {"event": None}),
+    ("event.all (k, k != '')", {"event": None}),
+    ("event['channel'] == 'app'", {"event": None}),
+    ("size(member) > 0 && member.tier == 'gold'", {"member": None}),
+    ("member.tier == 'gold' && size(member) > 0", {"member": None}),
+    ("'event.store' == 'x'", {"event": {"store"}}),
+    ("eventful == 1 || member_x == 2", {}),
+    ("1 == 1", {}),
+])
+def test_fields_read(source: str, fields: dict[str, set[str] | None]) -> None:
+    expected = {name: None if found is None else frozenset(found)
+                for name, found in fields.items()}
+    assert fields_read(source) == expected
+
+
+@pytest.mark.parametrize(("source", "changes", "expected"), CASES + [
+    ("event.exists(k, k == 'weekday')", {}, True),
+    ("event.all(k, k != 'nothing')", {}, True),
+    ("size(event) == 14", {}, True),
+    ("size(member.attributes) == 1 && event['store'] == 'kl-001'", {}, True),
+    ("has(event.nothing)", {}, False),
+])
+def test_pruned_context_decides_as_the_whole_one(source: str, changes: dict[str, Any],
+                                                 expected: bool) -> None:
+    """The fields given to CEL are pruned (Condition.fields); earning's context builder
+    prunes the same way. Both answer what the whole context answers."""
+    from setia.domain import earning
+
+    condition = compile_condition(source)
+    context = make_context(**changes)
+    assert condition.evaluate(context) is expected
+    pruned = {name: {key: value for key, value in record.items()
+                     if condition.fields.get(name, frozenset()) is None
+                     or key in condition.fields.get(name, frozenset())}
+              for name, record in context.items()}
+    assert condition.evaluate(pruned) is expected
+    assert set(earning._EVENT_FIELDS) == set(make_context()["event"])
+    assert set(earning._MEMBER_FIELDS) == set(make_context()["member"])
 
 
 # --------------------------------------------------------------------------- conversion

@@ -10,6 +10,8 @@ import pytest
 
 from setia.domain.earning import (
     MemberFacts,
+    condition_context,
+    context_fields,
     evaluate,
     lot_expires_at,
     pending_until,
@@ -371,6 +373,32 @@ def test_a_condition_sees_the_event_lines_and_member_tier():
                       "condition": "member.tier == 'gold' && 'coffee' in event.categories"})
     assert points_by_rule(prog, purchase(), member(prog, "gold")) == {"gold-coffee": 7}
     assert points_by_rule(prog, purchase(), member(prog, "member")) == {}
+
+
+def test_the_context_holds_what_the_conditions_read_and_pays_alike():
+    gold = {"id": "gold-coffee", "on": "purchase", "points": 7,
+            "condition": "member.tier == 'gold' && 'coffee' in event.categories"}
+    prog = programme(VIP_PENANG, gold)
+    assert context_fields(prog) == {"event": frozenset({"channel", "categories"}),
+                                    "member": frozenset({"attributes", "tier"})}
+    facts = member(prog, "gold", city="Penang")
+    event = purchase(channel="app")
+    local = event.occurred_at.astimezone(prog.tz)
+    assert condition_context(event, local, facts, context_fields(prog)) == {
+        "event": {"channel": "app", "categories": ["coffee", "pastry"]},
+        "member": {"tier": "gold", "attributes": {"city": "Penang"}},
+    }
+    whole = condition_context(event, local, facts)
+    assert len(whole["event"]) == 14 and len(whole["member"]) == 5
+    assert whole["event"]["lines"][1] == {"sku": "CROISSANT", "category": "pastry",
+                                          "quantity": 1, "amount": 18.5}
+    # 2 x 42.50 = 85, and 7
+    assert points_by_rule(prog, event, facts) == {"vip-penang-app": 85, "gold-coffee": 7}
+    # a condition that reads a record whole gets every field of it
+    counting = {"id": "count", "on": "purchase", "points": 1, "condition": "size(event) == 14"}
+    prog = programme(gold, counting)
+    assert context_fields(prog) == {"event": None, "member": frozenset({"tier"})}
+    assert points_by_rule(prog, event, facts) == {"gold-coffee": 7, "count": 1}
 
 
 # -- pending and expiry dates ---------------------------------------------------------------

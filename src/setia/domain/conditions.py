@@ -39,7 +39,11 @@ Rules for authors:
   (``event.amount + 1.0`` is dynamic, ``1 + 1`` is not) is rejected when
   compiling if CEL can tell, otherwise when evaluating.
 
-Conversion of the context from Python values (done here, per evaluation):
+Conversion of the context from Python values (done here, per evaluation). Only the
+fields a condition's text selects (``event.channel``) are converted and given to CEL;
+a variable used any other way (indexed, a macro on it) is given whole
+(``Condition.fields``, ``fields_read``). A field it does not read cannot change its
+result, so it is not looked at at all:
 
 * ``None`` for a field of ``event``, ``member`` or a line means the field is
   absent (``has()`` is false, reading it is an error), except ``event.store``,
@@ -62,7 +66,7 @@ from typing import Any, Final
 
 from cel_expr_python import cel as _cel  # type: ignore[import-untyped, unused-ignore]
 
-__all__ = ["Condition", "ConditionError", "compile_condition"]
+__all__ = ["Condition", "ConditionError", "compile_condition", "fields_read"]
 
 _VARIABLES: Final = ("event", "member")
 
@@ -93,7 +97,7 @@ class ConditionError(ValueError):
 class Condition:
     """A compiled CEL condition. Immutable, hashable, safe to share between threads."""
 
-    __slots__ = ("_source", "_expression", "_variables")
+    __slots__ = ("_source", "_expression", "_variables", "_fields")
 
     def __init__(self, source: str) -> None:
         """Compile ``source``; raises ``ConditionError`` if it is not a valid condition."""
@@ -117,6 +121,13 @@ class Condition:
         # variable can only be read through its name, so a false positive (the
         # word inside a string literal) merely costs a conversion.
         self._variables = tuple(name for name in _VARIABLES if re.search(rf"\b{name}\b", source))
+        self._fields = fields_read(source)
+
+    @property
+    def fields(self) -> Mapping[str, frozenset[str] | None]:
+        """The fields of each variable the text reads (``None``: it may read any, so the
+        whole record is given); variables it does not name are left out."""
+        return self._fields
 
     @property
     def source(self) -> str:
@@ -139,6 +150,9 @@ class Condition:
                 raise ConditionError(
                     f"{name!r} in the context must be a mapping, not {type(value).__name__}"
                 )
+            fields = self._fields.get(name)
+            if fields is not None:  # only what the text can read is converted
+                value = {key: value[key] for key in fields if key in value}
             try:
                 data[name] = _record(value, _NONE_DEFAULTS.get(name))
             except _Unsupported as exc:
@@ -177,6 +191,31 @@ class Condition:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Condition:
         return self
+
+
+# A variable's name, then ``.field`` when a field is selected from it and not called (a
+# macro such as ``event.exists(k, ...)`` works on the whole record).
+_SELECTION = re.compile(r"\b(event|member)\b(?:\s*\.\s*([A-Za-z_]\w*)(?!\w|\s*\())?")
+
+
+def fields_read(source: str) -> dict[str, frozenset[str] | None]:
+    """For each variable ``source`` names, the fields it selects from it, or ``None`` when
+    it uses the variable in any other way (indexed, passed whole, a macro on it): then it
+    may read any field. Text inside string literals and comments counts too, which only
+    means a field more is given."""
+    found: dict[str, set[str] | None] = {}
+    for match in _SELECTION.finditer(source):
+        name, field_name = match.group(1), match.group(2)
+        if field_name is None:
+            found[name] = None
+        elif name not in found:
+            found[name] = {field_name}
+        else:
+            fields = found[name]
+            if fields is not None:
+                fields.add(field_name)
+    return {name: None if fields is None else frozenset(fields)
+            for name, fields in found.items()}
 
 
 def compile_condition(source: str) -> Condition:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import calendar
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -46,6 +46,7 @@ class _Plan:
     uses_multiplier: dict[str, bool]
     points_name: str
     symbol: str
+    context_fields: dict[str, frozenset[str] | None]  # what the conditions read
 
 
 _plans: dict[int, _Plan] = {}
@@ -68,6 +69,7 @@ def _plan(programme: Programme) -> _Plan:
         uses_multiplier={rule.id: rule.uses_tier_multiplier for rule in programme.model.earn},
         points_name=programme.model.points.name,
         symbol=currency_symbol(programme.currency),
+        context_fields=context_fields(programme),
     )
     if len(_plans) > 256:
         _plans.clear()
@@ -157,40 +159,71 @@ def _scope_matches(rule: EarnRule, event: Event, local: datetime, member: Member
     return not (rule.first_purchase and member.purchases > 0)
 
 
-def condition_context(event: Event, local: datetime, member: MemberFacts) -> dict[str, Any]:
+_EVENT_FIELDS: dict[str, Callable[[Event, datetime], Any]] = {
+    "id": lambda event, local: event.id,
+    "type": lambda event, local: event.type,
+    "member": lambda event, local: event.member,
+    "occurred_at": lambda event, local: event.occurred_at.isoformat(),
+    "amount": lambda event, local: float(event.amount or 0),
+    "currency": lambda event, local: event.currency or "",
+    "store": lambda event, local: event.store or "",
+    "channel": lambda event, local: event.channel or "",
+    "order_id": lambda event, local: event.order_id or "",
+    "categories": lambda event, local: sorted(
+        {line.category for line in event.lines if line.category}),
+    "skus": lambda event, local: [line.sku for line in event.lines],
+    "lines": lambda event, local: [
+        {
+            "sku": line.sku,
+            "category": line.category or "",
+            "quantity": line.quantity,
+            "amount": float(line.amount),
+        }
+        for line in event.lines
+    ],
+    "weekday": lambda event, local: WEEKDAYS[local.weekday()],
+    "attributes": lambda event, local: dict(event.attributes),
+}
+_MEMBER_FIELDS: dict[str, Callable[[MemberFacts], Any]] = {
+    "id": lambda member: member.id,
+    "tier": lambda member: member.tier.id,
+    "attributes": lambda member: dict(member.attributes),
+    "enrolled_at": lambda member: member.enrolled_at.isoformat(),
+    "purchases": lambda member: member.purchases,
+}
+Fields = Mapping[str, frozenset[str] | None]
+
+
+def condition_context(event: Event, local: datetime, member: MemberFacts,
+                      fields: Fields | None = None) -> dict[str, Any]:
+    """What a condition sees (conditions.py): every field of ``event`` and ``member``, or
+    with ``fields`` (``Condition.fields``) only those; ``None`` for a variable means all
+    of its fields, a variable left out gets none."""
+    if fields is None:
+        event_fields: frozenset[str] | None = None
+        member_fields: frozenset[str] | None = None
+    else:
+        event_fields = fields.get("event", frozenset())
+        member_fields = fields.get("member", frozenset())
     return {
-        "event": {
-            "id": event.id,
-            "type": event.type,
-            "member": event.member,
-            "occurred_at": event.occurred_at.isoformat(),
-            "amount": float(event.amount or 0),
-            "currency": event.currency or "",
-            "store": event.store or "",
-            "channel": event.channel or "",
-            "order_id": event.order_id or "",
-            "categories": sorted({line.category for line in event.lines if line.category}),
-            "skus": [line.sku for line in event.lines],
-            "lines": [
-                {
-                    "sku": line.sku,
-                    "category": line.category or "",
-                    "quantity": line.quantity,
-                    "amount": float(line.amount),
-                }
-                for line in event.lines
-            ],
-            "weekday": WEEKDAYS[local.weekday()],
-            "attributes": dict(event.attributes),
-        },
-        "member": {
-            "id": member.id,
-            "tier": member.tier.id,
-            "attributes": dict(member.attributes),
-            "enrolled_at": member.enrolled_at.isoformat(),
-            "purchases": member.purchases,
-        },
+        "event": {name: value(event, local) for name, value in _EVENT_FIELDS.items()
+                  if event_fields is None or name in event_fields},
+        "member": {name: value(member) for name, value in _MEMBER_FIELDS.items()
+                   if member_fields is None or name in member_fields},
     }
+
+
+def context_fields(programme: Programme) -> dict[str, frozenset[str] | None]:
+    """The fields of each variable that any of the programme's conditions reads."""
+    union: dict[str, frozenset[str] | None] = {}
+    for condition in programme.conditions.values():
+        for name, fields in condition.fields.items():
+            if name not in union:
+                union[name] = fields
+            else:
+                held = union[name]
+                union[name] = None if held is None or fields is None else held | fields
+    return union
 
 
 def evaluate(
@@ -230,7 +263,7 @@ def evaluate(
         condition = programme.conditions.get(rule.id)
         if condition is not None:
             if context is None:
-                context = condition_context(event, local, member)
+                context = condition_context(event, local, member, plan.context_fields)
             try:
                 if not condition.evaluate(context):
                     continue
