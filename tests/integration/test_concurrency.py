@@ -4,6 +4,7 @@ call per task. Only the expected domain errors may surface: no deadlock, no Inte
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from setia.domain.errors import InsufficientPoints, RewardSoldOut, SetiaError
+from setia.service.batch import ingest_batch
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust, redeem
@@ -257,4 +259,80 @@ def test_mixed_writes_on_shared_members_surface_only_domain_errors(pg_engine):
         view = balances(pg_engine, member)
         assert view["available"] >= 0
         assert view["available"] + view["reserved"] <= 300
+    assert_journal_ok(pg_engine)
+
+
+def test_concurrent_batches_naming_one_new_order_record_it_once(pg_engine):
+    # Batches look up which of their purchases' orders exist before they lock members
+    # (service/batch.py). Given 8 members, and 8 batches at once, each with a purchase of
+    # order "shared" for its own member, and a purchase of an order of its own
+    load_programme(pg_engine, KOPI_SETIA)
+    members = [f"m{i}" for i in range(8)]
+    for member in members:
+        upsert_member(pg_engine, P, member, {}, CLOCK)
+
+    def purchase(event_id: str, member: str, order_id: str) -> dict[str, Any]:
+        return {"id": event_id, "type": "purchase", "member": member, "order_id": order_id,
+                "occurred_at": "2027-03-02T10:00:00+08:00", "amount": "20.00"}
+
+    tasks = [(lambda i=i, m=m: ingest_batch(pg_engine, P, [
+        purchase(f"own-{i}", m, f"own-{i}"), purchase(f"shared-{i}", m, "shared")], CLOCK))
+        for i, m in enumerate(members)]
+    outcomes = all_at_once(tasks, workers=8)
+
+    # Then no error came out, every batch recorded its own order, and exactly one of them
+    # recorded "shared": the others were refused as already recorded
+    only_expected_errors(outcomes)
+    results = [value for _, value in outcomes]
+    assert [batch[0]["status"] for batch in results] == ["applied"] * 8
+    shared = Counter(batch[1]["status"] for batch in results)
+    assert shared == {"applied": 1, "rejected": 7}
+    refusals = {batch[1]["problem"]["detail"] for batch in results
+                if batch[1]["status"] == "rejected"}
+    assert refusals == {"order 'shared' was already recorded by another event"}
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT count(*) FROM orders WHERE order_id = 'shared'")).scalar_one() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar_one() == 9
+    assert_journal_ok(pg_engine)
+
+
+def waiting_on_locks(engine: sa.Engine, count: int) -> None:
+    """Wait until ``count`` sessions of this database wait for a lock (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    with engine.connect() as conn:
+        while conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")).scalar_one() < count:
+            assert time.monotonic() < deadline, f"{count} sessions never waited for a lock"
+            time.sleep(0.02)
+            conn.rollback()
+
+
+def test_a_batch_refunds_an_order_a_purchase_holding_the_member_records(pg_engine):
+    # A refund's order is read under its member's lock, so a batch that waits for the lock
+    # finds the order the holder of the lock recorded. Given a member with one order
+    load_programme(pg_engine, KOPI_SETIA)
+    upsert_member(pg_engine, P, "m", {}, CLOCK)
+    purchase = {"id": "p1", "type": "purchase", "member": "m", "order_id": "o1",
+                "occurred_at": "2027-03-02T10:00:00+08:00", "amount": "20.00"}
+    refund = {"id": "r1", "type": "refund", "member": "m", "order_id": "o1",
+              "occurred_at": "2027-03-02T11:00:00+08:00", "amount": "5.00"}
+    with ThreadPoolExecutor(max_workers=2) as pool, pg_engine.connect() as gate:
+        # the purchase locks the member, then waits to write its outbox row
+        gate.execute(sa.text("LOCK TABLE outbox IN EXCLUSIVE MODE"))
+        bought = pool.submit(ingest_event, pg_engine, P, purchase, CLOCK)
+        waiting_on_locks(pg_engine, 1)
+        # the batch reads what it reads before locking members, then waits for the member
+        refunded = pool.submit(ingest_batch, pg_engine, P, [refund], CLOCK)
+        waiting_on_locks(pg_engine, 2)
+        gate.commit()
+        assert bought.result(timeout=30)["status"] == "applied"
+        result = refunded.result(timeout=30)
+
+    # Then the refund found the order: applied, and the order shows RM 5.00 refunded
+    assert result[0]["status"] == "applied", result
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT refunded_e4 FROM orders WHERE order_id = 'o1'")).scalar_one() == 50000
     assert_journal_ok(pg_engine)

@@ -22,7 +22,7 @@ from setia.domain import tiers
 from setia.domain.errors import InvalidField, SetiaError
 from setia.domain.events import Event, parse_event
 from setia.domain.programme import Programme
-from setia.service.common import Clock, require_programme, transaction, utc_now
+from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
 from setia.service.events import apply_event
 from setia.service.members import MEMBER_ID
 
@@ -88,7 +88,18 @@ def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
         except SetiaError as exc:
             parsed.append(exc)
     events = [event for event in parsed if isinstance(event, Event)]
+    # What needs no member lock is done before the members are locked, so that a concurrent
+    # batch of the same members waits for less: request digests, stored events, and which
+    # of the orders new purchases name do not exist yet. An order found is read again under
+    # the lock (a refund may change it meanwhile), and so is every order other events name.
+    # One inserted meanwhile by another transaction makes this one's insert fail on the
+    # orders' key, and ``transaction`` runs the batch again, which then finds it.
+    digests = {id(raw): request_hash(raw) for raw, event in zip(raws, parsed, strict=True)
+               if isinstance(event, Event)}
     known = uow.stored_events(programme.id, [event.id for event in events])
+    uow.preload_orders(programme.id, [event.order_id for event in events
+                                      if event.type == "purchase" and event.order_id is not None],
+                       programme.currency, absent_only=True)
     uow.preload_members(programme.id, [event.member for event in events])
     uow.preload_orders(programme.id, [event.order_id for event in events
                                       if event.order_id is not None], programme.currency)
@@ -100,7 +111,8 @@ def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
             outcomes.append(event)
             continue
         try:
-            outcomes.append(apply_event(uow, programme, event, raw, now, known=known))
+            outcomes.append(apply_event(uow, programme, event, raw, now, known=known,
+                                        digest=digests[id(raw)]))
         except SetiaError as exc:
             outcomes.append(exc)
     return outcomes

@@ -112,8 +112,12 @@ def apply_event(
     *,
     store: bool = True,
     known: dict[str, Any] | None = None,
+    digest: str | None = None,
 ) -> dict[str, Any]:
-    digest = request_hash(payload)
+    """Apply one parsed event (``payload``: its request, whose ``request_hash`` is
+    ``digest`` when the caller has it already)."""
+    if digest is None:
+        digest = request_hash(payload)
     member = _member_for(uow, programme, event, now)
     stored = known.get(event.id) if known is not None else uow.stored_event(programme.id, event.id)
     if stored is not None:

@@ -807,18 +807,22 @@ class UnitOfWork:
             found = self._orders.get(key)
         return found
 
-    def preload_orders(self, program_id: str, order_ids: Iterable[str], currency: str) -> None:
-        """Read many orders at once; remember the ones that do not exist."""
+    def preload_orders(self, program_id: str, order_ids: Iterable[str], currency: str, *,
+                       absent_only: bool = False) -> None:
+        """Read many orders at once; remember the ones that do not exist. With
+        ``absent_only`` only that is remembered (the members are not locked yet: an order
+        found is read again later, under its member's lock)."""
         missing = sorted({o for o in order_ids if (program_id, o) not in self._orders
                           and (program_id, o) not in self._absent_orders})
+        orders = t.orders.c
         for chunk in _chunks(self.dialect, missing):
             found: set[str] = set()
-            for row in self.conn.execute(
-                sa.select(t.orders).where(t.orders.c.program_id == program_id,
-                                          _among(self.dialect, t.orders.c.order_id, chunk))
-            ).mappings():
+            query = (sa.select(orders.order_id) if absent_only else sa.select(t.orders)).where(
+                orders.program_id == program_id, _among(self.dialect, orders.order_id, chunk))
+            for row in self.conn.execute(query).mappings():
                 found.add(row["order_id"])
-                self._orders[(program_id, row["order_id"])] = _order(row, currency)
+                if not absent_only:
+                    self._orders[(program_id, row["order_id"])] = _order(row, currency)
             self._absent_orders.update((program_id, o) for o in chunk if o not in found)
 
     def add_order(self, program_id: str, order: Order) -> None:
