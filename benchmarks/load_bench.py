@@ -477,6 +477,14 @@ def get_member_request(members: int) -> Request:
     return request
 
 
+def batch_bodies(rng: random.Random, prefix: str, count: int, size: int, members: int
+                 ) -> list[bytes]:
+    """``count`` request bodies of ``size`` purchases each, with event ids from ``prefix``."""
+    return [json.dumps({"events": [purchase(rng, f"{prefix}{b:03d}-{i:04d}", members)
+                                   for i in range(size)]}).encode()
+            for b in range(count)]
+
+
 def batch_request(bodies: list[bytes]) -> Request:
     def request(client: KeepAlive, number: int, rng: random.Random
                 ) -> tuple[int, int, str | None]:
@@ -858,8 +866,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                         help="py-spy the server during a single-event phase; time the SQL")
     parser.add_argument("--profile-seconds", type=float, default=10)
-    parser.add_argument("--profile-phase", choices=("events", "get"), default="events",
-                        help="the load py-spy watches: single events or member GETs")
+    parser.add_argument("--profile-phase", choices=("events", "get", "batch"),
+                        default="events",
+                        help="the load py-spy watches: single events, member GETs or batches")
     parser.add_argument("--pyspy-gil", action=argparse.BooleanOptionalAction, default=True,
                         help="sample only the thread holding the GIL (py-spy --gil): where "
                         "the server's Python time goes; without it, every thread py-spy "
@@ -941,9 +950,7 @@ def main(argv: list[str] | None = None) -> int:
             rng = random.Random(args.seed)
             print(f"generating {args.max_batches} batches of {args.batch_size} events ...",
                   flush=True)
-            bodies = [json.dumps({"events": [purchase(rng, f"b{b:03d}-{i:04d}", args.members)
-                                             for i in range(args.batch_size)]}).encode()
-                      for b in range(args.max_batches)]
+            bodies = batch_bodies(rng, "b", args.max_batches, args.batch_size, args.members)
             batches = phase(f"POST /events/batch of {args.batch_size}, "
                             f"{args.batch_clients} clients", args.batch_clients, args.seconds,
                             batch_request(bodies), max_requests=args.max_batches)
@@ -966,6 +973,13 @@ def main(argv: list[str] | None = None) -> int:
                         profiled = phase(f"GET /members/{{id}}, {args.clients} clients, "
                                          "under py-spy", args.clients, args.profile_seconds,
                                          get_member_request(args.members), seed=5)
+                    elif args.profile_phase == "batch":
+                        profiled = phase(
+                            f"POST /events/batch of {args.batch_size}, {args.batch_clients} "
+                            "clients, under py-spy", args.batch_clients, args.profile_seconds,
+                            batch_request(batch_bodies(rng, "p", args.max_batches,
+                                                       args.batch_size, args.members)),
+                            max_requests=args.max_batches)
                     else:
                         profiled = phase(f"POST /events, {args.clients} clients, under py-spy",
                                          args.clients, args.profile_seconds,
