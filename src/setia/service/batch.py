@@ -10,8 +10,10 @@ batch, and every change is written with one batched statement per table at commi
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -61,13 +63,34 @@ def bulk_transaction(engine: sa.Engine, work: Callable[[UnitOfWork], T]) -> T:
     thousands of short-lived objects and frees them by reference counting (the unit of work
     lets go of its members on exit); the collector's full passes over the whole heap
     meanwhile found nothing to free and cost ~13 % of the time."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         return transaction(engine, work)
+
+
+_pauses = 0  # bulk transactions running now, in any thread
+_pauses_lock = threading.Lock()
+_collecting = False  # whether the collector ran before the first of them paused it
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while any thread is inside: the first in pauses
+    it, the last out lets it run again if it ran before. (Each thread saving and restoring
+    ``gc.isenabled()`` on its own would let the first to finish turn it back on under the
+    others, as two API requests' batches overlapping did.)"""
+    global _pauses, _collecting
+    with _pauses_lock:
+        if _pauses == 0:
+            _collecting = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
     finally:
-        if collecting:
-            gc.enable()
+        with _pauses_lock:
+            _pauses -= 1
+            if _pauses == 0 and _collecting:
+                gc.enable()
 
 
 def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
