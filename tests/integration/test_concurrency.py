@@ -309,30 +309,45 @@ def waiting_on_locks(engine: sa.Engine, count: int) -> None:
             conn.rollback()
 
 
-def test_a_batch_refunds_an_order_a_purchase_holding_the_member_records(pg_engine):
+@pytest.mark.parametrize("also_named_by", [None, "a purchase refused early"])
+def test_a_batch_refunds_an_order_a_purchase_holding_the_member_records(pg_engine,
+                                                                        also_named_by):
     # A refund's order is read under its member's lock, so a batch that waits for the lock
-    # finds the order the holder of the lock recorded. Given a member with one order
-    load_programme(pg_engine, KOPI_SETIA)
-    upsert_member(pg_engine, P, "m", {}, CLOCK)
+    # finds the order the holder of the lock recorded, even when a purchase of the batch
+    # names the same order and is refused before it gets to record it (so that no clash on
+    # the orders' key makes the batch run again). Given a shop that keeps events 12 months
+    # and a member
+    load_programme(pg_engine, {**SHOP, "privacy": {"event_retention_months": 12}})
+    upsert_member(pg_engine, "shop", "m", {}, CLOCK)
     purchase = {"id": "p1", "type": "purchase", "member": "m", "order_id": "o1",
-                "occurred_at": "2027-03-02T10:00:00+08:00", "amount": "20.00"}
+                "occurred_at": "2027-03-01T08:00:00+08:00", "amount": "20.00"}
     refund = {"id": "r1", "type": "refund", "member": "m", "order_id": "o1",
-              "occurred_at": "2027-03-02T11:00:00+08:00", "amount": "5.00"}
+              "occurred_at": "2027-03-01T08:30:00+08:00", "amount": "5.00"}
+    batch = [refund]
+    if also_named_by:
+        batch = [{**purchase, "id": "p-old", "occurred_at": "2025-01-01T08:00:00+08:00"},
+                 refund]
     with ThreadPoolExecutor(max_workers=2) as pool, pg_engine.connect() as gate:
         # the purchase locks the member, then waits to write its outbox row
         gate.execute(sa.text("LOCK TABLE outbox IN EXCLUSIVE MODE"))
-        bought = pool.submit(ingest_event, pg_engine, P, purchase, CLOCK)
+        bought = pool.submit(ingest_event, pg_engine, "shop", purchase, CLOCK)
         waiting_on_locks(pg_engine, 1)
         # the batch reads what it reads before locking members, then waits for the member
-        refunded = pool.submit(ingest_batch, pg_engine, P, [refund], CLOCK)
+        refunded = pool.submit(ingest_batch, pg_engine, "shop", batch, CLOCK)
         waiting_on_locks(pg_engine, 2)
         gate.commit()
         assert bought.result(timeout=30)["status"] == "applied"
-        result = refunded.result(timeout=30)
+        results = refunded.result(timeout=30)
 
-    # Then the refund found the order: applied, and the order shows RM 5.00 refunded
-    assert result[0]["status"] == "applied", result
+    # Then the refund found the order: applied, RM 5.00 of it refunded, 5 of 20 points
+    # clawed back; the old purchase was refused for its age
+    if also_named_by:
+        assert results[0]["status"] == "rejected"
+        assert results[0]["problem"]["field"] == "events[0].occurred_at"
+    assert results[-1]["status"] == "applied", results
+    assert results[-1]["points"] == -5
     with pg_engine.connect() as conn:
         assert conn.execute(sa.text(
             "SELECT refunded_e4 FROM orders WHERE order_id = 'o1'")).scalar_one() == 50000
+    assert balances(pg_engine, "m", "shop") == {"available": 15, "pending": 0, "reserved": 0}
     assert_journal_ok(pg_engine)
