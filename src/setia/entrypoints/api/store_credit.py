@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from setia.entrypoints.api import schemas
-from setia.entrypoints.api.auth import Caller, require
+from setia.entrypoints.api.auth import READ_SCOPES, WRITE_SCOPES, Caller, require
 from setia.service import store_credit
 
 router = APIRouter(prefix="/v1/programs/{program}", tags=["store credit"])
@@ -76,7 +76,7 @@ def _key() -> Any:
 @router.get("/members/{member}/credit",
             responses={**schemas.PROBLEM_RESPONSES, 200: CREDIT_VIEW})
 async def get_credit(request: Request, program: str, member: str,
-                     caller: Caller = Depends(require("admin", "pos", "member-read"))) -> Any:
+                     caller: Caller = Depends(require(*READ_SCOPES))) -> Any:
     caller.check_program(program)
     return await _call(request, store_credit.balance, program, member)
 
@@ -87,7 +87,7 @@ async def get_statement(
     request: Request, program: str, member: str,
     period: str = Query(..., max_length=16, description="2027-03, 2027-Q1 or 2027"),
     format: Literal["json", "csv"] = Query("json"),  # noqa: A002 - the query parameter's name
-    caller: Caller = Depends(require("admin", "pos", "member-read")),
+    caller: Caller = Depends(require(*READ_SCOPES)),
 ) -> Any:
     caller.check_program(program)
     view = await _call(request, store_credit.statement, program, member, period)
@@ -101,7 +101,7 @@ async def get_statement(
 @router.post("/credit/holds", status_code=201, openapi_extra=HOLD_BODY,
              responses={**schemas.PROBLEM_RESPONSES, 201: HOLD_VIEW})
 async def post_hold(request: Request, program: str, key: str = _key(),
-                    caller: Caller = Depends(require("admin", "pos"))) -> Any:
+                    caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
     caller.check_program(program)
     body = await _body(request)
     return await _call(request, store_credit.hold, program, body, key)
@@ -110,7 +110,7 @@ async def post_hold(request: Request, program: str, key: str = _key(),
 @router.post("/credit/holds/{hold}/capture", openapi_extra=CAPTURE_BODY,
              responses={**schemas.PROBLEM_RESPONSES, 200: HOLD_VIEW})
 async def post_capture(request: Request, program: str, hold: str, key: str = _key(),
-                       caller: Caller = Depends(require("admin", "pos"))) -> Any:
+                       caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
     caller.check_program(program)
     body = await _body(request, optional=True)
     return await _call(request, store_credit.capture_or_release, program, hold, "capture",
@@ -120,7 +120,7 @@ async def post_capture(request: Request, program: str, hold: str, key: str = _ke
 @router.post("/credit/holds/{hold}/release",
              responses={**schemas.PROBLEM_RESPONSES, 200: HOLD_VIEW})
 async def post_release(request: Request, program: str, hold: str, key: str = _key(),
-                       caller: Caller = Depends(require("admin", "pos"))) -> Any:
+                       caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
     caller.check_program(program)
     body = await _body(request, optional=True)
     return await _call(request, store_credit.capture_or_release, program, hold, "release",
