@@ -36,7 +36,8 @@ from setia.entrypoints.api.live import (
     MEMBER_PATH,
     LiveRoutes,
     Threads,
-    batch_events,
+    answer_batch,
+    answer_event,
     thread_count,
     thread_runner,
 )
@@ -45,7 +46,6 @@ from setia.entrypoints.api.wire import PROBLEM, parse_body, problem_response, re
 from setia.entrypoints.web import install as install_web
 from setia.service import (
     activity,
-    batch,
     events,
     members,
     programmes,
@@ -311,10 +311,8 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str, request: Request, caller: Caller = Depends(require(*WRITE_SCOPES))
     ) -> JSONResponse:
         caller.check_program(program)
-        body = await read_body(request)
-        result = await call(events.ingest_event, program, body)
-        ops.count_results([result])
-        return JSONResponse(result, status_code=201 if result["status"] == "applied" else 200)
+        result, status = await answer_event(run, engine, program, await read_body(request))
+        return JSONResponse(result, status_code=status)
 
     @app.post(
         BATCH_PATH,
@@ -326,10 +324,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str, request: Request, caller: Caller = Depends(require(*WRITE_SCOPES))
     ) -> JSONResponse:
         caller.check_program(program)
-        listed = batch_events(await read_body(request))
-        results = await call(batch.ingest_batch, program, listed)
-        ops.count_results(results)
-        return JSONResponse({"results": results})
+        return JSONResponse(await answer_batch(run, engine, program, await read_body(request)))
 
     @app.post(
         BASE + "/simulate",

@@ -83,6 +83,23 @@ def batch_events(body: Any) -> Any:
     return body["events"]
 
 
+async def answer_event(run: Runner, engine: sa.Engine, program: str, body: Any
+                       ) -> tuple[dict[str, Any], int]:
+    """``POST /events``: the service's result and its status (201 when applied, 200 when
+    replayed), counted for /metrics."""
+    result = await run(events.ingest_event, engine, program, body)
+    count_results([result])
+    return result, 201 if result["status"] == "applied" else 200
+
+
+async def answer_batch(run: Runner, engine: sa.Engine, program: str, body: Any
+                       ) -> dict[str, Any]:
+    """``POST /events/batch``: one result per event, counted for /metrics."""
+    results = await run(batch.ingest_batch, engine, program, batch_events(body))
+    count_results(results)
+    return {"results": results}
+
+
 class Threads:
     """Threads that run the services' blocking calls for the event loop: at most ``size``,
     started when a call finds none idle, kept for the next. ThreadPoolExecutor's scheme
@@ -213,14 +230,10 @@ class LiveRoutes:
             caller.check_program(hit.program)
             body = await self._body(headers, receive)
             if hit.kind == "event":
-                result = await self.run(events.ingest_event, self.engine, hit.program, body)
-                count_results([result])
-                status = 201 if result["status"] == "applied" else 200
+                result, status = await answer_event(self.run, self.engine, hit.program, body)
                 return await self._json(send, request_id, result, status)
-            results = await self.run(batch.ingest_batch, self.engine, hit.program,
-                                     batch_events(body))
-            count_results(results)
-            return await self._json(send, request_id, {"results": results}, 200)
+            answer = await answer_batch(self.run, self.engine, hit.program, body)
+            return await self._json(send, request_id, answer, 200)
         except Exception as exc:  # noqa: BLE001 - answered by the app's own handlers
             return await self._error(exc, scope, receive, send, request_id)
 
