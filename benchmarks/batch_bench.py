@@ -22,6 +22,7 @@ figure for an A/B comparison.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import os
 import pstats
@@ -61,12 +62,7 @@ def backends_cpu(admin: sa.Engine) -> float:
     with admin.connect() as conn:
         pids = conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d"),
                             {"d": BENCH_DB}).scalars().all()
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(process_cpu(pid) for pid in pids)
 
 
 def process_cpu(pid: int) -> float:
@@ -85,7 +81,8 @@ def run(engine: sa.Engine, admin: sa.Engine, url: str, args: argparse.Namespace)
     batches = [[purchase(rng, f"e{b}-{i}", args.members) for i in range(args.batch_size)]
                for b in range(args.batches + 1)]
     if args.over_http:
-        with tempfile.TemporaryDirectory(prefix="setia-batchbench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="setia-batchbench-") as tmp, \
+                contextlib.ExitStack() as stack:
             key = secrets.token_urlsafe(24)
             env = {**os.environ, "SETIA_DATABASE_URL": url, "SETIA_ADMIN_KEY": key,
                    "SETIA_RATE_LIMIT_PER_IP": "1000000/second",
@@ -96,7 +93,8 @@ def run(engine: sa.Engine, admin: sa.Engine, url: str, args: argparse.Namespace)
                             Path(tmp) / "server.log")
             try:
                 server.wait_ready()
-                client = KeepAlive(server.base_url, {"Authorization": f"Bearer {key}"})
+                client = stack.enter_context(contextlib.closing(
+                    KeepAlive(server.base_url, {"Authorization": f"Bearer {key}"})))
                 bodies = [orjson.dumps({"events": batch}) for batch in batches]
 
                 def post(number: int) -> list[dict[str, Any]]:
