@@ -53,3 +53,46 @@ def test_the_collector_runs_again_after_an_error():
     except ValueError:
         pass
     assert gc.isenabled()
+
+
+def test_batches_that_keep_overlapping_still_let_the_collector_run(monkeypatch):
+    import weakref
+
+    from setia.service import batch
+
+    monkeypatch.setattr(batch, "MAX_PAUSE_SECONDS", 0.0)
+
+    class Node:
+        pass
+
+    with collector_paused():  # another batch, running throughout
+        with collector_paused():
+            cycle = Node()
+            cycle.self = cycle  # type: ignore[attr-defined]
+            alive = weakref.ref(cycle)
+            del cycle
+        # this batch ended while the other ran, the pause being overdue: collected
+        assert alive() is None
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_a_short_overlap_does_not_run_the_collector(monkeypatch):
+    import weakref
+
+    from setia.service import batch
+
+    monkeypatch.setattr(batch, "MAX_PAUSE_SECONDS", 3600.0)
+
+    class Node:
+        pass
+
+    with collector_paused():
+        with collector_paused():
+            cycle = Node()
+            cycle.self = cycle  # type: ignore[attr-defined]
+            alive = weakref.ref(cycle)
+            del cycle
+        assert alive() is not None  # left for later
+    gc.collect()
+    assert alive() is None

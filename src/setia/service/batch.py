@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -70,6 +71,8 @@ def bulk_transaction(engine: sa.Engine, work: Callable[[UnitOfWork], T]) -> T:
 _pauses = 0  # bulk transactions running now, in any thread
 _pauses_lock = threading.Lock()
 _collecting = False  # whether the collector ran before the first of them paused it
+_collected_at = 0.0  # when the collector last ran, or was paused with nothing running
+MAX_PAUSE_SECONDS = 10.0
 
 
 @contextlib.contextmanager
@@ -77,20 +80,31 @@ def collector_paused() -> Iterator[None]:
     """The cyclic garbage collector paused while any thread is inside: the first in pauses
     it, the last out lets it run again if it ran before. (Each thread saving and restoring
     ``gc.isenabled()`` on its own would let the first to finish turn it back on under the
-    others, as two API requests' batches overlapping did.)"""
-    global _pauses, _collecting
+    others, as two API requests' batches overlapping did.) Batches that keep overlapping
+    never let the count reach zero, so one that ends while others run and finds the
+    collector paused for over ``MAX_PAUSE_SECONDS`` runs it once: cyclic garbage stays
+    bounded under a steady load of batches, at the cost of one pass every 10 s."""
+    global _pauses, _collecting, _collected_at
     with _pauses_lock:
         if _pauses == 0:
             _collecting = gc.isenabled()
+            _collected_at = time.monotonic()
             gc.disable()
         _pauses += 1
     try:
         yield
     finally:
+        overdue = False
         with _pauses_lock:
             _pauses -= 1
-            if _pauses == 0 and _collecting:
-                gc.enable()
+            if _pauses == 0:
+                if _collecting:
+                    gc.enable()
+            elif _collecting and time.monotonic() - _collected_at > MAX_PAUSE_SECONDS:
+                _collected_at = time.monotonic()
+                overdue = True
+        if overdue:
+            gc.collect()
 
 
 def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
