@@ -97,7 +97,7 @@ class ConditionError(ValueError):
 class Condition:
     """A compiled CEL condition. Immutable, hashable, safe to share between threads."""
 
-    __slots__ = ("_source", "_expression", "_variables", "_fields")
+    __slots__ = ("_source", "_expression", "_fields")
 
     def __init__(self, source: str) -> None:
         """Compile ``source``; raises ``ConditionError`` if it is not a valid condition."""
@@ -117,10 +117,9 @@ class Condition:
             )
         self._source = source
         self._expression = expression
-        # Only variables the text names are converted for an evaluation. A
-        # variable can only be read through its name, so a false positive (the
-        # word inside a string literal) merely costs a conversion.
-        self._variables = tuple(name for name in _VARIABLES if re.search(rf"\b{name}\b", source))
+        # Only the variables the text names, and of those only the fields it selects, are
+        # converted for an evaluation. A variable can only be read through its name, so a
+        # false positive (the word inside a string literal) merely costs a conversion.
         self._fields = fields_read(source)
 
     @property
@@ -142,7 +141,7 @@ class Condition:
         if not isinstance(context, Mapping):
             raise ConditionError(f"the context must be a mapping, not {type(context).__name__}")
         data: dict[str, Any] = {}
-        for name in self._variables:
+        for name, fields in self._fields.items():
             value = context.get(name)
             if value is None:
                 continue  # reported by CEL as a missing variable if actually read
@@ -150,7 +149,6 @@ class Condition:
                 raise ConditionError(
                     f"{name!r} in the context must be a mapping, not {type(value).__name__}"
                 )
-            fields = self._fields.get(name)
             if fields is not None:  # only what the text can read is converted
                 value = {key: value[key] for key in fields if key in value}
             try:
@@ -214,8 +212,12 @@ def fields_read(source: str) -> dict[str, frozenset[str] | None]:
             fields = found[name]
             if fields is not None:
                 fields.add(field_name)
-    return {name: None if fields is None else frozenset(fields)
-            for name, fields in found.items()}
+    ordered: dict[str, frozenset[str] | None] = {}  # in _VARIABLES' order
+    for name in _VARIABLES:
+        if name in found:
+            fields = found[name]
+            ordered[name] = None if fields is None else frozenset(fields)
+    return ordered
 
 
 def compile_condition(source: str) -> Condition:
