@@ -14,6 +14,9 @@ SETIA_DATABASE_URL      ?= sqlite:///demo.db
 SETIA_TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 DEMO_ARGS   ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): each runs whole test files, so a file's fixtures and its
+# one Redis database stay in one process. 0 runs everything in this process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv browser demo test lint audit pytest bench lock clean
 
@@ -52,7 +55,7 @@ audit: $(STAMP)
 # pytest exit code 5 ("no tests collected") is turned into a failure.
 pytest: $(STAMP) browser
 	export SETIA_TEST_DATABASE_URL='$(SETIA_TEST_DATABASE_URL)'; \
-	rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests -- failing" >&2; exit 1; fi; \
 	exit $$rc
 
