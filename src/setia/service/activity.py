@@ -73,4 +73,4 @@ def member_activity(engine: sa.Engine, program_id: str, member_id: str, *, limit
         return {"data": lines,
                 "next_cursor": encode_cursor(lines[-1]["id"]) if more and lines else None}
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)

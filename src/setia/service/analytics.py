@@ -106,7 +106,7 @@ def programme_of(engine: sa.Engine, program_id: str) -> Programme:
     def work(uow: UnitOfWork) -> Programme:
         return require_programme(uow, program_id)
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 def _local_date(column: str, tz: str, name: str = "day") -> pl.Expr:

@@ -51,12 +51,15 @@ def _retryable(exc: Exception) -> bool:
     return False
 
 
-def transaction(engine: sa.Engine, work: Callable[[UnitOfWork], T]) -> T:
+def transaction(engine: sa.Engine, work: Callable[[UnitOfWork], T], *,
+                read_only: bool = False) -> T:
     """Run ``work`` in one unit of work; retry serialisation failures and deadlocks a
-    bounded number of times, then answer Busy (the API's 503 with Retry-After)."""
+    bounded number of times, then answer Busy (the API's 503 with Retry-After).
+    ``read_only``: the work only reads (a READ ONLY transaction on PostgreSQL, which
+    refuses any write), and the transaction ends with COMMIT instead of ROLLBACK."""
     for attempt in range(MAX_ATTEMPTS):
         try:
-            with UnitOfWork(engine) as uow:
+            with UnitOfWork(engine, read_only=read_only) as uow:
                 return work(uow)
         except SetiaError:
             raise

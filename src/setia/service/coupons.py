@@ -221,7 +221,7 @@ def validate(engine: sa.Engine, program_id: str, body: Any, clock: Clock = utc_n
                 "discount": _money(discount, programme.currency),
                 "currency": programme.currency}
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 def redeem(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock = utc_now
@@ -333,7 +333,7 @@ def uses_of_order(engine: sa.Engine, program_id: str, order_id: str) -> list[dic
                                                                                  u.c.id))
         return [_use_view(row, programme.currency) for row in rows.mappings()]
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 # -- batches ----------------------------------------------------------------------------
@@ -483,4 +483,4 @@ def overview(engine: sa.Engine, program_id: str, recent: int = 20) -> dict[str, 
         return {"currency": currency, "coupons": listed, "batches": batches,
                 "uses": [_use_view(row, currency) for row in latest.mappings()]}
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)

@@ -63,4 +63,4 @@ def totals(engine: sa.Engine, program_id: str) -> dict[str, Any]:
                 "currency": programme.currency})
         return {"causes": causes}
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)

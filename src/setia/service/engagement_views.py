@@ -69,14 +69,14 @@ def list_campaigns(engine: sa.Engine, program_id: str) -> dict[str, Any]:
     def work(uow: UnitOfWork) -> dict[str, Any]:
         return {"campaigns": campaign_report(uow, require_programme(uow, program_id))}
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 def get_campaign(engine: sa.Engine, program_id: str, campaign_id: str) -> dict[str, Any]:
     def work(uow: UnitOfWork) -> dict[str, Any]:
         return campaign_report(uow, require_programme(uow, program_id), campaign_id)[0]
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 def _units(value: int, scale: int, digits: int) -> str | int:
@@ -97,7 +97,7 @@ def member_stamp_cards(engine: sa.Engine, program_id: str, member_id: str,
         return {"member": member.id,
                 "stamp_cards": stamp_card_views(uow, programme, member.pk, clock())}
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 def stamp_card_views(uow: UnitOfWork, programme: Programme, member_pk: int,

@@ -47,7 +47,7 @@ def latest_activity_day(engine: sa.Engine, program_id: str, clock: Clock = utc_n
         moment: datetime = last or clock()
         return moment.astimezone(programme.tz).date()
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dic
                        "redeemed": [spent[k] for k in keys]},
         }
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 def _digits(currency: str) -> int:
@@ -178,7 +178,7 @@ def member_page(engine: sa.Engine, program_id: str, member_id: str,
             .order_by(t.vouchers.c.issued_at.desc())).mappings().all()
         return {"lots": [dict(lot) for lot in lots], "vouchers": [dict(v) for v in vouchers]}
 
-    extra = transaction(engine, work)
+    extra = transaction(engine, work, read_only=True)
     now = clock()
     for voucher in extra["vouchers"]:
         voucher["status"] = ("used" if voucher["used_at"] else "expired"
@@ -205,7 +205,7 @@ def rewards_with_stock(engine: sa.Engine, program_id: str) -> list[dict[str, Any
                         "until": reward.until, "per_member_limit": reward.per_member_limit})
         return out
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 def versions(engine: sa.Engine, program_id: str) -> list[dict[str, Any]]:

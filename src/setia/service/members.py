@@ -150,4 +150,4 @@ def get_member(
             )
         return member_view(programme, member, clock())
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)

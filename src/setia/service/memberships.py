@@ -232,4 +232,4 @@ def get_membership(engine: sa.Engine, program_id: str, member_id: str,
                                 field="member")
         return membership_view(programme, member, _rows(uow, programme, member), clock())
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)

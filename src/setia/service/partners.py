@@ -155,7 +155,7 @@ def settlement(engine: sa.Engine, program_id: str, period_text: Any) -> dict[str
             "accounts": partners, "total": _money(total, digits),
         }
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 def check_journal(conn: sa.Connection) -> list[str]:

@@ -102,4 +102,4 @@ def get_programme(engine: sa.Engine, program_id: str) -> dict[str, Any]:
             "definition": json.loads(canonical_json(programme.model)),
         }
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)

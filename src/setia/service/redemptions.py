@@ -390,7 +390,7 @@ def check_voucher(
         programme = require_programme(uow, program_id)
         return _voucher_view(_voucher_row(uow, programme, code, lock=False), clock())
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 def use_voucher(

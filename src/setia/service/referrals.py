@@ -409,7 +409,7 @@ def get(engine: sa.Engine, program_id: str, referral_id: str) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
         return _view(uow, _row(uow, programme, referral_id))
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 def listing(engine: sa.Engine, program_id: str, status: str | None = None,
@@ -429,4 +429,4 @@ def listing(engine: sa.Engine, program_id: str, status: str | None = None,
                            .limit(limit)).mappings().all()
         return [_view(uow, row) for row in rows]
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)

@@ -164,7 +164,7 @@ def sign_in(engine: sa.Engine, username: str, password: str, client: str,
         return uow.execute(sa.select(w.staff_users).where(
             w.staff_users.c.username == username.lower())).one_or_none()
 
-    row = transaction(engine, check)
+    row = transaction(engine, check, read_only=True)
     ok: bool
     try:
         ok = _hasher.verify(row.password_hash if row else _dummy_hash(), password)

@@ -302,7 +302,7 @@ def balance(engine: sa.Engine, program_id: str, member_id: str) -> dict[str, Any
                 "currency": programme.currency,
                 **_balances(account, minor_digits(programme.currency))}
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 STATEMENT_CODES = {"cashback": "earned", "rebate": "earned", "clawback": "clawed_back",
@@ -357,7 +357,7 @@ def statement(engine: sa.Engine, program_id: str, member_id: str,
             "lines": lines,
         }
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)
 
 
 STATEMENT_CSV_COLUMNS = ("occurred_at", "code", "rule", "ref", "explanation", "amount",
@@ -448,7 +448,7 @@ def _rebates(engine: sa.Engine, program_id: str, as_of: datetime) -> int:
     def current(uow: UnitOfWork) -> Programme:
         return require_programme(uow, program_id)
 
-    programme = transaction(engine, current)
+    programme = transaction(engine, current, read_only=True)
     config = programme.model.cashback
     if config is None:
         return 0

@@ -126,4 +126,4 @@ def results(engine: sa.Engine, program_id: str, survey_id: str, per: str = "mont
              **sv.rating_figures(ratings, scale)}
             for key, (count, scores, ratings) in sorted(periods.items())]}
 
-    return transaction(engine, work)
+    return transaction(engine, work, read_only=True)

@@ -283,8 +283,9 @@ def _formats_for(dialect: sa.Dialect) -> _Formats:
 
 
 class UnitOfWork:
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, *, read_only: bool = False) -> None:
         self.engine = engine
+        self.read_only = read_only
         self.dialect = engine.dialect.name
         self._members: dict[tuple[str, str], Member] = {}
         self._orders: dict[tuple[str, str], Order] = {}
@@ -311,6 +312,10 @@ class UnitOfWork:
 
     def __enter__(self) -> UnitOfWork:
         self.conn = self.engine.connect()
+        if self.read_only and self.dialect == "postgresql":
+            # BEGIN READ ONLY (psycopg sends it with the first statement); the pool sets the
+            # connection back to read-write when it is returned.
+            self.conn.execution_options(postgresql_readonly=True)
         self.tx = self.conn.begin()
         return self
 
@@ -318,7 +323,14 @@ class UnitOfWork:
                  tb: TracebackType | None) -> None:
         try:
             if not self._committed and self.tx.is_active:
-                self.tx.rollback()
+                if self.read_only and exc_type is None:
+                    # A read ends with COMMIT, not ROLLBACK: psycopg drops every statement
+                    # it prepared on the connection at a ROLLBACK (and sends DEALLOCATE ALL),
+                    # so the next transaction on it would parse and plan them all again.
+                    # The transaction is READ ONLY on PostgreSQL: there is nothing to keep.
+                    self.tx.commit()
+                else:
+                    self.tx.rollback()
         finally:
             self.conn.close()
             # Loaded members point back here (their lazy lot loaders): let go of them so that
