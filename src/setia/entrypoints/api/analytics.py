@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from setia.entrypoints.api import schemas
-from setia.entrypoints.api.auth import WRITE_SCOPES, Caller, require
+from setia.entrypoints.api.auth import STAFF_SCOPES, Caller, require
 
 # The services (and Polars, pandas, clvkit under them) are imported by the handlers at
 # their first call, so that starting the server does not wait for them.
@@ -206,7 +206,7 @@ SALES_BODY = {
 
 @router.post("/guest-sales", responses=schemas.PROBLEM_RESPONSES, openapi_extra=SALES_BODY)
 async def post_guest_sales(
-    request: Request, program: str, caller: Caller = Depends(require(*WRITE_SCOPES)),
+    request: Request, program: str, caller: Caller = Depends(require(*STAFF_SCOPES)),
 ) -> Any:
     """Sales without a member (the non-member side of average order value), idempotent by
     sale id."""

@@ -25,7 +25,7 @@ from setia.entrypoints.api import analytics as analytics_api
 from setia.entrypoints.api import ops, schemas, trust
 from setia.entrypoints.api import partners as partners_api
 from setia.entrypoints.api import store_credit as store_credit_api
-from setia.entrypoints.api.auth import READ_SCOPES, WRITE_SCOPES, Caller, require
+from setia.entrypoints.api.auth import READ_SCOPES, STAFF_SCOPES, Caller, require
 from setia.entrypoints.api.engagement import router as engagement_router
 from setia.entrypoints.api.front import Front, decorate
 from setia.entrypoints.api.live import (
@@ -266,7 +266,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str,
         member: str,
         request: Request,
-        caller: Caller = Depends(require(*WRITE_SCOPES)),
+        caller: Caller = Depends(require(*STAFF_SCOPES)),
     ) -> JSONResponse:
         caller.check_program(program)
         body = await read_body(request)
@@ -308,7 +308,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         },
     )
     async def post_event(
-        program: str, request: Request, caller: Caller = Depends(require(*WRITE_SCOPES))
+        program: str, request: Request, caller: Caller = Depends(require(*STAFF_SCOPES))
     ) -> JSONResponse:
         caller.check_program(program)
         result, status = await answer_event(run, engine, program, await read_body(request))
@@ -321,7 +321,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         responses=schemas.PROBLEM_RESPONSES,
     )
     async def post_batch(
-        program: str, request: Request, caller: Caller = Depends(require(*WRITE_SCOPES))
+        program: str, request: Request, caller: Caller = Depends(require(*STAFF_SCOPES))
     ) -> JSONResponse:
         caller.check_program(program)
         return JSONResponse(await answer_batch(run, engine, program, await read_body(request)))
@@ -333,7 +333,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         responses={**schemas.PROBLEM_RESPONSES, 200: schemas.EVENT_RESULT},
     )
     async def post_simulate(
-        program: str, request: Request, caller: Caller = Depends(require(*WRITE_SCOPES))
+        program: str, request: Request, caller: Caller = Depends(require(*STAFF_SCOPES))
     ) -> Any:
         caller.check_program(program)
         body = await read_body(request)
@@ -350,7 +350,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str,
         request: Request,
         key: str = IdempotencyKey,
-        caller: Caller = Depends(require(*WRITE_SCOPES)),
+        caller: Caller = Depends(require(*STAFF_SCOPES)),
     ) -> Any:
         caller.check_program(program)
         body = await read_body(request)
@@ -365,7 +365,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str,
         redemption: str,
         key: str = IdempotencyKey,
-        caller: Caller = Depends(require(*WRITE_SCOPES)),
+        caller: Caller = Depends(require(*STAFF_SCOPES)),
     ) -> Any:
         caller.check_program(program)
         return await call(redemptions.capture_or_release, program, redemption, "capture", key)
@@ -379,7 +379,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str,
         redemption: str,
         key: str = IdempotencyKey,
-        caller: Caller = Depends(require(*WRITE_SCOPES)),
+        caller: Caller = Depends(require(*STAFF_SCOPES)),
     ) -> Any:
         caller.check_program(program)
         return await call(redemptions.capture_or_release, program, redemption, "release", key)
@@ -396,7 +396,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str,
         code: str,
         key: str = IdempotencyKey,
-        caller: Caller = Depends(require(*WRITE_SCOPES)),
+        caller: Caller = Depends(require(*STAFF_SCOPES)),
     ) -> Any:
         caller.check_program(program)
         return await call(redemptions.use_voucher, program, code, key)

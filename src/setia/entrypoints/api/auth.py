@@ -23,11 +23,12 @@ from setia.service.keys import (
 )
 
 BEARER = {"WWW-Authenticate": "Bearer"}
-# The scopes of the keys that may read a programme's members and those that may write
-# (events, members, redemptions ...): the FastAPI routes (app.py) and the live path's
-# routes (live.py) both ask for these, so their 403 answers name the same scopes.
+# The scopes of the keys that may read a programme's members, and of the staff's keys (the
+# owner's and the till's), which may write (events, members, redemptions ...) and read
+# what only staff see (campaigns, a coupon's uses): the FastAPI routes (app.py) and the live
+# path's routes (live.py) both ask for these, so their 403 answers name the same scopes.
 READ_SCOPES = ("admin", "pos", "member-read")
-WRITE_SCOPES = ("admin", "pos")
+STAFF_SCOPES = ("admin", "pos")
 # Runs a blocking call off the event loop: ``await run(fn, *args)``.
 Runner = Callable[..., Awaitable[Any]]
 

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.app import IdempotencyKey, read_body
-from setia.entrypoints.api.auth import WRITE_SCOPES, Caller, require
+from setia.entrypoints.api.auth import STAFF_SCOPES, Caller, require
 from setia.service import coupons
 
 router = APIRouter(prefix="/v1/programs/{program}", tags=["coupons"])
@@ -46,7 +46,7 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
 @router.post("/coupons/validate", openapi_extra=VALIDATE_BODY,
              responses=schemas.PROBLEM_RESPONSES)
 async def post_validate(program: str, request: Request,
-                        caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                        caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     caller.check_program(program)
     body = await read_body(request)
     return await run_in_threadpool(coupons.validate, request.app.state.engine, program, body)
@@ -55,7 +55,7 @@ async def post_validate(program: str, request: Request,
 @router.post("/coupons/redeem", status_code=201, openapi_extra=REDEEM_BODY,
              responses=schemas.PROBLEM_RESPONSES)
 async def post_redeem(program: str, request: Request, key: str = IdempotencyKey,
-                      caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                      caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     caller.check_program(program)
     body = await read_body(request)
     return await run_in_threadpool(coupons.redeem, request.app.state.engine, program, body, key)
@@ -64,7 +64,7 @@ async def post_redeem(program: str, request: Request, key: str = IdempotencyKey,
 @router.post("/coupons/release", openapi_extra=RELEASE_BODY,
              responses=schemas.PROBLEM_RESPONSES)
 async def post_release(program: str, request: Request, key: str = IdempotencyKey,
-                       caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                       caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     caller.check_program(program)
     body = await read_body(request)
     return await run_in_threadpool(coupons.release, request.app.state.engine, program, body, key)
@@ -73,7 +73,7 @@ async def post_release(program: str, request: Request, key: str = IdempotencyKey
 @router.get("/coupons/uses", responses=schemas.PROBLEM_RESPONSES)
 async def get_uses(program: str, request: Request,
                    order_id: str = Query(..., min_length=1, max_length=128),
-                   caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                   caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     caller.check_program(program)
     uses = await run_in_threadpool(coupons.uses_of_order, request.app.state.engine, program,
                                    order_id)

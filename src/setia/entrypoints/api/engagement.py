@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 
 from setia.entrypoints.api import schemas
-from setia.entrypoints.api.auth import READ_SCOPES, WRITE_SCOPES, Caller, require
+from setia.entrypoints.api.auth import READ_SCOPES, STAFF_SCOPES, Caller, require
 from setia.service import engagement_views, memberships
 
 router = APIRouter()
@@ -40,7 +40,7 @@ async def _body(request: Request) -> Any:
 
 @router.get(BASE + "/campaigns", tags=["campaigns"], responses=schemas.PROBLEM_RESPONSES)
 async def list_campaigns(program: str, request: Request,
-                         caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                         caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     """Every campaign of the current programme with its budget use and reach."""
     caller.check_program(program)
     return await run_in_threadpool(engagement_views.list_campaigns, request.app.state.engine,
@@ -50,7 +50,7 @@ async def list_campaigns(program: str, request: Request,
 @router.get(BASE + "/campaigns/{campaign}", tags=["campaigns"],
             responses=schemas.PROBLEM_RESPONSES)
 async def get_campaign(program: str, campaign: str, request: Request,
-                       caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                       caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     caller.check_program(program)
     return await run_in_threadpool(engagement_views.get_campaign, request.app.state.engine,
                                    program, campaign)
@@ -79,7 +79,7 @@ async def get_membership(program: str, member: str, request: Request,
              openapi_extra=BUY_BODY, responses=schemas.PROBLEM_RESPONSES)
 async def buy_membership(program: str, member: str, request: Request,
                          key: str = IdempotencyKey,
-                         caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                         caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     """Buy a paid plan: ``{"plan": "kopi-plus"}``; the fee is recorded."""
     caller.check_program(program)
     body = await _body(request)
@@ -91,7 +91,7 @@ async def buy_membership(program: str, member: str, request: Request,
              openapi_extra=RENEW_BODY, responses=schemas.PROBLEM_RESPONSES)
 async def renew_membership(program: str, member: str, request: Request,
                            key: str = IdempotencyKey,
-                           caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                           caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     """Renew from the end of the current period; ``{"plan": ...}`` optional."""
     caller.check_program(program)
     body = await _body(request)
@@ -103,7 +103,7 @@ async def renew_membership(program: str, member: str, request: Request,
              openapi_extra=CANCEL_BODY, responses=schemas.PROBLEM_RESPONSES)
 async def cancel_membership(program: str, member: str, request: Request,
                             key: str = IdempotencyKey,
-                            caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                            caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     """Cancel now: benefits stop at once; ``{"reason": ...}`` optional."""
     caller.check_program(program)
     body = await _body(request)

@@ -16,7 +16,7 @@ live path is off); ``Front`` (front.py) hands a request that one of them would r
 
 What both ways share is written once: the routes' paths (``HOT_ROUTES``, which also puts
 their FastAPI routes first in the router), the scopes they accept (``auth.READ_SCOPES``,
-``auth.WRITE_SCOPES``), the reading of a body (``wire.receive_body``, ``wire.parse_body``)
+``auth.STAFF_SCOPES``), the reading of a body (``wire.receive_body``, ``wire.parse_body``)
 and the shape of a batch (``batch_events``). tests/integration/test_api_live_routes.py
 sends the same requests to both ways and compares the answers byte for byte.
 """
@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from setia.domain.errors import InvalidField
-from setia.entrypoints.api.auth import READ_SCOPES, WRITE_SCOPES, Runner, authorize
+from setia.entrypoints.api.auth import READ_SCOPES, STAFF_SCOPES, Runner, authorize
 from setia.entrypoints.api.security import API_CSP, SECURITY_HEADERS
 from setia.entrypoints.api.wire import RequestHeaders, parse_body, receive_body
 from setia.entrypoints.observability import count_results
@@ -226,7 +226,7 @@ class LiveRoutes:
                 caller.check_program(hit.program)
                 view = await self.run(members.get_member, self.engine, hit.program, hit.member)
                 return await self._json(send, request_id, view, 200)
-            caller = await authorize(authorization, WRITE_SCOPES, self.engine, self.run)
+            caller = await authorize(authorization, STAFF_SCOPES, self.engine, self.run)
             caller.check_program(hit.program)
             body = await self._body(headers, receive)
             if hit.kind == "event":

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.app import IdempotencyKey, read_body
-from setia.entrypoints.api.auth import READ_SCOPES, WRITE_SCOPES, Caller, require
+from setia.entrypoints.api.auth import READ_SCOPES, STAFF_SCOPES, Caller, require
 from setia.service import referrals
 
 router = APIRouter(prefix="/v1/programs/{program}", tags=["referrals"])
@@ -35,7 +35,7 @@ async def get_code(program: str, member: str, request: Request,
 @router.post("/referrals", status_code=201, openapi_extra=LINK_BODY,
              responses=schemas.PROBLEM_RESPONSES)
 async def post_referral(program: str, request: Request, key: str = IdempotencyKey,
-                        caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                        caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     caller.check_program(program)
     body = await read_body(request)
     return await run_in_threadpool(referrals.link, request.app.state.engine, program, body, key)

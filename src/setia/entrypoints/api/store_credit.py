@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from setia.entrypoints.api import schemas
-from setia.entrypoints.api.auth import READ_SCOPES, WRITE_SCOPES, Caller, require
+from setia.entrypoints.api.auth import READ_SCOPES, STAFF_SCOPES, Caller, require
 from setia.service import store_credit
 
 router = APIRouter(prefix="/v1/programs/{program}", tags=["store credit"])
@@ -101,7 +101,7 @@ async def get_statement(
 @router.post("/credit/holds", status_code=201, openapi_extra=HOLD_BODY,
              responses={**schemas.PROBLEM_RESPONSES, 201: HOLD_VIEW})
 async def post_hold(request: Request, program: str, key: str = _key(),
-                    caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                    caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     caller.check_program(program)
     body = await _body(request)
     return await _call(request, store_credit.hold, program, body, key)
@@ -110,7 +110,7 @@ async def post_hold(request: Request, program: str, key: str = _key(),
 @router.post("/credit/holds/{hold}/capture", openapi_extra=CAPTURE_BODY,
              responses={**schemas.PROBLEM_RESPONSES, 200: HOLD_VIEW})
 async def post_capture(request: Request, program: str, hold: str, key: str = _key(),
-                       caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                       caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     caller.check_program(program)
     body = await _body(request, optional=True)
     return await _call(request, store_credit.capture_or_release, program, hold, "capture",
@@ -120,7 +120,7 @@ async def post_capture(request: Request, program: str, hold: str, key: str = _ke
 @router.post("/credit/holds/{hold}/release",
              responses={**schemas.PROBLEM_RESPONSES, 200: HOLD_VIEW})
 async def post_release(request: Request, program: str, hold: str, key: str = _key(),
-                       caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                       caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     caller.check_program(program)
     body = await _body(request, optional=True)
     return await _call(request, store_credit.capture_or_release, program, hold, "release",

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from setia.domain.events import parse_time
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.app import IdempotencyKey, read_body
-from setia.entrypoints.api.auth import WRITE_SCOPES, Caller, require
+from setia.entrypoints.api.auth import STAFF_SCOPES, Caller, require
 from setia.service import surveys
 
 router = APIRouter(prefix="/v1/programs/{program}", tags=["surveys"])
@@ -24,7 +24,7 @@ RESPONSE_BODY = schemas._json_body({
 @router.post("/surveys/{survey}/responses", status_code=201, openapi_extra=RESPONSE_BODY,
              responses=schemas.PROBLEM_RESPONSES)
 async def post_response(program: str, survey: str, request: Request, key: str = IdempotencyKey,
-                        caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                        caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     caller.check_program(program)
     body = await read_body(request)
     return await run_in_threadpool(surveys.submit, request.app.state.engine, program, survey,

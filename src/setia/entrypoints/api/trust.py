@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from setia.entrypoints.api import schemas
-from setia.entrypoints.api.auth import BEARER, WRITE_SCOPES, Caller, require
+from setia.entrypoints.api.auth import BEARER, STAFF_SCOPES, Caller, require
 from setia.entrypoints.api.security import install_log_redaction
 from setia.service import activity, audit, fraud, member_tokens, members, privacy, redemptions
 from setia.service.member_tokens import MemberPrincipal
@@ -58,7 +58,7 @@ async def _member_id(request: Request, principal: MemberPrincipal) -> str:
 
 @router.post(BASE + "/members/{member}/tokens", tags=["members"], status_code=201)
 async def post_member_token(program: str, member: str, request: Request,
-                            caller: Caller = Depends(require(*WRITE_SCOPES))) -> Any:
+                            caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     """A member token for the portal, shown once (admin or pos key)."""
     caller.check_program(program)
     body = await _body(request) if await request.body() else {}
