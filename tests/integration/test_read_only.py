@@ -9,6 +9,7 @@ use a pool of one connection, so that every call below runs on the same one.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -27,16 +28,24 @@ LATER = fixed_clock("2027-03-02T12:00:00+08:00")
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def one_connection(pg_engine: sa.Engine) -> Iterator[sa.Engine]:
+@contextmanager
+def pool_of_one(pg_engine: sa.Engine) -> Iterator[sa.Engine]:
     """Kopi Setia with member cust-1 after one purchase, behind a pool of one connection."""
     load_programme(pg_engine, KOPI_SETIA)
     upsert_member(pg_engine, P, "cust-1", {"name": "Mei"}, CLOCK)
     ingest_event(pg_engine, P, coffee_and_croissant(), LATER)
     engine = make_engine(pg_engine.url.render_as_string(hide_password=False),
                          pool_size=1, max_overflow=0)
-    yield engine
-    engine.dispose()
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def one_connection(pg_engine: sa.Engine) -> Iterator[sa.Engine]:
+    with pool_of_one(pg_engine) as engine:
+        yield engine
 
 
 def prepared(engine: sa.Engine) -> dict[str, str]:

@@ -465,6 +465,18 @@ class UnitOfWork:
         driver = self.conn.connection.driver_connection
         return driver if isinstance(driver, psycopg.Connection) else None
 
+    def _cursors(self, driver: Any) -> tuple[Any, Any]:
+        """Two psycopg cursors of this connection, made once per pooled connection and
+        kept in its ``info`` (which goes with the connection when the pool discards it):
+        a cursor holds no server state, and making three per event cost about 4 % of the
+        single-event path's Python."""
+        info = self.conn.connection.info  # cleared when the connection is closed or lost
+        found = info.get("setia_cursors")
+        if found is None or found[0].connection is not driver or found[0].closed \
+                or found[1].closed:
+            found = info["setia_cursors"] = (driver.cursor(), driver.cursor())
+        return found
+
     def _member_pipelined(self, driver: Any, program_id: str, member_id: str, *, lock: bool,
                           usage: bool, lots: bool) -> Member | None:
         """PostgreSQL: the member statement and the details statement in one psycopg
@@ -474,19 +486,17 @@ class UnitOfWork:
         the member by programme and id instead of by the key the first one returns."""
         import psycopg
 
-        member_sql, processors = _member_sql(self.engine.dialect, lock)
+        member_sql, names, processors = _member_sql(self.engine.dialect, lock)
         details_sql, details_params = self._details_statement(
             program_id, None, member_id, usage=usage, lots=lots)
         sql = member_sql
+        first, second = self._cursors(driver)
         try:
             with driver.pipeline():
-                first = driver.cursor()
                 first.execute(member_sql, {"program_id": program_id, "member_id": member_id},
                               prepare=True)
                 sql = details_sql
-                second = driver.cursor()
                 second.execute(details_sql, details_params, prepare=True)
-            names = [column.name for column in first.description]
             found = first.fetchall()
             details = second.fetchone()
         except psycopg.Error as exc:
@@ -895,30 +905,30 @@ class UnitOfWork:
 
         copies, bulk = self._formats.copy, self._formats.bulk
         sql = ""
+        cursor = self._cursors(driver)[0]
         try:
-            with driver.cursor() as cursor:
-                piped: list[tuple[str, list[Any], bool]] = []
-                for name, rows in writes:
-                    if len(rows) < BULK_MIN:
-                        piped.append((sql_for.get(name, name), rows, True))
-                    elif name in copies and len(rows) >= COPY_MIN:
-                        sql = copies[name]
-                        with cursor.copy(sql) as copy:
-                            for row in rows:
-                                copy.write_row(row)
-                    elif (found := bulk.get(name) or _later_bulk.get(name)) is not None:
-                        piped.append((found[0], [_json_rows(rows, found[1])], False))
+            piped: list[tuple[str, list[Any], bool]] = []
+            for name, rows in writes:
+                if len(rows) < BULK_MIN:
+                    piped.append((sql_for.get(name, name), rows, True))
+                elif name in copies and len(rows) >= COPY_MIN:
+                    sql = copies[name]
+                    with cursor.copy(sql) as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                elif (found := bulk.get(name) or _later_bulk.get(name)) is not None:
+                    piped.append((found[0], [_json_rows(rows, found[1])], False))
+                else:
+                    piped.append((sql_for.get(name, name), rows, True))
+            with driver.pipeline():
+                for sql, rows, many in piped:
+                    if many:
+                        cursor.executemany(sql, rows)
                     else:
-                        piped.append((sql_for.get(name, name), rows, True))
-                with driver.pipeline():
-                    for sql, rows, many in piped:
-                        if many:
-                            cursor.executemany(sql, rows)
-                        else:
-                            cursor.execute(sql, rows)
-                    if commit:
-                        sql = "COMMIT"
-                        driver.commit()
+                        cursor.execute(sql, rows)
+                if commit:
+                    sql = "COMMIT"
+                    driver.commit()
         except psycopg.Error as exc:
             raise self._driver_error(driver, sql, exc) from exc
 
@@ -1038,21 +1048,25 @@ def _member_query(dialect: str, lock: bool) -> Any:
     return found
 
 
-_member_sqls: dict[tuple[str, bool], tuple[str, list[Any]]] = {}
+_member_sqls: dict[tuple[str, bool], tuple[str, list[str], list[Any]]] = {}
 
 
-def _member_sql(dialect: sa.Dialect, lock: bool) -> tuple[str, list[Any]]:
+def _member_sql(dialect: sa.Dialect, lock: bool) -> tuple[str, list[str], list[Any]]:
     """``_member_query`` as driver SQL with named parameters (program_id, member_id),
-    and each column's result processor (None where the driver's value is the value), so
-    that rows read through the driver equal rows read through SQLAlchemy."""
+    the names of its columns as SQLAlchemy's rows key them (known here: reading them from
+    the cursor's ``description`` built a psycopg ``Column`` per column for every event, a
+    tenth of the single-event path's Python), and each column's result processor (None
+    where the driver's value is the value), so that rows read through the driver equal
+    rows read through SQLAlchemy."""
     found = _member_sqls.get((dialect.name, lock))
     if found is None:
         query = _member_query(dialect.name, lock)
         compiled = query.compile(dialect=dialect)
         sql = compiled.string  # named parameters: %(program_id)s, %(member_id)s
+        names = [column.name for column in query.selected_columns]
         processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
                       for column in query.selected_columns]
-        found = _member_sqls[(dialect.name, lock)] = (sql, processors)
+        found = _member_sqls[(dialect.name, lock)] = (sql, names, processors)
     return found
 
 
