@@ -56,6 +56,13 @@ def configure_logging(level: int = logging.INFO) -> None:
         timestamp=False,
     ))
     handler.addFilter(_RequestIdFilter())
+    # The lines carry no caller, thread or process fields, so records need not look them
+    # up (the "Optimization" settings of Python's logging HOWTO): finding the caller walked
+    # the stack for every request's line, 1.4 % of the API server's CPU under load.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
