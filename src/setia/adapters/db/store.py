@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -53,6 +53,27 @@ def _among(dialect: str, column: Any, values: list[Any]) -> Any:
     if dialect == "postgresql":
         return column == sa.any_(sa.bindparam(None, values, type_=postgresql.ARRAY(column.type)))
     return column.in_(values)
+
+
+_queries: dict[tuple[str, str], Any] = {}
+
+
+def _query(dialect: str, name: str, build: Callable[[Callable[[Any, str], Any]], Any]) -> Any:
+    """A statement of the bulk path, built once per dialect with its values bound by name.
+    ``build`` gets ``among(column, name)``: ``column = ANY(:name)`` on PostgreSQL (one array,
+    as ``_among``), an expanding ``IN (:name)`` elsewhere. Building the select and its cache
+    key anew for every call cost more than running it when a batch holds a few events
+    (docs/benchmarks-api.md, "Latest round")."""
+    found = _queries.get((dialect, name))
+    if found is None:
+        def among(column: Any, param: str) -> Any:
+            if dialect == "postgresql":
+                array = postgresql.ARRAY(column.type)
+                return column == sa.any_(sa.bindparam(param, type_=array))
+            return column.in_(sa.bindparam(param, expanding=True))
+
+        found = _queries[(dialect, name)] = build(among)
+    return found
 
 
 def _chunks(dialect: str, values: list[Any], size: int = 500) -> Iterable[list[Any]]:
@@ -375,12 +396,12 @@ class UnitOfWork:
         # hold another definition in another database (or after the tables were emptied).
         pv = t.program_versions
         if version is None:
-            found = self.conn.execute(
+            found = self.conn.execute(_query(self.dialect, "current_programme", lambda _: (
                 sa.select(pv.c.version, pv.c.definition_hash)
                 .join(t.programs, sa.and_(t.programs.c.id == pv.c.program_id,
                                           t.programs.c.current_version == pv.c.version))
-                .where(t.programs.c.id == program_id)
-            ).one_or_none()
+                .where(t.programs.c.id == sa.bindparam("program_id"))
+            )), {"program_id": program_id}).one_or_none()
         else:
             found = self.conn.execute(
                 sa.select(pv.c.version, pv.c.definition_hash)
@@ -605,12 +626,14 @@ class UnitOfWork:
     def preload_members(self, program_id: str, member_ids: Iterable[str]) -> None:
         """Load and lock many members with a handful of queries (the bulk path)."""
         missing = sorted({m for m in member_ids if (program_id, m) not in self._members})
+        query = _query(self.dialect, "members_by_id", lambda among: (
+            sa.select(t.members)
+            .where(t.members.c.program_id == sa.bindparam("program_id"),
+                   among(t.members.c.id, "ids"))
+            .order_by(t.members.c.pk).with_for_update()))
         for chunk in _chunks(self.dialect, missing):
-            rows = self.conn.execute(
-                sa.select(t.members).where(t.members.c.program_id == program_id,
-                                           _among(self.dialect, t.members.c.id, chunk))
-                .order_by(t.members.c.pk).with_for_update()
-            ).mappings().all()
+            rows = self.conn.execute(query, {"program_id": program_id, "ids": chunk}
+                                     ).mappings().all()
             self._load_members(program_id, rows)
 
     def _load_members(self, program_id: str, rows: Any, *, eager_lots: bool = False,
@@ -645,18 +668,17 @@ class UnitOfWork:
                 self._members[(program_id, member.id)] = member
         if not details:
             return list(members.values())
-        for bucket_row in self.conn.execute(
-            sa.select(t.metric_buckets)
-            .where(_among(self.dialect, t.metric_buckets.c.member_pk, pks))
-        ).mappings():
+        for bucket_row in self.conn.execute(_query(self.dialect, "buckets", lambda among: (
+            sa.select(t.metric_buckets).where(among(t.metric_buckets.c.member_pk, "pks"))
+        )), {"pks": pks}).mappings():
             members[bucket_row["member_pk"]].buckets[bucket_row["month"]] = Bucket(
                 spend=Decimal(bucket_row["spend_e4"]).scaleb(-4),
                 points=bucket_row["points"],
                 visits=bucket_row["visits"],
             )
-        for usage_row in self.conn.execute(
-            sa.select(t.rule_usage).where(_among(self.dialect, t.rule_usage.c.member_pk, pks))
-        ).mappings():
+        for usage_row in self.conn.execute(_query(self.dialect, "usage", lambda among: (
+            sa.select(t.rule_usage).where(among(t.rule_usage.c.member_pk, "pks"))
+        )), {"pks": pks}).mappings():
             key = (usage_row["rule_id"], usage_row["period"])
             members[usage_row["member_pk"]].usage[key] = usage_row["count"]
         return list(members.values())
@@ -785,13 +807,12 @@ class UnitOfWork:
 
     def stored_events(self, program_id: str, event_ids: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
+        query = _query(self.dialect, "events_by_id", lambda among: (
+            sa.select(t.events.c.id, t.events.c.request_hash, t.events.c.result)
+            .where(t.events.c.program_id == sa.bindparam("program_id"),
+                   among(t.events.c.id, "ids"))))
         for chunk in _chunks(self.dialect, event_ids):
-            for row in self.conn.execute(
-                sa.select(t.events.c.id, t.events.c.request_hash, t.events.c.result).where(
-                    t.events.c.program_id == program_id,
-                    _among(self.dialect, t.events.c.id, chunk)
-                )
-            ):
+            for row in self.conn.execute(query, {"program_id": program_id, "ids": chunk}):
                 found[row.id] = row
             for event_id in chunk:
                 self._looked_up[(program_id, event_id)] = found.get(event_id)
@@ -837,11 +858,14 @@ class UnitOfWork:
         missing = sorted({o for o in order_ids if (program_id, o) not in self._orders
                           and (program_id, o) not in self._absent_orders})
         orders = t.orders.c
+        query = _query(self.dialect, "order_ids" if absent_only else "orders", lambda among: (
+            (sa.select(orders.order_id) if absent_only else sa.select(t.orders))
+            .where(orders.program_id == sa.bindparam("program_id"),
+                   among(orders.order_id, "ids"))))
         for chunk in _chunks(self.dialect, missing):
             found: set[str] = set()
-            query = (sa.select(orders.order_id) if absent_only else sa.select(t.orders)).where(
-                orders.program_id == program_id, _among(self.dialect, orders.order_id, chunk))
-            for row in self.conn.execute(query).mappings():
+            for row in self.conn.execute(query, {"program_id": program_id, "ids": chunk}
+                                         ).mappings():
                 found.add(row["order_id"])
                 if not absent_only:
                     self._orders[(program_id, row["order_id"])] = _order(row, currency)
