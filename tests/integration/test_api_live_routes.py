@@ -209,7 +209,7 @@ def test_the_live_paths_routes_come_first_in_the_router_and_match_as_there(
     first = app.router.routes[:len(HOT_ROUTES)]
     assert {(method, route.path) for route in first  # type: ignore[attr-defined]
             for method in route.methods - {"HEAD"}} == HOT_ROUTES  # type: ignore[attr-defined]
-    live = LiveRoutes(app, engine, None, None)  # type: ignore[arg-type]
+    live = LiveRoutes(app, engine, None, None, None)  # type: ignore[arg-type]
     hits = {(method, hit.route) for method, path in [
         ("POST", "/v1/programs/cafe/events"), ("POST", "/v1/programs/cafe/events/batch"),
         ("GET", "/v1/programs/cafe/members/cust-1")]

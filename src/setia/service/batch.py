@@ -26,7 +26,7 @@ from setia.domain.errors import InvalidField, SetiaError
 from setia.domain.events import Event, parse_event
 from setia.domain.programme import Programme
 from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
-from setia.service.events import apply_event
+from setia.service.events import apply_event, ingest_event
 from setia.service.members import MEMBER_ID
 
 MAX_BATCH_EVENTS = 1000
@@ -57,6 +57,41 @@ def ingest_batch(engine: sa.Engine, program_id: str, events: Any,
         return results
 
     return bulk_transaction(engine, work)
+
+
+def ingest_together(engine: sa.Engine, program_id: str, payloads: list[Any],
+                    clock: Clock = utc_now) -> list[dict[str, Any] | Exception]:
+    """Single events of several callers (``POST /events`` requests that arrived while
+    earlier ones were being applied), in one transaction: each one's result, or the error
+    that refused it, exactly as ``ingest_event`` would have answered it alone. They go
+    through ``apply_batch`` in the order given, as if sent one after the other; a refused
+    event changes nothing and does not stop the others. If the transaction itself fails
+    (the programme is unknown, the database refuses a write, it stays busy), each event is
+    applied again on its own with ``ingest_event``, so that one event's failure is never
+    another's. One event alone takes ``ingest_event``'s shorter path.
+    docs/decisions/event-groups.md says why."""
+    if len(payloads) == 1:
+        return [_alone(engine, program_id, payloads[0], clock)]
+
+    def work(uow: UnitOfWork) -> list[dict[str, Any] | Exception]:
+        programme = require_programme(uow, program_id)
+        outcomes: list[dict[str, Any] | Exception] = list(
+            apply_batch(uow, programme, payloads, clock()))
+        uow.commit()
+        return outcomes
+
+    try:
+        return transaction(engine, work)
+    except Exception:  # noqa: BLE001 - each event answered on its own instead
+        return [_alone(engine, program_id, payload, clock) for payload in payloads]
+
+
+def _alone(engine: sa.Engine, program_id: str, payload: Any,
+           clock: Clock) -> dict[str, Any] | Exception:
+    try:
+        return ingest_event(engine, program_id, payload, clock)
+    except Exception as exc:  # noqa: BLE001 - handed to its caller, who raises it
+        return exc
 
 
 def bulk_transaction(engine: sa.Engine, work: Callable[[UnitOfWork], T]) -> T:

@@ -34,6 +34,7 @@ from setia.entrypoints.api.live import (
     EVENTS_PATH,
     HOT_ROUTES,
     MEMBER_PATH,
+    EventGroups,
     LiveRoutes,
     Threads,
     answer_batch,
@@ -197,12 +198,13 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
     # routes' too), not anyio's worker threads.
     threads = Threads(thread_count(), "setia-api")
     run = app.state.run = thread_runner(threads)
+    groups = EventGroups(run, engine)
     app.router.on_shutdown.append(threads.shutdown)
     app.include_router(analytics_api.router)
 
     trust.install(app)  # member tokens, privacy, fraud, audit, log redaction
     ops.install(app)  # /metrics, webhooks, dead letters, 503s
-    live = LiveRoutes(app, engine, run, decorate) if live_routes else None
+    live = LiveRoutes(app, engine, run, groups, decorate) if live_routes else None
     # request ids, rate limits, unstorable paths, the live path, security headers, logs
     app.front = Front(super(SetiaAPI, app).__call__, live=live)
 
@@ -311,7 +313,7 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
         program: str, request: Request, caller: Caller = Depends(require(*STAFF_SCOPES))
     ) -> JSONResponse:
         caller.check_program(program)
-        result, status = await answer_event(run, engine, program, await read_body(request))
+        result, status = await answer_event(groups, program, await read_body(request))
         return JSONResponse(result, status_code=status)
 
     @app.post(

@@ -45,7 +45,7 @@ from setia.entrypoints.api.auth import READ_SCOPES, STAFF_SCOPES, Runner, author
 from setia.entrypoints.api.security import API_CSP, SECURITY_HEADERS
 from setia.entrypoints.api.wire import RequestHeaders, parse_body, receive_body
 from setia.entrypoints.observability import count_results
-from setia.service import batch, events, members
+from setia.service import batch, members
 
 # Threads for the live routes' service calls and the API-key lookups (all short: a few
 # statements each). More threads than cores mostly add GIL hand-offs: with 16 clients on
@@ -83,11 +83,73 @@ def batch_events(body: Any) -> Any:
     return body["events"]
 
 
-async def answer_event(run: Runner, engine: sa.Engine, program: str, body: Any
+class EventGroups:
+    """``POST /events`` requests applied in groups: while ``LANES`` groups are being
+    applied, requests that arrive wait, and the next group takes every one waiting for
+    the same programme (up to ``MOST``) into one transaction (``batch.ingest_together``).
+    A request that finds a lane free is applied at once and alone, so a single till waits
+    for nothing; under load, one transaction and one commit serve many requests instead of
+    one each. Each request still gets exactly its own answer: its result, or its own error.
+    docs/decisions/event-groups.md says why and what it costs."""
+
+    LANES = 1
+    MOST = 64
+
+    def __init__(self, run: Runner, engine: sa.Engine) -> None:
+        self.run = run
+        self.engine = engine
+        self._waiting: dict[str, list[tuple[Any, asyncio.Future[Any]]]] = {}
+        self._busy = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def ingest(self, program: str, body: Any) -> dict[str, Any]:
+        """The event's result, as ``events.ingest_event`` answers it; its error raised."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(program, []).append((body, future))
+        self._start()
+        result: dict[str, Any] = await future
+        return result
+
+    def _start(self) -> None:
+        while self._waiting and self._busy < self.LANES:
+            program = next(iter(self._waiting))  # the programme waiting longest
+            waiting = self._waiting.pop(program)
+            if len(waiting) > self.MOST:  # the rest waits again, behind the others
+                self._waiting[program] = waiting[self.MOST:]
+                waiting = waiting[:self.MOST]
+            self._busy += 1
+            task = asyncio.ensure_future(self._apply(program, waiting))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _apply(self, program: str, group: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        outcomes: list[Any]
+        stopped: BaseException | None = None
+        try:
+            outcomes = await self.run(batch.ingest_together, self.engine, program,
+                                      [body for body, _ in group])
+        except BaseException as exc:  # noqa: BLE001 - every request of the group answers it
+            outcomes = [exc] * len(group)
+            stopped = None if isinstance(exc, Exception) else exc  # cancelled: after them
+        finally:
+            self._busy -= 1
+            self._start()
+        for (_, future), outcome in zip(group, outcomes, strict=True):
+            if future.done():  # its request was cancelled (the client went away)
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        if stopped is not None:
+            raise stopped
+
+
+async def answer_event(groups: EventGroups, program: str, body: Any
                        ) -> tuple[dict[str, Any], int]:
     """``POST /events``: the service's result and its status (201 when applied, 200 when
     replayed), counted for /metrics."""
-    result = await run(events.ingest_event, engine, program, body)
+    result = await groups.ingest(program, body)
     count_results([result])
     return result, 201 if result["status"] == "applied" else 200
 
@@ -188,11 +250,12 @@ class Hit:
 
 
 class LiveRoutes:
-    def __init__(self, app: Any, engine: sa.Engine, run: Runner,
+    def __init__(self, app: Any, engine: sa.Engine, run: Runner, groups: EventGroups,
                  decorate: Callable[[Send, str, tuple[bytes, bytes]], Send]) -> None:
         self.app = app  # for its exception handlers, looked up as Starlette does
         self.engine = engine
         self.run = run
+        self.groups = groups
         self.decorate = decorate  # adds the security headers and the request id
 
     def match(self, scope: Scope) -> Hit | None:
@@ -230,7 +293,7 @@ class LiveRoutes:
             caller.check_program(hit.program)
             body = await self._body(headers, receive)
             if hit.kind == "event":
-                result, status = await answer_event(self.run, self.engine, hit.program, body)
+                result, status = await answer_event(self.groups, hit.program, body)
                 return await self._json(send, request_id, result, status)
             answer = await answer_batch(self.run, self.engine, hit.program, body)
             return await self._json(send, request_id, answer, 200)
