@@ -351,3 +351,69 @@ def test_a_batch_refunds_an_order_a_purchase_holding_the_member_records(pg_engin
             "SELECT refunded_e4 FROM orders WHERE order_id = 'o1'")).scalar_one() == 50000
     assert balances(pg_engine, "m", "shop") == {"available": 15, "pending": 0, "reserved": 0}
     assert_journal_ok(pg_engine)
+
+
+def test_a_batch_replays_an_event_the_holder_of_its_members_lock_applies(pg_engine):
+    # A till sends the same purchase twice at once: alone, and in a batch (or in a group of
+    # single events, which goes through the same apply_batch). The batch reads stored
+    # events under the member's lock, so it finds the event the holder of the lock applied
+    # and replays it, instead of finding its order "recorded by another event". Given a
+    # shop and a member
+    load_programme(pg_engine, SHOP)
+    upsert_member(pg_engine, "shop", "m", {}, CLOCK)
+    purchase = {"id": "p1", "type": "purchase", "member": "m", "order_id": "o1",
+                "occurred_at": "2027-03-01T08:00:00+08:00", "amount": "20.00"}
+    with ThreadPoolExecutor(max_workers=2) as pool, pg_engine.connect() as gate:
+        # the single event locks the member, then waits to write its outbox row
+        gate.execute(sa.text("LOCK TABLE outbox IN EXCLUSIVE MODE"))
+        alone = pool.submit(ingest_event, pg_engine, "shop", purchase, CLOCK)
+        waiting_on_locks(pg_engine, 1)
+        # the batch does what it does before locking members, then waits for the member
+        batched = pool.submit(ingest_batch, pg_engine, "shop", [purchase], CLOCK)
+        waiting_on_locks(pg_engine, 2)
+        gate.commit()
+        first = alone.result(timeout=30)
+        [second] = batched.result(timeout=30)
+
+    # Then one applied it and the other replayed the same result: 20 points, once
+    assert first["status"] == "applied" and first["points"] == 20
+    assert second == {**first, "status": "replayed"}
+    assert balances(pg_engine, "m", "shop") == {"available": 20, "pending": 0, "reserved": 0}
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM events WHERE id = 'p1'")
+                            ).scalar_one() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar_one() == 1
+    assert_journal_ok(pg_engine)
+
+
+def test_a_batch_replays_an_event_applied_between_its_first_reads(pg_engine):
+    # The narrower window: the other copy of the event commits after the batch's first
+    # read and before it reads which orders exist, so the batch finds the order before it
+    # locks the member. Stored events read before the lock would miss the event and call
+    # its order "recorded by another event" (two API processes that both got the same
+    # event once answered 422 so). The other copy is applied from inside the batch's
+    # transaction, on another pooled connection, just before that orders statement runs.
+    load_programme(pg_engine, SHOP)
+    upsert_member(pg_engine, "shop", "m", {}, CLOCK)
+    purchase = {"id": "p1", "type": "purchase", "member": "m", "order_id": "o1",
+                "occurred_at": "2027-03-01T08:00:00+08:00", "amount": "20.00"}
+    other: list[dict[str, Any]] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not other and statement.startswith("SELECT orders.order_id"):
+            other.append(ingest_event(pg_engine, "shop", purchase, CLOCK))
+
+    sa.event.listen(pg_engine, "before_cursor_execute", before)
+    try:
+        [batched] = ingest_batch(pg_engine, "shop", [purchase], CLOCK)
+    finally:
+        sa.event.remove(pg_engine, "before_cursor_execute", before)
+
+    # Then the other copy applied it, and the batch replayed the same result
+    assert other[0]["status"] == "applied" and other[0]["points"] == 20
+    assert batched == {**other[0], "status": "replayed"}
+    assert balances(pg_engine, "m", "shop") == {"available": 20, "pending": 0, "reserved": 0}
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM events WHERE id = 'p1'")
+                            ).scalar_one() == 1
+    assert_journal_ok(pg_engine)

@@ -161,22 +161,24 @@ def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
             parsed.append(exc)
     events = [event for event in parsed if isinstance(event, Event)]
     # What needs no member lock is done before the members are locked, so that a concurrent
-    # batch of the same members waits for less: request digests, stored events, and which
-    # of the orders that only purchases name do not exist yet. An order found is read
-    # again under the lock (a refund may change it meanwhile), and so is every order a
-    # refund or another event names (one that waits for the lock must see an order its
-    # holder records). An order that purchases name and another transaction inserts
-    # meanwhile makes this one's insert fail on the orders' key, and ``transaction`` runs
-    # the batch again, which then finds it.
+    # batch of the same members waits for less: request digests, and which of the orders
+    # that only purchases name do not exist yet. An order found is read again under the
+    # lock (a refund may change it meanwhile), and so is every order a refund or another
+    # event names (one that waits for the lock must see an order its holder records). An
+    # order that purchases name and another transaction inserts meanwhile makes this one's
+    # insert fail on the orders' key, and ``transaction`` runs the batch again, which then
+    # finds it. Stored events are read under the lock: the holder of a member's lock may
+    # be applying the same event (a till that sent it twice), and this batch must then
+    # replay it, not find its order recorded by "another" event.
     digests = {id(raw): request_hash(raw) for raw, event in zip(raws, parsed, strict=True)
                if isinstance(event, Event)}
-    known = uow.stored_events(programme.id, [event.id for event in events])
     named_otherwise = {event.order_id for event in events if event.type != "purchase"}
     uow.preload_orders(programme.id, [event.order_id for event in events
                                       if event.type == "purchase" and event.order_id is not None
                                       and event.order_id not in named_otherwise],
                        programme.currency, absent_only=True)
     uow.preload_members(programme.id, [event.member for event in events])
+    known = uow.stored_events(programme.id, [event.id for event in events])
     uow.preload_orders(programme.id, [event.order_id for event in events
                                       if event.order_id is not None], programme.currency)
     if programme.model.auto_enroll:
