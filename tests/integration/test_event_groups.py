@@ -9,6 +9,7 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from setia.domain.errors import IdempotencyConflict, InvalidAmount, SetiaError, UnknownProgramme
@@ -170,3 +171,70 @@ def test_a_conflicting_replay_in_a_group_is_refused_alone(engine):
     assert [json.loads(value) if isinstance(value, str) else value
             for value in stored] == [first]
     assert_journal_ok(engine)
+
+
+def test_a_refused_event_of_a_group_leaves_nothing_behind(engine):
+    # Given Kopi Setia with auto-enrolment twice, and a group in which a member nobody has
+    # seen sends a refund of an order that does not exist: alone, the refusal rolls back
+    # the enrolment its event would have made
+    two_programmes(engine)
+    bought, later = [event for event in events(6, 2, seed=13) if event["type"] == "purchase"][:2]
+    stray = {"id": "stray", "type": "refund", "member": "newbie", "order_id": "no-such-order",
+             "occurred_at": bought["occurred_at"], "amount": "1.00"}
+    stream = [bought, stray, later]
+
+    # When it is applied together, and the same events one by one
+    together = ingest_together(engine, "together", stream, CLOCK)
+    one_by_one = [alone(engine, "alone", event) for event in stream]
+
+    # Then the answers are the same, the refund refused in both
+    assert [outcome(call) for call in together] == [outcome(call) for call in one_by_one]
+    assert [type(call).__name__ for call in together] == ["dict", "UnknownOrder", "dict"]
+    # and no member "newbie", no signup and no outbox row of hers was left by the group
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM members WHERE id = 'newbie'")
+                            ).scalar_one() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM events WHERE id = 'signup:newbie'")
+                            ).scalar_one() == 0
+    assert state(engine, "together") == state(engine, "alone")
+    assert_journal_ok(engine)
+
+
+@pytest.mark.postgres
+def test_a_group_waiting_for_a_members_lock_does_not_hold_up_other_members(pg_engine):
+    # Given two members with a purchase each, one of them locked by another transaction
+    # (an import's batch, say)
+    two_programmes(pg_engine)
+    template = next(event for event in events(4, 1, seed=21) if event["type"] == "purchase")
+    first_a, first_b, then_a, then_b = [
+        dict(template, id=f"p-{n}", order_id=f"o-{n}", member=member)
+        for n, member in enumerate(["m-a", "m-b", "m-a", "m-b"])]
+    for event in (first_a, first_b):
+        ingest_event(pg_engine, "together", event, CLOCK)
+    threads = Threads(4, "test-stall")
+    groups = EventGroups(thread_runner(threads), pg_engine)
+    groups.STALL = 0.05
+
+    async def scenario(gate: sa.Connection) -> tuple[Any, Any, bool]:
+        # When the locked member's purchase takes the lane and waits for the lock
+        waiting = asyncio.ensure_future(groups.ingest("together", then_a))
+        await asyncio.sleep(0.3)
+        # then the other member's purchase comes: answered while the lock is still held
+        other = await asyncio.wait_for(groups.ingest("together", then_b), timeout=5)
+        still_waiting = not waiting.done()
+        gate.commit()
+        return await asyncio.wait_for(waiting, timeout=10), other, still_waiting
+
+    try:
+        with pg_engine.connect() as gate:
+            gate.execute(sa.text("SELECT 1 FROM members WHERE program_id = 'together' "
+                                 "AND id = :m FOR UPDATE"), {"m": then_a["member"]})
+            locked, other, still_waiting = asyncio.run(scenario(gate))
+    finally:
+        threads.shutdown()
+
+    # Then the other member's purchase did not wait for the lock, and both applied
+    assert still_waiting
+    assert (locked["status"], other["status"]) == ("applied", "applied")
+    assert (locked["event"], other["event"]) == (then_a["id"], then_b["id"])
+    assert_journal_ok(pg_engine)

@@ -929,7 +929,11 @@ class UnitOfWork:
 
         copies, bulk = self._formats.copy, self._formats.bulk
         sql = ""
-        cursor = self._cursors(driver)[0]
+        # A few rows (one event): the connection's kept cursor. A bulk flush gets a cursor
+        # of its own, closed after it, so that no pooled connection keeps its parameters
+        # (thousands of rows) alive while idle.
+        small = all(len(rows) < BULK_MIN for _, rows in writes)
+        cursor = self._cursors(driver)[0] if small else driver.cursor()
         try:
             piped: list[tuple[str, list[Any], bool]] = []
             for name, rows in writes:
@@ -955,6 +959,9 @@ class UnitOfWork:
                     driver.commit()
         except psycopg.Error as exc:
             raise self._driver_error(driver, sql, exc) from exc
+        finally:
+            if not small:
+                cursor.close()
 
     def flush(self, *, commit: bool = False) -> None:
         if self._prepared:  # never enrolled after all: as if never inserted

@@ -45,7 +45,7 @@ from setia.entrypoints.api.auth import READ_SCOPES, STAFF_SCOPES, Runner, author
 from setia.entrypoints.api.security import API_CSP, SECURITY_HEADERS
 from setia.entrypoints.api.wire import RequestHeaders, parse_body, receive_body
 from setia.entrypoints.observability import count_results
-from setia.service import batch, members
+from setia.service import batch, events, members
 
 # Threads for the live routes' service calls and the API-key lookups (all short: a few
 # statements each). More threads than cores mostly add GIL hand-offs: with 16 clients on
@@ -84,45 +84,73 @@ def batch_events(body: Any) -> Any:
 
 
 class EventGroups:
-    """``POST /events`` requests applied in groups: while ``LANES`` groups are being
-    applied, requests that arrive wait, and the next group takes every one waiting for
-    the same programme (up to ``MOST``) into one transaction (``batch.ingest_together``).
-    A request that finds a lane free is applied at once and alone, so a single till waits
-    for nothing; under load, one transaction and one commit serve many requests instead of
-    one each. Each request still gets exactly its own answer: its result, or its own error.
-    docs/decisions/event-groups.md says why and what it costs."""
+    """``POST /events`` requests applied in groups: while a group is being applied,
+    requests that arrive wait, and the next group takes every one waiting for the same
+    programme (up to ``MOST``) into one transaction (``batch.ingest_together``). A request
+    that finds the lane free is applied at once and alone, so a single till waits for
+    nothing; under load, one transaction and one commit serve many requests instead of one
+    each. Each request still gets exactly its own answer: its result, or its own error.
+
+    One lane (``LANES``) while groups go quickly. A group still running after ``STALL``
+    seconds (waiting for a member's row lock that an import or a batch holds, say) gives
+    its lane up, so that requests for other members do not wait behind it; at most
+    ``MAX_LANES`` groups run at once. Groups run in an empty context, not in the context
+    of the request that happened to start them. docs/decisions/event-groups.md says why."""
 
     LANES = 1
     MOST = 64
+    STALL = 0.1
+    MAX_LANES = 4
 
     def __init__(self, run: Runner, engine: sa.Engine) -> None:
         self.run = run
         self.engine = engine
         self._waiting: dict[str, list[tuple[Any, asyncio.Future[Any]]]] = {}
-        self._busy = 0
+        self._busy = 0  # groups being applied
+        self._quick = 0  # of those, the ones not yet past STALL
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def ingest(self, program: str, body: Any) -> dict[str, Any]:
         """The event's result, as ``events.ingest_event`` answers it; its error raised."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:  # the app driven from another event loop: no queue
+            alone: dict[str, Any] = await self.run(events.ingest_event, self.engine,
+                                                   program, body)
+            return alone
+        future: asyncio.Future[Any] = loop.create_future()
         self._waiting.setdefault(program, []).append((body, future))
         self._start()
         result: dict[str, Any] = await future
         return result
 
     def _start(self) -> None:
-        while self._waiting and self._busy < self.LANES:
+        loop = self._loop
+        assert loop is not None
+        while self._waiting and self._quick < self.LANES and self._busy < self.MAX_LANES:
             program = next(iter(self._waiting))  # the programme waiting longest
             waiting = self._waiting.pop(program)
             if len(waiting) > self.MOST:  # the rest waits again, behind the others
                 self._waiting[program] = waiting[self.MOST:]
                 waiting = waiting[:self.MOST]
             self._busy += 1
-            task = asyncio.ensure_future(self._apply(program, waiting))
+            self._quick += 1
+            stalled = [False]
+            timer = loop.call_later(self.STALL, self._stalled, stalled)
+            task = loop.create_task(self._apply(program, waiting, stalled, timer),
+                                    context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _apply(self, program: str, group: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+    def _stalled(self, stalled: list[bool]) -> None:
+        stalled[0] = True
+        self._quick -= 1
+        self._start()
+
+    async def _apply(self, program: str, group: list[tuple[Any, asyncio.Future[Any]]],
+                     stalled: list[bool], timer: asyncio.TimerHandle) -> None:
         outcomes: list[Any]
         stopped: BaseException | None = None
         try:
@@ -132,8 +160,10 @@ class EventGroups:
             outcomes = [exc] * len(group)
             stopped = None if isinstance(exc, Exception) else exc  # cancelled: after them
         finally:
+            timer.cancel()
             self._busy -= 1
-            self._start()
+            if not stalled[0]:
+                self._quick -= 1
         for (_, future), outcome in zip(group, outcomes, strict=True):
             if future.done():  # its request was cancelled (the client went away)
                 continue
@@ -141,6 +171,7 @@ class EventGroups:
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+        self._start()
         if stopped is not None:
             raise stopped
 
