@@ -353,16 +353,34 @@ def test_a_batch_refunds_an_order_a_purchase_holding_the_member_records(pg_engin
     assert_journal_ok(pg_engine)
 
 
+def shop_with_a_member(engine: sa.Engine) -> dict[str, Any]:
+    """The shop, its member "m", and a purchase of RM 20.00 by her (not sent yet)."""
+    load_programme(engine, SHOP)
+    upsert_member(engine, "shop", "m", {}, CLOCK)
+    return {"id": "p1", "type": "purchase", "member": "m", "order_id": "o1",
+            "occurred_at": "2027-03-01T08:00:00+08:00", "amount": "20.00"}
+
+
+def applied_once_and_replayed(engine: sa.Engine, first: dict[str, Any],
+                              second: dict[str, Any]) -> None:
+    """The purchase earned 20 points once; the other copy answered the same, replayed."""
+    assert first["status"] == "applied" and first["points"] == 20
+    assert second == {**first, "status": "replayed"}
+    assert balances(engine, "m", "shop") == {"available": 20, "pending": 0, "reserved": 0}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM events WHERE id = 'p1'")
+                            ).scalar_one() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar_one() == 1
+    assert_journal_ok(engine)
+
+
 def test_a_batch_replays_an_event_the_holder_of_its_members_lock_applies(pg_engine):
     # A till sends the same purchase twice at once: alone, and in a batch (or in a group of
     # single events, which goes through the same apply_batch). The batch reads stored
     # events under the member's lock, so it finds the event the holder of the lock applied
     # and replays it, instead of finding its order "recorded by another event". Given a
     # shop and a member
-    load_programme(pg_engine, SHOP)
-    upsert_member(pg_engine, "shop", "m", {}, CLOCK)
-    purchase = {"id": "p1", "type": "purchase", "member": "m", "order_id": "o1",
-                "occurred_at": "2027-03-01T08:00:00+08:00", "amount": "20.00"}
+    purchase = shop_with_a_member(pg_engine)
     with ThreadPoolExecutor(max_workers=2) as pool, pg_engine.connect() as gate:
         # the single event locks the member, then waits to write its outbox row
         gate.execute(sa.text("LOCK TABLE outbox IN EXCLUSIVE MODE"))
@@ -376,14 +394,7 @@ def test_a_batch_replays_an_event_the_holder_of_its_members_lock_applies(pg_engi
         [second] = batched.result(timeout=30)
 
     # Then one applied it and the other replayed the same result: 20 points, once
-    assert first["status"] == "applied" and first["points"] == 20
-    assert second == {**first, "status": "replayed"}
-    assert balances(pg_engine, "m", "shop") == {"available": 20, "pending": 0, "reserved": 0}
-    with pg_engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM events WHERE id = 'p1'")
-                            ).scalar_one() == 1
-        assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar_one() == 1
-    assert_journal_ok(pg_engine)
+    applied_once_and_replayed(pg_engine, first, second)
 
 
 def test_a_batch_replays_an_event_applied_between_its_first_reads(pg_engine):
@@ -393,10 +404,7 @@ def test_a_batch_replays_an_event_applied_between_its_first_reads(pg_engine):
     # its order "recorded by another event" (two API processes that both got the same
     # event once answered 422 so). The other copy is applied from inside the batch's
     # transaction, on another pooled connection, just before that orders statement runs.
-    load_programme(pg_engine, SHOP)
-    upsert_member(pg_engine, "shop", "m", {}, CLOCK)
-    purchase = {"id": "p1", "type": "purchase", "member": "m", "order_id": "o1",
-                "occurred_at": "2027-03-01T08:00:00+08:00", "amount": "20.00"}
+    purchase = shop_with_a_member(pg_engine)
     other: list[dict[str, Any]] = []
 
     def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -410,10 +418,4 @@ def test_a_batch_replays_an_event_applied_between_its_first_reads(pg_engine):
         sa.event.remove(pg_engine, "before_cursor_execute", before)
 
     # Then the other copy applied it, and the batch replayed the same result
-    assert other[0]["status"] == "applied" and other[0]["points"] == 20
-    assert batched == {**other[0], "status": "replayed"}
-    assert balances(pg_engine, "m", "shop") == {"available": 20, "pending": 0, "reserved": 0}
-    with pg_engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM events WHERE id = 'p1'")
-                            ).scalar_one() == 1
-    assert_journal_ok(pg_engine)
+    applied_once_and_replayed(pg_engine, other[0], batched)
