@@ -11,6 +11,7 @@ once is written once.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable, Iterable
@@ -55,24 +56,25 @@ def _among(dialect: str, column: Any, values: list[Any]) -> Any:
     return column.in_(values)
 
 
+def _among_bound(dialect: str, column: Any, name: str) -> Any:
+    """``_among`` with its values bound later by ``name``: ``column = ANY(:name)`` on
+    PostgreSQL, an expanding ``IN (:name)`` elsewhere."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(column.type)))
+    return column.in_(sa.bindparam(name, expanding=True))
+
+
 _queries: dict[tuple[str, str], Any] = {}
 
 
 def _query(dialect: str, name: str, build: Callable[[Callable[[Any, str], Any]], Any]) -> Any:
-    """A statement of the bulk path, built once per dialect with its values bound by name.
-    ``build`` gets ``among(column, name)``: ``column = ANY(:name)`` on PostgreSQL (one array,
-    as ``_among``), an expanding ``IN (:name)`` elsewhere. Building the select and its cache
-    key anew for every call cost more than running it when a batch holds a few events
+    """A statement built once per dialect, its values bound by name at execution; ``build``
+    gets ``among(column, name)`` (``_among_bound``). Building a select and its cache key
+    anew for every call cost more than running it when a batch holds a few events
     (docs/benchmarks-api.md, "Latest round")."""
     found = _queries.get((dialect, name))
     if found is None:
-        def among(column: Any, param: str) -> Any:
-            if dialect == "postgresql":
-                array = postgresql.ARRAY(column.type)
-                return column == sa.any_(sa.bindparam(param, type_=array))
-            return column.in_(sa.bindparam(param, expanding=True))
-
-        found = _queries[(dialect, name)] = build(among)
+        found = _queries[(dialect, name)] = build(functools.partial(_among_bound, dialect))
     return found
 
 
@@ -1058,14 +1060,11 @@ def _json_list(value: Any) -> list[Any]:
     return orjson.loads(value) if isinstance(value, str) else list(value)
 
 
-_member_queries: dict[tuple[str, bool], Any] = {}
-
-
 def _member_query(dialect: str, lock: bool) -> Any:
     """The member row with its programme's current version and definition hash."""
-    found = _member_queries.get((dialect, lock))
-    if found is None:
-        m, p, pv = t.members, t.programs, t.program_versions
+    m, p, pv = t.members, t.programs, t.program_versions
+
+    def build(_: Any) -> Any:
         query = (
             sa.select(m, p.c.current_version, pv.c.definition_hash)
             .join(p, p.c.id == m.c.program_id)
@@ -1073,10 +1072,9 @@ def _member_query(dialect: str, lock: bool) -> Any:
             .where(m.c.program_id == sa.bindparam("program_id"),
                    m.c.id == sa.bindparam("member_id"))
         )
-        if lock:
-            query = query.with_for_update(of=m)
-        found = _member_queries[(dialect, lock)] = query
-    return found
+        return query.with_for_update(of=m) if lock else query
+
+    return _query(dialect, "member_locked" if lock else "member", build)
 
 
 _member_sqls: dict[tuple[str, bool], tuple[str, list[str], list[Any]]] = {}
