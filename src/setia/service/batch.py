@@ -66,38 +66,23 @@ def ingest_together(engine: sa.Engine, program_id: str, payloads: list[Any],
     that refused it, exactly as ``ingest_event`` would have answered it alone. They go
     through ``apply_batch`` in the order given, as if sent one after the other.
 
-    A refused event must leave nothing behind, as it does alone; within a batch it can (a
-    member it auto-enrolled before it was refused). So a group with a refusal is rolled
-    back and applied again without the refused events, whose errors stand: alone they
-    would have changed nothing, so the others' answers are the same without them. If that
-    second pass refuses one too, or the transaction itself fails (the programme is unknown,
-    the database refuses a write, it stays busy), every event is applied on its own with
-    ``ingest_event``, so that one event's failure is never another's. One event alone
-    takes ``ingest_event``'s shorter path. docs/decisions/event-groups.md says why."""
+    A refused event leaves nothing behind here either (``apply_event`` enrols a new member
+    only after every refusal), so the others' answers are the ones they would get without
+    it. If the transaction itself fails (the programme is unknown, the database refuses a
+    write, it stays busy), every event is applied on its own with ``ingest_event``, so that
+    one event's failure is never another's. One event alone takes ``ingest_event``'s
+    shorter path. docs/decisions/event-groups.md says why."""
     if len(payloads) == 1:
         return [_alone(engine, program_id, payloads[0], clock)]
 
-    def attempt(chosen: list[Any]) -> list[dict[str, Any] | SetiaError]:
-        def work(uow: UnitOfWork) -> list[dict[str, Any] | SetiaError]:
-            programme = require_programme(uow, program_id)
-            outcomes = apply_batch(uow, programme, chosen, clock())
-            if not any(isinstance(outcome, SetiaError) for outcome in outcomes):
-                uow.commit()
-            return outcomes  # with a refusal: not committed, the unit of work rolls back
-
-        return transaction(engine, work)
+    def work(uow: UnitOfWork) -> list[dict[str, Any] | SetiaError]:
+        programme = require_programme(uow, program_id)
+        outcomes = apply_batch(uow, programme, payloads, clock())
+        uow.commit()
+        return outcomes
 
     try:
-        first = attempt(payloads)
-        if not any(isinstance(outcome, SetiaError) for outcome in first):
-            return list(first)
-        kept = [payload for payload, outcome in zip(payloads, first, strict=True)
-                if not isinstance(outcome, SetiaError)]
-        second = attempt(kept) if kept else []
-        if not any(isinstance(outcome, SetiaError) for outcome in second):
-            applied = iter(second)
-            return [outcome if isinstance(outcome, SetiaError) else next(applied)
-                    for outcome in first]
+        return list(transaction(engine, work))
     except Exception:  # noqa: BLE001, S110 - each event answered on its own instead
         pass
     return [_alone(engine, program_id, payload, clock) for payload in payloads]

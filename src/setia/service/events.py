@@ -118,12 +118,30 @@ def apply_event(
     ``digest`` when the caller has it already)."""
     if digest is None:
         digest = request_hash(payload)
-    member = _member_for(uow, programme, event, now)
+    # An event refused changes nothing, so a member it would enrol is enrolled only after
+    # every refusal it could meet: a batch or a group of events that goes on after a
+    # refused one must not keep that one's enrolment. The refusals come in the same order
+    # for a new member as for a known one.
+    member = uow.member(programme.id, event.member)
+    if member is None:
+        if not programme.model.auto_enroll:
+            raise UnknownMember(
+                f"no member {event.member!r} in programme {programme.id}", field="member"
+            )
+        from setia.service.members import enrol, require_member_id
+
+        require_member_id(event.member)
     stored = known.get(event.id) if known is not None else uow.stored_event(programme.id, event.id)
     if stored is not None:
         return replay_or_conflict(stored, digest, event.id)
     partner_settlement.check_event(programme, event)
     privacy.check_event_age(programme, event, now)
+    if member is None:
+        if event.type == "purchase":
+            _refuse_recorded_order(uow, programme, event)
+        elif event.type == "refund":  # a new member has no order yet
+            raise _unknown_order(event)
+        member = enrol(uow, programme, event.member, {}, enrolled_at=event.occurred_at, now=now)
     tier_before = member.tier_id
 
     if event.type == "purchase":
@@ -194,19 +212,6 @@ def _tier_summary(programme: Programme, member: Member) -> dict[str, Any]:
     return dict(found[1])
 
 
-def _member_for(uow: UnitOfWork, programme: Programme, event: Event, now: datetime) -> Member:
-    member = uow.member(programme.id, event.member)
-    if member is not None:
-        return member
-    if not programme.model.auto_enroll:
-        raise UnknownMember(
-            f"no member {event.member!r} in programme {programme.id}", field="member"
-        )
-    from setia.service.members import enrol
-
-    return enrol(uow, programme, event.member, {}, enrolled_at=event.occurred_at, now=now)
-
-
 def earn_awards(
     programme: Programme, member: Member, event: Event, awards: list[earning.Award]
 ) -> int:
@@ -248,10 +253,7 @@ def member_facts(programme: Programme, member: Member) -> earning.MemberFacts:
 
 def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Event) -> int:
     assert event.order_id is not None and event.amount is not None
-    if uow.order(programme.id, event.order_id, programme.currency) is not None:
-        raise InvalidField(
-            f"order {event.order_id!r} was already recorded by another event", field="order_id"
-        )
+    _refuse_recorded_order(uow, programme, event)
     tier_before = programme.level(member.tier_id)
     awards = earning.evaluate(programme, event, member_facts(programme, member), member.usage)
     # Nothing below can refuse the event.
@@ -290,6 +292,20 @@ def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Even
     return total
 
 
+def _refuse_recorded_order(uow: UnitOfWork, programme: Programme, event: Event) -> None:
+    assert event.order_id is not None
+    if uow.order(programme.id, event.order_id, programme.currency) is not None:
+        raise InvalidField(
+            f"order {event.order_id!r} was already recorded by another event", field="order_id"
+        )
+
+
+def _unknown_order(event: Event) -> UnknownOrder:
+    return UnknownOrder(
+        f"no order {event.order_id!r} for member {event.member!r}", field="order_id"
+    )
+
+
 def _order_payload(event: Event) -> dict[str, Any]:
     return {
         "id": event.id,
@@ -317,9 +333,7 @@ def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event)
     assert event.order_id is not None
     order = uow.order(programme.id, event.order_id, programme.currency)
     if order is None or order.member_pk != member.pk:
-        raise UnknownOrder(
-            f"no order {event.order_id!r} for member {member.id!r}", field="order_id"
-        )
+        raise _unknown_order(event)
     digits = minor_digits(programme.currency)
     split = split_refund(event, order.amount, order.refunded, order.lines, digits)
     original = require_programme(uow, programme.id, order.program_version)

@@ -58,6 +58,13 @@ def parse_profile(raw: Any) -> dict[str, Any]:
     return profile
 
 
+def require_member_id(member_id: str) -> None:
+    if not MEMBER_ID.fullmatch(member_id):
+        raise InvalidField(
+            "member id may hold letters, digits and . _ : @ + - (at most 128)", field="member"
+        )
+
+
 def enrol(
     uow: UnitOfWork,
     programme: Programme,
@@ -70,10 +77,7 @@ def enrol(
     """Create the member at the first level and post its signup event."""
     from setia.service.events import apply_event
 
-    if not MEMBER_ID.fullmatch(member_id):
-        raise InvalidField(
-            "member id may hold letters, digits and . _ : @ + - (at most 128)", field="member"
-        )
+    require_member_id(member_id)
     local = enrolled_at.astimezone(programme.tz)
     first = programme.model.tiers.levels[0]
     member = uow.add_member(
