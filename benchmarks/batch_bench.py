@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +94,12 @@ def run(engine: sa.Engine, admin: sa.Engine, url: str, args: argparse.Namespace)
                             Path(tmp) / "server.log")
             try:
                 server.wait_ready()
-                client = stack.enter_context(contextlib.closing(
+                clients = [stack.enter_context(contextlib.closing(
                     KeepAlive(server.base_url, {"Authorization": f"Bearer {key}"})))
+                    for _ in range(args.clients)]
                 bodies = [orjson.dumps({"events": batch}) for batch in batches]
 
-                def post(number: int) -> list[dict[str, Any]]:
+                def post(number: int, client: KeepAlive = clients[0]) -> list[dict[str, Any]]:
                     answer = client.post(f"/v1/programs/{PROGRAM}/events/batch",
                                          content=bodies[number],
                                          headers={"Content-Type": "application/json"})
@@ -105,34 +107,48 @@ def run(engine: sa.Engine, admin: sa.Engine, url: str, args: argparse.Namespace)
                         raise SystemExit(f"{answer.status_code}: {answer.text[:300]}")
                     return list(answer.json()["results"])
 
-                timed(admin, args, post, lambda: process_cpu(server.pid), "the server")
+                def post_all(numbers: range) -> list[dict[str, Any]]:
+                    """The batches shared out among the clients, sent at once."""
+                    if len(clients) == 1:
+                        return [result for number in numbers for result in post(number)]
+                    with ThreadPoolExecutor(len(clients)) as pool:
+                        shares = pool.map(
+                            lambda c: [result for number in numbers[c::len(clients)]
+                                       for result in post(number, clients[c])],
+                            range(len(clients)))
+                        return [result for share in shares for result in share]
+
+                timed(admin, args, post_all, lambda: process_cpu(server.pid), "the server")
             finally:
                 server.stop()
     else:
-        timed(admin, args, lambda number: ingest_batch(engine, PROGRAM, batches[number]),
+        timed(admin, args, lambda numbers: [result for number in numbers
+                                        for result in ingest_batch(engine, PROGRAM,
+                                                                   batches[number])],
               time.process_time, "this process")
 
 
 def timed(admin: sa.Engine, args: argparse.Namespace,
-          send: Callable[[int], list[dict[str, Any]]], cpu_now: Callable[[], float],
+          send: Callable[[range], list[dict[str, Any]]], cpu_now: Callable[[], float],
           who: str) -> None:
     """Batch 0 as a warm-up (caches, prepared statements), then the timed batches."""
-    send(0)
+    send(range(1))
     profile = cProfile.Profile() if args.profile and not args.over_http else None
     pg_before, cpu_before, started = backends_cpu(admin), cpu_now(), time.perf_counter()
     if profile is not None:
         profile.enable()
-    for number in range(1, args.batches + 1):
-        results = send(number)
-        if any(result["status"] != "applied" for result in results):
-            raise SystemExit("a batch event was not applied")
+    results = send(range(1, args.batches + 1))
+    if len(results) != args.batches * args.batch_size or any(
+            result["status"] != "applied" for result in results):
+        raise SystemExit("a batch event was not applied")
     if profile is not None:
         profile.disable()
     wall, cpu = time.perf_counter() - started, cpu_now() - cpu_before
     pg = backends_cpu(admin) - pg_before
     events = args.batches * args.batch_size
     print(f"{events:,} events in {args.batches} batches of {args.batch_size:,}"
-          f"{' over HTTP' if args.over_http else ''}: "
+          f"{' over HTTP' if args.over_http else ''}"
+          f"{f' from {args.clients} clients' if args.clients > 1 else ''}: "
           f"wall {1e6 * wall / events:.0f} µs/event ({events / wall:,.0f} events/s), "
           f"CPU: {who} {1e6 * cpu / events:.0f} µs/event, "
           f"PostgreSQL {1e6 * pg / events:.0f} µs/event"
@@ -149,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the timed batches; print the top 30 by own time")
+    parser.add_argument("--clients", type=int, default=1,
+                        help="with --over-http: clients sending batches at once (their "
+                        "random members overlap, so their batches contend for row locks)")
     parser.add_argument("--over-http", action="store_true",
                         help="send the batches to `setia serve` instead (no --profile)")
     parser.add_argument("--postgres-url",
