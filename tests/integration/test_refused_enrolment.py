@@ -6,13 +6,20 @@ posting, signup event and outbox rows)."""
 from __future__ import annotations
 
 import json
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
+import setia.service.common as common
+from setia.adapters.db import tables as t
+from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import SetiaError
-from setia.service.batch import ingest_batch
+from setia.service.batch import ingest_batch, ingest_together
 from setia.service.events import ingest_event
 from setia.service.importer import import_events
 from setia.service.programmes import parse_text
@@ -37,12 +44,19 @@ STREAM = [
     purchase("p-order", "n-order", "o1"),
     {"id": "r-refund", "type": "refund", "member": "n-refund", "order_id": "o1",
      "occurred_at": "2027-05-11T09:00:00+08:00", "amount": "9.50"},
-    # two faults: the member id's is named first, as before this event's enrolment moved
+    # two faults: a malformed member id is named first; too old and an unknown partner:
+    # the partner, for a new member as for a known one
     purchase("p-badid", "bad id!", "o4", partner="no-such-shop"),
+    purchase("p-old-partner", "n-old-partner", "o6", when="2026-12-01T09:00:00+08:00",
+             partner="no-such-shop"),
+    purchase("p-old-partner-known", "regular", "o7", when="2026-12-01T09:00:00+08:00",
+             partner="no-such-shop"),
     purchase("p-good", "n-good", "o5"),
 ]
-REFUSED = ["UnknownPartner", "EventTooOld", "InvalidField", "UnknownOrder", "InvalidField"]
-FIELDS = ["partner", "occurred_at", "order_id", "order_id", "member"]
+REFUSED = ["UnknownPartner", "EventTooOld", "InvalidField", "UnknownOrder", "InvalidField",
+           "UnknownPartner", "UnknownPartner"]
+FIELDS = ["partner", "occurred_at", "order_id", "order_id", "member", "partner", "partner"]
+LAST = len(STREAM) - 1
 
 
 def programmes(engine: sa.Engine, *program_ids: str) -> None:
@@ -83,17 +97,17 @@ def test_events_refused_in_a_batch_leave_no_enrolment(engine):
 
     # Then each of the five is refused in the batch as it is alone, with the same reason
     refused = [result for result in results if result["status"] == "rejected"]
-    assert [result["event"] for result in refused] == [e["id"] for e in STREAM[1:6]]
-    assert [type(answer).__name__ for answer in alone[1:6]] == REFUSED
-    assert [answer.field for answer in alone[1:6]] == FIELDS
-    for index, (result, answer) in enumerate(zip(results[1:6], alone[1:6], strict=True),
+    assert [result["event"] for result in refused] == [e["id"] for e in STREAM[1:LAST]]
+    assert [type(answer).__name__ for answer in alone[1:LAST]] == REFUSED
+    assert [answer.field for answer in alone[1:LAST]] == FIELDS
+    for index, (result, answer) in enumerate(zip(results[1:LAST], alone[1:LAST], strict=True),
                                              start=1):
         assert result["problem"]["type"] == answer.to_problem()["type"]
         assert result["problem"]["detail"] == answer.to_problem()["detail"].replace(
             "programme alone", "programme batch")
         assert result["problem"]["field"] == f"events[{index}].{answer.field}"
-    assert [results[0]["points"], results[6]["points"]] == [alone[0]["points"],
-                                                            alone[6]["points"]] == [9, 9]
+    assert [results[0]["points"], results[LAST]["points"]] == [alone[0]["points"],
+                                                               alone[LAST]["points"]] == [9, 9]
     # and only the regular and the last newcomer were enrolled, in the batch as alone
     assert members_and_signups(engine, "batch") == members_and_signups(engine, "alone") == (
         ["n-good", "regular"], ["signup:n-good", "signup:regular"])
@@ -113,9 +127,102 @@ def test_events_refused_in_an_import_leave_no_enrolment(engine, tmp_path: Path):
     one_by_one(engine, "alone")
 
     # Then five were refused and two applied, and the import enrolled no one else
-    assert (summary["applied"], summary["rejected"]) == (2, 5)
+    assert (summary["applied"], summary["rejected"]) == (2, 7)
     assert members_and_signups(engine, "bulk") == (["n-good", "regular"],
                                                     ["signup:n-good", "signup:regular"])
     assert state(engine, "bulk") == state(engine, "alone")
     assert journal(engine, "bulk") == journal(engine, "alone")
     assert_journal_ok(engine)
+
+
+def outcome(answer: Any) -> Any:
+    if isinstance(answer, SetiaError):
+        return type(answer).__name__, answer.field, answer.to_problem()["detail"]
+    return answer["status"], answer["points"]
+
+
+def test_a_signup_id_used_before_refuses_the_enrolment_in_every_path(engine):
+    # Given a programme in which a till once sent its own event with the id "signup:dave"
+    programmes(engine, "p")
+    taken = purchase("signup:dave", "carol", "o-carol")
+    assert ingest_event(engine, "p", taken, CLOCK)["status"] == "applied"
+    stream = [purchase("d1", "dave", "o-d1"), purchase("d2", "dave", "o-d2"),
+              purchase("e1", "erin", "o-e1")]
+    conflict = ("IdempotencyConflict", "id",
+                "event id 'signup:dave' was already used for a different event")
+
+    # When dave's two first events and erin's go one by one, as a batch and as a group,
+    # each time under other ids
+    def renamed(prefix: str) -> list[dict[str, Any]]:
+        return [dict(event, id=prefix + event["id"], order_id=prefix + event["order_id"])
+                for event in stream]
+
+    alone = []
+    for event in renamed("a-"):
+        try:
+            alone.append(ingest_event(engine, "p", event, CLOCK))
+        except SetiaError as exc:
+            alone.append(exc)
+    batch = ingest_batch(engine, "p", renamed("b-"), CLOCK)
+    group = ingest_together(engine, "p", renamed("g-"), CLOCK)
+
+    # Then dave's events are refused in every path, as enrolling him would be, and
+    # erin's applied; dave was never enrolled
+    assert [outcome(answer) for answer in alone] == [conflict, conflict, ("applied", 9)]
+    assert [outcome(answer) for answer in group] == [conflict, conflict, ("applied", 9)]
+    assert [(result["status"], result.get("problem", {}).get("detail"))
+            for result in batch] == [("rejected", conflict[2]), ("rejected", conflict[2]),
+                                     ("applied", None)]
+    members, signups = members_and_signups(engine, "p")
+    assert members == ["carol", "erin"]
+    assert signups == ["signup:carol", "signup:erin"]  # "signup:dave" is a purchase
+    assert_journal_ok(engine)
+
+
+def test_insert_ignore_tells_an_existing_key(engine):
+    # Given a member row (members have a generated key, so the insert returns it)
+    row = {"program_id": "p", "id": "zoe", "enrolled_at": CLOCK(), "tier_id": "member",
+           "tier_reviewed": "2027", "available": 0, "pending": 0, "reserved": 0, "lot_seq": 0,
+           "purchases": 0, "last_activity_at": None, "birthday_year": None, "name": None,
+           "email": None, "phone": None, "birthday": None, "attributes": {}}
+    answers = []
+    for _ in range(2):
+        with UnitOfWork(engine) as uow:
+            answers.append(uow.insert_ignore(t.members, row, ["program_id", "id"]))
+            uow.commit()
+    # Then the first insert says it inserted, the second that the key was there
+    assert answers == [True, False]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM members WHERE id = 'zoe'")
+                            ).scalar_one() == 1
+
+
+@pytest.mark.postgres
+def test_copies_of_a_new_members_first_event_at_once_replay_without_retries(pg_engine,
+                                                                           monkeypatch):
+    # Given auto-enrolment, and every retry of a transaction counted
+    programmes(pg_engine, "p")
+    retried: list[str] = []
+    retryable = common._retryable
+
+    def counted(exc: BaseException) -> bool:
+        retried.append(type(exc).__name__)
+        return retryable(exc)
+
+    monkeypatch.setattr(common, "_retryable", counted)
+    first = purchase("first", "newcomer", "o-first")
+    start = threading.Barrier(12)
+
+    def send(_: int) -> str:
+        start.wait(timeout=30)
+        return str(ingest_event(pg_engine, "p", dict(first), CLOCK)["status"])
+
+    # When 12 clients send the same first event of a member nobody has seen, at once
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(send, range(12)))
+
+    # Then one applies it and 11 replay it, each waiting for the enrolment, none retried
+    assert Counter(answers) == Counter({"applied": 1, "replayed": 11})
+    assert retried == []
+    assert members_and_signups(pg_engine, "p") == (["newcomer"], ["signup:newcomer"])
+    assert_journal_ok(pg_engine)

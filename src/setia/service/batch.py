@@ -180,11 +180,13 @@ def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
                                       and event.order_id not in named_otherwise],
                        programme.currency, absent_only=True)
     uow.preload_members(programme.id, [event.member for event in events])
+    # New members' rows are inserted before the stored events are read: an insert waits for
+    # a concurrent enrolment of the same member, whose events the reads then find.
+    signups = _prepare_enrolments(uow, programme, events) if programme.model.auto_enroll else {}
     known = uow.stored_events(programme.id, [event.id for event in events])
+    known.update(signups)
     uow.preload_orders(programme.id, [event.order_id for event in events
                                       if event.order_id is not None], programme.currency)
-    if programme.model.auto_enroll:
-        _prepare_enrolments(uow, programme, events)
     outcomes: list[dict[str, Any] | SetiaError] = []
     for raw, event in zip(raws, parsed, strict=True):
         if isinstance(event, SetiaError):
@@ -198,9 +200,11 @@ def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
     return outcomes
 
 
-def _prepare_enrolments(uow: UnitOfWork, programme: Programme, events: list[Event]) -> None:
+def _prepare_enrolments(uow: UnitOfWork, programme: Programme, events: list[Event]
+                        ) -> dict[str, Any]:
     """Insert the members this batch will enrol in a few statements. Each is enrolled (its
-    signup posted) by its first event as before; only the row is written ahead."""
+    signup posted) by its first event as before; only the row is written ahead. Answers
+    the stored events among their signups' ids."""
     first = programme.model.tiers.levels[0].id
     enrolments: dict[str, tuple[str, datetime, str, str]] = {}
     for event in events:
@@ -214,4 +218,6 @@ def _prepare_enrolments(uow: UnitOfWork, programme: Programme, events: list[Even
     if enrolments:
         uow.prepare_members(programme.id, list(enrolments.values()))
         # each enrolment looks up its signup event id: read them all at once
-        uow.stored_events(programme.id, [f"signup:{member_id}" for member_id in enrolments])
+        return uow.stored_events(programme.id,
+                                 [f"signup:{member_id}" for member_id in enrolments])
+    return {}

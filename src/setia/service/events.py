@@ -120,28 +120,42 @@ def apply_event(
         digest = request_hash(payload)
     # An event refused changes nothing, so a member it would enrol is enrolled only after
     # every refusal it could meet: a batch or a group of events that goes on after a
-    # refused one must not keep that one's enrolment. The refusals come in the same order
-    # for a new member as for a known one.
+    # refused one must not keep that one's enrolment. After what only enrolling can refuse
+    # (the member id, the signup's event id), the refusals come in the same order for a new
+    # member as for a known one.
     member = uow.member(programme.id, event.member)
     if member is None:
         if not programme.model.auto_enroll:
             raise UnknownMember(
                 f"no member {event.member!r} in programme {programme.id}", field="member"
             )
-        from setia.service.members import enrol, require_member_id
+        from setia.service.members import enrol, refuse_enrolment
 
-        require_member_id(event.member)
+        refuse_enrolment(uow, programme, event.member, event.occurred_at, known)
     stored = known.get(event.id) if known is not None else uow.stored_event(programme.id, event.id)
     if stored is not None:
         return replay_or_conflict(stored, digest, event.id)
     partner_settlement.check_event(programme, event)
     privacy.check_event_age(programme, event, now)
     if member is None:
+        if (event.type == "purchase" and known is None
+                and uow.order(programme.id, event.order_id or "", programme.currency) is not None):
+            # Without a member to lock, the event was looked up before its order: a copy of
+            # this event committed in between recorded the order, and this one replays it.
+            stored = uow.stored_event(programme.id, event.id, fresh=True)
+            if stored is not None:
+                return replay_or_conflict(stored, digest, event.id)
         if event.type == "purchase":
             _refuse_recorded_order(uow, programme, event)
         elif event.type == "refund":  # a new member has no order yet
             raise _unknown_order(event)
         member = enrol(uow, programme, event.member, {}, enrolled_at=event.occurred_at, now=now)
+        if known is None:
+            # Enrolling waited for a concurrent enrolment of the same member, if any, which
+            # may have applied this very event meanwhile (a till that sent it twice).
+            stored = uow.stored_event(programme.id, event.id, fresh=True)
+            if stored is not None:
+                return replay_or_conflict(stored, digest, event.id)
     tier_before = member.tier_id
 
     if event.type == "purchase":

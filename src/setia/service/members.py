@@ -15,7 +15,13 @@ from setia.domain.events import Event, parse_time
 from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.service import outbox
-from setia.service.common import Clock, require_programme, transaction, utc_now
+from setia.service.common import (
+    Clock,
+    request_hash,
+    require_programme,
+    transaction,
+    utc_now,
+)
 from setia.service.views import member_view
 
 PROFILE_KEYS = frozenset({"name", "email", "phone", "birthday", "attributes", "enrolled_at"})
@@ -65,6 +71,33 @@ def require_member_id(member_id: str) -> None:
         )
 
 
+def signup_event(member_id: str, enrolled_at: datetime) -> tuple[Event, dict[str, Any]]:
+    """The event that enrols a member (it posts the signup bonus), and its request."""
+    signup = Event(
+        id=f"signup:{member_id}", type="signup", member=member_id, occurred_at=enrolled_at
+    )
+    return signup, {"id": signup.id, "type": "signup", "member": member_id,
+                    "occurred_at": enrolled_at.isoformat()}
+
+
+def refuse_enrolment(uow: UnitOfWork, programme: Programme, member_id: str,
+                     enrolled_at: datetime, known: dict[str, Any] | None = None) -> None:
+    """Raise what ``enrol`` would refuse, before anything is written: a malformed member id,
+    or a signup event id already used for another event (a client's own event named
+    ``signup:<id>``, or the signup of a member since erased, at another time). ``known``:
+    stored events already read (a batch's, with its new members' signups)."""
+    from setia.service.events import replay_or_conflict
+
+    require_member_id(member_id)
+    signup, payload = signup_event(member_id, enrolled_at)
+    if known is not None:
+        stored = known.get(signup.id)
+    else:  # read once: the signup applied by ``enrol`` finds it read
+        stored = uow.stored_events(programme.id, [signup.id]).get(signup.id)
+    if stored is not None:
+        replay_or_conflict(stored, request_hash(payload), signup.id)
+
+
 def enrol(
     uow: UnitOfWork,
     programme: Programme,
@@ -78,6 +111,7 @@ def enrol(
     from setia.service.events import apply_event
 
     require_member_id(member_id)
+    signup, payload = signup_event(member_id, enrolled_at)
     local = enrolled_at.astimezone(programme.tz)
     first = programme.model.tiers.levels[0]
     member = uow.add_member(
@@ -92,21 +126,7 @@ def enrol(
         existing = uow.member(programme.id, member_id)
         assert existing is not None
         return existing
-    signup = Event(
-        id=f"signup:{member_id}", type="signup", member=member_id, occurred_at=enrolled_at
-    )
-    apply_event(
-        uow,
-        programme,
-        signup,
-        {
-            "id": signup.id,
-            "type": "signup",
-            "member": member_id,
-            "occurred_at": enrolled_at.isoformat(),
-        },
-        now,
-    )
+    apply_event(uow, programme, signup, payload, now)
     outbox.enrolled(uow, programme, member, now)
     return member
 

@@ -381,10 +381,14 @@ class UnitOfWork:
         self.conn.execute(statement, rows)
 
     def insert_ignore(self, table: sa.Table, row: dict[str, Any], keys: list[str]) -> bool:
-        """Insert unless the key exists; True if this call inserted the row."""
+        """Insert unless the key exists; True if this call inserted the row. Told by the row
+        the insert returns, not by its row count: for a table with a generated key,
+        SQLAlchemy adds RETURNING, and psycopg's row count is then -1 whether or not a
+        row was inserted."""
         insert = postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
-        result = self.conn.execute(insert.values(**row).on_conflict_do_nothing(index_elements=keys))
-        return bool(result.rowcount)
+        statement: Any = (insert.values(**row).on_conflict_do_nothing(index_elements=keys)
+                     .returning(sa.literal_column("1")))
+        return self.conn.execute(statement).first() is not None
 
     # -- programmes -----------------------------------------------------------------
 
@@ -797,9 +801,12 @@ class UnitOfWork:
 
     # -- events and commands -----------------------------------------------------------
 
-    def stored_event(self, program_id: str, event_id: str) -> Any:
+    def stored_event(self, program_id: str, event_id: str, *, fresh: bool = False) -> Any:
+        """The stored request hash and result of an event id, or None. ``fresh``: read
+        again, not as an earlier read of this unit of work found it (another transaction
+        may have committed it since)."""
         key = (program_id, event_id)
-        if key in self._looked_up:  # read by stored_events; events are written at commit
+        if key in self._looked_up and not fresh:  # events are written at commit
             return self._looked_up[key]
         return self.conn.execute(
             sa.select(t.events.c.request_hash, t.events.c.result).where(
