@@ -22,6 +22,8 @@ from setia.domain.errors import SetiaError
 from setia.service.batch import ingest_batch, ingest_together
 from setia.service.events import ingest_event
 from setia.service.importer import import_events
+from setia.service.members import upsert_member
+from setia.service.privacy import erase_member
 from setia.service.programmes import parse_text
 from tests.conftest import KOPI_SETIA, assert_journal_ok, load_programme
 from tests.integration.test_import_equivalence import CLOCK, journal, state
@@ -225,4 +227,84 @@ def test_copies_of_a_new_members_first_event_at_once_replay_without_retries(pg_e
     assert Counter(answers) == Counter({"applied": 1, "replayed": 11})
     assert retried == []
     assert members_and_signups(pg_engine, "p") == (["newcomer"], ["signup:newcomer"])
+    assert_journal_ok(pg_engine)
+
+
+@pytest.mark.postgres
+def test_a_new_members_event_enrolled_by_another_meanwhile_applies(pg_engine):
+    # Given auto-enrolment, and two different first purchases of a member nobody has seen
+    # (each would enrol her with its own time, so their signup events differ)
+    programmes(pg_engine, "p")
+    mine = purchase("twin-b", "twin", "o-twin-b", when="2027-05-10T10:00:00+08:00")
+    other = purchase("twin-a", "twin", "o-twin-a", when="2027-05-10T09:00:00+08:00")
+    me = threading.get_ident()
+    done: list[Any] = []
+
+    def meanwhile(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        # Just before this purchase reads its signup's id (having found no member), the
+        # other purchase is applied to the end in another thread: it enrols her
+        if (threading.get_ident() == me and not done and "signup:twin" in repr(parameters)
+                and "events" in statement):
+            with ThreadPoolExecutor(1) as pool:
+                done.append(pool.submit(ingest_event, pg_engine, "p", other, CLOCK).result())
+
+    sa.event.listen(pg_engine, "before_cursor_execute", meanwhile)
+    try:
+        # When this purchase is applied
+        answer = ingest_event(pg_engine, "p", mine, CLOCK)
+    finally:
+        sa.event.remove(pg_engine, "before_cursor_execute", meanwhile)
+
+    # Then the other enrolled her meanwhile, and this one is applied to her (it used to be
+    # refused: the other's signup was taken for a signup id used by another event)
+    assert [done[0]["status"], answer["status"]] == ["applied", "applied"]
+    assert members_and_signups(pg_engine, "p") == (["twin"], ["signup:twin"])
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT purchases FROM members WHERE id = 'twin'")
+                            ).scalar_one() == 2
+    assert_journal_ok(pg_engine)
+
+
+def test_an_erased_members_event_sent_again_replays(engine):
+    # Given a member enrolled by her first purchase, then erased (her events are kept under
+    # a pseudonym, her signup among them)
+    programmes(engine, "p")
+    first = purchase("first", "gone", "o-gone")
+    second = purchase("second", "gone", "o-gone-2", when="2027-05-12T09:00:00+08:00")
+    assert ingest_event(engine, "p", first, CLOCK)["status"] == "applied"
+    answer = ingest_event(engine, "p", second, CLOCK)
+    assert answer["status"] == "applied"
+    erase_member(engine, "p", "gone", "erase-gone", CLOCK)
+    before = state(engine, "p")
+
+    # When the till sends her second purchase again (its time is not her signup's)
+    again = ingest_event(engine, "p", second, CLOCK)
+
+    # Then it is replayed (no one is enrolled again) and nothing changed
+    assert again == dict(answer, status="replayed")
+    assert state(engine, "p") == before
+    assert_journal_ok(engine)
+
+
+@pytest.mark.postgres
+def test_a_member_put_twice_at_once_is_created_once_and_updated_once(pg_engine):
+    # Given no member "pat"
+    programmes(pg_engine, "p")
+    start = threading.Barrier(2)
+
+    def put(name: str) -> bool:
+        start.wait(timeout=30)
+        return upsert_member(pg_engine, "p", "pat", {"name": name}, CLOCK)[1]
+
+    # When two requests enrol her at once, with different names
+    with ThreadPoolExecutor(2) as pool:
+        created = list(pool.map(put, ["Pat A", "Pat B"]))
+
+    # Then one created her and the other updated her profile (its name is not lost)
+    assert sorted(created) == [False, True]
+    loser = ["Pat A", "Pat B"][created.index(False)]
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT name FROM members WHERE id = 'pat'")
+                            ).scalar_one() == loser
+    assert members_and_signups(pg_engine, "p") == (["pat"], ["signup:pat"])
     assert_journal_ok(pg_engine)

@@ -129,33 +129,43 @@ def apply_event(
             raise UnknownMember(
                 f"no member {event.member!r} in programme {programme.id}", field="member"
             )
-        from setia.service.members import enrol, refuse_enrolment
+        from setia.service.members import enrol, refuse_enrolment, require_member_id
 
-        refuse_enrolment(uow, programme, event.member, event.occurred_at, known)
+        require_member_id(event.member)
     stored = known.get(event.id) if known is not None else uow.stored_event(programme.id, event.id)
     if stored is not None:
         return replay_or_conflict(stored, digest, event.id)
+    if member is None:
+        try:
+            refuse_enrolment(uow, programme, event.member, event.occurred_at, known)
+        except IdempotencyConflict:
+            # The signup found may be that of another transaction that enrolled this
+            # member after it was looked up: then the event is that member's.
+            member = uow.member(programme.id, event.member)
+            if member is None:
+                raise
+            if (replayed := _replayed_since(uow, programme, event, digest, known)) is not None:
+                return replayed
     partner_settlement.check_event(programme, event)
     privacy.check_event_age(programme, event, now)
     if member is None:
-        if (event.type == "purchase" and known is None
-                and uow.order(programme.id, event.order_id or "", programme.currency) is not None):
+        if (event.type == "purchase"
+                and uow.order(programme.id, event.order_id or "", programme.currency) is not None
+                and (replayed := _replayed_since(uow, programme, event, digest, known))):
             # Without a member to lock, the event was looked up before its order: a copy of
             # this event committed in between recorded the order, and this one replays it.
-            stored = uow.stored_event(programme.id, event.id, fresh=True)
-            if stored is not None:
-                return replay_or_conflict(stored, digest, event.id)
+            return replayed
         if event.type == "purchase":
             _refuse_recorded_order(uow, programme, event)
         elif event.type == "refund":  # a new member has no order yet
             raise _unknown_order(event)
-        member = enrol(uow, programme, event.member, {}, enrolled_at=event.occurred_at, now=now)
-        if known is None:
-            # Enrolling waited for a concurrent enrolment of the same member, if any, which
-            # may have applied this very event meanwhile (a till that sent it twice).
-            stored = uow.stored_event(programme.id, event.id, fresh=True)
-            if stored is not None:
-                return replay_or_conflict(stored, digest, event.id)
+        member, created = enrol(uow, programme, event.member, {},
+                                enrolled_at=event.occurred_at, now=now)
+        # Enrolling waited for a concurrent enrolment of the same member, if any, which
+        # may have applied this very event meanwhile (a till that sent it twice).
+        if not created and (replayed := _replayed_since(uow, programme, event, digest,
+                                                        known)) is not None:
+            return replayed
     tier_before = member.tier_id
 
     if event.type == "purchase":
@@ -194,6 +204,17 @@ def apply_event(
         if known is not None:  # a repeat later in the same batch replays this result
             known[event.id] = StoredEvent(digest, result)
     return result
+
+
+def _replayed_since(uow: UnitOfWork, programme: Programme, event: Event, digest: str,
+                    known: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The event's answer if another transaction stored it since it was looked up, read
+    again; None if it did not. Only in the single-event path: a batch reads its stored
+    events once its new members' rows are in and its members locked."""
+    if known is not None:
+        return None
+    stored = uow.stored_event(programme.id, event.id, fresh=True)
+    return None if stored is None else replay_or_conflict(stored, digest, event.id)
 
 
 _windows: dict[tuple[int, int, int], tuple[Programme, list[str]]] = {}

@@ -82,13 +82,12 @@ def signup_event(member_id: str, enrolled_at: datetime) -> tuple[Event, dict[str
 
 def refuse_enrolment(uow: UnitOfWork, programme: Programme, member_id: str,
                      enrolled_at: datetime, known: dict[str, Any] | None = None) -> None:
-    """Raise what ``enrol`` would refuse, before anything is written: a malformed member id,
-    or a signup event id already used for another event (a client's own event named
-    ``signup:<id>``, or the signup of a member since erased, at another time). ``known``:
-    stored events already read (a batch's, with its new members' signups)."""
+    """Raise what ``enrol`` would refuse once the member id is known good, before anything
+    is written: its signup event id already used for another event (a client's own event
+    named ``signup:<id>``, or the signup of a member since erased, at another time).
+    ``known``: stored events already read (a batch's, with its new members' signups)."""
     from setia.service.events import replay_or_conflict
 
-    require_member_id(member_id)
     signup, payload = signup_event(member_id, enrolled_at)
     if known is not None:
         stored = known.get(signup.id)
@@ -106,8 +105,9 @@ def enrol(
     *,
     enrolled_at: datetime,
     now: datetime,
-) -> Member:
-    """Create the member at the first level and post its signup event."""
+) -> tuple[Member, bool]:
+    """Create the member at the first level and post its signup event; the member, and
+    False if another transaction enrolled it meanwhile (then nothing is written)."""
     from setia.service.events import apply_event
 
     require_member_id(member_id)
@@ -125,10 +125,10 @@ def enrol(
     if member is None:  # enrolled concurrently: use that one
         existing = uow.member(programme.id, member_id)
         assert existing is not None
-        return existing
+        return existing, False
     apply_event(uow, programme, signup, payload, now)
     outbox.enrolled(uow, programme, member, now)
-    return member
+    return member, True
 
 
 def upsert_member(
@@ -141,11 +141,12 @@ def upsert_member(
         programme = require_programme(uow, program_id)
         now = clock()
         member = uow.member(program_id, member_id)
-        created = member is None
+        created = False
         if member is None:
             enrolled_at = profile.pop("enrolled_at", now)
-            member = enrol(uow, programme, member_id, profile, enrolled_at=enrolled_at, now=now)
-        else:
+            member, created = enrol(uow, programme, member_id, profile,
+                                    enrolled_at=enrolled_at, now=now)
+        if not created:  # a member found, or enrolled by another request meanwhile
             profile.pop("enrolled_at", None)
             for key, value in profile.items():
                 setattr(member, key, value)
