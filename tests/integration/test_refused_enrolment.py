@@ -70,8 +70,13 @@ def programmes(engine: sa.Engine, *program_ids: str) -> None:
 
 
 def one_by_one(engine: sa.Engine, program_id: str) -> list[Any]:
+    return one_by_one_of(engine, program_id, STREAM)
+
+
+def one_by_one_of(engine: sa.Engine, program_id: str,
+                  stream: list[dict[str, Any]]) -> list[Any]:
     answers: list[Any] = []
-    for event in STREAM:
+    for event in stream:
         try:
             answers.append(ingest_event(engine, program_id, event, CLOCK))
         except SetiaError as exc:
@@ -178,6 +183,24 @@ def test_a_signup_id_used_before_refuses_the_enrolment_in_every_path(engine):
     members, signups = members_and_signups(engine, "p")
     assert members == ["carol", "erin"]
     assert signups == ["signup:carol", "signup:erin"]  # "signup:dave" is a purchase
+    assert_journal_ok(engine)
+
+
+def test_an_event_reusing_the_id_of_a_signup_made_earlier_in_the_batch_is_refused(engine):
+    # Given a batch in which dave's first purchase enrols him, then a till's event for
+    # carol comes with the id "signup:dave"
+    programmes(engine, "batch", "alone")
+    stream = [purchase("d1", "dave", "o-d1"), purchase("signup:dave", "carol", "o-c1")]
+
+    # When it is applied as a batch, and one event at a time
+    results = ingest_batch(engine, "batch", stream, CLOCK)
+    alone = one_by_one_of(engine, "alone", stream)
+
+    # Then the second is refused in both, as a reuse of dave's signup id
+    assert [result["status"] for result in results] == ["applied", "rejected"]
+    assert results[1]["problem"]["detail"] == alone[1].to_problem()["detail"] == (
+        "event id 'signup:dave' was already used for a different event")
+    assert state(engine, "batch") == state(engine, "alone")
     assert_journal_ok(engine)
 
 

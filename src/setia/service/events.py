@@ -160,7 +160,7 @@ def apply_event(
         elif event.type == "refund":  # a new member has no order yet
             raise _unknown_order(event)
         member, created = enrol(uow, programme, event.member, {},
-                                enrolled_at=event.occurred_at, now=now)
+                                enrolled_at=event.occurred_at, now=now, known=known)
         # Enrolling waited for a concurrent enrolment of the same member, if any, which
         # may have applied this very event meanwhile (a till that sent it twice).
         if not created and (replayed := _replayed_since(uow, programme, event, digest,

@@ -105,9 +105,11 @@ def enrol(
     *,
     enrolled_at: datetime,
     now: datetime,
+    known: dict[str, Any] | None = None,
 ) -> tuple[Member, bool]:
     """Create the member at the first level and post its signup event; the member, and
-    False if another transaction enrolled it meanwhile (then nothing is written)."""
+    False if another transaction enrolled it meanwhile (then nothing is written).
+    ``known``: a batch's stored events, which the signup joins."""
     from setia.service.events import apply_event
 
     require_member_id(member_id)
@@ -126,7 +128,7 @@ def enrol(
         existing = uow.member(programme.id, member_id)
         assert existing is not None
         return existing, False
-    apply_event(uow, programme, signup, payload, now)
+    apply_event(uow, programme, signup, payload, now, known=known)
     outbox.enrolled(uow, programme, member, now)
     return member, True
 
