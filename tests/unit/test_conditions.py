@@ -380,3 +380,59 @@ def test_condition_survives_pickle_and_copy() -> None:
     for clone in (pickle.loads(pickle.dumps(condition)), copy.deepcopy(condition)):
         assert clone == condition
         assert clone.evaluate(make_context()) is True
+
+
+# --------------------------------------------------------------------------- remembered results
+
+REMEMBERED = [
+    "event.channel == 'app' && has(member.attributes.city) && member.attributes.city == 'Penang'",
+    "1.0 / event.amount > 0.0",
+    "member.attributes.vip == true",
+    "member.attributes.level == 1",
+    "event.skus.exists(s, s == 'MUG') || member.tier == 'gold'",
+    "type(member.attributes.score) == int",
+]
+VALUES: list[Any] = [0.0, -0.0, 1, 1.0, True, False, "1", "Penang", None, [1], {"a": 1}]
+
+
+def _contexts() -> list[dict[str, Any]]:
+    made = []
+    for value in VALUES:
+        for channel in ("app", "pos"):
+            made.append({
+                "event": {"channel": channel, "amount": value if isinstance(value, float) else 2.0,
+                          "skus": ["MUG"] if value is True else ["TEH"]},
+                "member": {"tier": "gold" if value == 1 else "member",
+                           "attributes": {"city": value, "vip": value, "level": value,
+                                          "score": value}},
+            })
+        made.append({"event": {"channel": "app", "amount": 1.0, "skus": []},
+                     "member": {"tier": "member", "attributes": {}}})
+    return made
+
+
+def _answer(condition: Condition, context: dict[str, Any]) -> Any:
+    try:
+        return condition.evaluate(context)
+    except ConditionError as exc:
+        return "error", str(exc)
+
+
+@pytest.mark.parametrize("source", REMEMBERED)
+def test_a_remembered_result_is_the_result_of_evaluating_again(source: str) -> None:
+    # Given one condition used for every context (it remembers results), twice over
+    kept = compile_condition(source)
+    contexts = _contexts() * 2
+    # Then every answer, first or remembered, is what a condition that never saw a context
+    # answers: values that compare equal but differ in type or sign (1, 1.0, True; 0.0
+    # and -0.0) are told apart
+    for context in contexts:
+        assert _answer(kept, context) == _answer(Condition(source), context), context
+    assert 0 < len(kept._results) <= len(contexts) // 2
+
+
+def test_remembered_results_are_bounded() -> None:
+    condition = compile_condition("member.purchases > 3")
+    for number in range(10_000):
+        assert condition.evaluate({"member": {"purchases": number}}) is (number > 3)
+    assert len(condition._results) <= 4096

@@ -97,7 +97,7 @@ class ConditionError(ValueError):
 class Condition:
     """A compiled CEL condition. Immutable, hashable, safe to share between threads."""
 
-    __slots__ = ("_source", "_expression", "_fields")
+    __slots__ = ("_source", "_expression", "_fields", "_results")
 
     def __init__(self, source: str) -> None:
         """Compile ``source``; raises ``ConditionError`` if it is not a valid condition."""
@@ -121,6 +121,10 @@ class Condition:
         # converted for an evaluation. A variable can only be read through its name, so a
         # false positive (the word inside a string literal) merely costs a conversion.
         self._fields = fields_read(source)
+        # Results by the exact values the condition can read: a programme's conditions see
+        # few distinct values (a channel, a tier, a city), and evaluating costs more than
+        # looking up. Evaluation is pure, so a result found is the result.
+        self._results: dict[Any, bool | str] = {}
 
     @property
     def fields(self) -> Mapping[str, frozenset[str] | None]:
@@ -140,6 +144,29 @@ class Condition:
         """
         if not isinstance(context, Mapping):
             raise ConditionError(f"the context must be a mapping, not {type(context).__name__}")
+        key = _read_values(context, self._fields)
+        if key is not None:
+            found = self._results.get(key)
+            if found is True or found is False:
+                return found
+            if found is not None:
+                raise ConditionError(found)
+        try:
+            result = self._evaluate(context)
+        except ConditionError as exc:
+            if key is not None:
+                self._remember(key, str(exc))
+            raise
+        if key is not None:
+            self._remember(key, result)
+        return result
+
+    def _remember(self, key: Any, result: bool | str) -> None:
+        if len(self._results) >= MAX_RESULTS:
+            self._results.clear()
+        self._results[key] = result
+
+    def _evaluate(self, context: Mapping[str, Any]) -> bool:
         data: dict[str, Any] = {}
         for name, fields in self._fields.items():
             value = context.get(name)
@@ -218,6 +245,50 @@ def fields_read(source: str) -> dict[str, frozenset[str] | None]:
             fields = found[name]
             ordered[name] = None if fields is None else frozenset(fields)
     return ordered
+
+
+MAX_RESULTS = 4096  # results kept per condition; all are forgotten when it is full
+
+
+def _read_values(context: Mapping[str, Any], fields: Mapping[str, frozenset[str] | None]
+                 ) -> Any:
+    """The values of ``context`` that a condition reading ``fields`` can see, as a hashable
+    key that tells apart every value a condition could tell apart (types included: ``1``,
+    ``1.0`` and ``True`` are three keys, and so are ``0.0`` and ``-0.0``); None when a
+    value is of a kind this does not key (the condition is then evaluated as it is)."""
+    try:
+        parts: list[Any] = []
+        for name, selected in fields.items():
+            value = context.get(name)
+            if value is None:
+                parts.append(None)
+            elif type(value) is not dict:
+                return None
+            elif selected is None:
+                parts.append(_hashable(value))
+            else:
+                parts.append(tuple((field, _hashable(value[field])) for field in sorted(selected)
+                                   if field in value))
+        return tuple(parts)
+    except _NotKeyed:
+        return None
+
+
+class _NotKeyed(Exception):
+    pass
+
+
+def _hashable(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return kind, value
+    if kind is float:
+        return kind, value.hex()
+    if kind is dict:
+        return kind, tuple((_hashable(k), _hashable(v)) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return kind, tuple(_hashable(item) for item in value)
+    raise _NotKeyed
 
 
 def compile_condition(source: str) -> Condition:
