@@ -112,6 +112,15 @@ class _Formats:
             self._ts = _sqlite_time
             if getattr(dialect, "_json_serializer", None) is json_text:
                 self.json = json_text  # what the JSON type stores, without its function layer
+        elif (dialect.name == "postgresql" and dialect.driver == "psycopg"
+              and getattr(dialect, "_json_serializer", None) is orjson.dumps):
+            # The text psycopg's Json dumper would send (it calls the engine's orjson.dumps),
+            # made in C: a str goes to the server untyped and is cast to the JSON column, in
+            # COPY, statements and _json_rows alike. The dumper's Python layers were 4 % of a
+            # batch event's time.
+            self.json = json_text
+            if sa.DateTime().dialect_impl(dialect).bind_processor(dialect) is None:
+                self._ts = _utc_naive  # UTCDateTime's conversion, without its wrappers
         self.bool = processor(t.lots.c.pending) or _identity
         mark = self.mark = "?" if dialect.paramstyle == "qmark" else "%s"
         self.sql: dict[str, str] = {}
@@ -196,6 +205,12 @@ MEMBER_UPDATE_COLUMNS = ("tier_id", "tier_reviewed", "available", "pending", "re
 
 def _identity(value: Any) -> Any:
     return value
+
+
+def _utc_naive(value: datetime) -> datetime:
+    """Naive UTC, as UTCDateTime stores a time where the driver takes datetimes as they are."""
+    assert value.tzinfo is not None, "times are stored from aware datetimes only"
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _sqlite_time(value: datetime) -> str:
