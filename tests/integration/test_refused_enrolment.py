@@ -204,6 +204,51 @@ def test_an_event_reusing_the_id_of_a_signup_made_earlier_in_the_batch_is_refuse
     assert_journal_ok(engine)
 
 
+def test_a_new_member_refused_first_then_enrolled_by_a_later_event_of_the_batch(engine):
+    # Given a batch whose first event for a member nobody has seen is refused (a refund of
+    # an order she never made), and whose next one, later, is her first purchase
+    programmes(engine, "batch", "alone")
+    stream = [{"id": "r-first", "type": "refund", "member": "late", "order_id": "o-none",
+               "occurred_at": "2027-05-09T09:00:00+08:00", "amount": "9.50"},
+              purchase("p-late", "late", "o-late", when="2027-05-10T09:00:00+08:00")]
+
+    # When it is applied as a batch, and one event at a time
+    results = ingest_batch(engine, "batch", stream, CLOCK)
+    alone = one_by_one_of(engine, "alone", stream)
+
+    # Then the refund is refused and the purchase enrols her at its own time, as alone
+    assert [result["status"] for result in results] == ["rejected", "applied"]
+    assert [type(alone[0]).__name__, alone[1]["status"]] == ["UnknownOrder", "applied"]
+    with engine.connect() as conn:
+        enrolled = conn.execute(sa.text("SELECT program_id, enrolled_at FROM members "
+                                        "WHERE id = 'late' ORDER BY program_id")).all()
+    assert [str(row[1])[:19] for row in enrolled] == ["2027-05-10 01:00:00"] * 2  # UTC
+    assert state(engine, "batch") == state(engine, "alone")
+    assert journal(engine, "batch") == journal(engine, "alone")
+    assert_journal_ok(engine)
+
+
+def test_an_event_with_its_own_new_members_signup_id_is_refused(engine):
+    # Given a first event of a member nobody has seen, whose id is that of the signup
+    # its enrolment would post
+    programmes(engine, "batch", "alone")
+    stream = [purchase("signup:sam", "sam", "o-sam"), purchase("p-ok", "kim", "o-kim")]
+
+    # When it is applied as a batch, and alone
+    results = ingest_batch(engine, "batch", stream, CLOCK)
+    alone = one_by_one_of(engine, "alone", stream)
+
+    # Then it is refused, naming its id, in both, and no one is enrolled by it
+    detail = ("the event id 'signup:sam' is kept for the signup of member 'sam', which "
+              "this event would enrol")
+    assert [result["status"] for result in results] == ["rejected", "applied"]
+    assert results[0]["problem"]["detail"] == alone[0].to_problem()["detail"] == detail
+    assert results[0]["problem"]["field"] == "events[0].id"
+    assert members_and_signups(engine, "batch") == (["kim"], ["signup:kim"])
+    assert state(engine, "batch") == state(engine, "alone")
+    assert_journal_ok(engine)
+
+
 def test_insert_ignore_tells_an_existing_key(engine):
     # Given a member row (members have a generated key, so the insert returns it)
     row = {"program_id": "p", "id": "zoe", "enrolled_at": CLOCK(), "tier_id": "member",

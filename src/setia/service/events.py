@@ -136,6 +136,9 @@ def apply_event(
     if stored is not None:
         return replay_or_conflict(stored, digest, event.id)
     if member is None:
+        if event.id == f"signup:{event.member}":
+            raise InvalidField(f"the event id {event.id!r} is kept for the signup of member "
+                               f"{event.member!r}, which this event would enrol", field="id")
         try:
             refuse_enrolment(uow, programme, event.member, event.occurred_at, known)
         except IdempotencyConflict:

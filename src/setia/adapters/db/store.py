@@ -734,8 +734,14 @@ class UnitOfWork:
         prepared = self._prepared.pop((program_id, member_id), None)
         if prepared is not None:
             member, *expected = prepared
-            assert expected == [enrolled_at, tier_id, tier_reviewed] and not any(
-                profile.values()), "an enrolment prepared by the importer enrols as prepared"
+            assert not any(profile.values()), "a batch prepares enrolments without a profile"
+            if expected != [enrolled_at, tier_id, tier_reviewed]:
+                # Prepared for the member's first event of the batch, which was refused:
+                # a later one enrols the member, at its own time.
+                self.conn.execute(t.members.update().where(t.members.c.pk == member.pk).values(
+                    enrolled_at=enrolled_at, tier_id=tier_id, tier_reviewed=tier_reviewed))
+                member.enrolled_at, member.tier_id = enrolled_at, tier_id
+                member.tier_reviewed = tier_reviewed
             self._members[(program_id, member_id)] = member
             return member
         row = {
