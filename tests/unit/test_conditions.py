@@ -391,8 +391,10 @@ REMEMBERED = [
     "member.attributes.level == 1",
     "event.skus.exists(s, s == 'MUG') || member.tier == 'gold'",
     "type(member.attributes.score) == int",
+    "string(event.amount) == '-nan'",
 ]
-VALUES: list[Any] = [0.0, -0.0, 1, 1.0, True, False, "1", "Penang", None, [1], {"a": 1}]
+VALUES: list[Any] = [0.0, -0.0, 1, 1.0, True, False, "1", "Penang", None, [1], {"a": 1},
+                     float("nan"), -float("nan")]
 
 
 def _contexts() -> list[dict[str, Any]]:

@@ -95,7 +95,8 @@ class ConditionError(ValueError):
 
 
 class Condition:
-    """A compiled CEL condition. Immutable, hashable, safe to share between threads."""
+    """A compiled CEL condition. Its text and compiled form never change; it remembers
+    results (at most ``MAX_RESULTS``). Hashable, safe to share between threads."""
 
     __slots__ = ("_source", "_expression", "_fields", "_results")
 
@@ -283,6 +284,8 @@ def _hashable(value: Any) -> Any:
     if kind is str or kind is int or kind is bool or value is None:
         return kind, value
     if kind is float:
+        if value != value:  # NaN: its sign is not in its hex(), and CEL can print it
+            raise _NotKeyed
         return kind, value.hex()
     if kind is dict:
         return kind, tuple((_hashable(k), _hashable(v)) for k, v in value.items())
