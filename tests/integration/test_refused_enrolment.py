@@ -84,6 +84,21 @@ def one_by_one_of(engine: sa.Engine, program_id: str,
     return answers
 
 
+def batch_and_alone(engine: sa.Engine, stream: list[dict[str, Any]]
+                    ) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The stream applied as one batch to programme "batch", and one event at a time to
+    programme "alone" (both Kopi Setia with auto-enrolment): the batch's results and the
+    answers alone."""
+    programmes(engine, "batch", "alone")
+    return ingest_batch(engine, "batch", stream, CLOCK), one_by_one_of(engine, "alone", stream)
+
+
+def assert_batch_wrote_as_alone(engine: sa.Engine) -> None:
+    assert state(engine, "batch") == state(engine, "alone")
+    assert journal(engine, "batch") == journal(engine, "alone")
+    assert_journal_ok(engine)
+
+
 def members_and_signups(engine: sa.Engine, program_id: str) -> tuple[list[str], list[str]]:
     with engine.connect() as conn:
         members = conn.execute(sa.text("SELECT id FROM members WHERE program_id = :p "
@@ -189,32 +204,27 @@ def test_a_signup_id_used_before_refuses_the_enrolment_in_every_path(engine):
 def test_an_event_reusing_the_id_of_a_signup_made_earlier_in_the_batch_is_refused(engine):
     # Given a batch in which dave's first purchase enrols him, then a till's event for
     # carol comes with the id "signup:dave"
-    programmes(engine, "batch", "alone")
     stream = [purchase("d1", "dave", "o-d1"), purchase("signup:dave", "carol", "o-c1")]
 
     # When it is applied as a batch, and one event at a time
-    results = ingest_batch(engine, "batch", stream, CLOCK)
-    alone = one_by_one_of(engine, "alone", stream)
+    results, alone = batch_and_alone(engine, stream)
 
     # Then the second is refused in both, as a reuse of dave's signup id
     assert [result["status"] for result in results] == ["applied", "rejected"]
     assert results[1]["problem"]["detail"] == alone[1].to_problem()["detail"] == (
         "event id 'signup:dave' was already used for a different event")
-    assert state(engine, "batch") == state(engine, "alone")
-    assert_journal_ok(engine)
+    assert_batch_wrote_as_alone(engine)
 
 
 def test_a_new_member_refused_first_then_enrolled_by_a_later_event_of_the_batch(engine):
     # Given a batch whose first event for a member nobody has seen is refused (a refund of
     # an order she never made), and whose next one, later, is her first purchase
-    programmes(engine, "batch", "alone")
     stream = [{"id": "r-first", "type": "refund", "member": "late", "order_id": "o-none",
                "occurred_at": "2027-05-09T09:00:00+08:00", "amount": "9.50"},
               purchase("p-late", "late", "o-late", when="2027-05-10T09:00:00+08:00")]
 
     # When it is applied as a batch, and one event at a time
-    results = ingest_batch(engine, "batch", stream, CLOCK)
-    alone = one_by_one_of(engine, "alone", stream)
+    results, alone = batch_and_alone(engine, stream)
 
     # Then the refund is refused and the purchase enrols her at its own time, as alone
     assert [result["status"] for result in results] == ["rejected", "applied"]
@@ -223,20 +233,16 @@ def test_a_new_member_refused_first_then_enrolled_by_a_later_event_of_the_batch(
         enrolled = conn.execute(sa.text("SELECT program_id, enrolled_at FROM members "
                                         "WHERE id = 'late' ORDER BY program_id")).all()
     assert [str(row[1])[:19] for row in enrolled] == ["2027-05-10 01:00:00"] * 2  # UTC
-    assert state(engine, "batch") == state(engine, "alone")
-    assert journal(engine, "batch") == journal(engine, "alone")
-    assert_journal_ok(engine)
+    assert_batch_wrote_as_alone(engine)
 
 
 def test_an_event_with_its_own_new_members_signup_id_is_refused(engine):
     # Given a first event of a member nobody has seen, whose id is that of the signup
     # its enrolment would post
-    programmes(engine, "batch", "alone")
     stream = [purchase("signup:sam", "sam", "o-sam"), purchase("p-ok", "kim", "o-kim")]
 
     # When it is applied as a batch, and alone
-    results = ingest_batch(engine, "batch", stream, CLOCK)
-    alone = one_by_one_of(engine, "alone", stream)
+    results, alone = batch_and_alone(engine, stream)
 
     # Then it is refused, naming its id, in both, and no one is enrolled by it
     detail = ("the event id 'signup:sam' is kept for the signup of member 'sam', which "
@@ -245,8 +251,7 @@ def test_an_event_with_its_own_new_members_signup_id_is_refused(engine):
     assert results[0]["problem"]["detail"] == alone[0].to_problem()["detail"] == detail
     assert results[0]["problem"]["field"] == "events[0].id"
     assert members_and_signups(engine, "batch") == (["kim"], ["signup:kim"])
-    assert state(engine, "batch") == state(engine, "alone")
-    assert_journal_ok(engine)
+    assert_batch_wrote_as_alone(engine)
 
 
 def test_insert_ignore_tells_an_existing_key(engine):

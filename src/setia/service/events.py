@@ -152,15 +152,13 @@ def apply_event(
     partner_settlement.check_event(programme, event)
     privacy.check_event_age(programme, event, now)
     if member is None:
-        if (event.type == "purchase"
-                and uow.order(programme.id, event.order_id or "", programme.currency) is not None
-                and (replayed := _replayed_since(uow, programme, event, digest, known))):
+        if event.type == "purchase" and _order_recorded(uow, programme, event):
             # Without a member to lock, the event was looked up before its order: a copy of
             # this event committed in between recorded the order, and this one replays it.
-            return replayed
-        if event.type == "purchase":
-            _refuse_recorded_order(uow, programme, event)
-        elif event.type == "refund":  # a new member has no order yet
+            if (replayed := _replayed_since(uow, programme, event, digest, known)) is not None:
+                return replayed
+            raise _recorded_order(event)
+        if event.type == "refund":  # a new member has no order yet
             raise _unknown_order(event)
         member, created = enrol(uow, programme, event.member, {},
                                 enrolled_at=event.occurred_at, now=now, known=known)
@@ -291,7 +289,8 @@ def member_facts(programme: Programme, member: Member) -> earning.MemberFacts:
 
 def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Event) -> int:
     assert event.order_id is not None and event.amount is not None
-    _refuse_recorded_order(uow, programme, event)
+    if _order_recorded(uow, programme, event):
+        raise _recorded_order(event)
     tier_before = programme.level(member.tier_id)
     awards = earning.evaluate(programme, event, member_facts(programme, member), member.usage)
     # Nothing below can refuse the event.
@@ -330,12 +329,15 @@ def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Even
     return total
 
 
-def _refuse_recorded_order(uow: UnitOfWork, programme: Programme, event: Event) -> None:
+def _order_recorded(uow: UnitOfWork, programme: Programme, event: Event) -> bool:
     assert event.order_id is not None
-    if uow.order(programme.id, event.order_id, programme.currency) is not None:
-        raise InvalidField(
-            f"order {event.order_id!r} was already recorded by another event", field="order_id"
-        )
+    return uow.order(programme.id, event.order_id, programme.currency) is not None
+
+
+def _recorded_order(event: Event) -> InvalidField:
+    return InvalidField(
+        f"order {event.order_id!r} was already recorded by another event", field="order_id"
+    )
 
 
 def _unknown_order(event: Event) -> UnknownOrder:
