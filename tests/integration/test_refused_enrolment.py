@@ -22,7 +22,7 @@ from setia.domain.errors import SetiaError
 from setia.service.batch import ingest_batch, ingest_together
 from setia.service.events import ingest_event
 from setia.service.importer import import_events
-from setia.service.members import upsert_member
+from setia.service.members import get_member, upsert_member
 from setia.service.privacy import erase_member
 from setia.service.programmes import parse_text
 from tests.conftest import KOPI_SETIA, assert_journal_ok, load_programme
@@ -356,6 +356,86 @@ def test_an_erased_members_event_sent_again_replays(engine):
     # Then it is replayed (no one is enrolled again) and nothing changed
     assert again == dict(answer, status="replayed")
     assert state(engine, "p") == before
+    assert_journal_ok(engine)
+
+
+def erased(engine: sa.Engine, program_id: str, member_id: str) -> str:
+    """Enrol the member by a first purchase on 10 May, then erase her: her pseudonym."""
+    first = purchase("first", member_id, "o-first")
+    assert ingest_event(engine, program_id, first, CLOCK)["status"] == "applied"
+    return str(erase_member(engine, program_id, member_id, f"erase-{program_id}",
+                            CLOCK)["member"])
+
+
+def balances_of(engine: sa.Engine, program_id: str, member_id: str) -> tuple[int, int, int]:
+    view = get_member(engine, program_id, member_id, CLOCK)
+    with engine.connect() as conn:
+        purchases = conn.execute(sa.text("SELECT purchases FROM members WHERE program_id = :p "
+                                         "AND id = :m"), {"p": program_id, "m": member_id}
+                                 ).scalar_one()
+    return view["balances"]["available"], view["balances"]["pending"], purchases
+
+
+def test_an_erased_person_enrols_again_under_the_same_id_without_a_second_welcome(engine):
+    # Given a person enrolled by her first purchase (50 welcome points and 9 for MYR 9.50,
+    # pending), then erased
+    programmes(engine, "p")
+    pseudonym = erased(engine, "p", "gone")
+    kept = balances_of(engine, "p", pseudonym)
+    assert kept == (0, 59, 1)
+
+    # When she enrols again under the same id, at another time
+    view, created = upsert_member(engine, "p", "gone", {"name": "Back", "enrolled_at":
+                                                        "2027-06-01T09:00:00+08:00"}, CLOCK)
+
+    # Then she is a new member with no second welcome bonus: her signup's id holds her
+    # first signup, which stays on the pseudonymous account with its points
+    assert created is True
+    assert (view["name"], view["balances"]) == ("Back", {"available": 0, "pending": 0,
+                                                          "reserved": 0})
+    assert balances_of(engine, "p", pseudonym) == kept
+    members, signups = members_and_signups(engine, "p")
+    assert members == [pseudonym, "gone"]  # sorted
+    assert signups == ["signup:gone"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT member_id FROM events WHERE id = 'signup:gone'")
+                            ).scalar_one() == pseudonym
+        assert conn.execute(sa.text(
+            "SELECT count(*) FROM outbox WHERE type = 'member.enrolled' AND member_id = 'gone'"
+        )).scalar_one() == 2  # welcomed again
+    # and enrolling her again replays as an update
+    assert upsert_member(engine, "p", "gone", {"name": "Back"}, CLOCK)[1] is False
+    assert_journal_ok(engine)
+
+
+def test_an_erased_persons_new_event_enrols_her_again_alone_and_in_a_batch(engine):
+    # Given the same person erased in two programmes
+    programmes(engine, "batch", "alone")
+    pseudonyms = {program_id: erased(engine, program_id, "gone")
+                  for program_id in ("batch", "alone")}
+    stream = [purchase("again-1", "gone", "o-again-1", when="2027-05-20T09:00:00+08:00"),
+              purchase("again-2", "gone", "o-again-2", when="2027-05-21T09:00:00+08:00")]
+
+    # When her next two purchases come under the same id, as a batch and one at a time
+    results = ingest_batch(engine, "batch", stream, CLOCK)
+    alone = one_by_one_of(engine, "alone", stream)
+
+    # Then the first enrols her again and both apply: each purchase earns its 9 points,
+    # and no welcome bonus is posted (her first signup holds its id)
+    assert [result["status"] for result in results] == ["applied", "applied"]
+    assert [answer["status"] for answer in alone] == ["applied", "applied"]
+    assert [result["points"] for result in results] == [answer["points"] for answer in alone] \
+        == [9, 9]
+    for program_id, pseudonym in pseudonyms.items():
+        assert balances_of(engine, program_id, "gone") == (0, 18, 2)
+        assert balances_of(engine, program_id, pseudonym) == (0, 59, 1)
+        assert members_and_signups(engine, program_id) == ([pseudonym, "gone"],
+                                                           ["signup:gone"])
+    def unnamed(program_id: str) -> list[tuple[Any, ...]]:
+        return [(row[0] != pseudonyms[program_id] and row[0], *row[1:])
+                for row in journal(engine, program_id)]
+
+    assert unnamed("batch") == unnamed("alone")
     assert_journal_ok(engine)
 
 

@@ -129,7 +129,7 @@ def apply_event(
             raise UnknownMember(
                 f"no member {event.member!r} in programme {programme.id}", field="member"
             )
-        from setia.service.members import enrol, refuse_enrolment, require_member_id
+        from setia.service.members import enrol, require_member_id, signup_taken
 
         require_member_id(event.member)
     stored = known.get(event.id) if known is not None else uow.stored_event(programme.id, event.id)
@@ -139,16 +139,10 @@ def apply_event(
         if event.id == f"signup:{event.member}":
             raise InvalidField(f"the event id {event.id!r} is kept for the signup of member "
                                f"{event.member!r}, which this event would enrol", field="id")
-        try:
-            refuse_enrolment(uow, programme, event.member, event.occurred_at, known)
-        except IdempotencyConflict:
-            # The signup found may be that of another transaction that enrolled this
-            # member after it was looked up: then the event is that member's.
-            member = uow.member(programme.id, event.member)
-            if member is None:
-                raise
-            if (replayed := _replayed_since(uow, programme, event, digest, known)) is not None:
-                return replayed
+        # Refused here if another event holds the signup's id. Found taken by this id's
+        # own signup: a person erased and enrolling again, or another transaction that
+        # enrolled this member after it was looked up (then ``enrol`` finds that member).
+        taken = signup_taken(uow, programme, event.member, event.occurred_at, known)
     partner_settlement.check_event(programme, event)
     privacy.check_event_age(programme, event, now)
     if member is None:
@@ -161,7 +155,8 @@ def apply_event(
         if event.type == "refund":  # a new member has no order yet
             raise _unknown_order(event)
         member, created = enrol(uow, programme, event.member, {},
-                                enrolled_at=event.occurred_at, now=now, known=known)
+                                enrolled_at=event.occurred_at, now=now, known=known,
+                                taken=taken)
         # Enrolling waited for a concurrent enrolment of the same member, if any, which
         # may have applied this very event meanwhile (a till that sent it twice).
         if not created and (replayed := _replayed_since(uow, programme, event, digest,

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from setia.adapters.db.store import UnitOfWork
 from setia.domain import tiers
-from setia.domain.errors import InvalidField, UnknownMember
+from setia.domain.errors import IdempotencyConflict, InvalidField, UnknownMember
 from setia.domain.events import Event, parse_time
 from setia.domain.member import Member
 from setia.domain.programme import Programme
@@ -80,21 +80,31 @@ def signup_event(member_id: str, enrolled_at: datetime) -> tuple[Event, dict[str
                     "occurred_at": enrolled_at.isoformat()}
 
 
-def refuse_enrolment(uow: UnitOfWork, programme: Programme, member_id: str,
-                     enrolled_at: datetime, known: dict[str, Any] | None = None) -> None:
-    """Raise what ``enrol`` would refuse once the member id is known good, before anything
-    is written: its signup event id already used for another event (a client's own event
-    named ``signup:<id>``, or the signup of a member since erased, at another time).
+def signup_taken(uow: UnitOfWork, programme: Programme, member_id: str,
+                 enrolled_at: datetime, known: dict[str, Any] | None = None) -> bool:
+    """Whether the member's signup event id (``signup:<id>``) already holds the signup
+    Setia made for this member id: that of a person erased since, who enrols again under
+    the same id, or that of a concurrent enrolment. Enrolling then posts no second signup
+    (and no second welcome bonus). Raise ``IdempotencyConflict`` when another event holds
+    the id (a client's own event named ``signup:<id>``), before anything is written.
     ``known``: stored events already read (a batch's, with its new members' signups)."""
-    from setia.service.events import replay_or_conflict
-
     signup, payload = signup_event(member_id, enrolled_at)
     if known is not None:
         stored = known.get(signup.id)
     else:  # read once: the signup applied by ``enrol`` finds it read
         stored = uow.stored_events(programme.id, [signup.id]).get(signup.id)
-    if stored is not None:
-        replay_or_conflict(stored, request_hash(payload), signup.id)
+    if stored is None:
+        return False
+    if stored.request_hash == request_hash(payload):
+        return True
+    # Enrolled at another time: the stored request, its member named again as erasure
+    # relabelled it, is the signup Setia made for this id if it hashes the same.
+    earlier = uow.stored_payload(programme.id, signup.id)
+    if (isinstance(earlier, dict) and earlier.get("type") == "signup"
+            and stored.request_hash == request_hash({**earlier, "member": member_id})):
+        return True
+    raise IdempotencyConflict(
+        f"event id {signup.id!r} was already used for a different event", field="id")
 
 
 def enrol(
@@ -106,14 +116,19 @@ def enrol(
     enrolled_at: datetime,
     now: datetime,
     known: dict[str, Any] | None = None,
+    taken: bool | None = None,
 ) -> tuple[Member, bool]:
     """Create the member at the first level and post its signup event; the member, and
     False if another transaction enrolled it meanwhile (then nothing is written).
-    ``known``: a batch's stored events, which the signup joins."""
+    ``known``: a batch's stored events, which the signup joins. ``taken``: what
+    ``signup_taken`` answered, if the caller asked it already (no signup is posted when
+    the member's signup id holds an earlier signup of the same id)."""
     from setia.service.events import apply_event
 
     require_member_id(member_id)
     signup, payload = signup_event(member_id, enrolled_at)
+    if taken is None:
+        taken = signup_taken(uow, programme, member_id, enrolled_at, known)
     local = enrolled_at.astimezone(programme.tz)
     first = programme.model.tiers.levels[0]
     member = uow.add_member(
@@ -128,7 +143,8 @@ def enrol(
         existing = uow.member(programme.id, member_id)
         assert existing is not None
         return existing, False
-    apply_event(uow, programme, signup, payload, now, known=known)
+    if not taken:
+        apply_event(uow, programme, signup, payload, now, known=known)
     outbox.enrolled(uow, programme, member, now)
     return member, True
 

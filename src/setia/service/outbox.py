@@ -6,7 +6,7 @@ trip of their own). Workers deliver them (``service.deliveries``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -82,8 +82,10 @@ def tier_reviewed(uow: UnitOfWork, programme: Programme, member: Member, tier_be
 
 
 def enrolled(uow: UnitOfWork, programme: Programme, member: Member, occurred_at: datetime) -> None:
-    """A new member (the welcome email)."""
-    write(uow, programme.id, [n.Message(n.MEMBER_ENROLLED, f"{n.MEMBER_ENROLLED}:{member.id}",
+    """A new member (the welcome email). Keyed by the enrolment's time too: a person
+    erased and enrolled again under the same id is a new member, and is welcomed again."""
+    key = f"{n.MEMBER_ENROLLED}:{member.id}:{member.enrolled_at.astimezone(UTC).isoformat()}"
+    write(uow, programme.id, [n.Message(n.MEMBER_ENROLLED, key,
                                         {"member": member.id, "balances": balances(member)})],
           occurred_at)
 

@@ -835,6 +835,13 @@ class UnitOfWork:
             )
         ).one_or_none()
 
+    def stored_payload(self, program_id: str, event_id: str) -> Any:
+        """The stored request of an event id (as erasure left it), or None."""
+        return self.conn.execute(
+            sa.select(t.events.c.payload).where(
+                t.events.c.program_id == program_id, t.events.c.id == event_id)
+        ).scalar_one_or_none()
+
     def stored_events(self, program_id: str, event_ids: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
         query = _query(self.dialect, "events_by_id", lambda among: (
