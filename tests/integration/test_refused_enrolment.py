@@ -18,14 +18,14 @@ import sqlalchemy as sa
 import setia.service.common as common
 from setia.adapters.db import tables as t
 from setia.adapters.db.store import UnitOfWork
-from setia.domain.errors import SetiaError
+from setia.domain.errors import IdempotencyConflict, SetiaError
 from setia.service.batch import ingest_batch, ingest_together
 from setia.service.events import ingest_event
 from setia.service.importer import import_events
 from setia.service.members import get_member, upsert_member
-from setia.service.privacy import erase_member
+from setia.service.privacy import erase_member, prune_events
 from setia.service.programmes import parse_text
-from tests.conftest import KOPI_SETIA, assert_journal_ok, load_programme
+from tests.conftest import KOPI_SETIA, assert_journal_ok, fixed_clock, load_programme
 from tests.integration.test_import_equivalence import CLOCK, journal, state
 
 LINE = [{"sku": "LATTE", "category": "coffee", "quantity": 1, "amount": "9.50"}]
@@ -405,6 +405,61 @@ def test_an_erased_person_enrols_again_under_the_same_id_without_a_second_welcom
         )).scalar_one() == 2  # welcomed again
     # and enrolling her again replays as an update
     assert upsert_member(engine, "p", "gone", {"name": "Back"}, CLOCK)[1] is False
+    assert_journal_ok(engine)
+
+
+def test_a_tills_own_signup_event_is_not_taken_for_an_erased_persons_signup(sqlite_engine):
+    # Given on SQLite (which forgets pruned event ids) a member whose signup was pruned,
+    # after which a till sent its own event "signup:kay" for her, with attributes
+    engine = sqlite_engine
+    programmes(engine, "p")
+    ingest_event(engine, "p", purchase("k1", "kay", "o-k1", when="2027-01-05T09:00:00+08:00"),
+                 fixed_clock("2027-01-05T10:00:00+08:00"))
+    assert prune_events(engine, CLOCK()) == {"p": 2}
+    own = {"id": "signup:kay", "type": "signup", "member": "kay", "attributes": {"till": 3},
+           "occurred_at": "2027-05-30T09:00:00+08:00"}
+    assert ingest_event(engine, "p", own, CLOCK)["status"] == "applied"
+    erase_member(engine, "p", "kay", "erase-kay", CLOCK)
+    before = state(engine, "p")
+
+    # When kay enrols again under the same id
+    with pytest.raises(IdempotencyConflict) as refused:
+        upsert_member(engine, "p", "kay", {"name": "Kay"}, CLOCK)
+
+    # Then it is refused, as the till's event holds her signup's id, and nothing changed
+    assert refused.value.to_problem()["detail"] == (
+        "event id 'signup:kay' was already used for a different event")
+    assert state(engine, "p") == before
+    assert_journal_ok(engine)
+
+
+@pytest.mark.postgres
+def test_an_erased_person_whose_signup_was_pruned_enrols_again_on_postgresql(pg_engine):
+    # Given, in three programmes that keep events 3 months, a person enrolled in January,
+    # whose events were pruned (PostgreSQL keeps their ids registered), then erased
+    engine = pg_engine
+    programmes(engine, "put", "batch", "alone")
+    for program_id in ("put", "batch", "alone"):
+        ingest_event(engine, program_id, purchase("k1", "kay", "o-k1",
+                                                  when="2027-01-05T09:00:00+08:00"),
+                     fixed_clock("2027-01-05T10:00:00+08:00"))
+    assert prune_events(engine, CLOCK()) == {"put": 2, "batch": 2, "alone": 2}
+    for program_id in ("put", "batch", "alone"):
+        erase_member(engine, program_id, "kay", f"erase-{program_id}", CLOCK)
+    stream = [purchase("k2", "kay", "o-k2", when="2027-05-30T09:00:00+08:00")]
+
+    # When she enrols again under the same id: by PUT, by an event in a batch, and alone
+    view, created = upsert_member(engine, "put", "kay", {"name": "Kay"}, CLOCK)
+    results = ingest_batch(engine, "batch", stream, CLOCK)
+    alone = one_by_one_of(engine, "alone", stream)
+
+    # Then each enrols her without a signup (its id stays registered: posting it again
+    # used to collide with it, and the request was retried until it answered 503)
+    assert created is True and view["balances"]["pending"] == 0
+    assert [results[0]["status"], alone[0]["status"]] == ["applied", "applied"]
+    assert results[0]["points"] == alone[0]["points"] == 18  # 9, doubled on a Sunday
+    for program_id in ("put", "batch", "alone"):
+        assert members_and_signups(engine, program_id)[1] == []
     assert_journal_ok(engine)
 
 

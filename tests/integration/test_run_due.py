@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from setia.service import privacy
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust, redeem
@@ -191,6 +192,36 @@ def test_a_birthday_is_celebrated_once_a_year_on_its_local_day(kopi):
     # 2027-01-07 and 2027-05-20) have expired after 6 months
     assert run_due(kopi, at("2028-05-17T08:00:00+08:00"), P).birthdays == 1
     assert view(kopi)["balances"] == {"available": 0, "pending": 250, "reserved": 0}
+    assert_journal_ok(kopi)
+
+
+def test_a_birthday_already_paid_this_year_under_the_same_id_is_skipped(kopi):
+    # Given a member born on 17 May whose 2027 birthday was paid, then erased, and who
+    # enrolled again under the same id with the same birthday the same afternoon
+    upsert_member(kopi, P, "cust-1", {"birthday": "1990-05-17"}, JAN)
+    upsert_member(kopi, P, "cust-2", {"birthday": "1985-05-18"}, JAN)
+    assert run_due(kopi, at("2027-05-17T00:05:00+08:00"), P).birthdays == 1
+    privacy.erase_member(kopi, P, "cust-1", "erase-1", fixed_clock("2027-05-17T10:00:00+08:00"))
+    upsert_member(kopi, P, "cust-1", {"birthday": "1990-05-17"},
+                  fixed_clock("2027-05-17T15:00:00+08:00"))
+
+    # When run-due runs the next day (cust-2's birthday)
+    report = run_due(kopi, at("2027-05-18T00:05:00+08:00"), P)
+
+    # Then cust-2 is paid and cust-1 skipped: "birthday:cust-1:2027" holds the first
+    # one's, which stays on the pseudonymous account; she is not tried again this year
+    assert report.birthdays == 1
+    assert view(kopi, member="cust-1")["balances"] == {"available": 0, "pending": 0,
+                                                       "reserved": 0}
+    with kopi.connect() as conn:
+        refs = conn.execute(sa.text(
+            "SELECT ref, points FROM postings WHERE rule_id = 'birthday' ORDER BY id")).all()
+        year = conn.execute(sa.text(
+            "SELECT birthday_year FROM members WHERE id = 'cust-1'")).scalar_one()
+    assert [tuple(r) for r in refs] == [("birthday:cust-1:2027", 250),
+                                        ("birthday:cust-2:2027", 250)]
+    assert year == 2027
+    assert run_due(kopi, at("2027-05-19T00:05:00+08:00"), P).birthdays == 0
     assert_journal_ok(kopi)
 
 

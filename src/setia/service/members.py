@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -80,6 +80,23 @@ def signup_event(member_id: str, enrolled_at: datetime) -> tuple[Event, dict[str
                     "occurred_at": enrolled_at.isoformat()}
 
 
+class _Pruned(NamedTuple):
+    request_hash: str
+    result: dict[str, Any]
+
+
+# A signup id whose event was pruned but stays registered (PostgreSQL, event retention),
+# among a batch's stored events: as a stored event it answers every other use of the id
+# with a conflict (its hash matches no request).
+PRUNED_SIGNUP = _Pruned("", {})
+
+
+def keeps_pruned_ids(programme: Programme) -> bool:
+    """Whether the programme prunes events, whose ids may then be registered only."""
+    privacy = programme.model.privacy
+    return privacy is not None and privacy.event_retention_months is not None
+
+
 def signup_taken(uow: UnitOfWork, programme: Programme, member_id: str,
                  enrolled_at: datetime, known: dict[str, Any] | None = None) -> bool:
     """Whether the member's signup event id (``signup:<id>``) already holds the signup
@@ -94,13 +111,19 @@ def signup_taken(uow: UnitOfWork, programme: Programme, member_id: str,
     else:  # read once: the signup applied by ``enrol`` finds it read
         stored = uow.stored_events(programme.id, [signup.id]).get(signup.id)
     if stored is None:
-        return False
-    if stored.request_hash == request_hash(payload):
+        # Pruned by event retention, its id still registered on PostgreSQL (a batch has
+        # looked that up already): taken as hers, as posting it again would collide with
+        # the registered id. Whose it was can no longer be told.
+        return (known is None and keeps_pruned_ids(programme)
+                and bool(uow.registered_event_ids(programme.id, [signup.id])))
+    if stored is PRUNED_SIGNUP or stored.request_hash == request_hash(payload):
         return True
     # Enrolled at another time: the stored request, its member named again as erasure
-    # relabelled it, is the signup Setia made for this id if it hashes the same.
+    # relabelled it, is the signup Setia made for this id if it has that request's fields
+    # only and hashes the same (a client's event of that shape would be the same signup).
     earlier = uow.stored_payload(programme.id, signup.id)
-    if (isinstance(earlier, dict) and earlier.get("type") == "signup"
+    if (isinstance(earlier, dict) and earlier.keys() == payload.keys()
+            and earlier.get("type") == "signup"
             and stored.request_hash == request_hash({**earlier, "member": member_id})):
         return True
     raise IdempotencyConflict(

@@ -24,7 +24,7 @@ from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.service import outbox, referrals, store_credit
-from setia.service.common import require_programme, transaction
+from setia.service.common import request_hash, require_programme, transaction
 from setia.service.engagement_due import engagement_due
 from setia.service.events import apply_event
 from setia.service.redemptions import finish_hold
@@ -215,6 +215,12 @@ def _birthdays(engine: sa.Engine, program_id: str, as_of: datetime, report: DueR
         event_id = f"birthday:{member.id}:{year}"
         payload = {"id": event_id, "type": "birthday", "member": member.id,
                    "occurred_at": as_of.isoformat()}
+        stored = uow.stored_events(programme.id, [event_id]).get(event_id)
+        if stored is not None and stored.request_hash != request_hash(payload):
+            # The id holds another event: this year's birthday of a person since erased
+            # and enrolled again under the same id (one birthday a year per id, as one
+            # signup), or a client's own event. Skipped, and not tried again this year.
+            return
         apply_event(uow, programme, Event(id=event_id, type="birthday", member=member.id,
                                           occurred_at=as_of), payload, as_of)
         report.birthdays += 1

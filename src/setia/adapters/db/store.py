@@ -27,6 +27,7 @@ from psycopg.types.json import Json
 from sqlalchemy.dialects import postgresql, sqlite
 
 from setia.adapters.db import tables as t
+from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.engine import json_text
 from setia.domain.events import Event
 from setia.domain.ledger import ASSET_POINTS, Allocation, Lot, MemberLedger, Posting
@@ -278,7 +279,7 @@ def _bulk_upsert(table: str, columns: tuple[str, ...],
 def _json_value(value: Any) -> Any:
     """What orjson does not write itself, as PostgreSQL casts it from text: a JSON column's
     value as the very text psycopg would send (so ``(r->>i)::json`` stores it unchanged),
-    naive times (the flush's times are naive UTC) and Decimals as text."""
+    naive times (the flush's own times are text already, naive UTC) and Decimals as text."""
     if isinstance(value, Json):
         text = value.dumps(value.obj) if value.dumps is not None else json.dumps(value.obj)
         return text.decode() if isinstance(text, bytes) else text
@@ -840,6 +841,19 @@ class UnitOfWork:
             sa.select(t.events.c.payload).where(
                 t.events.c.program_id == program_id, t.events.c.id == event_id)
         ).scalar_one_or_none()
+
+    def registered_event_ids(self, program_id: str, event_ids: list[str]) -> set[str]:
+        """The ids among ``event_ids`` kept in ``event_ids``: on PostgreSQL every stored
+        event's id, kept after the event is pruned (SQLite registers none)."""
+        found: set[str] = set()
+        query = _query(self.dialect, "registered_ids", lambda among: (
+            sa.select(tt.event_ids.c.id)
+            .where(tt.event_ids.c.program_id == sa.bindparam("program_id"),
+                   among(tt.event_ids.c.id, "ids"))))
+        for chunk in _chunks(self.dialect, event_ids):
+            found.update(self.conn.execute(query, {"program_id": program_id, "ids": chunk})
+                         .scalars())
+        return found
 
     def stored_events(self, program_id: str, event_ids: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
