@@ -439,14 +439,18 @@ def test_an_erased_person_whose_signup_was_pruned_enrols_again_on_postgresql(pg_
     # whose events were pruned (PostgreSQL keeps their ids registered), then erased
     engine = pg_engine
     programmes(engine, "put", "batch", "alone")
+    january = fixed_clock("2027-01-05T10:00:00+08:00")
     for program_id in ("put", "batch", "alone"):
-        ingest_event(engine, program_id, purchase("k1", "kay", "o-k1",
-                                                  when="2027-01-05T09:00:00+08:00"),
-                     fixed_clock("2027-01-05T10:00:00+08:00"))
-    assert prune_events(engine, CLOCK()) == {"put": 2, "batch": 2, "alone": 2}
+        for member in ("kay", "lee"):
+            ingest_event(engine, program_id, purchase(f"{member}-1", member, f"o-{member}-1",
+                                                      when="2027-01-05T09:00:00+08:00"), january)
+    assert prune_events(engine, CLOCK()) == {"put": 4, "batch": 4, "alone": 4}
     for program_id in ("put", "batch", "alone"):
-        erase_member(engine, program_id, "kay", f"erase-{program_id}", CLOCK)
-    stream = [purchase("k2", "kay", "o-k2", when="2027-05-30T09:00:00+08:00")]
+        for member in ("kay", "lee"):
+            erase_member(engine, program_id, member, f"erase-{program_id}-{member}", CLOCK)
+    # lee's first event comes under her signup's id, registered only
+    stream = [purchase("k2", "kay", "o-k2", when="2027-05-30T09:00:00+08:00"),
+              purchase("signup:lee", "lee", "o-l2", when="2027-05-30T09:00:00+08:00")]
 
     # When she enrols again under the same id: by PUT, by an event in a batch, and alone
     view, created = upsert_member(engine, "put", "kay", {"name": "Kay"}, CLOCK)
@@ -458,6 +462,10 @@ def test_an_erased_person_whose_signup_was_pruned_enrols_again_on_postgresql(pg_
     assert created is True and view["balances"]["pending"] == 0
     assert [results[0]["status"], alone[0]["status"]] == ["applied", "applied"]
     assert results[0]["points"] == alone[0]["points"] == 18  # 9, doubled on a Sunday
+    # and lee's event is refused alike in both, as one taking her signup's id
+    assert (results[1]["status"], results[1]["problem"]["type"].rsplit("/", 1)[-1],
+            results[1]["problem"]["field"]) == ("rejected", "invalid-field", "events[1].id")
+    assert (type(alone[1]).__name__, alone[1].field) == ("InvalidField", "id")
     for program_id in ("put", "batch", "alone"):
         assert members_and_signups(engine, program_id)[1] == []
     assert_journal_ok(engine)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from setia.service import privacy
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
+from setia.service.programmes import parse_text
 from setia.service.redemptions import adjust, redeem
 from setia.service.run_due import run_due
-from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
+from tests.conftest import KOPI_SETIA, assert_journal_ok, at, fixed_clock, load_programme
 
 P = "kopi-setia"
 JAN = fixed_clock("2027-01-04T09:00:00+08:00")  # Monday
@@ -223,6 +225,34 @@ def test_a_birthday_already_paid_this_year_under_the_same_id_is_skipped(kopi):
     assert year == 2027
     assert run_due(kopi, at("2027-05-19T00:05:00+08:00"), P).birthdays == 0
     assert_journal_ok(kopi)
+
+
+@pytest.mark.postgres
+def test_a_birthday_id_pruned_but_registered_is_skipped_on_postgresql(pg_engine):
+    # Given Kopi Setia keeping events 3 months, a member born on 10 January whose 2027
+    # birthday was paid, her events pruned in May (PostgreSQL keeps their ids), then
+    # erased, and enrolled again under the same id with a birthday on 1 October
+    document = parse_text(KOPI_SETIA.read_text())
+    document.update(privacy={"event_retention_months": 3})
+    load_programme(pg_engine, document)
+    upsert_member(pg_engine, P, "cust-1", {"birthday": "1990-01-10"}, JAN)
+    assert run_due(pg_engine, at("2027-01-10T00:05:00+08:00"), P).birthdays == 1
+    assert privacy.prune_events(pg_engine, at("2027-05-01T00:00:00+08:00")) == {P: 2}
+    privacy.erase_member(pg_engine, P, "cust-1", "erase-1",
+                         fixed_clock("2027-05-01T10:00:00+08:00"))
+    upsert_member(pg_engine, P, "cust-1", {"birthday": "1990-10-01"},
+                  fixed_clock("2027-05-02T10:00:00+08:00"))
+
+    # When run-due runs on 1 October
+    report = run_due(pg_engine, at("2027-10-01T00:05:00+08:00"), P)
+
+    # Then her birthday is skipped (posting "birthday:cust-1:2027" again would collide
+    # with its registered id, and run-due stopped there), and not tried again this year
+    assert report.birthdays == 0
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT birthday_year FROM members WHERE id = 'cust-1'")
+                            ).scalar_one() == 2027
+    assert_journal_ok(pg_engine)
 
 
 def test_a_29_february_birthday_is_celebrated_on_28_february_in_2027(kopi):

@@ -132,13 +132,13 @@ def apply_event(
         from setia.service.members import enrol, require_member_id, signup_taken
 
         require_member_id(event.member)
+        if event.id == f"signup:{event.member}":
+            raise InvalidField(f"the event id {event.id!r} is kept for the signup of member "
+                               f"{event.member!r}, which this event would enrol", field="id")
     stored = known.get(event.id) if known is not None else uow.stored_event(programme.id, event.id)
     if stored is not None:
         return replay_or_conflict(stored, digest, event.id)
     if member is None:
-        if event.id == f"signup:{event.member}":
-            raise InvalidField(f"the event id {event.id!r} is kept for the signup of member "
-                               f"{event.member!r}, which this event would enrol", field="id")
         # Refused here if another event holds the signup's id. Found taken by this id's
         # own signup: a person erased and enrolling again, or another transaction that
         # enrolled this member after it was looked up (then ``enrol`` finds that member).

@@ -91,12 +91,6 @@ class _Pruned(NamedTuple):
 PRUNED_SIGNUP = _Pruned("", {})
 
 
-def keeps_pruned_ids(programme: Programme) -> bool:
-    """Whether the programme prunes events, whose ids may then be registered only."""
-    privacy = programme.model.privacy
-    return privacy is not None and privacy.event_retention_months is not None
-
-
 def signup_taken(uow: UnitOfWork, programme: Programme, member_id: str,
                  enrolled_at: datetime, known: dict[str, Any] | None = None) -> bool:
     """Whether the member's signup event id (``signup:<id>``) already holds the signup
@@ -113,9 +107,9 @@ def signup_taken(uow: UnitOfWork, programme: Programme, member_id: str,
     if stored is None:
         # Pruned by event retention, its id still registered on PostgreSQL (a batch has
         # looked that up already): taken as hers, as posting it again would collide with
-        # the registered id. Whose it was can no longer be told.
-        return (known is None and keeps_pruned_ids(programme)
-                and bool(uow.registered_event_ids(programme.id, [signup.id])))
+        # the registered id. Whose it was can no longer be told. (Looked up whatever the
+        # programme's retention is now: it may have pruned under an earlier version.)
+        return known is None and bool(uow.registered_event_ids(programme.id, [signup.id]))
     if stored is PRUNED_SIGNUP or stored.request_hash == request_hash(payload):
         return True
     # Enrolled at another time: the stored request, its member named again as erasure

@@ -844,8 +844,10 @@ class UnitOfWork:
 
     def registered_event_ids(self, program_id: str, event_ids: list[str]) -> set[str]:
         """The ids among ``event_ids`` kept in ``event_ids``: on PostgreSQL every stored
-        event's id, kept after the event is pruned (SQLite registers none)."""
+        event's id, kept after the event is pruned. SQLite registers none: no query."""
         found: set[str] = set()
+        if self.dialect != "postgresql":
+            return found
         query = _query(self.dialect, "registered_ids", lambda among: (
             sa.select(tt.event_ids.c.id)
             .where(tt.event_ids.c.program_id == sa.bindparam("program_id"),
