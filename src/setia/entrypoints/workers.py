@@ -1,6 +1,6 @@
 """``setia serve --workers N``: N server processes, each listening on its own socket bound
 to the same address with ``SO_REUSEPORT``, so that the kernel spreads new connections over
-them.
+them from the first connection on.
 
 uvicorn's own ``--workers`` shares one listening socket among its processes, and whichever
 process wakes first accepts: under a load of keep-alive clients that connect at once (tills
@@ -31,6 +31,7 @@ APP = "setia.entrypoints.api.app:app_from_env"
 SETTLED_SECONDS = 10.0  # a worker that ran this long is replaced when it exits
 STOP_SECONDS = 30.0  # for the workers' requests in flight, then they are killed
 POLL_SECONDS = 0.2
+BACKLOG = 2048  # uvicorn's
 
 
 def reuse_port_supported() -> bool:
@@ -38,27 +39,28 @@ def reuse_port_supported() -> bool:
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` that other processes may bind too (SO_REUSEPORT)."""
+    """A socket listening on ``host:port`` that other sockets may listen on too
+    (SO_REUSEPORT); uvicorn's backlog."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
+        sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise
     return sock
 
 
-def worker(host: str, port: int, options: dict[str, Any]) -> None:
-    """One server process (the spawned child): its own socket, the app from the environment."""
+def worker(sock: socket.socket, host: str, port: int, options: dict[str, Any]) -> None:
+    """One server process (the spawned child): its socket, the app from the environment."""
     import uvicorn
 
     from setia.entrypoints.observability import configure_logging
 
     configure_logging()
-    sock = listening_socket(host, port)
     config = uvicorn.Config(APP, factory=True, host=host, port=port, **options)
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -66,24 +68,31 @@ def worker(host: str, port: int, options: dict[str, Any]) -> None:
 def run_workers(host: str, port: int, count: int, options: dict[str, Any]) -> int:
     """Serve with ``count`` worker processes until SIGINT or SIGTERM; the exit status (0, or
     1 when a worker failed soon after it started)."""
-    try:  # an address in use fails here, before any worker starts
-        listening_socket(host, port).close()
+    # Every worker's socket listens before any worker starts, so that from the first
+    # connection on the kernel spreads them over all (a worker still starting takes up its
+    # share when it is up); an address in use fails here.
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(listening_socket(host, port))
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", host, port, exc.strerror or exc)
+        for sock in sockets:
+            sock.close()
         return 1
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def start() -> tuple[BaseProcess, float]:
-        process = context.Process(target=worker, args=(host, port, options),
+    def start(index: int) -> tuple[BaseProcess, float]:
+        process = context.Process(target=worker, args=(sockets[index], host, port, options),
                                   name="setia-api-worker")
         process.start()
         log.info("started worker process %s", process.pid)
         return process, time.monotonic()
 
-    workers = [start() for _ in range(count)]
+    workers = [start(index) for index in range(count)]
     status = 0
     try:
         while not stop.wait(POLL_SECONDS):
@@ -98,7 +107,7 @@ def run_workers(host: str, port: int, count: int, options: dict[str, Any]) -> in
                     break
                 log.warning("worker process %s exited with %s; starting another",
                             process.pid, process.exitcode)
-                workers[index] = start()
+                workers[index] = start(index)  # on the same socket
     finally:
         for process, _ in workers:
             if process.is_alive():
@@ -109,6 +118,8 @@ def run_workers(host: str, port: int, count: int, options: dict[str, Any]) -> in
             if process.is_alive():
                 process.kill()
                 process.join()
+        for sock in sockets:
+            sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status
