@@ -308,9 +308,7 @@ def serve_command(
         thread_count()  # SETIA_API_THREADS, checked before anything starts
     except ValueError as exc:
         fail(str(exc))
-    if run_server(engine(), host, port, scheduler=scheduler, workers=workers):
-        fail("the server stopped: it could not listen, or a worker process exited right "
-             "after it started (the log lines above say why)")
+    run_server(engine(), host, port, scheduler=scheduler, workers=workers)
 
 
 from setia.entrypoints.cli_users import users_app  # noqa: E402 - staff accounts (web pages)

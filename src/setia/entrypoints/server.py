@@ -13,7 +13,6 @@ import uvicorn
 from setia.entrypoints.api.app import create_app, freeze_startup_heap
 from setia.entrypoints.api.protocol import JoinedWritesProtocol
 from setia.entrypoints.observability import configure_logging
-from setia.entrypoints.workers import APP, reuse_port_supported, run_workers
 from setia.service.run_due import run_due
 
 SCHEDULE_SECONDS = 60
@@ -49,24 +48,21 @@ class Scheduler:
                 log.exception("run-due failed")
 
 
-def serve(engine: sa.Engine, host: str, port: int, *, scheduler: bool, workers: int = 1) -> int:
-    """Serve until stopped; the exit status. With several workers, processes that build the
-    app from SETIA_DATABASE_URL, each on its own socket (entrypoints/workers.py); run-due
-    stays in this process, once."""
+def serve(engine: sa.Engine, host: str, port: int, *, scheduler: bool, workers: int = 1) -> None:
+    """Serve until stopped. With several workers uvicorn starts processes that build the
+    app from SETIA_DATABASE_URL; run-due stays in this process, once."""
     configure_logging()  # JSON lines with request ids
     background = Scheduler(engine) if scheduler else None
     if background:
         background.start()
     try:
-        if workers > 1 and reuse_port_supported():
-            return run_workers(host, port, workers, UVICORN)
         if workers > 1:
-            uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, **UVICORN)
+            uvicorn.run("setia.entrypoints.api.app:app_from_env", factory=True, host=host,
+                        port=port, workers=workers, **UVICORN)
         else:
             app = create_app(engine)
             freeze_startup_heap()
             uvicorn.run(app, host=host, port=port, **UVICORN)
-        return 0
     finally:
         if background:
             background.stop()

@@ -460,11 +460,6 @@ def app_from_env() -> FastAPI:
     from setia.entrypoints.observability import configure_logging
 
     configure_logging()  # each worker process logs JSON lines too
-    # ... and no uvicorn access lines (front.Front logs one line per request), as one
-    # process serves: without a handler, uvicorn does not even format them
-    access = logging.getLogger("uvicorn.access")
-    access.handlers.clear()
-    access.propagate = False
     app = create_app(make_engine())
     freeze_startup_heap()
     return app
