@@ -27,7 +27,7 @@ from setia.domain.events import Event, parse_event
 from setia.domain.programme import Programme
 from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
 from setia.service.events import apply_event, ingest_event
-from setia.service.members import MEMBER_ID, PRUNED_SIGNUP
+from setia.service.members import MEMBER_ID
 
 MAX_BATCH_EVENTS = 1000
 T = TypeVar("T")
@@ -217,11 +217,9 @@ def _prepare_enrolments(uow: UnitOfWork, programme: Programme, events: list[Even
                                  tiers.review_period(programme, local))
     if enrolments:
         uow.prepare_members(programme.id, list(enrolments.values()))
-        # each enrolment looks up its signup event id: read them all at once, and the
+        # each enrolment looks up its signup event id: read them all at once, with the
         # registered ids of signups pruned since (see members.signup_taken)
-        ids = [f"signup:{member_id}" for member_id in enrolments]
-        found = uow.stored_events(programme.id, ids)
-        pruned = uow.registered_event_ids(programme.id, [i for i in ids if i not in found])
-        found.update(dict.fromkeys(pruned, PRUNED_SIGNUP))
-        return found
+        return uow.stored_events(programme.id,
+                                 [f"signup:{member_id}" for member_id in enrolments],
+                                 registered=True)
     return {}

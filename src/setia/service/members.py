@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 
-from setia.adapters.db.store import UnitOfWork
+from setia.adapters.db.store import PRUNED, UnitOfWork
 from setia.domain import tiers
 from setia.domain.errors import IdempotencyConflict, InvalidField, UnknownMember
 from setia.domain.events import Event, parse_time
@@ -80,17 +80,6 @@ def signup_event(member_id: str, enrolled_at: datetime) -> tuple[Event, dict[str
                     "occurred_at": enrolled_at.isoformat()}
 
 
-class _Pruned(NamedTuple):
-    request_hash: str
-    result: dict[str, Any]
-
-
-# A signup id whose event was pruned but stays registered (PostgreSQL, event retention),
-# among a batch's stored events: as a stored event it answers every other use of the id
-# with a conflict (its hash matches no request).
-PRUNED_SIGNUP = _Pruned("", {})
-
-
 def signup_taken(uow: UnitOfWork, programme: Programme, member_id: str,
                  enrolled_at: datetime, known: dict[str, Any] | None = None) -> bool:
     """Whether the member's signup event id (``signup:<id>``) already holds the signup
@@ -98,19 +87,18 @@ def signup_taken(uow: UnitOfWork, programme: Programme, member_id: str,
     the same id, or that of a concurrent enrolment. Enrolling then posts no second signup
     (and no second welcome bonus). Raise ``IdempotencyConflict`` when another event holds
     the id (a client's own event named ``signup:<id>``), before anything is written.
-    ``known``: stored events already read (a batch's, with its new members' signups)."""
+    ``known``: stored events already read, registered ones included (a batch's, with its
+    new members' signups)."""
     signup, payload = signup_event(member_id, enrolled_at)
     if known is not None:
         stored = known.get(signup.id)
     else:  # read once: the signup applied by ``enrol`` finds it read
-        stored = uow.stored_events(programme.id, [signup.id]).get(signup.id)
+        stored = uow.stored_events(programme.id, [signup.id], registered=True).get(signup.id)
     if stored is None:
-        # Pruned by event retention, its id still registered on PostgreSQL (a batch has
-        # looked that up already): taken as hers, as posting it again would collide with
-        # the registered id. Whose it was can no longer be told. (Looked up whatever the
-        # programme's retention is now: it may have pruned under an earlier version.)
-        return known is None and bool(uow.registered_event_ids(programme.id, [signup.id]))
-    if stored is PRUNED_SIGNUP or stored.request_hash == request_hash(payload):
+        return False
+    # Pruned by event retention, its id still registered on PostgreSQL: taken as hers, as
+    # posting it again would collide with the registered id (whose it was is not known).
+    if stored is PRUNED or stored.request_hash == request_hash(payload):
         return True
     # Enrolled at another time: the stored request, its member named again as erasure
     # relabelled it, is the signup Setia made for this id if it has that request's fields

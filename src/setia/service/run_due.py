@@ -215,9 +215,8 @@ def _birthdays(engine: sa.Engine, program_id: str, as_of: datetime, report: DueR
         event_id = f"birthday:{member.id}:{year}"
         payload = {"id": event_id, "type": "birthday", "member": member.id,
                    "occurred_at": as_of.isoformat()}
-        stored = uow.stored_events(programme.id, [event_id]).get(event_id)
-        if (stored.request_hash != request_hash(payload) if stored is not None
-                else bool(uow.registered_event_ids(programme.id, [event_id]))):
+        stored = uow.stored_events(programme.id, [event_id], registered=True).get(event_id)
+        if stored is not None and stored.request_hash != request_hash(payload):
             # The id holds another event, or held one since pruned (its id registered on
             # PostgreSQL): this year's birthday of a person since erased and enrolled
             # again under the same id (one birthday a year per id, as one signup), or a

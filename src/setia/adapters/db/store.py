@@ -94,6 +94,17 @@ class PostingContext:
     occurred_at: datetime
 
 
+class PrunedEvent(NamedTuple):
+    request_hash: str
+    result: dict[str, Any]
+
+
+# An event id whose event was pruned (event retention) but stays registered (PostgreSQL):
+# looked up as a stored event, its hash matches no request, so any new use of the id is a
+# conflict instead of an insert that collides with the registered id.
+PRUNED = PrunedEvent("", {})
+
+
 class _Formats:
     """Column values as the driver takes them, made by the columns' own SQLAlchemy bind
     processors (so SQLite and PostgreSQL store exactly what a Core statement would store),
@@ -842,11 +853,11 @@ class UnitOfWork:
                 t.events.c.program_id == program_id, t.events.c.id == event_id)
         ).scalar_one_or_none()
 
-    def registered_event_ids(self, program_id: str, event_ids: list[str]) -> set[str]:
+    def _registered_event_ids(self, program_id: str, event_ids: list[str]) -> set[str]:
         """The ids among ``event_ids`` kept in ``event_ids``: on PostgreSQL every stored
         event's id, kept after the event is pruned. SQLite registers none: no query."""
         found: set[str] = set()
-        if self.dialect != "postgresql":
+        if self.dialect != "postgresql" or not event_ids:
             return found
         query = _query(self.dialect, "registered_ids", lambda among: (
             sa.select(tt.event_ids.c.id)
@@ -857,7 +868,11 @@ class UnitOfWork:
                          .scalars())
         return found
 
-    def stored_events(self, program_id: str, event_ids: list[str]) -> dict[str, Any]:
+    def stored_events(self, program_id: str, event_ids: list[str], *,
+                      registered: bool = False) -> dict[str, Any]:
+        """The stored request hash and result of each event id found, by id. With
+        ``registered``, an id whose event was pruned but is still registered (PostgreSQL)
+        is found too, as ``PRUNED``: a stored event that every request conflicts with."""
         found: dict[str, Any] = {}
         query = _query(self.dialect, "events_by_id", lambda among: (
             sa.select(t.events.c.id, t.events.c.request_hash, t.events.c.result)
@@ -866,8 +881,11 @@ class UnitOfWork:
         for chunk in _chunks(self.dialect, event_ids):
             for row in self.conn.execute(query, {"program_id": program_id, "ids": chunk}):
                 found[row.id] = row
-            for event_id in chunk:
-                self._looked_up[(program_id, event_id)] = found.get(event_id)
+        if registered:
+            missing = [event_id for event_id in event_ids if event_id not in found]
+            found.update(dict.fromkeys(self._registered_event_ids(program_id, missing), PRUNED))
+        for event_id in event_ids:
+            self._looked_up[(program_id, event_id)] = found.get(event_id)
         return found
 
     def add_event(self, program_id: str, event: Event, request_hash: str,
