@@ -524,3 +524,45 @@ def test_a_member_put_twice_at_once_is_created_once_and_updated_once(pg_engine):
                             ).scalar_one() == loser
     assert members_and_signups(pg_engine, "p") == (["pat"], ["signup:pat"])
     assert_journal_ok(pg_engine)
+
+
+@pytest.mark.postgres
+def test_a_pruned_event_id_sent_again_is_refused_as_a_conflict_on_postgresql(pg_engine):
+    # Given, in three programmes that keep events 3 months, kay's January purchase "k1",
+    # pruned since (PostgreSQL keeps its id registered)
+    engine = pg_engine
+    programmes(engine, "alone", "batch", "group")
+    january = fixed_clock("2027-01-05T10:00:00+08:00")
+    for program_id in ("alone", "batch", "group"):
+        ingest_event(engine, program_id, purchase("k1", "kay", "o-k1",
+                                                  when="2027-01-05T09:00:00+08:00"), january)
+    assert prune_events(engine, CLOCK()) == {"alone": 2, "batch": 2, "group": 2}
+    before = {program_id: state(engine, program_id) for program_id in ("alone", "batch", "group")}
+    again = purchase("k1", "kay", "o-k1-again", when="2027-05-30T09:00:00+08:00")
+    other = purchase("k2", "kay", "o-k2", when="2027-05-30T09:00:00+08:00")
+
+    # When a till sends another purchase under that id, recent enough to be kept: alone,
+    # in a batch, and in a group of single events beside another purchase
+    with pytest.raises(IdempotencyConflict) as refused:
+        ingest_event(engine, "alone", again, CLOCK)
+    results = ingest_batch(engine, "batch", [again, other], CLOCK)
+    grouped = ingest_together(engine, "group", [again, other], CLOCK)
+
+    # Then it is refused as an id already used, as an event still stored would be (it
+    # used to collide with the registered id and be retried until it answered 503)
+    assert (refused.value.to_problem()["detail"], refused.value.field) == (
+        "event id 'k1' was already used for a different event", "id")
+    assert (results[0]["status"], results[0]["problem"]["type"].rsplit("/", 1)[-1],
+            results[0]["problem"]["field"]) == ("rejected", "idempotency-conflict",
+                                                "events[0].id")
+    assert (type(grouped[0]).__name__, grouped[0].field) == ("IdempotencyConflict", "id")
+    # and changed nothing; the other purchase applies, earning its 9 points doubled on a
+    # Sunday
+    assert state(engine, "alone") == before["alone"]
+    assert results[1]["status"] == grouped[1]["status"] == "applied"
+    assert results[1]["points"] == grouped[1]["points"] == 18
+    for program_id in ("batch", "group"):
+        after = state(engine, program_id)
+        assert [row[0] for row in after["events"]] == ["k2"]
+        assert len(after["orders"]) == len(before[program_id]["orders"]) + 1
+    assert_journal_ok(engine)

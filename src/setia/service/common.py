@@ -56,14 +56,21 @@ def transaction(engine: sa.Engine, work: Callable[[UnitOfWork], T], *,
     """Run ``work`` in one unit of work; retry serialisation failures and deadlocks a
     bounded number of times, then answer Busy (the API's 503 with Retry-After).
     ``read_only``: the work only reads (a READ ONLY transaction on PostgreSQL, which
-    refuses any write), and the transaction ends with COMMIT instead of ROLLBACK."""
+    refuses any write), and the transaction ends with COMMIT instead of ROLLBACK.
+
+    A retry after a write collided with a key (``IntegrityError``) runs with
+    ``after_collision``: its event lookups also find ids that are only registered, whose
+    events were pruned, so a pruned id sent again is refused as used, not retried until
+    it answers Busy. The first attempt, the common one, is spared that lookup."""
+    collided = False
     for attempt in range(MAX_ATTEMPTS):
         try:
-            with UnitOfWork(engine, read_only=read_only) as uow:
+            with UnitOfWork(engine, read_only=read_only, after_collision=collided) as uow:
                 return work(uow)
         except SetiaError:
             raise
         except (OperationalError, IntegrityError, DBAPIError) as exc:
+            collided = collided or isinstance(exc, IntegrityError)
             if not _retryable(exc) or attempt == MAX_ATTEMPTS - 1:
                 if _retryable(exc):
                     break

@@ -332,9 +332,13 @@ def _formats_for(dialect: sa.Dialect) -> _Formats:
 
 
 class UnitOfWork:
-    def __init__(self, engine: sa.Engine, *, read_only: bool = False) -> None:
+    def __init__(self, engine: sa.Engine, *, read_only: bool = False,
+                 after_collision: bool = False) -> None:
         self.engine = engine
         self.read_only = read_only
+        # A retry after a write collided with a key: event lookups find registered ids too
+        # (``stored_events(registered=True)``), as a pruned id sent again is one cause.
+        self.after_collision = after_collision
         self.dialect = engine.dialect.name
         self._members: dict[tuple[str, str], Member] = {}
         self._orders: dict[tuple[str, str], Order] = {}
@@ -839,12 +843,17 @@ class UnitOfWork:
         may have committed it since)."""
         key = (program_id, event_id)
         if key in self._looked_up and not fresh:  # events are written at commit
-            return self._looked_up[key]
-        return self.conn.execute(
-            sa.select(t.events.c.request_hash, t.events.c.result).where(
-                t.events.c.program_id == program_id, t.events.c.id == event_id
-            )
-        ).one_or_none()
+            found = self._looked_up[key]
+        else:
+            found = self.conn.execute(
+                sa.select(t.events.c.request_hash, t.events.c.result).where(
+                    t.events.c.program_id == program_id, t.events.c.id == event_id
+                )
+            ).one_or_none()
+        if found is None and self.after_collision and self._registered_event_ids(
+                program_id, [event_id]):
+            return PRUNED
+        return found
 
     def stored_payload(self, program_id: str, event_id: str) -> Any:
         """The stored request of an event id (as erasure left it), or None."""
@@ -881,7 +890,7 @@ class UnitOfWork:
         for chunk in _chunks(self.dialect, event_ids):
             for row in self.conn.execute(query, {"program_id": program_id, "ids": chunk}):
                 found[row.id] = row
-        if registered:
+        if registered or self.after_collision:
             missing = [event_id for event_id in event_ids if event_id not in found]
             found.update(dict.fromkeys(self._registered_event_ids(program_id, missing), PRUNED))
         for event_id in event_ids:
