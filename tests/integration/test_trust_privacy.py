@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from setia.domain.errors import UnknownMember
 from setia.domain.trust import EventTooOld
-from setia.service import audit, member_tokens, privacy
+from setia.service import audit, deliveries, member_tokens, privacy
 from setia.service.check import check
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
@@ -91,6 +91,14 @@ def test_erasure_pseudonymises_the_member_and_keeps_the_journal_totals(kopi):
                             ).scalar_one() == 0
         assert sorted(conn.execute(sa.text("SELECT DISTINCT member_id FROM events")).scalars()) \
             == ["cust-2", pseudonym]
+        # her messages too (keys stay, as event ids do): who they name, in column and data
+        messages = [(row[0], row[1], json.loads(row[2])["member"]) for row in conn.execute(
+            sa.text("SELECT type, member_id, data FROM outbox ORDER BY id"))]
+        assert messages == [("points.earned", pseudonym, pseudonym),  # the signup's
+                            ("member.enrolled", pseudonym, pseudonym),
+                            ("points.earned", "cust-2", "cust-2"),
+                            ("member.enrolled", "cust-2", "cust-2"),
+                            ("points.earned", pseudonym, pseudonym)]  # e1's
     # the portal token stops working; the same key replays; another member is untouched
     member_tokens._cache.clear()
     assert member_tokens.authenticate(kopi, token, CLOCK) is None
@@ -136,4 +144,31 @@ def test_events_older_than_the_retention_are_refused_and_pruned(kopi):
     with kopi.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one() == 0
     assert totals(kopi) == journal_before
+    assert_journal_ok(kopi)
+
+
+def test_an_erased_members_unsent_messages_do_not_reach_her_when_her_id_enrols_again(kopi):
+    # Given a member with an email address, welcomed (messages not yet made into
+    # deliveries: her welcome, the signup's points and the purchase's), then erased
+    upsert_member(kopi, P, "cust-1", PROFILE, CLOCK)
+    ingest_event(kopi, P, purchase("e1"), CLOCK)
+    pseudonym = privacy.erase_member(kopi, P, "cust-1", "erase-1", CLOCK)["member"]
+
+    # When the same id enrols again with a new address, and the outbox is dispatched
+    later = fixed_clock("2027-03-05T09:00:00+08:00")
+    upsert_member(kopi, P, "cust-1", {"email": "new@example.my"}, later)
+    assert deliveries.dispatch(kopi, later()) == 4
+
+    # Then only her new welcome is emailed: the erased account's messages name its
+    # pseudonym, which has no address (they named "cust-1" and went to the new address)
+    with kopi.connect() as conn:
+        emailed = [tuple(row) for row in conn.execute(sa.text(
+            "SELECT o.type, o.member_id, o.key FROM deliveries d "
+            "JOIN outbox o ON o.id = d.outbox_id WHERE d.channel = 'email'"))]
+        names = sorted((row[0], row[1]) for row in conn.execute(
+            sa.text("SELECT type, member_id FROM outbox")))
+    assert emailed == [("member.enrolled", "cust-1",
+                        "member.enrolled:cust-1:2027-03-05T01:00:00+00:00")]
+    assert names == [("member.enrolled", "cust-1"), ("member.enrolled", pseudonym),
+                     ("points.earned", pseudonym), ("points.earned", pseudonym)]
     assert_journal_ok(kopi)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -80,3 +81,22 @@ def test_a_held_lot_that_paid_a_debt_owes_it_again_while_held():
     ledger.resume(seq, now, now, "ok")
     assert (ledger.available, ledger.pending, ledger.lots[seq].remaining) == (20, 0, 20)
     ledger.check()
+
+
+def test_erasure_relabels_only_the_message_fields_that_name_the_member() -> None:
+    from types import SimpleNamespace
+
+    from setia.service.privacy import _relabelled
+
+    def row(row_id: int, member_id: str, **data: object) -> SimpleNamespace:
+        return SimpleNamespace(id=row_id, member_id=member_id,
+                               data=json.dumps({"program": "p", **data}))
+
+    rows = [row(1, "kay", member="kay", ref="e1", points=9),
+            row(2, "ann", member="ann", referral="r1", referred="kay", points=50),
+            row(3, "ann", member="ann", ref="kay")]  # her id only as another value
+    changes = list(_relabelled(rows, "kay", "erased-0"))
+    assert [(c["row_id"], c["new_member"], json.loads(c["new_data"])) for c in changes] == [
+        (1, "erased-0", {"program": "p", "member": "erased-0", "ref": "e1", "points": 9}),
+        (2, "ann", {"program": "p", "member": "ann", "referral": "r1",
+                    "referred": "erased-0", "points": 50})]

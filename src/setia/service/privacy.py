@@ -4,21 +4,24 @@ erase a member, keep events only as long as the programme says.
 Erasure pseudonymises: the member row keeps its primary key, balances, lots, tier and
 history (the journal refers to members by primary key, so every total and ``setia
 check`` stay exactly as they were), while its id becomes ``erased-<random>`` and its
-name, email, phone, birthday and attributes are cleared. Stored events and orders are
-re-labelled with the pseudonym. The journal itself is never touched.
+name, email, phone, birthday and attributes are cleared. Stored events, orders and
+outbox messages are re-labelled with the pseudonym. The journal itself is never touched.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from dateutil.relativedelta import relativedelta
 
 from setia.adapters.db import partitions
 from setia.adapters.db import tables as t
+from setia.adapters.db import tables_outbox as to
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import UnknownMember
@@ -129,6 +132,7 @@ def erase_member(engine: sa.Engine, program_id: str, member_id: str, key: str,
                 uow.execute(o.update().where(o.c.program_id == program_id,
                                              o.c.order_id == row.order_id)
                             .values(event=_relabel(row.event, pseudonym)))
+            _relabel_messages(uow, program_id, member_id, pseudonym)
             uow.execute(tt.member_tokens.update().where(
                 tt.member_tokens.c.member_pk == pk, tt.member_tokens.c.revoked_at.is_(None)
             ).values(revoked_at=now))
@@ -147,6 +151,38 @@ def _relabel(payload: Any, pseudonym: str) -> Any:
     if isinstance(payload, dict) and "member" in payload:
         return {**payload, "member": pseudonym}
     return payload
+
+
+def _relabel_messages(uow: UnitOfWork, program_id: str, member_id: str,
+                      pseudonym: str) -> None:
+    """Relabel the member's outbox messages, sent or not: their ``member_id`` and each
+    field of their data that names her (``member``; ``referred`` in another member's
+    ``referral.paid``). A message not yet sent then goes out under the pseudonym, and its
+    email finds no address (an erased member has none), even if the same id enrols
+    again. Message keys stay, as event ids do. One pass over the programme's outbox,
+    which has no index by member: erasure is rare, every event writes a message."""
+    o = to.outbox
+    named = f'"{member_id}"'  # only rows whose JSON text names her are parsed
+    rows = uow.execute(sa.select(o.c.id, o.c.member_id, o.c.data).where(
+        o.c.program_id == program_id,
+        sa.or_(o.c.member_id == member_id, o.c.data.contains(named, autoescape=True)))).all()
+    changes = list(_relabelled(rows, member_id, pseudonym))
+    if changes:
+        uow.execute(o.update().where(o.c.id == sa.bindparam("row_id"))
+                    .values(member_id=sa.bindparam("new_member"), data=sa.bindparam("new_data")),
+                    changes)
+
+
+def _relabelled(rows: Iterable[Any], member_id: str, pseudonym: str) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        data = orjson.loads(row.data)
+        fields = [name for name in ("member", "referred") if data.get(name) == member_id]
+        if row.member_id != member_id and not fields:
+            continue  # her id only inside another value
+        data.update(dict.fromkeys(fields, pseudonym))
+        yield {"row_id": row.id,
+               "new_member": pseudonym if row.member_id == member_id else row.member_id,
+               "new_data": orjson.dumps(data).decode()}
 
 
 # -- retention ---------------------------------------------------------------------------
