@@ -185,21 +185,24 @@ class _Formats:
 
 class _Times:
     """Times converted once per unit of work: the postings, event row, order and member of
-    one event share the event's time, and every event of a batch its ``recorded_at``.
-    Keyed by identity, holding the datetime so that its id cannot be reused meanwhile."""
+    one event share the event's time, every event of a batch its ``recorded_at``, and lots
+    earned the same day the same ``available_at`` and ``expires_at``, each computed anew.
+    Keyed by value: equal aware datetimes are the same instant, stored alike; except that
+    two in one zone compare by wall clock, ``fold`` ignored, so a time in the second pass
+    of a repeated hour (``fold=1``) is converted on its own."""
 
     def __init__(self, formats: _Formats) -> None:
         self._convert = formats.ts
-        self._done: dict[int, tuple[datetime, Any]] = {}
+        self._done: dict[datetime, Any] = {}
 
     def __call__(self, value: datetime | None) -> Any:
         if value is None:
             return None
-        found = self._done.get(id(value))
-        if found is not None and found[0] is value:
-            return found[1]
-        stored = self._convert(value)
-        self._done[id(value)] = (value, stored)
+        if value.fold:
+            return self._convert(value)
+        stored = self._done.get(value)
+        if stored is None:
+            stored = self._done[value] = self._convert(value)
         return stored
 
     def clear(self) -> None:
