@@ -14,6 +14,7 @@ from setia.domain.errors import InvalidProgramme
 from setia.service.engagement_views import get_campaign, list_campaigns
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
+from setia.service.privacy import prune_events
 from setia.service.redemptions import check_voucher
 from setia.service.run_due import run_due
 from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
@@ -216,6 +217,43 @@ def test_birthday_voucher_and_anniversary_points_come_from_run_due_once(engine):
     assert (again.engagement["anniversaries"], again.birthdays) == (0, 0)
     assert available(engine, "old") == 200
     assert_journal_ok(engine)
+
+
+def test_an_anniversary_is_paid_once_a_year_after_its_event_is_pruned(engine):
+    # Given a programme that keeps events one month, and two members enrolled in 2026
+    # whose anniversary, 1 May, was paid in 2027
+    campaigns = [{"id": "anniversary", "name": "Thank you", "on": "anniversary",
+                  "points": 200}]
+    programme(engine, campaigns=campaigns)
+    for member in ("old", "older"):
+        enrol(engine, member, enrolled_at="2026-05-01T12:00:00+08:00")
+    programme(engine, campaigns=campaigns, privacy={"event_retention_months": 1})
+    assert run_due(engine, at("2027-05-01T09:00:00+08:00"), P).engagement[
+        "anniversaries"] == 2
+    # and their anniversary events pruned since (on PostgreSQL their ids stay registered)
+    assert prune_events(engine, at("2027-07-01T09:00:00+08:00")) == {P: 4}
+    before = journal_totals(engine)
+
+    # When run-due runs again that year, and on next year's anniversary
+    july = run_due(engine, at("2027-07-02T09:00:00+08:00"), P)
+    august = run_due(engine, at("2027-08-02T09:00:00+08:00"), P)
+    after_july = journal_totals(engine)
+    next_year = run_due(engine, at("2028-05-01T09:00:00+08:00"), P)
+
+    # Then nothing is paid again in 2027 (SQLite forgets pruned ids and paid it again every
+    # day; PostgreSQL's registered ids made run-due fail every day), and 2028's is paid
+    assert (july.engagement["anniversaries"], august.engagement["anniversaries"]) == (0, 0)
+    assert after_july == before
+    assert next_year.engagement["anniversaries"] == 2
+    assert [available(engine, member) for member in ("old", "older")] == [400, 400]
+    assert_journal_ok(engine)
+
+
+def journal_totals(engine: sa.Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.text(
+            "SELECT debit, credit, sum(points), count(*) FROM postings "
+            "GROUP BY debit, credit ORDER BY debit, credit"))]
 
 
 @pytest.mark.parametrize(("campaign", "field"), [

@@ -104,22 +104,29 @@ def _anniversaries(engine: sa.Engine, program_id: str, as_of: datetime,
         programme = require_programme(uow, program_id)
     local = as_of.astimezone(programme.tz)
     year = local.year
-    mem, ev = t.members, t.events
-    event_id = sa.literal("anniversary:") + mem.c.id + sa.literal(f":{year}")
+    mem, done = t.members, te.anniversaries
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(mem.c.pk, mem.c.enrolled_at)
-            .outerjoin(ev, sa.and_(ev.c.program_id == mem.c.program_id, ev.c.id == event_id))
-            .where(mem.c.program_id == program_id, ev.c.id.is_(None))
+            .outerjoin(done, sa.and_(done.c.member_pk == mem.c.pk, done.c.year == year))
+            .where(mem.c.program_id == program_id, done.c.member_pk.is_(None))
         ).all()
     pks = sorted(pk for pk, enrolled_at in rows if _due(programme, enrolled_at, local.date()))
 
     def work(uow: UnitOfWork, programme: Programme, member: Any) -> None:
         from setia.service.events import apply_event
 
-        if not _due(programme, member.enrolled_at, local.date()):
-            return
+        if not _due(programme, member.enrolled_at, local.date()) or uow.execute(
+                sa.select(done.c.year).where(done.c.member_pk == member.pk,
+                                             done.c.year == year)).first() is not None:
+            return  # not due, or celebrated by a run-due since the members were read
+        uow.execute(done.insert().values(member_pk=member.pk, year=year, celebrated_at=as_of))
         event_id = f"anniversary:{member.id}:{year}"
+        if uow.stored_events(programme.id, [event_id], registered=True):
+            # Celebrated before these rows were kept (its event stored, or pruned with its
+            # id registered on PostgreSQL), or the id holds an event of its own: a client's,
+            # or one of a person erased and enrolled again under the same id. Not paid.
+            return
         payload = {"id": event_id, "type": "anniversary", "member": member.id,
                    "occurred_at": as_of.isoformat()}
         result = apply_event(uow, programme, Event(id=event_id, type="anniversary",

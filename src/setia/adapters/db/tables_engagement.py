@@ -93,3 +93,13 @@ sa.Index("ix_membership_purchases_member", membership_purchases.c.member_pk,
          membership_purchases.c.status)
 sa.Index("ix_membership_purchases_due", membership_purchases.c.program,
          membership_purchases.c.status, membership_purchases.c.ends_at)
+
+# Each enrolment anniversary run-due has celebrated, by member and year. The anniversary
+# event itself may be pruned (privacy.event_retention_months); this row stays, so a year's
+# anniversary is never paid twice.
+anniversaries = sa.Table(
+    "anniversaries", metadata,
+    sa.Column("member_pk", sa.BigInteger, primary_key=True),
+    sa.Column("year", sa.Integer, primary_key=True),
+    sa.Column("celebrated_at", UTCDateTime, nullable=False),
+)
