@@ -853,9 +853,8 @@ class UnitOfWork:
                     t.events.c.program_id == program_id, t.events.c.id == event_id
                 )
             ).one_or_none()
-        if found is None and self.after_collision and self._registered_event_ids(
-                program_id, [event_id]):
-            return PRUNED
+        if found is None and self.after_collision:
+            return self._pruned(program_id, [event_id]).get(event_id)
         return found
 
     def stored_payload(self, program_id: str, event_id: str) -> Any:
@@ -880,11 +879,17 @@ class UnitOfWork:
                          .scalars())
         return found
 
-    def stored_events(self, program_id: str, event_ids: list[str], *,
-                      registered: bool = False) -> dict[str, Any]:
-        """The stored request hash and result of each event id found, by id. With
-        ``registered``, an id whose event was pruned but is still registered (PostgreSQL)
-        is found too, as ``PRUNED``: a stored event that every request conflicts with."""
+    def _pruned(self, program_id: str, missing: list[str]) -> dict[str, Any]:
+        """The ids among ``missing`` (not found stored) that are registered, as ``PRUNED``;
+        an event that committed between that read and this one (stored and registered
+        together) as stored instead: not taken for pruned."""
+        registered = sorted(self._registered_event_ids(program_id, missing))
+        if not registered:
+            return {}
+        stored = self._events_by_id(program_id, registered)
+        return {event_id: stored.get(event_id, PRUNED) for event_id in registered}
+
+    def _events_by_id(self, program_id: str, event_ids: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
         query = _query(self.dialect, "events_by_id", lambda among: (
             sa.select(t.events.c.id, t.events.c.request_hash, t.events.c.result)
@@ -893,9 +898,17 @@ class UnitOfWork:
         for chunk in _chunks(self.dialect, event_ids):
             for row in self.conn.execute(query, {"program_id": program_id, "ids": chunk}):
                 found[row.id] = row
+        return found
+
+    def stored_events(self, program_id: str, event_ids: list[str], *,
+                      registered: bool = False) -> dict[str, Any]:
+        """The stored request hash and result of each event id found, by id. With
+        ``registered``, an id whose event was pruned but is still registered (PostgreSQL)
+        is found too, as ``PRUNED``: a stored event that every request conflicts with."""
+        found = self._events_by_id(program_id, event_ids)
         if registered or self.after_collision:
-            missing = [event_id for event_id in event_ids if event_id not in found]
-            found.update(dict.fromkeys(self._registered_event_ids(program_id, missing), PRUNED))
+            found.update(self._pruned(program_id, [event_id for event_id in event_ids
+                                                   if event_id not in found]))
         for event_id in event_ids:
             self._looked_up[(program_id, event_id)] = found.get(event_id)
         return found
