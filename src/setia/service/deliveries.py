@@ -228,7 +228,8 @@ def finish(engine: sa.Engine, delivery: dict[str, Any], error: str | None,
 
 
 def webhook_body(delivery: dict[str, Any]) -> str:
-    """The JSON a receiver gets (the same on every attempt)."""
+    """The JSON a receiver gets: the same on every attempt, but that an erasure between
+    two attempts relabels the member it names (docs/privacy.md)."""
     return json.dumps({"type": delivery["type"],
                        "timestamp": delivery["message_occurred_at"].isoformat(),
                        "data": json.loads(delivery["data"])}, sort_keys=True)
