@@ -5,6 +5,8 @@ dead letters and replay."""
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +17,7 @@ import sqlalchemy as sa
 from setia.adapters.db import tables_outbox
 from setia.adapters.mail import SmtpSettings
 from setia.domain.errors import InsufficientPoints
-from setia.service import deliveries
+from setia.service import deliveries, outbox
 from setia.service.events import ingest_event
 from setia.service.members import upsert_member
 from setia.service.redemptions import adjust, redeem, use_voucher
@@ -266,3 +268,55 @@ def test_emails_go_out_in_the_members_language_and_a_failing_server_loses_nothin
         assert conn.execute(sa.text(
             "SELECT status, count(*), sum(attempts) FROM deliveries GROUP BY status")).all() \
             == [("delivered", 3, 7)]  # 3 refused connections, one 451, 3 sent
+
+
+@pytest.mark.postgres
+def test_an_expiry_notice_written_while_its_member_is_erased_names_her_pseudonym(pg_engine):
+    # Given a member whose welcome points expire within 30 days of 20 March, and an
+    # erasure of her that has locked her row and not yet committed (another connection)
+    engine = pg_engine
+    load_programme(engine, SHOP)
+    enrol(engine)
+    outbox_rows_before = len(rows(engine))
+    eraser = engine.connect()
+    eraser.begin()
+    pk = eraser.execute(sa.text("SELECT pk FROM members WHERE id = 'm-1' FOR UPDATE")
+                        ).scalar_one()
+
+    # When run-due's expiry notices run meanwhile (they read her id before her row is
+    # locked for the notice), and the erasure renames her and commits
+    with ThreadPoolExecutor(1) as pool:
+        notices = pool.submit(outbox.expiring_soon, engine,
+                              programme_of(engine), at("2027-03-20T00:00:00+08:00"))
+        waiting = 0
+        for _ in range(200):  # until the notice waits for her row's lock
+            with engine.connect() as conn:
+                waiting = conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%FOR SHARE%'")).scalar_one()
+            if waiting:
+                break
+            time.sleep(0.05)
+        assert waiting == 1
+        eraser.execute(sa.text("UPDATE members SET id = 'erased-0000000000000000', "
+                               "email = NULL WHERE pk = :pk"), {"pk": pk})
+        eraser.commit()
+        eraser.close()
+        written = notices.result(timeout=30)
+
+    # Then the notice names her pseudonym, which has no address: no email goes for it (it
+    # used to name "m-1", whose next enrolment would have been emailed it)
+    assert written == 1
+    assert rows(engine)[outbox_rows_before:] == [
+        ("points.expiring", "erased-0000000000000000", 50, None)]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT key FROM outbox WHERE type = 'points.expiring'")
+                            ).scalar_one() == ("points.expiring:erased-0000000000000000:"
+                                               "2027-04-01T02:00:00+00:00")
+    assert_journal_ok(engine)
+
+
+def programme_of(engine: sa.Engine) -> Any:
+    from setia.adapters.db.store import UnitOfWork
+    with UnitOfWork(engine) as uow:
+        return uow.programme(P)

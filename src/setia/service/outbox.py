@@ -5,6 +5,7 @@ trip of their own). Workers deliver them (``service.deliveries``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from setia.domain import notifications as n
 from setia.domain.ledger import Posting
 from setia.domain.member import Member
 from setia.domain.programme import Programme
+from setia.service.common import transaction
 from setia.service.views import balances
 
 # Sorted keys; times and other values not native to JSON as ``str()`` gives them.
@@ -119,37 +121,58 @@ def expiring_soon(engine: sa.Engine, programme: Programme, as_of: datetime) -> i
     m, lots = t.members, t.lots
     with engine.connect() as conn:
         if expiry.policy == "rolling":
-            found = [(row.id, row.first, int(row.points)) for row in conn.execute(
-                sa.select(m.c.id, sa.func.min(lots.c.expires_at).label("first"),
+            found = [(row.pk, row.id, row.first, int(row.points)) for row in conn.execute(
+                sa.select(m.c.pk, m.c.id, sa.func.min(lots.c.expires_at).label("first"),
                           sa.func.sum(lots.c.remaining).label("points"))
                 .join(m, m.c.pk == lots.c.member_pk)
                 .where(lots.c.program_id == programme.id, lots.c.pending.is_(False),
                        lots.c.remaining > 0, lots.c.expires_at > as_of,
                        lots.c.expires_at <= horizon)
-                .group_by(m.c.id).order_by(m.c.id))]
+                .group_by(m.c.pk, m.c.id).order_by(m.c.id))]
         elif expiry.policy == "inactivity":
             months = relativedelta(months=expiry.months or 0)
-            found = [(row.id, row.last_activity_at + months, int(row.available))
+            found = [(row.pk, row.id, row.last_activity_at + months, int(row.available))
                      for row in conn.execute(
-                         sa.select(m.c.id, m.c.last_activity_at, m.c.available)
+                         sa.select(m.c.pk, m.c.id, m.c.last_activity_at, m.c.available)
                          .where(m.c.program_id == programme.id, m.c.available > 0,
                                 m.c.last_activity_at > as_of - months,
                                 m.c.last_activity_at <= horizon - months)
                          .order_by(m.c.id))]
         else:
             return 0
-    written = 0
-    for start in range(0, len(found), 500):
-        rows = [{"program_id": programme.id, "key": f"{n.POINTS_EXPIRING}:{member}:"
-                 f"{first.isoformat()}", "type": n.POINTS_EXPIRING, "member_id": member,
-                 "data": orjson.dumps({"program": programme.id, "member": member,
+
+    def key(member_id: str, first: datetime) -> str:
+        return f"{n.POINTS_EXPIRING}:{member_id}:{first.isoformat()}"
+
+    def write(uow: UnitOfWork, chunk: list[tuple[int, str, datetime, int]]) -> int:
+        # Most notices were written by an earlier run: those keys are skipped unlocked.
+        written_before = set(uow.execute(sa.select(outbox.c.key).where(
+            outbox.c.program_id == programme.id,
+            outbox.c.key.in_([key(member_id, first) for _, member_id, first, _ in chunk]),
+        )).scalars())
+        new = [row for row in chunk if key(row[1], row[2]) not in written_before]
+        if not new:
+            return 0
+        # Each new notice names the member as she is now, her row share-locked until it
+        # commits: an erasure meanwhile either waits, and then relabels the notice with the
+        # rest of her messages, or went first, and the notice names her pseudonym (which
+        # has no address to email). The ids read above may be older than either.
+        now_named: dict[int, str] = {row.pk: row.id for row in uow.execute(
+            sa.select(m.c.pk, m.c.id).where(m.c.pk.in_([pk for pk, _, _, _ in new]))
+            .with_for_update(read=True))}
+        rows = [{"program_id": programme.id, "key": key(now_named[pk], first),
+                 "type": n.POINTS_EXPIRING, "member_id": now_named[pk],
+                 "data": orjson.dumps({"program": programme.id, "member": now_named[pk],
                                        "points": points, "expires_at": first.isoformat()},
                                       option=JSON_OPTIONS).decode(),
                  "occurred_at": as_of, "created_at": as_of}
-                for member, first, points in found[start:start + 500]]
-        insert = (postgresql.insert(outbox) if engine.dialect.name == "postgresql"
+                for pk, _, first, points in new if pk in now_named]
+        insert = (postgresql.insert(outbox) if uow.dialect == "postgresql"
                   else sqlite.insert(outbox))
-        with engine.begin() as conn:
-            written += len(conn.execute(insert.values(rows).on_conflict_do_nothing(
-                index_elements=["program_id", "key"]).returning(outbox.c.id)).all())
-    return written
+        made = len(uow.execute(insert.values(rows).on_conflict_do_nothing(
+            index_elements=["program_id", "key"]).returning(outbox.c.id)).all()) if rows else 0
+        uow.commit()
+        return made
+
+    return sum(transaction(engine, functools.partial(write, chunk=found[start:start + 500]))
+               for start in range(0, len(found), 500))
