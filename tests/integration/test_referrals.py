@@ -4,6 +4,8 @@ review queue. Payout: referrer 300, referee 150, rule id ``referral:<id>``."""
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import Any
 
 import pytest
@@ -44,6 +46,15 @@ def referral_postings(engine: sa.Engine) -> list[tuple[str, str, str, int, str]]
                             .join(t.members, t.members.c.pk == p.c.member_pk)
                             .where(p.c.rule_id.like("referral:%")).order_by(p.c.id))
         return [tuple(row) for row in rows]
+
+
+def referral_messages(engine: sa.Engine) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(type, member, key, data) of every outbox message of a referral, in order."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT type, member_id, key, data FROM outbox WHERE key LIKE '%referral%' "
+            "ORDER BY id")).all()
+    return [(kind, member, key, json.loads(data)) for kind, member, key, data in rows]
 
 
 def purchase(engine: sa.Engine, member: str, order: str, amount: str, when: str) -> None:
@@ -99,8 +110,17 @@ def test_the_referral_pays_both_sides_after_the_pending_period(cafe: sa.Engine) 
     # rina: 50 welcome + 300; adi: 50 welcome + 19 + 25 base + 150
     assert available(cafe, "rina") == 350
     assert available(cafe, "adi") == 244
+    # rina hears of the referral paid, adi of the points earned
+    paid = {"program": P, "member": "rina", "referral": linked["id"], "referred": "adi",
+            "points": 300, "balances": {"available": 350, "pending": 0, "reserved": 0}}
+    earned = {"program": P, "member": "adi", "ref": rid, "points": 150,
+              "balances": {"available": 244, "pending": 0, "reserved": 0}}
+    assert referral_messages(cafe) == [
+        ("referral.paid", "rina", f"referral.paid:{linked['id']}", paid),
+        ("points.earned", "adi", f"points.earned:adi:{rid}", earned)]
     run_due(cafe, at("2027-03-19T10:00:00+08:00"))  # idempotent: paid once
     assert len(referral_postings(cafe)) == 2
+    assert len(referral_messages(cafe)) == 2
     assert referrals.get(cafe, P, linked["id"])["status"] == "paid"
     assert_journal_ok(cafe)
 
@@ -121,6 +141,16 @@ def test_a_refund_below_the_minimum_claws_both_sides_back(cafe: sa.Engine) -> No
     assert referrals.get(cafe, P, linked["id"])["status"] == "clawed_back"
     assert referral_postings(cafe)[2:] == [("rina", "available", "issued", 300, rid),
                                            ("adi", "available", "issued", 150, rid)]
+    # rina hears of the 300 clawed back; adi's 150 go with the refund's own message
+    assert [(kind, member, key, data.get("points"))
+            for kind, member, key, data in referral_messages(cafe)] == [
+        ("referral.paid", "rina", f"referral.paid:{linked['id']}", 300),
+        ("points.earned", "adi", f"points.earned:adi:{rid}", 150),
+        ("points.clawed_back", "rina", f"points.clawed_back:rina:{rid}", 300)]
+    with cafe.connect() as conn:
+        assert json.loads(conn.execute(sa.text(
+            "SELECT data FROM outbox WHERE key = 'points.clawed_back:adi:r-2'")).scalar_one()
+        )["points"] == 160  # the base 10 and the referral's 150
     assert_journal_ok(cafe)
 
 
@@ -188,3 +218,34 @@ def test_refusals_change_nothing(cafe: sa.Engine) -> None:
         referrals.link(cafe, P, {"code": code, "member": "bo"}, "k-5", DAY_2)
     assert len(referrals.listing(cafe, P)) == 1
     assert_journal_ok(cafe)
+
+
+def test_a_voucher_reward_for_the_referee_is_told_as_a_voucher_issued(engine: sa.Engine) -> None:
+    # Given growth-cafe paying the referee a free latte instead of points
+    document = copy.deepcopy(GROWTH)
+    document["referrals"]["referee"] = {"reward": "free-latte"}
+    load_programme(engine, document)
+    upsert_member(engine, P, "rina", {}, ENROL)
+    linked = refer(engine, "adi")
+    purchase(engine, "adi", "o-1", "25.00", "2027-03-04T10:00:00+08:00")
+
+    # When the referral is paid
+    run_due(engine, at("2027-03-18T10:00:00+08:00"))
+
+    # Then rina hears of the referral paid, and adi of his voucher, with its code
+    with engine.connect() as conn:
+        code, expires_at = conn.execute(sa.text(
+            "SELECT code, expires_at FROM vouchers WHERE reward_id = 'free-latte'")).one()
+    rid = f"referral:{linked['id']}"
+    assert [(kind, member, key, data.get("points"))
+            for kind, member, key, data in referral_messages(engine)] == [
+        ("referral.paid", "rina", f"referral.paid:{linked['id']}", 300)]
+    with engine.connect() as conn:
+        (key, data), = conn.execute(sa.text(
+            "SELECT key, data FROM outbox WHERE type = 'voucher.issued'")).all()
+    assert key == f"voucher.issued:{code}"
+    assert json.loads(data) == {"program": P, "member": "adi", "ref": rid, "code": code,
+                                "reward": "free-latte", "reward_name": "Free latte",
+                                "expires_at": "2027-04-17T10:00:00+08:00"}  # 30 days
+    assert available(engine, "adi") == 50 + 25  # welcome and base: no referral points
+    assert_journal_ok(engine)

@@ -3,6 +3,7 @@ kind whose points go to a cause, with totals per cause) on growth-cafe."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -65,6 +66,16 @@ def test_a_response_is_rewarded_once_a_month(cafe: sa.Engine) -> None:
                              .where(t.postings.c.rule_id.like("survey:%"))
                              .order_by(t.postings.c.id)).all()
     assert [tuple(r) for r in rules] == [("survey:visit", 20), ("survey:visit", 20)]
+    # each reward is told as points earned, referring to its response; none for s-2
+    with cafe.connect() as conn:
+        told = [(kind, json.loads(data)) for kind, data in conn.execute(sa.text(
+            "SELECT type, data FROM outbox WHERE member_id = 'ana' AND key NOT LIKE "
+            "'%signup%' AND type <> 'member.enrolled' ORDER BY id"))]
+    assert told == [
+        ("points.earned", {"program": P, "member": "ana", "ref": first["id"], "points": 20,
+                           "balances": {"available": 70, "pending": 0, "reserved": 0}}),
+        ("points.earned", {"program": P, "member": "ana", "ref": april["id"], "points": 20,
+                           "balances": {"available": 90, "pending": 0, "reserved": 0}})]
     assert_journal_ok(cafe)
 
 

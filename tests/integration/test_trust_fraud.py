@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -161,6 +162,15 @@ def test_rejecting_a_review_takes_the_held_points_back(cafe):
     assert decided["status"] == "rejected"
     assert balances(cafe, "m1") == {"available": 30, "pending": 0, "reserved": 0}
     assert journal(cafe, "review_reject") == [("pending", "issued", 30)]
+    # m1 hears of the 30 taken back (she was told of them as earned)
+    with cafe.connect() as conn:
+        (kind, member, key, data), = conn.execute(sa.text(
+            "SELECT type, member_id, key, data FROM outbox WHERE key LIKE '%review:%'")).all()
+    assert (kind, member, key) == ("points.clawed_back", "m1",
+                                   f"points.clawed_back:m1:review:{review}")
+    assert json.loads(data) == {"program": P, "member": "m1", "ref": f"review:{review}",
+                                "points": 30, "balances": {"available": 30, "pending": 0,
+                                                           "reserved": 0}}
     assert_journal_ok(cafe)
 
 

@@ -41,6 +41,7 @@ _BY_CODE = {
     "capture": POINTS_REDEEMED,
     "expire": POINTS_EXPIRED,
     "clawback": POINTS_CLAWED_BACK,
+    "review_reject": POINTS_CLAWED_BACK,  # a fraud review rejected: the event's points go
     "adjust": POINTS_ADJUSTED,
     "reverse": POINTS_REVERSED,
 }

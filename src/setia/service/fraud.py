@@ -24,7 +24,7 @@ from setia.domain.errors import InvalidField
 from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
-from setia.service import audit
+from setia.service import audit, outbox
 from setia.service.common import (
     Clock,
     idempotent,
@@ -185,8 +185,9 @@ def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, ke
                                     source=row.event_id,
                                     explanation=f"review {review_id} rejected: points taken back")
                 status = "rejected"
-            uow.record(program_id, member,
-                       PostingContext(f"review:{review_id}", programme.version, now))
+            made = uow.record(program_id, member,
+                              PostingContext(f"review:{review_id}", programme.version, now))
+            outbox.changed(uow, programme, member, made, f"review:{review_id}", now)
             actor = audit.current_actor()
             uow.execute(r.update().where(r.c.id == review_id).values(
                 status=status, decided_at=now, decided_by=actor[:120]))

@@ -24,9 +24,11 @@ from setia.domain import earning, rewards
 from setia.domain import referrals as r
 from setia.domain.errors import InvalidField, UnknownMember
 from setia.domain.events import Event
+from setia.domain.ledger import Posting
 from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.domain.refunds import Order
+from setia.service import outbox
 from setia.service.common import (
     Clock,
     idempotent,
@@ -269,8 +271,9 @@ def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, m
                         f"refunded ({side})",
             source=rule_id(referral_id))
         if record:
-            uow.record(programme.id, member,
-                       PostingContext(rule_id(referral_id), programme.version, now))
+            made = uow.record(programme.id, member,
+                              PostingContext(rule_id(referral_id), programme.version, now))
+            outbox.changed(uow, programme, member, made, rule_id(referral_id), now)
     else:  # a voucher not used yet is voided; a used one stays used
         uow.execute(t.vouchers.update().where(
             t.vouchers.c.program_id == programme.id,
@@ -287,28 +290,32 @@ def _voucher_ref(referral_id: str, side: str) -> str:
 
 def _give(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, member: Member,
           referral_id: str, side: str, now: datetime,
-          random_bytes: RandomBytes) -> None:
+          random_bytes: RandomBytes) -> list[Posting]:
+    """Pay one side its reward: points (the postings recorded), or a voucher (no postings;
+    its ``voucher.issued`` message written here)."""
+    ref = rule_id(referral_id)
     if given.points is not None:
         member.ledger.earn(
-            given.points, source=rule_id(referral_id), rule_id=rule_id(referral_id),
+            given.points, source=ref, rule_id=ref,
             explanation=f"referral reward ({side}) for referral {referral_id}",
             available_at=now, pending=False,
             expires_at=earning.lot_expires_at(programme, now))
-        uow.record(programme.id, member,
-                   PostingContext(rule_id(referral_id), programme.version, now))
-        return
+        return uow.record(programme.id, member, PostingContext(ref, programme.version, now))
     reward = programme.reward(given.reward or "")
     assert reward is not None, "the programme check makes sure the reward exists"
+    expires_at = rewards.voucher_expires_at(reward, now)
     for _ in range(5):
         code = rewards.voucher_code(random_bytes(8))
         if uow.insert_ignore(t.vouchers, {
             "program_id": programme.id, "code": code,
             "redemption_id": _voucher_ref(referral_id, side), "member_pk": member.pk,
             "reward_id": reward.id, "benefit": rewards.voucher_benefit(reward),
-            "issued_at": now, "expires_at": rewards.voucher_expires_at(reward, now),
+            "issued_at": now, "expires_at": expires_at,
             "used_at": None, "used_ref": None,
         }, ["program_id", "code"]):
-            return
+            outbox.changed(uow, programme, member, [], ref, now, reward=reward.id,
+                           voucher={"code": code, "expires_at": iso(expires_at)})
+            return []
     raise AssertionError("five voucher codes in a row collided")
 
 
@@ -325,10 +332,17 @@ def pay(uow: UnitOfWork, programme: Programme, referral_id: str, now: datetime,
     ).values(status="paid", paid_at=now)).rowcount
     if not done:
         return False
-    _give(uow, programme, config.referrer, members[row["referrer_pk"]], referral_id,
-          "referrer", now, random_bytes)
-    _give(uow, programme, config.referee, members[row["referee_pk"]], referral_id,
-          "referee", now, random_bytes)
+    referrer, referee = members[row["referrer_pk"]], members[row["referee_pk"]]
+    _give(uow, programme, config.referrer, referrer, referral_id, "referrer", now,
+          random_bytes)
+    # The referrer hears of the referral paid (its points, if any, are in it); the referee
+    # of the points earned, as from any other rule.
+    outbox.referral_paid(uow, programme, referrer, referral_id=referral_id,
+                         referred_member=referee.id, points=config.referrer.points or 0,
+                         occurred_at=now)
+    made = _give(uow, programme, config.referee, referee, referral_id, "referee", now,
+                 random_bytes)
+    outbox.changed(uow, programme, referee, made, rule_id(referral_id), now)
     return True
 
 

@@ -19,6 +19,7 @@ from setia.domain import earning
 from setia.domain import surveys as sv
 from setia.domain.errors import InvalidField, UnknownMember
 from setia.domain.events import parse_time
+from setia.service import outbox
 from setia.service.common import Clock, idempotent, require_programme, transaction, utc_now
 from setia.service.views import balances
 
@@ -74,8 +75,9 @@ def submit(engine: sa.Engine, program_id: str, survey_id: str, body: Any, key: s
                         expires_at=earning.lot_expires_at(programme, now))
                     if reward.limit is not None:
                         member.count_use(rule, period)
-                    uow.record(programme.id, member,
-                               PostingContext(response_id, programme.version, now))
+                    made = uow.record(programme.id, member,
+                                      PostingContext(response_id, programme.version, now))
+                    outbox.changed(uow, programme, member, made, response_id, now)
             row = {"id": response_id, "program_id": programme.id, "survey_id": survey.id,
                    "member_pk": member.pk, "member_id": member.id,
                    "submitted_at": submitted_at, "nps": parsed.nps, "rating": parsed.rating,
