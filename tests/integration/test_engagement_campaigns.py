@@ -4,6 +4,7 @@ birthday and anniversary rewards; every point through the journal."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -301,4 +302,34 @@ def test_a_refund_claws_back_campaign_points_after_a_version_without_campaigns(e
     result = refund(engine, "m1", "o1", "40.00")
     assert result["points"] == -80
     assert available(engine, "m1") == 0
+    assert_journal_ok(engine)
+
+
+def test_campaign_and_stamp_card_vouchers_are_told_as_vouchers_issued(engine):
+    # Given a campaign giving a voucher on a birthday, and a card of 2 visits whose reward
+    # is a voucher
+    programme(engine, campaigns=[
+        {"id": "cake", "name": "Birthday cake", "on": "birthday",
+         "voucher": {"free_item": "cake", "valid_days": 30}}],
+        stamp_cards=[{"id": "kopi", "name": "Kopi card", "target": 2,
+                      "reward": {"voucher": {"free_item": "kopi", "valid_days": 7}}}])
+    enrol(engine, "old", enrolled_at="2026-05-01T12:00:00+08:00", birthday="1990-03-03")
+
+    # When run-due runs on her birthday, and she visits twice
+    run_due(engine, at("2027-03-03T08:00:00+08:00"), P)
+    buy(engine, "old", "o1", "2027-03-04T10:00:00+08:00", "5.00")
+    buy(engine, "old", "o2", "2027-03-05T10:00:00+08:00", "5.00")
+
+    # Then each voucher is told to her, with its code, what gave it and its name
+    with engine.connect() as conn:
+        codes = dict(conn.execute(sa.text("SELECT reward_id, code FROM vouchers")).all())
+        told = [json.loads(data) for (data,) in conn.execute(sa.text(
+            "SELECT data FROM outbox WHERE type = 'voucher.issued' ORDER BY id"))]
+    assert told == [
+        {"program": P, "member": "old", "ref": "birthday:old:2027",
+         "code": codes["campaign:cake"], "reward": "campaign:cake",
+         "reward_name": "Birthday cake", "expires_at": "2027-04-02T08:00:00+08:00"},
+        {"program": P, "member": "old", "ref": "e-o2", "code": codes["stamp:kopi"],
+         "reward": "stamp:kopi", "reward_name": "Kopi card",
+         "expires_at": "2027-03-12T10:00:00+08:00"}]
     assert_journal_ok(engine)

@@ -28,6 +28,7 @@ from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Programme
 from setia.domain.rewards import voucher_code
+from setia.service import outbox
 
 
 def has_engagement(programme: Programme) -> bool:
@@ -69,9 +70,11 @@ def credit(programme: Programme, member: Member, event: Event, points: int, rule
 
 
 def issue_voucher(uow: UnitOfWork, programme: Programme, member: Member, grant: VoucherGrant,
-                  source: str, issued_at: datetime) -> dict[str, Any]:
+                  source: str, issued_at: datetime, *, ref: str, name: str) -> dict[str, Any]:
     """A voucher the member did not pay points for, usable at the till like any other
-    (GET/POST /vouchers/{code}); ``source`` names what gave it (``campaign:<id>`` ...)."""
+    (GET/POST /vouchers/{code}); ``source`` names what gave it (``campaign:<id>`` ...),
+    ``name`` its name, ``ref`` what caused it (an event id, a membership purchase id), for
+    its ``voucher.issued`` message."""
     expires_at = issued_at + timedelta(days=grant.valid_days)
     for _ in range(5):  # 60 random bits: a collision is not expected; bound the loop anyway
         code = voucher_code(secrets.token_bytes(8))
@@ -81,7 +84,10 @@ def issue_voucher(uow: UnitOfWork, programme: Programme, member: Member, grant: 
             "reward_id": source[:64], "benefit": grant.benefit(), "issued_at": issued_at,
             "expires_at": expires_at, "used_at": None, "used_ref": None,
         }, ["program_id", "code"]):
-            return {"code": code, "expires_at": expires_at.isoformat()}
+            voucher = {"code": code, "expires_at": expires_at.isoformat()}
+            outbox.voucher_issued(uow, programme, member, voucher, ref=ref,
+                                  reward=source[:64], reward_name=name, occurred_at=issued_at)
+            return voucher
     raise AssertionError("five voucher codes in a row collided")
 
 
@@ -179,7 +185,7 @@ def _award_campaign(uow: UnitOfWork, programme: Programme, member: Member, event
     points = 0
     if campaign.voucher is not None:
         code = issue_voucher(uow, programme, member, campaign.voucher, rule_id,
-                             event.occurred_at)["code"]
+                             event.occurred_at, ref=event.id, name=campaign.name)["code"]
     else:
         if grant < wanted:
             explanation += f", capped to {grant}"
@@ -298,7 +304,8 @@ def add_stamps(uow: UnitOfWork, programme: Programme, member: Member, card: Stam
             added += card.reward.points
         else:
             assert card.reward.voucher is not None
-            issue_voucher(uow, programme, member, card.reward.voucher, source, event.occurred_at)
+            issue_voucher(uow, programme, member, card.reward.voucher, source, event.occurred_at,
+                          ref=event.id, name=card.name)
     completions = max(completions, due)
     values = {"stamps": total, "completions": completions, "updated_at": event.occurred_at}
     if found is None:

@@ -18,6 +18,7 @@ from setia.adapters.db import tables_engagement as te
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain.events import Event
 from setia.domain.programme import Programme
+from setia.service import outbox
 from setia.service.common import require_programme, transaction
 from setia.service.engagement import plan_of
 from setia.service.memberships import apply_tier_floor, issue_monthly, restore_tier
@@ -81,12 +82,21 @@ def _memberships(engine: sa.Engine, program_id: str, as_of: datetime,
             counts["memberships_expired"] += len(ended)
         current = next((row for row in rows
                         if row["starts_at"] <= as_of < row["ends_at"]), None)
+        before = member.tier_id
         if current is None:
             if ended:
                 restore_tier(programme, member, as_of)
+                # A purchase expires once: its ref is never used again.
+                outbox.tier_reviewed(uow, programme, member, before,
+                                     f"{ended[-1]['id']}:expired", as_of)
             return
         counts["membership_vouchers"] += issue_monthly(uow, programme, member, current, as_of)
         apply_tier_floor(programme, member, plan_of(programme, current["plan_id"]))
+        # The floor moves the tier the first time a purchase is current, or again after a
+        # tier review lowered it: keyed by this run's time, so each lift has its message and
+        # a re-run (the floor already held) writes none.
+        outbox.tier_reviewed(uow, programme, member, before,
+                             f"{current['id']}:floor:{as_of.isoformat()}", as_of)
 
     _for_each_member(engine, program_id, pks, as_of, work)
 

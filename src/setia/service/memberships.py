@@ -21,6 +21,7 @@ from setia.domain import tiers
 from setia.domain.errors import InvalidField, UnknownMember
 from setia.domain.member import Member
 from setia.domain.programme import Programme
+from setia.service import outbox
 from setia.service.common import Clock, idempotent, iso, require_programme, transaction, utc_now
 from setia.service.engagement import issue_voucher, plan_of
 
@@ -129,16 +130,19 @@ def _insert(uow: UnitOfWork, programme: Programme, member: Member, plan: Any, ki
 
 def issue_monthly(uow: UnitOfWork, programme: Programme, member: Member, row: dict[str, Any],
                   as_of: datetime) -> int:
-    """The monthly vouchers owed by ``as_of`` that were not issued yet."""
+    """The monthly vouchers owed by ``as_of`` that were not issued yet, each with its
+    ``voucher.issued`` message (ref: the purchase id; reward: ``membership:<plan>``, as the
+    voucher row and its ``voucher.used`` message name it)."""
     plan = plan_of(programme, row["plan_id"])
     if plan is None or plan.monthly_voucher is None:
         return 0
     due = rules.monthly_vouchers_due(plan, row["starts_at"], row["ends_at"], as_of,
                                      programme.tz)
+    source = rules.MEMBERSHIP_RULE + plan.id
     issued = 0
     for _ in range(row["vouchers_issued"], due):
-        issue_voucher(uow, programme, member, plan.monthly_voucher,
-                      rules.MEMBERSHIP_RULE + plan.id, as_of)
+        issue_voucher(uow, programme, member, plan.monthly_voucher, source, as_of,
+                      ref=row["id"], name=plan.name)
         issued += 1
     if issued:
         m = te.membership_purchases
@@ -179,6 +183,7 @@ def buy(engine: sa.Engine, program_id: str, member_id: str, body: Any, key: str,
                 field="plan")
         row = _insert(uow, programme, member, plan, "buy", now, now)
         apply_tier_floor(programme, member, plan)
+        outbox.tier_reviewed(uow, programme, member, row["tier_before"], row["id"], now)
         issue_monthly(uow, programme, member, row, now)
 
     return _command(engine, program_id, member_id, "membership-buy", fields, key, clock, act)
@@ -198,6 +203,7 @@ def renew(engine: sa.Engine, program_id: str, member_id: str, body: Any, key: st
                 field="member")
         last = max(open_rows, key=lambda row: row["ends_at"])
         plan = _plan(programme, fields.get("plan", last["plan_id"]))
+        # The renewal starts later: no tier or voucher now (run-due gives them), no message.
         _insert(uow, programme, member, plan, "renew", last["ends_at"], now)
 
     return _command(engine, program_id, member_id, "membership-renew", fields, key, clock, act)
@@ -217,7 +223,10 @@ def cancel(engine: sa.Engine, program_id: str, member_id: str, body: Any, key: s
         m = te.membership_purchases
         uow.execute(m.update().where(m.c.id.in_([row["id"] for row in open_rows]))
                     .values(status="cancelled", cancelled_at=now))
+        before = member.tier_id
         restore_tier(programme, member, now)
+        outbox.tier_reviewed(uow, programme, member, before,
+                             f"{open_rows[0]['id']}:cancelled", now)
 
     return _command(engine, program_id, member_id, "membership-cancel", fields, key, clock, act)
 

@@ -67,12 +67,25 @@ def changed(uow: UnitOfWork, programme: Programme, member: Member, postings: lis
         messages.append(_tier_message(programme, member, ref, tier_before))
     if voucher is not None:
         found = programme.reward(reward) if reward else None
-        messages.append(n.Message(n.VOUCHER_ISSUED, f"{n.VOUCHER_ISSUED}:{voucher['code']}", {
-            "member": member.id, "ref": ref, "code": voucher["code"], "reward": reward,
-            "reward_name": found.name if found else reward,
-            "expires_at": voucher.get("expires_at"),
-        }))
+        messages.append(_voucher_message(member, ref, voucher, reward,
+                                         found.name if found else reward))
     write(uow, programme.id, messages, occurred_at)
+
+
+def voucher_issued(uow: UnitOfWork, programme: Programme, member: Member,
+                   voucher: dict[str, Any], *, ref: str, reward: str, reward_name: str,
+                   occurred_at: datetime) -> None:
+    """A voucher given, not bought with points (a campaign, a stamp card, a membership's
+    month): ``reward`` is what the voucher row names (``campaign:<id>`` ...)."""
+    write(uow, programme.id, [_voucher_message(member, ref, voucher, reward, reward_name)],
+          occurred_at)
+
+
+def _voucher_message(member: Member, ref: str, voucher: dict[str, Any], reward: str | None,
+                     reward_name: str | None) -> n.Message:
+    return n.Message(n.VOUCHER_ISSUED, f"{n.VOUCHER_ISSUED}:{voucher['code']}", {
+        "member": member.id, "ref": ref, "code": voucher["code"], "reward": reward,
+        "reward_name": reward_name, "expires_at": voucher.get("expires_at")})
 
 
 def tier_reviewed(uow: UnitOfWork, programme: Programme, member: Member, tier_before: str,
