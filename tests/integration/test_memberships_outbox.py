@@ -140,25 +140,26 @@ def test_cancel_writes_the_tier_going_down_and_renew_writes_nothing(engine):
     assert_journal_ok(engine)
 
 
-def test_a_floor_lifted_again_after_the_yearly_review_writes_its_own_message(engine):
+def test_a_floor_holds_through_the_yearly_review_and_nothing_is_told(engine):
     setup(engine)
     # Given m1 bought a year with a Gold floor (no vouchers) on 1 June 2027
     view = memberships.buy(engine, P, "m1", {"plan": "year"}, "k-year",
                            fixed_clock("2027-06-01T10:00:00+08:00"))
     purchase = view["purchases"][0]["id"]
-    assert messages(engine) == [tier_changed(purchase, "member", "gold", "Gold", "up")]
-    # When the 2028 review finds no spend (Member), the membership's floor lifts m1 again
+    expected = [tier_changed(purchase, "member", "gold", "Gold", "up")]
+    assert messages(engine) == expected
+    # When the 2028 review finds no spend (Member) while the membership runs
     as_of = at("2028-01-01T10:00:00+08:00")
-    run_due(engine, as_of, P)
-    expected = [tier_changed(purchase, "member", "gold", "Gold", "up"),
-                tier_changed("review:2028", "gold", "member", "Member", "down"),
-                tier_changed(f"{purchase}:floor:{as_of.isoformat()}", "member", "gold",
-                             "Gold", "up")]
+    report = run_due(engine, as_of, P)
+    run_due(engine, at("2028-01-02T10:00:00+08:00"), P)
+    # Then the floor holds m1 at Gold through the review: no tier change, no message (she
+    # used to be told of a fall to Member and a rise back to Gold)
+    assert (report.tiers_reviewed, report.tiers_changed) == (1, 0)
     assert messages(engine) == expected
     assert memberships.get_membership(engine, P, "m1", fixed_clock(
         "2028-01-02T10:00:00+08:00"))["tier"] == "gold"
-    # and re-runs (the floor already held) write nothing
-    run_due(engine, as_of, P)
-    run_due(engine, at("2028-01-02T10:00:00+08:00"), P)
-    assert messages(engine) == expected
+    # and once the year ends, the tier is restored to what her own spend earns
+    run_due(engine, at("2028-06-02T10:00:00+08:00"), P)
+    assert messages(engine)[1:] == [
+        tier_changed(f"{purchase}:expired", "gold", "member", "Member", "down")]
     assert_journal_ok(engine)

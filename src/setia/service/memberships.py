@@ -20,7 +20,7 @@ from setia.domain import engagement as rules
 from setia.domain import tiers
 from setia.domain.errors import InvalidField, UnknownMember
 from setia.domain.member import Member
-from setia.domain.programme import Programme
+from setia.domain.programme import Level, Programme
 from setia.service import outbox
 from setia.service.common import Clock, idempotent, iso, require_programme, transaction, utc_now
 from setia.service.engagement import issue_voucher, plan_of
@@ -105,6 +105,24 @@ def apply_tier_floor(programme: Programme, member: Member, plan: Any) -> None:
         return
     floor = programme.level(plan.tier_floor)
     member.tier_id = tiers.higher(programme, floor, programme.level(member.tier_id)).id
+
+
+def held_floor(uow: UnitOfWork, programme: Programme, member: Member,
+               as_of: datetime) -> Level | None:
+    """The highest tier floor among the member's paid memberships current at ``as_of``
+    (none without plans that have one: no query)."""
+    if not any(plan.tier_floor for plan in programme.model.memberships or []):
+        return None
+    m = te.membership_purchases
+    floor: Level | None = None
+    for plan_id in uow.execute(sa.select(m.c.plan_id).where(
+            m.c.member_pk == member.pk, m.c.program == programme.id, m.c.status == "active",
+            m.c.starts_at <= as_of, m.c.ends_at > as_of)).scalars():
+        plan = plan_of(programme, plan_id)
+        if plan is not None and plan.tier_floor is not None:
+            level = programme.level(plan.tier_floor)
+            floor = level if floor is None else tiers.higher(programme, level, floor)
+    return floor
 
 
 def restore_tier(programme: Programme, member: Member, now: datetime) -> None:

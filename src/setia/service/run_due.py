@@ -27,6 +27,7 @@ from setia.service import outbox, referrals, store_credit
 from setia.service.common import request_hash, require_programme, transaction
 from setia.service.engagement_due import engagement_due
 from setia.service.events import apply_event
+from setia.service.memberships import held_floor
 from setia.service.redemptions import finish_hold
 
 BATCH_MEMBERS = 200
@@ -176,6 +177,11 @@ def _review_tiers(engine: sa.Engine, program_id: str, as_of: datetime, report: D
         if member.tier_reviewed >= period:
             return
         reviewed = tiers.review(programme, programme.level(member.tier_id), member.buckets, local)
+        floor = held_floor(uow, programme, member, as_of)
+        if floor is not None:
+            # A paid membership's floor holds through the review: lowered here and lifted
+            # again by its run-due, the member was told of two tier changes every day.
+            reviewed = tiers.higher(programme, floor, reviewed)
         report.tiers_reviewed += 1
         if reviewed.id != member.tier_id:
             report.tiers_changed += 1
