@@ -13,7 +13,7 @@ from setia.service import memberships
 from setia.service.run_due import run_due
 from tests.conftest import assert_journal_ok, at, fixed_clock
 from tests.integration.test_engagement_campaigns import P, enrol, programme
-from tests.integration.test_engagement_memberships import PLUS, T0
+from tests.integration.test_engagement_memberships import LITE, PLUS, T0
 
 YEAR = {"id": "year", "name": "Setahun", "fee": "99.00", "months": 12, "tier_floor": "gold"}
 REWARD = "membership:plus"
@@ -162,4 +162,40 @@ def test_a_floor_holds_through_the_yearly_review_and_nothing_is_told(engine):
     run_due(engine, at("2028-06-02T10:00:00+08:00"), P)
     assert messages(engine)[1:] == [
         tier_changed(f"{purchase}:expired", "gold", "member", "Member", "down")]
+    assert_journal_ok(engine)
+
+
+def test_a_renewal_without_a_floor_lets_the_tier_fall_and_owed_vouchers_come_late(engine):
+    # Given m1 (Member) bought Kopi+ (3 months from 31 January, floor Gold, a latte on the
+    # 31st, 28 February and 31 March) and renewed onto Lite (1 month, no floor), and
+    # run-due did not run while Kopi+ lasted
+    programme(engine, memberships=[PLUS, LITE])
+    enrol(engine, "m1")
+    purchase = buy_plus(engine)
+    memberships.renew(engine, P, "m1", {"plan": "lite"}, "k-renew",
+                      fixed_clock("2027-03-01T10:00:00+08:00"))
+    with engine.connect() as conn:
+        renewal = conn.execute(sa.text(
+            "SELECT id FROM membership_purchases WHERE kind = 'renew'")).scalar_one()
+    [first] = codes(engine)
+
+    # When run-due runs on 30 April, as Kopi+ ends and Lite begins
+    as_of = at("2027-04-30T10:00:00+08:00")
+    report = run_due(engine, as_of, P)
+    again = run_due(engine, as_of, P)
+
+    # Then Kopi+'s two lattes still owed are issued (valid 30 days from now), and the tier
+    # falls to what m1's own spend earns, Lite having no floor (it stayed Gold before)
+    assert (report.engagement["membership_vouchers"], report.engagement["memberships_expired"],
+            again.engagement["membership_vouchers"]) == (2, 1, 0)
+    later = [code for code in codes(engine) if code != first]
+    told = messages(engine)
+    assert told[:2] == [tier_changed(purchase, "member", "gold", "Gold", "up"),
+                        voucher_issued(first, purchase, "2027-03-02T10:00:00+08:00")]
+    assert len(later) == 2 and sorted(told[2:4]) == sorted(
+        voucher_issued(code, purchase, "2027-05-30T10:00:00+08:00") for code in later)
+    assert told[4:] == [tier_changed(f"{renewal}:floor:{as_of.isoformat()}", "gold",
+                                     "member", "Member", "down")]
+    assert memberships.get_membership(engine, P, "m1", fixed_clock(
+        "2027-05-01T10:00:00+08:00"))["tier"] == "member"
     assert_journal_ok(engine)

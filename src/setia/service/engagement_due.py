@@ -83,20 +83,24 @@ def _memberships(engine: sa.Engine, program_id: str, as_of: datetime,
         current = next((row for row in rows
                         if row["starts_at"] <= as_of < row["ends_at"]), None)
         before = member.tier_id
-        if current is None:
-            if ended:
-                restore_tier(programme, member, as_of)
-                # A purchase expires once: its ref is never used again.
-                outbox.tier_reviewed(uow, programme, member, before,
-                                     f"{ended[-1]['id']}:expired", as_of)
+        for row in ended:  # the months it began before it ended, if no run-due met them
+            counts["membership_vouchers"] += issue_monthly(uow, programme, member, row, as_of)
+        if ended:
+            # What the member's own metric earns, then a renewal's floor (if it has one).
+            restore_tier(programme, member, as_of)
+        if current is not None:
+            counts["membership_vouchers"] += issue_monthly(uow, programme, member, current,
+                                                           as_of)
+            apply_tier_floor(programme, member, plan_of(programme, current["plan_id"]))
+            # The floor moves the tier the first time a purchase is current, and a renewal
+            # without one lets it fall: keyed by this run's time, so each move has its
+            # message and a re-run (nothing moves) writes none.
+            ref = f"{current['id']}:floor:{as_of.isoformat()}"
+        elif ended:
+            ref = f"{ended[-1]['id']}:expired"  # a purchase expires once
+        else:
             return
-        counts["membership_vouchers"] += issue_monthly(uow, programme, member, current, as_of)
-        apply_tier_floor(programme, member, plan_of(programme, current["plan_id"]))
-        # The floor moves the tier the first time a purchase is current, or again after a
-        # tier review lowered it: keyed by this run's time, so each lift has its message and
-        # a re-run (the floor already held) writes none.
-        outbox.tier_reviewed(uow, programme, member, before,
-                             f"{current['id']}:floor:{as_of.isoformat()}", as_of)
+        outbox.tier_reviewed(uow, programme, member, before, ref, as_of)
 
     _for_each_member(engine, program_id, pks, as_of, work)
 
