@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from setia.adapters.db import tables_outbox
 from setia.domain.engagement import in_holdout
 from setia.domain.errors import InvalidProgramme
 from setia.service.engagement_views import get_campaign, list_campaigns
@@ -332,4 +333,12 @@ def test_campaign_and_stamp_card_vouchers_are_told_as_vouchers_issued(engine):
         {"program": P, "member": "old", "ref": "e-o2", "code": codes["stamp:kopi"],
          "reward": "stamp:kopi", "reward_name": "Kopi card",
          "expires_at": "2027-03-12T10:00:00+08:00"}]
+    # each written when its event was applied (run-due's time; the ingest clock's), not
+    # at the event's own time
+    o = tables_outbox.outbox
+    with engine.connect() as conn:
+        written = conn.execute(sa.select(o.c.occurred_at, o.c.created_at)
+                               .where(o.c.type == "voucher.issued").order_by(o.c.id)).all()
+    assert [tuple(row) for row in written] == [(at("2027-03-03T08:00:00+08:00"),) * 2,
+                                               (CLOCK(),) * 2]
     assert_journal_ok(engine)

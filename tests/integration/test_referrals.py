@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
+from setia.adapters.db import tables_outbox
 from setia.domain import referrals as r
 from setia.domain.errors import UnknownMember
 from setia.service import referrals
@@ -147,6 +148,10 @@ def test_a_refund_below_the_minimum_claws_both_sides_back(cafe: sa.Engine) -> No
         ("referral.paid", "rina", f"referral.paid:{linked['id']}", 300),
         ("points.earned", "adi", f"points.earned:adi:{rid}", 150),
         ("points.clawed_back", "rina", f"points.clawed_back:rina:{rid}", 300)]
+    o = tables_outbox.outbox
+    with cafe.connect() as conn:  # told when the refund was applied, not at its own time
+        assert tuple(conn.execute(sa.select(o.c.occurred_at, o.c.created_at).where(
+            o.c.key == f"points.clawed_back:rina:{rid}")).one()) == (DAY_2(), DAY_2())
     with cafe.connect() as conn:
         assert json.loads(conn.execute(sa.text(
             "SELECT data FROM outbox WHERE key = 'points.clawed_back:adi:r-2'")).scalar_one()

@@ -36,9 +36,10 @@ def has_engagement(programme: Programme) -> bool:
     return bool(model.campaigns or model.stamp_cards or model.memberships)
 
 
-def after_event(uow: UnitOfWork, programme: Programme, member: Member, event: Event) -> int:
-    """Campaign, stamp-card and membership effects of one event; the points they add
-    (negative for a refund's clawbacks). Nothing here refuses the event."""
+def after_event(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
+                now: datetime) -> int:
+    """Campaign, stamp-card and membership effects of one event, applied at ``now``; the
+    points they add (negative for a refund's clawbacks). Nothing here refuses the event."""
     if event.type == "refund":
         # even when the current version has none of the sections: the order may have
         # earned campaign points or stamps under an earlier one
@@ -49,9 +50,9 @@ def after_event(uow: UnitOfWork, programme: Programme, member: Member, event: Ev
     for posting in member.ledger.postings:
         if posting.code == "earn" and posting.rule_id is not None:
             rule_points[posting.rule_id] = rule_points.get(posting.rule_id, 0) + posting.points
-    added = _campaigns(uow, programme, member, event, rule_points)
+    added = _campaigns(uow, programme, member, event, rule_points, now)
     added += _membership_multiplier(uow, programme, member, event, rule_points)
-    added += _stamps(uow, programme, member, event)
+    added += _stamps(uow, programme, member, event, now)
     return added
 
 
@@ -70,11 +71,13 @@ def credit(programme: Programme, member: Member, event: Event, points: int, rule
 
 
 def issue_voucher(uow: UnitOfWork, programme: Programme, member: Member, grant: VoucherGrant,
-                  source: str, issued_at: datetime, *, ref: str, name: str) -> dict[str, Any]:
+                  source: str, issued_at: datetime, *, ref: str, name: str,
+                  told_at: datetime) -> dict[str, Any]:
     """A voucher the member did not pay points for, usable at the till like any other
-    (GET/POST /vouchers/{code}); ``source`` names what gave it (``campaign:<id>`` ...),
-    ``name`` its name, ``ref`` what caused it (an event id, a membership purchase id), for
-    its ``voucher.issued`` message."""
+    (GET/POST /vouchers/{code}); ``source`` names what gave it (``campaign:<id>`` ...).
+    Its ``voucher.issued`` message names it ``name`` and what caused it, ``ref`` (an event
+    id, a membership purchase id), and is written at ``told_at`` (the event's is when it
+    was applied: its time, ``issued_at``, may be long past)."""
     expires_at = issued_at + timedelta(days=grant.valid_days)
     for _ in range(5):  # 60 random bits: a collision is not expected; bound the loop anyway
         code = voucher_code(secrets.token_bytes(8))
@@ -86,7 +89,7 @@ def issue_voucher(uow: UnitOfWork, programme: Programme, member: Member, grant: 
         }, ["program_id", "code"]):
             voucher = {"code": code, "expires_at": expires_at.isoformat()}
             outbox.voucher_issued(uow, programme, member, voucher, ref=ref,
-                                  reward=source[:64], reward_name=name, occurred_at=issued_at)
+                                  reward=source[:64], reward_name=name, occurred_at=told_at)
             return voucher
     raise AssertionError("five voucher codes in a row collided")
 
@@ -117,7 +120,7 @@ def _last_purchase_at(uow: UnitOfWork, programme: Programme, member: Member,
 
 
 def _campaigns(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
-               rule_points: dict[str, int]) -> int:
+               rule_points: dict[str, int], now: datetime) -> int:
     campaigns = programme.model.campaigns or []
     if not campaigns:
         return 0
@@ -143,12 +146,12 @@ def _campaigns(uow: UnitOfWork, programme: Programme, member: Member, event: Eve
                 "member_id": member.id, "recorded_at": event.occurred_at,
             }, ["program_id", "campaign_id", "member_pk"])
             continue
-        added += _award_campaign(uow, programme, member, event, campaign, rule_points)
+        added += _award_campaign(uow, programme, member, event, campaign, rule_points, now)
     return added
 
 
 def _award_campaign(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
-                    campaign: Campaign, rule_points: dict[str, int]) -> int:
+                    campaign: Campaign, rule_points: dict[str, int], now: datetime) -> int:
     if campaign.voucher is not None:
         wanted, explanation = 1, ""
     else:
@@ -185,7 +188,8 @@ def _award_campaign(uow: UnitOfWork, programme: Programme, member: Member, event
     points = 0
     if campaign.voucher is not None:
         code = issue_voucher(uow, programme, member, campaign.voucher, rule_id,
-                             event.occurred_at, ref=event.id, name=campaign.name)["code"]
+                             event.occurred_at, ref=event.id, name=campaign.name,
+                             told_at=now)["code"]
     else:
         if grant < wanted:
             explanation += f", capped to {grant}"
@@ -254,7 +258,8 @@ def _membership_multiplier(uow: UnitOfWork, programme: Programme, member: Member
 # -- stamp cards --------------------------------------------------------------------------
 
 
-def _stamps(uow: UnitOfWork, programme: Programme, member: Member, event: Event) -> int:
+def _stamps(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
+            now: datetime) -> int:
     cards = programme.model.stamp_cards or []
     if not cards:
         return 0
@@ -268,7 +273,7 @@ def _stamps(uow: UnitOfWork, programme: Programme, member: Member, event: Event)
         if stamps <= 0:
             continue
         period = rules.stamp_period(card, local)
-        added += add_stamps(uow, programme, member, card, period, stamps, event)
+        added += add_stamps(uow, programme, member, card, period, stamps, event, now)
         if event.type == "purchase" and event.order_id is not None:
             uow.execute(te.stamp_orders.insert().values(
                 program_id=programme.id, card_id=card.id, order_id=event.order_id,
@@ -285,9 +290,10 @@ def _progress(uow: UnitOfWork, program_id: str, card_id: str, member_pk: int,
 
 
 def add_stamps(uow: UnitOfWork, programme: Programme, member: Member, card: StampCard,
-               period: str, stamps: int, event: Event) -> int:
-    """Add (or, negative, take away) stamps; a card that fills gives its reward. Runs under
-    the member's lock, so two events of one member never complete a card twice."""
+               period: str, stamps: int, event: Event, now: datetime) -> int:
+    """Add (or, negative, take away) stamps; a card that fills gives its reward (a voucher
+    told of at ``now``). Runs under the member's lock, so two events of one member never
+    complete a card twice."""
     s = te.stamp_progress
     found = _progress(uow, programme.id, card.id, member.pk, period)
     total = (found.stamps if found else 0) + stamps
@@ -305,7 +311,7 @@ def add_stamps(uow: UnitOfWork, programme: Programme, member: Member, card: Stam
         else:
             assert card.reward.voucher is not None
             issue_voucher(uow, programme, member, card.reward.voucher, source, event.occurred_at,
-                          ref=event.id, name=card.name)
+                          ref=event.id, name=card.name, told_at=now)
     completions = max(completions, due)
     values = {"stamps": total, "completions": completions, "updated_at": event.occurred_at}
     if found is None:
@@ -399,4 +405,5 @@ def _lower_stamps(uow: UnitOfWork, programme: Programme, member: Member, order: 
         uow.execute(so.update().where(so.c.program_id == programme.id,
                                       so.c.card_id == card.id,
                                       so.c.order_id == order.order_id).values(stamps=left))
-        add_stamps(uow, programme, member, card, row["period"], -lost, event)
+        add_stamps(uow, programme, member, card, row["period"], -lost, event,
+                   event.occurred_at)  # fewer stamps: no voucher to tell of

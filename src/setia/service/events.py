@@ -167,10 +167,10 @@ def apply_event(
     if event.type == "purchase":
         made = _purchase(uow, programme, member, event)
     elif event.type == "refund":
-        made = _refund(uow, programme, member, event)
+        made = _refund(uow, programme, member, event, now)
     else:
         made = _other(programme, member, event)
-    made += engagement.after_event(uow, programme, member, event)
+    made += engagement.after_event(uow, programme, member, event, now)
     review = fraud.screen(uow, programme, member, event, made, now) if store else None
     context = PostingContext(
         ref=event.id, program_version=programme.version, occurred_at=event.occurred_at
@@ -364,7 +364,8 @@ def _order_payload(event: Event) -> dict[str, Any]:
     }
 
 
-def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event) -> int:
+def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
+            now: datetime) -> int:
     assert event.order_id is not None
     order = uow.order(programme.id, event.order_id, programme.currency)
     if order is None or order.member_pk != member.pk:
@@ -402,7 +403,7 @@ def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event)
         for line in order.lines
     ]
     order.dirty = True
-    referrals.after_refund(uow, programme, member, order, event.occurred_at)
+    referrals.after_refund(uow, programme, member, order, event.occurred_at, told_at=now)
     coupons.after_refund(uow, programme, order.order_id, order.left, event.occurred_at)
     month = tiers.month_key(order.occurred_at.astimezone(programme.tz))
     member.add_to_bucket(

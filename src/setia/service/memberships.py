@@ -160,7 +160,7 @@ def issue_monthly(uow: UnitOfWork, programme: Programme, member: Member, row: di
     issued = 0
     for _ in range(row["vouchers_issued"], due):
         issue_voucher(uow, programme, member, plan.monthly_voucher, source, as_of,
-                      ref=row["id"], name=plan.name)
+                      ref=row["id"], name=plan.name, told_at=as_of)
         issued += 1
     if issued:
         m = te.membership_purchases

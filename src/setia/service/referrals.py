@@ -232,9 +232,11 @@ def after_purchase(uow: UnitOfWork, programme: Programme, member: Member, event:
 
 
 def after_refund(uow: UnitOfWork, programme: Programme, member: Member, order: Order,
-                 now: datetime) -> None:
+                 now: datetime, *, told_at: datetime) -> None:
     """The refund hook: when the qualifying purchase falls below ``min_purchase``, an unpaid
-    referral waits for another purchase, and a paid one is clawed back on both sides."""
+    referral waits for another purchase, and a paid one is clawed back on both sides
+    (``now``: the refund's time; ``told_at``: when it is applied, for the referrer's
+    message)."""
     config = programme.model.referrals
     if config is None or order.left >= config.min_purchase:
         return
@@ -256,14 +258,16 @@ def after_refund(uow: UnitOfWork, programme: Programme, member: Member, order: O
     if not done:
         return
     referrer = uow.members_for_update(programme.id, [row["referrer_pk"]])[0]
-    _take_back(uow, programme, config.referrer, referrer, row["id"], "referrer", now)
+    _take_back(uow, programme, config.referrer, referrer, row["id"], "referrer", now,
+               told_at=told_at)
     # The referee's postings are recorded with the refund event that caused them.
     _take_back(uow, programme, config.referee, member, row["id"], "referee", now,
-               record=False)
+               told_at=told_at, record=False)
 
 
 def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, member: Member,
-               referral_id: str, side: str, now: datetime, *, record: bool = True) -> None:
+               referral_id: str, side: str, now: datetime, *, told_at: datetime,
+               record: bool = True) -> None:
     if given.points is not None:
         member.ledger.clawback(
             given.points, order_id=None, rule_id=rule_id(referral_id),
@@ -273,7 +277,7 @@ def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, m
         if record:
             made = uow.record(programme.id, member,
                               PostingContext(rule_id(referral_id), programme.version, now))
-            outbox.changed(uow, programme, member, made, rule_id(referral_id), now)
+            outbox.changed(uow, programme, member, made, rule_id(referral_id), told_at)
     else:  # a voucher not used yet is voided; a used one stays used
         uow.execute(t.vouchers.update().where(
             t.vouchers.c.program_id == programme.id,

@@ -177,10 +177,11 @@ def _review_tiers(engine: sa.Engine, program_id: str, as_of: datetime, report: D
         if member.tier_reviewed >= period:
             return
         reviewed = tiers.review(programme, programme.level(member.tier_id), member.buckets, local)
-        floor = held_floor(uow, programme, member, as_of)
-        if floor is not None:
+        if tiers.rank(programme, reviewed.id) < tiers.rank(programme, member.tier_id) and (
+                floor := held_floor(uow, programme, member, as_of)) is not None:
             # A paid membership's floor holds through the review: lowered here and lifted
-            # again by its run-due, the member was told of two tier changes every day.
+            # again by its run-due, the member was told of two tier changes every day. (Read
+            # only for a member the review would lower: not one query per member a day.)
             reviewed = tiers.higher(programme, floor, reviewed)
         report.tiers_reviewed += 1
         if reviewed.id != member.tier_id:
