@@ -84,13 +84,18 @@ def state(engine: sa.Engine, program_id: str) -> dict[str, Any]:
                             "WHERE m.program_id = :program"),
             "usage": rows("SELECT m.id, u.rule_id, u.period, u.count FROM rule_usage u "
                           "JOIN members m ON m.pk = u.member_pk WHERE m.program_id = :program"),
-            "outbox": sorted(
-                (key, kind, member_id, {k: v for k, v in json.loads(data).items()
-                                        if k != "program"}.__repr__())
-                for key, kind, member_id, data in rows(
-                    "SELECT key, type, member_id, data FROM outbox "
-                    "WHERE program_id = :program")),
+            "outbox": sorted(_message(*row) for row in rows(
+                "SELECT key, type, member_id, data FROM outbox WHERE program_id = :program")),
         }
+
+
+def _message(key: str, kind: str, member_id: str, data: str) -> tuple[str, str, str, str]:
+    """An outbox row as compared: without its programme, and with a voucher's random code
+    (in its key and data) left out: a stamp card's vouchers are drawn anew each time."""
+    fields = {k: v for k, v in json.loads(data).items() if k != "program"}
+    if kind == "voucher.issued":
+        key = key.replace(fields.pop("code"), "<code>")
+    return key, kind, member_id, repr(fields)
 
 
 def test_a_bulk_import_writes_what_the_same_events_one_by_one_write(engine, tmp_path: Path):
