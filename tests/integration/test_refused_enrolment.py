@@ -435,18 +435,25 @@ def test_a_tills_own_signup_event_is_not_taken_for_an_erased_persons_signup(sqli
     assert_journal_ok(engine)
 
 
+def pruned_january(engine: sa.Engine, program_ids: tuple[str, ...],
+                   purchases: dict[str, str]) -> None:
+    """Programmes that keep events 3 months, in which each member (by the id of her
+    purchase) enrolled by a purchase on 5 January, pruned since: her signup and purchase."""
+    programmes(engine, *program_ids)
+    january = fixed_clock("2027-01-05T10:00:00+08:00")
+    for program_id in program_ids:
+        for member, event_id in purchases.items():
+            ingest_event(engine, program_id, purchase(event_id, member, f"o-{event_id}",
+                                                      when="2027-01-05T09:00:00+08:00"), january)
+    assert prune_events(engine, CLOCK()) == dict.fromkeys(program_ids, 2 * len(purchases))
+
+
 @pytest.mark.postgres
 def test_an_erased_person_whose_signup_was_pruned_enrols_again_on_postgresql(pg_engine):
     # Given, in three programmes that keep events 3 months, a person enrolled in January,
     # whose events were pruned (PostgreSQL keeps their ids registered), then erased
     engine = pg_engine
-    programmes(engine, "put", "batch", "alone")
-    january = fixed_clock("2027-01-05T10:00:00+08:00")
-    for program_id in ("put", "batch", "alone"):
-        for member in ("kay", "lee"):
-            ingest_event(engine, program_id, purchase(f"{member}-1", member, f"o-{member}-1",
-                                                      when="2027-01-05T09:00:00+08:00"), january)
-    assert prune_events(engine, CLOCK()) == {"put": 4, "batch": 4, "alone": 4}
+    pruned_january(engine, ("put", "batch", "alone"), {"kay": "kay-1", "lee": "lee-1"})
     for program_id in ("put", "batch", "alone"):
         for member in ("kay", "lee"):
             erase_member(engine, program_id, member, f"erase-{program_id}-{member}", CLOCK)
@@ -533,12 +540,7 @@ def test_a_pruned_event_id_sent_again_is_refused_as_a_conflict_on_postgresql(pg_
     # Given, in three programmes that keep events 3 months, kay's January purchase "k1",
     # pruned since (PostgreSQL keeps its id registered)
     engine = pg_engine
-    programmes(engine, "alone", "batch", "group")
-    january = fixed_clock("2027-01-05T10:00:00+08:00")
-    for program_id in ("alone", "batch", "group"):
-        ingest_event(engine, program_id, purchase("k1", "kay", "o-k1",
-                                                  when="2027-01-05T09:00:00+08:00"), january)
-    assert prune_events(engine, CLOCK()) == {"alone": 2, "batch": 2, "group": 2}
+    pruned_january(engine, ("alone", "batch", "group"), {"kay": "k1"})
     before = {program_id: state(engine, program_id) for program_id in ("alone", "batch", "group")}
     again = purchase("k1", "kay", "o-k1-again", when="2027-05-30T09:00:00+08:00")
     other = purchase("k2", "kay", "o-k2", when="2027-05-30T09:00:00+08:00")
