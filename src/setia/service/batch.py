@@ -182,9 +182,8 @@ def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
     uow.preload_members(programme.id, [event.member for event in events])
     # New members' rows are inserted before the stored events are read: an insert waits for
     # a concurrent enrolment of the same member, whose events the reads then find.
-    signups = _prepare_enrolments(uow, programme, events) if programme.model.auto_enroll else {}
-    known = uow.stored_events(programme.id, [event.id for event in events])
-    known.update(signups)
+    signups = _prepare_enrolments(uow, programme, events) if programme.model.auto_enroll else []
+    known = uow.stored_events(programme.id, [event.id for event in events] + signups)
     uow.preload_orders(programme.id, [event.order_id for event in events
                                       if event.order_id is not None], programme.currency)
     outcomes: list[dict[str, Any] | SetiaError] = []
@@ -201,10 +200,10 @@ def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
 
 
 def _prepare_enrolments(uow: UnitOfWork, programme: Programme, events: list[Event]
-                        ) -> dict[str, Any]:
+                        ) -> list[str]:
     """Insert the members this batch will enrol in a few statements. Each is enrolled (its
     signup posted) by its first event as before; only the row is written ahead. Answers
-    the stored events among their signups' ids."""
+    their signups' event ids, which enrolling looks up (``members.signup_taken``)."""
     first = programme.model.tiers.levels[0].id
     enrolments: dict[str, tuple[str, datetime, str, str]] = {}
     for event in events:
@@ -217,9 +216,4 @@ def _prepare_enrolments(uow: UnitOfWork, programme: Programme, events: list[Even
                                  tiers.review_period(programme, local))
     if enrolments:
         uow.prepare_members(programme.id, list(enrolments.values()))
-        # each enrolment looks up its signup event id: read them all at once, with the
-        # registered ids of signups pruned since (see members.signup_taken)
-        return uow.stored_events(programme.id,
-                                 [f"signup:{member_id}" for member_id in enrolments],
-                                 registered=True)
-    return {}
+    return [f"signup:{member_id}" for member_id in enrolments]

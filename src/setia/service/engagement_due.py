@@ -76,16 +76,16 @@ def _memberships(engine: sa.Engine, program_id: str, as_of: datetime,
             m.c.member_pk == member.pk, m.c.program == program_id, m.c.status == "active",
         ).order_by(m.c.starts_at)).mappings()]
         ended = [row for row in rows if row["ends_at"] <= as_of]
+        current = next((row for row in rows
+                        if row["starts_at"] <= as_of < row["ends_at"]), None)
+        before = member.tier_id
         if ended:
             uow.execute(m.update().where(m.c.id.in_([row["id"] for row in ended]))
                         .values(status="expired"))
             counts["memberships_expired"] += len(ended)
-        current = next((row for row in rows
-                        if row["starts_at"] <= as_of < row["ends_at"]), None)
-        before = member.tier_id
-        for row in ended:  # the months it began before it ended, if no run-due met them
-            counts["membership_vouchers"] += issue_monthly(uow, programme, member, row, as_of)
-        if ended:
+            for row in ended:  # the months it began before it ended, if no run-due met them
+                counts["membership_vouchers"] += issue_monthly(uow, programme, member, row,
+                                                               as_of)
             # What the member's own metric earns, then a renewal's floor (if it has one).
             restore_tier(programme, member, as_of)
         if current is not None:
@@ -130,15 +130,14 @@ def _anniversaries(engine: sa.Engine, program_id: str, as_of: datetime,
     def work(uow: UnitOfWork, programme: Programme, member: Any) -> None:
         from setia.service.events import apply_event
 
-        if not _due(programme, member.enrolled_at, local.date()) or uow.execute(
-                sa.select(done.c.year).where(done.c.member_pk == member.pk,
-                                             done.c.year == year)).first() is not None:
+        if not _due(programme, member.enrolled_at, local.date()) or not uow.insert_ignore(
+                done, {"member_pk": member.pk, "year": year, "celebrated_at": as_of},
+                ["member_pk", "year"]):
             return  # not due, or celebrated by a run-due since the members were read
-        uow.execute(done.insert().values(member_pk=member.pk, year=year, celebrated_at=as_of))
         event_id = f"anniversary:{member.id}:{year}"
         if uow.stored_events(programme.id, [event_id], registered=True):
-            # Celebrated before these rows were kept (its event stored, or pruned with its
-            # id registered on PostgreSQL), or the id holds an event of its own: a client's,
+            # Celebrated before these rows were kept (its event stored; or pruned, its id
+            # registered on PostgreSQL), or the id holds an event of its own: a client's,
             # or one of a person erased and enrolled again under the same id. Not paid.
             return
         payload = {"id": event_id, "type": "anniversary", "member": member.id,

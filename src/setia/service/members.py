@@ -87,13 +87,14 @@ def signup_taken(uow: UnitOfWork, programme: Programme, member_id: str,
     the same id, or that of a concurrent enrolment. Enrolling then posts no second signup
     (and no second welcome bonus). Raise ``IdempotencyConflict`` when another event holds
     the id (a client's own event named ``signup:<id>``), before anything is written.
-    ``known``: stored events already read, registered ones included (a batch's, with its
-    new members' signups)."""
+    ``known``: stored events already read (a batch's, with its new members' signups).
+    A signup pruned since, its id still registered on PostgreSQL, is found only on the
+    retry after posting it again collided (``UnitOfWork.after_collision``)."""
     signup, payload = signup_event(member_id, enrolled_at)
     if known is not None:
         stored = known.get(signup.id)
     else:  # read once: the signup applied by ``enrol`` finds it read
-        stored = uow.stored_events(programme.id, [signup.id], registered=True).get(signup.id)
+        stored = uow.stored_events(programme.id, [signup.id]).get(signup.id)
     if stored is None:
         return False
     # Pruned by event retention, its id still registered on PostgreSQL: taken as hers, as

@@ -163,7 +163,7 @@ def _relabel_messages(uow: UnitOfWork, program_id: str, member_id: str,
     which has no index by member: erasure is rare, every event writes a message."""
     o = to.outbox
     named = f'"{member_id}"'  # only rows whose JSON text names her are parsed
-    rows = uow.execute(sa.select(o.c.id, o.c.member_id, o.c.data).where(
+    rows = uow.execute(sa.select(o.c.id, o.c.data).where(
         o.c.program_id == program_id,
         sa.or_(o.c.member_id == member_id, o.c.data.contains(named, autoescape=True)))).all()
     changes = list(_relabelled(rows, member_id, pseudonym))
@@ -174,15 +174,15 @@ def _relabel_messages(uow: UnitOfWork, program_id: str, member_id: str,
 
 
 def _relabelled(rows: Iterable[Any], member_id: str, pseudonym: str) -> Iterator[dict[str, Any]]:
+    """Each row's new ``member_id`` and data; a row's ``member_id`` is its data's
+    ``member`` (``outbox.write``). Rows naming her only inside another value are skipped."""
     for row in rows:
         data = orjson.loads(row.data)
         fields = [name for name in ("member", "referred") if data.get(name) == member_id]
-        if row.member_id != member_id and not fields:
-            continue  # her id only inside another value
-        data.update(dict.fromkeys(fields, pseudonym))
-        yield {"row_id": row.id,
-               "new_member": pseudonym if row.member_id == member_id else row.member_id,
-               "new_data": orjson.dumps(data).decode()}
+        if fields:
+            data.update(dict.fromkeys(fields, pseudonym))
+            yield {"row_id": row.id, "new_member": data["member"],
+                   "new_data": orjson.dumps(data).decode()}
 
 
 # -- retention ---------------------------------------------------------------------------

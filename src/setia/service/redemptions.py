@@ -80,7 +80,7 @@ def _view(row: dict[str, Any], member: Member, voucher: dict[str, Any] | None) -
     }
 
 
-def _issue_voucher(
+def issue_reward_voucher(
     uow: UnitOfWork,
     programme: Programme,
     reward: Reward,
@@ -89,6 +89,8 @@ def _issue_voucher(
     now: datetime,
     random_bytes: RandomBytes,
 ) -> dict[str, Any] | None:
+    """A voucher of ``reward`` for ``member``, kept under ``redemption_id`` (what gave it);
+    its code and expiry, or None for a reward without a voucher."""
     if reward.voucher is None:
         return None
     expires_at = rewards.voucher_expires_at(reward, now)
@@ -222,7 +224,7 @@ def redeem(
             member.last_activity_at = max(filter(None, [member.last_activity_at, now]))
             voucher = None
             if reward is not None and not hold:
-                voucher = _issue_voucher(
+                voucher = issue_reward_voucher(
                     uow, programme, reward, member, redemption_id, now, random_bytes
                 )
                 donations.after_capture(uow, programme, reward, member, redemption_id, points,
@@ -301,7 +303,7 @@ def finish_hold(
         reward = programme.reward(row["reward_id"]) if row["reward_id"] else None
         donations.after_capture(uow, programme, reward, member, redemption_id, row["points"], now)
         if reward is not None:
-            voucher = _issue_voucher(
+            voucher = issue_reward_voucher(
                 uow, programme, reward, member, redemption_id, now, random_bytes
             )
             row["voucher_code"] = voucher["code"] if voucher else None

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from setia.adapters.db import tables as t
 from setia.adapters.db import tables_referrals as tr
 from setia.adapters.db.store import PostingContext, UnitOfWork
-from setia.domain import earning, rewards
+from setia.domain import earning
 from setia.domain import referrals as r
 from setia.domain.errors import InvalidField, UnknownMember
 from setia.domain.events import Event
@@ -37,6 +37,7 @@ from setia.service.common import (
     transaction,
     utc_now,
 )
+from setia.service.redemptions import issue_reward_voucher
 
 RandomBytes = Callable[[int], bytes]
 STATUSES = ("review", "linked", "qualified", "paid", "clawed_back", "rejected")
@@ -307,20 +308,11 @@ def _give(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, member
         return uow.record(programme.id, member, PostingContext(ref, programme.version, now))
     reward = programme.reward(given.reward or "")
     assert reward is not None, "the programme check makes sure the reward exists"
-    expires_at = rewards.voucher_expires_at(reward, now)
-    for _ in range(5):
-        code = rewards.voucher_code(random_bytes(8))
-        if uow.insert_ignore(t.vouchers, {
-            "program_id": programme.id, "code": code,
-            "redemption_id": _voucher_ref(referral_id, side), "member_pk": member.pk,
-            "reward_id": reward.id, "benefit": rewards.voucher_benefit(reward),
-            "issued_at": now, "expires_at": expires_at,
-            "used_at": None, "used_ref": None,
-        }, ["program_id", "code"]):
-            outbox.changed(uow, programme, member, [], ref, now, reward=reward.id,
-                           voucher={"code": code, "expires_at": iso(expires_at)})
-            return []
-    raise AssertionError("five voucher codes in a row collided")
+    voucher = issue_reward_voucher(uow, programme, reward, member,
+                                   _voucher_ref(referral_id, side), now, random_bytes)
+    assert voucher is not None, "the programme check makes sure the reward gives a voucher"
+    outbox.changed(uow, programme, member, [], ref, now, voucher=voucher, reward=reward.id)
+    return []
 
 
 def pay(uow: UnitOfWork, programme: Programme, referral_id: str, now: datetime,

@@ -223,14 +223,15 @@ def _birthdays(engine: sa.Engine, program_id: str, as_of: datetime, report: DueR
         payload = {"id": event_id, "type": "birthday", "member": member.id,
                    "occurred_at": as_of.isoformat()}
         stored = uow.stored_events(programme.id, [event_id], registered=True).get(event_id)
-        if stored is not None and stored.request_hash != request_hash(payload):
+        digest = request_hash(payload)
+        if stored is not None and stored.request_hash != digest:
             # The id holds another event, or held one since pruned (its id registered on
-            # PostgreSQL): this year's birthday of a person since erased and enrolled
-            # again under the same id (one birthday a year per id, as one signup), or a
-            # client's own event. Skipped, and not tried again this year.
+            # PostgreSQL): this year's birthday of a person since erased and enrolled again
+            # under the same id (one birthday a year per id, as one signup), or a client's
+            # own event. Skipped, and not tried again this year.
             return
         apply_event(uow, programme, Event(id=event_id, type="birthday", member=member.id,
-                                          occurred_at=as_of), payload, as_of)
+                                          occurred_at=as_of), payload, as_of, digest=digest)
         report.birthdays += 1
 
     _in_batches(engine, program_id, sorted(pks), as_of, work)

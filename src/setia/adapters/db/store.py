@@ -339,8 +339,10 @@ class UnitOfWork:
                  after_collision: bool = False) -> None:
         self.engine = engine
         self.read_only = read_only
-        # A retry after a write collided with a key: event lookups find registered ids too
-        # (``stored_events(registered=True)``), as a pruned id sent again is one cause.
+        # A retry after a write collided with a key: event lookups find registered ids too,
+        # as ``PRUNED``: a pruned id sent again (a client's, or a signup id Setia makes
+        # again) collides with its registered id on the first attempt, and is found so on
+        # the retry. The first attempt of an event looks up events only.
         self.after_collision = after_collision
         self.dialect = engine.dialect.name
         self._members: dict[tuple[str, str], Member] = {}
@@ -903,8 +905,10 @@ class UnitOfWork:
     def stored_events(self, program_id: str, event_ids: list[str], *,
                       registered: bool = False) -> dict[str, Any]:
         """The stored request hash and result of each event id found, by id. With
-        ``registered``, an id whose event was pruned but is still registered (PostgreSQL)
-        is found too, as ``PRUNED``: a stored event that every request conflicts with."""
+        ``registered``, or after a collision, an id whose event was pruned but is still
+        registered (PostgreSQL) is found too, as ``PRUNED``: a stored event that every
+        request conflicts with. (Run-due asks for them up front: a retry would redo its
+        whole batch of members.)"""
         found = self._events_by_id(program_id, event_ids)
         if registered or self.after_collision:
             found.update(self._pruned(program_id, [event_id for event_id in event_ids
