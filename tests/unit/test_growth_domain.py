@@ -171,3 +171,13 @@ def test_the_programme_file_sections_are_checked_across_fields() -> None:
         ("surveys[0].questions[1].id", "duplicate question id 'q'"),
         ("rewards[2].donation.cause", "unknown cause 'nope'"),
     ]
+
+
+def test_a_referral_reward_must_give_a_voucher() -> None:
+    # A donation reward gives none: paying the referral would have failed in run-due
+    bad = {**GROWTH, "referrals": {**GROWTH["referrals"],
+                                   "referee": {"reward": "donate-mercy"}}}
+    with pytest.raises(InvalidProgramme) as refused:
+        validate_document(bad)
+    assert refused.value.errors == [
+        ("referrals.referee.reward", "reward 'donate-mercy' gives no voucher")]

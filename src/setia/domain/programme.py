@@ -297,7 +297,8 @@ def _semantic_errors(model: ProgrammeModel) -> list[tuple[str, str]]:
 def _growth_errors(model: ProgrammeModel, digits: int) -> list[tuple[str, str]]:
     """Referrals, coupons, surveys and donations (their own modules' checks)."""
     return (
-        referrals_.semantic_errors(model.referrals, {r.id for r in model.rewards}, digits)
+        referrals_.semantic_errors(model.referrals,
+                                   {r.id: r.voucher is not None for r in model.rewards}, digits)
         + coupons_.semantic_errors(model.coupons or [], digits, model.currency)
         + surveys_.semantic_errors(model.surveys or [])
         + donations_.semantic_errors(

@@ -47,8 +47,10 @@ class ReferralsConfig(_Strict):
     phone_country_code: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,3}$")] | None = None
 
 
-def semantic_errors(config: ReferralsConfig | None, reward_ids: set[str],
+def semantic_errors(config: ReferralsConfig | None, vouchers: dict[str, bool],
                     digits: int) -> list[tuple[str, str]]:
+    """``vouchers``: each reward id of the programme, and whether it gives a voucher (a
+    referral's reward is paid as one)."""
     if config is None:
         return []
     errors: list[tuple[str, str]] = []
@@ -60,8 +62,11 @@ def semantic_errors(config: ReferralsConfig | None, reward_ids: set[str],
         given: ReferralReward = getattr(config, side)
         if (given.points is None) == (given.reward is None):
             errors.append((f"referrals.{side}", "exactly one of points or reward"))
-        if given.reward is not None and given.reward not in reward_ids:
+        if given.reward is not None and given.reward not in vouchers:
             errors.append((f"referrals.{side}.reward", f"unknown reward {given.reward!r}"))
+        elif given.reward is not None and not vouchers[given.reward]:
+            errors.append((f"referrals.{side}.reward",
+                           f"reward {given.reward!r} gives no voucher"))
     return errors
 
 
