@@ -8,6 +8,7 @@ with SKIP LOCKED on PostgreSQL like the core's run-due.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import date, datetime
 from typing import Any
 
@@ -48,19 +49,24 @@ def _has_rows(engine: sa.Engine, program_id: str) -> bool:
 
 
 def _for_each_member(engine: sa.Engine, program_id: str, pks: list[int], as_of: datetime,
-                     work: Any) -> None:
+                     work: Any, counts: dict[str, int]) -> None:
+    """``work`` counts into a tally of its own attempt, added to ``counts`` once the batch
+    commits: a retried batch is counted once."""
     for start in range(0, len(pks), BATCH):
         chunk = pks[start:start + BATCH]
 
-        def batch(uow: UnitOfWork, chunk: list[int] = chunk) -> None:
+        def batch(uow: UnitOfWork, chunk: list[int] = chunk) -> Counter[str]:
+            tally: Counter[str] = Counter()
             programme = require_programme(uow, program_id)
             for member in uow.members_for_update(program_id, chunk, skip_locked=True):
-                work(uow, programme, member)
+                work(uow, programme, member, tally)
                 uow.record(program_id, member, PostingContext(
                     f"run-due:{as_of.isoformat()}", programme.version, as_of))
             uow.commit()
+            return tally
 
-        transaction(engine, batch)
+        for name, count in transaction(engine, batch).items():
+            counts[name] += count
 
 
 def _memberships(engine: sa.Engine, program_id: str, as_of: datetime,
@@ -71,7 +77,7 @@ def _memberships(engine: sa.Engine, program_id: str, as_of: datetime,
             m.c.program == program_id, m.c.status == "active",
             m.c.starts_at <= as_of)).scalars()))
 
-    def work(uow: UnitOfWork, programme: Programme, member: Any) -> None:
+    def work(uow: UnitOfWork, programme: Programme, member: Any, tally: Counter[str]) -> None:
         rows = [dict(row) for row in uow.execute(sa.select(m).where(
             m.c.member_pk == member.pk, m.c.program == program_id, m.c.status == "active",
         ).order_by(m.c.starts_at)).mappings()]
@@ -82,15 +88,15 @@ def _memberships(engine: sa.Engine, program_id: str, as_of: datetime,
         if ended:
             uow.execute(m.update().where(m.c.id.in_([row["id"] for row in ended]))
                         .values(status="expired"))
-            counts["memberships_expired"] += len(ended)
+            tally["memberships_expired"] += len(ended)
             for row in ended:  # the months it began before it ended, if no run-due met them
-                counts["membership_vouchers"] += issue_monthly(uow, programme, member, row,
-                                                               as_of)
+                tally["membership_vouchers"] += issue_monthly(uow, programme, member, row,
+                                                              as_of)
             # What the member's own metric earns, then a renewal's floor (if it has one).
             restore_tier(programme, member, as_of)
         if current is not None:
-            counts["membership_vouchers"] += issue_monthly(uow, programme, member, current,
-                                                           as_of)
+            tally["membership_vouchers"] += issue_monthly(uow, programme, member, current,
+                                                          as_of)
             apply_tier_floor(programme, member, plan_of(programme, current["plan_id"]))
             # The floor moves the tier the first time a purchase is current, and a renewal
             # without one lets it fall: keyed by this run's time, so each move has its
@@ -102,7 +108,7 @@ def _memberships(engine: sa.Engine, program_id: str, as_of: datetime,
             return
         outbox.tier_reviewed(uow, programme, member, before, ref, as_of)
 
-    _for_each_member(engine, program_id, pks, as_of, work)
+    _for_each_member(engine, program_id, pks, as_of, work, counts)
 
 
 def anniversary_in(year: int, enrolled: date) -> date:
@@ -127,7 +133,7 @@ def _anniversaries(engine: sa.Engine, program_id: str, as_of: datetime,
         ).all()
     pks = sorted(pk for pk, enrolled_at in rows if _due(programme, enrolled_at, local.date()))
 
-    def work(uow: UnitOfWork, programme: Programme, member: Any) -> None:
+    def work(uow: UnitOfWork, programme: Programme, member: Any, tally: Counter[str]) -> None:
         from setia.service.events import apply_event
 
         if not _due(programme, member.enrolled_at, local.date()) or not uow.insert_ignore(
@@ -135,10 +141,11 @@ def _anniversaries(engine: sa.Engine, program_id: str, as_of: datetime,
                 ["member_pk", "year"]):
             return  # not due, or celebrated by a run-due since the members were read
         event_id = f"anniversary:{member.id}:{year}"
-        if uow.stored_events(programme.id, [event_id], registered=True):
+        if uow.stored_events(programme.id, [event_id]):
             # Celebrated before these rows were kept (its event stored; or pruned, its id
-            # registered on PostgreSQL), or the id holds an event of its own: a client's,
-            # or one of a person erased and enrolled again under the same id. Not paid.
+            # registered on PostgreSQL: the first attempt collides with it, and the batch's
+            # retry finds it), or the id holds an event of its own: a client's, or one of a
+            # person erased and enrolled again under the same id. Not paid.
             return
         payload = {"id": event_id, "type": "anniversary", "member": member.id,
                    "occurred_at": as_of.isoformat()}
@@ -146,9 +153,9 @@ def _anniversaries(engine: sa.Engine, program_id: str, as_of: datetime,
                                                    member=member.id, occurred_at=as_of),
                              payload, as_of)
         if result["status"] == "applied":
-            counts["anniversaries"] += 1
+            tally["anniversaries"] += 1
 
-    _for_each_member(engine, program_id, pks, as_of, work)
+    _for_each_member(engine, program_id, pks, as_of, work, counts)
 
 
 def _due(programme: Programme, enrolled_at: datetime, today: date) -> bool:

@@ -8,6 +8,7 @@ with SKIP LOCKED on PostgreSQL so several workers can run at once.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -84,20 +85,27 @@ def _scalars(engine: sa.Engine, query: Any) -> list[Any]:
 
 
 def _in_batches(engine: sa.Engine, program_id: str, pks: list[int], as_of: datetime,
-                work: Callable[[UnitOfWork, Programme, Member], None]) -> None:
+                work: Callable[[UnitOfWork, Programme, Member, Counter[str]], None],
+                report: DueReport) -> None:
+    """``work`` counts what it did in the report's field names into a tally of its own
+    attempt, added to the report once the batch commits: a batch retried (a deadlock, or a
+    key collision) is counted once, as it was done once."""
     for start in range(0, len(pks), BATCH_MEMBERS):
         chunk = pks[start:start + BATCH_MEMBERS]
 
-        def batch(uow: UnitOfWork, chunk: list[int] = chunk) -> None:
+        def batch(uow: UnitOfWork, chunk: list[int] = chunk) -> Counter[str]:
+            tally: Counter[str] = Counter()
             programme = require_programme(uow, program_id)
             for member in uow.members_for_update(program_id, chunk, skip_locked=True):
-                work(uow, programme, member)
+                work(uow, programme, member, tally)
                 ref = f"run-due:{as_of.isoformat()}"
                 outbox.changed(uow, programme, member, uow.record(
                     program_id, member, PostingContext(ref, programme.version, as_of)), ref, as_of)
             uow.commit()
+            return tally
 
-        transaction(engine, batch)
+        for name, count in transaction(engine, batch).items():
+            setattr(report, name, getattr(report, name) + count)
 
 
 def _holds(engine: sa.Engine, program_id: str, as_of: datetime, report: DueReport) -> None:
@@ -125,10 +133,10 @@ def _activate(engine: sa.Engine, program_id: str, as_of: datetime, report: DueRe
         t.lots.c.available_at <= as_of,
     ))
 
-    def work(uow: UnitOfWork, programme: Programme, member: Member) -> None:
-        report.points_activated += member.ledger.activate(as_of)
+    def work(uow: UnitOfWork, programme: Programme, member: Member, tally: Counter[str]) -> None:
+        tally["points_activated"] += member.ledger.activate(as_of)
 
-    _in_batches(engine, program_id, sorted(pks), as_of, work)
+    _in_batches(engine, program_id, sorted(pks), as_of, work, report)
 
 
 def _expire(engine: sa.Engine, program_id: str, as_of: datetime, report: DueReport) -> None:
@@ -142,10 +150,11 @@ def _expire(engine: sa.Engine, program_id: str, as_of: datetime, report: DueRepo
             t.lots.c.remaining > 0, t.lots.c.expires_at <= as_of,
         ))
 
-        def rolling(uow: UnitOfWork, programme: Programme, member: Member) -> None:
-            report.points_expired += member.ledger.expire_due_lots(as_of)
+        def rolling(uow: UnitOfWork, programme: Programme, member: Member,
+                    tally: Counter[str]) -> None:
+            tally["points_expired"] += member.ledger.expire_due_lots(as_of)
 
-        _in_batches(engine, program_id, sorted(pks), as_of, rolling)
+        _in_batches(engine, program_id, sorted(pks), as_of, rolling, report)
     elif expiry.policy == "inactivity":
         assert expiry.months is not None
         cutoff = as_of - relativedelta(months=expiry.months)
@@ -154,14 +163,15 @@ def _expire(engine: sa.Engine, program_id: str, as_of: datetime, report: DueRepo
             t.members.c.last_activity_at <= cutoff,
         ))
 
-        def inactive(uow: UnitOfWork, programme: Programme, member: Member) -> None:
+        def inactive(uow: UnitOfWork, programme: Programme, member: Member,
+                     tally: Counter[str]) -> None:
             last = member.last_activity_at
             if last is not None and last + relativedelta(months=expiry.months or 0) <= as_of:
-                report.points_expired += member.ledger.expire_all(
+                tally["points_expired"] += member.ledger.expire_all(
                     f"no earn or redeem since {last.date()}: all points expired"
                 )
 
-        _in_batches(engine, program_id, sorted(pks), as_of, inactive)
+        _in_batches(engine, program_id, sorted(pks), as_of, inactive, report)
 
 
 def _review_tiers(engine: sa.Engine, program_id: str, as_of: datetime, report: DueReport) -> None:
@@ -173,7 +183,7 @@ def _review_tiers(engine: sa.Engine, program_id: str, as_of: datetime, report: D
         t.members.c.program_id == program_id, t.members.c.tier_reviewed < period,
     ))
 
-    def work(uow: UnitOfWork, programme: Programme, member: Member) -> None:
+    def work(uow: UnitOfWork, programme: Programme, member: Member, tally: Counter[str]) -> None:
         if member.tier_reviewed >= period:
             return
         reviewed = tiers.review(programme, programme.level(member.tier_id), member.buckets, local)
@@ -183,14 +193,14 @@ def _review_tiers(engine: sa.Engine, program_id: str, as_of: datetime, report: D
             # again by its run-due, the member was told of two tier changes every day. (Read
             # only for a member the review would lower: not one query per member a day.)
             reviewed = tiers.higher(programme, floor, reviewed)
-        report.tiers_reviewed += 1
+        tally["tiers_reviewed"] += 1
         if reviewed.id != member.tier_id:
-            report.tiers_changed += 1
+            tally["tiers_changed"] += 1
             before, member.tier_id = member.tier_id, reviewed.id
             outbox.tier_reviewed(uow, programme, member, before, f"review:{period}", as_of)
         member.tier_reviewed = period
 
-    _in_batches(engine, program_id, sorted(pks), as_of, work)
+    _in_batches(engine, program_id, sorted(pks), as_of, work, report)
 
 
 def birthday_in(year: int, birthday: date) -> date:
@@ -211,7 +221,7 @@ def _birthdays(engine: sa.Engine, program_id: str, as_of: datetime, report: DueR
         sa.or_(t.members.c.birthday_year.is_(None), t.members.c.birthday_year < year),
     ))
 
-    def work(uow: UnitOfWork, programme: Programme, member: Member) -> None:
+    def work(uow: UnitOfWork, programme: Programme, member: Member, tally: Counter[str]) -> None:
         if member.birthday is None or (member.birthday_year or 0) >= year:
             return
         day = birthday_in(year, member.birthday)
@@ -222,17 +232,18 @@ def _birthdays(engine: sa.Engine, program_id: str, as_of: datetime, report: DueR
         event_id = f"birthday:{member.id}:{year}"
         payload = {"id": event_id, "type": "birthday", "member": member.id,
                    "occurred_at": as_of.isoformat()}
-        stored = uow.stored_events(programme.id, [event_id], registered=True).get(event_id)
+        stored = uow.stored_events(programme.id, [event_id]).get(event_id)
         digest = request_hash(payload)
         if stored is not None and stored.request_hash != digest:
             # The id holds another event, or held one since pruned (its id registered on
-            # PostgreSQL): this year's birthday of a person since erased and enrolled again
-            # under the same id (one birthday a year per id, as one signup), or a client's
-            # own event. Skipped, and not tried again this year.
+            # PostgreSQL: the first attempt collides with it, and the batch's retry finds
+            # it): this year's birthday of a person since erased and enrolled again under
+            # the same id (one birthday a year per id, as one signup), or a client's own
+            # event. Skipped, and not tried again this year.
             return
         apply_event(uow, programme, Event(id=event_id, type="birthday", member=member.id,
                                           occurred_at=as_of), payload, as_of, digest=digest)
-        report.birthdays += 1
+        tally["birthdays"] += 1
 
-    _in_batches(engine, program_id, sorted(pks), as_of, work)
+    _in_batches(engine, program_id, sorted(pks), as_of, work, report)
 

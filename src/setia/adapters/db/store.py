@@ -902,15 +902,12 @@ class UnitOfWork:
                 found[row.id] = row
         return found
 
-    def stored_events(self, program_id: str, event_ids: list[str], *,
-                      registered: bool = False) -> dict[str, Any]:
-        """The stored request hash and result of each event id found, by id. With
-        ``registered``, or after a collision, an id whose event was pruned but is still
-        registered (PostgreSQL) is found too, as ``PRUNED``: a stored event that every
-        request conflicts with. (Run-due asks for them up front: a retry would redo its
-        whole batch of members.)"""
+    def stored_events(self, program_id: str, event_ids: list[str]) -> dict[str, Any]:
+        """The stored request hash and result of each event id found, by id. After a
+        collision, an id whose event was pruned but is still registered (PostgreSQL) is
+        found too, as ``PRUNED``: a stored event that every request conflicts with."""
         found = self._events_by_id(program_id, event_ids)
-        if registered or self.after_collision:
+        if self.after_collision:
             found.update(self._pruned(program_id, [event_id for event_id in event_ids
                                                    if event_id not in found]))
         for event_id in event_ids:
