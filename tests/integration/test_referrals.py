@@ -254,3 +254,38 @@ def test_a_voucher_reward_for_the_referee_is_told_as_a_voucher_issued(engine: sa
                                 "expires_at": "2027-04-17T10:00:00+08:00"}  # 30 days
     assert available(engine, "adi") == 50 + 25  # welcome and base: no referral points
     assert_journal_ok(engine)
+
+
+def test_a_referees_voucher_not_used_yet_is_voided_and_told_when_the_referral_is_clawed_back(
+        engine: sa.Engine) -> None:
+    # Given growth-cafe paying the referee a free latte, and adi's referral paid
+    document = copy.deepcopy(GROWTH)
+    document["referrals"]["referee"] = {"reward": "free-latte"}
+    load_programme(engine, document)
+    upsert_member(engine, P, "rina", {}, ENROL)
+    linked = refer(engine, "adi")
+    purchase(engine, "adi", "o-1", "25.00", "2027-03-04T10:00:00+08:00")
+    run_due(engine, at("2027-03-18T10:00:00+08:00"))
+
+    # When 10.00 of the purchase is refunded (15.00 left, below the minimum), and again
+    refund(engine, "adi", "o-1", "10.00", "2027-03-20T10:00:00+08:00", "r-1")
+    refund(engine, "adi", "o-1", "10.00", "2027-03-20T10:00:00+08:00", "r-1")
+
+    # Then his voucher is used up by the clawback and he is told so once, at the refund's
+    # application; rina's 300 go back as before
+    rid = f"referral:{linked['id']}"
+    with engine.connect() as conn:
+        code, used_ref = conn.execute(sa.text(
+            "SELECT code, used_ref FROM vouchers WHERE reward_id = 'free-latte'")).one()
+        o = tables_outbox.outbox
+        rows = conn.execute(sa.select(o.c.key, o.c.member_id, o.c.data, o.c.occurred_at)
+                            .where(o.c.type == "voucher.voided")).all()
+    assert used_ref == "referral clawback"
+    assert [(key, member, json.loads(data), told_at) for key, member, data, told_at in rows] == [
+        (f"voucher.voided:{code}", "adi", {
+            "program": P, "member": "adi", "ref": rid, "code": code, "reward": "free-latte",
+            "voided_at": "2027-03-20T10:00:00+08:00"}, DAY_2())]
+    assert [(kind, member) for kind, member, *_ in referral_messages(engine)] == [
+        ("referral.paid", "rina"), ("points.clawed_back", "rina")]
+    assert available(engine, "rina") == 50
+    assert_journal_ok(engine)

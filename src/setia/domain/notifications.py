@@ -4,7 +4,7 @@ makes, emails in the member's language, and the retry schedule of deliveries. Pu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,12 +26,17 @@ POINTS_REVERSED = "points.reversed"
 TIER_CHANGED = "tier.changed"
 VOUCHER_ISSUED = "voucher.issued"
 VOUCHER_USED = "voucher.used"
+VOUCHER_VOIDED = "voucher.voided"
 MEMBER_ENROLLED = "member.enrolled"
 REFERRAL_PAID = "referral.paid"
+CREDIT_EARNED = "credit.earned"
+CREDIT_CLAWED_BACK = "credit.clawed_back"
+CREDIT_SPENT = "credit.spent"
 
 MESSAGE_TYPES = (POINTS_EARNED, POINTS_REDEEMED, POINTS_EXPIRED, POINTS_EXPIRING,
                  POINTS_CLAWED_BACK, POINTS_ADJUSTED, POINTS_REVERSED, TIER_CHANGED,
-                 VOUCHER_ISSUED, VOUCHER_USED, MEMBER_ENROLLED, REFERRAL_PAID)
+                 VOUCHER_ISSUED, VOUCHER_USED, VOUCHER_VOIDED, MEMBER_ENROLLED, REFERRAL_PAID,
+                 CREDIT_EARNED, CREDIT_CLAWED_BACK, CREDIT_SPENT)
 
 # Posting code -> message type. Holds, releases and activations move points between a
 # member's own accounts (or back) and tell the member nothing new: no message.
@@ -46,6 +51,15 @@ _BY_CODE = {
     "reverse": POINTS_REVERSED,
 }
 _SIGNED = frozenset({POINTS_ADJUSTED, POINTS_REVERSED})
+
+# Store credit's posting codes -> message type. A hold and its release move credit between
+# the member's own accounts: no message, as for points.
+_CREDIT_BY_CODE = {
+    "cashback": CREDIT_EARNED,
+    "rebate": CREDIT_EARNED,
+    "clawback": CREDIT_CLAWED_BACK,
+    "capture": CREDIT_SPENT,
+}
 
 # Types a member gets an email for.
 EMAIL_TYPES = frozenset({MEMBER_ENROLLED, POINTS_EXPIRING, TIER_CHANGED, VOUCHER_ISSUED})
@@ -85,6 +99,24 @@ def from_postings(postings: Iterable[Posting], *, member_id: str, ref: str,
         Message(kind, f"{kind}:{member_id}:{ref}",
                 {"member": member_id, "ref": ref, "points": points, "balances": balances})
         for kind, points in totals.items() if points != 0
+    ]
+
+
+def from_credit_postings(postings: Iterable[Posting], *, member_id: str, ref: str,
+                         currency: str, as_text: Callable[[int], str],
+                         balances: dict[str, str]) -> list[Message]:
+    """One message per kind of change to store credit in ``postings`` (all made by
+    ``ref``); amounts in minor units, told as money text by ``as_text``."""
+    totals: dict[str, int] = {}
+    for posting in postings:
+        kind = _CREDIT_BY_CODE.get(posting.code)
+        if kind is not None:
+            totals[kind] = totals.get(kind, 0) + posting.points
+    return [
+        Message(kind, f"{kind}:{member_id}:{ref}",
+                {"member": member_id, "ref": ref, "amount": as_text(amount),
+                 "currency": currency, "balances": balances})
+        for kind, amount in totals.items()
     ]
 
 

@@ -165,7 +165,7 @@ def apply_event(
     tier_before = member.tier_id
 
     if event.type == "purchase":
-        made = _purchase(uow, programme, member, event)
+        made = _purchase(uow, programme, member, event, now)
     elif event.type == "refund":
         made = _refund(uow, programme, member, event, now)
     else:
@@ -282,7 +282,8 @@ def member_facts(programme: Programme, member: Member) -> earning.MemberFacts:
     )
 
 
-def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Event) -> int:
+def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
+              now: datetime) -> int:
     assert event.order_id is not None and event.amount is not None
     if _order_recorded(uow, programme, event):
         raise _recorded_order(event)
@@ -290,7 +291,7 @@ def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Even
     awards = earning.evaluate(programme, event, member_facts(programme, member), member.usage)
     # Nothing below can refuse the event.
     total = earn_awards(programme, member, event, awards)
-    store_credit.on_purchase(uow, programme, member, event)
+    store_credit.on_purchase(uow, programme, member, event, now)
     member.purchases += 1
     local = event.occurred_at.astimezone(programme.tz)
     member.add_to_bucket(tiers.month_key(local), spend=event.amount, points=total, visits=1)
@@ -380,7 +381,8 @@ def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
     left_amount = order.left - split.total
     tier = original.level(order.tier_id)
     # Nothing below can refuse the event.
-    store_credit.on_refund(uow, programme, original, member, event, order, left_lines, left_amount)
+    store_credit.on_refund(uow, programme, original, member, event, order, left_lines, left_amount,
+                           now)
     clawed = 0
     for rule_id, awarded in sorted(order.awards.items()):
         keep = earning.recompute_after_refund(

@@ -116,6 +116,14 @@ def voucher_used(uow: UnitOfWork, programme: Programme, voucher: dict[str, Any],
         "used_at": used_at.isoformat()})], used_at)
 
 
+def voucher_voided(uow: UnitOfWork, programme: Programme, member: Member, *, code: str,
+                   reward: str, ref: str, voided_at: datetime, told_at: datetime) -> None:
+    """A voucher not used yet taken back (a referral's clawback, ``ref``)."""
+    write(uow, programme.id, [n.Message(n.VOUCHER_VOIDED, f"{n.VOUCHER_VOIDED}:{code}", {
+        "member": member.id, "ref": ref, "code": code, "reward": reward,
+        "voided_at": voided_at.isoformat()})], told_at)
+
+
 def referral_paid(uow: UnitOfWork, programme: Programme, member: Member, *, referral_id: str,
                   referred_member: str, points: int, occurred_at: datetime) -> None:
     """A referral reward paid to ``member`` (the referrer), for the referrals feature to

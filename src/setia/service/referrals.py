@@ -280,10 +280,14 @@ def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, m
                               PostingContext(rule_id(referral_id), programme.version, now))
             outbox.changed(uow, programme, member, made, rule_id(referral_id), told_at)
     else:  # a voucher not used yet is voided; a used one stays used
-        uow.execute(t.vouchers.update().where(
+        voided = uow.execute(t.vouchers.update().where(
             t.vouchers.c.program_id == programme.id,
             t.vouchers.c.redemption_id == _voucher_ref(referral_id, side),
-            t.vouchers.c.used_at.is_(None)).values(used_at=now, used_ref="referral clawback"))
+            t.vouchers.c.used_at.is_(None)).values(used_at=now, used_ref="referral clawback")
+            .returning(t.vouchers.c.code, t.vouchers.c.reward_id)).all()
+        for row in voided:
+            outbox.voucher_voided(uow, programme, member, code=row.code, reward=row.reward_id,
+                                  ref=rule_id(referral_id), voided_at=now, told_at=told_at)
 
 
 # -- paying -----------------------------------------------------------------------------

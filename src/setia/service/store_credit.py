@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from setia.adapters.db import tables as t
 from setia.adapters.db.store import UnitOfWork
 from setia.adapters.db.tables_store_credit import credit_accounts, credit_holds, rebate_runs
+from setia.domain import notifications as n
 from setia.domain.errors import InvalidAmount, InvalidField, UnknownMember
 from setia.domain.events import Event, Line
 from setia.domain.member import Member
@@ -44,6 +45,7 @@ from setia.domain.store_credit import (
     period_of,
     tiered_rebate,
 )
+from setia.service import outbox
 from setia.service.common import (
     Clock,
     idempotent,
@@ -75,8 +77,9 @@ def _lock_account(uow: UnitOfWork, program_id: str, member_pk: int) -> CreditAcc
 
 
 def _save(uow: UnitOfWork, programme: Programme, account: CreditAccount, ref: str,
-          occurred_at: datetime) -> list[dict[str, Any]]:
-    """Write the account's new postings and balances; the postings as written."""
+          occurred_at: datetime, *, member_id: str, now: datetime) -> list[dict[str, Any]]:
+    """Write the account's new postings and balances, and the outbox's messages of what
+    they changed (told at ``now``); the postings as written."""
     made, account.postings = account.postings, []
     if not made:
         return []
@@ -93,6 +96,11 @@ def _save(uow: UnitOfWork, programme: Programme, account: CreditAccount, ref: st
         for p in made
     ]
     uow.execute(t.postings.insert(), rows)
+    digits = minor_digits(programme.currency)
+    outbox.write(uow, programme.id, n.from_credit_postings(
+        made, member_id=member_id, ref=ref, currency=programme.currency,
+        as_text=lambda amount: money_text(amount, digits),
+        balances=_balances(account, digits)), now)
     return rows
 
 
@@ -114,7 +122,8 @@ def _member_pk(uow: UnitOfWork, program_id: str, member_id: Any) -> int:
 # -- instant cashback (hooks of the event path) ---------------------------------------------
 
 
-def on_purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Event) -> None:
+def on_purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
+                now: datetime) -> None:
     """Credit the purchase's instant cashback, in the event's transaction."""
     config = programme.model.cashback
     if config is None or not config.instant:
@@ -129,12 +138,12 @@ def on_purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Ev
     for award in awards:
         account.earn(award.amount_minor, code="cashback", rule_id=award.rule_id,
                      explanation=award.explanation)
-    _save(uow, programme, account, event.id, event.occurred_at)
+    _save(uow, programme, account, event.id, event.occurred_at, member_id=member.id, now=now)
 
 
 def on_refund(uow: UnitOfWork, programme: Programme, original: Programme, member: Member,
               event: Event, order: Order, left_lines: tuple[Line, ...],
-              left_amount: Decimal) -> None:
+              left_amount: Decimal, now: datetime) -> None:
     """Claw back the cashback the refunded part earned: cashback is recomputed, under the
     purchase's programme version, on what was left of the order before and after."""
     config = original.model.cashback
@@ -156,7 +165,7 @@ def on_refund(uow: UnitOfWork, programme: Programme, original: Programme, member
             f"refund on order {order.order_id}: {rule_id} now gives "
             f"{money_text(after.get(rule_id, 0), digits)} instead of "
             f"{money_text(before[rule_id], digits)}"))
-    _save(uow, programme, account, event.id, event.occurred_at)
+    _save(uow, programme, account, event.id, event.occurred_at, member_id=member.id, now=now)
 
 
 # -- holds at the till ------------------------------------------------------------------------
@@ -218,7 +227,7 @@ def hold(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock =
                    "captured": 0, "status": "held", "reference": reference, "created_at": now,
                    "hold_expires_at": now + timedelta(minutes=minutes), "updated_at": now}
             uow.execute(credit_holds.insert().values(**row))
-            _save(uow, programme, account, hold_id, now)
+            _save(uow, programme, account, hold_id, now, member_id=body["member"], now=now)
             return _hold_view(row, body["member"], account, digits)
 
         result = idempotent(uow, program_id, key, "credit-hold", body, run, now)
@@ -260,9 +269,9 @@ def finish_hold(uow: UnitOfWork, programme: Programme, hold_id: str, action: str
                updated_at=now)
     uow.execute(h.update().where(h.c.id == hold_id).values(
         status=row["status"], captured=captured, updated_at=now))
-    _save(uow, programme, account, hold_id, now)
     member_id = uow.execute(sa.select(t.members.c.id).where(
         t.members.c.pk == row["member_pk"])).scalar_one()
+    _save(uow, programme, account, hold_id, now, member_id=member_id, now=now)
     return _hold_view(row, member_id, account, digits)
 
 
@@ -478,9 +487,11 @@ def _credit_period(uow: UnitOfWork, programme: Programme, rebate_id: str, bands:
     start, end = period.bounds(programme.tz)
     o = t.orders
     spend = uow.execute(
-        sa.select(o.c.member_pk, sa.func.sum(o.c.amount_e4 - o.c.refunded_e4).label("net_e4"))
+        sa.select(o.c.member_pk, t.members.c.id.label("member_id"),
+                  sa.func.sum(o.c.amount_e4 - o.c.refunded_e4).label("net_e4"))
+        .join(t.members, t.members.c.pk == o.c.member_pk)
         .where(o.c.program_id == programme.id, o.c.occurred_at >= start, o.c.occurred_at < end)
-        .group_by(o.c.member_pk).order_by(o.c.member_pk)).all()
+        .group_by(o.c.member_pk, t.members.c.id).order_by(o.c.member_pk)).all()
     digits = minor_digits(programme.currency)
     symbol = currency_symbol(programme.currency)
     members = total = 0
@@ -493,7 +504,8 @@ def _credit_period(uow: UnitOfWork, programme: Programme, rebate_id: str, bands:
         account.earn(amount, code="rebate", rule_id=rebate_id, explanation=(
             f"{rebate_id} rebate on {symbol} {net.quantize(Decimal(1).scaleb(-digits))} "
             f"spent in {period.key}"))
-        _save(uow, programme, account, f"rebate:{rebate_id}:{period.key}", end)
+        _save(uow, programme, account, f"rebate:{rebate_id}:{period.key}", end,
+              member_id=row.member_id, now=as_of)
         members += 1
         total += amount
     uow.execute(rebate_runs.update().where(
