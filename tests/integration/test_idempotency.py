@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from setia.domain.errors import IdempotencyConflict, RedemptionNotHeld
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust, capture_or_release, redeem, use_voucher
-from tests.conftest import assert_journal_ok, fixed_clock
+from tests.conftest import KOPI_SETIA, assert_journal_ok, fixed_clock, load_programme
 
 P = "kopi-setia"
 CLOCK = fixed_clock("2027-03-01T09:00:00+08:00")
@@ -150,3 +152,58 @@ def test_a_replayed_voucher_use_answers_again(kopi):
     assert use_voucher(kopi, P, code, "use-1", clock=LATER) == used
     assert counts(kopi) == before
     assert_journal_ok(kopi)
+
+
+def lock_waiters(engine: sa.Engine, count: int) -> None:
+    """Wait until ``count`` sessions wait for a lock (at most 10 s)."""
+    waiting = 0
+    for _ in range(200):
+        with engine.connect() as conn:
+            waiting = conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            ).scalar_one()
+        if waiting >= count:
+            break
+        time.sleep(0.05)
+    assert waiting == count
+
+
+@pytest.mark.postgres
+def test_a_voucher_use_retried_while_the_first_is_still_running_answers_the_first(pg_engine):
+    # Given a voucher, and a till's use of it with key "use-1" that has used it but not yet
+    # committed: held at its last write (its voucher.used message) by another transaction
+    # that holds the same outbox key uncommitted
+    engine = pg_engine
+    load_programme(engine, KOPI_SETIA)
+    given_a_member_with(engine, 1000)
+    code = redeem(engine, P, {"member": "cust-1", "reward": "free-latte"}, "k1",
+                  CLOCK)["voucher"]["code"]
+    blocker = engine.connect()
+    blocker.begin()
+    blocker.execute(sa.text(
+        "INSERT INTO outbox (program_id, key, type, member_id, data, occurred_at, created_at) "
+        "VALUES (:p, :key, 'voucher.used', 'cust-1', '{}', now(), now())"),
+        {"p": P, "key": f"voucher.used:{code}"})
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(use_voucher, engine, P, code, "use-1", None, CLOCK)
+        lock_waiters(engine, 1)
+
+        # When the till, its answer late, sends the same use again with the same key: it
+        # finds no key stored yet and waits for the voucher's row, which the first holds
+        again = pool.submit(use_voucher, engine, P, code, "use-1", None, LATER)
+        lock_waiters(engine, 2)
+        blocker.rollback()
+        blocker.close()
+        used = first.result(timeout=30)
+        answered = again.result(timeout=30)
+
+    # Then the retry answers the first use (it answered 409 voucher-used: the till's own
+    # use, refused to the customer), and the voucher was used once
+    assert used["code"] == code
+    assert answered == used
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT used_ref FROM vouchers WHERE code = :c"),
+                            {"c": code}).scalar_one() == "use-1"
+        assert conn.execute(sa.text("SELECT count(*) FROM outbox WHERE type = 'voucher.used'")
+                            ).scalar_one() == 1
+    assert_journal_ok(engine)

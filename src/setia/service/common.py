@@ -51,6 +51,12 @@ def _retryable(exc: Exception) -> bool:
     return False
 
 
+class _KeyStoredMeanwhile(Exception):  # noqa: N818 (a signal to retry, not an error)
+    """A command was refused, and its idempotency key was stored meanwhile by a concurrent
+    request with the same key (PostgreSQL, READ COMMITTED): the refusal came from that
+    request's own effect. The transaction is rolled back and run again, to replay."""
+
+
 def transaction(engine: sa.Engine, work: Callable[[UnitOfWork], T], *,
                 read_only: bool = False) -> T:
     """Run ``work`` in one unit of work; retry serialisation failures and deadlocks a
@@ -69,6 +75,8 @@ def transaction(engine: sa.Engine, work: Callable[[UnitOfWork], T], *,
                 return work(uow)
         except SetiaError:
             raise
+        except _KeyStoredMeanwhile:
+            continue
         except (OperationalError, IntegrityError, DBAPIError) as exc:
             collided = collided or isinstance(exc, IntegrityError)
             if not _retryable(exc) or attempt == MAX_ATTEMPTS - 1:
@@ -108,7 +116,16 @@ def idempotent(uow: UnitOfWork, program_id: str, key: str, operation: str, body:
                 field="Idempotency-Key",
             )
         return dict(stored.result)
-    result = run()
+    try:
+        result = run()
+    except SetiaError:
+        # A retry sent while the first request with this key was still running found no key
+        # stored, then waited for the first one's locks and met its effect (the voucher used,
+        # the last item sold): it must answer the first result, not a refusal. Each
+        # statement reads what has committed, so the key is visible now if so.
+        if uow.stored_command(program_id, key) is not None:
+            raise _KeyStoredMeanwhile from None
+        raise
     uow.add_command(program_id, key, operation, digest, result, now)
     return result
 
