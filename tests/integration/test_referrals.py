@@ -256,9 +256,9 @@ def test_a_voucher_reward_for_the_referee_is_told_as_a_voucher_issued(engine: sa
     assert_journal_ok(engine)
 
 
-def test_a_referees_voucher_not_used_yet_is_voided_and_told_when_the_referral_is_clawed_back(
-        engine: sa.Engine) -> None:
-    # Given growth-cafe paying the referee a free latte, and adi's referral paid
+def referee_voucher_paid(engine: sa.Engine) -> dict[str, Any]:
+    """growth-cafe paying the referee a free latte (for 30 days), and adi's referral paid
+    on 18 March 2027: the link."""
     document = copy.deepcopy(GROWTH)
     document["referrals"]["referee"] = {"reward": "free-latte"}
     load_programme(engine, document)
@@ -266,6 +266,13 @@ def test_a_referees_voucher_not_used_yet_is_voided_and_told_when_the_referral_is
     linked = refer(engine, "adi")
     purchase(engine, "adi", "o-1", "25.00", "2027-03-04T10:00:00+08:00")
     run_due(engine, at("2027-03-18T10:00:00+08:00"))
+    return linked
+
+
+def test_a_referees_voucher_not_used_yet_is_voided_and_told_when_the_referral_is_clawed_back(
+        engine: sa.Engine) -> None:
+    # Given growth-cafe paying the referee a free latte, and adi's referral paid
+    linked = referee_voucher_paid(engine)
 
     # When 10.00 of the purchase is refunded (15.00 left, below the minimum), and again
     refund(engine, "adi", "o-1", "10.00", "2027-03-20T10:00:00+08:00", "r-1")
@@ -287,5 +294,22 @@ def test_a_referees_voucher_not_used_yet_is_voided_and_told_when_the_referral_is
             "voided_at": "2027-03-20T10:00:00+08:00"}, DAY_2())]
     assert [(kind, member) for kind, member, *_ in referral_messages(engine)] == [
         ("referral.paid", "rina"), ("points.clawed_back", "rina")]
+    assert available(engine, "rina") == 50
+    assert_journal_ok(engine)
+
+
+def test_a_referees_voucher_that_expired_unused_is_not_told_as_voided(engine: sa.Engine) -> None:
+    # Given adi's free latte paid on 18 March, which expired unused on 17 April
+    referee_voucher_paid(engine)
+
+    # When the purchase is refunded below the minimum on 20 April
+    refund(engine, "adi", "o-1", "10.00", "2027-04-20T10:00:00+08:00", "r-1")
+
+    # Then the voucher is closed by the clawback, but nothing is taken from adi: no message
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT used_ref FROM vouchers WHERE reward_id = "
+                                    "'free-latte'")).scalar_one() == "referral clawback"
+        assert conn.execute(sa.text("SELECT count(*) FROM outbox WHERE type = "
+                                    "'voucher.voided'")).scalar_one() == 0
     assert available(engine, "rina") == 50
     assert_journal_ok(engine)

@@ -284,8 +284,11 @@ def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, m
             t.vouchers.c.program_id == programme.id,
             t.vouchers.c.redemption_id == _voucher_ref(referral_id, side),
             t.vouchers.c.used_at.is_(None)).values(used_at=now, used_ref="referral clawback")
-            .returning(t.vouchers.c.code, t.vouchers.c.reward_id)).all()
+            .returning(t.vouchers.c.code, t.vouchers.c.reward_id, t.vouchers.c.expires_at)
+        ).all()
         for row in voided:
+            if row.expires_at is not None and row.expires_at <= now:
+                continue  # it had lapsed already: nothing is taken from the member
             outbox.voucher_voided(uow, programme, member, code=row.code, reward=row.reward_id,
                                   ref=rule_id(referral_id), voided_at=now, told_at=told_at)
 
