@@ -150,6 +150,26 @@ def test_first_purchase_only_and_categories(cafe: sa.Engine) -> None:
     assert_journal_ok(cafe)
 
 
+def test_a_first_purchase_coupon_goes_on_one_order_before_the_purchase_is_recorded(
+        cafe: sa.Engine) -> None:
+    # Given ben, with no purchase yet, and FIRSTCUP (no per-member limit) on his order o-1
+    lines = [{"sku": "LATTE", "category": "coffee", "amount": "13.00"}]
+    coupons.redeem(cafe, P, basket("FIRSTCUP", "ben", "13.00", lines=lines, order_id="o-1"),
+                   "k-1", NOW)
+    before = uses_table(cafe)
+
+    # When the till applies it to a second order before the first purchase is sent
+    with pytest.raises(c.CouponFirstPurchaseOnly) as caught:
+        coupons.redeem(cafe, P, basket("FIRSTCUP", "ben", "13.00", lines=lines,
+                                       order_id="o-2"), "k-2", NOW)
+
+    # Then it is refused naming the member, and nothing changed
+    assert caught.value.field == "member"
+    assert before == uses_table(cafe) == [
+        ("first-coffee", "FIRSTCUP", "ben", "o-1", Decimal("5.00"), False)]
+    assert_journal_ok(cafe)
+
+
 def test_a_batch_of_unique_codes_each_used_once_and_exported_as_csv(cafe: sa.Engine) -> None:
     seen: list[int] = []
     batch = coupons.generate_batch(cafe, P, "cny", {"count": 2500, "prefix": "cny"}, "b-1",
