@@ -224,6 +224,48 @@ def test_a_released_hold_gives_its_stock_back(engine):
     assert_journal_ok(engine)
 
 
+def test_a_hold_is_captured_by_its_reward_as_it_was_when_held(engine):
+    # Given b's hold on the mug, and then a version of the shop without the mug
+    load_programme(engine, SHOP)
+    given_a_member_with(engine, 500, "b", "shop")
+    held = redeem(engine, "shop", {"member": "b", "reward": "mug", "hold": True}, "kb", NOON)
+    load_programme(engine, {**SHOP, "rewards": [
+        {"id": "cup", "name": "Cup", "cost": 50, "voucher": {"free_item": "cup"}}]})
+
+    # When the till captures the hold
+    captured = capture_or_release(engine, "shop", held["id"], "capture", "kb2", NOON)
+
+    # Then b gets the mug's voucher he paid for (it was captured with none), valid 7 days
+    assert captured["status"] == "captured"
+    assert_code(captured["voucher"])
+    assert captured["voucher"]["expires_at"] == "2027-03-17T12:00:00+08:00"
+    assert balances(engine, "b", "shop") == {"available": 400, "pending": 0, "reserved": 0}
+    assert_journal_ok(engine)
+
+
+def test_releasing_a_hold_made_before_the_reward_had_stock_gives_none_back(engine):
+    # Given b's hold on a mug without stock, then a version giving the mug a stock of 1,
+    # which c redeems
+    mug = {key: value for key, value in SHOP["rewards"][0].items() if key != "stock"}
+    load_programme(engine, {**SHOP, "rewards": [mug]})
+    for member in ("b", "c", "d"):
+        given_a_member_with(engine, 500, member, "shop")
+    held = redeem(engine, "shop", {"member": "b", "reward": "mug", "hold": True}, "kb", NOON)
+    load_programme(engine, {**SHOP, "rewards": [{**SHOP["rewards"][0], "stock": 1}]})
+    redeem(engine, "shop", {"member": "c", "reward": "mug"}, "kc", NOON)
+
+    # When b's hold is released
+    capture_or_release(engine, "shop", held["id"], "release", "kb2", NOON)
+
+    # Then the one mug stays taken (the release gave back what the hold had not taken), and
+    # d is refused
+    assert stock_redeemed(engine, "mug") == 1
+    with pytest.raises(RewardSoldOut):
+        redeem(engine, "shop", {"member": "d", "reward": "mug"}, "kd", NOON)
+    assert balances(engine, "b", "shop") == {"available": 500, "pending": 0, "reserved": 0}
+    assert_journal_ok(engine)
+
+
 def test_a_reward_limited_per_member_is_refused_the_second_time(kopi):
     # Given a gold member with 2000 available; the tumbler (800) is 1 per member
     given_a_member_with(kopi, 2000)

@@ -138,9 +138,7 @@ def _take_stock(uow: UnitOfWork, programme: Programme, reward: Reward) -> None:
         raise RewardSoldOut(f"all {reward.stock} of reward {reward.id} are gone", field="reward")
 
 
-def _give_back_stock(uow: UnitOfWork, program_id: str, reward_id: str | None) -> None:
-    if reward_id is None:
-        return
+def _give_back_stock(uow: UnitOfWork, program_id: str, reward_id: str) -> None:
     uow.execute(
         t.reward_stock.update()
         .where(
@@ -241,6 +239,7 @@ def redeem(
                 "created_at": now,
                 "hold_expires_at": now + timedelta(minutes=rewards.HOLD_MINUTES) if hold else None,
                 "updated_at": now,
+                "program_version": programme.version,
             }
             uow.execute(t.redemptions.insert().values(**row))
             made = uow.record(programme.id, member,
@@ -297,11 +296,16 @@ def finish_hold(
             f"redemption {redemption_id} is {row['status']}, not held", field="id"
         )
     voucher = None
+    # The reward as it was when held: a version stored since may have removed or renamed it,
+    # or given it a stock the hold did not take.
+    held_under = programme if row["program_version"] in (None, programme.version) else \
+        require_programme(uow, programme.id, row["program_version"])
+    reward = held_under.reward(row["reward_id"]) if row["reward_id"] else None
     if action == "capture":
         member.ledger.capture(row["points"], f"captured redemption {redemption_id}")
         row["status"] = "captured"
-        reward = programme.reward(row["reward_id"]) if row["reward_id"] else None
-        donations.after_capture(uow, programme, reward, member, redemption_id, row["points"], now)
+        donations.after_capture(uow, held_under, reward, member, redemption_id, row["points"],
+                                now)
         if reward is not None:
             voucher = issue_reward_voucher(
                 uow, programme, reward, member, redemption_id, now, random_bytes
@@ -312,7 +316,8 @@ def finish_hold(
         uow.load_lots(member, [a.lot_seq for a in allocations])
         member.ledger.release(row["points"], allocations, f"released redemption {redemption_id}")
         row["status"] = "released"
-        _give_back_stock(uow, programme.id, row["reward_id"])
+        if reward is not None and reward.stock is not None:  # the hold took one
+            _give_back_stock(uow, programme.id, reward.id)
     uow.execute(
         t.redemptions.update()
         .where(t.redemptions.c.id == redemption_id)

@@ -183,6 +183,9 @@ redemptions = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("hold_expires_at", UTCDateTime),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The programme version the redemption was made under: a hold is captured or released
+    # by its reward as it was then (None before revision 0003j: the current version).
+    sa.Column("program_version", sa.Integer),
 )
 sa.Index("ix_redemptions_member_reward", redemptions.c.member_pk, redemptions.c.reward_id)
 sa.Index("ix_redemptions_holds", redemptions.c.program_id, redemptions.c.status,
