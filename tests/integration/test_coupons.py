@@ -228,6 +228,23 @@ def test_a_full_refund_gives_the_use_back_and_a_partial_one_does_not(cafe: sa.En
     assert_journal_ok(cafe)
 
 
+def test_a_batch_code_typed_with_o_for_zero_is_released_as_it_is_redeemed(
+        cafe: sa.Engine) -> None:
+    # Given a batch code of zeros after its prefix (CNY0000000000) redeemed on order o-1
+    coupons.generate_batch(cafe, P, "cny", {"count": 1, "prefix": "cny"}, "b-1", NOW,
+                           random_bytes=bytes)
+    coupons.redeem(cafe, P, basket("cny-OOOO-OOOO-OO", order_id="o-1"), "k-1", NOW)
+
+    # When the till releases it, typed the same way
+    released = coupons.release(cafe, P, {"order_id": "o-1", "code": "cny-OOOO-OOOO-OO"},
+                               "rel-1", NOW)
+
+    # Then the use is given back (the code was not found: unknown-coupon-use)
+    assert [u["code"] for u in released["released"]] == ["CNY0000000000"]
+    assert uses_table(cafe) == [("cny", "CNY0000000000", "ana", "o-1", Decimal("8.00"), True)]
+    assert_journal_ok(cafe)
+
+
 def test_release_by_order(cafe: sa.Engine) -> None:
     coupons.redeem(cafe, P, basket("WELCOME10", order_id="o-1"), "k-1", NOW)
     with pytest.raises(c.CouponAlreadyApplied):

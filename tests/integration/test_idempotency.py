@@ -142,6 +142,20 @@ def test_a_replayed_capture_answers_again_and_a_new_capture_is_refused(kopi):
     assert_journal_ok(kopi)
 
 
+def test_a_voucher_use_retried_with_its_code_typed_another_way_answers_again(kopi):
+    given_a_member_with(kopi, 1000)
+    code = redeem(kopi, P, {"member": "cust-1", "reward": "free-latte"}, "k1",
+                  CLOCK)["voucher"]["code"]
+    used = use_voucher(kopi, P, code, "use-1", clock=CLOCK)
+    before = counts(kopi)
+
+    # The till's retry reads the code in lower case, in groups of four
+    typed = "-".join(code[i:i + 4] for i in range(0, len(code), 4)).lower()
+    assert use_voucher(kopi, P, typed, "use-1", clock=LATER) == used
+    assert counts(kopi) == before
+    assert_journal_ok(kopi)
+
+
 def test_a_replayed_voucher_use_answers_again(kopi):
     given_a_member_with(kopi, 1000)
     code = redeem(kopi, P, {"member": "cust-1", "reward": "free-latte"}, "k1",

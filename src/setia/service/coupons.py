@@ -272,8 +272,9 @@ def release_uses(uow: UnitOfWork, programme: Programme, order_id: str, now: date
     u = tc.coupon_uses
     query = sa.select(u).where(u.c.program_id == programme.id, u.c.order_id == order_id,
                                u.c.released_at.is_(None)).order_by(u.c.id)
-    if code is not None:
-        query = query.where(u.c.code == c.normalise_code(code))
+    if code is not None:  # as typed, or with O read as 0 and I, L as 1 (as redeem reads it)
+        typed = c.normalise_code(code)
+        query = query.where(u.c.code.in_(sorted({typed, c.crockford_variant(typed)})))
     released = []
     refundable = {cp.id for cp in programme.model.coupons or [] if cp.release_on_refund}
     for row in uow.execute(query).mappings().all():

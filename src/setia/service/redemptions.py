@@ -436,9 +436,9 @@ def use_voucher(
             outbox.voucher_used(uow, programme, row, now)
             return _voucher_view(row, now)
 
-        result = idempotent(
-            uow, program_id, key, "use-voucher", {"code": code, "body": body}, run, now
-        )
+        # The code as the till reads it: a retry typed another way is the same request.
+        request = {"code": rewards.normalise_code(code), "body": body}
+        result = idempotent(uow, program_id, key, "use-voucher", request, run, now)
         uow.commit()
         return result
 
