@@ -217,6 +217,33 @@ def test_held_points_of_a_pending_programme_wait_past_their_pending_days(engine)
     assert_journal_ok(engine)
 
 
+def test_points_approved_before_their_pending_days_end_become_available_when_they_do(engine):
+    # Given Kopi Setia (3 pending days) holding cust-1's 142 points of 2 March for review
+    document = copy.deepcopy(parse_text(KOPI_SETIA.read_text()))
+    document["fraud"] = {"velocity": [{"per": "day", "max_points": 50}]}
+    load_programme(engine, document)
+    clock = fixed_clock("2027-03-01T09:00:00+08:00")
+    upsert_member(engine, "kopi-setia", "cust-1", {}, clock)  # welcome 50, pending
+    ingest_event(engine, "kopi-setia", {
+        "id": "k1", "type": "purchase", "member": "cust-1", "order_id": "ko1",
+        "occurred_at": "2027-03-02T10:00:00+08:00", "amount": "42.00"}, clock)
+
+    # When the review is approved the next day, before the 3 days are over, and run-due
+    # runs once they are
+    (review,) = fraud.reviews(engine, "kopi-setia")
+    fraud.decide(engine, "kopi-setia", review["id"], "approve", "a1",
+                 fixed_clock("2027-03-03T09:00:00+08:00"))
+    pending_after_approval = get_member(engine, "kopi-setia", "cust-1", clock)["balances"]
+    run_due(engine, at("2027-03-10T00:00:00+08:00"))
+
+    # Then the 142 wait out their days, then are available (they stayed pending forever: the
+    # lot kept the review's far-off due time in the database)
+    assert pending_after_approval == {"available": 0, "pending": 192, "reserved": 0}
+    assert get_member(engine, "kopi-setia", "cust-1", clock)["balances"] == {
+        "available": 192, "pending": 0, "reserved": 0}
+    assert_journal_ok(engine)
+
+
 def test_without_a_fraud_section_ingestion_runs_no_fraud_query(kopi):
     statements: list[str] = []
 

@@ -149,7 +149,7 @@ class _Formats:
                      for name, columns in (("postings", POSTING_COLUMNS),
                                            ("events", EVENT_COLUMNS), ("lots", LOT_COLUMNS),
                                            ("orders", ORDER_COLUMNS))}
-        self.sql["lots_update"] = _update_sql(mark, "lots", ("remaining", "pending"),
+        self.sql["lots_update"] = _update_sql(mark, "lots", LOT_UPDATE_COLUMNS,
                                               ("member_pk", "seq"))
         self.sql["members_update"] = _update_sql(mark, "members", MEMBER_UPDATE_COLUMNS, ("pk",))
         self.sql["orders_update"] = _update_sql(mark, "orders",
@@ -165,8 +165,7 @@ class _Formats:
         self.bulk: dict[str, tuple[str, tuple[int, ...]]] = {}
         if dialect.name == "postgresql":
             self.bulk = {
-                "lots_update": _bulk_update("lots", ("remaining", "pending"),
-                                            ("member_pk", "seq")),
+                "lots_update": _bulk_update("lots", LOT_UPDATE_COLUMNS, ("member_pk", "seq")),
                 "members_update": _bulk_update("members", MEMBER_UPDATE_COLUMNS, ("pk",)),
                 "orders_update": _bulk_update("orders", ("refunded_e4", "lines", "awards"),
                                               ("program_id", "order_id")),
@@ -216,6 +215,9 @@ EVENT_COLUMNS = ("program_id", "id", "type", "member_id", "occurred_at", "reques
                  "payload", "result", "recorded_at", "partner")
 LOT_COLUMNS = ("member_pk", "seq", "program_id", "source", "order_id", "points", "remaining",
                "available_at", "expires_at", "pending")
+# What a lot already stored can change: what is left, whether it is pending, and when it is
+# due (a review holds it until a decision, and an approval sets the time it was due again).
+LOT_UPDATE_COLUMNS = ("remaining", "pending", "available_at")
 ORDER_COLUMNS = ("program_id", "order_id", "member_pk", "event_id", "program_version", "tier_id",
                  "occurred_at", "amount_e4", "refunded_e4", "lines", "awards", "event", "partner")
 MEMBER_UPDATE_COLUMNS = ("tier_id", "tier_reviewed", "available", "pending", "reserved",
@@ -1086,7 +1088,8 @@ class UnitOfWork:
                     lot.new = False
                     lot.dirty = False
                 elif lot.dirty:
-                    changed_lots.append((lot.remaining, as_bool(lot.pending), pk, lot.seq))
+                    changed_lots.append((lot.remaining, as_bool(lot.pending),
+                                         ts(lot.available_at), pk, lot.seq))
                     lot.dirty = False
             ledger.new_lots.clear()
             member_rows.append((member.tier_id, member.tier_reviewed, ledger.available,
