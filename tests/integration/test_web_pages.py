@@ -22,7 +22,16 @@ from setia.adapters.db import tables_coupons as tc
 from setia.adapters.db import tables_referrals as tr
 from setia.entrypoints.api.app import create_app
 from setia.entrypoints.web import growth_pages
-from setia.service import coupons, events, insights, members, redemptions, referrals, staff
+from setia.service import (
+    coupons,
+    events,
+    insights,
+    members,
+    redemptions,
+    referrals,
+    staff,
+    store_credit,
+)
 from tests.browser.web_server import WEB_CAFE
 from tests.conftest import assert_journal_ok, at, load_programme
 
@@ -284,6 +293,36 @@ def test_dashboard_figures(cafe: sa.Engine) -> None:
                                                        "to": "2027-02-28", "lang": "id"})
     assert '<html lang="id">' in page.text
     assert "RM 35,50" in page.text and "50%" in page.text and "1 Feb 2027" in page.text
+
+
+def test_dashboard_points_are_net_of_clawbacks_and_leave_store_credit_out(
+        cafe: sa.Engine) -> None:
+    # Given Web Cafe giving 10 % cashback too, a's RM 40.00 purchase (40 points, RM 4.00
+    # credit) and a refund of RM 15.00 of it (15 points and RM 1.50 back), and RM 2.00 of
+    # her credit spent at the till, all in February
+    load_programme(cafe, {**WEB_CAFE, "cashback": {"instant": [{"id": "all", "percent": 10}]}})
+    members.upsert_member(cafe, P, "a", {"enrolled_at": "2027-01-05T09:00:00+08:00"})
+    events.ingest_event(cafe, P, {"id": "e1", "type": "purchase", "member": "a",
+                                  "order_id": "o1", "occurred_at": "2027-02-03T10:00:00+08:00",
+                                  "amount": "40.00"})
+    events.ingest_event(cafe, P, {"id": "r1", "type": "refund", "member": "a",
+                                  "order_id": "o1", "occurred_at": "2027-02-04T10:00:00+08:00",
+                                  "amount": "15.00"})
+    held = store_credit.hold(cafe, P, {"member": "a", "amount": "2.00"}, "h1",
+                             lambda: at("2027-02-05T10:00:00+08:00"))
+    store_credit.capture_or_release(cafe, P, held["id"], "capture", None, "c1",
+                                    lambda: at("2027-02-05T10:01:00+08:00"))
+
+    # When the dashboard shows February
+    figures = insights.dashboard(cafe, P, date(2027, 2, 1), date(2027, 2, 28))
+
+    # Then points issued are 40 - 15 (400 - 150 sen of credit and the 200 spent were counted
+    # as points, and the clawback was not subtracted), and none were redeemed
+    assert (figures["issued"], figures["redeemed"]) == (25, 0)
+    series = figures["series"]
+    assert (series["issued"][2], series["issued"][3]) == (40, -15)
+    assert sum(series["redeemed"]) == 0
+    assert_journal_ok(cafe)
 
 
 def test_programme_editor(cafe: sa.Engine) -> None:

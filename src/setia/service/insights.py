@@ -68,13 +68,18 @@ def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dic
         active = len(visits)
         repeat = sum(1 for count in visits.values() if count >= 2)
         sales_e4 = sum(row.amount_e4 - row.refunded_e4 for row in order_rows)
+        # Points only (store credit has postings of its own asset), as the reports count
+        # them: issued net of clawbacks and reversals, redeemed net of what went back.
         posting_rows = uow.execute(sa.select(p.c.occurred_at, p.c.debit, p.c.credit, p.c.points)
-                                   .where(p.c.program_id == program_id,
+                                   .where(p.c.program_id == program_id, p.c.asset == "points",
                                           p.c.occurred_at >= lo, p.c.occurred_at < hi,
-                                          sa.or_(p.c.debit == ISSUED, p.c.credit == REDEEMED))
+                                          sa.or_(p.c.debit.in_((ISSUED, REDEEMED)),
+                                                 p.c.credit.in_((ISSUED, REDEEMED))))
                                    ).all()
-        issued = sum(r.points for r in posting_rows if r.debit == ISSUED)
-        redeemed = sum(r.points for r in posting_rows if r.credit == REDEEMED)
+        flows = [(row.occurred_at, _flow(row, ISSUED, -1), _flow(row, REDEEMED, 1))
+                 for row in posting_rows]
+        issued = sum(flow[1] for flow in flows)
+        redeemed = sum(flow[2] for flow in flows)
         totals = [sa.func.coalesce(sa.func.sum(column), 0)
                   for column in (m.c.available, m.c.pending, m.c.reserved)]
         balances = tuple(uow.execute(sa.select(*totals).where(m.c.program_id == program_id)).one())
@@ -97,8 +102,10 @@ def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dic
             purchases[bucket(row.occurred_at)] += 1
         earned: dict[str, int] = defaultdict(int)
         spent: dict[str, int] = defaultdict(int)
-        for row in posting_rows:
-            (earned if row.debit == ISSUED else spent)[bucket(row.occurred_at)] += row.points
+        for occurred_at, issued_by, redeemed_by in flows:
+            key = bucket(occurred_at)
+            earned[key] += issued_by
+            spent[key] += redeemed_by
         return {
             "start": start, "end": end, "currency": programme.currency,
             "members": members_total, "new_members": members_new, "active": active,
@@ -118,6 +125,14 @@ def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dic
         }
 
     return transaction(engine, work, read_only=True)
+
+
+def _flow(row: Any, account: str, sign: int) -> int:
+    """What a posting moved into ``account`` less what it took out, times ``sign`` (-1 for
+    ``issued``, which gives points out): the flows of docs/analytics.md."""
+    moved = (row.points if row.credit == account else 0) - (
+        row.points if row.debit == account else 0)
+    return sign * moved
 
 
 def _digits(currency: str) -> int:
@@ -172,7 +187,8 @@ def member_page(engine: sa.Engine, program_id: str, member_id: str,
             raise UnknownMember(f"no member {member_id!r}", field="member")
         lots = uow.execute(sa.select(t.lots).where(t.lots.c.member_pk == pk,
                                                    t.lots.c.remaining > 0)
-                           .order_by(t.lots.c.expires_at, t.lots.c.seq)).mappings().all()
+                           .order_by(t.lots.c.expires_at.is_(None), t.lots.c.expires_at,
+                                     t.lots.c.seq)).mappings().all()
         vouchers = uow.execute(sa.select(t.vouchers).where(
             t.vouchers.c.program_id == program_id, t.vouchers.c.member_pk == pk)
             .order_by(t.vouchers.c.issued_at.desc())).mappings().all()
