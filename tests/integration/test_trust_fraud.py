@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from setia.domain.trust import ReviewDecided, UnknownReview
-from setia.service import audit, fraud
+from setia.service import audit, fraud, reversals
 from setia.service.batch import ingest_batch
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
@@ -172,6 +172,50 @@ def test_rejecting_a_review_takes_the_held_points_back(cafe):
                                 "points": 30, "balances": {"available": 30, "pending": 0,
                                                            "reserved": 0}}
     assert_journal_ok(cafe)
+
+
+def test_rejecting_an_unheld_review_after_a_refund_takes_back_only_what_is_left(engine):
+    # Given reviews that leave the points spendable, m1's third purchase of the hour (30)
+    # queued for review, and 20.00 of its 30.00 refunded (20 points back)
+    load_programme(engine, {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": False}})
+    upsert_member(engine, P, "m1", {}, CLOCK)
+    review = held_m1(engine)
+    ingest_event(engine, P, {"id": "r3", "type": "refund", "member": "m1", "order_id": "o-e3",
+                             "occurred_at": "2027-03-01T11:00:00+00:00", "amount": "20.00"},
+                 CLOCK)
+    assert fraud.reviews(engine, P)[0]["points"] == 10
+    assert balances(engine, "m1") == {"available": 40, "pending": 0, "reserved": 0}
+
+    # When the review is rejected
+    fraud.decide(engine, P, review, "reject", "k1", CLOCK)
+
+    # Then the 10 left are taken back (all 30 were, making 20 a second time: a debt)
+    assert balances(engine, "m1") == {"available": 30, "pending": 0, "reserved": 0}
+    assert journal(engine, "review_reject") == [("available", "issued", 10)]
+    assert_journal_ok(engine)
+
+
+def test_rejecting_an_unheld_review_of_a_reversed_event_takes_nothing_more(engine):
+    # Given reviews that leave the points spendable, and m1's review of a shop (5 points),
+    # queued as her third earning event of the hour, then reversed by an admin
+    load_programme(engine, {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": False}})
+    upsert_member(engine, P, "m1", {}, CLOCK)
+    for n, minute in enumerate(("00", "20"), start=1):
+        ingest_event(engine, P, purchase(f"e{n}", "m1", f"2027-03-01T10:{minute}:00+00:00",
+                                         f"{n * 10}.00"), CLOCK)
+    ingest_event(engine, P, {"id": "v1", "type": "review", "member": "m1",
+                             "occurred_at": "2027-03-01T10:40:00+00:00"}, CLOCK)
+    (review,) = fraud.reviews(engine, P)
+    reversals.reverse(engine, P, {"ref": "v1", "reason": "a fake review"}, "rev-1", CLOCK)
+    assert fraud.reviews(engine, P)[0]["points"] == 0
+
+    # When the review is rejected
+    fraud.decide(engine, P, review["id"], "reject", "k1", CLOCK)
+
+    # Then nothing more is taken (the 5 were taken a second time, as a debt)
+    assert balances(engine, "m1") == {"available": 30, "pending": 0, "reserved": 0}
+    assert journal(engine, "review_reject") == []
+    assert_journal_ok(engine)
 
 
 def test_an_unknown_review_is_refused_and_changes_nothing(cafe):

@@ -399,6 +399,8 @@ def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
             )
             order.awards[rule_id] = keep
             clawed += back
+    if clawed and programme.model.fraud is not None:
+        fraud.taken_back(uow, programme.id, order.event_id, clawed)
     order.refunded += split.total
     order.lines = [
         replace(line, refunded=line.refunded + split.per_line.get(line.sku, Decimal(0)))

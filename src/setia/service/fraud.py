@@ -70,6 +70,19 @@ def screen(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
     return {"review": review_id, "reasons": found, "held": config.hold}
 
 
+def taken_back(uow: UnitOfWork, program_id: str, event_id: str, points: int) -> None:
+    """Points of a screened event taken back another way (a refund of its order, a
+    reversal): its open review holds that much less, so that rejecting it does not take
+    them back a second time. (A held review's rejection takes what is left of its lot;
+    an unheld one's takes the review's points.)"""
+    if points <= 0:
+        return
+    r = tt.fraud_reviews
+    uow.execute(r.update().where(r.c.program_id == program_id, r.c.event_id == event_id,
+                                 r.c.status == "open")
+                .values(points=sa.case((r.c.points > points, r.c.points - points), else_=0)))
+
+
 def _recent(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
             config: trust.FraudConfig) -> trust.Recent:
     at = event.occurred_at

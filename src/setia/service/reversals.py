@@ -21,7 +21,7 @@ from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import earning
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
 from setia.domain.ledger import MEMBER_ACCOUNTS, PROGRAMME_ACCOUNTS
-from setia.service import audit, outbox
+from setia.service import audit, fraud, outbox
 from setia.service.common import (
     Clock,
     idempotent,
@@ -80,6 +80,8 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
             done = uow.members_for_update(program_id, net)
             changed = []
             for member in done:
+                fraud.taken_back(uow, program_id, ref, sum(
+                    points for points in net[member.pk].values() if points > 0))
                 for account, points in sorted(net[member.pk].items()):
                     if points > 0:
                         member.ledger.clawback(points, order_id=None, rule_id=None,
