@@ -43,10 +43,11 @@ def responses(engine: sa.Engine) -> int:
 
 
 def answer(engine: sa.Engine, member: str, nps: int, taste: int, when: str, key: str,
-           **more: Any) -> dict[str, Any]:
+           received: str | None = None, **more: Any) -> dict[str, Any]:
+    """A response answered at ``when``, received then (or at ``received``)."""
     return surveys.submit(engine, P, "visit", {
         "member": member, "answers": {"recommend": nps, "taste": taste, **more},
-        "submitted_at": when}, key, NOW)
+        "submitted_at": when}, key, fixed_clock(received or when))
 
 
 def test_a_response_is_rewarded_once_a_month(cafe: sa.Engine) -> None:
@@ -60,12 +61,16 @@ def test_a_response_is_rewarded_once_a_month(cafe: sa.Engine) -> None:
     assert april["points"] == 20
     assert available(cafe, "ana") == 90
     assert answer(cafe, "ana", 9, 5, "2027-03-02T10:00:00+08:00", "s-1",
-                  comment="Kopi!") == first
+                  "2027-04-02T10:00:00+08:00", comment="Kopi!") == first
     with cafe.connect() as conn:
         rules = conn.execute(sa.select(t.postings.c.rule_id, t.postings.c.points)
                              .where(t.postings.c.rule_id.like("survey:%"))
                              .order_by(t.postings.c.id)).all()
     assert [tuple(r) for r in rules] == [("survey:visit", 20), ("survey:visit", 20)]
+    with cafe.connect() as conn:  # a rewarded response is activity (inactivity expiry)
+        last = conn.execute(sa.select(t.members.c.last_activity_at).where(
+            t.members.c.id == "ana")).scalar_one()
+    assert last == at("2027-04-01T00:30:00+08:00")
     # each reward is told as points earned, referring to its response; none for s-2
     with cafe.connect() as conn:
         told = [(kind, json.loads(data)) for kind, data in conn.execute(sa.text(
@@ -76,6 +81,37 @@ def test_a_response_is_rewarded_once_a_month(cafe: sa.Engine) -> None:
                            "balances": {"available": 70, "pending": 0, "reserved": 0}}),
         ("points.earned", {"program": P, "member": "ana", "ref": april["id"], "points": 20,
                            "balances": {"available": 90, "pending": 0, "reserved": 0}})]
+    assert_journal_ok(cafe)
+
+
+def test_the_cap_counts_in_the_period_a_response_is_received(cafe: sa.Engine) -> None:
+    # Given ana's rewarded response of 10 March
+    assert answer(cafe, "ana", 9, 5, "2027-03-10T10:00:00+08:00", "s-1")["points"] == 20
+
+    # When the till sends more the same day, dated in the three months before
+    backdated = [answer(cafe, "ana", 9, 5, f"2027-0{month}-15T10:00:00+08:00", f"b-{month}",
+                        "2027-03-10T11:00:00+08:00")["points"] for month in (2, 1)]
+    december = answer(cafe, "ana", 9, 5, "2026-12-15T10:00:00+08:00", "b-12",
+                      "2027-03-10T11:00:00+08:00")
+
+    # Then none is rewarded: March's one reward is given (each month was found under its
+    # cap, and paid); the responses keep their own dates for the results
+    assert backdated + [december["points"]] == [0, 0, 0]
+    assert december["submitted_at"] == "2026-12-15T10:00:00+08:00"
+    assert available(cafe, "ana") == 70
+    assert_journal_ok(cafe)
+
+
+def test_a_response_dated_in_the_future_is_refused(cafe: sa.Engine) -> None:
+    # Five minutes ahead of the server is a till's clock; more is refused, changing nothing
+    assert answer(cafe, "ana", 9, 5, "2027-03-10T12:05:00+08:00", "s-1",
+                  "2027-03-10T12:00:00+08:00")["points"] == 20
+    with pytest.raises(InvalidField) as refused:
+        answer(cafe, "ben", 9, 5, "2027-03-10T12:05:01+08:00", "s-2",
+               "2027-03-10T12:00:00+08:00")
+    assert refused.value.field == "submitted_at"
+    assert responses(cafe) == 1
+    assert available(cafe, "ben") == 50
     assert_journal_ok(cafe)
 
 

@@ -8,7 +8,7 @@ its cap counts in the member's rule usage, like an earning rule's ``limit``.
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,6 +28,10 @@ PERIODS = ("day", "week", "month", "year")
 
 def rule_id(survey_id: str) -> str:
     return f"survey:{survey_id}"
+
+
+# How far ahead of the server's clock a till's submitted_at may be.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 def submit(engine: sa.Engine, program_id: str, survey_id: str, body: Any, key: str,
@@ -57,12 +61,18 @@ def submit(engine: sa.Engine, program_id: str, survey_id: str, body: Any, key: s
                 raise UnknownMember(f"no member {member_id!r} in programme {programme.id}",
                                     field="member")
             submitted_at = submitted or now
+            if submitted_at > now + CLOCK_SKEW:
+                raise InvalidField(f"submitted_at {submitted_at.isoformat()} is in the future",
+                                   field="submitted_at")
             response_id = "svr_" + secrets.token_hex(10)
             points = 0
             reward = survey.reward
             if reward is not None:
                 rule = rule_id(survey.id)
-                local = submitted_at.astimezone(programme.tz)
+                # The cap counts in the period the reward is given, not the one the client
+                # says the survey was answered in: a response backdated into past months
+                # would find each of them under its cap.
+                local = now.astimezone(programme.tz)
                 period = earning.period_key(reward.limit.per, local) if reward.limit \
                     else "lifetime"
                 if reward.limit is None or member.usage.get((rule, period), 0) < \
@@ -75,6 +85,8 @@ def submit(engine: sa.Engine, program_id: str, survey_id: str, body: Any, key: s
                         expires_at=earning.lot_expires_at(programme, now))
                     if reward.limit is not None:
                         member.count_use(rule, period)
+                    if member.last_activity_at is None or now > member.last_activity_at:
+                        member.last_activity_at = now  # an earn, for inactivity expiry
                     made = uow.record(programme.id, member,
                                       PostingContext(response_id, programme.version, now))
                     outbox.changed(uow, programme, member, made, response_id, now)
