@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from setia.domain.engagement import MembershipActive, NoActiveMembership, UnknownPlan
 from setia.domain.errors import IdempotencyConflict, InvalidField, UnknownMember
 from setia.service import memberships
+from setia.service.events import ingest_event
 from setia.service.run_due import run_due
 from tests.conftest import assert_journal_ok, at, fixed_clock
 from tests.integration.test_engagement_campaigns import P, buy, enrol, programme, rules_of
@@ -100,6 +101,27 @@ def test_renewal_starts_when_the_current_period_ends_and_cancel_stops_both(engin
     assert [p["status"] for p in cancelled["purchases"]] == ["cancelled", "cancelled"]
     result = buy(engine, "m1", "o1", "2027-04-03T10:00:00+08:00", "20.00")
     assert rules_of(result) == {"base": 20}
+    assert_journal_ok(engine)
+
+
+def test_cancelling_a_plan_without_a_floor_leaves_the_tier_earned_to_its_review(engine):
+    # Given m1 at Gold by her RM 120.00 of February, on the Lite plan (no tier floor) since
+    # March, and RM 50.00 of it refunded (RM 70.00 counted: Gold is kept until her review)
+    setup(engine)
+    buy(engine, "m1", "o1", "2027-02-10T10:00:00+08:00", "120.00")
+    bought(engine, "2027-03-01T10:00:00+08:00", plan="lite")
+    ingest_event(engine, P, {"id": "r-o1", "type": "refund", "member": "m1", "order_id": "o1",
+                             "occurred_at": "2027-03-05T10:00:00+08:00", "amount": "50.00"},
+                 fixed_clock("2027-03-05T10:00:00+08:00"))
+    assert memberships.get_membership(engine, P, "m1", fixed_clock(
+        "2027-03-06T00:00:00+08:00"))["tier"] == "gold"
+
+    # When she cancels the plan
+    cancelled = memberships.cancel(engine, P, "m1", {"reason": "moving away"}, "k-cancel",
+                                   fixed_clock("2027-03-10T10:00:00+08:00"))
+
+    # Then she stays Gold (the cancel reviewed her tier: Member, in mid-year)
+    assert (cancelled["status"], cancelled["tier"]) == ("none", "gold")
     assert_journal_ok(engine)
 
 

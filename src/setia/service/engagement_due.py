@@ -93,7 +93,7 @@ def _memberships(engine: sa.Engine, program_id: str, as_of: datetime,
                 tally["membership_vouchers"] += issue_monthly(uow, programme, member, row,
                                                               as_of)
             # What the member's own metric earns, then a renewal's floor (if it has one).
-            restore_tier(programme, member, as_of)
+            restore_tier(programme, member, as_of, ended)
         if current is not None:
             tally["membership_vouchers"] += issue_monthly(uow, programme, member, current,
                                                           as_of)

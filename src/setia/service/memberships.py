@@ -125,8 +125,14 @@ def held_floor(uow: UnitOfWork, programme: Programme, member: Member,
     return floor
 
 
-def restore_tier(programme: Programme, member: Member, now: datetime) -> None:
-    """When the membership ends, the tier is again what the member's own metric earns."""
+def restore_tier(programme: Programme, member: Member, now: datetime,
+                 ended: list[dict[str, Any]]) -> None:
+    """When memberships with a tier floor end (``ended``: their purchase rows), the tier is
+    again what the member's own metric earns. Plans without a floor never moved it: it is
+    hers, and stays until her next review (a refund lowers no tier before it)."""
+    if all((plan := plan_of(programme, row["plan_id"])) is not None and plan.tier_floor is None
+           for row in ended):
+        return
     local = now.astimezone(programme.tz)
     member.tier_id = tiers.review(programme, programme.level(member.tier_id), member.buckets,
                                   local).id
@@ -242,7 +248,7 @@ def cancel(engine: sa.Engine, program_id: str, member_id: str, body: Any, key: s
         uow.execute(m.update().where(m.c.id.in_([row["id"] for row in open_rows]))
                     .values(status="cancelled", cancelled_at=now))
         before = member.tier_id
-        restore_tier(programme, member, now)
+        restore_tier(programme, member, now, open_rows)
         outbox.tier_reviewed(uow, programme, member, before,
                              f"{open_rows[0]['id']}:cancelled", now)
 
