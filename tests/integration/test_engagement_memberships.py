@@ -93,14 +93,34 @@ def test_renewal_starts_when_the_current_period_ends_and_cancel_stops_both(engin
     assert [(p["kind"], p["plan"], p["fee"], p["starts_at"], p["ends_at"])
             for p in renewed["purchases"]] == [
         ("buy", "plus", "49.00", "2027-01-31T02:00:00+00:00", "2027-04-30T02:00:00+00:00"),
-        ("renew", "lite", "9.90", "2027-04-30T02:00:00+00:00", "2027-05-30T02:00:00+00:00")]
-    assert renewed["ends_at"] == "2027-05-30T02:00:00+00:00"
+        # 31 January + 4 months: counted from the start of the run of periods
+        ("renew", "lite", "9.90", "2027-04-30T02:00:00+00:00", "2027-05-31T02:00:00+00:00")]
+    assert renewed["ends_at"] == "2027-05-31T02:00:00+00:00"
     cancelled = memberships.cancel(engine, P, "m1", {"reason": "moving away"}, "k-cancel",
                                    fixed_clock("2027-04-02T10:00:00+08:00"))
     assert (cancelled["status"], cancelled["tier"]) == ("none", "member")
     assert [p["status"] for p in cancelled["purchases"]] == ["cancelled", "cancelled"]
     result = buy(engine, "m1", "o1", "2027-04-03T10:00:00+08:00", "20.00")
     assert rules_of(result) == {"base": 20}
+    assert_journal_ok(engine)
+
+
+def test_monthly_renewals_of_a_plan_bought_on_the_31st_keep_to_month_ends(engine):
+    # Given Lite (one month) bought on 31 January
+    setup(engine)
+    bought(engine, plan="lite")
+
+    # When it is renewed twice
+    for n in (1, 2):
+        view = memberships.renew(engine, P, "m1", {}, f"k-renew-{n}",
+                                 fixed_clock(f"2027-02-0{n}T10:00:00+08:00"))
+
+    # Then the periods end on 28 February, 31 March and 30 April (they drifted to the 28th
+    # of each month: renewals counted from the clamped end before them)
+    assert [(p["starts_at"], p["ends_at"]) for p in view["purchases"]] == [
+        ("2027-01-31T02:00:00+00:00", "2027-02-28T02:00:00+00:00"),
+        ("2027-02-28T02:00:00+00:00", "2027-03-31T02:00:00+00:00"),
+        ("2027-03-31T02:00:00+00:00", "2027-04-30T02:00:00+00:00")]
     assert_journal_ok(engine)
 
 

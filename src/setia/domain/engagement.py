@@ -286,6 +286,17 @@ def membership_ends_at(plan: MembershipPlan, starts_at: datetime, tz: Any) -> da
     return add_months(starts_at.astimezone(tz), plan.months)
 
 
+def renewal_ends_at(plan: MembershipPlan, anchor: datetime, starts_at: datetime,
+                    tz: Any) -> datetime:
+    """The end of a renewal starting at ``starts_at``, counted in months from ``anchor``,
+    the start of the unbroken run of periods it continues, so that month ends do not
+    drift: bought on 31 January for a month and renewed, it ends on 28 February, then
+    31 March and 30 April, not on the 28th of each month."""
+    first, start = anchor.astimezone(tz), starts_at.astimezone(tz)
+    months_before = (start.year - first.year) * 12 + start.month - first.month
+    return add_months(first, months_before + plan.months)
+
+
 def monthly_vouchers_due(plan: MembershipPlan, starts_at: datetime, ends_at: datetime,
                          as_of: datetime, tz: Any) -> int:
     """Monthly vouchers owed by ``as_of``: one at the start of each month of the plan."""

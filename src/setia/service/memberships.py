@@ -139,12 +139,15 @@ def restore_tier(programme: Programme, member: Member, now: datetime,
 
 
 def _insert(uow: UnitOfWork, programme: Programme, member: Member, plan: Any, kind: str,
-            starts_at: datetime, now: datetime) -> dict[str, Any]:
+            starts_at: datetime, now: datetime,
+            anchor: datetime | None = None) -> dict[str, Any]:
+    ends_at = (rules.membership_ends_at(plan, starts_at, programme.tz) if anchor is None
+               else rules.renewal_ends_at(plan, anchor, starts_at, programme.tz))
     row = {
         "id": "mbr_" + secrets.token_hex(10), "program": programme.id, "member": member.id,
         "member_pk": member.pk, "plan_id": plan.id, "kind": kind, "fee": plan.fee,
         "currency": programme.currency, "starts_at": starts_at,
-        "ends_at": rules.membership_ends_at(plan, starts_at, programme.tz),
+        "ends_at": ends_at,
         "status": "active", "tier_before": member.tier_id, "vouchers_issued": 0,
         "created_at": now, "cancelled_at": None,
     }
@@ -220,7 +223,8 @@ def renew(engine: sa.Engine, program_id: str, member_id: str, body: Any, key: st
     fields = _body(body, {"plan"})
 
     def act(uow: UnitOfWork, programme: Programme, member: Member, now: datetime) -> None:
-        open_rows = _open(_rows(uow, programme, member), now)
+        rows = _rows(uow, programme, member)
+        open_rows = _open(rows, now)
         if not open_rows:
             raise rules.NoActiveMembership(
                 f"member {member.id!r} has no active membership to renew; buy one",
@@ -228,9 +232,20 @@ def renew(engine: sa.Engine, program_id: str, member_id: str, body: Any, key: st
         last = max(open_rows, key=lambda row: row["ends_at"])
         plan = _plan(programme, fields.get("plan", last["plan_id"]))
         # The renewal starts later: no tier or voucher now (run-due gives them), no message.
-        _insert(uow, programme, member, plan, "renew", last["ends_at"], now)
+        _insert(uow, programme, member, plan, "renew", last["ends_at"], now,
+                anchor=_chain_start(rows, last))
 
     return _command(engine, program_id, member_id, "membership-renew", fields, key, clock, act)
+
+
+def _chain_start(rows: list[dict[str, Any]], last: dict[str, Any]) -> datetime:
+    """When the unbroken run of periods ending with ``last`` began: each renewal starts
+    as the period before it ends."""
+    start = last
+    while (before := next((row for row in rows if row["ends_at"] == start["starts_at"]
+                           and row["status"] != "cancelled"), None)) is not None:
+        start = before
+    return start["starts_at"]
 
 
 def cancel(engine: sa.Engine, program_id: str, member_id: str, body: Any, key: str,
