@@ -13,6 +13,7 @@ from setia.adapters.db import tables as t
 from setia.adapters.db.tables_partners import settlement_postings
 from setia.domain.errors import InvalidProgramme
 from setia.domain.partners import UnknownPartner
+from setia.service import fraud
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.partners import settlement
@@ -148,3 +149,28 @@ def test_programme_errors_of_the_partners_section():
     assert errors(partners=None, earn=[{"id": "b", "on": "purchase", "rate": 1,
                                         "partners": ["kopi"]}]) == [
         ("earn[0].partners", "needs a partners section")]
+
+
+def test_a_rejected_review_gives_the_issuing_partner_the_value_back(engine):
+    # Given the coalition screening a day's points (over 100 held for review), and ana's
+    # RM 80.00 at roti (160 points, RM 1.60 charged to roti) held
+    load_programme(engine, {**COALITION,
+                            "fraud": {"velocity": [{"per": "day", "max_points": 100}]}})
+    upsert_member(engine, P, "ana", {"enrolled_at": "2027-01-01T09:00:00+08:00"},
+                  fixed_clock("2027-01-01T09:00:00+08:00"))
+    ingest_event(engine, P, purchase("e1", "80.00", "roti", "2027-03-02T10:00:00+08:00"))
+    (review,) = fraud.reviews(engine, P)
+
+    # When the review is rejected
+    fraud.decide(engine, P, review["id"], "reject", "k1", CLOCK)
+
+    # Then roti gets its RM 1.60 back (it stayed charged for points that no longer exist)
+    assert transfers(engine) == [
+        ("earn", "partner:roti", "coalition", 80, 8_000),
+        ("earn", "partner:roti", "coalition", 80, 8_000),
+        ("review_reject", "coalition", "partner:roti", 160, 16_000)]
+    assert {row["account"]: row["net"] for row in settlement(engine, P, "2027-03")[
+        "accounts"]} == {"partner:kopi": "0.00", "partner:roti": "0.00", "coalition": "0.00"}
+    assert get_member(engine, P, "ana")["balances"]["available"] == 0
+    assert_journal_ok(engine)
+

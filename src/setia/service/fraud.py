@@ -24,7 +24,7 @@ from setia.domain.errors import InvalidField
 from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
-from setia.service import audit, outbox
+from setia.service import audit, outbox, partners
 from setia.service.common import (
     Clock,
     idempotent,
@@ -201,6 +201,8 @@ def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, ke
             made = uow.record(program_id, member,
                               PostingContext(f"review:{review_id}", programme.version, now))
             outbox.changed(uow, programme, member, made, f"review:{review_id}", now)
+            partners.settle_taken_back(uow, programme, row.event_id, f"review:{review_id}",
+                                       made, now)
             actor = audit.current_actor()
             uow.execute(r.update().where(r.c.id == review_id).values(
                 status=status, decided_at=now, decided_by=actor[:120]))

@@ -92,6 +92,20 @@ def settle_redemption(uow: UnitOfWork, programme: Programme, partner_id: Any, re
     _write(uow, programme, partner_id, ref, postings, now)
 
 
+def settle_taken_back(uow: UnitOfWork, programme: Programme, event_id: str, ref: str,
+                      postings: Sequence[Posting], now: datetime) -> None:
+    """Points an event issued at a partner, taken back later under ``ref`` (a rejected
+    review): the partner its points were settled with gets their value back."""
+    if programme.model.partners is None or not postings:
+        return
+    partner_id = uow.execute(
+        sa.select(settlement_postings.c.partner).where(
+            settlement_postings.c.program_id == programme.id,
+            settlement_postings.c.ref == event_id).limit(1)).scalar()
+    if partner_id is not None:
+        _write(uow, programme, partner_id, ref, postings, now)
+
+
 def _money(amount_e4: int, digits: int) -> str:
     value = Decimal(amount_e4).scaleb(-4)
     places = max(digits, -int(value.normalize().as_tuple().exponent))
