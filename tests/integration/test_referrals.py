@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
 from setia.adapters.db import tables_outbox
+from setia.adapters.db.tables_partners import settlement_postings
 from setia.domain import referrals as r
 from setia.domain.errors import UnknownMember
 from setia.service import referrals
@@ -313,3 +314,34 @@ def test_a_referees_voucher_that_expired_unused_is_not_told_as_voided(engine: sa
                                     "'voucher.voided'")).scalar_one() == 0
     assert available(engine, "rina") == 50
     assert_journal_ok(engine)
+
+
+def test_a_referral_clawed_back_by_a_refund_at_a_partner_settles_only_the_purchase(
+        engine: sa.Engine) -> None:
+    # Given growth-cafe as a coalition (RM 0.01 a point), adi's qualifying RM 25.00 at roti
+    # (25 points, roti charged RM 0.25) and his referral paid by run-due (150; no partner)
+    document = copy.deepcopy(GROWTH)
+    document["partners"] = {"point_value": "0.01", "merchants": [
+        {"id": "kopi", "name": "Kopi"}, {"id": "roti", "name": "Roti"}]}
+    load_programme(engine, document)
+    upsert_member(engine, P, "rina", {}, ENROL)
+    refer(engine, "adi")
+    ingest_event(engine, P, {"id": "e-o-1", "type": "purchase", "member": "adi",
+                             "occurred_at": "2027-03-04T10:00:00+08:00", "order_id": "o-1",
+                             "amount": "25.00", "partner": "roti"}, DAY_2)
+    run_due(engine, at("2027-03-18T10:00:00+08:00"))
+
+    # When 10.00 is refunded (15.00 left: below the minimum, the referral is clawed back)
+    refund(engine, "adi", "o-1", "10.00", "2027-03-20T10:00:00+08:00", "r-1")
+
+    # Then roti gets back the value of the 10 purchase points only (it was credited for
+    # the referral's 150 too, which it never paid for)
+    s = settlement_postings
+    with engine.connect() as conn:
+        rows = [tuple(row) for row in conn.execute(
+            sa.select(s.c.ref, s.c.debit, s.c.credit, s.c.points, s.c.amount_e4)
+            .order_by(s.c.id))]
+    assert rows == [("e-o-1", "partner:roti", "coalition", 25, 2_500),
+                    ("r-1", "coalition", "partner:roti", 10, 1_000)]
+    assert_journal_ok(engine)
+

@@ -69,6 +69,9 @@ def settle_event(uow: UnitOfWork, programme: Programme, event: Event,
     if event.type == "refund" and event.order_id is not None:
         order = uow.order(programme.id, event.order_id, programme.currency)
         partner_id = order.payload.get("partner") if order is not None else None
+        # A referral's reward, clawed back with the refund of the purchase that qualified
+        # it, was paid by run-due and settled with no partner: nothing to give back.
+        postings = [p for p in postings if not (p.rule_id or "").startswith("referral:")]
     if partner_id is None:
         return
     _write(uow, programme, partner_id, event.id, postings, event.occurred_at)
