@@ -142,11 +142,16 @@ def test_a_replayed_capture_answers_again_and_a_new_capture_is_refused(kopi):
     assert_journal_ok(kopi)
 
 
-def test_a_voucher_use_retried_with_its_code_typed_another_way_answers_again(kopi):
-    given_a_member_with(kopi, 1000)
-    code = redeem(kopi, P, {"member": "cust-1", "reward": "free-latte"}, "k1",
+def a_used_voucher(engine: sa.Engine) -> tuple[str, dict[str, Any]]:
+    """cust-1's free latte, used with key "use-1": its code and the use's answer."""
+    given_a_member_with(engine, 1000)
+    code = redeem(engine, P, {"member": "cust-1", "reward": "free-latte"}, "k1",
                   CLOCK)["voucher"]["code"]
-    used = use_voucher(kopi, P, code, "use-1", clock=CLOCK)
+    return code, use_voucher(engine, P, code, "use-1", clock=CLOCK)
+
+
+def test_a_voucher_use_retried_with_its_code_typed_another_way_answers_again(kopi):
+    code, used = a_used_voucher(kopi)
     before = counts(kopi)
 
     # The till's retry reads the code in lower case, in groups of four
@@ -157,10 +162,7 @@ def test_a_voucher_use_retried_with_its_code_typed_another_way_answers_again(kop
 
 
 def test_a_replayed_voucher_use_answers_again(kopi):
-    given_a_member_with(kopi, 1000)
-    code = redeem(kopi, P, {"member": "cust-1", "reward": "free-latte"}, "k1",
-                  CLOCK)["voucher"]["code"]
-    used = use_voucher(kopi, P, code, "use-1", clock=CLOCK)
+    code, used = a_used_voucher(kopi)
     before = counts(kopi)
 
     assert use_voucher(kopi, P, code, "use-1", clock=LATER) == used

@@ -226,17 +226,23 @@ def test_refusals_change_nothing(cafe: sa.Engine) -> None:
     assert_journal_ok(cafe)
 
 
-def test_a_voucher_reward_for_the_referee_is_told_as_a_voucher_issued(engine: sa.Engine) -> None:
-    # Given growth-cafe paying the referee a free latte instead of points
+def referee_voucher_paid(engine: sa.Engine) -> dict[str, Any]:
+    """growth-cafe paying the referee a free latte (for 30 days), and adi's referral paid
+    on 18 March 2027: the link."""
     document = copy.deepcopy(GROWTH)
     document["referrals"]["referee"] = {"reward": "free-latte"}
     load_programme(engine, document)
     upsert_member(engine, P, "rina", {}, ENROL)
     linked = refer(engine, "adi")
     purchase(engine, "adi", "o-1", "25.00", "2027-03-04T10:00:00+08:00")
-
-    # When the referral is paid
     run_due(engine, at("2027-03-18T10:00:00+08:00"))
+    return linked
+
+
+def test_a_voucher_reward_for_the_referee_is_told_as_a_voucher_issued(engine: sa.Engine) -> None:
+    # Given growth-cafe paying the referee a free latte instead of points, when the
+    # referral is paid
+    linked = referee_voucher_paid(engine)
 
     # Then rina hears of the referral paid, and adi of his voucher, with its code
     with engine.connect() as conn:
@@ -255,19 +261,6 @@ def test_a_voucher_reward_for_the_referee_is_told_as_a_voucher_issued(engine: sa
                                 "expires_at": "2027-04-17T10:00:00+08:00"}  # 30 days
     assert available(engine, "adi") == 50 + 25  # welcome and base: no referral points
     assert_journal_ok(engine)
-
-
-def referee_voucher_paid(engine: sa.Engine) -> dict[str, Any]:
-    """growth-cafe paying the referee a free latte (for 30 days), and adi's referral paid
-    on 18 March 2027: the link."""
-    document = copy.deepcopy(GROWTH)
-    document["referrals"]["referee"] = {"reward": "free-latte"}
-    load_programme(engine, document)
-    upsert_member(engine, P, "rina", {}, ENROL)
-    linked = refer(engine, "adi")
-    purchase(engine, "adi", "o-1", "25.00", "2027-03-04T10:00:00+08:00")
-    run_due(engine, at("2027-03-18T10:00:00+08:00"))
-    return linked
 
 
 def test_a_referees_voucher_not_used_yet_is_voided_and_told_when_the_referral_is_clawed_back(

@@ -174,11 +174,16 @@ def test_rejecting_a_review_takes_the_held_points_back(cafe):
     assert_journal_ok(cafe)
 
 
+def reviews_not_held(engine: sa.Engine) -> None:
+    """Fraud Cafe queueing suspicious events with their points left spendable, and m1."""
+    load_programme(engine, {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": False}})
+    upsert_member(engine, P, "m1", {}, CLOCK)
+
+
 def test_rejecting_an_unheld_review_after_a_refund_takes_back_only_what_is_left(engine):
     # Given reviews that leave the points spendable, m1's third purchase of the hour (30)
     # queued for review, and 20.00 of its 30.00 refunded (20 points back)
-    load_programme(engine, {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": False}})
-    upsert_member(engine, P, "m1", {}, CLOCK)
+    reviews_not_held(engine)
     review = held_m1(engine)
     ingest_event(engine, P, {"id": "r3", "type": "refund", "member": "m1", "order_id": "o-e3",
                              "occurred_at": "2027-03-01T11:00:00+00:00", "amount": "20.00"},
@@ -198,8 +203,7 @@ def test_rejecting_an_unheld_review_after_a_refund_takes_back_only_what_is_left(
 def test_rejecting_an_unheld_review_of_a_reversed_event_takes_nothing_more(engine):
     # Given reviews that leave the points spendable, and m1's review of a shop (5 points),
     # queued as her third earning event of the hour, then reversed by an admin
-    load_programme(engine, {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": False}})
-    upsert_member(engine, P, "m1", {}, CLOCK)
+    reviews_not_held(engine)
     for n, minute in enumerate(("00", "20"), start=1):
         ingest_event(engine, P, purchase(f"e{n}", "m1", f"2027-03-01T10:{minute}:00+00:00",
                                          f"{n * 10}.00"), CLOCK)
@@ -237,18 +241,24 @@ def test_events_of_one_batch_count_towards_the_velocity_limits(cafe):
     assert_journal_ok(cafe)
 
 
-def test_held_points_of_a_pending_programme_wait_past_their_pending_days(engine):
-    # Kopi Setia keeps points pending 3 days; a hold keeps them pending until approved
+def kopi_holding_a_purchase(engine: sa.Engine) -> dict[str, Any]:
+    """Kopi Setia (3 pending days) holding points over 50 a day for review, and cust-1's
+    purchase of 2 March: base 42 + first-visit 100 = 142, held. Its result."""
     document = copy.deepcopy(parse_text(KOPI_SETIA.read_text()))
     document["fraud"] = {"velocity": [{"per": "day", "max_points": 50}]}
     load_programme(engine, document)
     clock = fixed_clock("2027-03-01T09:00:00+08:00")
     upsert_member(engine, "kopi-setia", "cust-1", {}, clock)  # welcome 50, pending
-    result = ingest_event(engine, "kopi-setia", {
+    return ingest_event(engine, "kopi-setia", {
         "id": "k1", "type": "purchase", "member": "cust-1", "order_id": "ko1",
         "occurred_at": "2027-03-02T10:00:00+08:00", "amount": "42.00", "currency": "MYR",
         "store": "pg-01"}, clock)
-    # base 42 + first-visit 100 = 142 > 50 in a day: held
+
+
+def test_held_points_of_a_pending_programme_wait_past_their_pending_days(engine):
+    # Kopi Setia keeps points pending 3 days; a hold keeps them pending until approved
+    result = kopi_holding_a_purchase(engine)
+    clock = fixed_clock("2027-03-01T09:00:00+08:00")
     assert result["points"] == 142 and result["review"]["held"] is True
     run_due(engine, at("2027-03-10T00:00:00+08:00"))
     assert get_member(engine, "kopi-setia", "cust-1", clock)["balances"] == {
@@ -263,14 +273,8 @@ def test_held_points_of_a_pending_programme_wait_past_their_pending_days(engine)
 
 def test_points_approved_before_their_pending_days_end_become_available_when_they_do(engine):
     # Given Kopi Setia (3 pending days) holding cust-1's 142 points of 2 March for review
-    document = copy.deepcopy(parse_text(KOPI_SETIA.read_text()))
-    document["fraud"] = {"velocity": [{"per": "day", "max_points": 50}]}
-    load_programme(engine, document)
+    kopi_holding_a_purchase(engine)
     clock = fixed_clock("2027-03-01T09:00:00+08:00")
-    upsert_member(engine, "kopi-setia", "cust-1", {}, clock)  # welcome 50, pending
-    ingest_event(engine, "kopi-setia", {
-        "id": "k1", "type": "purchase", "member": "cust-1", "order_id": "ko1",
-        "occurred_at": "2027-03-02T10:00:00+08:00", "amount": "42.00"}, clock)
 
     # When the review is approved the next day, before the 3 days are over, and run-due
     # runs once they are
