@@ -200,9 +200,9 @@ def test_rejecting_an_unheld_review_after_a_refund_takes_back_only_what_is_left(
     assert_journal_ok(engine)
 
 
-def test_rejecting_an_unheld_review_of_a_reversed_event_takes_nothing_more(engine):
-    # Given reviews that leave the points spendable, and m1's review of a shop (5 points),
-    # queued as her third earning event of the hour, then reversed by an admin
+def a_shop_review_queued(engine: sa.Engine) -> dict[str, Any]:
+    """Reviews that leave the points spendable, and m1's review of a shop (5 points) queued
+    as her third earning event of the hour (after 10 and 20): the review."""
     reviews_not_held(engine)
     for n, minute in enumerate(("00", "20"), start=1):
         ingest_event(engine, P, purchase(f"e{n}", "m1", f"2027-03-01T10:{minute}:00+00:00",
@@ -210,6 +210,12 @@ def test_rejecting_an_unheld_review_of_a_reversed_event_takes_nothing_more(engin
     ingest_event(engine, P, {"id": "v1", "type": "review", "member": "m1",
                              "occurred_at": "2027-03-01T10:40:00+00:00"}, CLOCK)
     (review,) = fraud.reviews(engine, P)
+    return review
+
+
+def test_rejecting_an_unheld_review_of_a_reversed_event_takes_nothing_more(engine):
+    # Given m1's review of a shop (5 points) queued unheld, then reversed by an admin
+    review = a_shop_review_queued(engine)
     reversals.reverse(engine, P, {"ref": "v1", "reason": "a fake review"}, "rev-1", CLOCK)
     assert fraud.reviews(engine, P)[0]["points"] == 0
 
@@ -218,6 +224,62 @@ def test_rejecting_an_unheld_review_of_a_reversed_event_takes_nothing_more(engin
 
     # Then nothing more is taken (the 5 were taken a second time, as a debt)
     assert balances(engine, "m1") == {"available": 30, "pending": 0, "reserved": 0}
+    assert journal(engine, "review_reject") == []
+    assert_journal_ok(engine)
+
+
+def test_reversing_an_event_whose_review_was_rejected_takes_nothing_more(engine):
+    # Given m1's review of a shop (5 points) queued unheld, and rejected (5 taken back)
+    review = a_shop_review_queued(engine)
+    fraud.decide(engine, P, review["id"], "reject", "k1", CLOCK)
+
+    # When an admin reverses the event as well
+    reversals.reverse(engine, P, {"ref": "v1", "reason": "a fake review"}, "rev-1", CLOCK)
+
+    # Then nothing more is taken (the 5 were taken a second time, as a debt)
+    assert balances(engine, "m1") == {"available": 30, "pending": 0, "reserved": 0}
+    assert journal(engine, "reverse") == []
+    assert_journal_ok(engine)
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_refunding_a_purchase_whose_review_was_rejected_takes_nothing_more(engine, held):
+    # Given m1's third purchase of the hour (30) queued for review, its points held or not,
+    # and the review rejected (the 30 taken back)
+    load_programme(engine, {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": held}})
+    upsert_member(engine, P, "m1", {}, CLOCK)
+    review = held_m1(engine)
+    fraud.decide(engine, P, review, "reject", "k1", CLOCK)
+
+    # When the shop refunds the purchase in full
+    ingest_event(engine, P, {"id": "r3", "type": "refund", "member": "m1", "order_id": "o-e3",
+                             "occurred_at": "2027-03-01T11:00:00+00:00", "amount": "30.00"},
+                 CLOCK)
+
+    # Then the refund takes no points (it took the 30 a second time)
+    assert balances(engine, "m1") == {"available": 30, "pending": 0, "reserved": 0}
+    assert journal(engine, "clawback") == []
+    assert_journal_ok(engine)
+
+
+def test_a_refund_lowers_an_unheld_review_by_campaign_points_too(engine):
+    # Given a campaign doubling the base points, reviews left unheld, and m1's third
+    # purchase of the hour (30.00: 30 base and 30 campaign) queued for review
+    load_programme(engine, {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": False},
+                            "campaigns": [{"id": "double", "name": "Double", "multiplier": 2,
+                                           "rules": ["base"]}]})
+    upsert_member(engine, P, "m1", {}, CLOCK)
+    review = held_m1(engine)
+    assert fraud.reviews(engine, P)[0]["points"] == 60
+
+    # When the purchase is refunded in full (60 back), then the review rejected
+    ingest_event(engine, P, {"id": "r3", "type": "refund", "member": "m1", "order_id": "o-e3",
+                             "occurred_at": "2027-03-01T11:00:00+00:00", "amount": "30.00"},
+                 CLOCK)
+    fraud.decide(engine, P, review, "reject", "k1", CLOCK)
+
+    # Then the rejection takes nothing (it took the campaign's 30 a second time)
+    assert balances(engine, "m1") == {"available": 60, "pending": 0, "reserved": 0}
     assert journal(engine, "review_reject") == []
     assert_journal_ok(engine)
 

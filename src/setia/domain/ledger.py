@@ -230,6 +230,13 @@ class MemberLedger:
         self._post("review_hold", AVAILABLE, PENDING, lot.points, None, explanation)
         return lot.points
 
+    def reschedule(self, seq: int, available_at: datetime) -> None:
+        """A lot held for review is due at ``available_at`` again (its review rejected:
+        whatever it still holds stays pending until then)."""
+        lot = self.lots[seq]
+        lot.available_at = available_at
+        self._touch(lot)
+
     def resume(self, seq: int, available_at: datetime, now: datetime, explanation: str) -> int:
         """An approved review: the lot is due when it would have been; if that time has
         come its points become available now (paying any debt first)."""

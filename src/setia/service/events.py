@@ -171,6 +171,12 @@ def apply_event(
     else:
         made = _other(programme, member, event)
     made += engagement.after_event(uow, programme, member, event, now)
+    if event.type == "refund" and made < 0 and programme.model.fraud is not None:
+        # What the refund took back of the purchase's points (its rules', campaigns' and
+        # membership's) is no longer the purchase's review's to take.
+        refunded = uow.order(programme.id, event.order_id or "", programme.currency)
+        assert refunded is not None, "the refund has found its order"
+        fraud.taken_back(uow, programme.id, refunded.event_id, -made)
     review = fraud.screen(uow, programme, member, event, made, now) if store else None
     context = PostingContext(
         ref=event.id, program_version=programme.version, occurred_at=event.occurred_at
@@ -399,8 +405,6 @@ def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
             )
             order.awards[rule_id] = keep
             clawed += back
-    if clawed and programme.model.fraud is not None:
-        fraud.taken_back(uow, programme.id, order.event_id, clawed)
     order.refunded += split.total
     order.lines = [
         replace(line, refunded=line.refunded + split.per_line.get(line.sku, Decimal(0)))

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
+from setia.adapters.db import tables_engagement as te
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import trust
@@ -68,6 +69,24 @@ def screen(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
         available_at=available_at, status="open", created_at=now,
     )).inserted_primary_key[0]  # type: ignore[index]
     return {"review": review_id, "reasons": found, "held": config.hold}
+
+
+def _order_taken_back(uow: UnitOfWork, programme: Programme, member: Member,
+                      event_id: str) -> None:
+    """A rejected purchase's points are gone: its order keeps no awards (rules', campaigns'
+    or membership's), so a later refund of it takes nothing back a second time."""
+    o, a = t.orders, te.campaign_awards
+    order_id = uow.execute(sa.select(o.c.order_id).where(
+        o.c.program_id == programme.id, o.c.event_id == event_id)).scalar()
+    if order_id is None:
+        return
+    order = uow.order(programme.id, order_id, programme.currency)
+    assert order is not None
+    order.awards = {rule_id: 0 for rule_id in order.awards}
+    order.dirty = True
+    uow.execute(a.update().where(a.c.program_id == programme.id, a.c.order_id == order_id,
+                                 a.c.member_pk == member.pk, a.c.voucher_code.is_(None))
+                .values(kept=0))
 
 
 def taken_back(uow: UnitOfWork, program_id: str, event_id: str, points: int) -> None:
@@ -192,11 +211,13 @@ def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, ke
                 take = (lot.remaining if held and lot is not None
                         else row.points if not held else 0)
                 if held and lot is not None:
-                    lot.available_at = row.available_at  # no longer under review
+                    # no longer under review (written even with nothing left in it)
+                    ledger.reschedule(lot.seq, row.available_at)
                 if take > 0:
                     ledger.clawback(take, order_id=None, rule_id=None, code="review_reject",
                                     source=row.event_id,
                                     explanation=f"review {review_id} rejected: points taken back")
+                _order_taken_back(uow, programme, member, row.event_id)
                 status = "rejected"
             made = uow.record(program_id, member,
                               PostingContext(f"review:{review_id}", programme.version, now))

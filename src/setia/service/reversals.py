@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
+from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import earning
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
@@ -76,6 +77,15 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
             if uow.execute(sa.select(p.c.id).where(p.c.program_id == program_id,
                                                    p.c.ref == reversal_ref)).first():
                 raise AlreadyReversed(f"{ref!r} was already reversed", field="ref")
+            # A rejected review of the event took its points back already, under its own
+            # reference: counted here, so they are not taken a second time.
+            r = tt.fraud_reviews
+            rejected = [f"review:{review_id}" for review_id in uow.execute(
+                sa.select(r.c.id).where(r.c.program_id == program_id, r.c.event_id == ref,
+                                        r.c.status == "rejected")).scalars()]
+            if rejected:
+                rows = [*rows, *uow.execute(sa.select(p).where(
+                    p.c.program_id == program_id, p.c.ref.in_(rejected))).all()]
             net = _net_by_member(rows)
             done = uow.members_for_update(program_id, net)
             changed = []
