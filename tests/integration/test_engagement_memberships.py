@@ -124,12 +124,18 @@ def test_monthly_renewals_of_a_plan_bought_on_the_31st_keep_to_month_ends(engine
     assert_journal_ok(engine)
 
 
-def test_cancelling_a_plan_without_a_floor_leaves_the_tier_earned_to_its_review(engine):
+@pytest.mark.parametrize("renewal", [None, "plus"])
+def test_cancelling_a_plan_without_a_floor_leaves_the_tier_earned_to_its_review(engine,
+                                                                                 renewal):
     # Given m1 at Gold by her RM 120.00 of February, on the Lite plan (no tier floor) since
-    # March, and RM 50.00 of it refunded (RM 70.00 counted: Gold is kept until her review)
+    # March (with or without a renewal to Plus queued after it, whose floor never applied),
+    # and RM 50.00 of it refunded (RM 70.00 counted: Gold is kept until her review)
     setup(engine)
     buy(engine, "m1", "o1", "2027-02-10T10:00:00+08:00", "120.00")
     bought(engine, "2027-03-01T10:00:00+08:00", plan="lite")
+    if renewal is not None:
+        memberships.renew(engine, P, "m1", {"plan": renewal}, "k-renew",
+                          fixed_clock("2027-03-02T10:00:00+08:00"))
     ingest_event(engine, P, {"id": "r-o1", "type": "refund", "member": "m1", "order_id": "o1",
                              "occurred_at": "2027-03-05T10:00:00+08:00", "amount": "50.00"},
                  fixed_clock("2027-03-05T10:00:00+08:00"))

@@ -120,6 +120,10 @@ def test_the_referral_pays_both_sides_after_the_pending_period(cafe: sa.Engine) 
     assert referral_messages(cafe) == [
         ("referral.paid", "rina", f"referral.paid:{linked['id']}", paid),
         ("points.earned", "adi", f"points.earned:adi:{rid}", earned)]
+    with cafe.connect() as conn:  # a referral reward is activity (inactivity expiry)
+        last = conn.execute(sa.select(t.members.c.last_activity_at).where(
+            t.members.c.id == "rina")).scalar_one()
+    assert last == at("2027-03-18T10:00:00+08:00")
     run_due(cafe, at("2027-03-19T10:00:00+08:00"))  # idempotent: paid once
     assert len(referral_postings(cafe)) == 2
     assert len(referral_messages(cafe)) == 2

@@ -322,6 +322,11 @@ def test_dashboard_points_are_net_of_clawbacks_and_leave_store_credit_out(
     series = figures["series"]
     assert (series["issued"][2], series["issued"][3]) == (40, -15)
     assert sum(series["redeemed"]) == 0
+    # and the page draws the day of the refund as no bar (a negative height is invalid SVG)
+    owner = signed_in(cafe, "owner", "owner-password")
+    page = owner.get(f"/staff/{P}/dashboard", params={"from": "2027-02-01", "to": "2027-02-28"})
+    assert page.status_code == 200
+    assert 'height="-' not in page.text
     assert_journal_ok(cafe)
 
 

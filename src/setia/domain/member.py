@@ -42,6 +42,11 @@ class Member:
         bucket.visits += visits
         self.dirty_buckets.add(month)
 
+    def active_at(self, moment: datetime) -> None:
+        """An earn or a redemption at ``moment``: inactivity expiry counts from the latest."""
+        if self.last_activity_at is None or moment > self.last_activity_at:
+            self.last_activity_at = moment
+
     def count_use(self, rule_id: str, period: str) -> None:
         key = (rule_id, period)
         self.usage[key] = self.usage.get(key, 0) + 1

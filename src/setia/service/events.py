@@ -271,10 +271,8 @@ def earn_awards(
         if award.limit_key is not None:
             member.count_use(award.rule_id, award.limit_key)
         total += award.points
-    if total > 0 and (
-        member.last_activity_at is None or event.occurred_at > member.last_activity_at
-    ):
-        member.last_activity_at = event.occurred_at
+    if total > 0:
+        member.active_at(event.occurred_at)
     return total
 
 

@@ -263,7 +263,10 @@ def cancel(engine: sa.Engine, program_id: str, member_id: str, body: Any, key: s
         uow.execute(m.update().where(m.c.id.in_([row["id"] for row in open_rows]))
                     .values(status="cancelled", cancelled_at=now))
         before = member.tier_id
-        restore_tier(programme, member, now, open_rows)
+        # Only periods that had begun can have lifted the tier: a renewal queued after the
+        # current one never applied its floor.
+        restore_tier(programme, member, now,
+                     [row for row in open_rows if row["starts_at"] <= now])
         outbox.tier_reviewed(uow, programme, member, before,
                              f"{open_rows[0]['id']}:cancelled", now)
 

@@ -219,7 +219,7 @@ def redeem(
             if reward is not None:
                 _take_stock(uow, programme, reward)
             # Nothing below can refuse the redemption.
-            member.last_activity_at = max(filter(None, [member.last_activity_at, now]))
+            member.active_at(now)
             voucher = None
             if reward is not None and not hold:
                 voucher = issue_reward_voucher(

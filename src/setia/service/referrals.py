@@ -312,6 +312,7 @@ def _give(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, member
             explanation=f"referral reward ({side}) for referral {referral_id}",
             available_at=now, pending=False,
             expires_at=earning.lot_expires_at(programme, now))
+        member.active_at(now)
         return uow.record(programme.id, member, PostingContext(ref, programme.version, now))
     reward = programme.reward(given.reward or "")
     assert reward is not None, "the programme check makes sure the reward exists"

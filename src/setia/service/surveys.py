@@ -85,8 +85,7 @@ def submit(engine: sa.Engine, program_id: str, survey_id: str, body: Any, key: s
                         expires_at=earning.lot_expires_at(programme, now))
                     if reward.limit is not None:
                         member.count_use(rule, period)
-                    if member.last_activity_at is None or now > member.last_activity_at:
-                        member.last_activity_at = now  # an earn, for inactivity expiry
+                    member.active_at(now)
                     made = uow.record(programme.id, member,
                                       PostingContext(response_id, programme.version, now))
                     outbox.changed(uow, programme, member, made, response_id, now)

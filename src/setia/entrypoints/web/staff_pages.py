@@ -328,7 +328,8 @@ def dashboard(request: Request, program: str) -> Response:
 
 
 def _bars(series: dict[str, Any]) -> dict[str, Any]:
-    """Bar geometry for the inline SVG charts (no JavaScript)."""
+    """Bar geometry for the inline SVG charts (no JavaScript). A day whose points are
+    negative (more clawed back than issued) draws no bar; its value shows in the title."""
     out: dict[str, Any] = {"keys": series["keys"], "monthly": series["monthly"]}
     for name in ("purchases", "issued", "redeemed"):
         values = series[name]
@@ -336,7 +337,7 @@ def _bars(series: dict[str, Any]) -> dict[str, Any]:
         width = 600 / max(len(values), 1)
         out[name] = {"top": top, "bars": [
             {"x": round(i * width, 2), "w": round(max(width - 1, 0.5), 2),
-             "h": round(150 * v / top, 2), "v": v, "k": series["keys"][i]}
+             "h": round(150 * max(v, 0) / top, 2), "v": v, "k": series["keys"][i]}
             for i, v in enumerate(values)]}
     return out
 
