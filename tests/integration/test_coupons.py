@@ -239,8 +239,13 @@ def test_a_batch_code_typed_with_o_for_zero_is_released_as_it_is_redeemed(
     released = coupons.release(cafe, P, {"order_id": "o-1", "code": "cny-OOOO-OOOO-OO"},
                                "rel-1", NOW)
 
-    # Then the use is given back (the code was not found: unknown-coupon-use)
+    # Then the use is given back (the code was not found: unknown-coupon-use), and retries
+    # of both with the code typed another way answer the same (idempotency-conflict)
     assert [u["code"] for u in released["released"]] == ["CNY0000000000"]
+    assert coupons.release(cafe, P, {"order_id": "o-1", "code": "CNYOOOO OOOOOO"}, "rel-1",
+                           NOW) == released
+    assert coupons.redeem(cafe, P, basket("CNYOOOOOOOOOO", order_id="o-1"), "k-1",
+                          NOW)["code"] == "CNY0000000000"
     assert uses_table(cafe) == [("cny", "CNY0000000000", "ana", "o-1", Decimal("8.00"), True)]
     assert_journal_ok(cafe)
 

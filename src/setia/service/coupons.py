@@ -224,6 +224,14 @@ def validate(engine: sa.Engine, program_id: str, body: Any, clock: Clock = utc_n
     return transaction(engine, work, read_only=True)
 
 
+def _as_read(body: Any) -> Any:
+    """The request as the till means it, for its idempotency hash: a retry with the code
+    typed another way (case, dashes, spaces) is the same request."""
+    if isinstance(body, dict) and isinstance(body.get("code"), str):
+        return {**body, "code": c.normalise_code(body["code"])}
+    return body
+
+
 def redeem(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock = utc_now
            ) -> dict[str, Any]:
     """Use the code for an order, exactly once: every rule, then the conditional updates."""
@@ -262,7 +270,7 @@ def redeem_in(uow: UnitOfWork, programme: Programme, body: Any, key: str, now: d
         uow.execute(u.insert().values(**row))
         return _use_view(row, programme.currency)
 
-    return idempotent(uow, programme.id, key, "coupon-redeem", body, run, now)
+    return idempotent(uow, programme.id, key, "coupon-redeem", _as_read(body), run, now)
 
 
 def release_uses(uow: UnitOfWork, programme: Programme, order_id: str, now: datetime, *,
@@ -310,7 +318,7 @@ def release(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Cloc
                                          field="order_id")
             return {"order_id": order_id, "released": released}
 
-        result = idempotent(uow, program_id, key, "coupon-release", body, run, now)
+        result = idempotent(uow, program_id, key, "coupon-release", _as_read(body), run, now)
         uow.commit()
         return result
 
