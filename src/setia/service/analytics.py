@@ -5,13 +5,15 @@ Definitions (docs/analytics.md has them with examples):
   [date_from, date_to] includes both days. Grains: day, week (ISO, from Monday),
   month, total (the whole range as one period, keyed by date_from).
 - A purchase is an order; its amount is net of what was refunded of it,
-  counted at the time of the purchase. Guest sales (no member) are the
-  non-member side of the average order value.
+  counted at the time of the purchase. An order refunded in full is no purchase
+  (no visit, no activity): the engine takes its visit back too. Guest sales (no
+  member) are the non-member side of the average order value.
 - Dimensions: ``tier`` is the tier a purchase earned at; ``store``, ``channel``
   and ``partner`` come from the purchase. Member metrics (enrolments, churn,
   retention, RFM) use the member's current tier and the store, channel and
-  partner of the member's first purchase. Postings that come from a purchase
-  take its dimensions, the others the member's.
+  partner of the member's first order (even one refunded in full later).
+  Postings that come from an order take its dimensions, the others the
+  member's.
 - Points issued = earned net of clawbacks; redeemed and expired likewise net
   of reversals; outstanding = the points in member accounts at the end of a
   period; liability = outstanding × cost per point.
@@ -29,7 +31,12 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
-from setia.adapters.db.analytics_read import Reader, reader, slices_keep_dates
+from setia.adapters.db.analytics_read import (
+    REFUNDED_IN_FULL,
+    Reader,
+    reader,
+    slices_keep_dates,
+)
 from setia.adapters.db.engine import is_sqlite
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import InvalidField
@@ -86,7 +93,11 @@ class Options:
 
 @dataclass
 class Dataset:
-    """Everything the metrics read, with local dates (programme time zone) worked out once."""
+    """Everything the metrics read, with local dates (programme time zone) worked out once.
+
+    ``orders`` are the purchases: the orders not refunded in full (their net amount is 0,
+    so no money sum misses them). ``refunded_orders`` are the others, read with ``by`` only:
+    the postings of such an order (its points, their clawback) keep its dimensions."""
 
     programme: Programme
     members: pl.DataFrame
@@ -96,6 +107,7 @@ class Dataset:
     guest_sales: pl.DataFrame
     campaign_postings: pl.DataFrame
     optional: dict[str, pl.DataFrame | None] = field(default_factory=dict)
+    refunded_orders: pl.DataFrame | None = None
 
     @property
     def tz(self) -> str:
@@ -126,19 +138,27 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
     tz = programme.model.timezone
     dims: tuple[str, ...] = () if by is None else (by,)
 
-    def orders_of(read: Reader) -> pl.DataFrame:
-        orders = read.orders(program_id, dims)
-        # Sorted by member and day once, here on the orders' own thread: churn's and
-        # retention's distinct days and months per member then find their input sorted
-        # (a tenth of the time of sorting 10 million rows each).
-        return orders.with_columns(
+    def orders_of(read: Reader) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """The purchases and, with ``by``, the orders refunded in full (without it the
+        database leaves those out: nothing reads them)."""
+        orders = read.orders(program_id, dims, refunded_in_full=bool(dims))
+        orders = orders.with_columns(
             _local_date("occurred_at", tz),
             (pl.col("amount_e4") - pl.col("refunded_e4")).alias("net_e4"),
             *(pl.lit(None, pl.String).alias(c) for c in ("store", "channel", "partner", "tier")
               if c not in orders.columns),
-        ).sort("member_pk", "day")
+        )
+        refunded = None
+        if dims:
+            refunded = orders.filter(REFUNDED_IN_FULL)
+            orders = orders.filter(~REFUNDED_IN_FULL)
+        # Sorted by member and day once, here on the orders' own thread: churn's and
+        # retention's distinct days and months per member then find their input sorted
+        # (a tenth of the time of sorting 10 million rows each).
+        return orders.sort("member_pk", "day"), refunded
 
-    def read_orders_lots_campaigns() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    def read_orders_lots_campaigns() -> tuple[tuple[pl.DataFrame, pl.DataFrame | None],
+                                              pl.DataFrame, pl.DataFrame]:
         # the orders' local dates are worked out here too, while the other connection reads
         with reader(engine) as read:
             return orders_of(read), read.lots(program_id), read.campaign_postings(program_id)
@@ -163,15 +183,18 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
                              "membership_purchases"):
                     extra[name] = read.optional(name, program_id)
             if pending is None:
-                orders, lots, campaign_postings = (
+                (orders, refunded), lots, campaign_postings = (
                     orders_of(read), read.lots(program_id), read.campaign_postings(program_id))
             else:
-                orders, lots, campaign_postings = pending.result()
+                (orders, refunded), lots, campaign_postings = pending.result()
     members = members.with_columns(_local_date("enrolled_at", tz, "enrolled_day"))
     if by in ("store", "channel", "partner"):
-        # The member's "home" dimensions: those of the first purchase.
+        # The member's "home" dimensions: those of the first order, even one refunded in
+        # full later (where the member first came; the refund's clawback, a posting of
+        # the member's, then lands where the order's points were earned).
         first = (
-            orders.sort("occurred_at", "order_id")
+            pl.concat([orders, *([refunded] if refunded is not None else [])])
+            .sort("occurred_at", "order_id")
             .group_by("member_pk", maintain_order=True)
             .first()
             .select("member_pk", by)
@@ -181,7 +204,8 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
     guests = guests.with_columns(_local_date("occurred_at", tz),
                                  pl.lit(None, pl.String).alias("tier"))
     campaign_postings = campaign_postings.with_columns(_local_date("occurred_at", tz))
-    return Dataset(programme, members, orders, postings, lots, guests, campaign_postings, extra)
+    return Dataset(programme, members, orders, postings, lots, guests, campaign_postings, extra,
+                   refunded)
 
 
 # ----------------------------------------------------------------------------- periods
@@ -234,13 +258,29 @@ def _distinct_sorted(frame: pl.DataFrame, column: str) -> pl.DataFrame:
     return frame.sort(*keys).filter(changed.fill_null(True))
 
 
-def _ratio(num: str, den: str, name: str) -> pl.Expr:
+def _ratio(num: str, den: str, name: str, places: int | None = 4) -> pl.Expr:
+    """num / den (None where den is 0), rounded to ``places``; money (``places`` None) is
+    left as it is: its text is rounded once, to the currency's digits (``money``)."""
+    ratio = pl.col(num) / pl.col(den)
     return (
         pl.when(pl.col(den) > 0)
-        .then((pl.col(num) / pl.col(den)).round(4))
+        .then(ratio if places is None else ratio.round(places))
         .otherwise(None)
         .alias(name)
     )
+
+
+def _times_cost(points: pl.Expr, options: Options) -> pl.Expr:
+    """Points x the cost per point, in ten-thousandths and not rounded: their text is
+    rounded once, to the currency's digits (``money``). The cost, a decimal, multiplies
+    as a whole number of 10^-k, then the product is divided by 10^k: a product that is
+    exactly a half (of a cent, say) stays exactly that half."""
+    cost = options.cost_per_point_e4.normalize()
+    shift = max(-int(cost.as_tuple().exponent), 0)
+    whole = int(cost.scaleb(shift))
+    if whole > 2**53:  # more digits than a float holds (a cost given with many decimals)
+        return points.cast(pl.Float64) * float(cost)
+    return points.cast(pl.Float64) * whole / 10**shift
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -272,8 +312,8 @@ def sales(data: Dataset, options: Options) -> pl.DataFrame:
     return out.with_columns(
         _ratio("repeat_members", "active_members", "repeat_purchase_rate"),
         _ratio("purchases", "active_members", "purchase_frequency"),
-        _ratio("member_sales_e4", "purchases", "aov_member_e4"),
-        _ratio("guest_sales_e4", "guest_orders", "aov_non_member_e4"),
+        _ratio("member_sales_e4", "purchases", "aov_member_e4", None),
+        _ratio("guest_sales_e4", "guest_orders", "aov_non_member_e4", None),
     ).sort(keys)
 
 
@@ -395,7 +435,9 @@ def _posting_dims(data: Dataset, options: Options) -> pl.DataFrame:
     if options.by is None:
         return postings
     dim = options.by
-    from_order = data.orders.select(pl.col("event_id").alias("ref"), pl.col(dim).alias("_o"))
+    orders = [data.orders, *([data.refunded_orders] if data.refunded_orders is not None else [])]
+    from_order = pl.concat([o.select(pl.col("event_id").alias("ref"), pl.col(dim).alias("_o"))
+                            for o in orders])
     from_member = data.members.select("member_pk", pl.col(dim).alias("_m"))
     return (
         postings.join(from_order, on="ref", how="left")
@@ -435,11 +477,10 @@ def points(data: Dataset, options: Options) -> pl.DataFrame:
     out = outstanding.join(flows, on=["period", *by], how="left").with_columns(
         pl.col("issued", "redeemed", "expired", "adjusted").fill_null(0)
     )
-    cost = float(options.cost_per_point_e4)
     return out.with_columns(
         _ratio("redeemed", "issued", "redemption_rate"),
         _ratio("expired", "issued", "breakage_rate"),
-        (pl.col("outstanding") * cost).round(0).cast(pl.Int64).alias("liability_e4"),
+        _times_cost(pl.col("outstanding"), options).alias("liability_e4"),
     ).sort(["period", *by])
 
 
@@ -454,11 +495,10 @@ def liability_ageing(data: Dataset, options: Options) -> pl.DataFrame:
         lots = lots.join(data.members.select("member_pk", options.by), on="member_pk",
                          how="left").with_columns(pl.col(options.by).fill_null(NONE))
         by = [options.by]
-    cost = float(options.cost_per_point_e4)
     return (
         lots.group_by("expires", *by)
         .agg(pl.col("remaining").sum().alias("points"))
-        .with_columns((pl.col("points") * cost).round(0).cast(pl.Int64).alias("liability_e4"))
+        .with_columns(_times_cost(pl.col("points"), options).alias("liability_e4"))
         .sort("expires", *by)
     )
 
@@ -478,22 +518,25 @@ def _member_column(frame: pl.DataFrame, data: Dataset) -> pl.DataFrame:
 
 
 def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
-    """Per campaign (postings with rule id ``campaign:<id>``) in the range: points and
-    their cost, members reached, and spend per member against the hold-out group."""
-    awarded = _in_range(data.campaign_postings, options).with_columns(
+    """Per campaign (postings with rule id ``campaign:<id>``) in the range: points (net of
+    clawbacks) and their cost, members reached (awarded points in the range), and their
+    spend per member against the hold-out group's (members held out in the range)."""
+    posted = _in_range(data.campaign_postings, options).with_columns(
         pl.col("rule_id").str.strip_prefix("campaign:").alias("campaign"))
-    reached = awarded.group_by("campaign").agg(
+    # reached: given points in the range (a clawback of an earlier award reaches no one)
+    awarded = posted.filter(pl.col("code") == "earn")
+    reached = posted.group_by("campaign").agg(
         pl.col("issued").sum().alias("points"),
-        pl.col("member_pk").n_unique().alias("members"),
+        pl.col("member_pk").filter(pl.col("code") == "earn").n_unique().alias("members"),
     )
-    cost = float(options.cost_per_point_e4)
-    reached = reached.with_columns(
-        (pl.col("points") * cost).round(0).cast(pl.Int64).alias("cost_e4")
-    )
+    reached = reached.with_columns(_times_cost(pl.col("points"), options).alias("cost_e4"))
     holdouts = data.optional.get("campaign_holdouts")
     held_members = None
     if holdouts is not None and holdouts.height > 0:
         column = next(c for c in ("campaign_id", "campaign") if c in holdouts.columns)
+        if "recorded_at" in holdouts.columns:  # held out in the range, as reached in it
+            holdouts = _in_range(holdouts.with_columns(_local_date("recorded_at", data.tz)),
+                                 options)
         held_members = (
             _member_column(holdouts, data)
             .select(pl.col(column).cast(pl.String).alias("campaign"), "member_pk").unique()
@@ -531,7 +574,7 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
         )
     return out.with_columns(
         ((pl.col("spend_per_member_e4") - pl.col("holdout_spend_per_member_e4"))
-         * pl.col("members")).round(0).alias("incremental_spend_e4")
+         * pl.col("members")).alias("incremental_spend_e4")
     ).sort("campaign")
 
 
@@ -688,11 +731,13 @@ CENT = Decimal("0.01")
 
 
 def money(value_e4: Any, digits: int = 2) -> str | None:
-    """Ten-thousandths as a decimal string with the currency's digits (half up)."""
+    """Ten-thousandths as a decimal string with the currency's digits: the exact value
+    rounded half up once (no "-0.00": a value that rounds to nothing has no sign)."""
     if value_e4 is None:
         return None
     quantum = Decimal(1).scaleb(-digits)
-    return str((Decimal(str(value_e4)) / E4).quantize(quantum, rounding=ROUND_HALF_UP))
+    rounded = (Decimal(str(value_e4)) / E4).quantize(quantum, rounding=ROUND_HALF_UP)
+    return str(abs(rounded) if rounded == 0 else rounded)
 
 
 def records(frame: pl.DataFrame | None, digits: int = 2) -> list[dict[str, Any]] | None:
@@ -715,12 +760,29 @@ def records(frame: pl.DataFrame | None, digits: int = 2) -> list[dict[str, Any]]
     return out
 
 
-def money_text(column: str, digits: int = 2) -> pl.Expr:
-    """A ``*_e4`` column as decimal text with the currency's digits (half up), vectorised."""
-    scale = 10 ** (4 - digits)
-    value = pl.col(column).cast(pl.Float64).round(0).cast(pl.Int64)
-    units = ((value.abs() * 2 + scale) // (2 * scale))  # half up, in minor units
-    sign = pl.when(value < 0).then(pl.lit("-")).otherwise(pl.lit(""))
+def money_text(column: str, digits: int = 2, integer: bool = False) -> pl.Expr:
+    """A ``*_e4`` column as decimal text with the currency's digits, vectorised: the same
+    text as ``money`` (the value rounded half up once, from the value itself). ``integer``:
+    the column holds whole ten-thousandths (exact integer arithmetic)."""
+    scale = 10 ** (4 - digits)  # ten-thousandths in a minor unit
+    if integer:
+        value = pl.col(column).cast(pl.Int64).abs()
+        units = (value + scale // 2) // scale  # half up, in minor units
+    else:
+        # The minor units are the largest whole k with k * scale - scale / 2 <= |value|.
+        # A float guess is off by one at most near a half; each bound k * scale - scale / 2
+        # is a float exactly, so the two comparisons settle it for the value as stored:
+        # ``money``'s Decimal(str(value)) lies on the same side of every bound, as no other
+        # float is nearer to it than the value.
+        value = pl.col(column).cast(pl.Float64).abs()
+        half = scale / 2
+        guess = ((value + half) / scale).floor()
+        units = (
+            pl.when(guess * scale - half > value).then(guess - 1)
+            .when((guess + 1) * scale - half <= value).then(guess + 1)
+            .otherwise(guess)
+        ).cast(pl.Int64)
+    sign = pl.when((pl.col(column) < 0) & (units > 0)).then(pl.lit("-")).otherwise(pl.lit(""))
     whole = (units // 10**digits).cast(pl.String)
     if digits == 0:
         text = pl.concat_str([sign, whole])
@@ -735,7 +797,9 @@ def for_display(frame: pl.DataFrame, digits: int = 2) -> pl.DataFrame:
     money_columns = [c for c in frame.columns if c.endswith("_e4")]
     if not money_columns:
         return frame
-    return frame.with_columns(money_text(c, digits) for c in money_columns).drop(money_columns)
+    return frame.with_columns(
+        money_text(c, digits, integer=frame.schema[c].is_integer()) for c in money_columns
+    ).drop(money_columns)
 
 
 def metrics(engine: sa.Engine, program_id: str, date_from: date, date_to: date,

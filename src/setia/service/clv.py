@@ -111,7 +111,7 @@ def member_clv(data: Dataset, as_of: date, horizon_weeks: int = DEFAULT_HORIZON_
     check_dates(as_of=as_of)
     if not 1 <= horizon_weeks <= 520:
         raise InvalidField("horizon_weeks must be between 1 and 520", field="horizon_weeks")
-    history = (
+    history = (  # the purchases: an order refunded in full is none (analytics.Dataset)
         data.orders.filter(pl.col("day") <= as_of)
         .group_by("member_pk")
         .agg(pl.len().alias("purchases"), pl.col("net_e4").sum().alias("historic_clv_e4"),
@@ -133,8 +133,9 @@ def member_clv(data: Dataset, as_of: date, horizon_weeks: int = DEFAULT_HORIZON_
             for c in ("expected_purchases", "probability_alive", "expected_spend", "clv")
         )
     members = members.with_columns(
-        (pl.col("expected_spend") * E4).round(0).alias("expected_spend_e4"),
-        (pl.col("clv") * E4).round(0).alias("predicted_clv_e4"),
+        # not rounded: their text is rounded once, to the currency's digits (money())
+        (pl.col("expected_spend") * E4).alias("expected_spend_e4"),
+        (pl.col("clv") * E4).alias("predicted_clv_e4"),
         pl.col("expected_purchases").round(4),
         pl.col("probability_alive").round(4),
     ).drop("expected_spend", "clv", "member_pk")

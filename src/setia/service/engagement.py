@@ -141,30 +141,40 @@ def _campaigns(uow: UnitOfWork, programme: Programme, member: Member, event: Eve
         if not rules.audience_matches(campaign.audience, facts, local):
             continue
         if rules.in_holdout(programme.id, campaign.id, member.id, campaign.holdout):
-            uow.insert_ignore(te.campaign_holdouts, {
-                "program_id": programme.id, "campaign_id": campaign.id, "member_pk": member.pk,
-                "member_id": member.id, "recorded_at": event.occurred_at,
-            }, ["program_id", "campaign_id", "member_pk"])
+            # Held out only where the campaign would have given something: a member it
+            # would have left empty-handed (nothing earned, budget spent, cap reached) is
+            # no one to compare its members with.
+            if _grant(uow, programme, member, event, campaign, rule_points,
+                      spend=False)[0] > 0:
+                uow.insert_ignore(te.campaign_holdouts, {
+                    "program_id": programme.id, "campaign_id": campaign.id,
+                    "member_pk": member.pk, "member_id": member.id,
+                    "recorded_at": event.occurred_at,
+                }, ["program_id", "campaign_id", "member_pk"])
             continue
         added += _award_campaign(uow, programme, member, event, campaign, rule_points, now)
     return added
 
 
-def _award_campaign(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
-                    campaign: Campaign, rule_points: dict[str, int], now: datetime) -> int:
+def _grant(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
+           campaign: Campaign, rule_points: dict[str, int], *,
+           spend: bool) -> tuple[int, int, str]:
+    """What the campaign gives for the event within its budget and the member's cap, what
+    it wanted to give, and why: (grant, wanted, explanation). ``spend``: the grant is about
+    to be given, so the budget row is locked (else only read)."""
     if campaign.voucher is not None:
         wanted, explanation = 1, ""
     else:
         wanted, explanation = rules.campaign_points(
             campaign, event, rule_points, programme.model.points.name)
     if wanted <= 0:
-        return 0
+        return 0, wanted, explanation
     a = te.campaign_awards
     exists = uow.execute(sa.select(a.c.ref).where(
         a.c.program_id == programme.id, a.c.campaign_id == campaign.id, a.c.ref == event.id
     )).first()
     if exists is not None:  # the same event id again (a replay in one batch): never twice
-        return 0
+        return 0, wanted, explanation
     member_used = 0
     if campaign.per_member is not None:
         member_used = int(uow.execute(sa.select(sa.func.coalesce(sa.func.sum(a.c.awarded), 0))
@@ -173,11 +183,20 @@ def _award_campaign(uow: UnitOfWork, programme: Programme, member: Member, event
                                              a.c.campaign_id == campaign.id)).scalar_one())
     used = 0
     if campaign.budget is not None:
-        used = _lock_budget(uow, programme.id, campaign.id)
+        used = (_lock_budget(uow, programme.id, campaign.id) if spend
+                else _budget_used(uow, programme.id, campaign.id))
     grant = rules.grant_within(wanted, budget=campaign.budget, used=used,
                                per_member=campaign.per_member, member_used=member_used)
+    return grant, wanted, explanation
+
+
+def _award_campaign(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
+                    campaign: Campaign, rule_points: dict[str, int], now: datetime) -> int:
+    grant, wanted, explanation = _grant(uow, programme, member, event, campaign, rule_points,
+                                        spend=True)
     if grant <= 0:
         return 0
+    a = te.campaign_awards
     if campaign.budget is not None:
         b = te.campaign_budgets
         uow.execute(b.update().where(b.c.program_id == programme.id,
@@ -202,6 +221,13 @@ def _award_campaign(uow: UnitOfWork, programme: Programme, member: Member, event
         awarded_at=event.occurred_at,
     ))
     return points
+
+
+def _budget_used(uow: UnitOfWork, program_id: str, campaign_id: str) -> int:
+    """The budget used so far, read without a lock (nothing is taken from it)."""
+    b = te.campaign_budgets
+    return int(uow.execute(sa.select(b.c.used).where(
+        b.c.program_id == program_id, b.c.campaign_id == campaign_id)).scalar() or 0)
 
 
 def _lock_budget(uow: UnitOfWork, program_id: str, campaign_id: str) -> int:

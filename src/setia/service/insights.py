@@ -64,7 +64,11 @@ def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dic
         order_rows = uow.execute(sa.select(o.c.member_pk, o.c.occurred_at, o.c.amount_e4,
                                            o.c.refunded_e4).where(
             o.c.program_id == program_id, o.c.occurred_at >= lo, o.c.occurred_at < hi)).all()
-        visits = Counter(row.member_pk for row in order_rows)
+        # An order refunded in full is no purchase, visit or activity (as in the reports,
+        # docs/analytics.md); its net amount is 0, so the sales below keep every order.
+        bought = [row for row in order_rows
+                  if not (row.refunded_e4 > 0 and row.refunded_e4 >= row.amount_e4)]
+        visits = Counter(row.member_pk for row in bought)
         active = len(visits)
         repeat = sum(1 for count in visits.values() if count >= 2)
         sales_e4 = sum(row.amount_e4 - row.refunded_e4 for row in order_rows)
@@ -98,7 +102,7 @@ def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dic
                 keys.append(key)
             cursor += timedelta(days=1)
         purchases: dict[str, int] = defaultdict(int)
-        for row in order_rows:
+        for row in bought:
             purchases[bucket(row.occurred_at)] += 1
         earned: dict[str, int] = defaultdict(int)
         spent: dict[str, int] = defaultdict(int)
@@ -110,7 +114,7 @@ def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dic
             "start": start, "end": end, "currency": programme.currency,
             "members": members_total, "new_members": members_new, "active": active,
             "repeat_rate": (repeat / active) if active else 0.0, "repeaters": repeat,
-            "purchases": len(order_rows),
+            "purchases": len(bought),
             "sales": from_minor(sales_e4 // 10 ** (4 - _digits(programme.currency)),
                                 programme.currency),
             "issued": issued, "redeemed": redeemed,

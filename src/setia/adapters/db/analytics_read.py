@@ -41,6 +41,12 @@ POINT_FLOWS: dict[str, tuple[str, int]] = {  # column: (account, sign)
 }
 FLOW_COLUMNS = (*POINT_FLOWS, "member_delta")  # member_delta: the change of the balance
 
+# An order refunded in full is no purchase, visit or activity (service/events.py takes its
+# visit back); one refunded in part stays a purchase of what is left. The same test in SQL
+# and in Polars, over the orders' amount_e4 and refunded_e4.
+REFUNDED_IN_FULL_SQL = "(refunded_e4 > 0 AND refunded_e4 >= amount_e4)"
+REFUNDED_IN_FULL = (pl.col("refunded_e4") > 0) & (pl.col("refunded_e4") >= pl.col("amount_e4"))
+
 
 def _flow_sql(column: str) -> str:
     """The SQL of a flow column (FLOW_COLUMNS) over a posting's debit, credit and points."""
@@ -217,20 +223,23 @@ class Reader:
             ("occurred_at",),
         ).with_columns(_as_text("id", "payload"))
 
-    def orders(self, program_id: str, dims: tuple[str, ...] = ()) -> pl.DataFrame:
+    def orders(self, program_id: str, dims: tuple[str, ...] = (), *,
+               refunded_in_full: bool = True) -> pl.DataFrame:
         """Orders: member, time, amount and refunded; with ``dims`` also the order and event
         ids, the tier held at the purchase and the asked of store, channel and partner
-        (read from the stored event, which costs a JSON parse per row: only when asked)."""
+        (read from the stored event, which costs a JSON parse per row: only when asked).
+        Without ``refunded_in_full``, only the purchases (``REFUNDED_IN_FULL`` left out)."""
         text = self._text
         columns = ["member_pk", "occurred_at", "amount_e4", "refunded_e4"]
         if dims:
             columns += ["order_id", "event_id", "tier_id AS tier"]
             columns += [f"CAST({_json_text(self.engine, 'event', d)} AS {text}) AS {d}"
                         for d in ("store", "channel", "partner") if d in dims]
-        df = self.frame(
-            f"SELECT {', '.join(columns)} FROM orders WHERE program_id = {_literal(program_id)}",
-            ("occurred_at",),
-        )
+        where = f"program_id = {_literal(program_id)}"
+        if not refunded_in_full:
+            where += f" AND NOT {REFUNDED_IN_FULL_SQL}"
+        df = self.frame(f"SELECT {', '.join(columns)} FROM orders WHERE {where}",
+                        ("occurred_at",))
         return df.with_columns(
             pl.col("member_pk").cast(pl.Int64),
             pl.col("amount_e4").cast(pl.Int64),
@@ -240,15 +249,17 @@ class Reader:
         )
 
     def campaign_postings(self, program_id: str) -> pl.DataFrame:
-        """Points of campaigns: postings whose rule id is ``campaign:<id>``."""
+        """Points of campaigns: postings whose rule id is ``campaign:<id>``, with their code
+        (``earn`` for an award, ``clawback`` for what a refund took back)."""
         df = self.frame(
-            f"SELECT member_pk, rule_id, occurred_at, {_flow_sql('issued')} AS issued "
+            f"SELECT member_pk, rule_id, code, occurred_at, {_flow_sql('issued')} AS issued "
             f"FROM postings WHERE program_id = {_literal(program_id)} AND asset = 'points' "
             "AND rule_id LIKE 'campaign:%'",
             ("occurred_at",),
         )
         return df.with_columns(pl.col("member_pk").cast(pl.Int64),
                                pl.col("rule_id").cast(pl.String),
+                               pl.col("code").cast(pl.String),
                                pl.col("issued").cast(pl.Int64))
 
     def postings(self, program_id: str, asset: str | None = "points",

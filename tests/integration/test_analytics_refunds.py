@@ -1,0 +1,168 @@
+"""An order refunded in full is no purchase, visit or activity in any report; its net
+amount (0) leaves every money sum as it was. On SQLite and PostgreSQL.
+
+Programme "shop" (times +08:00, 2027): 1 point per RM 1, churn after 30 days.
+
+- ria enrols 01-15 and buys 20.00 on 01-20 (s2, app); she buys 100.00 on 02-03 (s1,
+  pos) and has all of it refunded on 02-04.
+- sam enrols 02-01 and buys 50.00 on 02-05 (s2, app).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from setia.adapters.db.analytics_read import reader
+from setia.service import analytics as an
+from setia.service import analytics_reports as reports
+from setia.service.clv import clv_report
+from setia.service.events import ingest_event
+from setia.service.insights import dashboard
+from setia.service.members import upsert_member
+from tests.conftest import assert_journal_ok, fixed_clock, load_programme
+
+D = date
+P = "shop"
+SHOP: dict[str, Any] = {
+    "id": P, "name": "Shop", "currency": "MYR", "timezone": "Asia/Kuala_Lumpur",
+    "points": {"name": "Points", "pending_days": 0},
+    "earn": [{"id": "base", "on": "purchase", "rate": 1}],
+    "tiers": {"levels": [{"id": "member", "name": "Member", "threshold": 0}]},
+    "analytics": {"churn_days": 30},
+}
+
+
+def purchase(engine: sa.Engine, event_id: str, member: str, when: str, amount: str,
+             store: str, channel: str) -> None:
+    ingest_event(engine, P, {
+        "id": event_id, "type": "purchase", "member": member, "occurred_at": when,
+        "order_id": f"o-{event_id}", "amount": amount, "currency": "MYR",
+        "store": store, "channel": channel,
+    }, fixed_clock(when))
+
+
+@pytest.fixture
+def shop(engine: sa.Engine) -> sa.Engine:
+    load_programme(engine, dict(SHOP))
+    upsert_member(engine, P, "ria", {}, fixed_clock("2027-01-15T09:00:00+08:00"))
+    upsert_member(engine, P, "sam", {}, fixed_clock("2027-02-01T09:00:00+08:00"))
+    purchase(engine, "e1", "ria", "2027-01-20T10:00:00+08:00", "20.00", "s2", "app")
+    purchase(engine, "e2", "ria", "2027-02-03T10:00:00+08:00", "100.00", "s1", "pos")
+    ingest_event(engine, P, {
+        "id": "r2", "type": "refund", "member": "ria", "order_id": "o-e2", "amount": "100.00",
+        "occurred_at": "2027-02-04T10:00:00+08:00",
+    }, fixed_clock("2027-02-04T10:00:00+08:00"))
+    purchase(engine, "e3", "sam", "2027-02-05T10:00:00+08:00", "50.00", "s2", "app")
+    return engine
+
+
+def run(engine: sa.Engine, name: str, date_from: date, date_to: date,
+        **given: Any) -> pl.DataFrame:
+    data = an.load(engine, P, by=given.get("by"))
+    options = an.options_for(data.programme, date_from, date_to, **given)
+    frame = an.METRICS[name](data, options)
+    assert frame is not None
+    return frame
+
+
+def rows(frame: pl.DataFrame) -> list[tuple[object, ...]]:
+    return [tuple(r) for r in frame.iter_rows()]
+
+
+def test_a_fully_refunded_order_is_no_purchase_in_february_sales(shop: sa.Engine) -> None:
+    # Given ria's 100.00 of 02-03, refunded in full on 02-04, and sam's 50.00 of 02-05
+    # When February's sales are asked (frame and JSON)
+    frame = run(shop, "sales", D(2027, 2, 1), D(2027, 2, 28)).select(
+        "period", "purchases", "active_members", "repeat_members", "purchase_frequency",
+        "member_sales_e4", "aov_member_e4")
+    answer = an.metrics(shop, P, D(2027, 2, 1), D(2027, 2, 28), ("sales",), grain="total")
+    # Then only sam's order counts: 1 purchase, 1 active member, 50.00 over 1 = 50.00
+    # (not 2 purchases, 2 members and 25.00); the net sales are 50.00 either way
+    assert rows(frame) == [(D(2027, 2, 1), 1, 1, 0, 1.0, 500_000, 500_000.0)]
+    sales = answer["metrics"]["sales"][0]
+    assert (sales["purchases"], sales["active_members"], sales["member_sales"],
+            sales["aov_member"]) == (1, 1, "50.00", "50.00")
+    # and the engine agrees: the refund took ria's February visit back
+    with reader(shop) as read:
+        buckets = read.metric_buckets(P).join(
+            an.load(shop, P).members.select("member_pk", "member"), on="member_pk")
+    assert sorted(buckets.select("member", "month", "visits", "spend_e4").rows()) == [
+        ("ria", "2027-01", 1, 200_000), ("ria", "2027-02", 0, 0),
+        ("sam", "2027-02", 1, 500_000)]
+    assert_journal_ok(shop)
+
+
+def test_retention_churn_and_rfm_see_no_activity_in_a_refunded_order(
+        shop: sa.Engine) -> None:
+    # Given ria's only purchase left is 01-20's (the 02-03 order went back in full)
+    # When retention, churn (30 days) and RFM are asked for January to March
+    retention = run(shop, "retention", D(2027, 1, 1), D(2027, 3, 31))
+    churn = run(shop, "churn", D(2027, 1, 1), D(2027, 3, 31))
+    data = an.load(shop, P)
+    rfm = an.rfm(data, an.options_for(data.programme, D(2027, 1, 1), D(2027, 3, 31)))
+    february = an.rfm(data, an.options_for(data.programme, D(2027, 2, 1), D(2027, 3, 31)))
+    # Then ria (January cohort) is not retained in February; sam (February cohort) is
+    assert rows(retention) == [
+        (D(2027, 1, 1), 1, 0, 1, 1.0),
+        (D(2027, 1, 1), 1, 1, 0, 0.0),
+        (D(2027, 1, 1), 1, 2, 0, 0.0),
+        (D(2027, 2, 1), 1, 0, 1, 1.0),
+        (D(2027, 2, 1), 1, 1, 0, 0.0),
+    ]
+    # on 02-28 the 30 days are 01-30..02-28: ria bought nothing in them (churned), sam did
+    assert rows(churn) == [
+        (D(2027, 1, 1), D(2027, 1, 31), 1, 0, 0.0),
+        (D(2027, 2, 1), D(2027, 2, 28), 2, 1, 0.5),
+        (D(2027, 3, 1), D(2027, 3, 31), 2, 2, 1.0),
+    ]
+    # ria: 1 purchase, last on 01-20 (70 days before 03-31), 20.00; sam 54 days, 50.00;
+    # scores 1 + (rank - 1) x 5 // 2
+    assert rows(rfm) == [
+        ("ria", 70, 1, 200_000, 1, 1, 1, "hibernating"),
+        ("sam", 54, 1, 500_000, 3, 1, 3, "others"),
+    ]
+    # from February on, ria has no purchase at all: she is not scored
+    assert rows(february) == [("sam", 54, 1, 500_000, 1, 1, 1, "hibernating")]
+    assert_journal_ok(shop)
+
+
+def test_clv_statements_and_the_dashboard_leave_the_refunded_order_out(
+        shop: sa.Engine) -> None:
+    # When CLV at 03-31, February's member statements and the staff dashboard are asked
+    clv = clv_report(shop, P, D(2027, 3, 31))
+    _, statements = reports.statements(shop, P, D(2027, 2, 1), D(2027, 2, 28))
+    figures = dashboard(shop, P, D(2027, 2, 1), D(2027, 2, 28))
+    # Then ria has one purchase, on 01-20, and 20.00 of historic CLV
+    assert [(m["member"], m["purchases"], m["historic_clv"], m["first_purchase"],
+             m["last_purchase"]) for m in clv["members"]] == [
+        ("ria", 1, "20.00", "2027-01-20", "2027-01-20"),
+        ("sam", 1, "50.00", "2027-02-05", "2027-02-05"),
+    ]
+    # ria earned 100 and had them clawed back in February, with no purchase
+    assert rows(statements.select("member", "earned", "purchases", "spend_e4")) == [
+        ("ria", 0, 0, 0), ("sam", 50, 1, 500_000)]
+    # the dashboard: 1 purchase (on 02-05), 1 active member, no repeater; sales 50.00
+    assert (figures["purchases"], figures["active"], figures["repeaters"],
+            figures["repeat_rate"], str(figures["sales"])) == (1, 1, 0, 0.0, "50.00")
+    series = figures["series"]
+    assert {key: n for key, n in zip(series["keys"], series["purchases"], strict=True)
+            if n} == {"2027-02-05": 1}
+    assert_journal_ok(shop)
+
+
+def test_the_points_of_a_refunded_order_keep_its_store(shop: sa.Engine) -> None:
+    # When February's points are asked by store
+    frame = run(shop, "points", D(2027, 2, 1), D(2027, 2, 28), grain="total", by="store")
+    # Then the 100 points of the refunded 02-03 order count at its store, s1; the clawback,
+    # a posting of the refund, at ria's home store (her first order's), s2, with sam's 50
+    assert rows(frame.select("store", "outstanding", "issued")) == [
+        ("s1", 100, 100), ("s2", -30, -50)]
+    # and the members' home stores are their first orders': ria s2 (January), sam s2
+    assert rows(run(shop, "enrolments", D(2027, 1, 1), D(2027, 2, 28), by="store")) == [
+        (D(2027, 1, 1), "s2", 1), (D(2027, 2, 1), "s2", 1)]
+    assert_journal_ok(shop)
