@@ -139,18 +139,23 @@ def test_campaign_return_compares_members_reached_and_held_out_in_the_range(
     buy(engine, t2, "o3", "2027-02-05T10:00:00+08:00", "60.00")
     buy(engine, h2, "o4", "2027-02-05T11:00:00+08:00", "30.00")
     buy(engine, h1, "o5", "2027-02-06T10:00:00+08:00", "25.00")
+    # and t1 buys 10.00 again (10 points: reached again, but given points first in January)
+    buy(engine, t1, "o6", "2027-02-07T10:00:00+08:00", "10.00")
     # When February is reported
     february = campaigns(engine, D(2027, 2, 1), D(2027, 2, 28))
-    # Then points are net: 10 given - 10 clawed back = 0. Reached: t2 only (t1's clawback
-    # reaches no one), spending 60.00; held out in February: h2 only (h1 was in January),
-    # spending 30.00: incremental (60.00 - 30.00) x 1 = 30.00
-    assert february == [("spring", 0, 1, 0.0, 600_000.0, 1, 300_000.0, 300_000.0)]
+    # Then points are net: 20 given - 10 clawed back = 10. Reached: t1 and t2 (t1's clawback
+    # alone would reach no one). Compared, as the hold-outs are, by the month they entered:
+    # t2, first given points in February, spending 60.00, against h2, first held out in
+    # February (h1 was in January), spending 30.00: incremental (60.00 - 30.00) x 2 = 60.00
+    # (t1 and h1 entered in January: comparing a member reached again with only the
+    # hold-outs new in the month biased the figure)
+    assert february == [("spring", 10, 2, 1_000.0, 600_000.0, 1, 300_000.0, 600_000.0)]
     # and January: t1 reached (the order refunded in full is no spend) against h1's 20.00
     assert campaigns(engine, D(2027, 1, 1), D(2027, 1, 31)) == [
         ("spring", 10, 1, 1_000.0, 0.0, 1, 200_000.0, -200_000.0)]
     answer = an.metrics(engine, P, D(2027, 2, 1), D(2027, 2, 28), ("campaigns",))
     assert answer["metrics"]["campaigns"] == [{
-        "campaign": "spring", "points": 0, "members": 1, "cost": "0.00",
+        "campaign": "spring", "points": 10, "members": 2, "cost": "0.10",
         "spend_per_member": "60.00", "holdout_members": 1,
-        "holdout_spend_per_member": "30.00", "incremental_spend": "30.00"}]
+        "holdout_spend_per_member": "30.00", "incremental_spend": "60.00"}]
     assert_journal_ok(engine)

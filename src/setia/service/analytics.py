@@ -524,7 +524,6 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
     posted = _in_range(data.campaign_postings, options).with_columns(
         pl.col("rule_id").str.strip_prefix("campaign:").alias("campaign"))
     # reached: given points in the range (a clawback of an earlier award reaches no one)
-    awarded = posted.filter(pl.col("code") == "earn")
     reached = posted.group_by("campaign").agg(
         pl.col("issued").sum().alias("points"),
         pl.col("member_pk").filter(pl.col("code") == "earn").n_unique().alias("members"),
@@ -541,8 +540,16 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
             _member_column(holdouts, data)
             .select(pl.col(column).cast(pl.String).alias("campaign"), "member_pk").unique()
         )
-    # spend of the members reached or held out only (the others' is never looked at)
-    wanted = pl.concat([awarded.select("member_pk")] + (
+    # The groups compared enter once each, in the range: a hold-out row is written the
+    # first time the campaign would have given its member something, so the members
+    # compared with them are those it first gave something in the range (all history
+    # read); a member reached again in a later range is counted in `members` only.
+    entered = _in_range(
+        data.campaign_postings.filter(pl.col("code") == "earn")
+        .with_columns(pl.col("rule_id").str.strip_prefix("campaign:").alias("campaign"))
+        .group_by("campaign", "member_pk").agg(pl.col("day").min()), options)
+    # spend of the members entered or held out only (the others' is never looked at)
+    wanted = pl.concat([entered.select("member_pk")] + (
         [held_members.select("member_pk")] if held_members is not None else []))
     spend = (
         _in_range(data.orders.select("member_pk", "day", "net_e4"), options)
@@ -550,7 +557,7 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
         .group_by("member_pk").agg(pl.col("net_e4").sum().alias("spend_e4"))
     )
     treated = (
-        awarded.select("campaign", "member_pk").unique()
+        entered.select("campaign", "member_pk")
         .join(spend, on="member_pk", how="left")
         .group_by("campaign")
         .agg(pl.col("spend_e4").fill_null(0).mean().alias("spend_per_member_e4"))
