@@ -200,10 +200,12 @@ def test_rejecting_an_unheld_review_after_a_refund_takes_back_only_what_is_left(
     assert_journal_ok(engine)
 
 
-def a_shop_review_queued(engine: sa.Engine) -> dict[str, Any]:
-    """Reviews that leave the points spendable, and m1's review of a shop (5 points) queued
-    as her third earning event of the hour (after 10 and 20): the review."""
-    reviews_not_held(engine)
+def a_shop_review_queued(engine: sa.Engine, *, held: bool = False) -> dict[str, Any]:
+    """Reviews that leave the points spendable (or hold them), and m1's review of a shop
+    (5 points) queued as her third earning event of the hour (after 10 and 20): the
+    review."""
+    load_programme(engine, {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": held}})
+    upsert_member(engine, P, "m1", {}, CLOCK)
     for n, minute in enumerate(("00", "20"), start=1):
         ingest_event(engine, P, purchase(f"e{n}", "m1", f"2027-03-01T10:{minute}:00+00:00",
                                          f"{n * 10}.00"), CLOCK)
@@ -224,6 +226,23 @@ def test_rejecting_an_unheld_review_of_a_reversed_event_takes_nothing_more(engin
 
     # Then nothing more is taken (the 5 were taken a second time, as a debt)
     assert balances(engine, "m1") == {"available": 30, "pending": 0, "reserved": 0}
+    assert journal(engine, "review_reject") == []
+    assert_journal_ok(engine)
+
+
+def test_an_event_held_for_review_can_be_reversed_and_its_review_then_takes_nothing(engine):
+    # Given m1's review of a shop (5 points) held for review
+    review = a_shop_review_queued(engine, held=True)
+    assert balances(engine, "m1") == {"available": 30, "pending": 5, "reserved": 0}
+
+    # When an admin reverses the event (it was refused: "only events and adjustments can be
+    # reversed"), then the review is rejected
+    reversals.reverse(engine, P, {"ref": "v1", "reason": "a fake review"}, "rev-1", CLOCK)
+    fraud.decide(engine, P, review["id"], "reject", "k1", CLOCK)
+
+    # Then the 5 held went back once, by the reversal
+    assert balances(engine, "m1") == {"available": 30, "pending": 0, "reserved": 0}
+    assert journal(engine, "reverse") == [("pending", "issued", 5)]
     assert journal(engine, "review_reject") == []
     assert_journal_ok(engine)
 
@@ -259,6 +278,25 @@ def test_refunding_a_purchase_whose_review_was_rejected_takes_nothing_more(engin
     # Then the refund takes no points (it took the 30 a second time)
     assert balances(engine, "m1") == {"available": 30, "pending": 0, "reserved": 0}
     assert journal(engine, "clawback") == []
+    assert_journal_ok(engine)
+
+
+def test_a_rejected_review_lowers_a_points_tier_metric(engine):
+    # Given tiers by points (Gold at 50), and m1's third purchase of the hour (30) held,
+    # which made her Gold on 60 points
+    load_programme(engine, {**PROGRAMME, "tiers": {"metric": "points", "levels": [
+        {"id": "member", "name": "Member", "threshold": 0},
+        {"id": "gold", "name": "Gold", "threshold": 50}]}})
+    upsert_member(engine, P, "m1", {}, CLOCK)
+    review = held_m1(engine)
+
+    # When the review is rejected
+    fraud.decide(engine, P, review, "reject", "k1", CLOCK)
+
+    # Then her March counts 30 points, not 60 (the points taken back still counted)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT month, points FROM metric_buckets")).all() == [
+            ("2027-03", 30)]
     assert_journal_ok(engine)
 
 

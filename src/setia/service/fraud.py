@@ -20,7 +20,7 @@ from setia.adapters.db import tables as t
 from setia.adapters.db import tables_engagement as te
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import PostingContext, UnitOfWork
-from setia.domain import trust
+from setia.domain import tiers, trust
 from setia.domain.errors import InvalidField
 from setia.domain.events import Event
 from setia.domain.member import Member
@@ -71,15 +71,24 @@ def screen(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
     return {"review": review_id, "reasons": found, "held": config.hold}
 
 
-def _order_taken_back(uow: UnitOfWork, programme: Programme, member: Member,
-                      event_id: str) -> None:
-    """A rejected purchase's points are gone: its order keeps no awards (rules', campaigns'
-    or membership's), so a later refund of it takes nothing back a second time."""
-    o, a = t.orders, te.campaign_awards
-    order_id = uow.execute(sa.select(o.c.order_id).where(
-        o.c.program_id == programme.id, o.c.event_id == event_id)).scalar()
+def _taken_by_rejection(uow: UnitOfWork, programme: Programme, member: Member, row: Any,
+                        taken: int) -> None:
+    """What a rejection took is gone from the member's tier metric (points, in the month of
+    the event that earned them), and a rejected purchase's order keeps no awards (rules',
+    campaigns' or membership's), so a later refund takes nothing back a second time."""
+    p, lots = t.postings, t.lots
+    if taken > 0:
+        earned_at = uow.execute(sa.select(sa.func.min(p.c.occurred_at)).where(
+            p.c.member_pk == member.pk, p.c.ref == row.event_id)).scalar()
+        if earned_at is not None:
+            member.add_to_bucket(tiers.month_key(earned_at.astimezone(programme.tz)),
+                                 points=-taken)
+    # the order its lot was earned for (a purchase's; other events' lots name none)
+    order_id = uow.execute(sa.select(lots.c.order_id).where(
+        lots.c.member_pk == member.pk, lots.c.seq == row.lot_seq)).scalar()
     if order_id is None:
         return
+    a = te.campaign_awards
     order = uow.order(programme.id, order_id, programme.currency)
     assert order is not None
     order.awards = {rule_id: 0 for rule_id in order.awards}
@@ -217,7 +226,7 @@ def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, ke
                     ledger.clawback(take, order_id=None, rule_id=None, code="review_reject",
                                     source=row.event_id,
                                     explanation=f"review {review_id} rejected: points taken back")
-                _order_taken_back(uow, programme, member, row.event_id)
+                _taken_by_rejection(uow, programme, member, row, take)
                 status = "rejected"
             made = uow.record(program_id, member,
                               PostingContext(f"review:{review_id}", programme.version, now))
