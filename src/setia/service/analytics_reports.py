@@ -249,8 +249,9 @@ def journal_export(engine: sa.Engine, program_id: str) -> pl.DataFrame:
 
 
 def write(frame: pl.DataFrame, fmt: str, digits: int, target: Path | io.BytesIO) -> None:
-    """CSV and JSON carry money as decimal text; Parquet keeps the exact ``*_e4`` integers
-    (ten-thousandths of the currency unit) and floats as they are."""
+    """CSV and JSON carry money as decimal text, rounded once; Parquet keeps the ``*_e4``
+    ten-thousandths of the currency unit as they are (integers for sums; averages,
+    liabilities and costs with their fractions) and other floats as they are."""
     if fmt not in FORMATS:
         raise InvalidField(f"format must be one of {', '.join(FORMATS)}", field="format")
     if fmt == "parquet":
