@@ -261,11 +261,17 @@ def test_reversing_an_event_whose_review_was_rejected_takes_nothing_more(engine)
     assert_journal_ok(engine)
 
 
-@pytest.mark.parametrize("held", [True, False])
-def test_refunding_a_purchase_whose_review_was_rejected_takes_nothing_more(engine, held):
-    # Given m1's third purchase of the hour (30) queued for review, its points held or not,
-    # and the review rejected (the 30 taken back)
-    load_programme(engine, {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": held}})
+@pytest.mark.parametrize(("held", "campaign"), [(True, False), (False, False), (True, True),
+                                                (False, True)])
+def test_refunding_a_purchase_whose_review_was_rejected_takes_nothing_more(engine, held,
+                                                                           campaign):
+    # Given m1's third purchase of the hour (30, and 30 more with a campaign doubling the
+    # base points) queued for review, its points held or not, and the review rejected
+    document: dict[str, Any] = {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": held}}
+    if campaign:
+        document["campaigns"] = [{"id": "double", "name": "Double", "multiplier": 2,
+                                  "rules": ["base"]}]
+    load_programme(engine, document)
     upsert_member(engine, P, "m1", {}, CLOCK)
     review = held_m1(engine)
     fraud.decide(engine, P, review, "reject", "k1", CLOCK)
@@ -275,28 +281,61 @@ def test_refunding_a_purchase_whose_review_was_rejected_takes_nothing_more(engin
                              "occurred_at": "2027-03-01T11:00:00+00:00", "amount": "30.00"},
                  CLOCK)
 
-    # Then the refund takes no points (it took the 30 a second time)
-    assert balances(engine, "m1") == {"available": 30, "pending": 0, "reserved": 0}
+    # Then the refund takes no points (it took them a second time); e1 and e2 stay
+    assert balances(engine, "m1") == {"available": 60 if campaign else 30, "pending": 0,
+                                      "reserved": 0}
     assert journal(engine, "clawback") == []
     assert_journal_ok(engine)
 
 
-def test_a_rejected_review_lowers_a_points_tier_metric(engine):
+@pytest.mark.parametrize("campaign", [False, True])
+def test_a_rejected_review_lowers_a_points_tier_metric(engine, campaign):
     # Given tiers by points (Gold at 50), and m1's third purchase of the hour (30) held,
-    # which made her Gold on 60 points
-    load_programme(engine, {**PROGRAMME, "tiers": {"metric": "points", "levels": [
+    # which made her Gold on 60 points (with a campaign doubling the base points, held too,
+    # but never counted by the metric)
+    document: dict[str, Any] = {**PROGRAMME, "tiers": {"metric": "points", "levels": [
         {"id": "member", "name": "Member", "threshold": 0},
-        {"id": "gold", "name": "Gold", "threshold": 50}]}})
+        {"id": "gold", "name": "Gold", "threshold": 50}]}}
+    if campaign:
+        document["campaigns"] = [{"id": "double", "name": "Double", "multiplier": 2,
+                                  "rules": ["base"]}]
+    load_programme(engine, document)
     upsert_member(engine, P, "m1", {}, CLOCK)
     review = held_m1(engine)
 
     # When the review is rejected
     fraud.decide(engine, P, review, "reject", "k1", CLOCK)
 
-    # Then her March counts 30 points, not 60 (the points taken back still counted)
+    # Then her March counts 30 points, not 60 (the points taken back still counted), nor 0
+    # (the campaign's 30 taken back too were taken off the metric)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT month, points FROM metric_buckets")).all() == [
             ("2027-03", 30)]
+    assert_journal_ok(engine)
+
+
+def test_rejecting_an_event_that_names_another_events_order_leaves_that_order(engine):
+    # Given m1's review of a shop held for review, naming the order of her first purchase
+    load_programme(engine, PROGRAMME)
+    upsert_member(engine, P, "m1", {}, CLOCK)
+    for n, minute in enumerate(("00", "20"), start=1):
+        ingest_event(engine, P, purchase(f"e{n}", "m1", f"2027-03-01T10:{minute}:00+00:00",
+                                         f"{n * 10}.00"), CLOCK)
+    ingest_event(engine, P, {"id": "v1", "type": "review", "member": "m1", "order_id": "o-e1",
+                             "occurred_at": "2027-03-01T10:40:00+00:00"}, CLOCK)
+    (review,) = fraud.reviews(engine, P)
+
+    # When the review is rejected, then the first purchase refunded in full
+    fraud.decide(engine, P, review["id"], "reject", "k1", CLOCK)
+    ingest_event(engine, P, {"id": "r1", "type": "refund", "member": "m1", "order_id": "o-e1",
+                             "occurred_at": "2027-03-01T11:00:00+00:00", "amount": "10.00"},
+                 CLOCK)
+
+    # Then the review's 5 and the purchase's 10 went back (the rejection took the order's
+    # awards too: the refund took nothing)
+    assert journal(engine, "review_reject") == [("pending", "issued", 5)]
+    assert journal(engine, "clawback") == [("available", "issued", 10)]
+    assert balances(engine, "m1") == {"available": 20, "pending": 0, "reserved": 0}
     assert_journal_ok(engine)
 
 

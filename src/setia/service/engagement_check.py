@@ -2,7 +2,8 @@
 
 Per programme and campaign paying points: the points ``campaign_awards`` says were
 awarded equal the journal's ``earn`` postings of rule ``campaign:<id>``, and what was
-taken back (awarded - kept) equals its ``clawback`` postings; the budget row's ``used``
+taken back (awarded - kept) equals its ``clawback`` postings (and ``review_reject``
+ones: a rejected fraud review); the budget row's ``used``
 equals everything awarded (points or vouchers).
 """
 
@@ -28,11 +29,15 @@ def engagement_problems(conn: sa.Connection) -> list[str]:
     journal: dict[tuple[str, str], dict[str, int]] = {}
     for row in conn.execute(
         sa.select(p.c.program_id, p.c.rule_id, p.c.code, sa.func.sum(p.c.points).label("points"))
-        .where(p.c.rule_id.startswith("campaign:"), p.c.code.in_(("earn", "clawback")))
+        .where(p.c.rule_id.startswith("campaign:"),
+               p.c.code.in_(("earn", "clawback", "review_reject")))
         .group_by(p.c.program_id, p.c.rule_id, p.c.code)
     ):
         key = (row.program_id, row.rule_id.removeprefix("campaign:"))
-        journal.setdefault(key, {})[row.code] = int(row.points)
+        # a rejected review takes a campaign's points back as a refund's clawback does
+        code = "clawback" if row.code == "review_reject" else row.code
+        found = journal.setdefault(key, {})
+        found[code] = found.get(code, 0) + int(row.points)
     for key in sorted(set(awards) | set(journal)):
         awarded, kept = awards.get(key, (0, 0))
         posted = journal.get(key, {})

@@ -21,6 +21,7 @@ from setia.adapters.db import tables_engagement as te
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import tiers, trust
+from setia.domain.engagement import CAMPAIGN_RULE, MEMBERSHIP_RULE
 from setia.domain.errors import InvalidField
 from setia.domain.events import Event
 from setia.domain.member import Member
@@ -71,31 +72,59 @@ def screen(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
     return {"review": review_id, "reasons": found, "held": config.hold}
 
 
+def _rejected_parts(uow: UnitOfWork, programme: Programme, member: Member, row: Any,
+                    take: int) -> list[tuple[str | None, int]]:
+    """What a rejection takes back, by rule: first what each campaign and membership still
+    keeps of the event's points (their awards then keep nothing, as ``setia check`` and
+    the campaign metrics count them), the rest as the event's own."""
+    a = te.campaign_awards
+    parts: list[tuple[str | None, int]] = []
+    left = take
+    for award in uow.execute(sa.select(a.c.campaign_id, a.c.ref, a.c.kept).where(
+            a.c.program_id == programme.id, a.c.ref == row.event_id,
+            a.c.member_pk == member.pk, a.c.voucher_code.is_(None), a.c.kept > 0)
+            .order_by(a.c.campaign_id)).all():
+        part = min(award.kept, left)
+        if part <= 0:
+            break
+        rule_id = (award.campaign_id if award.campaign_id.startswith(MEMBERSHIP_RULE)
+                   else CAMPAIGN_RULE + award.campaign_id)
+        parts.append((rule_id, part))
+        uow.execute(a.update().where(a.c.program_id == programme.id,
+                                     a.c.campaign_id == award.campaign_id, a.c.ref == award.ref)
+                    .values(kept=award.kept - part))
+        left -= part
+    if left > 0:
+        parts.append((None, left))
+    return parts
+
+
 def _taken_by_rejection(uow: UnitOfWork, programme: Programme, member: Member, row: Any,
                         taken: int) -> None:
-    """What a rejection took is gone from the member's tier metric (points, in the month of
-    the event that earned them), and a rejected purchase's order keeps no awards (rules',
-    campaigns' or membership's), so a later refund takes nothing back a second time."""
+    """What a rejection took of the event's earn rules' points is gone from the member's
+    points tier metric (in the month of the event), and a rejected purchase's order keeps
+    no awards (nor its campaigns and membership: ``_rejected_parts``), so a later refund
+    takes nothing back a second time."""
     p, lots = t.postings, t.lots
-    if taken > 0:
-        earned_at = uow.execute(sa.select(sa.func.min(p.c.occurred_at)).where(
-            p.c.member_pk == member.pk, p.c.ref == row.event_id)).scalar()
-        if earned_at is not None:
-            member.add_to_bucket(tiers.month_key(earned_at.astimezone(programme.tz)),
-                                 points=-taken)
-    # the order its lot was earned for (a purchase's; other events' lots name none)
+    # the purchase's order, if the event was one (any event may name an order id)
     order_id = uow.execute(sa.select(lots.c.order_id).where(
         lots.c.member_pk == member.pk, lots.c.seq == row.lot_seq)).scalar()
-    if order_id is None:
-        return
-    a = te.campaign_awards
-    order = uow.order(programme.id, order_id, programme.currency)
-    assert order is not None
-    order.awards = {rule_id: 0 for rule_id in order.awards}
-    order.dirty = True
-    uow.execute(a.update().where(a.c.program_id == programme.id, a.c.order_id == order_id,
-                                 a.c.member_pk == member.pk, a.c.voucher_code.is_(None))
-                .values(kept=0))
+    order = uow.order(programme.id, order_id, programme.currency) if order_id else None
+    if order is not None and order.event_id != row.event_id:
+        order = None
+    # The metric counted the event's earn rules' points (campaigns, cards and memberships
+    # add none to it), less what refunds took back of them: lowered by that, at most.
+    earned = uow.execute(sa.select(p.c.occurred_at, p.c.rule_id, p.c.points).where(
+        p.c.member_pk == member.pk, p.c.ref == row.event_id, p.c.code == "earn")).all()
+    rules = {rule.id for rule in programme.model.earn}
+    counted = (sum(order.awards.values()) if order is not None
+               else sum(e.points for e in earned if e.rule_id in rules))
+    if taken > 0 and counted > 0 and earned:
+        month = tiers.month_key(min(e.occurred_at for e in earned).astimezone(programme.tz))
+        member.add_to_bucket(month, points=-min(taken, counted))
+    if order is not None:
+        order.awards = {rule_id: 0 for rule_id in order.awards}
+        order.dirty = True
 
 
 def taken_back(uow: UnitOfWork, program_id: str, event_id: str, points: int) -> None:
@@ -222,8 +251,8 @@ def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, ke
                 if held and lot is not None:
                     # no longer under review (written even with nothing left in it)
                     ledger.reschedule(lot.seq, row.available_at)
-                if take > 0:
-                    ledger.clawback(take, order_id=None, rule_id=None, code="review_reject",
+                for rule_id, points in _rejected_parts(uow, programme, member, row, take):
+                    ledger.clawback(points, order_id=None, rule_id=rule_id, code="review_reject",
                                     source=row.event_id,
                                     explanation=f"review {review_id} rejected: points taken back")
                 _taken_by_rejection(uow, programme, member, row, take)

@@ -33,10 +33,9 @@ from setia.service.common import (
 )
 from setia.service.views import balances
 
-# A review's hold and approval move an event's points between the member's own accounts:
-# an event held for review is reversed like any other (what it earned is taken back).
-REVERSIBLE_CODES = frozenset({"earn", "adjust", "activate", "expire", "review_hold",
-                              "review_ok"})
+# A review's hold moves an event's points between the member's own accounts: an event
+# held for review is reversed like any other (what it earned is taken back).
+REVERSIBLE_CODES = frozenset({"earn", "adjust", "activate", "expire", "review_hold"})
 
 
 def _net_by_member(rows: Sequence[Any]) -> dict[int, dict[str, int]]:
