@@ -560,7 +560,8 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
         entered.select("campaign", "member_pk")
         .join(spend, on="member_pk", how="left")
         .group_by("campaign")
-        .agg(pl.col("spend_e4").fill_null(0).mean().alias("spend_per_member_e4"))
+        .agg(pl.col("spend_e4").fill_null(0).mean().alias("spend_per_member_e4"),
+             pl.len().alias("entered"))
     )
     out = reached.join(treated, on="campaign", how="left")
     if held_members is not None:
@@ -579,10 +580,11 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
             pl.lit(None, pl.UInt32).alias("holdout_members"),
             pl.lit(None, pl.Float64).alias("holdout_spend_per_member_e4"),
         )
+    # the lift measured on the members who entered in the range, for those members
     return out.with_columns(
         ((pl.col("spend_per_member_e4") - pl.col("holdout_spend_per_member_e4"))
-         * pl.col("members")).alias("incremental_spend_e4")
-    ).sort("campaign")
+         * pl.col("entered")).alias("incremental_spend_e4")
+    ).drop("entered").sort("campaign")
 
 
 def _amount_e4(frame: pl.DataFrame, names: tuple[str, ...]) -> pl.Expr | None:
