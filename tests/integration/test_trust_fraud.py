@@ -314,7 +314,9 @@ def test_a_rejected_review_lowers_a_points_tier_metric(engine, campaign):
     assert_journal_ok(engine)
 
 
-def test_rejecting_an_event_that_names_another_events_order_leaves_that_order(engine):
+@pytest.mark.parametrize("refund_first", [False, True])
+def test_rejecting_an_event_that_names_another_events_order_leaves_that_order(engine,
+                                                                              refund_first):
     # Given m1's review of a shop held for review, naming the order of her first purchase
     load_programme(engine, PROGRAMME)
     upsert_member(engine, P, "m1", {}, CLOCK)
@@ -325,14 +327,21 @@ def test_rejecting_an_event_that_names_another_events_order_leaves_that_order(en
                              "occurred_at": "2027-03-01T10:40:00+00:00"}, CLOCK)
     (review,) = fraud.reviews(engine, P)
 
-    # When the review is rejected, then the first purchase refunded in full
-    fraud.decide(engine, P, review["id"], "reject", "k1", CLOCK)
-    ingest_event(engine, P, {"id": "r1", "type": "refund", "member": "m1", "order_id": "o-e1",
-                             "occurred_at": "2027-03-01T11:00:00+00:00", "amount": "10.00"},
-                 CLOCK)
+    # When the review is rejected and the first purchase refunded in full, in either order
+    def reject() -> None:
+        fraud.decide(engine, P, review["id"], "reject", "k1", CLOCK)
+
+    def refund() -> None:
+        ingest_event(engine, P, {"id": "r1", "type": "refund", "member": "m1",
+                                 "order_id": "o-e1", "amount": "10.00",
+                                 "occurred_at": "2027-03-01T11:00:00+00:00"}, CLOCK)
+
+    for step in ((refund, reject) if refund_first else (reject, refund)):
+        step()
 
     # Then the review's 5 and the purchase's 10 went back (the rejection took the order's
-    # awards too: the refund took nothing)
+    # awards too, and the refund took nothing; or the refund took 5 of its 10 from the
+    # review's held lot, which named its order, and the rejection found nothing to take)
     assert journal(engine, "review_reject") == [("pending", "issued", 5)]
     assert journal(engine, "clawback") == [("available", "issued", 10)]
     assert balances(engine, "m1") == {"available": 20, "pending": 0, "reserved": 0}

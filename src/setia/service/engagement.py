@@ -66,7 +66,8 @@ def credit(programme: Programme, member: Member, event: Event, points: int, rule
     member.ledger.earn(
         points, source=event.id, rule_id=rule_id, explanation=explanation,
         available_at=available_at, pending=programme.model.points.pending_days > 0,
-        expires_at=earning.lot_expires_at(programme, available_at), order_id=event.order_id,
+        expires_at=earning.lot_expires_at(programme, available_at),
+        order_id=event.order_id if event.type == "purchase" else None,
     )
 
 

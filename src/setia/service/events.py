@@ -266,7 +266,7 @@ def earn_awards(
             available_at=available_at,
             pending=pending_days > 0,
             expires_at=expires_at,
-            order_id=event.order_id,
+            order_id=purchase_order(event),
         )
         if award.limit_key is not None:
             member.count_use(award.rule_id, award.limit_key)
@@ -274,6 +274,12 @@ def earn_awards(
     if total > 0:
         member.active_at(event.occurred_at)
     return total
+
+
+def purchase_order(event: Event) -> str | None:
+    """The order a lot is earned for: a purchase's own. Any event may name an order id,
+    but only a purchase records one, whose refund claws back from its lots first."""
+    return event.order_id if event.type == "purchase" else None
 
 
 def member_facts(programme: Programme, member: Member) -> earning.MemberFacts:

@@ -21,7 +21,7 @@ from setia.adapters.db import tables_engagement as te
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import tiers, trust
-from setia.domain.engagement import CAMPAIGN_RULE, MEMBERSHIP_RULE
+from setia.domain.engagement import CAMPAIGN_RULE, MEMBERSHIP_RULE, is_engagement_rule
 from setia.domain.errors import InvalidField
 from setia.domain.events import Event
 from setia.domain.member import Member
@@ -116,9 +116,9 @@ def _taken_by_rejection(uow: UnitOfWork, programme: Programme, member: Member, r
     # add none to it), less what refunds took back of them: lowered by that, at most.
     earned = uow.execute(sa.select(p.c.occurred_at, p.c.rule_id, p.c.points).where(
         p.c.member_pk == member.pk, p.c.ref == row.event_id, p.c.code == "earn")).all()
-    rules = {rule.id for rule in programme.model.earn}
     counted = (sum(order.awards.values()) if order is not None
-               else sum(e.points for e in earned if e.rule_id in rules))
+               else sum(e.points for e in earned
+                        if e.rule_id is not None and not is_engagement_rule(e.rule_id)))
     if taken > 0 and counted > 0 and earned:
         month = tiers.month_key(min(e.occurred_at for e in earned).astimezone(programme.tz))
         member.add_to_bucket(month, points=-min(taken, counted))
