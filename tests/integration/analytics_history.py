@@ -44,8 +44,8 @@ CAFE: dict[str, Any] = {
 
 
 def purchase(engine: sa.Engine, event_id: str, member: str, when: str, amount: str,
-             store: str, channel: str) -> None:
-    ingest_event(engine, P, {
+             store: str, channel: str, program: str = P) -> None:
+    ingest_event(engine, program, {
         "id": event_id, "type": "purchase", "member": member, "occurred_at": when,
         "order_id": f"o-{event_id}", "amount": amount, "currency": "MYR",
         "store": store, "channel": channel,

@@ -31,8 +31,8 @@ def cafe(engine: sa.Engine) -> sa.Engine:
 
 
 def run(engine: sa.Engine, name: str, date_from: date = D(2027, 1, 1),
-        date_to: date = D(2027, 3, 31), **given: object) -> pl.DataFrame:
-    data = an.load(engine, P, by=given.get("by"))  # type: ignore[arg-type]
+        date_to: date = D(2027, 3, 31), program: str = P, **given: object) -> pl.DataFrame:
+    data = an.load(engine, program, by=given.get("by"))  # type: ignore[arg-type]
     options = an.options_for(data.programme, date_from, date_to, **given)
     frame = an.METRICS[name](data, options)
     assert frame is not None

@@ -10,10 +10,10 @@ Programme "shop" (times +08:00, 2027): 1 point per RM 1, churn after 30 days.
 
 from __future__ import annotations
 
+import functools
 from datetime import date
 from typing import Any
 
-import polars as pl
 import pytest
 import sqlalchemy as sa
 
@@ -25,6 +25,9 @@ from setia.service.events import ingest_event
 from setia.service.insights import dashboard
 from setia.service.members import upsert_member
 from tests.conftest import assert_journal_ok, fixed_clock, load_programme
+from tests.integration import analytics_history as history
+from tests.integration import test_analytics_metrics as metrics
+from tests.integration.test_analytics_metrics import rows
 
 D = date
 P = "shop"
@@ -37,13 +40,8 @@ SHOP: dict[str, Any] = {
 }
 
 
-def purchase(engine: sa.Engine, event_id: str, member: str, when: str, amount: str,
-             store: str, channel: str) -> None:
-    ingest_event(engine, P, {
-        "id": event_id, "type": "purchase", "member": member, "occurred_at": when,
-        "order_id": f"o-{event_id}", "amount": amount, "currency": "MYR",
-        "store": store, "channel": channel,
-    }, fixed_clock(when))
+purchase = functools.partial(history.purchase, program=P)
+run = functools.partial(metrics.run, program=P)
 
 
 @pytest.fixture
@@ -59,19 +57,6 @@ def shop(engine: sa.Engine) -> sa.Engine:
     }, fixed_clock("2027-02-04T10:00:00+08:00"))
     purchase(engine, "e3", "sam", "2027-02-05T10:00:00+08:00", "50.00", "s2", "app")
     return engine
-
-
-def run(engine: sa.Engine, name: str, date_from: date, date_to: date,
-        **given: Any) -> pl.DataFrame:
-    data = an.load(engine, P, by=given.get("by"))
-    options = an.options_for(data.programme, date_from, date_to, **given)
-    frame = an.METRICS[name](data, options)
-    assert frame is not None
-    return frame
-
-
-def rows(frame: pl.DataFrame) -> list[tuple[object, ...]]:
-    return [tuple(r) for r in frame.iter_rows()]
 
 
 def test_a_fully_refunded_order_is_no_purchase_in_february_sales(shop: sa.Engine) -> None:

@@ -20,6 +20,7 @@ from tests.conftest import KOPI_SETIA, assert_journal_ok, at, fixed_clock, load_
 
 P = "fraud-cafe"
 CLOCK = fixed_clock("2027-03-01T12:00:00+00:00")
+DOUBLE = [{"id": "double", "name": "Double", "multiplier": 2, "rules": ["base"]}]  # campaigns
 PROGRAMME: dict[str, Any] = {
     "id": P, "name": "Fraud Cafe", "currency": "MYR", "timezone": "UTC",
     "points": {"pending_days": 0},
@@ -128,6 +129,13 @@ def held_m1(engine: sa.Engine) -> int:
                                          f"{n * 10}.00"), CLOCK)
     (review,) = fraud.reviews(engine, P)
     return int(review["id"])
+
+
+def held_m1_under(engine: sa.Engine, document: dict[str, Any]) -> int:
+    """``document`` stored, m1 enrolled, and her third purchase of the hour queued."""
+    load_programme(engine, document)
+    upsert_member(engine, P, "m1", {}, CLOCK)
+    return held_m1(engine)
 
 
 def test_approving_a_review_releases_the_points_and_is_audited(cafe):
@@ -269,11 +277,8 @@ def test_refunding_a_purchase_whose_review_was_rejected_takes_nothing_more(engin
     # base points) queued for review, its points held or not, and the review rejected
     document: dict[str, Any] = {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": held}}
     if campaign:
-        document["campaigns"] = [{"id": "double", "name": "Double", "multiplier": 2,
-                                  "rules": ["base"]}]
-    load_programme(engine, document)
-    upsert_member(engine, P, "m1", {}, CLOCK)
-    review = held_m1(engine)
+        document["campaigns"] = DOUBLE
+    review = held_m1_under(engine, document)
     fraud.decide(engine, P, review, "reject", "k1", CLOCK)
 
     # When the shop refunds the purchase in full
@@ -297,11 +302,8 @@ def test_a_rejected_review_lowers_a_points_tier_metric(engine, campaign):
         {"id": "member", "name": "Member", "threshold": 0},
         {"id": "gold", "name": "Gold", "threshold": 50}]}}
     if campaign:
-        document["campaigns"] = [{"id": "double", "name": "Double", "multiplier": 2,
-                                  "rules": ["base"]}]
-    load_programme(engine, document)
-    upsert_member(engine, P, "m1", {}, CLOCK)
-    review = held_m1(engine)
+        document["campaigns"] = DOUBLE
+    review = held_m1_under(engine, document)
 
     # When the review is rejected
     fraud.decide(engine, P, review, "reject", "k1", CLOCK)
@@ -352,8 +354,7 @@ def test_a_refund_lowers_an_unheld_review_by_campaign_points_too(engine):
     # Given a campaign doubling the base points, reviews left unheld, and m1's third
     # purchase of the hour (30.00: 30 base and 30 campaign) queued for review
     load_programme(engine, {**PROGRAMME, "fraud": {**PROGRAMME["fraud"], "hold": False},
-                            "campaigns": [{"id": "double", "name": "Double", "multiplier": 2,
-                                           "rules": ["base"]}]})
+                            "campaigns": DOUBLE})
     upsert_member(engine, P, "m1", {}, CLOCK)
     review = held_m1(engine)
     assert fraud.reviews(engine, P)[0]["points"] == 60
