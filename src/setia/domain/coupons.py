@@ -271,6 +271,12 @@ def crockford_variant(code: str) -> str:
     return code.translate(str.maketrans("OIL", "011"))
 
 
+def code_candidates(code: str) -> list[str]:
+    """The spellings a normalised code is looked up by: as typed, then with O read as 0
+    and I, L as 1 (once if they are the same)."""
+    return list(dict.fromkeys([code, crockford_variant(code)]))
+
+
 def batch_codes(prefix: str, count: int, random_bytes: bytes) -> list[str]:
     """``count`` codes of ``prefix`` + 10 Crockford characters from 7 random bytes each
     (50 bits are used). Duplicates inside the batch are dropped: the caller asks again."""

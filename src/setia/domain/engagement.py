@@ -50,6 +50,12 @@ class NoActiveMembership(SetiaError):
     status = 409
 
 
+def award_rule(campaign_id: str) -> str:
+    """The rule id of a campaign award's postings (``campaign_awards.campaign_id``: a
+    campaign's id, or ``membership:<plan>`` for a membership's multiplier)."""
+    return campaign_id if campaign_id.startswith(MEMBERSHIP_RULE) else CAMPAIGN_RULE + campaign_id
+
+
 def is_engagement_rule(rule_id: str | None) -> bool:
     return rule_id is not None and rule_id.startswith((CAMPAIGN_RULE, STAMP_RULE, MEMBERSHIP_RULE))
 

@@ -233,3 +233,9 @@ def parse_event(raw: Any, currency: str) -> Event:
         attributes=attributes,
         partner=_text(raw, "partner", required=False, max_length=64),
     )
+
+
+def purchase_order(event: Event) -> str | None:
+    """The order a lot or an award is earned for: a purchase's own. Any event may name an
+    order id, but only a purchase records one, whose refund claws back from its lots."""
+    return event.order_id if event.type == "purchase" else None

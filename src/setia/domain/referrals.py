@@ -205,6 +205,9 @@ def referral_code(random_bytes: bytes) -> str:
     return "".join(chars)
 
 
+RULE_PREFIX = "referral:"  # rule id and reference of a referral's rewards: referral:<id>
+
+
 def normalise_code(code: str) -> str:
     cleaned = code.strip().upper().replace("-", "").replace(" ", "")
     return cleaned.translate(str.maketrans("OIL", "011"))

@@ -94,7 +94,7 @@ def _coupon_for_code(uow: UnitOfWork, programme: Programme, raw: str) -> tuple[c
     if public is not None:
         assert public.code is not None
         return public, public.code, False
-    for candidate in dict.fromkeys([code, c.crockford_variant(code)]):
+    for candidate in c.code_candidates(code):
         coupon_id = uow.execute(
             sa.select(tc.coupon_codes.c.coupon_id).where(
                 tc.coupon_codes.c.program_id == programme.id,
@@ -281,8 +281,7 @@ def release_uses(uow: UnitOfWork, programme: Programme, order_id: str, now: date
     query = sa.select(u).where(u.c.program_id == programme.id, u.c.order_id == order_id,
                                u.c.released_at.is_(None)).order_by(u.c.id)
     if code is not None:  # as typed, or with O read as 0 and I, L as 1 (as redeem reads it)
-        typed = c.normalise_code(code)
-        query = query.where(u.c.code.in_(sorted({typed, c.crockford_variant(typed)})))
+        query = query.where(u.c.code.in_(c.code_candidates(c.normalise_code(code))))
     released = []
     refundable = {cp.id for cp in programme.model.coupons or [] if cp.release_on_refund}
     for row in uow.execute(query).mappings().all():

@@ -23,7 +23,7 @@ from setia.adapters.db.store import UnitOfWork
 from setia.domain import earning
 from setia.domain import engagement as rules
 from setia.domain.engagement_sections import Campaign, MembershipPlan, StampCard, VoucherGrant
-from setia.domain.events import Event, Line, parse_event
+from setia.domain.events import Event, Line, parse_event, purchase_order
 from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Programme
@@ -67,7 +67,7 @@ def credit(programme: Programme, member: Member, event: Event, points: int, rule
         points, source=event.id, rule_id=rule_id, explanation=explanation,
         available_at=available_at, pending=programme.model.points.pending_days > 0,
         expires_at=earning.lot_expires_at(programme, available_at),
-        order_id=event.order_id if event.type == "purchase" else None,
+        order_id=purchase_order(event),
     )
 
 
@@ -217,7 +217,7 @@ def _award_campaign(uow: UnitOfWork, programme: Programme, member: Member, event
         points = grant
     uow.execute(a.insert().values(
         program_id=programme.id, campaign_id=campaign.id, ref=event.id, member_pk=member.pk,
-        order_id=event.order_id if event.type == "purchase" else None,
+        order_id=purchase_order(event),
         program_version=programme.version, awarded=grant, kept=grant, voucher_code=code,
         awarded_at=event.occurred_at,
     ))
@@ -378,9 +378,7 @@ def _after_refund(uow: UnitOfWork, programme: Programme, member: Member, event: 
         back = row["kept"] - keep
         if back <= 0:
             continue
-        rule_id = row["campaign_id"]
-        if not rule_id.startswith(rules.MEMBERSHIP_RULE):
-            rule_id = rules.CAMPAIGN_RULE + rule_id
+        rule_id = rules.award_rule(row["campaign_id"])
         member.ledger.clawback(
             back, order_id=order.order_id, rule_id=rule_id,
             explanation=f"refund on order {order.order_id}: {rule_id} now gives {keep} "

@@ -23,7 +23,7 @@ from setia.domain.errors import (
     UnknownMember,
     UnknownOrder,
 )
-from setia.domain.events import Event, parse_event
+from setia.domain.events import Event, parse_event, purchase_order
 from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Level, Programme
@@ -274,12 +274,6 @@ def earn_awards(
     if total > 0:
         member.active_at(event.occurred_at)
     return total
-
-
-def purchase_order(event: Event) -> str | None:
-    """The order a lot is earned for: a purchase's own. Any event may name an order id,
-    but only a purchase records one, whose refund claws back from its lots first."""
-    return event.order_id if event.type == "purchase" else None
 
 
 def member_facts(programme: Programme, member: Member) -> earning.MemberFacts:

@@ -21,7 +21,7 @@ from setia.adapters.db import tables_engagement as te
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import tiers, trust
-from setia.domain.engagement import CAMPAIGN_RULE, MEMBERSHIP_RULE, is_engagement_rule
+from setia.domain.engagement import award_rule, is_engagement_rule
 from setia.domain.errors import InvalidField
 from setia.domain.events import Event
 from setia.domain.member import Member
@@ -87,9 +87,7 @@ def _rejected_parts(uow: UnitOfWork, programme: Programme, member: Member, row: 
         part = min(award.kept, left)
         if part <= 0:
             break
-        rule_id = (award.campaign_id if award.campaign_id.startswith(MEMBERSHIP_RULE)
-                   else CAMPAIGN_RULE + award.campaign_id)
-        parts.append((rule_id, part))
+        parts.append((award_rule(award.campaign_id), part))
         uow.execute(a.update().where(a.c.program_id == programme.id,
                                      a.c.campaign_id == award.campaign_id, a.c.ref == award.ref)
                     .values(kept=award.kept - part))
@@ -105,13 +103,11 @@ def _taken_by_rejection(uow: UnitOfWork, programme: Programme, member: Member, r
     points tier metric (in the month of the event), and a rejected purchase's order keeps
     no awards (nor its campaigns and membership: ``_rejected_parts``), so a later refund
     takes nothing back a second time."""
-    p, lots = t.postings, t.lots
-    # the purchase's order, if the event was one (any event may name an order id)
-    order_id = uow.execute(sa.select(lots.c.order_id).where(
-        lots.c.member_pk == member.pk, lots.c.seq == row.lot_seq)).scalar()
+    p = t.postings
+    # the purchase's order, if the event was one (only a purchase's lot names an order)
+    uow.load_lots(member, [row.lot_seq])
+    order_id = member.ledger.lots[row.lot_seq].order_id
     order = uow.order(programme.id, order_id, programme.currency) if order_id else None
-    if order is not None and order.event_id != row.event_id:
-        order = None
     # The metric counted the event's earn rules' points (campaigns, cards and memberships
     # add none to it), less what refunds took back of them: lowered by that, at most.
     earned = uow.execute(sa.select(p.c.occurred_at, p.c.rule_id, p.c.points).where(

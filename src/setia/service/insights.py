@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import yaml
 
 from setia.adapters.db import tables as t
+from setia.adapters.db.analytics_read import REFUNDED_IN_FULL_SQL, flow_sql
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import UnknownMember
 from setia.domain.events import parse_event
@@ -61,29 +62,28 @@ def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dic
         members_new = uow.execute(sa.select(sa.func.count()).select_from(m).where(
             m.c.program_id == program_id, m.c.enrolled_at >= lo, m.c.enrolled_at < hi)
         ).scalar_one()
-        order_rows = uow.execute(sa.select(o.c.member_pk, o.c.occurred_at, o.c.amount_e4,
-                                           o.c.refunded_e4).where(
+        order_rows = uow.execute(sa.select(
+            o.c.member_pk, o.c.occurred_at, o.c.amount_e4, o.c.refunded_e4,
+            sa.literal_column(REFUNDED_IN_FULL_SQL).label("refunded_in_full")).where(
             o.c.program_id == program_id, o.c.occurred_at >= lo, o.c.occurred_at < hi)).all()
         # An order refunded in full is no purchase, visit or activity (as in the reports,
         # docs/analytics.md); its net amount is 0, so the sales below keep every order.
-        bought = [row for row in order_rows
-                  if not (row.refunded_e4 > 0 and row.refunded_e4 >= row.amount_e4)]
+        bought = [row for row in order_rows if not row.refunded_in_full]
         visits = Counter(row.member_pk for row in bought)
         active = len(visits)
         repeat = sum(1 for count in visits.values() if count >= 2)
         sales_e4 = sum(row.amount_e4 - row.refunded_e4 for row in order_rows)
         # Points only (store credit has postings of its own asset), as the reports count
         # them: issued net of clawbacks and reversals, redeemed net of what went back.
-        posting_rows = uow.execute(sa.select(p.c.occurred_at, p.c.debit, p.c.credit, p.c.points)
-                                   .where(p.c.program_id == program_id, p.c.asset == "points",
-                                          p.c.occurred_at >= lo, p.c.occurred_at < hi,
-                                          sa.or_(p.c.debit.in_((ISSUED, REDEEMED)),
-                                                 p.c.credit.in_((ISSUED, REDEEMED))))
-                                   ).all()
-        flows = [(row.occurred_at, _flow(row, ISSUED, -1), _flow(row, REDEEMED, 1))
-                 for row in posting_rows]
-        issued = sum(flow[1] for flow in flows)
-        redeemed = sum(flow[2] for flow in flows)
+        flows = uow.execute(sa.select(
+            p.c.occurred_at, sa.literal_column(flow_sql("issued")).label("issued"),
+            sa.literal_column(flow_sql("redeemed")).label("redeemed"))
+            .where(p.c.program_id == program_id, p.c.asset == "points",
+                   p.c.occurred_at >= lo, p.c.occurred_at < hi,
+                   sa.or_(p.c.debit.in_((ISSUED, REDEEMED)),
+                          p.c.credit.in_((ISSUED, REDEEMED))))).all()
+        issued = sum(int(flow.issued) for flow in flows)
+        redeemed = sum(int(flow.redeemed) for flow in flows)
         totals = [sa.func.coalesce(sa.func.sum(column), 0)
                   for column in (m.c.available, m.c.pending, m.c.reserved)]
         balances = tuple(uow.execute(sa.select(*totals).where(m.c.program_id == program_id)).one())
@@ -106,10 +106,10 @@ def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dic
             purchases[bucket(row.occurred_at)] += 1
         earned: dict[str, int] = defaultdict(int)
         spent: dict[str, int] = defaultdict(int)
-        for occurred_at, issued_by, redeemed_by in flows:
-            key = bucket(occurred_at)
-            earned[key] += issued_by
-            spent[key] += redeemed_by
+        for flow in flows:
+            key = bucket(flow.occurred_at)
+            earned[key] += int(flow.issued)
+            spent[key] += int(flow.redeemed)
         return {
             "start": start, "end": end, "currency": programme.currency,
             "members": members_total, "new_members": members_new, "active": active,
@@ -129,14 +129,6 @@ def dashboard(engine: sa.Engine, program_id: str, start: date, end: date) -> dic
         }
 
     return transaction(engine, work, read_only=True)
-
-
-def _flow(row: Any, account: str, sign: int) -> int:
-    """What a posting moved into ``account`` less what it took out, times ``sign`` (-1 for
-    ``issued``, which gives points out): the flows of docs/analytics.md."""
-    moved = (row.points if row.credit == account else 0) - (
-        row.points if row.debit == account else 0)
-    return sign * moved
 
 
 def _digits(currency: str) -> int:

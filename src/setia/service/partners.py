@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from setia.adapters.db.store import UnitOfWork
 from setia.adapters.db.tables_partners import settlement_postings
+from setia.domain import referrals
 from setia.domain.events import Event
 from setia.domain.ledger import Posting
 from setia.domain.money import minor_digits
@@ -71,7 +72,8 @@ def settle_event(uow: UnitOfWork, programme: Programme, event: Event,
         partner_id = order.payload.get("partner") if order is not None else None
         # A referral's reward, clawed back with the refund of the purchase that qualified
         # it, was paid by run-due and settled with no partner: nothing to give back.
-        postings = [p for p in postings if not (p.rule_id or "").startswith("referral:")]
+        postings = [p for p in postings
+                    if not (p.rule_id or "").startswith(referrals.RULE_PREFIX)]
     if partner_id is None:
         return
     _write(uow, programme, partner_id, event.id, postings, event.occurred_at)

@@ -53,7 +53,7 @@ def _config(programme: Programme) -> r.ReferralsConfig:
 
 
 def rule_id(referral_id: str) -> str:
-    return f"referral:{referral_id}"
+    return f"{r.RULE_PREFIX}{referral_id}"
 
 
 def _member_pk(uow: UnitOfWork, programme: Programme, member_id: Any, field: str) -> int:

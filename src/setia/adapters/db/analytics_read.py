@@ -48,7 +48,7 @@ REFUNDED_IN_FULL_SQL = "(refunded_e4 > 0 AND refunded_e4 >= amount_e4)"
 REFUNDED_IN_FULL = (pl.col("refunded_e4") > 0) & (pl.col("refunded_e4") >= pl.col("amount_e4"))
 
 
-def _flow_sql(column: str) -> str:
+def flow_sql(column: str) -> str:
     """The SQL of a flow column (FLOW_COLUMNS) over a posting's debit, credit and points."""
     if column == "member_delta":
         held = "(" + ", ".join(f"'{a}'" for a in MEMBER_HOLDINGS) + ")"
@@ -252,7 +252,7 @@ class Reader:
         """Points of campaigns: postings whose rule id is ``campaign:<id>``, with their code
         (``earn`` for an award, ``clawback`` for what a refund took back)."""
         df = self.frame(
-            f"SELECT member_pk, rule_id, code, occurred_at, {_flow_sql('issued')} AS issued "
+            f"SELECT member_pk, rule_id, code, occurred_at, {flow_sql('issued')} AS issued "
             f"FROM postings WHERE program_id = {_literal(program_id)} AND asset = 'points' "
             "AND rule_id LIKE 'campaign:%'",
             ("occurred_at",),
@@ -285,7 +285,7 @@ class Reader:
             where.append(f"occurred_at >= {_timestamp(since)}")
         if until is not None:
             where.append(f"occurred_at < {_timestamp(until)}")
-        select = ", ".join(f"{_flow_sql(c)} AS {c}" if c in FLOW_COLUMNS else c for c in columns)
+        select = ", ".join(f"{flow_sql(c)} AS {c}" if c in FLOW_COLUMNS else c for c in columns)
         df = self.frame(f"SELECT {select} FROM postings WHERE {' AND '.join(where)}",
                         ("occurred_at",) if "occurred_at" in columns else ())
         return df.with_columns(
