@@ -115,6 +115,23 @@ def test_every_member_visible_change_writes_one_outbox_row_and_rejections_write_
     assert_journal_ok(engine)
 
 
+
+def test_two_changes_whose_plain_keys_would_meet_each_write_their_message(engine):
+    load_programme(engine, SHOP)
+    # Given members "a:b" and "a", and event ids that join alike with their member ids
+    enrol(engine, "a:b")
+    enrol(engine, "a")
+    # When "a:b" earns 12 by event "c" and "a" earns 30 by event "b:c"
+    purchase(engine, "c", "12.00", "2027-03-02T10:00:00+08:00", member="a:b")
+    purchase(engine, "b:c", "30.00", "2027-03-02T11:00:00+08:00", member="a")
+    # Then each has its own points.earned message
+    earned = [row for row in rows(engine) if row[0] == "points.earned"]
+    assert earned == [("points.earned", "a:b", 50, "signup:a:b"),
+                      ("points.earned", "a", 50, "signup:a"),
+                      ("points.earned", "a:b", 12, "c"),
+                      ("points.earned", "a", 30, "b:c")]
+    assert_journal_ok(engine)
+
 def _due(engine: sa.Engine) -> Any:
     d = tables_outbox.deliveries
     with engine.connect() as conn:

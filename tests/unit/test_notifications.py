@@ -90,3 +90,27 @@ def test_expiring_email_in_traditional_chinese_gives_the_local_date():
 def test_types_without_an_email_render_none():
     assert n.render_email("points.earned", {}, language="en", name=None, programme_name="P",
                           points_name="Beans", timezone=UTC) is None
+
+
+def test_message_keys_read_one_way_only_and_fit_the_outbox_column():
+    earned = [Posting("earn", "issued", "available", 5, "base")]
+
+    def key(member_id: str, ref: str) -> str:
+        [message] = n.from_postings(earned, member_id=member_id, ref=ref, balances=BAL)
+        return message.key
+
+    # Member ids without ":" keep the plain key (rows written before keep matching).
+    assert key("m-1", "ev:1") == "points.earned:m-1:ev:1"
+    # "a:b" about "c" and "a" about "b:c" joined plainly would be one key, and the second
+    # change would be skipped as a repeat of the first.
+    assert key("a:b", "c") == ("points.earned:#"
+                               "af48efebd01d334bf450f00585e3acd62f5c85e2b5478aafee628e55c6732362")
+    assert key("a", "b:c") == "points.earned:a:b:c"
+    # A key longer than the column would be cut, and two long refs alike in their first
+    # 300 characters would meet.
+    long_a, long_b = "e" * 200 + "-a", "e" * 200 + "-b"
+    keys = {key("m" * 128, long_a), key("m" * 128, long_b)}
+    assert len(keys) == 2 and all(k.startswith("points.earned:#") and len(k) == 79
+                                  for k in keys)
+    tier = n.tier_changed("a:b", "c", ("member", 0), ("gold", 1), {})
+    assert tier.key == n.message_key("tier.changed", "a:b", "c") != "tier.changed:a:b:c"

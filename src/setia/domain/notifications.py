@@ -4,6 +4,7 @@ makes, emails in the member's language, and the retry schedule of deliveries. Pu
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -72,6 +73,22 @@ class Message:
     data: dict[str, Any]
 
 
+KEY_LENGTH = 300  # the outbox's key column
+
+
+def message_key(kind: str, member_id: str, ref: str) -> str:
+    """The key of a message of ``kind`` to ``member_id`` about ``ref``: one per change, so a
+    repeat of it writes nothing. ``kind:member:ref`` when that reads one way only (member ids
+    may hold ``:``, and ``a:b`` + ``c`` would read as ``a`` + ``b:c``) and fits the column
+    (a cut key could be another's); otherwise ``kind:#`` and a SHA-256 of the two. A member
+    id never starts with ``#``, so the two forms never meet."""
+    key = f"{kind}:{member_id}:{ref}"
+    if ":" not in member_id and len(key) <= KEY_LENGTH:
+        return key
+    digest = hashlib.sha256(f"{member_id}\n{ref}".encode()).hexdigest()
+    return f"{kind}:#{digest}"
+
+
 def _member_side(posting: Posting) -> int:
     """The posting's effect on the member's own accounts together (0 for a move between
     them, such as capture from reserved, which still counts as a redemption below)."""
@@ -96,7 +113,7 @@ def from_postings(postings: Iterable[Posting], *, member_id: str, ref: str,
             change = _member_side(posting)
         totals[kind] = totals.get(kind, 0) + change
     return [
-        Message(kind, f"{kind}:{member_id}:{ref}",
+        Message(kind, message_key(kind, member_id, ref),
                 {"member": member_id, "ref": ref, "points": points, "balances": balances})
         for kind, points in totals.items() if points != 0
     ]
@@ -113,7 +130,7 @@ def from_credit_postings(postings: Iterable[Posting], *, member_id: str, ref: st
         if kind is not None:
             totals[kind] = totals.get(kind, 0) + posting.points
     return [
-        Message(kind, f"{kind}:{member_id}:{ref}",
+        Message(kind, message_key(kind, member_id, ref),
                 {"member": member_id, "ref": ref, "amount": as_text(amount),
                  "currency": currency, "balances": balances})
         for kind, amount in totals.items()
@@ -124,7 +141,7 @@ def tier_changed(member_id: str, ref: str, before: tuple[str, int], after: tuple
                  names: dict[str, str]) -> Message:
     """``before`` and ``after`` are (level id, position in the ladder)."""
     direction = "up" if after[1] > before[1] else "down"
-    return Message(TIER_CHANGED, f"{TIER_CHANGED}:{member_id}:{ref}",
+    return Message(TIER_CHANGED, message_key(TIER_CHANGED, member_id, ref),
                    {"member": member_id, "ref": ref, "from": before[0], "to": after[0],
                     "to_name": names.get(after[0], after[0]), "direction": direction})
 
