@@ -16,15 +16,14 @@ import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
 from setia.adapters.db import tables_engagement as te
-from setia.adapters.db.store import PostingContext, UnitOfWork
+from setia.adapters.db.store import UnitOfWork
 from setia.domain.events import Event
 from setia.domain.programme import Programme
 from setia.service import outbox
-from setia.service.common import require_programme, transaction
+from setia.service.common import require_programme
+from setia.service.due_members import Work, each_member
 from setia.service.engagement import plan_of
 from setia.service.memberships import apply_tier_floor, issue_monthly, restore_tier
-
-BATCH = 200
 
 
 def engagement_due(engine: sa.Engine, program_id: str, as_of: datetime,
@@ -49,24 +48,10 @@ def _has_rows(engine: sa.Engine, program_id: str) -> bool:
 
 
 def _for_each_member(engine: sa.Engine, program_id: str, pks: list[int], as_of: datetime,
-                     work: Any, counts: dict[str, int]) -> None:
-    """``work`` counts into a tally of its own attempt, added to ``counts`` once the batch
-    commits: a retried batch is counted once."""
-    for start in range(0, len(pks), BATCH):
-        chunk = pks[start:start + BATCH]
-
-        def batch(uow: UnitOfWork, chunk: list[int] = chunk) -> Counter[str]:
-            tally: Counter[str] = Counter()
-            programme = require_programme(uow, program_id)
-            for member in uow.members_for_update(program_id, chunk, skip_locked=True):
-                work(uow, programme, member, tally)
-                uow.record(program_id, member, PostingContext(
-                    f"run-due:{as_of.isoformat()}", programme.version, as_of))
-            uow.commit()
-            return tally
-
-        for name, count in transaction(engine, batch).items():
-            counts[name] += count
+                     work: Work, counts: dict[str, int]) -> None:
+    for name, count in each_member(engine, program_id, pks, as_of, work,
+                                   announce=False).items():
+        counts[name] += count
 
 
 def _memberships(engine: sa.Engine, program_id: str, as_of: datetime,

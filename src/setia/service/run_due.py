@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from dateutil.relativedelta import relativedelta
 
 from setia.adapters.db import tables as t
-from setia.adapters.db.store import PostingContext, UnitOfWork
+from setia.adapters.db.store import UnitOfWork
 from setia.domain import tiers
 from setia.domain.errors import RedemptionNotHeld, UnknownProgramme
 from setia.domain.events import Event
@@ -26,12 +26,11 @@ from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.service import outbox, referrals, store_credit
 from setia.service.common import request_hash, require_programme, transaction
+from setia.service.due_members import Work, each_member
 from setia.service.engagement_due import engagement_due
 from setia.service.events import apply_event
 from setia.service.memberships import held_floor
 from setia.service.redemptions import finish_hold
-
-BATCH_MEMBERS = 200
 
 
 @dataclass
@@ -85,27 +84,11 @@ def _scalars(engine: sa.Engine, query: Any) -> list[Any]:
 
 
 def _in_batches(engine: sa.Engine, program_id: str, pks: list[int], as_of: datetime,
-                work: Callable[[UnitOfWork, Programme, Member, Counter[str]], None],
-                report: DueReport) -> None:
-    """``work`` counts what it did in the report's field names into a tally of its own
-    attempt, added to the report once the batch commits: a batch retried (a deadlock, or a
-    key collision) is counted once, as it was done once."""
-    for start in range(0, len(pks), BATCH_MEMBERS):
-        chunk = pks[start:start + BATCH_MEMBERS]
-
-        def batch(uow: UnitOfWork, chunk: list[int] = chunk) -> Counter[str]:
-            tally: Counter[str] = Counter()
-            programme = require_programme(uow, program_id)
-            for member in uow.members_for_update(program_id, chunk, skip_locked=True):
-                work(uow, programme, member, tally)
-                ref = f"run-due:{as_of.isoformat()}"
-                outbox.changed(uow, programme, member, uow.record(
-                    program_id, member, PostingContext(ref, programme.version, as_of)), ref, as_of)
-            uow.commit()
-            return tally
-
-        for name, count in transaction(engine, batch).items():
-            setattr(report, name, getattr(report, name) + count)
+                work: Work, report: DueReport) -> None:
+    """``work`` counts what it did in the report's field names (``each_member``)."""
+    for name, count in each_member(engine, program_id, pks, as_of, work,
+                                   announce=True).items():
+        setattr(report, name, getattr(report, name) + count)
 
 
 def _holds(engine: sa.Engine, program_id: str, as_of: datetime, report: DueReport) -> None:
