@@ -100,18 +100,30 @@ def _member_side(posting: Posting) -> int:
     return delta
 
 
+def _totals(postings: Iterable[Posting], kinds: dict[str, str],
+            change: Callable[[Posting, str], int]) -> dict[str, int]:
+    """The ``change`` of ``postings`` summed by message kind (``kinds``: by posting code;
+    a code not there tells nothing)."""
+    totals: dict[str, int] = {}
+    for posting in postings:
+        kind = kinds.get(posting.code)
+        if kind is not None:
+            totals[kind] = totals.get(kind, 0) + change(posting, kind)
+    return totals
+
+
+def _points_change(posting: Posting, kind: str) -> int:
+    """A capture counts its points; a signed kind (adjustments) the member's side as it
+    moved; any other kind the size of the member's side."""
+    if kind in _SIGNED:
+        return _member_side(posting)
+    return posting.points if posting.code == "capture" else abs(_member_side(posting))
+
+
 def from_postings(postings: Iterable[Posting], *, member_id: str, ref: str,
                   balances: dict[str, int]) -> list[Message]:
     """One message per kind of change in ``postings`` (all made by ``ref``)."""
-    totals: dict[str, int] = {}
-    for posting in postings:
-        kind = _BY_CODE.get(posting.code)
-        if kind is None:
-            continue
-        change = posting.points if posting.code == "capture" else abs(_member_side(posting))
-        if kind in _SIGNED:
-            change = _member_side(posting)
-        totals[kind] = totals.get(kind, 0) + change
+    totals = _totals(postings, _BY_CODE, _points_change)
     return [
         Message(kind, message_key(kind, member_id, ref),
                 {"member": member_id, "ref": ref, "points": points, "balances": balances})
@@ -124,11 +136,7 @@ def from_credit_postings(postings: Iterable[Posting], *, member_id: str, ref: st
                          balances: dict[str, str]) -> list[Message]:
     """One message per kind of change to store credit in ``postings`` (all made by
     ``ref``); amounts in minor units, told as money text by ``as_text``."""
-    totals: dict[str, int] = {}
-    for posting in postings:
-        kind = _CREDIT_BY_CODE.get(posting.code)
-        if kind is not None:
-            totals[kind] = totals.get(kind, 0) + posting.points
+    totals = _totals(postings, _CREDIT_BY_CODE, lambda posting, _: posting.points)
     return [
         Message(kind, message_key(kind, member_id, ref),
                 {"member": member_id, "ref": ref, "amount": as_text(amount),
