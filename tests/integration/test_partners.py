@@ -17,7 +17,8 @@ from setia.service import fraud
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.partners import settlement
-from setia.service.redemptions import capture_or_release, redeem
+from setia.service.redemptions import adjust, capture_or_release, redeem
+from setia.service.reversals import reverse
 from tests.conftest import assert_journal_ok, fixed_clock, load_programme
 
 P = "kopi-roti"
@@ -174,3 +175,104 @@ def test_a_rejected_review_gives_the_issuing_partner_the_value_back(engine):
     assert get_member(engine, P, "ana")["balances"]["available"] == 0
     assert_journal_ok(engine)
 
+
+
+def at_point_value(value: str, **changes: Any) -> dict[str, Any]:
+    """The coalition's programme with another ``point_value`` (a new version)."""
+    return {**COALITION, **changes, "partners": {**COALITION["partners"], "point_value": value}}
+
+
+def test_a_clawback_and_a_release_after_the_point_value_changed_give_back_what_was_settled(
+        coalition):
+    # Given at RM 0.01 a point: ana's RM 100.00 at roti (200 points, RM 2.00 charged to roti)
+    # and a hold of 50 at kopi (RM 0.50 owed to kopi)
+    ingest_event(coalition, P, purchase("e1", "100.00", "roti", "2027-03-02T10:00:00+08:00"))
+    held = redeem(coalition, P, {"member": "ana", "points": 50, "hold": True,
+                                 "partner": "kopi"}, "k1", CLOCK)
+    # and then the coalition agrees on RM 0.02 a point
+    load_programme(coalition, at_point_value("0.02"))
+
+    # When 20.00 of the purchase is refunded (40 points clawed back), the hold is released,
+    # and ana buys for RM 10.00 at kopi (10 points, at the new value)
+    ingest_event(coalition, P, {"id": "r1", "type": "refund", "member": "ana",
+                                "order_id": "ord-e1", "amount": "20.00",
+                                "occurred_at": "2027-03-04T10:00:00+08:00"})
+    capture_or_release(coalition, P, held["id"], "release", "k2", CLOCK)
+    ingest_event(coalition, P, purchase("e2", "10.00", "kopi", "2027-03-05T10:00:00+08:00"))
+
+    # Then the clawback and the release give back at RM 0.01, what they were settled at
+    # (at RM 0.02 roti would be owed RM 0.40 it never paid, kopi would owe RM 0.50 more)
+    assert transfers(coalition) == [
+        ("earn", "partner:roti", "coalition", 100, 10_000),
+        ("earn", "partner:roti", "coalition", 100, 10_000),
+        ("hold", "coalition", "partner:kopi", 50, 5_000),
+        ("clawback", "coalition", "partner:roti", 20, 2_000),
+        ("clawback", "coalition", "partner:roti", 20, 2_000),
+        ("release", "partner:kopi", "coalition", 50, 5_000),
+        ("earn", "partner:kopi", "coalition", 10, 2_000),
+    ]
+    view = settlement(coalition, P, "2027-03")
+    assert [(row["account"], row["points_issued"], row["points_burned"], row["net"])
+            for row in view["accounts"]] == [
+        ("partner:kopi", 10, 0, "-0.20"), ("partner:roti", 160, 0, "-1.60"),
+        ("coalition", 0, 0, "1.80")]
+    assert (view["total"], view["point_value"]) == ("0.00", "0.02")
+    assert get_member(coalition, P, "ana")["balances"]["available"] == 170
+    assert_journal_ok(coalition)
+
+
+def test_a_rejected_review_after_the_point_value_changed_gives_back_what_was_settled(engine):
+    # Given ana's RM 80.00 at roti held for review (160 points, RM 1.60 charged to roti at
+    # RM 0.01 a point), and then the coalition agreeing on RM 0.02 a point
+    fraud_section = {"velocity": [{"per": "day", "max_points": 100}]}
+    load_programme(engine, {**COALITION, "fraud": fraud_section})
+    upsert_member(engine, P, "ana", {"enrolled_at": "2027-01-01T09:00:00+08:00"},
+                  fixed_clock("2027-01-01T09:00:00+08:00"))
+    ingest_event(engine, P, purchase("e1", "80.00", "roti", "2027-03-02T10:00:00+08:00"))
+    load_programme(engine, at_point_value("0.02", fraud=fraud_section))
+    (review,) = fraud.reviews(engine, P)
+
+    # When the review is rejected
+    fraud.decide(engine, P, review["id"], "reject", "k1", CLOCK)
+
+    # Then roti gets back the RM 1.60 it was charged, not RM 3.20; nothing issued is left
+    assert transfers(engine) == [
+        ("earn", "partner:roti", "coalition", 80, 8_000),
+        ("earn", "partner:roti", "coalition", 80, 8_000),
+        ("review_reject", "coalition", "partner:roti", 160, 16_000)]
+    assert [(row["account"], row["points_issued"], row["points_burned"], row["net"])
+            for row in settlement(engine, P, "2027-03")["accounts"]] == [
+        ("partner:kopi", 0, 0, "0.00"), ("partner:roti", 0, 0, "0.00"),
+        ("coalition", 0, 0, "0.00")]
+    assert_journal_ok(engine)
+
+
+@pytest.mark.parametrize("new_value", [None, "0.02"])
+def test_a_reversed_event_gives_the_issuing_partner_the_value_back(engine, new_value):
+    # Given ana's review at roti (30 points, RM 0.30 charged to roti at RM 0.01 a point)
+    # and an adjustment of 20 (no partner), then perhaps a new point value
+    earn = [*COALITION["earn"], {"id": "review", "on": "review", "points": 30}]
+    load_programme(engine, {**COALITION, "earn": earn})
+    upsert_member(engine, P, "ana", {"enrolled_at": "2027-01-01T09:00:00+08:00"},
+                  fixed_clock("2027-01-01T09:00:00+08:00"))
+    ingest_event(engine, P, {"id": "v1", "type": "review", "member": "ana", "partner": "roti",
+                             "occurred_at": "2027-03-02T10:00:00+08:00"})
+    adjust(engine, P, {"member": "ana", "points": 20, "reason": "goodwill"}, "a1", CLOCK)
+    if new_value is not None:
+        load_programme(engine, at_point_value(new_value, earn=earn))
+
+    # When both are reversed
+    reverse(engine, P, {"ref": "v1", "reason": "a fake review"}, "rev-1", CLOCK)
+    reverse(engine, P, {"ref": "adjust:a1", "reason": "entered twice"}, "rev-2", CLOCK)
+
+    # Then roti gets back the RM 0.30 it was charged (the adjustment settled nothing)
+    assert transfers(engine) == [
+        ("earn", "partner:roti", "coalition", 30, 3_000),
+        ("reverse", "coalition", "partner:roti", 30, 3_000)]
+    assert [(row["account"], row["points_issued"], row["points_burned"], row["net"])
+            for row in settlement(engine, P, "2027-03")["accounts"]] == [
+        ("partner:kopi", 0, 0, "0.00"), ("partner:roti", 0, 0, "0.00"),
+        ("coalition", 0, 0, "0.00")]
+    assert get_member(engine, P, "ana")["balances"] == {
+        "available": 0, "pending": 0, "reserved": 0}
+    assert_journal_ok(engine)

@@ -11,7 +11,7 @@ from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust
 from setia.service.reversals import reverse
 from setia.service.run_due import run_due
-from tests.conftest import assert_journal_ok, at, fixed_clock
+from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
 
 P = "kopi-setia"
 CLOCK = fixed_clock("2027-02-01T09:00:00+08:00")
@@ -95,3 +95,57 @@ def test_a_purchase_or_an_unknown_reference_cannot_be_reversed(kopi):
     assert unknown.value.field == "ref"
     assert (balances(kopi), journal_rows(kopi)) == (before, rows)
     assert_journal_ok(kopi)
+
+
+def metric_points(engine: sa.Engine) -> list[tuple[str, int]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.text(  # type: ignore[misc]
+            "SELECT month, points FROM metric_buckets ORDER BY month"))]
+
+
+def test_reversing_an_event_lowers_the_points_metric_in_the_events_month(kopi):
+    # Given ali's February: 50 welcome Beans and a review's 5, both counted by the metric
+    upsert_member(kopi, P, "ali", {}, CLOCK)
+    ingest_event(kopi, P, {"id": "rev-1", "type": "review", "member": "ali",
+                           "occurred_at": "2027-02-01T10:00:00+08:00"}, CLOCK)
+    adjust(kopi, P, {"member": "ali", "points": 30, "reason": "goodwill"}, "a1", CLOCK)
+    assert metric_points(kopi) == [("2027-02", 55)]
+
+    # When the review is reversed in March, and the adjustment too
+    march = fixed_clock("2027-03-02T09:00:00+08:00")
+    reverse(kopi, P, {"ref": "rev-1", "reason": "fake review"}, "r1", march)
+    reverse(kopi, P, {"ref": "adjust:a1", "reason": "entered twice"}, "r2", march)
+
+    # Then February counts the welcome Beans only (an adjustment was never counted), and
+    # March nothing
+    assert metric_points(kopi) == [("2027-02", 50)]
+    assert balances(kopi) == {"available": 0, "pending": 50, "reserved": 0}
+    assert_journal_ok(kopi)
+
+
+def test_reversing_an_event_lowers_the_points_metric_by_its_earn_rules_points_only(engine):
+    # Given tiers by points (Gold at 5), and ali's review: 5 points by its rule, counted,
+    # which made her Gold, and 20 by a campaign, never counted
+    load_programme(engine, {
+        "id": "review-cafe", "name": "Review Cafe", "currency": "MYR", "timezone": "UTC",
+        "earn": [{"id": "review", "on": "review", "points": 5}],
+        "campaigns": [{"id": "reviews", "name": "Review bonus", "on": "review", "points": 20}],
+        "tiers": {"metric": "points", "levels": [
+            {"id": "member", "name": "Member", "threshold": 0},
+            {"id": "gold", "name": "Gold", "threshold": 5}]}})
+    upsert_member(engine, "review-cafe", "ali", {}, CLOCK)
+    result = ingest_event(engine, "review-cafe", {
+        "id": "rev-1", "type": "review", "member": "ali",
+        "occurred_at": "2027-02-01T10:00:00+00:00"}, CLOCK)
+    assert (result["points"], result["tier"]["id"]) == (25, "gold")
+    assert metric_points(engine) == [("2027-02", 5)]
+
+    # When the review is reversed (all 25 taken back)
+    reverse(engine, "review-cafe", {"ref": "rev-1", "reason": "fake review"}, "r1", CLOCK)
+
+    # Then the metric loses the 5 it counted, not 25; the tier waits for its review
+    assert metric_points(engine) == [("2027-02", 0)]
+    member = get_member(engine, "review-cafe", "ali", CLOCK)
+    assert (member["balances"], member["tier"]["id"]) == (
+        {"available": 0, "pending": 0, "reserved": 0}, "gold")
+    assert_journal_ok(engine)

@@ -1,10 +1,15 @@
 """Partner settlement: the value points carry between coalition partners.
 
-``settle_event`` and ``settle_redemption`` are called in the transaction of
-the points postings they follow and write one settlement posting per points
-posting that issues or burns points at a partner (domain/partners.py says
-which). ``settlement`` sums a period per account: what each partner owes or is
-owed; the totals, with the coalition's account, sum to zero.
+``settle_event``, ``settle_redemption`` and ``settle_taken_back`` are called in
+the transaction of the points postings they follow and write one settlement
+posting per points posting that issues or burns points at a partner
+(domain/partners.py says which). New points are valued at the current
+``point_value``; points settled earlier and now taken back (a refund's
+clawback, a rejected review, a reversal) or a hold released are valued at what
+their first settlement recorded, so that undoing gives back exactly what was
+settled even if ``point_value`` changed in between. ``settlement`` sums a
+period per account: what each partner owes or is owed; the totals, with the
+coalition's account, sum to zero.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -20,7 +25,7 @@ from setia.adapters.db.store import UnitOfWork
 from setia.adapters.db.tables_partners import settlement_postings
 from setia.domain import referrals
 from setia.domain.events import Event
-from setia.domain.ledger import Posting
+from setia.domain.ledger import AVAILABLE, ISSUED, RESERVED, Posting
 from setia.domain.money import minor_digits
 from setia.domain.partners import (
     COALITION,
@@ -33,6 +38,10 @@ from setia.domain.programme import Programme
 from setia.domain.store_credit import parse_period
 from setia.service.common import require_programme, transaction
 
+# Points postings that take back points issued at a partner: their settlement gives the
+# partner their value back and lowers what it issued (it burned nothing).
+TAKEN_BACK_CODES = frozenset({"clawback", "review_reject", "reverse"})
+
 
 def check_event(programme: Programme, event: Event) -> None:
     """Refuse an event that names a partner the programme does not have."""
@@ -40,14 +49,55 @@ def check_event(programme: Programme, event: Event) -> None:
         require_partner(programme.model.partners, event.partner)
 
 
+class Settled(NamedTuple):
+    """The partner a reference's points were settled with, and the value per point then."""
+
+    partner: str
+    point_value: Decimal
+
+
+def _settled(uow: UnitOfWork, program_id: str, ref: str) -> Settled | None:
+    """How the points of ``ref`` (an event that issued them, a redemption's hold) were
+    settled: the first settlement posting of that reference says with whom and at what
+    value per point (its ``amount_e4`` over its ``points``; all settlement postings of one
+    transaction have one programme version). None if it settled nothing."""
+    s = settlement_postings
+    first = uow.execute(
+        sa.select(s.c.partner, s.c.points, s.c.amount_e4)
+        .where(s.c.program_id == program_id, s.c.ref == ref)
+        .order_by(s.c.id).limit(1)).first()
+    if first is None:
+        return None
+    points, amount_e4 = int(first.points), int(first.amount_e4)
+    assert amount_e4 % points == 0, "a settled value per point has at most 4 decimals"
+    return Settled(first.partner, Decimal(amount_e4 // points).scaleb(-4))
+
+
+def _undoes(posting: Posting) -> bool:
+    """Whether a points posting undoes points settled earlier: issued points taken back
+    (to the issued account), or a hold released (reserved back to available)."""
+    return posting.credit == ISSUED or (posting.debit == RESERVED
+                                         and posting.credit == AVAILABLE)
+
+
 def _write(uow: UnitOfWork, programme: Programme, partner_id: str, ref: str,
-           postings: Sequence[Posting], occurred_at: datetime) -> int:
+           postings: Sequence[Posting], occurred_at: datetime,
+           settled: Settled | None = None) -> int:
+    """One settlement posting per points posting that moves value at the partner. Points
+    that undo an earlier settlement are valued as ``settled`` recorded them (and settle
+    nothing if nothing was settled); the others at the current ``point_value``."""
     config = programme.model.partners
     assert config is not None
     rows = []
     for posting in postings:
+        if _undoes(posting):
+            if settled is None:
+                continue
+            value = settled.point_value
+        else:
+            value = config.point_value
         transfer = transfer_for(posting.code, posting.debit, posting.credit, posting.points,
-                                partner_id, config.point_value)
+                                partner_id, value)
         if transfer is None:
             continue
         rows.append({"program_id": programme.id, "currency": programme.currency,
@@ -67,6 +117,7 @@ def settle_event(uow: UnitOfWork, programme: Programme, event: Event,
     if programme.model.partners is None or not postings:
         return
     partner_id = event.partner
+    settled = None
     if event.type == "refund" and event.order_id is not None:
         order = uow.order(programme.id, event.order_id, programme.currency)
         partner_id = order.payload.get("partner") if order is not None else None
@@ -74,9 +125,12 @@ def settle_event(uow: UnitOfWork, programme: Programme, event: Event,
         # it, was paid by run-due and settled with no partner: nothing to give back.
         postings = [p for p in postings
                     if not (p.rule_id or "").startswith(referrals.RULE_PREFIX)]
+        if order is not None and partner_id is not None and any(map(_undoes, postings)):
+            # the purchase's points go back at the value they were settled at
+            settled = _settled(uow, programme.id, order.event_id)
     if partner_id is None:
         return
-    _write(uow, programme, partner_id, event.id, postings, event.occurred_at)
+    _write(uow, programme, partner_id, event.id, postings, event.occurred_at, settled)
 
 
 def settle_redemption(uow: UnitOfWork, programme: Programme, partner_id: Any, ref: str,
@@ -85,30 +139,28 @@ def settle_redemption(uow: UnitOfWork, programme: Programme, partner_id: Any, re
     release names no partner: it is the partner the redemption's hold was settled with."""
     if programme.model.partners is None and partner_id is None:
         return
+    settled = None
     if partner_id is None:
-        partner_id = uow.execute(
-            sa.select(settlement_postings.c.partner).where(
-                settlement_postings.c.program_id == programme.id,
-                settlement_postings.c.ref == ref).limit(1)).scalar()
-        if partner_id is None:
+        # a release gives back the value its hold was settled at
+        settled = _settled(uow, programme.id, ref)
+        if settled is None:
             return
+        partner_id = settled.partner
     else:
         require_partner(programme.model.partners, partner_id)
-    _write(uow, programme, partner_id, ref, postings, now)
+    _write(uow, programme, partner_id, ref, postings, now, settled)
 
 
 def settle_taken_back(uow: UnitOfWork, programme: Programme, event_id: str, ref: str,
                       postings: Sequence[Posting], now: datetime) -> None:
     """Points an event issued at a partner, taken back later under ``ref`` (a rejected
-    review): the partner its points were settled with gets their value back."""
+    review, a reversal): the partner its points were settled with gets back their value,
+    at the value per point they were settled at."""
     if programme.model.partners is None or not postings:
         return
-    partner_id = uow.execute(
-        sa.select(settlement_postings.c.partner).where(
-            settlement_postings.c.program_id == programme.id,
-            settlement_postings.c.ref == event_id).limit(1)).scalar()
-    if partner_id is not None:
-        _write(uow, programme, partner_id, ref, postings, now)
+    settled = _settled(uow, programme.id, event_id)
+    if settled is not None:
+        _write(uow, programme, settled.partner, ref, postings, now, settled)
 
 
 def _money(amount_e4: int, digits: int) -> str:
@@ -141,10 +193,11 @@ def settlement(engine: sa.Engine, program_id: str, period_text: Any) -> dict[str
             payer["net_e4"] -= amount
             payee["net_e4"] += amount
             # Value leaves a partner for points issued there (or a released hold) and comes
-            # in for points burned there (or issued points clawed back by a refund).
+            # in for points burned there (or issued points taken back: a refund's clawback,
+            # a rejected review, a reversal).
             if row.code == "release":
                 payer["burned"] -= points
-            elif row.code == "clawback":
+            elif row.code in TAKEN_BACK_CODES:
                 payee["issued"] -= points
             elif row.debit != COALITION:
                 payer["issued"] += points

@@ -6,6 +6,11 @@ earned points are taken back like a clawback (the reference's own pending
 points first, then the lots that expire first, the rest as a debt); points an
 adjustment removed are given back. Purchases are undone by refunds, which
 also correct the order and the tier metric. A reference is reversed once.
+
+Like a refund or a rejected review, taking an event's points back lowers the
+member's points tier metric by what it takes of the points the metric counted
+(``_lower_points_metric``), and gives the partner the event was settled with
+the value of the points back (``partners.settle_taken_back``).
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import sqlalchemy as sa
 from setia.adapters.db import tables as t
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import PostingContext, UnitOfWork
-from setia.domain import earning
+from setia.domain import earning, tiers
+from setia.domain.engagement import is_engagement_rule
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
-from setia.domain.ledger import MEMBER_ACCOUNTS, PROGRAMME_ACCOUNTS
-from setia.service import audit, fraud, outbox
+from setia.domain.ledger import ASSET_POINTS, MEMBER_ACCOUNTS, PROGRAMME_ACCOUNTS
+from setia.domain.member import Member
+from setia.domain.programme import Programme
+from setia.service import audit, fraud, outbox, partners
 from setia.service.common import (
     Clock,
     idempotent,
@@ -47,6 +55,35 @@ def _net_by_member(rows: Sequence[Any]) -> dict[int, dict[str, int]]:
         elif row.debit in MEMBER_ACCOUNTS and row.credit in PROGRAMME_ACCOUNTS:
             net[row.member_pk][row.credit] -= row.points
     return net
+
+
+def _lower_points_metric(uow: UnitOfWork, programme: Programme, member: Member, ref: str,
+                         rows: Sequence[Any], taken: int) -> None:
+    """Lower the points tier metric by what the reversal takes of the points it counted.
+
+    The metric counted an event's earn rules' points, in the month of the event
+    (``events._other``); campaign, stamp and membership points, and points not earned by
+    an event (surveys, referrals, adjustments), it never counted. A rejected review of the
+    event lowered it already by what it took of them, at most all of them (``fraud``):
+    the reversal lowers it by the rest at most, so that it never goes below what the
+    event counted."""
+    earned = [row for row in rows if row.member_pk == member.pk and row.code == "earn"
+              and row.asset == ASSET_POINTS and row.ref == ref]
+    counted = sum(row.points for row in earned
+                  if row.rule_id is not None and not is_engagement_rule(row.rule_id))
+    if taken <= 0 or counted <= 0:
+        return
+    e = t.events
+    if uow.execute(sa.select(e.c.id).where(e.c.program_id == programme.id,
+                                           e.c.id == ref)).first() is None:
+        return  # not an event: nothing of it was counted
+    rejected = sum(row.points for row in rows if row.member_pk == member.pk
+                   and row.code == "review_reject" and row.asset == ASSET_POINTS)
+    lower = min(taken, counted - min(rejected, counted))
+    if lower > 0:
+        month = tiers.month_key(min(row.occurred_at for row in earned)
+                                .astimezone(programme.tz))
+        member.add_to_bucket(month, points=-lower)
 
 
 def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
@@ -92,8 +129,9 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
             done = uow.members_for_update(program_id, net)
             changed = []
             for member in done:
-                fraud.taken_back(uow, program_id, ref, sum(
-                    points for points in net[member.pk].values() if points > 0))
+                taken = sum(points for points in net[member.pk].values() if points > 0)
+                fraud.taken_back(uow, program_id, ref, taken)
+                _lower_points_metric(uow, programme, member, ref, rows, taken)
                 for account, points in sorted(net[member.pk].items()):
                     if points > 0:
                         member.ledger.clawback(points, order_id=None, rule_id=None,
@@ -108,6 +146,8 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                 posted = uow.record(program_id, member,
                                     PostingContext(reversal_ref, programme.version, now))
                 outbox.changed(uow, programme, member, posted, reversal_ref, now)
+                # the partner the event's points were settled with gets their value back
+                partners.settle_taken_back(uow, programme, ref, reversal_ref, posted, now)
                 if posted:
                     changed.append({"member": member.id, "balances": balances(member)})
             audit.record(uow, "reverse", program_id=program_id, target=ref, before=None,
