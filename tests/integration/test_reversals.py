@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
+from setia.service import privacy
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust
@@ -148,4 +149,30 @@ def test_reversing_an_event_lowers_the_points_metric_by_its_earn_rules_points_on
     member = get_member(engine, "review-cafe", "ali", CLOCK)
     assert (member["balances"], member["tier"]["id"]) == (
         {"available": 0, "pending": 0, "reserved": 0}, "gold")
+    assert_journal_ok(engine)
+
+
+def test_reversing_an_event_pruned_since_lowers_the_points_metric_too(engine):
+    # Given tiers by points and ali's review of February (5 points, counted), in a
+    # programme that keeps stored events 6 months
+    load_programme(engine, {
+        "id": "review-cafe", "name": "Review Cafe", "currency": "MYR", "timezone": "UTC",
+        "earn": [{"id": "review", "on": "review", "points": 5}],
+        "tiers": {"metric": "points", "window": "calendar_year", "levels": [
+            {"id": "member", "name": "Member", "threshold": 0},
+            {"id": "gold", "name": "Gold", "threshold": 100}]},
+        "privacy": {"event_retention_months": 6}})
+    upsert_member(engine, "review-cafe", "ali", {}, CLOCK)
+    ingest_event(engine, "review-cafe", {"id": "rev-1", "type": "review", "member": "ali",
+                                         "occurred_at": "2027-02-01T10:00:00+00:00"}, CLOCK)
+    # and the stored events pruned in September (the journal stays)
+    assert privacy.prune_events(engine, at("2027-09-01T00:00:00+00:00")) == {"review-cafe": 2}
+
+    # When the review is reversed
+    reverse(engine, "review-cafe", {"ref": "rev-1", "reason": "fake review"}, "r1",
+            fixed_clock("2027-09-01T09:00:00+00:00"))
+
+    # Then February's metric loses its 5 as it would have before the pruning
+    assert metric_points(engine) == [("2027-02", 0)]
+    assert account_total(engine, "available") == 0
     assert_journal_ok(engine)

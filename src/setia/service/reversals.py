@@ -24,13 +24,13 @@ import sqlalchemy as sa
 from setia.adapters.db import tables as t
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import PostingContext, UnitOfWork
-from setia.domain import earning, tiers
+from setia.domain import earning, referrals, tiers
 from setia.domain.engagement import is_engagement_rule
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
 from setia.domain.ledger import ASSET_POINTS, MEMBER_ACCOUNTS, PROGRAMME_ACCOUNTS
 from setia.domain.member import Member
 from setia.domain.programme import Programme
-from setia.service import audit, fraud, outbox, partners
+from setia.service import audit, fraud, outbox, partners, surveys
 from setia.service.common import (
     Clock,
     idempotent,
@@ -57,26 +57,23 @@ def _net_by_member(rows: Sequence[Any]) -> dict[int, dict[str, int]]:
     return net
 
 
-def _lower_points_metric(uow: UnitOfWork, programme: Programme, member: Member, ref: str,
-                         rows: Sequence[Any], taken: int) -> None:
+def _lower_points_metric(programme: Programme, member: Member, rows: Sequence[Any],
+                         taken: int) -> None:
     """Lower the points tier metric by what the reversal takes of the points it counted.
 
     The metric counted an event's earn rules' points, in the month of the event
     (``events._other``); campaign, stamp and membership points, and points not earned by
-    an event (surveys, referrals, adjustments), it never counted. A rejected review of the
-    event lowered it already by what it took of them, at most all of them (``fraud``):
-    the reversal lowers it by the rest at most, so that it never goes below what the
-    event counted."""
+    an event (surveys, referrals, adjustments: no earn rule of the programme), it never
+    counted. Which points those were is told by their postings' rule ids, so that an event
+    pruned since (``privacy.prune_events``) is told apart as well. A rejected review of the
+    event lowered the metric already by what it took of them, at most all of them
+    (``fraud``): the reversal lowers it by the rest at most, so that it never goes below
+    what the event counted."""
     earned = [row for row in rows if row.member_pk == member.pk and row.code == "earn"
-              and row.asset == ASSET_POINTS and row.ref == ref]
-    counted = sum(row.points for row in earned
-                  if row.rule_id is not None and not is_engagement_rule(row.rule_id))
+              and row.asset == ASSET_POINTS and _counted(row.rule_id)]
+    counted = sum(row.points for row in earned)
     if taken <= 0 or counted <= 0:
         return
-    e = t.events
-    if uow.execute(sa.select(e.c.id).where(e.c.program_id == programme.id,
-                                           e.c.id == ref)).first() is None:
-        return  # not an event: nothing of it was counted
     rejected = sum(row.points for row in rows if row.member_pk == member.pk
                    and row.code == "review_reject" and row.asset == ASSET_POINTS)
     lower = min(taken, counted - min(rejected, counted))
@@ -84,6 +81,13 @@ def _lower_points_metric(uow: UnitOfWork, programme: Programme, member: Member, 
         month = tiers.month_key(min(row.occurred_at for row in earned)
                                 .astimezone(programme.tz))
         member.add_to_bucket(month, points=-lower)
+
+
+def _counted(rule_id: str | None) -> bool:
+    """Whether points earned under ``rule_id`` count in the points tier metric: a
+    programme's own earn rule (its ids hold no ``:``)."""
+    return (rule_id is not None and not is_engagement_rule(rule_id)
+            and not rule_id.startswith((surveys.RULE_PREFIX, referrals.RULE_PREFIX)))
 
 
 def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
@@ -131,7 +135,7 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
             for member in done:
                 taken = sum(points for points in net[member.pk].values() if points > 0)
                 fraud.taken_back(uow, program_id, ref, taken)
-                _lower_points_metric(uow, programme, member, ref, rows, taken)
+                _lower_points_metric(programme, member, rows, taken)
                 for account, points in sorted(net[member.pk].items()):
                     if points > 0:
                         member.ledger.clawback(points, order_id=None, rule_id=None,

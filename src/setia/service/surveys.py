@@ -26,8 +26,11 @@ from setia.service.views import balances
 PERIODS = ("day", "week", "month", "year")
 
 
+RULE_PREFIX = "survey:"  # rule id of a survey's reward: survey:<id>
+
+
 def rule_id(survey_id: str) -> str:
-    return f"survey:{survey_id}"
+    return f"{RULE_PREFIX}{survey_id}"
 
 
 # How far ahead of the server's clock a till's submitted_at may be.
