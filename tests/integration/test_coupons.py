@@ -262,3 +262,70 @@ def test_release_by_order(cafe: sa.Engine) -> None:
         coupons.release(cafe, P, {"order_id": "o-1"}, "rel-2", NOW)
     assert counter(cafe, "welcome10") == 0
     assert coupons.uses_of_order(cafe, P, "o-1")[0]["released_at"] is not None
+
+
+FIRSTCAKE = {"id": "first-cake", "code": "FIRSTCAKE", "discount": {"amount_off": "3.00"},
+             "first_purchase": True}
+
+
+def with_two_first_purchase_coupons(engine: sa.Engine) -> None:
+    """growth-cafe again, with a second first-purchase coupon: FIRSTCAKE, RM 3.00 off."""
+    load_programme(engine, {**GROWTH, "coupons": [*GROWTH["coupons"], FIRSTCAKE]})
+
+
+def test_two_different_first_purchase_coupons_go_on_one_order_only(cafe: sa.Engine) -> None:
+    # Given ben, with no purchase yet, and FIRSTCUP on his order o-1
+    with_two_first_purchase_coupons(cafe)
+    lines = [{"sku": "LATTE", "category": "coffee", "amount": "13.00"}]
+    coupons.redeem(cafe, P, basket("FIRSTCUP", "ben", "13.00", lines=lines, order_id="o-1"),
+                   "k-1", NOW)
+    before = uses_table(cafe)
+
+    # When the till uses the other first-purchase coupon on a second order, or checks it
+    # without naming an order
+    with pytest.raises(c.CouponFirstPurchaseOnly) as caught:
+        coupons.redeem(cafe, P, basket("FIRSTCAKE", "ben", "13.00", order_id="o-2"), "k-2",
+                       NOW)
+    with pytest.raises(c.CouponFirstPurchaseOnly):
+        coupons.validate(cafe, P, basket("FIRSTCAKE", "ben", "13.00"), NOW)
+
+    # Then both are refused naming the member and the order that has one, nothing changed
+    assert caught.value.field == "member"
+    assert str(caught.value) == ("coupon first-cake is for a first purchase, and the member "
+                                 "has first-purchase coupon first-coffee on order o-1 already")
+    assert before == uses_table(cafe) == [
+        ("first-coffee", "FIRSTCUP", "ben", "o-1", Decimal("5.00"), False)]
+    assert counter(cafe, "first-cake") is None
+    assert_journal_ok(cafe)
+
+
+def test_a_second_first_purchase_coupon_may_go_on_the_same_order_or_after_a_release(
+        cafe: sa.Engine) -> None:
+    # Given ben's FIRSTCUP on order o-1, and ana's on her order o-9
+    with_two_first_purchase_coupons(cafe)
+    lines = [{"sku": "LATTE", "category": "coffee", "amount": "13.00"}]
+    coupons.redeem(cafe, P, basket("FIRSTCUP", "ben", "13.00", lines=lines, order_id="o-1"),
+                   "k-1", NOW)
+    coupons.redeem(cafe, P, basket("FIRSTCUP", "ana", "13.00", lines=lines, order_id="o-9"),
+                   "k-9", NOW)
+
+    # When FIRSTCAKE is checked and used for ben's same order o-1 (that order is his first
+    # purchase), and, once ana's o-9 is given back, used for ana's order o-10
+    valid = coupons.validate(cafe, P, basket("FIRSTCAKE", "ben", "13.00", order_id="o-1"),
+                             NOW)
+    same = coupons.redeem(cafe, P, basket("FIRSTCAKE", "ben", "13.00", order_id="o-1"),
+                          "k-2", NOW)
+    coupons.release(cafe, P, {"order_id": "o-9"}, "rel-9", NOW)
+    after_release = coupons.redeem(cafe, P, basket("FIRSTCAKE", "ana", "13.00",
+                                                   order_id="o-10"), "k-10", NOW)
+
+    # Then all are allowed
+    assert (valid["coupon"], valid["discount"]) == ("first-cake", "3.00")
+    assert (same["order_id"], same["discount"]) == ("o-1", "3.00")
+    assert (after_release["order_id"], after_release["discount"]) == ("o-10", "3.00")
+    assert sorted(uses_table(cafe)) == [  # (all used at the same time: sorted here)
+        ("first-cake", "FIRSTCAKE", "ana", "o-10", Decimal("3.00"), False),
+        ("first-cake", "FIRSTCAKE", "ben", "o-1", Decimal("3.00"), False),
+        ("first-coffee", "FIRSTCUP", "ana", "o-9", Decimal("5.00"), True),
+        ("first-coffee", "FIRSTCUP", "ben", "o-1", Decimal("5.00"), False)]
+    assert_journal_ok(cafe)

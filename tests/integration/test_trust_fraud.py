@@ -390,6 +390,44 @@ def test_events_of_one_batch_count_towards_the_velocity_limits(cafe):
     assert_journal_ok(cafe)
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batch"])
+def test_a_purchase_that_earned_nothing_counts_as_a_receipt_but_not_as_an_earning_event(
+        engine, batched):
+    # Given a programme whose purchases earn in the app only, one earning event an hour
+    # allowed, and duplicate receipts screened
+    document = {**PROGRAMME, "earn": [{"id": "base", "on": "purchase", "rate": 1,
+                                       "channels": ["app"]}],
+                "fraud": {"velocity": [{"per": "hour", "max_events": 1}],
+                          "duplicate_receipts": {"window_minutes": 10}}}
+    load_programme(engine, document)
+    for member in ("m1", "m2"):
+        upsert_member(engine, P, member, {}, CLOCK)
+    events = [
+        # m1 at the till (no points), then in the app at another store
+        {**purchase("e1", "m1", "2027-03-01T10:00:00+00:00", "42.50"), "channel": "till"},
+        {**purchase("e2", "m1", "2027-03-01T10:01:00+00:00", "10.00", store="pg-02"),
+         "channel": "app"},
+        # m2 in the app with the receipt of m1's till purchase
+        {**purchase("e3", "m2", "2027-03-01T10:02:00+00:00", "42.50"), "channel": "app"},
+    ]
+
+    # When they are sent one by one, or in one batch (whose orders are written at commit)
+    results = (ingest_batch(engine, P, events, CLOCK) if batched
+               else [ingest_event(engine, P, event, CLOCK) for event in events])
+
+    # Then the same either way: m1's till purchase is m2's receipt's duplicate, but not an
+    # earning event of m1's hour
+    assert [r["points"] for r in results] == [0, 10, 42]
+    assert [r.get("review", {}).get("reasons") for r in results] == [None, None, [
+        "duplicate receipt: 1 other purchase(s) with the same store and amount within 10 "
+        "minutes"]]
+    assert balances(engine, "m1") == {"available": 10, "pending": 0, "reserved": 0}
+    assert balances(engine, "m2") == {"available": 0, "pending": 42, "reserved": 0}
+    assert [(r["member"], r["event"], r["points"]) for r in fraud.reviews(engine, P)] == [
+        ("m2", "e3", 42)]
+    assert_journal_ok(engine)
+
+
 def kopi_holding_a_purchase(engine: sa.Engine) -> dict[str, Any]:
     """Kopi Setia (3 pending days) holding points over 50 a day for review, and cust-1's
     purchase of 2 March: base 42 + first-visit 100 = 142, held. Its result."""
@@ -457,5 +495,6 @@ def test_without_a_fraud_section_ingestion_runs_no_fraud_query(kopi):
     finally:
         sa.event.remove(kopi, "before_cursor_execute", seen)
     assert statements, "the listener saw the ingestion"
-    assert not [s for s in statements if "fraud_reviews" in s or "count(DISTINCT" in s]
+    assert not [s for s in statements if "fraud_reviews" in s or "count(DISTINCT" in s
+                or "pg_advisory" in s]
     assert_journal_ok(kopi)

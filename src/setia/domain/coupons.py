@@ -200,8 +200,8 @@ def check_member(coupon: Coupon, facts: MemberFacts, now: datetime) -> None:
         # Redeemed on an order whose purchase is not recorded yet: that order is her first
         # purchase, so a second order cannot be (until the first use is released).
         raise CouponFirstPurchaseOnly(
-            f"coupon {coupon.id} is for a first purchase, and the member has it on another "
-            f"order already", field="member")
+            f"coupon {coupon.id} is for a first purchase, and the member has it on an order "
+            f"already", field="member")
     if coupon.new_members_days is not None and \
             now - facts.enrolled_at > timedelta(days=coupon.new_members_days):
         raise CouponNewMembersOnly(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -142,3 +143,23 @@ def require_reason(body: dict[str, Any]) -> str:
         raise InvalidField(f"reason is required (1 to {MAX_REASON_LENGTH} characters)",
                            field="reason")
     return reason
+
+
+# The advisory locks each unit of work holds (a batch sends each key once).
+_held_locks: weakref.WeakKeyDictionary[UnitOfWork, set[int]] = weakref.WeakKeyDictionary()
+
+
+def advisory_xact_lock(uow: UnitOfWork, *name: str | int) -> None:
+    """Hold a lock on ``name`` until the transaction ends, on PostgreSQL
+    (``pg_advisory_xact_lock``); SQLite has one writer and needs none. For a check that
+    reads rows another transaction may be about to insert, where there is no row to lock.
+    The name is hashed to the lock's 64-bit key: a rare collision of two names only makes
+    their writes wait for each other."""
+    if uow.dialect != "postgresql":
+        return
+    text = "\x00".join(["setia", *map(str, name)]).encode()
+    key = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+    held = _held_locks.setdefault(uow, set())
+    if key not in held:
+        uow.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        held.add(key)

@@ -2,8 +2,10 @@
 generate batches of unique codes.
 
 Lock order, the same for every command: the member row (FOR UPDATE; it serialises
-the member's per-member count), then the code's row (one conditional UPDATE
-``uses = 1 WHERE uses = 0``), then the coupon's total counter (one conditional
+the member's per-member count and her first-purchase coupons), then the order (a
+transaction-scoped advisory lock on PostgreSQL: uses of one order by different members
+are serialised, so a coupon goes on an order once), then the code's row (one conditional
+UPDATE ``uses = 1 WHERE uses = 0``), then the coupon's total counter (one conditional
 UPDATE ``uses = uses + 1 WHERE uses < max_uses``). Releasing lowers both again.
 """
 
@@ -27,7 +29,14 @@ from setia.domain.errors import CurrencyMismatch, InvalidField, UnknownMember
 from setia.domain.member import Member
 from setia.domain.money import minor_digits, parse_amount
 from setia.domain.programme import Programme
-from setia.service.common import Clock, idempotent, require_programme, transaction, utc_now
+from setia.service.common import (
+    Clock,
+    advisory_xact_lock,
+    idempotent,
+    require_programme,
+    transaction,
+    utc_now,
+)
 
 RandomBytes = Callable[[int], bytes]
 CHUNK_CODES = 10_000
@@ -133,8 +142,29 @@ def _assess(uow: UnitOfWork, programme: Programme, body: Any, now: datetime, *, 
     facts = c.MemberFacts(purchases=member.purchases, enrolled_at=member.enrolled_at,
                           uses_of_coupon=_active_uses(uow, programme, coupon.id, member.pk))
     c.check_member(coupon, facts, now)
+    if coupon.first_purchase:
+        _check_first_purchase_order(uow, programme, coupon, member, order_id)
     discount = c.discount_for(coupon, basket, minor_digits(programme.currency))
     return coupon, code, generated, member, discount, order_id
+
+
+def _check_first_purchase_order(uow: UnitOfWork, programme: Programme, coupon: c.Coupon,
+                                member: Member, order_id: str | None) -> None:
+    """A member's first purchase is one order: a first-purchase coupon is refused while
+    she has any first-purchase coupon standing on another order (on any order, when no
+    order is named). Her row is locked by ``redeem``, so two tills cannot both pass."""
+    first = sorted(cp.id for cp in programme.model.coupons or [] if cp.first_purchase)
+    u = tc.coupon_uses
+    query = sa.select(u.c.coupon_id, u.c.order_id).where(
+        u.c.member_pk == member.pk, u.c.coupon_id.in_(first), u.c.program_id == programme.id,
+        u.c.released_at.is_(None))
+    if order_id is not None:
+        query = query.where(u.c.order_id != order_id)
+    found = uow.execute(query.order_by(u.c.used_at, u.c.id).limit(1)).first()
+    if found is not None:
+        raise c.CouponFirstPurchaseOnly(
+            f"coupon {coupon.id} is for a first purchase, and the member has first-purchase "
+            f"coupon {found.coupon_id} on order {found.order_id} already", field="member")
 
 
 def _check_counts(uow: UnitOfWork, programme: Programme, coupon: c.Coupon, code: str,
@@ -254,6 +284,9 @@ def redeem_in(uow: UnitOfWork, programme: Programme, body: Any, key: str, now: d
         coupon, code, generated, member, discount, order_id = _assess(
             uow, programme, body, now, order=True, lock=True)
         assert order_id is not None
+        # Another member's till may be using a code on the same order: without the lock
+        # both would miss each other's use and apply the coupon twice.
+        advisory_xact_lock(uow, "coupon-order", programme.id, order_id)
         u = tc.coupon_uses
         applied = uow.execute(sa.select(u.c.id).where(
             u.c.program_id == programme.id, u.c.order_id == order_id,

@@ -6,6 +6,13 @@ earnings and same-store, same-amount purchases in one statement, and if the even
 suspicious holds its points (domain ``MemberLedger.suspend``) and queues a review.
 Admins approve (the points become available when they were due) or reject (the points
 are taken back) with ``decide``.
+
+Two members' purchases of the same store and amount, applied by concurrent transactions,
+would each miss the other's order (not committed yet). On PostgreSQL a programme that
+screens duplicate receipts therefore takes a transaction-scoped advisory lock on (programme,
+store, amount) for every such purchase before it counts the others (``_lock_receipt``): the
+second waits until the first commits, and its count, a new statement, then finds the
+first's order. The lock is taken after the member locks and held to the commit.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from setia.domain.programme import Programme
 from setia.service import audit, outbox, partners
 from setia.service.common import (
     Clock,
+    advisory_xact_lock,
     idempotent,
     iso,
     require_programme,
@@ -48,10 +56,19 @@ def screen(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
     """Hold the points of a suspicious event and queue it for review; what the event
     result shows about it (``{"review", "reasons", "held"}``), or None."""
     config = programme.model.fraud
-    if config is None or points <= 0 or not config.active:
+    if config is None or not config.active:
         return None
-    recent = _recent(uow, programme, member, event, config)
     seen = _unwritten.setdefault(uow, [])
+    if points <= 0:
+        # Nothing to hold, but a purchase's order counts for the duplicate check of a later
+        # event of the same batch, as it would once written. (It takes no receipt lock: it
+        # reads nothing, so a concurrent purchase that misses it is as if applied first.)
+        if event.type == "purchase" and config.duplicate_receipts is not None:
+            seen.append((member.pk, event.occurred_at, 0, event.store, event.amount))
+        return None
+    if config.duplicate_receipts is not None:
+        _lock_receipt(uow, programme, event)
+    recent = _recent(uow, programme, member, event, config)
     seen.append((member.pk, event.occurred_at, points, event.store, event.amount
                  if event.type == "purchase" else None))
     found = trust.reasons(config, recent, points)
@@ -136,6 +153,16 @@ def taken_back(uow: UnitOfWork, program_id: str, event_id: str, points: int) -> 
                 .values(points=sa.case((r.c.points > points, r.c.points - points), else_=0)))
 
 
+def _lock_receipt(uow: UnitOfWork, programme: Programme, event: Event) -> None:
+    """Serialise purchases of the same programme, store and amount until commit, so that
+    the duplicate count of the second finds the first's order. Taken after the member
+    locks; two batches taking keys in opposite orders deadlock, which the server detects
+    and ``transaction`` retries."""
+    if event.type == "purchase" and event.store is not None and event.amount is not None:
+        advisory_xact_lock(uow, "receipt", programme.id, event.store,
+                           int(event.amount.scaleb(4)))
+
+
 def _recent(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
             config: trust.FraudConfig) -> trust.Recent:
     at = event.occurred_at
@@ -172,7 +199,7 @@ def _recent(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
     points = {"hour": int(row[2]), "day": int(row[3])}
     duplicates = int(row[4]) if check_duplicates else 0
     for pk, occurred_at, earned, store, amount in _unwritten.get(uow, ()):
-        if pk == member.pk and day < occurred_at <= at:
+        if pk == member.pk and earned > 0 and day < occurred_at <= at:
             for name, start in (("hour", hour), ("day", day)):
                 if occurred_at > start:
                     events[name] += 1

@@ -4,7 +4,11 @@
 
 The purchase's amount is the basket less the discount; with lines, the discount is
 taken from the lines it applies to (domain/coupons.py ``net_lines``), so points are
-earned on what the member paid for each line."""
+earned on what the member paid for each line.
+
+Locks, in the order each alone takes them: the coupon's (the member, the order, the code,
+the counter), then the purchase's (campaign budgets, and the receipt lock of a programme
+that screens duplicate receipts)."""
 
 from __future__ import annotations
 
