@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from setia.service import fraud
 from setia.service.batch import ingest_batch
+from setia.service.common import lock_key
 from setia.service.events import ingest_event
 from setia.service.members import upsert_member
 from tests.conftest import assert_journal_ok, fixed_clock, load_programme
@@ -129,6 +130,40 @@ def test_two_batches_taking_receipt_locks_in_opposite_orders_both_finish(
     assert len(fraud.reviews(pg_engine, P)) == 10
     assert_journal_ok(pg_engine)
 
+
+
+def test_a_batch_takes_its_receipt_locks_at_once_in_the_order_of_their_keys(
+        pg_engine: sa.Engine) -> None:
+    # Given m1 and a batch of ten receipts (RM 30.00 to 39.00 at kl-01, two of RM 35.00),
+    # in falling order of amount
+    load_programme(pg_engine, PROGRAMME)
+    upsert_member(pg_engine, P, "m1", {}, CLOCK)
+    amounts = [39, 38, 37, 36, 35, 35, 34, 33, 32, 31, 30]
+    events = [purchase(f"e{n}", "m1", f"2027-03-01T{n:02d}:00:00+00:00", f"{a}.00")
+              for n, a in enumerate(amounts)]
+    keys: list[int] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if "pg_advisory_xact_lock" in statement:
+            keys.append(parameters["key"])
+
+    # When it is applied
+    sa.event.listen(pg_engine, "before_cursor_execute", seen)
+    try:
+        results = ingest_batch(pg_engine, P, events, CLOCK)
+    finally:
+        sa.event.remove(pg_engine, "before_cursor_execute", seen)
+
+    # Then each receipt's lock was taken once, all in the order of their keys (batches
+    # taking them in the order of their events could deadlock), and the second RM 35.00
+    # an hour later is no duplicate (10 minutes)
+    expected = {lock_key("receipt", P, "kl-01", a * 10_000) for a in amounts}
+    assert keys == sorted(expected) and len(keys) == 10
+    assert [r["status"] for r in results] == ["applied"] * 11
+    assert fraud.reviews(pg_engine, P) == []
+    assert balances(pg_engine, "m1") == {"available": sum(amounts), "pending": 0,
+                                         "reserved": 0}
+    assert_journal_ok(pg_engine)
 
 def test_only_a_programme_that_screens_duplicates_takes_the_receipt_lock(
         pg_engine: sa.Engine) -> None:

@@ -25,6 +25,7 @@ from setia.domain import tiers
 from setia.domain.errors import InvalidField, SetiaError
 from setia.domain.events import Event, parse_event
 from setia.domain.programme import Programme
+from setia.service import fraud
 from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
 from setia.service.events import apply_event, ingest_event
 from setia.service.members import MEMBER_ID
@@ -183,6 +184,9 @@ def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
     # New members' rows are inserted before the stored events are read: an insert waits for
     # a concurrent enrolment of the same member, whose events the reads then find.
     signups = _prepare_enrolments(uow, programme, events) if programme.model.auto_enroll else []
+    # Then the receipt locks of a programme that screens duplicate receipts, all at once in
+    # one order, as a single event takes its one after its member's row.
+    fraud.lock_receipts(uow, programme, events)
     known = uow.stored_events(programme.id, [event.id for event in events] + signups)
     uow.preload_orders(programme.id, [event.order_id for event in events
                                       if event.order_id is not None], programme.currency)

@@ -157,9 +157,15 @@ def advisory_xact_lock(uow: UnitOfWork, *name: str | int) -> None:
     their writes wait for each other."""
     if uow.dialect != "postgresql":
         return
-    text = "\x00".join(["setia", *map(str, name)]).encode()
-    key = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+    key = lock_key(*name)
     held = _held_locks.setdefault(uow, set())
     if key not in held:
         uow.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         held.add(key)
+
+
+def lock_key(*name: str | int) -> int:
+    """The 64-bit key of ``advisory_xact_lock``'s lock on ``name``; also the order in which
+    a command that takes several such locks takes them (``fraud.lock_receipts``)."""
+    text = "\x00".join(["setia", *map(str, name)]).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)

@@ -18,6 +18,7 @@ first's order. The lock is taken after the member locks and held to the commit.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +40,7 @@ from setia.service.common import (
     advisory_xact_lock,
     idempotent,
     iso,
+    lock_key,
     require_programme,
     transaction,
     utc_now,
@@ -153,14 +155,34 @@ def taken_back(uow: UnitOfWork, program_id: str, event_id: str, points: int) -> 
                 .values(points=sa.case((r.c.points > points, r.c.points - points), else_=0)))
 
 
+def _receipt(programme: Programme, event: Event) -> tuple[str, str, str, int] | None:
+    """The name of the receipt lock of a purchase (programme, store, amount), if it has one."""
+    if event.type == "purchase" and event.store is not None and event.amount is not None:
+        return ("receipt", programme.id, event.store, int(event.amount.scaleb(4)))
+    return None
+
+
 def _lock_receipt(uow: UnitOfWork, programme: Programme, event: Event) -> None:
     """Serialise purchases of the same programme, store and amount until commit, so that
     the duplicate count of the second finds the first's order. Taken after the member
-    locks; two batches taking keys in opposite orders deadlock, which the server detects
-    and ``transaction`` retries."""
-    if event.type == "purchase" and event.store is not None and event.amount is not None:
-        advisory_xact_lock(uow, "receipt", programme.id, event.store,
-                           int(event.amount.scaleb(4)))
+    locks. A batch took its receipts' locks already (``lock_receipts``)."""
+    if (name := _receipt(programme, event)) is not None:
+        advisory_xact_lock(uow, *name)
+
+
+def lock_receipts(uow: UnitOfWork, programme: Programme, events: Sequence[Event]) -> None:
+    """The receipt locks of a batch's purchases, taken at once after its member locks and in
+    the order of their keys: two batches that took them event by event, in the order of
+    their events, could each hold one the other waits for (a deadlock the server breaks
+    after a second, and one of them runs again). Nothing in a programme that does not
+    screen duplicate receipts."""
+    config = programme.model.fraud
+    if (config is None or not config.active or config.duplicate_receipts is None
+            or uow.dialect != "postgresql"):
+        return
+    names = {name for event in events if (name := _receipt(programme, event)) is not None}
+    for name in sorted(names, key=lambda name: lock_key(*name)):
+        advisory_xact_lock(uow, *name)
 
 
 def _recent(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
