@@ -126,6 +126,37 @@ def test_whatif_and_guest_sales_over_http(server: LiveServer) -> None:
         march = admin.get(f"{BASE}/metrics", params={
             "from": "2027-03-01", "to": "2027-03-31", "metric": "sales"}).json()
         assert march["metrics"]["sales"][0]["aov_non_member"] == "12.00"
+
+        # 4.00 of g9 refunded: 8.00 left of it; sent again, replayed
+        refunds = {"refunds": [{"id": "g9-back", "sale_id": "g9", "amount": "4.00",
+                                "occurred_at": "2027-03-03T12:00:00+08:00"}]}
+        first = admin.post(f"{BASE}/guest-sales/refunds", json=refunds)
+        again = admin.post(f"{BASE}/guest-sales/refunds", json=refunds)
+        assert (first.status_code, again.status_code) == (200, 200), first.text
+        assert (first.json(), again.json()) == ({"recorded": 1, "replayed": 0},
+                                                {"recorded": 0, "replayed": 1})
+        march = admin.get(f"{BASE}/metrics", params={
+            "from": "2027-03-01", "to": "2027-03-31", "metric": "sales"}).json()
+        sales_row = march["metrics"]["sales"][0]
+        assert (sales_row["guest_orders"], sales_row["guest_sales"],
+                sales_row["aov_non_member"]) == (1, "8.00", "8.00")
+        # a sale never recorded; more than the 8.00 left: problems naming the field
+        unknown = admin.post(f"{BASE}/guest-sales/refunds", json={"refunds": [
+            {"id": "r2", "sale_id": "g404", "amount": "1.00",
+             "occurred_at": "2027-03-03T12:00:00+08:00"}]})
+        assert_problem(unknown, 404, "unknown-order", "refunds[0].sale_id")
+        too_much = admin.post(f"{BASE}/guest-sales/refunds", json={"refunds": [
+            {"id": "r3", "sale_id": "g9", "amount": "8.01",
+             "occurred_at": "2027-03-03T12:00:00+08:00"}]})
+        assert_problem(too_much, 422, "refund-exceeds-order", "refunds[0].amount")
+        assert admin.get(f"{BASE}/metrics", params={
+            "from": "2027-03-01", "to": "2027-03-31", "metric": "sales"}).json() == march
+    pos_key = create_key(server.db_url, "pos")
+    with server.client(pos_key) as pos:  # a till may refund too: the rest of g9
+        rest = pos.post(f"{BASE}/guest-sales/refunds", json={"refunds": [
+            {"id": "r4", "sale_id": "g9", "amount": "8.00",
+             "occurred_at": "2027-03-04T12:00:00+08:00"}]})
+        assert rest.json() == {"recorded": 1, "replayed": 0}
     assert_setia_check_ok(server.db_url)
 
 

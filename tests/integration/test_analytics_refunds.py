@@ -143,11 +143,72 @@ def test_clv_statements_and_the_dashboard_leave_the_refunded_order_out(
 def test_the_points_of_a_refunded_order_keep_its_store(shop: sa.Engine) -> None:
     # When February's points are asked by store
     frame = run(shop, "points", D(2027, 2, 1), D(2027, 2, 28), grain="total", by="store")
-    # Then the 100 points of the refunded 02-03 order count at its store, s1; the clawback,
-    # a posting of the refund, at ria's home store (her first order's), s2, with sam's 50
+    # Then the 100 points of the refunded 02-03 order and the 100 its refund clawed back
+    # both count at its store, s1 (not at ria's home store s2, her first order's): s1 nets
+    # to 0; s2 has sam's 50 issued, and ria's 20 of January outstanding with them
     assert rows(frame.select("store", "outstanding", "issued")) == [
-        ("s1", 100, 100), ("s2", -30, -50)]
+        ("s1", 0, 0), ("s2", 70, 50)]
     # and the members' home stores are their first orders': ria s2 (January), sam s2
     assert rows(run(shop, "enrolments", D(2027, 1, 1), D(2027, 2, 28), by="store")) == [
         (D(2027, 1, 1), "s2", 1), (D(2027, 2, 1), "s2", 1)]
     assert_journal_ok(shop)
+
+
+DUO = "duo"
+TWO_SHOPS: dict[str, Any] = {
+    "id": DUO, "name": "Duo", "currency": "MYR", "timezone": "Asia/Kuala_Lumpur",
+    "points": {"name": "Points", "pending_days": 0},
+    "earn": [{"id": "base", "on": "purchase", "rate": 1}],
+    "tiers": {"metric": "spend", "window": "calendar_year",
+              "levels": [{"id": "member", "name": "Member", "threshold": 0},
+                         {"id": "gold", "name": "Gold", "threshold": 100}]},
+    "partners": {"point_value": "0.01",
+                 "merchants": [{"id": "kopi", "name": "Kopi"}, {"id": "roti", "name": "Roti"}]},
+}
+
+
+@pytest.fixture
+def two_shops(engine: sa.Engine) -> sa.Engine:
+    """uma buys 30.00 at s1 (pos, partner kopi) on 01-10, then 80.00 at s2 (app, partner
+    roti) on 01-20, which takes her to Gold (110.00 of spend); 50.00 of the second order
+    is refunded on 02-05: 50 of its 80 points are clawed back."""
+    load_programme(engine, dict(TWO_SHOPS))
+    upsert_member(engine, DUO, "uma", {}, fixed_clock("2027-01-05T09:00:00+08:00"))
+    for event_id, when, amount, store, channel, partner in (
+            ("u1", "2027-01-10T10:00:00+08:00", "30.00", "s1", "pos", "kopi"),
+            ("u2", "2027-01-20T10:00:00+08:00", "80.00", "s2", "app", "roti")):
+        ingest_event(engine, DUO, {
+            "id": event_id, "type": "purchase", "member": "uma", "occurred_at": when,
+            "order_id": f"o-{event_id}", "amount": amount, "currency": "MYR",
+            "store": store, "channel": channel, "partner": partner}, fixed_clock(when))
+    ingest_event(engine, DUO, {
+        "id": "u2-back", "type": "refund", "member": "uma", "order_id": "o-u2",
+        "amount": "50.00", "occurred_at": "2027-02-05T10:00:00+08:00",
+    }, fixed_clock("2027-02-05T10:00:00+08:00"))
+    return engine
+
+
+@pytest.mark.parametrize(("by", "expected"), [
+    # the clawback of 02-05 counts where order o-u2 earned its points: s2, app, roti, and
+    # the tier it was bought at (member), not uma's home (s1, pos, kopi) or her tier now
+    ("store", [(D(2027, 1, 1), "s1", 30, 30), (D(2027, 1, 1), "s2", 80, 80),
+               (D(2027, 2, 1), "s1", 30, 0), (D(2027, 2, 1), "s2", 30, -50)]),
+    ("channel", [(D(2027, 1, 1), "app", 80, 80), (D(2027, 1, 1), "pos", 30, 30),
+                 (D(2027, 2, 1), "app", 30, -50), (D(2027, 2, 1), "pos", 30, 0)]),
+    ("partner", [(D(2027, 1, 1), "kopi", 30, 30), (D(2027, 1, 1), "roti", 80, 80),
+                 (D(2027, 2, 1), "kopi", 30, 0), (D(2027, 2, 1), "roti", 30, -50)]),
+    ("tier", [(D(2027, 1, 1), "member", 110, 110), (D(2027, 2, 1), "member", 60, -50)]),
+])
+def test_a_clawback_counts_at_the_store_channel_partner_and_tier_of_its_order(
+        two_shops: sa.Engine, by: str, expected: list[tuple[object, ...]]) -> None:
+    # When January and February's points are asked by the dimension
+    frame = run(two_shops, "points", D(2027, 1, 1), D(2027, 2, 28), program=DUO, by=by)
+    # Then (period, dimension, outstanding, issued): January 80 at s2 and 30 at s1;
+    # February the -50 at s2 too, which leaves s2 with 30 outstanding and s1 with its 30
+    assert rows(frame.select("period", by, "outstanding", "issued")) == expected
+    # and the sales are the orders' own, net of the refund: 30.00 at s1, 30.00 at s2
+    sales = run(two_shops, "sales", D(2027, 1, 1), D(2027, 2, 28), program=DUO,
+                grain="total", by="store")
+    assert rows(sales.select("store", "purchases", "member_sales_e4")) == [
+        ("s1", 1, 300_000), ("s2", 1, 300_000)]
+    assert_journal_ok(two_shops)

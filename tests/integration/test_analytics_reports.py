@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import io
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -13,21 +15,31 @@ from pathlib import Path
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 
+from setia.adapters.db import tables
+from setia.adapters.db.tables_analytics import guest_refunds
 from setia.domain.errors import (
+    CurrencyMismatch,
     IdempotencyConflict,
     InvalidAmount,
     InvalidField,
     InvalidProgramme,
+    RefundExceedsOrder,
+    SetiaError,
+    UnknownOrder,
 )
+from setia.service import analytics as an
 from setia.service import analytics_reports as reports
 from setia.service import whatif
-from setia.service.analytics_sales import record_guest_sales
+from setia.service.analytics_sales import record_guest_refunds, record_guest_sales
 from setia.service.clv import clv_report, fit
 from setia.service.events import ingest_event
 from setia.service.members import upsert_member
-from tests.conftest import assert_journal_ok, fixed_clock, load_programme
-from tests.integration.analytics_history import CAFE, P, build
+from setia.service.run_due import run_due
+from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
+from tests.integration.analytics_history import CAFE, P, build, purchase
 
 D = date
 
@@ -42,7 +54,7 @@ def counts(engine: sa.Engine) -> tuple[int, ...]:
     with engine.connect() as conn:
         return tuple(conn.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar_one()
                      for name in ("postings", "lots", "orders", "events", "guest_sales",
-                                  "members"))
+                                  "members", "guest_refunds"))
 
 
 def test_historic_clv_per_member(cafe: sa.Engine) -> None:
@@ -128,6 +140,101 @@ def test_member_statements_for_february(cafe: sa.Engine) -> None:
 
 def rows(frame: pl.DataFrame) -> list[tuple[object, ...]]:
     return [tuple(r) for r in frame.iter_rows()]
+
+
+def tiers_now(engine: sa.Engine, program: str = P) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text(
+            "SELECT id, tier_id FROM members WHERE program_id = :p"), {"p": program}).all())
+
+
+PROGRESS = ("member", "tier", "tier_metric", "next_tier", "remaining_to_next")
+
+
+def test_a_statement_shows_the_tier_progress_at_its_end_not_after_it(cafe: sa.Engine) -> None:
+    # Given the history, and after 02-20 bob buys 80.00 on 02-25 (the same month) and cat
+    # 70.00 on 03-20: both reach Gold now, with 110.00 of spend this year
+    purchase(cafe, "e6", "bob", "2027-02-25T10:00:00+08:00", "80.00", "s2", "app")
+    purchase(cafe, "e7", "cat", "2027-03-20T10:00:00+08:00", "70.00", "s1", "pos")
+    assert tiers_now(cafe) == {"ann": "gold", "bob": "gold", "cat": "gold"}
+    # When the statements of 02-01 to 02-20 are asked
+    _, frame = reports.statements(cafe, P, D(2027, 2, 1), D(2027, 2, 20))
+    # Then the tier progress is as it stood on 02-20: bob a Member with 30.00 of the 100.00
+    # for Gold (70.00 to go), cat with 40.00 (50.00 less the 10.00 refunded on 02-15);
+    # the period's flows are those of the statement for February
+    assert rows(frame.select(
+        "member", "asset", "tier", "balance_start", "earned", "spent", "balance_end",
+        "purchases", "spend_e4", "tier_metric", "next_tier", "remaining_to_next")) == [
+        ("ann", "points", "gold", 120, 40, 20, 140, 1, 200_000, 130.0, None, None),
+        ("bob", "points", "member", 10, 30, 0, 40, 1, 300_000, 30.0, "gold", 70.0),
+        ("cat", "points", "member", 0, 50, 0, 50, 1, 400_000, 40.0, "gold", 60.0),
+    ]
+    # and one that ends after those purchases shows them
+    _, march = reports.statements(cafe, P, D(2027, 3, 1), D(2027, 3, 31))
+    assert rows(march.select(PROGRESS)) == [
+        ("ann", "gold", 130.0, None, None), ("bob", "gold", 110.0, None, None),
+        ("cat", "gold", 110.0, None, None)]
+    assert_journal_ok(cafe)
+
+
+STARS = "stars"
+
+
+def test_a_statement_leaves_out_points_of_other_events_after_its_end(engine: sa.Engine) -> None:
+    # Given a points metric over rolling 2-month windows (Silver 100, Gold 180), and eve:
+    # 70.00 bought on 03-05 (70 points), a review on 03-10 (60): Silver with 130 points;
+    # after 03-15 a review on 03-20 (60) takes her to Gold, at which she buys 150.00 on
+    # 03-25: 340 points
+    load_programme(engine, {
+        "id": STARS, "name": "Stars", "currency": "MYR", "timezone": "Asia/Kuala_Lumpur",
+        "earn": [{"id": "base", "on": "purchase", "rate": 1},
+                 {"id": "review", "on": "review", "points": 60}],
+        "tiers": {"metric": "points", "window": "rolling_months", "window_months": 2,
+                  "levels": [{"id": "member", "name": "Member", "threshold": 0},
+                             {"id": "silver", "name": "Silver", "threshold": 100},
+                             {"id": "gold", "name": "Gold", "threshold": 180}]},
+    })
+    upsert_member(engine, STARS, "eve", {}, fixed_clock("2027-03-01T09:00:00+08:00"))
+    for event_id, when, kind, amount in (
+            ("s1", "2027-03-05T10:00:00+08:00", "purchase", "70.00"),
+            ("s2", "2027-03-10T10:00:00+08:00", "review", None),
+            ("s3", "2027-03-20T10:00:00+08:00", "review", None),
+            ("s4", "2027-03-25T10:00:00+08:00", "purchase", "150.00")):
+        event = {"id": event_id, "type": kind, "member": "eve", "occurred_at": when}
+        if amount is not None:
+            event |= {"order_id": f"o-{event_id}", "amount": amount}
+        ingest_event(engine, STARS, event, fixed_clock(when))
+    assert tiers_now(engine, STARS) == {"eve": "gold"}
+    # When the statement of 03-01 to 03-15 is asked
+    _, frame = reports.statements(engine, STARS, D(2027, 3, 1), D(2027, 3, 15))
+    # Then eve was Silver with 130 points, 50 short of Gold (not Gold, the tier of her
+    # next purchase: the review before it had moved her)
+    assert rows(frame.select(*PROGRESS, "earned")) == [("eve", "silver", 130.0, "gold", 50.0,
+                                                        130)]
+    # and to 03-31: Gold, with 340
+    _, whole = reports.statements(engine, STARS, D(2027, 3, 1), D(2027, 3, 31))
+    assert rows(whole.select(PROGRESS)) == [("eve", "gold", 340.0, None, None)]
+    assert_journal_ok(engine)
+
+
+def test_a_statement_keeps_the_status_of_the_year_before_lowered_later(
+        engine: sa.Engine) -> None:
+    # Given dan reaches Gold with 120.00 in 2026 (calendar years, Gold from 100.00), keeps
+    # it through 2027 (review of 2027-01-01), buys 20.00 on 2027-02-01, is lowered to
+    # Member by the review of 2028-01-01 (20.00 in 2027) and buys 10.00 on 2028-02-01
+    load_programme(engine, dict(CAFE))
+    upsert_member(engine, P, "dan", {}, fixed_clock("2026-06-01T09:00:00+08:00"))
+    purchase(engine, "d1", "dan", "2026-07-01T10:00:00+08:00", "120.00", "s1", "pos")
+    run_due(engine, at("2027-01-01T00:10:00+08:00"), P)
+    purchase(engine, "d2", "dan", "2027-02-01T10:00:00+08:00", "20.00", "s1", "pos")
+    run_due(engine, at("2028-01-01T00:10:00+08:00"), P)
+    purchase(engine, "d3", "dan", "2028-02-01T10:00:00+08:00", "10.00", "s1", "pos")
+    assert tiers_now(engine) == {"dan": "member"}
+    # When the statement of March 2027 is asked
+    _, frame = reports.statements(engine, P, D(2027, 3, 1), D(2027, 3, 31))
+    # Then dan was Gold then (the status earned in 2026), with 20.00 of 2027's spend
+    assert rows(frame.select(PROGRESS)) == [("dan", "gold", 20.0, None, None)]
+    assert_journal_ok(engine)
 
 
 def test_member_statements_as_csv_and_json(cafe: sa.Engine, tmp_path: Path) -> None:
@@ -230,6 +337,139 @@ def test_guest_sales_are_idempotent_by_id(cafe: sa.Engine) -> None:
     assert caught.value.field == "sales[0].amount"
     assert counts(cafe) == stored  # nothing of a refused call is stored
     assert_journal_ok(cafe)
+
+
+def guest_figures(engine: sa.Engine) -> tuple[object, ...]:
+    """February's guest orders, guest sales and non-member average order value."""
+    answer = an.metrics(engine, P, D(2027, 2, 1), D(2027, 2, 28), ("sales",), grain="total")
+    sales = answer["metrics"]["sales"][0]
+    return sales["guest_orders"], sales["guest_sales"], sales["aov_non_member"]
+
+
+def test_a_guest_refund_lowers_non_member_sales_and_aov(cafe: sa.Engine) -> None:
+    # Given February's guest sale g2 (15.00, 02-20) and another, g3, of 10.00 on 02-21
+    record_guest_sales(cafe, P, [{"id": "g3", "occurred_at": "2027-02-21T12:00:00+08:00",
+                                  "amount": "10.00", "store": "s2"}])
+    assert guest_figures(cafe) == (2, "25.00", "12.50")
+    # When 5.00 of g2 and all of g3 are refunded, g3's in two parts
+    refunds = [
+        {"id": "g2-r", "sale_id": "g2", "amount": "5.00",
+         "occurred_at": "2027-02-22T12:00:00+08:00"},
+        {"id": "g3-r1", "sale_id": "g3", "amount": "4.00",
+         "occurred_at": "2027-02-22T12:00:00+08:00", "currency": "MYR"},
+        {"id": "g3-r2", "sale_id": "g3", "amount": "6.00",
+         "occurred_at": "2027-03-01T12:00:00+08:00"},
+    ]
+    assert record_guest_refunds(cafe, P, refunds) == {"recorded": 3, "replayed": 0}
+    # Then g2 counts for what is left of it, 10.00, and g3, refunded in full, is no order
+    # (as a member's order refunded in full): 1 guest order of 10.00
+    assert guest_figures(cafe) == (1, "10.00", "10.00")
+    by_store = an.metrics(cafe, P, D(2027, 2, 1), D(2027, 2, 28), ("sales",), grain="total",
+                          by="store")["metrics"]["sales"]
+    assert [(r["store"], r["guest_orders"], r["guest_sales"]) for r in by_store] == [
+        ("s1", 0, "0.00"), ("s2", 1, "10.00")]
+    # and the same refunds sent again are replayed: nothing changes
+    before = counts(cafe)
+    assert record_guest_refunds(cafe, P, refunds) == {"recorded": 0, "replayed": 3}
+    assert counts(cafe) == before and guest_figures(cafe) == (1, "10.00", "10.00")
+    assert_journal_ok(cafe)
+
+
+@pytest.mark.parametrize(("refunds", "error", "field"), [
+    # a sale never recorded (the first refund, good, is not stored either)
+    ([{"id": "ok", "sale_id": "g1", "amount": "1.00"},
+      {"id": "x", "sale_id": "g404", "amount": "1.00"}], UnknownOrder, "refunds[1].sale_id"),
+    # 10.00 is left of g2 (15.00 less 5.00): 10.01 is too much, as is 6.00 after 5.00
+    ([{"id": "x", "sale_id": "g2", "amount": "10.01"}], RefundExceedsOrder,
+     "refunds[0].amount"),
+    ([{"id": "x", "sale_id": "g2", "amount": "5.00"},
+      {"id": "y", "sale_id": "g2", "amount": "6.00"}], RefundExceedsOrder, "refunds[1].amount"),
+    # the id of a refund stored, for another amount; or twice in the call, differently
+    ([{"id": "g2-r", "sale_id": "g2", "amount": "4.00"}], IdempotencyConflict,
+     "refunds[0].id"),
+    ([{"id": "x", "sale_id": "g1", "amount": "1.00"},
+      {"id": "x", "sale_id": "g1", "amount": "2.00"}], IdempotencyConflict, "refunds[1].id"),
+    ([{"id": "x", "sale_id": "g1", "amount": "0.00"}], InvalidAmount, "refunds[0].amount"),
+    ([{"id": "x", "sale_id": "g1", "amount": "1.001"}], InvalidAmount, "refunds[0].amount"),
+    ([{"id": "x", "sale_id": "g1", "amount": "1.00", "currency": "EUR"}], CurrencyMismatch,
+     "refunds[0].currency"),
+    ([{"id": "x", "amount": "1.00"}], InvalidField, "refunds[0].sale_id"),
+    ([{"id": "x", "sale_id": "g1", "amount": "1.00", "store": "s1"}], InvalidField,
+     "refunds[0].store"),
+    ([], InvalidField, "refunds"),
+])
+def test_a_guest_refund_refused_names_the_field_and_stores_nothing(
+        cafe: sa.Engine, refunds: list[dict[str, str]], error: type[SetiaError],
+        field: str) -> None:
+    # Given 5.00 of g2 refunded
+    record_guest_refunds(cafe, P, [{"id": "g2-r", "sale_id": "g2", "amount": "5.00",
+                                    "occurred_at": "2027-02-22T12:00:00+08:00"}])
+    before, figures = counts(cafe), guest_figures(cafe)
+    # When a call with a bad refund is sent
+    with pytest.raises(error) as caught:
+        record_guest_refunds(cafe, P, [{"occurred_at": "2027-02-23T12:00:00+08:00", **r}
+                                       for r in refunds])
+    # Then it names the field at fault, and nothing of the call is stored
+    assert caught.value.field == field
+    assert counts(cafe) == before and guest_figures(cafe) == figures == (1, "10.00", "10.00")
+    assert_journal_ok(cafe)
+
+
+@pytest.mark.postgres
+def test_two_refunds_of_one_guest_sale_at_once_take_no_more_than_the_sale(
+        pg_engine: sa.Engine) -> None:
+    # Given g2 (15.00), and another call's refund of 10.00 of it under way: it holds g2's
+    # row and has written its refund, not yet committed
+    build(pg_engine)
+    blocker = pg_engine.connect()
+    blocker.begin()
+    blocker.execute(sa.text("SELECT id FROM guest_sales WHERE program_id = :p AND id = 'g2' "
+                            "FOR UPDATE"), {"p": P})
+    record_guest_refunds_in(blocker, "first", "10.00")
+    with ThreadPoolExecutor(1) as pool:
+        # When a second refund of 10.00 of g2 comes meanwhile
+        second = pool.submit(record_guest_refunds, pg_engine, P, [
+            {"id": "second", "sale_id": "g2", "amount": "10.00",
+             "occurred_at": "2027-02-22T12:00:00+08:00"}])
+        wait_for_a_lock(pg_engine)
+        blocker.commit()
+        blocker.close()
+        # Then it waits for the first, and finds only 5.00 left
+        with pytest.raises(RefundExceedsOrder) as caught:
+            second.result(timeout=30)
+    assert caught.value.field == "refunds[0].amount"
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id, amount_e4 FROM guest_refunds")).all() == [
+            ("first", 100_000)]
+    assert_journal_ok(pg_engine)
+
+
+def record_guest_refunds_in(conn: sa.Connection, refund_id: str, amount: str) -> None:
+    when = at("2027-02-22T12:00:00+08:00")
+    conn.execute(guest_refunds.insert().values(
+        program_id=P, id=refund_id, sale_id="g2", occurred_at=when,
+        amount_e4=int(Decimal(amount) * 10_000), recorded_at=when))
+
+
+def wait_for_a_lock(engine: sa.Engine) -> None:
+    """Wait (at most 10 s) until a session of this database waits for a lock."""
+    for _ in range(200):
+        with engine.connect() as conn:
+            if conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")).scalar_one():
+                return
+        time.sleep(0.05)
+    raise AssertionError("no session waits for a lock")
+
+
+def test_the_guest_refunds_migration_matches_the_table(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": False})
+        diffs = compare_metadata(context, tables.metadata)
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("guest_refunds")}
+    assert [d for d in diffs if "guest_refunds" in repr(d)] == []
+    assert indexes == {"ix_guest_refunds_sale"}
 
 
 def test_whatif_doubles_the_base_rate_and_lowers_gold(cafe: sa.Engine) -> None:

@@ -7,13 +7,14 @@ Definitions (docs/analytics.md has them with examples):
 - A purchase is an order; its amount is net of what was refunded of it,
   counted at the time of the purchase. An order refunded in full is no purchase
   (no visit, no activity): the engine takes its visit back too. Guest sales (no
-  member) are the non-member side of the average order value.
+  member) are the non-member side of the average order value, counted the same
+  way (net of their refunds; none if refunded in full).
 - Dimensions: ``tier`` is the tier a purchase earned at; ``store``, ``channel``
   and ``partner`` come from the purchase. Member metrics (enrolments, churn,
   retention, RFM) use the member's current tier and the store, channel and
   partner of the member's first order (even one refunded in full later).
-  Postings that come from an order take its dimensions, the others the
-  member's.
+  Postings that come from an order take its dimensions, a refund's clawback
+  those of the order it refunds, the others the member's.
 - Points issued = earned net of clawbacks; redeemed and expired likewise net
   of reversals; outstanding = the points in member accounts at the end of a
   period; liability = outstanding × cost per point.
@@ -97,7 +98,9 @@ class Dataset:
 
     ``orders`` are the purchases: the orders not refunded in full (their net amount is 0,
     so no money sum misses them). ``refunded_orders`` are the others, read with ``by`` only:
-    the postings of such an order (its points, their clawback) keep its dimensions."""
+    the postings of such an order (its points, their clawback) keep its dimensions.
+    ``refunds`` (with ``by`` only): the order each refund with a clawback refunds (``ref``,
+    ``order_id``), so that a clawback counts where the order's points were earned."""
 
     programme: Programme
     members: pl.DataFrame
@@ -108,6 +111,7 @@ class Dataset:
     campaign_postings: pl.DataFrame
     optional: dict[str, pl.DataFrame | None] = field(default_factory=dict)
     refunded_orders: pl.DataFrame | None = None
+    refunds: pl.DataFrame | None = None
 
     @property
     def tz(self) -> str:
@@ -177,6 +181,7 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
             if postings is None:
                 postings = read.postings(program_id, detail=by is not None)
             guests = read.guest_sales(program_id)
+            refunds = read.refunded_orders(program_id) if dims else None
             extra = {}
             if optional:
                 for name in ("campaign_holdouts", "coupon_uses", "survey_responses",
@@ -190,8 +195,8 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
     members = members.with_columns(_local_date("enrolled_at", tz, "enrolled_day"))
     if by in ("store", "channel", "partner"):
         # The member's "home" dimensions: those of the first order, even one refunded in
-        # full later (where the member first came; the refund's clawback, a posting of
-        # the member's, then lands where the order's points were earned).
+        # full later (where the member first came). Postings of an order (and a refund's
+        # clawback, through ``refunds``) take the order's own (``_posting_dims``).
         first = (
             pl.concat([orders, *([refunded] if refunded is not None else [])])
             .sort("occurred_at", "order_id")
@@ -205,7 +210,7 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
                                  pl.lit(None, pl.String).alias("tier"))
     campaign_postings = campaign_postings.with_columns(_local_date("occurred_at", tz))
     return Dataset(programme, members, orders, postings, lots, guests, campaign_postings, extra,
-                   refunded)
+                   refunded, refunds)
 
 
 # ----------------------------------------------------------------------------- periods
@@ -300,10 +305,12 @@ def sales(data: Dataset, options: Options) -> pl.DataFrame:
         (pl.col("purchases") >= 2).sum().alias("repeat_members"),
         pl.col("net_e4").sum().alias("member_sales_e4"),
     )
-    guests, _ = _dim(_in_range(data.guest_sales, options).with_columns(
-        _period(pl.col("day"), options)), options)
+    # a guest sale counts as a member's order: net of its refunds, none if refunded in full
+    guests, _ = _dim(_in_range(data.guest_sales, options).filter(~REFUNDED_IN_FULL)
+                     .with_columns(_period(pl.col("day"), options)), options)
     guests = guests.group_by(keys).agg(
-        pl.len().alias("guest_orders"), pl.col("amount_e4").sum().alias("guest_sales_e4")
+        pl.len().alias("guest_orders"),
+        (pl.col("amount_e4") - pl.col("refunded_e4")).sum().alias("guest_sales_e4"),
     )
     out = members.join(guests, on=keys, how="full", coalesce=True).with_columns(
         pl.col("purchases", "active_members", "repeat_members", "member_sales_e4",
@@ -431,19 +438,28 @@ def churn(data: Dataset, options: Options) -> pl.DataFrame:
 
 
 def _posting_dims(data: Dataset, options: Options) -> pl.DataFrame:
+    """The postings with the ``by`` dimension: a purchase's postings take its order's, a
+    refund's (its clawback) the order it refunds (where the points it takes back were
+    earned), the others (signup, redemption, expiry ...) the member's."""
     postings = data.postings
     if options.by is None:
         return postings
     dim = options.by
-    orders = [data.orders, *([data.refunded_orders] if data.refunded_orders is not None else [])]
-    from_order = pl.concat([o.select(pl.col("event_id").alias("ref"), pl.col(dim).alias("_o"))
-                            for o in orders])
+    orders = pl.concat([o.select("order_id", "event_id", "member_pk", dim) for o in
+                        (data.orders, data.refunded_orders) if o is not None])
+    from_order = orders.select(pl.col("event_id").alias("ref"), pl.col(dim).alias("_o"))
+    refunds = data.refunds if data.refunds is not None else pl.DataFrame(
+        schema={"ref": pl.String, "order_id": pl.String})
+    # the refunding member's own postings only (the order is that member's)
+    from_refund = refunds.join(orders, on="order_id").select(
+        "ref", "member_pk", pl.col(dim).alias("_r"))
     from_member = data.members.select("member_pk", pl.col(dim).alias("_m"))
     return (
         postings.join(from_order, on="ref", how="left")
+        .join(from_refund, on=["ref", "member_pk"], how="left")
         .join(from_member, on="member_pk", how="left")
-        .with_columns(pl.coalesce("_o", "_m").fill_null(NONE).alias(dim))
-        .drop("_o", "_m")
+        .with_columns(pl.coalesce("_o", "_r", "_m").fill_null(NONE).alias(dim))
+        .drop("_o", "_r", "_m")
     )
 
 

@@ -4,6 +4,7 @@ and exports (CSV, Parquet) of members, the journal and metrics."""
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
-from setia.adapters.db.analytics_read import reader
+from setia.adapters.db.analytics_read import REFUNDED_IN_FULL, reader
 from setia.domain import tiers
 from setia.domain.errors import InvalidField
 from setia.service import analytics as an
@@ -31,10 +32,13 @@ def _in_period(frame: pl.DataFrame, options: an.Options) -> pl.DataFrame:
 
 def member_statements(data: an.Dataset, options: an.Options,
                       postings: pl.DataFrame | None = None,
-                      buckets: pl.DataFrame | None = None) -> pl.DataFrame:
+                      buckets: pl.DataFrame | None = None,
+                      held: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per member and asset for the period: earned (net of clawbacks), spent (redeemed),
-    expired, adjusted, balance at the start and end, purchases and net spend; and the tier
-    progress at the end of the period (metric over the tier window, next level, remaining)."""
+    expired, adjusted, balance at the start and end, purchases and net spend; and, with
+    ``buckets`` (as they stood at the end of the period: ``buckets_as_of``), the tier
+    progress then: the tier (``held``: ``tiers_held``), the metric over the tier window,
+    the next level and what remained to it."""
     postings = data.postings if postings is None else postings
     before = postings.filter(pl.col("day") < options.date_from).group_by("member_pk", "asset").agg(
         pl.col("member_delta").sum().alias("balance_start"))
@@ -65,47 +69,142 @@ def member_statements(data: an.Dataset, options: an.Options,
                       ("balance_start", "earned", "spent", "expired", "adjusted", "balance_end"))
     )
     if buckets is not None:
-        out = out.join(tier_progress(data, buckets, options.date_to), on="member_pk", how="left")
+        progress = tier_progress(data, buckets, options.date_to, held)
+        out = (out.join(progress.rename({"tier": "_tier_then"}), on="member_pk", how="left")
+               .with_columns(pl.col("_tier_then").alias("tier")).drop("_tier_then"))
     return out.drop("member_pk").sort("member", "asset")
 
 
-def tier_progress(data: an.Dataset, buckets: pl.DataFrame, at: date) -> pl.DataFrame:
-    """The tier metric over the window that contains ``at`` and the next level's threshold."""
+BUCKET_COLUMNS = ("spend_e4", "points", "visits")
+
+
+def rule_points(earned: pl.DataFrame, orders: pl.DataFrame) -> pl.DataFrame:
+    """Of the ``earn`` postings ``earned``, the points the programme's earn rules gave
+    events other than the purchases ``orders`` (signups, reviews, birthdays ...): what they
+    added to the tier buckets (member, time, ``issued``). Earn rules have ids without ":";
+    campaigns, stamp cards, surveys, referrals ... (``<feature>:<id>``) add nothing."""
+    return (
+        earned.filter(pl.col("rule_id").is_not_null()
+                      & ~pl.col("rule_id").str.contains(":", literal=True))
+        .join(orders.select(pl.col("event_id").alias("ref")), on="ref", how="anti")
+        .select("member_pk", "occurred_at", "issued")
+    )
+
+
+def buckets_as_of(buckets: pl.DataFrame, later_orders: pl.DataFrame,
+                  later_points: pl.DataFrame, tz: str) -> pl.DataFrame:
+    """The tier buckets (``Reader.metric_buckets``) as they stood before the purchases
+    ``later_orders`` (``Reader.orders_since``) and the other events' points
+    ``later_points`` (``rule_points``): less what each of those purchases holds in them now
+    (its spend net of refunds, a visit unless refunded in full, the points its rules kept)
+    and those points, each in the month of its event, as the engine keys them."""
+    def month(column: str) -> pl.Expr:
+        return pl.col(column).dt.convert_time_zone(tz).dt.strftime("%Y-%m").alias("month")
+
+    # {"base": 40, "pastry-bonus": 10}: rule ids hold no quote, so the numbers are the points
+    kept = (pl.col("awards").str.replace_all(r'"[^"]*"\s*:', "").str.extract_all(r"-?[0-9]+")
+            .list.eval(pl.element().cast(pl.Int64)).list.sum())
+    purchases = later_orders.select(
+        "member_pk", month("occurred_at"),
+        (pl.col("amount_e4") - pl.col("refunded_e4")).alias("spend_e4"),
+        kept.fill_null(0).alias("points"),
+        (~REFUNDED_IN_FULL).cast(pl.Int64).alias("visits"),
+    )
+    others = later_points.select(
+        "member_pk", month("occurred_at"), pl.lit(0, pl.Int64).alias("spend_e4"),
+        pl.col("issued").alias("points"), pl.lit(0, pl.Int64).alias("visits"))
+    later = pl.concat([purchases, others]).with_columns(-pl.col(c) for c in BUCKET_COLUMNS)
+    return (
+        pl.concat([buckets.select("member_pk", "month", *(pl.col(c).cast(pl.Int64)
+                                                            for c in BUCKET_COLUMNS)), later])
+        .group_by("member_pk", "month").agg(pl.col(c).sum() for c in BUCKET_COLUMNS)
+    )
+
+
+def tiers_held(members: pl.DataFrame, later_orders: pl.DataFrame,
+               later_points: pl.DataFrame) -> pl.DataFrame:
+    """Each member's tier before the purchases ``later_orders`` and the other events'
+    points ``later_points``: without either, today's tier; where a purchase comes first,
+    the tier it was bought at (an order keeps it); where another event's points come first
+    (they may have moved the tier), none known (null: ``tier_progress`` then shows the
+    level the metric reached)."""
+    first = (
+        pl.concat([
+            later_orders.select("member_pk", "occurred_at", "tier"),
+            later_points.select("member_pk", "occurred_at", pl.lit(None, pl.String).alias("tier")),
+        ])
+        .sort("occurred_at", "tier", nulls_last=False)
+        .group_by("member_pk", maintain_order=True).first()
+        .select("member_pk", pl.col("tier").alias("_held"), pl.lit(True).alias("_later"))
+    )
+    return members.select("member_pk", "tier").join(first, on="member_pk", how="left").select(
+        "member_pk",
+        pl.when(pl.col("_later")).then(pl.col("_held")).otherwise(pl.col("tier")).alias("tier"))
+
+
+def tier_progress(data: an.Dataset, buckets: pl.DataFrame, at: date,
+                  held: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The tier at ``at``, the metric over the window that contains ``at``, the next level
+    and what remains to it. The tier is ``held`` (``tiers_held``; else the member's current
+    one) raised to the level the metric reaches (members move up as soon as it does) and,
+    with calendar year windows, to the level the year before reached (that status lasts
+    through the next year): a review after ``at`` that lowered it does not show."""
     programme = data.programme
     config = programme.model.tiers
     local = datetime.combine(at, time(12), tzinfo=programme.tz)
-    months = tiers.window_months(programme, local)
     column = {"spend": "spend_e4", "points": "points", "visits": "visits"}[config.metric]
     scale = an.E4 if config.metric == "spend" else 1
-    value = (
-        buckets.filter(pl.col("month").is_in(months)).group_by("member_pk")
-        .agg((pl.col(column).sum() / scale).alias("tier_metric"))
-    )
-    levels = pl.DataFrame({
-        "tier": [level.id for level in config.levels],
-        "rank": list(range(len(config.levels))),
-    })
+    # thresholds in the metric's own units (spend: ten-thousandths); the metric is whole
+    thresholds = [math.ceil(level.threshold * scale) for level in config.levels]
+
+    def metric(when: datetime) -> pl.Expr:
+        months = tiers.window_months(programme, when)
+        return pl.col(column).filter(pl.col("month").is_in(months)).sum()
+
+    def reached(value: pl.Expr) -> pl.Expr:
+        """The highest level whose threshold ``value`` reaches (``tiers.level_for``)."""
+        rank: pl.Expr = pl.lit(0)
+        for i, threshold in enumerate(thresholds):
+            rank = pl.when(value >= threshold).then(pl.lit(i)).otherwise(rank)
+        return rank
+
+    windows = [metric(local).alias("value")]
+    if config.window == "calendar_year":
+        year_before = datetime(at.year - 1, 1, 1, 12, tzinfo=programme.tz)
+        windows.append(metric(year_before).alias("value_before"))
+    values = buckets.group_by("member_pk").agg(*windows)
+    floors = [reached(pl.col(name).fill_null(0)) for name in values.columns[1:]]
+    levels = pl.DataFrame({"tier": [level.id for level in config.levels],
+                           "rank": list(range(len(config.levels)))},
+                          schema={"tier": pl.String, "rank": pl.Int64})
     nexts = pl.DataFrame({
         "rank": list(range(len(config.levels))),
+        "_level": [level.id for level in config.levels],
         "next_tier": [config.levels[i + 1].id if i + 1 < len(config.levels) else None
                       for i in range(len(config.levels))],
-        "next_threshold": [float(config.levels[i + 1].threshold)
-                           if i + 1 < len(config.levels) else None
-                           for i in range(len(config.levels))],
-    })
+        "_next": [thresholds[i + 1] if i + 1 < len(config.levels) else None
+                  for i in range(len(config.levels))],
+    }, schema={"rank": pl.Int64, "_level": pl.String, "next_tier": pl.String,
+               "_next": pl.Int64})
+    tiers_then = data.members.select("member_pk", "tier") if held is None else held
     return (
-        data.members.select("member_pk", "tier")
-        .join(levels, on="tier", how="left")
+        tiers_then.join(levels, on="tier", how="left")
+        .join(values, on="member_pk", how="left")
+        .with_columns(pl.col("value").fill_null(0))
+        # no tier known (null): the level reached; a tier id the ladder no longer has
+        # stays as it is, with no next level
+        .with_columns(pl.when(pl.col("tier").is_null()).then(pl.max_horizontal(*floors))
+                      .when(pl.col("rank").is_not_null())
+                      .then(pl.max_horizontal(pl.col("rank"), *floors)).alias("rank"))
         .join(nexts, on="rank", how="left")
-        .join(value, on="member_pk", how="left")
-        .with_columns(pl.col("tier_metric").fill_null(0.0))
         .with_columns(
-            pl.when(pl.col("next_threshold").is_not_null())
-            .then(pl.max_horizontal(pl.col("next_threshold") - pl.col("tier_metric"), pl.lit(0.0)))
-            .otherwise(None).round(4).alias("remaining_to_next"),
-            pl.col("tier_metric").round(4),
+            pl.coalesce("_level", "tier").alias("tier"),
+            (pl.col("value") / scale).round(4).alias("tier_metric"),
+            pl.when(pl.col("_next").is_not_null())
+            .then(pl.max_horizontal(pl.col("_next") - pl.col("value"), pl.lit(0)) / scale)
+            .round(4).alias("remaining_to_next"),
         )
-        .select("member_pk", "tier_metric", "next_tier", "remaining_to_next")
+        .select("member_pk", "tier", "tier_metric", "next_tier", "remaining_to_next")
     )
 
 
@@ -114,11 +213,20 @@ def statements(engine: sa.Engine, program_id: str, date_from: date, date_to: dat
     programme = an.programme_of(engine, program_id)
     options = an.options_for(programme, date_from, date_to)
     data = an.load(engine, program_id, optional=False)
+    # the tier metric and tier as they stood at the end of ``to``: what came later is
+    # taken out of the buckets, which hold it now
+    until = _utc(date_to + timedelta(days=1), programme.tz)
     with reader(engine) as read:
         postings = read.postings(program_id, asset=None, detail=True).with_columns(
             an._local_date("occurred_at", programme.model.timezone))
         buckets = read.metric_buckets(program_id)
-    frame = member_statements(data, options, postings, buckets)
+        later_orders = read.orders_since(program_id, until)
+    later_points = rule_points(postings.filter(
+        (pl.col("asset") == "points") & (pl.col("code") == "earn")
+        & (pl.col("occurred_at") >= until)), later_orders)
+    buckets = buckets_as_of(buckets, later_orders, later_points, programme.model.timezone)
+    frame = member_statements(data, options, postings, buckets,
+                              tiers_held(data.members, later_orders, later_points))
     if member is not None:
         frame = frame.filter(pl.col("member") == member)
         if frame.height == 0:

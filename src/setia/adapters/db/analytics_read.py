@@ -248,6 +248,34 @@ class Reader:
                                                   "order_id", "event_id") if c in df.columns),
         )
 
+    def refunded_orders(self, program_id: str) -> pl.DataFrame:
+        """Which order each refund with a clawback refunds: ``ref`` (the refund's event id,
+        the ``ref`` of its postings) and ``order_id``, from the stored refund event (a
+        refund pruned from ``events`` is not found)."""
+        order_id = _json_text(self.engine, "e.payload", "order_id")
+        df = self.frame(
+            f"SELECT DISTINCT p.ref AS ref, CAST({order_id} AS {self._text}) AS order_id "
+            "FROM postings p JOIN events e ON e.program_id = p.program_id AND e.id = p.ref "
+            f"WHERE p.program_id = {_literal(program_id)} AND p.code = 'clawback' "
+            "AND e.type = 'refund'"
+        )
+        return df.with_columns(_as_text("ref", "order_id"))
+
+    def orders_since(self, program_id: str, since: datetime) -> pl.DataFrame:
+        """The orders from ``since`` on (those refunded in full too): member, time, amount
+        and refunded, the tier held at the purchase, the purchase's event id, and the points
+        its rules gave as left after refunds (``awards``: JSON as text)."""
+        df = self.frame(
+            "SELECT member_pk, order_id, event_id, occurred_at, amount_e4, refunded_e4, "
+            f"tier_id AS tier, CAST(awards AS {self._text}) AS awards FROM orders "
+            f"WHERE program_id = {_literal(program_id)} AND occurred_at >= {_timestamp(since)}",
+            ("occurred_at",),
+        )
+        return df.with_columns(
+            pl.col("member_pk", "amount_e4", "refunded_e4").cast(pl.Int64),
+            *_as_text("order_id", "event_id", "tier", "awards"),
+        )
+
     def campaign_postings(self, program_id: str) -> pl.DataFrame:
         """Points of campaigns: postings whose rule id is ``campaign:<id>``, with their code
         (``earn`` for an award, ``clawback`` for what a refund took back)."""
@@ -358,15 +386,22 @@ class Reader:
                                pl.col("remaining").cast(pl.Int64))
 
     def guest_sales(self, program_id: str) -> pl.DataFrame:
+        """Sales without a member with what was refunded of them (``refunded_e4``, the sum
+        of their refunds in ``guest_refunds``), as orders have it."""
+        where = f"WHERE program_id = {_literal(program_id)}"
         df = self.frame(
-            "SELECT occurred_at, amount_e4, store, channel, partner FROM guest_sales "
-            f"WHERE program_id = {_literal(program_id)}",
+            f"SELECT id, occurred_at, amount_e4, store, channel, partner FROM guest_sales {where}",
             ("occurred_at",),
-        )
-        return df.with_columns(
+        ).with_columns(
             pl.col("amount_e4").cast(pl.Int64),
-            *(pl.col(c).cast(pl.String) for c in ("store", "channel", "partner")),
+            *_as_text("id", "store", "channel", "partner"),
         )
+        refunds = self.frame(f"SELECT sale_id, amount_e4 FROM guest_refunds {where}")
+        refunded = refunds.select(pl.col("sale_id").cast(pl.String).alias("id"),
+                                  pl.col("amount_e4").cast(pl.Int64)).group_by("id").agg(
+            pl.col("amount_e4").sum().alias("refunded_e4"))
+        return df.join(refunded, on="id", how="left").with_columns(
+            pl.col("refunded_e4").fill_null(0).cast(pl.Int64)).drop("id")
 
     def optional(self, name: str, program_id: str) -> pl.DataFrame | None:
         """A table other features add (campaign hold-outs, coupon uses, surveys, paid

@@ -1,6 +1,7 @@
 """Analytics over HTTP: /v1/programs/{program}/analytics/... (docs/api.md, "Analytics").
 
-Reads need an admin key; guest sales may also come from a till (pos key)."""
+Reads need an admin key; guest sales and their refunds may also come from a till (pos
+key)."""
 
 from __future__ import annotations
 
@@ -219,3 +220,32 @@ async def post_guest_sales(
     return await run_in_threadpool(record_guest_sales, _engine(request), program, sales)
 
 
+
+
+REFUNDS_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["refunds"],
+        "properties": {"refunds": {"type": "array", "maxItems": 1000, "items": {
+            "type": "object", "required": ["id", "sale_id", "occurred_at", "amount"],
+            "properties": {
+                "id": {"type": "string"}, "sale_id": {"type": "string"},
+                "occurred_at": {"type": "string"}, "amount": {"type": "string"},
+                "currency": {"type": "string"},
+            }}}}}}}},
+}
+
+
+@router.post("/guest-sales/refunds", responses=schemas.PROBLEM_RESPONSES,
+             openapi_extra=REFUNDS_BODY)
+async def post_guest_refunds(
+    request: Request, program: str, caller: Caller = Depends(require(*STAFF_SCOPES)),
+) -> Any:
+    """Refunds of guest sales, each naming its sale and the amount given back; idempotent
+    by refund id."""
+    caller.check_program(program)
+    from setia.entrypoints.api.app import read_body
+    from setia.service.analytics_sales import record_guest_refunds
+
+    body: Any = await read_body(request)
+    refunds = body.get("refunds") if isinstance(body, dict) else None
+    return await run_in_threadpool(record_guest_refunds, _engine(request), program, refunds)
