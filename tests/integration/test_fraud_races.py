@@ -17,6 +17,7 @@ from setia.service.batch import ingest_batch
 from setia.service.common import lock_key
 from setia.service.events import ingest_event
 from setia.service.members import upsert_member
+from setia.service.till import purchase_with_coupon
 from tests.conftest import assert_journal_ok, fixed_clock, load_programme
 from tests.integration.test_concurrency import all_at_once, only_expected_errors
 from tests.integration.test_trust_fraud import balances, journal, purchase
@@ -97,8 +98,8 @@ def test_two_members_claiming_one_receipt_at_once_have_exactly_one_held(
 def test_two_batches_taking_receipt_locks_in_opposite_orders_both_finish(
         pg_engine: sa.Engine) -> None:
     # Given two members, and one batch for each of the same ten receipts (RM 30.00 to
-    # 39.00 at kl-01), m1's in rising order of amount and m2's in falling order: their
-    # receipt locks may deadlock, which the server breaks and the loser retries
+    # 39.00 at kl-01), m1's in rising order of amount and m2's in falling order (a batch
+    # takes its receipt locks in the order of their keys, not of its events)
     load_programme(pg_engine, PROGRAMME)
     for member in ("m1", "m2"):
         upsert_member(pg_engine, P, member, {}, CLOCK)
@@ -141,11 +142,11 @@ def test_a_batch_takes_its_receipt_locks_at_once_in_the_order_of_their_keys(
     amounts = [39, 38, 37, 36, 35, 35, 34, 33, 32, 31, 30]
     events = [purchase(f"e{n}", "m1", f"2027-03-01T{n:02d}:00:00+00:00", f"{a}.00")
               for n, a in enumerate(amounts)]
-    keys: list[int] = []
+    keys: list[list[int]] = []
 
     def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
         if "pg_advisory_xact_lock" in statement:
-            keys.append(parameters["key"])
+            keys.append(parameters.get("keys") or [parameters["key"]])
 
     # When it is applied
     sa.event.listen(pg_engine, "before_cursor_execute", seen)
@@ -154,11 +155,11 @@ def test_a_batch_takes_its_receipt_locks_at_once_in_the_order_of_their_keys(
     finally:
         sa.event.remove(pg_engine, "before_cursor_execute", seen)
 
-    # Then each receipt's lock was taken once, all in the order of their keys (batches
-    # taking them in the order of their events could deadlock), and the second RM 35.00
-    # an hour later is no duplicate (10 minutes)
+    # Then each receipt's lock was taken once, all in one statement and in the order of
+    # their keys (batches taking them in the order of their events could deadlock), and
+    # the second RM 35.00 an hour later is no duplicate (10 minutes)
     expected = {lock_key("receipt", P, "kl-01", a * 10_000) for a in amounts}
-    assert keys == sorted(expected) and len(keys) == 10
+    assert keys == [sorted(expected)] and len(keys[0]) == 10
     assert [r["status"] for r in results] == ["applied"] * 11
     assert fraud.reviews(pg_engine, P) == []
     assert balances(pg_engine, "m1") == {"available": sum(amounts), "pending": 0,
@@ -199,4 +200,54 @@ def test_only_a_programme_that_screens_duplicates_takes_the_receipt_lock(
     assert balances(pg_engine, "m1") == {"available": 20, "pending": 0, "reserved": 0}
     assert balances(pg_engine, "m1", "velocity-cafe") == {
         "available": 30, "pending": 0, "reserved": 0}
+    assert_journal_ok(pg_engine)
+
+
+def lock_keys_in_order(engine: sa.Engine, statements: list[str], *,
+                       budget: str = "FROM campaign_budgets") -> Callable[..., None]:
+    """A cursor listener noting each advisory lock's keys, and a budget row lock as
+    "budget", in the order they are sent."""
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if "pg_advisory_xact_lock" in statement:
+            statements.extend(map(str, parameters.get("keys") or [parameters["key"]]))
+        elif budget in statement and "FOR UPDATE" in statement:
+            statements.append("budget")
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    return seen
+
+
+def test_every_path_takes_the_receipt_lock_before_budget_and_coupon_locks(
+        pg_engine: sa.Engine) -> None:
+    # Given a programme that screens duplicate receipts, with a budgeted campaign and a
+    # RM 5.00 coupon, and m1 and m2
+    document = {**PROGRAMME,
+                "campaigns": [{"id": "promo", "name": "Promo", "points": 10, "budget": 1000}],
+                "coupons": [{"id": "five", "name": "RM 5 off", "code": "FIVE",
+                             "discount": {"amount_off": "5.00"}}]}
+    load_programme(pg_engine, document)
+    for member in ("m1", "m2"):
+        upsert_member(pg_engine, P, member, {}, CLOCK)
+    statements: list[str] = []
+    listener = lock_keys_in_order(pg_engine, statements)
+    try:
+        # When m1 buys for RM 30.00 alone, and m2 for RM 30.00 less the coupon at the till
+        ingest_event(pg_engine, P, purchase("e1", "m1", "2027-03-01T10:00:00+00:00",
+                                            "30.00"), CLOCK)
+        single = list(statements)
+        statements.clear()
+        purchase_with_coupon(pg_engine, P, purchase("e2", "m2", "2027-03-01T11:00:00+00:00",
+                                                    "30.00"), "FIVE", "till-1", CLOCK)
+    finally:
+        sa.event.remove(pg_engine, "before_cursor_execute", listener)
+
+    # Then the single event locked its receipt before the campaign's budget row, and the
+    # till its receipt of the amount paid (RM 25.00) before the coupon's order lock and
+    # the budget row: one order on every path, so none waits for another in reverse
+    assert single == [str(lock_key("receipt", P, "kl-01", 300_000)), "budget"]
+    assert statements == [str(lock_key("receipt", P, "kl-01", 250_000)),
+                          str(lock_key("coupon-order", P, "o-e2")), "budget"]
+    assert balances(pg_engine, "m1") == {"available": 40, "pending": 0, "reserved": 0}
+    assert balances(pg_engine, "m2") == {"available": 35, "pending": 0, "reserved": 0}
     assert_journal_ok(pg_engine)

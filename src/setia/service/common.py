@@ -6,7 +6,7 @@ import hashlib
 import random
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -155,17 +155,30 @@ def advisory_xact_lock(uow: UnitOfWork, *name: str | int) -> None:
     reads rows another transaction may be about to insert, where there is no row to lock.
     The name is hashed to the lock's 64-bit key: a rare collision of two names only makes
     their writes wait for each other."""
+    advisory_xact_locks(uow, [name])
+
+
+def advisory_xact_locks(uow: UnitOfWork, names: Iterable[Sequence[str | int]]) -> None:
+    """``advisory_xact_lock`` on each of ``names`` not held yet, in the order of their keys
+    (two commands that take several in that one order cannot deadlock on them), in one
+    statement: the array's function scan calls the lock function element by element, in
+    the array's order."""
     if uow.dialect != "postgresql":
         return
-    key = lock_key(*name)
     held = _held_locks.setdefault(uow, set())
-    if key not in held:
-        uow.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-        held.add(key)
+    keys = sorted({lock_key(*name) for name in names} - held)
+    if not keys:
+        return
+    if len(keys) == 1:
+        uow.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": keys[0]})
+    else:
+        uow.execute(sa.text("SELECT count(pg_advisory_xact_lock(k)) "
+                            "FROM unnest(CAST(:keys AS bigint[])) AS k"), {"keys": keys})
+    held.update(keys)
 
 
 def lock_key(*name: str | int) -> int:
-    """The 64-bit key of ``advisory_xact_lock``'s lock on ``name``; also the order in which
-    a command that takes several such locks takes them (``fraud.lock_receipts``)."""
+    """The 64-bit key of ``advisory_xact_lock``'s lock on ``name``, and the order in which
+    ``advisory_xact_locks`` takes several."""
     text = "\x00".join(["setia", *map(str, name)]).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)

@@ -275,15 +275,19 @@ def redeem(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock
     return transaction(engine, work)
 
 
-def redeem_in(uow: UnitOfWork, programme: Programme, body: Any, key: str, now: datetime
-              ) -> dict[str, Any]:
+def redeem_in(uow: UnitOfWork, programme: Programme, body: Any, key: str, now: datetime,
+              *, before_locks: Callable[[Decimal], None] | None = None) -> dict[str, Any]:
     """``redeem`` inside the caller's unit of work (which commits): for the till's
-    purchase with a coupon (service/till.py), so both are written or neither."""
+    purchase with a coupon (service/till.py), so both are written or neither.
+    ``before_locks`` gets the discount once the member's row is locked, before the
+    coupon's locks (the till takes its purchase's receipt lock there)."""
 
     def run() -> dict[str, Any]:
         coupon, code, generated, member, discount, order_id = _assess(
             uow, programme, body, now, order=True, lock=True)
         assert order_id is not None
+        if before_locks is not None:
+            before_locks(discount)
         # Another member's till may be using a code on the same order: without the lock
         # both would miss each other's use and apply the coupon twice.
         advisory_xact_lock(uow, "coupon-order", programme.id, order_id)

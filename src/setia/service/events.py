@@ -165,6 +165,8 @@ def apply_event(
     tier_before = member.tier_id
 
     if event.type == "purchase":
+        if store:  # before any lock but the member's (fraud.lock_receipt)
+            fraud.lock_receipt(uow, programme, event.store, event.amount)
         made = _purchase(uow, programme, member, event, now)
     elif event.type == "refund":
         made = _refund(uow, programme, member, event, now)

@@ -10,9 +10,9 @@ are taken back) with ``decide``.
 Two members' purchases of the same store and amount, applied by concurrent transactions,
 would each miss the other's order (not committed yet). On PostgreSQL a programme that
 screens duplicate receipts therefore takes a transaction-scoped advisory lock on (programme,
-store, amount) for every such purchase before it counts the others (``_lock_receipt``): the
-second waits until the first commits, and its count, a new statement, then finds the
-first's order. The lock is taken after the member locks and held to the commit.
+store, amount) for every such purchase (``lock_receipt``), held to the commit: the second
+waits until the first commits, and its count, a new statement, then finds the first's
+order. Every path takes it right after its member's row, before any other lock.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,9 +39,9 @@ from setia.service import audit, outbox, partners
 from setia.service.common import (
     Clock,
     advisory_xact_lock,
+    advisory_xact_locks,
     idempotent,
     iso,
-    lock_key,
     require_programme,
     transaction,
     utc_now,
@@ -68,8 +69,6 @@ def screen(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
         if event.type == "purchase" and config.duplicate_receipts is not None:
             seen.append((member.pk, event.occurred_at, 0, event.store, event.amount))
         return None
-    if config.duplicate_receipts is not None:
-        _lock_receipt(uow, programme, event)
     recent = _recent(uow, programme, member, event, config)
     seen.append((member.pk, event.occurred_at, points, event.store, event.amount
                  if event.type == "purchase" else None))
@@ -155,34 +154,36 @@ def taken_back(uow: UnitOfWork, program_id: str, event_id: str, points: int) -> 
                 .values(points=sa.case((r.c.points > points, r.c.points - points), else_=0)))
 
 
-def _receipt(programme: Programme, event: Event) -> tuple[str, str, str, int] | None:
-    """The name of the receipt lock of a purchase (programme, store, amount), if it has one."""
-    if event.type == "purchase" and event.store is not None and event.amount is not None:
-        return ("receipt", programme.id, event.store, int(event.amount.scaleb(4)))
-    return None
+def _receipt(programme: Programme, store: str | None, amount: Decimal | None
+             ) -> tuple[str, str, str, int] | None:
+    """The name of the receipt lock of a purchase (programme, store, amount), if the
+    programme screens duplicate receipts and the purchase names a store and an amount."""
+    config = programme.model.fraud
+    if (config is None or not config.active or config.duplicate_receipts is None
+            or store is None or amount is None):
+        return None
+    return ("receipt", programme.id, store, int(amount.scaleb(4)))
 
 
-def _lock_receipt(uow: UnitOfWork, programme: Programme, event: Event) -> None:
+def lock_receipt(uow: UnitOfWork, programme: Programme, store: str | None,
+                 amount: Decimal | None) -> None:
     """Serialise purchases of the same programme, store and amount until commit, so that
-    the duplicate count of the second finds the first's order. Taken after the member
-    locks. A batch took its receipts' locks already (``lock_receipts``)."""
-    if (name := _receipt(programme, event)) is not None:
+    the duplicate count of the second finds the first's order. Every path takes it right
+    after its member's row and before any other lock (campaign budgets, coupon counters),
+    so that no two commands wait for each other in opposite orders: a single event before
+    its purchase is applied, the till before the coupon's locks, a batch for all its
+    purchases at once (``lock_receipts``). Nothing in a programme that does not screen
+    duplicate receipts."""
+    if (name := _receipt(programme, store, amount)) is not None:
         advisory_xact_lock(uow, *name)
 
 
 def lock_receipts(uow: UnitOfWork, programme: Programme, events: Sequence[Event]) -> None:
-    """The receipt locks of a batch's purchases, taken at once after its member locks and in
-    the order of their keys: two batches that took them event by event, in the order of
-    their events, could each hold one the other waits for (a deadlock the server breaks
-    after a second, and one of them runs again). Nothing in a programme that does not
-    screen duplicate receipts."""
-    config = programme.model.fraud
-    if (config is None or not config.active or config.duplicate_receipts is None
-            or uow.dialect != "postgresql"):
-        return
-    names = {name for event in events if (name := _receipt(programme, event)) is not None}
-    for name in sorted(names, key=lambda name: lock_key(*name)):
-        advisory_xact_lock(uow, *name)
+    """The receipt locks of a batch's purchases (``lock_receipt``), taken after its members'
+    rows, at once and in the order of their keys: two batches that took them event by
+    event, in the order of their events, could each hold one the other waits for."""
+    advisory_xact_locks(uow, [name for event in events if event.type == "purchase" and (
+        name := _receipt(programme, event.store, event.amount)) is not None])
 
 
 def _recent(uow: UnitOfWork, programme: Programme, member: Member, event: Event,

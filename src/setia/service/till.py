@@ -6,9 +6,11 @@ The purchase's amount is the basket less the discount; with lines, the discount 
 taken from the lines it applies to (domain/coupons.py ``net_lines``), so points are
 earned on what the member paid for each line.
 
-Locks, in the order each alone takes them: the coupon's (the member, the order, the code,
-the counter), then the purchase's (campaign budgets, and the receipt lock of a programme
-that screens duplicate receipts)."""
+Locks, in this order: the member's row, the receipt lock of a programme that screens
+duplicate receipts (of the amount paid: the discount is known once the member's row is
+locked), the coupon's (the order, the code, the counter), then the purchase's (campaign
+budgets). Every path takes the receipt lock right after the member's row
+(``fraud.lock_receipt``)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from setia.domain import coupons as c
 from setia.domain.errors import InvalidField
 from setia.domain.events import parse_event
 from setia.domain.money import minor_digits
-from setia.service import coupons
+from setia.service import coupons, fraud
 from setia.service.common import Clock, require_programme, transaction, utc_now
 from setia.service.events import apply_event
 
@@ -47,12 +49,15 @@ def purchase_with_coupon(engine: sa.Engine, program_id: str, purchase: Any, code
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
         gross = parse_event(purchase, programme.currency)  # the basket, checked first
-        assert gross.amount is not None
+        basket_amount = gross.amount
+        assert basket_amount is not None
         now = clock()
-        use = coupons.redeem_in(uow, programme, _basket(purchase, gross.amount, code), key,
-                               now)
+        use = coupons.redeem_in(
+            uow, programme, _basket(purchase, basket_amount, code), key, now,
+            before_locks=lambda discount: fraud.lock_receipt(
+                uow, programme, gross.store, basket_amount - discount))
         discount = Decimal(use["discount"])
-        paid = dict(purchase, amount=str(gross.amount - discount))
+        paid = dict(purchase, amount=str(basket_amount - discount))
         if gross.lines:
             coupon = c.find(programme.model.coupons or [], use["coupon"])
             basket = tuple(c.BasketLine(line.sku, line.category, line.amount)
