@@ -444,6 +444,34 @@ def test_two_refunds_of_one_guest_sale_at_once_take_no_more_than_the_sale(
     assert_journal_ok(pg_engine)
 
 
+
+@pytest.mark.postgres
+def test_a_guest_refund_sent_again_while_its_first_call_runs_is_replayed(
+        pg_engine: sa.Engine) -> None:
+    # Given g2 (15.00), and a call refunding all of it under way: it holds g2's row and
+    # has written its refund "first", not yet committed
+    build(pg_engine)
+    blocker = pg_engine.connect()
+    blocker.begin()
+    blocker.execute(sa.text("SELECT id FROM guest_sales WHERE program_id = :p AND id = 'g2' "
+                            "FOR UPDATE"), {"p": P})
+    record_guest_refunds_in(blocker, "first", "15.00")
+    with ThreadPoolExecutor(1) as pool:
+        # When the till sends the same refund again meanwhile (its first call timed out)
+        again = pool.submit(record_guest_refunds, pg_engine, P, [
+            {"id": "first", "sale_id": "g2", "amount": "15.00",
+             "occurred_at": "2027-02-22T12:00:00+08:00"}])
+        wait_for_a_lock(pg_engine)
+        blocker.commit()
+        blocker.close()
+        # Then it waits for the first, finds it stored and replays it (it found nothing
+        # left of g2 and was refused)
+        assert again.result(timeout=30) == {"recorded": 0, "replayed": 1}
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id, amount_e4 FROM guest_refunds")).all() == [
+            ("first", 150_000)]
+    assert_journal_ok(pg_engine)
+
 def record_guest_refunds_in(conn: sa.Connection, refund_id: str, amount: str) -> None:
     when = at("2027-02-22T12:00:00+08:00")
     conn.execute(guest_refunds.insert().values(

@@ -155,18 +155,20 @@ def record_guest_refunds(engine: sa.Engine, program_id: str, refunds: Any,
                     field=f"refunds[{i}].id")
             first.setdefault(row["id"], i)
         r, g = guest_refunds, guest_sales
+        sale_ids = sorted({rows[i]["sale_id"] for i in first.values()})
+        # The sales refunded are locked (in a stable order) before what is left of them and
+        # the refunds stored are read: two refunds of one sale at once cannot both take its
+        # last part, and a refund sent again while its first call runs finds it stored
+        # (and is replayed) instead of finding the sale refunded by it.
+        amounts = dict(uow.conn.execute(
+            sa.select(g.c.id, g.c.amount_e4)
+            .where(g.c.program_id == program_id, g.c.id.in_(sale_ids))
+            .order_by(g.c.id).with_for_update()).all())
         stored = {
             row.id: row._asdict() for row in uow.conn.execute(
                 sa.select(r.c.id, r.c.sale_id, r.c.occurred_at, r.c.amount_e4)
                 .where(r.c.program_id == program_id, r.c.id.in_(list(first))))
         }
-        sale_ids = sorted({rows[i]["sale_id"] for i in first.values()})
-        # The sales refunded are locked (in a stable order) before what is left of them is
-        # read: two refunds of one sale at once cannot both take its last part.
-        amounts = dict(uow.conn.execute(
-            sa.select(g.c.id, g.c.amount_e4)
-            .where(g.c.program_id == program_id, g.c.id.in_(sale_ids))
-            .order_by(g.c.id).with_for_update()).all())
         refunded = dict(uow.conn.execute(
             sa.select(r.c.sale_id, sa.func.sum(r.c.amount_e4))
             .where(r.c.program_id == program_id, r.c.sale_id.in_(sale_ids))
