@@ -134,3 +134,20 @@ def test_postgresql_reads_run_without_jit_and_with_256_mb_of_work_mem(engine: sa
         settings = read.frame("SELECT current_setting('jit') AS jit, "
                               "current_setting('work_mem') AS work_mem")
     assert settings.rows() == [("off", "256MB")]
+
+
+def test_the_reads_of_one_reader_see_one_moment(cafe: sa.Engine) -> None:
+    # Given a reader that has read the members' buckets once
+    with reader(cafe) as read:
+        before = read.metric_buckets(P)
+        # When another connection changes a bucket and commits meanwhile
+        with cafe.begin() as conn:
+            changed = conn.execute(sa.text(
+                "UPDATE metric_buckets SET points = points + 1000")).rowcount
+        # Then the reader's later reads still see the moment of its first
+        again = read.metric_buckets(P)
+    assert changed > 0
+    assert again.equals(before)
+    with reader(cafe) as fresh:
+        after = fresh.metric_buckets(P)
+    assert after["points"].sum() == before["points"].sum() + 1000 * changed

@@ -129,21 +129,29 @@ def _json_text(engine: sa.Engine, column: str, key: str) -> str:
 
 class Reader:
     """One connection for a set of reads (ADBC on PostgreSQL, sqlite3 on SQLite); frames
-    come back with UTC datetimes."""
+    come back with UTC datetimes. The reads of one reader see the database at one moment
+    (one read-only transaction, REPEATABLE READ on PostgreSQL): figures worked out from
+    several tables (a statement takes later purchases out of the buckets that hold them)
+    never mix rows committed between two of its reads."""
 
     def __init__(self, engine: sa.Engine, conn: Any) -> None:
         self.engine = engine
         self.conn = conn
         self.sqlite = is_sqlite(engine)
         self._text = "TEXT" if self.sqlite else "text"
-        if not self.sqlite:
-            # Reads scan whole tables once: compiling them (JIT) costs more than it saves,
-            # and a summing query keeps its groups in memory rather than spilling to disk.
-            # One text sent as one simple query: one round trip (``execute`` prepares,
-            # describes and runs each statement, three round trips apiece).
+        if self.sqlite:
+            # sqlite3 opens no transaction for reads by itself: each would see its moment.
+            self.conn.execute("BEGIN")
+        else:
+            # The ADBC connection is in a transaction already (autocommit off), no query run
+            # in it yet. Reads scan whole tables once: compiling them (JIT) costs more than
+            # it saves, and a summing query keeps its groups in memory rather than spilling
+            # to disk. One text sent as one simple query: one round trip (``execute``
+            # prepares, describes and runs each statement, three round trips apiece).
             cursor = self.conn.cursor()
             try:
-                cursor.executescript("SET jit = off; SET work_mem = '256MB'")
+                cursor.executescript("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;"
+                                     " SET jit = off; SET work_mem = '256MB'")
             finally:
                 cursor.close()
 
