@@ -37,6 +37,7 @@ from setia.service.analytics_sales import record_guest_refunds, record_guest_sal
 from setia.service.clv import clv_report, fit
 from setia.service.events import ingest_event
 from setia.service.members import upsert_member
+from setia.service.reversals import reverse
 from setia.service.run_due import run_due
 from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
 from tests.integration.analytics_history import CAFE, P, build, purchase
@@ -216,6 +217,40 @@ def test_a_statement_leaves_out_points_of_other_events_after_its_end(engine: sa.
     assert rows(whole.select(PROGRESS)) == [("eve", "gold", 340.0, None, None)]
     assert_journal_ok(engine)
 
+
+
+def test_a_statement_takes_out_a_later_event_reversed_since_only_once(
+        engine: sa.Engine) -> None:
+    # Given a points metric (Silver 100), and eve: 70.00 bought on 03-05 (70 points) and a
+    # review on 03-10 (60): 130 points; after 03-15 a review on 03-20 (60), reversed on
+    # 03-21, which lowered March's bucket by its 60 already: 130 points again
+    load_programme(engine, {
+        "id": STARS, "name": "Stars", "currency": "MYR", "timezone": "Asia/Kuala_Lumpur",
+        "earn": [{"id": "base", "on": "purchase", "rate": 1},
+                 {"id": "review", "on": "review", "points": 60}],
+        "tiers": {"metric": "points", "window": "rolling_months", "window_months": 2,
+                  "levels": [{"id": "member", "name": "Member", "threshold": 0},
+                             {"id": "silver", "name": "Silver", "threshold": 100},
+                             {"id": "gold", "name": "Gold", "threshold": 180}]},
+    })
+    upsert_member(engine, STARS, "eve", {}, fixed_clock("2027-03-01T09:00:00+08:00"))
+    for event_id, when, kind, amount in (
+            ("s1", "2027-03-05T10:00:00+08:00", "purchase", "70.00"),
+            ("s2", "2027-03-10T10:00:00+08:00", "review", None),
+            ("s3", "2027-03-20T10:00:00+08:00", "review", None)):
+        event = {"id": event_id, "type": kind, "member": "eve", "occurred_at": when}
+        if amount is not None:
+            event |= {"order_id": f"o-{event_id}", "amount": amount}
+        ingest_event(engine, STARS, event, fixed_clock(when))
+    reverse(engine, STARS, {"ref": "s3", "reason": "fake review"}, "r1",
+            fixed_clock("2027-03-21T10:00:00+08:00"))
+    # When the statement of 03-01 to 03-15 is asked
+    _, frame = reports.statements(engine, STARS, D(2027, 3, 1), D(2027, 3, 15))
+    # Then eve had 130 points, 50 short of Gold (the reversed review's 60 taken out a
+    # second time left 70)
+    assert rows(frame.select(*PROGRESS, "earned")) == [("eve", "silver", 130.0, "gold", 50.0,
+                                                        130)]
+    assert_journal_ok(engine)
 
 def test_a_statement_keeps_the_status_of_the_year_before_lowered_later(
         engine: sa.Engine) -> None:

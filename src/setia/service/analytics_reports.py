@@ -87,7 +87,30 @@ def rule_points(earned: pl.DataFrame, orders: pl.DataFrame) -> pl.DataFrame:
         earned.filter(pl.col("rule_id").is_not_null()
                       & ~pl.col("rule_id").str.contains(":", literal=True))
         .join(orders.select(pl.col("event_id").alias("ref")), on="ref", how="anti")
-        .select("member_pk", "occurred_at", "issued")
+        .select("member_pk", "ref", "occurred_at", "issued")
+    )
+
+
+def net_of_taken_back(points: pl.DataFrame, postings: pl.DataFrame,
+                      reviews: pl.DataFrame) -> pl.DataFrame:
+    """``points`` (``rule_points``) per event, less what a reversal of the event
+    (``reverse:<event>``) or a rejected review of it (``Reader.rejected_reviews``) took
+    back since: the engine lowered the event's bucket by what they took, at most what it
+    had counted (``reversals``, ``fraud``), so the bucket holds the rest."""
+    taken = pl.concat([
+        postings.filter((pl.col("asset") == "points") & (pl.col("code") == "reverse")
+                        & pl.col("ref").str.starts_with("reverse:"))
+        .select("member_pk", pl.col("ref").str.strip_prefix("reverse:"), "issued"),
+        postings.filter((pl.col("asset") == "points") & (pl.col("code") == "review_reject"))
+        .join(reviews, on="ref").select("member_pk", pl.col("event_id").alias("ref"), "issued"),
+    ]).group_by("member_pk", "ref").agg((-pl.col("issued").sum()).alias("_taken"))
+    return (
+        points.group_by("member_pk", "ref").agg(pl.col("occurred_at").min(),
+                                                 pl.col("issued").sum())
+        .join(taken, on=["member_pk", "ref"], how="left")
+        .select("member_pk", "occurred_at",
+                pl.max_horizontal(pl.col("issued") - pl.col("_taken").fill_null(0),
+                                  pl.lit(0)).alias("issued"))
     )
 
 
@@ -221,9 +244,10 @@ def statements(engine: sa.Engine, program_id: str, date_from: date, date_to: dat
             an._local_date("occurred_at", programme.model.timezone))
         buckets = read.metric_buckets(program_id)
         later_orders = read.orders_since(program_id, until)
-    later_points = rule_points(postings.filter(
+        reviews = read.rejected_reviews(program_id)
+    later_points = net_of_taken_back(rule_points(postings.filter(
         (pl.col("asset") == "points") & (pl.col("code") == "earn")
-        & (pl.col("occurred_at") >= until)), later_orders)
+        & (pl.col("occurred_at") >= until)), later_orders), postings, reviews)
     buckets = buckets_as_of(buckets, later_orders, later_points, programme.model.timezone)
     frame = member_statements(data, options, postings, buckets,
                               tiers_held(data.members, later_orders, later_points))

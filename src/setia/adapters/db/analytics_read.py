@@ -284,6 +284,15 @@ class Reader:
             *_as_text("order_id", "event_id", "tier", "awards"),
         )
 
+    def rejected_reviews(self, program_id: str) -> pl.DataFrame:
+        """The rejected fraud reviews: the reference their take-back postings carry
+        (``review:<id>``) and the event reviewed."""
+        return self.frame(
+            f"SELECT id, event_id FROM fraud_reviews WHERE program_id = {_literal(program_id)} "
+            "AND status = 'rejected'"
+        ).select(pl.format("review:{}", pl.col("id")).alias("ref"),
+                 pl.col("event_id").cast(pl.String))
+
     def campaign_postings(self, program_id: str) -> pl.DataFrame:
         """Points of campaigns: postings whose rule id is ``campaign:<id>``, with their code
         (``earn`` for an award, ``clawback`` for what a refund took back)."""
