@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -13,15 +14,17 @@ import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
 from setia.adapters.db import tables_outbox
+from setia.adapters.db import tables_referrals as tr
 from setia.adapters.db.tables_partners import settlement_postings
 from setia.domain import referrals as r
 from setia.domain.errors import UnknownMember
-from setia.service import referrals
+from setia.service import referrals, reversals
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.run_due import run_due
 from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
 from tests.growth_programme import GROWTH
+from tests.integration.test_analytics_reports import wait_for_a_lock
 
 P = "growth-cafe"
 ENROL = fixed_clock("2027-03-01T09:00:00+08:00")
@@ -176,6 +179,45 @@ def test_a_refund_before_payment_waits_for_another_purchase(cafe: sa.Engine) -> 
     assert_journal_ok(cafe)
 
 
+
+def test_a_payout_reversed_by_an_admin_is_not_clawed_back_again_by_a_refund(
+        cafe: sa.Engine) -> None:
+    # Given adi's referral paid (rina 300, adi 150) after his RM 30.00 purchase
+    linked = refer(cafe, "adi")
+    purchase(cafe, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
+    run_due(cafe, at("2027-03-20T00:00:00+08:00"))
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (350, 230)
+    # When an admin reverses the payout, then the purchase is refunded below RM 20.00
+    rid = f"referral:{linked['id']}"
+    reversals.reverse(cafe, P, {"ref": rid, "reason": "a paid referral ring"}, "rv-1", DAY_2)
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (50, 80)
+    refund(cafe, "adi", "o-1", "15.00", "2027-03-22T10:00:00+08:00", "r-1")
+    # Then the refund takes its base 15 only: the 300 and 150 are not taken a second time
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (50, 65)
+    assert referrals.get(cafe, P, linked["id"])["status"] == "clawed_back"
+    assert [row[1:] for row in referral_postings(cafe)] == [
+        ("issued", "available", 300, rid), ("issued", "available", 150, rid)]
+    assert_journal_ok(cafe)
+
+
+def test_a_refund_in_full_claws_back_a_referral_that_any_amount_qualifies_for(
+        engine: sa.Engine) -> None:
+    # Given referrals qualifying on any purchase (min_purchase 0), and adi's paid
+    document = copy.deepcopy(GROWTH)
+    document["referrals"]["min_purchase"] = "0"
+    load_programme(engine, document)
+    upsert_member(engine, P, "rina", {}, ENROL)
+    linked = refer(engine, "adi")
+    purchase(engine, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
+    run_due(engine, at("2027-03-20T00:00:00+08:00"))
+    assert (available(engine, "rina"), available(engine, "adi")) == (350, 230)
+    # When the purchase is refunded in full
+    refund(engine, "adi", "o-1", "30.00", "2027-03-22T10:00:00+08:00", "r-1")
+    # Then the referral is clawed back on both sides, as a refund below the minimum is
+    assert (available(engine, "rina"), available(engine, "adi")) == (50, 50)
+    assert referrals.get(engine, P, linked["id"])["status"] == "clawed_back"
+    assert_journal_ok(engine)
+
 def test_self_referral_by_normalised_email_goes_to_review(cafe: sa.Engine) -> None:
     guarded = refer(cafe, "rina2", {"email": "rinatan@googlemail.com"})
     assert guarded["status"] == "review"
@@ -199,6 +241,36 @@ def test_self_referral_by_normalised_email_goes_to_review(cafe: sa.Engine) -> No
     assert referrals.listing(cafe, P, "review") == []
     assert_journal_ok(cafe)
 
+
+
+@pytest.mark.postgres
+def test_an_approval_waits_for_a_purchase_qualifying_the_referral_meanwhile(
+        pg_engine: sa.Engine) -> None:
+    # Given rina2's referral in review (the same email as rina's), and her first purchase
+    # under way: it holds her row and has qualified the referral, not yet committed
+    load_programme(pg_engine, GROWTH)
+    upsert_member(pg_engine, P, "rina", {"email": "Rina.Tan+shop@gmail.com"}, ENROL)
+    guarded = refer(pg_engine, "rina2", {"email": "rinatan@googlemail.com"})
+    assert guarded["status"] == "review"
+    ref, m = tr.referrals, t.members
+    blocker = pg_engine.connect()
+    blocker.begin()
+    blocker.execute(sa.select(m.c.pk).where(m.c.id == "rina2").with_for_update())
+    blocker.execute(ref.update().where(ref.c.id == guarded["id"]).values(
+        order_id="o-1", qualifies_at=at("2027-03-17T10:00:00+08:00")))
+    with ThreadPoolExecutor(1) as pool:
+        # When an admin approves it meanwhile
+        approved = pool.submit(referrals.decide, pg_engine, P, guarded["id"], "approve",
+                               {"reason": "a sister"}, "ok-1", DAY_2)
+        wait_for_a_lock(pg_engine)
+        blocker.commit()
+        blocker.close()
+        # Then the approval decides on the referral as the purchase left it: qualified,
+        # to pay on 17 March (it read no order, and left it linked for good)
+        found = approved.result(timeout=30)
+    assert (found["status"], found["order_id"], found["qualifies_at"]) == (
+        "qualified", "o-1", "2027-03-17T02:00:00+00:00")
+    assert_journal_ok(pg_engine)
 
 def test_caps_per_referrer_and_per_ip_send_referrals_to_review(cafe: sa.Engine) -> None:
     assert refer(cafe, "m1", ip="10.0.0.1")["status"] == "linked"

@@ -239,7 +239,8 @@ def after_refund(uow: UnitOfWork, programme: Programme, member: Member, order: O
     (``now``: the refund's time; ``told_at``: when it is applied, for the referrer's
     message)."""
     config = programme.model.referrals
-    if config is None or order.left >= config.min_purchase:
+    # Refunded in full, the purchase is none, even where any amount qualifies.
+    if config is None or (order.left >= config.min_purchase and order.left > 0):
         return
     ref = tr.referrals
     row = uow.execute(sa.select(ref).where(ref.c.referee_pk == member.pk,
@@ -264,6 +265,16 @@ def after_refund(uow: UnitOfWork, programme: Programme, member: Member, order: O
     # The referee's postings are recorded with the refund event that caused them.
     _take_back(uow, programme, config.referee, member, row["id"], "referee", now,
                told_at=told_at, record=False)
+
+
+def payout_reversed(uow: UnitOfWork, program_id: str, reference: str, now: datetime) -> None:
+    """An admin reversed a referral's payout (``reversals``; ``reference``:
+    ``referral:<id>``): the referral is clawed back, so that a later refund of its
+    qualifying purchase takes nothing a second time."""
+    ref = tr.referrals
+    uow.execute(ref.update().where(
+        ref.c.program_id == program_id, ref.c.id == reference.removeprefix(r.RULE_PREFIX),
+        ref.c.status == "paid").values(status="clawed_back", clawed_back_at=now))
 
 
 def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, member: Member,
@@ -399,6 +410,10 @@ def decide(engine: sa.Engine, program_id: str, referral_id: str, decision: str, 
         now = clock()
 
         def run() -> dict[str, Any]:
+            # Both members' rows first, as the event path locks them before it qualifies or
+            # unqualifies the referral: the row read after them is the one to decide on.
+            found = _row(uow, programme, referral_id)
+            uow.members_for_update(programme.id, [found["referrer_pk"], found["referee_pk"]])
             row = _row(uow, programme, referral_id)
             if decision == "approve":
                 status = "qualified" if row["order_id"] is not None else "linked"

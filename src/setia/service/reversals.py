@@ -31,6 +31,7 @@ from setia.domain.ledger import ASSET_POINTS, MEMBER_ACCOUNTS, PROGRAMME_ACCOUNT
 from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.service import audit, fraud, outbox, partners, surveys
+from setia.service import referrals as referral_payouts
 from setia.service.common import (
     Clock,
     idempotent,
@@ -154,6 +155,9 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                 partners.settle_taken_back(uow, programme, ref, reversal_ref, posted, now)
                 if posted:
                     changed.append({"member": member.id, "balances": balances(member)})
+            if ref.startswith(referrals.RULE_PREFIX):
+                # the referral is done with: a refund of its purchase takes nothing more
+                referral_payouts.payout_reversed(uow, program_id, ref, now)
             audit.record(uow, "reverse", program_id=program_id, target=ref, before=None,
                          after={"reason": reason, "members": changed}, now=now)
             return {"ref": ref, "reason": reason, "members": changed}
