@@ -53,3 +53,39 @@ def test_a_repeated_event_in_one_batch_is_applied_once_and_a_changed_one_refused
     assert (again["applied"], again["replayed"], again["rejected"]) == (0, 3, 1)
     assert journal_rows(kopi) == rows
     assert_journal_ok(kopi)
+
+
+def test_lines_that_cannot_be_read_go_to_the_report_and_the_rest_load(kopi, tmp_path):
+    # Given ali, a JSON Lines file whose second line is Latin-1 ("café" as one byte), and a
+    # CSV file with a Latin-1 store name and a row of one field more than its header
+    upsert_member(kopi, "kopi-setia", "ali", {}, CLOCK)
+    lines = [json.dumps(purchase("e1", "o1", "5.00")).encode(),
+             json.dumps({**purchase("e2", "o2", "4.00"), "store": "caf\u00e9"},
+                        ensure_ascii=False).encode("latin-1"),
+             json.dumps(purchase("e3", "o3", "3.00")).encode()]
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"\n".join(lines) + b"\n")
+    csv_file = tmp_path / "events.csv"
+    header = b"id,type,member,order_id,occurred_at,amount,store\n"
+    row = "{},purchase,ali,{},2027-02-02T10:00:00+08:00,{},{}\n"
+    csv_file.write_bytes(header + row.format("c1", "oc1", "2.00", "kl-01").encode()
+                         + row.format("c2", "oc2", "6.00", "caf\u00e9").encode("latin-1")
+                         + row.format("c3", "oc3", "7.00", "kl-01,extra").encode()
+                         + row.format("c4", "oc4", "1.00", "kl-01").encode())
+    # When both are imported
+    jsonl_summary = import_events(kopi, "kopi-setia", jsonl, batch_size=10, clock=CLOCK)
+    csv_summary = import_events(kopi, "kopi-setia", csv_file, batch_size=10, clock=CLOCK)
+    # Then the rows that cannot be read are reported by number, and the others load:
+    # 5 + 3 + 2 + 1 base Beans
+    assert (jsonl_summary["applied"], jsonl_summary["rejected"]) == (2, 1)
+    assert (csv_summary["applied"], csv_summary["rejected"]) == (2, 2)
+    reported = [json.loads(line)
+                for summary in (jsonl_summary, csv_summary)
+                for line in Path(summary["report"]).read_text().splitlines()]
+    assert [(r["row"], r["problem"]["detail"]) for r in reported] == [
+        (2, "not JSON: str is not valid UTF-8: surrogates not allowed"),
+        (3, "not UTF-8 text"),
+        (4, "1 more field(s) than the header names")]
+    assert get_member(kopi, "kopi-setia", "ali", CLOCK)["balances"] == {
+        "available": 0, "pending": 50 + 5 + 3 + 2 + 1, "reserved": 0}
+    assert_journal_ok(kopi)

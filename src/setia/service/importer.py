@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,10 +31,20 @@ Progress = Callable[[int], None]
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed row) for each row; a row that cannot be parsed is a string error."""
+    """(line number, parsed row) for each row; a row that cannot be read (not UTF-8, not
+    JSON, more CSV fields than the header names) is a string error, for the report: it
+    never stops the import."""
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        # Bytes that are not UTF-8 are kept as lone surrogates, to be found per row below.
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
             for number, record in enumerate(csv.DictReader(handle), start=2):
+                if None in record:
+                    yield number, (f"{len(record[None])} more field(s) than the header "
+                                   "names")
+                    continue
+                if any(_undecoded(v) for v in (*record, *record.values()) if v is not None):
+                    yield number, "not UTF-8 text"
+                    continue
                 row: dict[str, Any] = {k: v for k, v in record.items() if v not in (None, "")}
                 try:
                     for key in CSV_JSON_COLUMNS:
@@ -44,14 +55,22 @@ def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
                     continue
                 yield number, row
         return
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
+    with path.open("rb") as lines:  # orjson reads bytes and refuses what is not UTF-8
+        for number, text in enumerate(lines, start=1):
             if not text.strip():
                 continue
             try:
                 yield number, orjson.loads(text)
             except json.JSONDecodeError as exc:
                 yield number, f"not JSON: {exc.msg}"
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
+
+
+def _undecoded(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not UTF-8."""
+    return not text.isascii() and _UNDECODED.search(text) is not None
 
 
 def count_rows(path: Path) -> int:
