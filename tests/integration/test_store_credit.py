@@ -244,3 +244,71 @@ def test_check_finds_a_cached_credit_balance_that_disagrees_with_the_journal(caf
     with cafe.begin() as conn:
         conn.execute(sa.text("UPDATE credit_accounts SET reserved = 0"))
     assert_journal_ok(cafe)
+
+
+def rebate_runs(engine: sa.Engine) -> list[tuple[str, int, int]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.text(  # type: ignore[misc]
+            "SELECT period, members, amount FROM rebate_runs ORDER BY period"))]
+
+
+def test_a_rebate_switched_from_monthly_to_quarterly_credits_no_spend_twice(engine):
+    # Given a monthly rebate `spend` (1% up to RM 500, 2% above) credited for April 2027
+    monthly = {**CREDIT_CAFE, "cashback": {"tiered": [
+        {"id": "spend", "per": "month",
+         "bands": [{"up_to": "500.00", "percent": 1}, {"percent": 2}]}]}}
+    load_programme(engine, monthly)
+    for member in ("ana", "bob"):
+        upsert_member(engine, P, member, {"enrolled_at": "2027-01-01T09:00:00+08:00"},
+                      fixed_clock("2027-01-01T09:00:00+08:00"))
+    ingest_event(engine, P, purchase("e1", "ana", "2027-04-10T10:00:00+08:00", amount="400.00"))
+    ingest_event(engine, P, purchase("e2", "bob", "2027-04-20T10:00:00+08:00", amount="200.00"))
+    assert run_due(engine, at("2027-05-01T00:00:00+08:00"), P).rebates_credited == 2
+    assert credit(engine, "ana") == {"available": "4.00", "reserved": "0.00"}
+    assert credit(engine, "bob") == {"available": "2.00", "reserved": "0.00"}
+
+    # When version 2 makes the same rebate quarterly, ana spends in May and June, and
+    # run-due runs once the second quarter (April to June) has ended
+    quarterly = {**monthly, "cashback": {"tiered": [
+        {**monthly["cashback"]["tiered"][0], "per": "quarter"}]}}
+    assert load_programme(engine, quarterly)["version"] == 2
+    ingest_event(engine, P, purchase("e3", "ana", "2027-05-05T10:00:00+08:00", amount="300.00"))
+    ingest_event(engine, P, purchase("e4", "ana", "2027-06-30T23:59:00+08:00", amount="350.55"))
+    assert run_due(engine, at("2027-06-30T23:59:59+08:00"), P).rebates_credited == 0
+    report = run_due(engine, at("2027-07-01T00:00:00+08:00"), P)
+
+    # Then 2027-Q2 is credited from May 1st on, April having been credited by month:
+    # ana 650.55 -> 1% of 500 + 2% of 150.55 = 5.00 + 3.011, floored to 8.01;
+    # bob spent only in April, so nothing more
+    assert report.rebates_credited == 1
+    assert credit(engine, "ana") == {"available": "12.01", "reserved": "0.00"}
+    assert credit(engine, "bob") == {"available": "2.00", "reserved": "0.00"}
+    p = t.postings
+    with engine.connect() as conn:
+        rebates = [tuple(row) for row in conn.execute(
+            sa.select(t.members.c.id, p.c.code, p.c.debit, p.c.credit, p.c.points, p.c.rule_id,
+                      p.c.ref, p.c.program_version, p.c.explanation)
+            .join(t.members, t.members.c.pk == p.c.member_pk)
+            .where(p.c.asset == "credit:MYR").order_by(p.c.id))]
+    assert rebates == [
+        ("ana", "rebate", "issued", "available", 400, "spend", "rebate:spend:2027-04", 1,
+         "spend rebate on RM 400.00 spent in 2027-04"),
+        ("bob", "rebate", "issued", "available", 200, "spend", "rebate:spend:2027-04", 1,
+         "spend rebate on RM 200.00 spent in 2027-04"),
+        ("ana", "rebate", "issued", "available", 801, "spend", "rebate:spend:2027-Q2", 2,
+         "spend rebate on RM 650.55 spent in 2027-Q2 from 2027-05-01 to 2027-06-30, "
+         "the rest of it credited before"),
+    ]
+    assert rebate_runs(engine) == [("2027-04", 2, 600), ("2027-Q2", 1, 801)]
+    q3 = store_credit.statement(engine, P, "ana", "2027-Q3")
+    assert (q3["opening_balance"], q3["earned"], q3["closing_balance"]) == (
+        "4.00", "8.01", "12.01")
+
+    # And running again, now or later in the quarter, credits nothing more
+    assert run_due(engine, at("2027-07-01T00:00:00+08:00"), P).rebates_credited == 0
+    assert run_due(engine, at("2027-09-30T12:00:00+08:00"), P).rebates_credited == 0
+    assert credit(engine, "ana") == {"available": "12.01", "reserved": "0.00"}
+    assert credit(engine, "bob") == {"available": "2.00", "reserved": "0.00"}
+    assert len(credit_postings(engine)) == 3
+    assert rebate_runs(engine) == [("2027-04", 2, 600), ("2027-Q2", 1, 801)]
+    assert_journal_ok(engine)

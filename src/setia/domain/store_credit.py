@@ -20,7 +20,7 @@ cashback and rebates come from) and ``redeemed`` (where spent credit goes).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -231,6 +231,33 @@ def period_of(per: str, day: date) -> Period:
                       _month_after(day.year, first_month + 2))
     assert per == "year", per
     return Period(str(day.year), per, date(day.year, 1, 1), date(day.year + 1, 1, 1))
+
+
+def credited_through(credited: Iterable[Period]) -> date | None:
+    """The end (exclusive) of the last period credited, whatever its ``per``; None if none."""
+    return max((period.next_first_day for period in credited), default=None)
+
+
+def uncredited_spans(period: Period, credited: Iterable[Period]) -> list[tuple[date, date]]:
+    """The days of ``period`` no credited period covers, as [first, next_first) spans.
+
+    A rebate whose ``per`` changed may have credited part of ``period`` under its old
+    ``per`` (monthly through April, then quarterly: April of 2027-Q2). Periods are credited
+    in order, so what is left is one span at the end of ``period``: its start clipped to
+    the end of the last period credited. Any other shape is subtracted just as well."""
+    spans: list[tuple[date, date]] = []
+    day = period.first_day
+    for done in sorted(credited, key=lambda p: p.first_day):
+        if done.next_first_day <= day:
+            continue
+        if done.first_day >= period.next_first_day:
+            break
+        if done.first_day > day:
+            spans.append((day, done.first_day))
+        day = done.next_first_day
+    if day < period.next_first_day:
+        spans.append((day, period.next_first_day))
+    return spans
 
 
 def parse_period(text: Any, field_name: str = "period") -> Period:

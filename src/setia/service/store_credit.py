@@ -16,7 +16,7 @@ import csv
 import io
 import secrets
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -38,12 +38,14 @@ from setia.domain.store_credit import (
     Period,
     UnknownCreditHold,
     credit_asset,
+    credited_through,
     instant_cashback,
     member_delta,
     money_text,
     parse_period,
     period_of,
     tiered_rebate,
+    uncredited_spans,
 )
 from setia.service import outbox
 from setia.service.common import (
@@ -422,16 +424,18 @@ def _release_timed_out(engine: sa.Engine, program_id: str, as_of: datetime) -> i
 
 def _ended_periods(engine: sa.Engine, programme: Programme, rebate_id: str, per: str,
                    as_of: datetime) -> list[Period]:
-    """The periods that have ended by ``as_of`` and were not credited yet: those after the
-    last one credited, or (the first time) from the period of the programme's first order.
-    Every ended period gets its run row, even when nobody spent, so none is skipped."""
+    """The periods that have ended by ``as_of`` and were not credited yet: from the one
+    holding the end of the last period credited (whatever its ``per``: a programme version
+    may have changed it), or (the first time) from the period of the programme's first
+    order. Every ended period gets its run row, even when nobody spent, so none is skipped.
+    The first may overlap what was credited; ``_credit_period`` credits only the rest."""
     with engine.connect() as conn:
         done = list(conn.execute(sa.select(rebate_runs.c.period).where(
             rebate_runs.c.program_id == programme.id,
             rebate_runs.c.rebate_id == rebate_id)).scalars())
-        if done:
-            last = max((parse_period(key) for key in done), key=lambda p: p.first_day)
-            start = last.next_first_day
+        through = credited_through(parse_period(key) for key in done)
+        if through is not None:
+            start = through
         else:
             first = conn.execute(sa.select(sa.func.min(t.orders.c.occurred_at)).where(
                 t.orders.c.program_id == programme.id)).scalar()
@@ -464,34 +468,45 @@ def _rebates(engine: sa.Engine, program_id: str, as_of: datetime) -> int:
     for rebate in config.tiered:
         for period in _ended_periods(engine, programme, rebate.id, rebate.per, as_of):
             def work(uow: UnitOfWork, rebate_id: str = rebate.id, period: Period = period) -> int:
+                _lock_programme_row(uow, program_id)
                 programme = require_programme(uow, program_id)
                 config = programme.model.cashback
                 found = [r for r in (config.tiered if config else []) if r.id == rebate_id]
-                if not found:
-                    return 0
+                if not found or found[0].per != period.per:
+                    return 0  # gone, or a new version changed its per: the next run plans again
                 return _credit_period(uow, programme, found[0].id, found[0].bands, period, as_of)
 
             credited += transaction(engine, work)
     return credited
 
 
+def _lock_programme_row(uow: UnitOfWork, program_id: str) -> None:
+    """Serialise the rebate runs of a programme, and programme uploads (which lock the row
+    FOR UPDATE), so that a run reads the current ``per`` and every run committed before it.
+    FOR NO KEY UPDATE: inserts that only reference the row (its versions) are not held up."""
+    uow.execute(sa.select(t.programs.c.id).where(t.programs.c.id == program_id)
+                .with_for_update(key_share=True))
+
+
 def _credit_period(uow: UnitOfWork, programme: Programme, rebate_id: str, bands: Any,
                    period: Period, as_of: datetime) -> int:
     """Credit one period's rebate to every member who spent in it, once: the run's row
-    is inserted first, so a second worker finds it and does nothing."""
+    is inserted first, so a second worker finds it and does nothing. Only the days no
+    earlier run of the rebate credited count: after its ``per`` changed (monthly through
+    April, then quarterly) the first new period is credited from where the last one ended.
+    The caller holds the programme row, so every earlier run is committed and seen here."""
     if not uow.insert_ignore(rebate_runs, {"program_id": programme.id, "rebate_id": rebate_id,
                                            "period": period.key, "members": 0, "amount": 0,
                                            "ran_at": as_of},
                              ["program_id", "rebate_id", "period"]):
         return 0
-    start, end = period.bounds(programme.tz)
-    o = t.orders
-    spend = uow.execute(
-        sa.select(o.c.member_pk, t.members.c.id.label("member_id"),
-                  sa.func.sum(o.c.amount_e4 - o.c.refunded_e4).label("net_e4"))
-        .join(t.members, t.members.c.pk == o.c.member_pk)
-        .where(o.c.program_id == programme.id, o.c.occurred_at >= start, o.c.occurred_at < end)
-        .group_by(o.c.member_pk, t.members.c.id).order_by(o.c.member_pk)).all()
+    credited = [parse_period(key) for key in uow.execute(sa.select(rebate_runs.c.period).where(
+        rebate_runs.c.program_id == programme.id, rebate_runs.c.rebate_id == rebate_id,
+        rebate_runs.c.period != period.key)).scalars()]
+    spans = uncredited_spans(period, credited)
+    spend = _net_spend(uow, programme, spans) if spans else []
+    spent_in = _spent_in(period, spans)
+    end = period.bounds(programme.tz)[1]
     digits = minor_digits(programme.currency)
     symbol = currency_symbol(programme.currency)
     members = total = 0
@@ -503,7 +518,7 @@ def _credit_period(uow: UnitOfWork, programme: Programme, rebate_id: str, bands:
         account = _lock_account(uow, programme.id, row.member_pk)
         account.earn(amount, code="rebate", rule_id=rebate_id, explanation=(
             f"{rebate_id} rebate on {symbol} {net.quantize(Decimal(1).scaleb(-digits))} "
-            f"spent in {period.key}"))
+            f"spent in {spent_in}"))
         _save(uow, programme, account, f"rebate:{rebate_id}:{period.key}", end,
               member_id=row.member_id, now=as_of)
         members += 1
@@ -513,6 +528,35 @@ def _credit_period(uow: UnitOfWork, programme: Programme, rebate_id: str, bands:
         rebate_runs.c.period == period.key).values(members=members, amount=total))
     uow.commit()
     return members
+
+
+def _net_spend(uow: UnitOfWork, programme: Programme,
+               spans: list[tuple[date, date]]) -> list[Any]:
+    """Each member's net spend on orders placed in the spans of days (programme time zone),
+    by member pk."""
+    o = t.orders
+
+    def midnight(day: date) -> datetime:
+        return datetime.combine(day, time(), programme.tz)
+
+    placed = sa.or_(*(sa.and_(o.c.occurred_at >= midnight(first), o.c.occurred_at < midnight(after))
+                      for first, after in spans))
+    return list(uow.execute(
+        sa.select(o.c.member_pk, t.members.c.id.label("member_id"),
+                  sa.func.sum(o.c.amount_e4 - o.c.refunded_e4).label("net_e4"))
+        .join(t.members, t.members.c.pk == o.c.member_pk)
+        .where(o.c.program_id == programme.id, placed)
+        .group_by(o.c.member_pk, t.members.c.id).order_by(o.c.member_pk)).all())
+
+
+def _spent_in(period: Period, spans: list[tuple[date, date]]) -> str:
+    """``2027-Q2``, or for a period credited in part before: ``2027-Q2 from 2027-05-01 to
+    2027-06-30, the rest of it credited before``."""
+    if spans == [(period.first_day, period.next_first_day)]:
+        return period.key
+    days = " and from ".join(f"{first.isoformat()} to {(after - timedelta(days=1)).isoformat()}"
+                             for first, after in spans)
+    return f"{period.key} from {days}, the rest of it credited before"
 
 
 # -- setia check --------------------------------------------------------------------------------
