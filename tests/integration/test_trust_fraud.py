@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from setia.domain.trust import ReviewDecided, UnknownReview
-from setia.service import audit, fraud, reversals
+from setia.service import audit, fraud, referrals, reversals, store_credit
 from setia.service.batch import ingest_batch
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
@@ -368,6 +368,195 @@ def test_a_refund_lowers_an_unheld_review_by_campaign_points_too(engine):
     # Then the rejection takes nothing (it took the campaign's 30 a second time)
     assert balances(engine, "m1") == {"available": 60, "pending": 0, "reserved": 0}
     assert journal(engine, "review_reject") == []
+    assert_journal_ok(engine)
+
+
+# -- a rejected purchase keeps no cashback and qualifies no referral ---------------------
+
+RECEIPT = "2027-03-01T10:00:00+00:00"  # m3's receipt, which m2 claims 5 minutes later
+CLAIM = "2027-03-01T10:05:00+00:00"
+
+
+def cashback_and_referrals(engine: sa.Engine, *, held: bool = True) -> str:
+    """Fraud Cafe screening duplicate receipts only (held or not), with 2% instant cashback
+    and referrals (a first purchase of RM 20.00 or more, paid 14 days later: referrer 300
+    points, referee 150); m1 refers m2, and m3 buys RM 42.50 at kl-01 at 10:00. The
+    referral's id."""
+    load_programme(engine, {
+        **PROGRAMME,
+        "fraud": {"duplicate_receipts": {"window_minutes": 10}, "hold": held},
+        "cashback": {"instant": [{"id": "all", "percent": 2}]},
+        "referrals": {"min_purchase": "20.00", "pending_days": 14,
+                      "referrer": {"points": 300}, "referee": {"points": 150}},
+    })
+    for member in ("m1", "m2", "m3"):
+        upsert_member(engine, P, member, {}, CLOCK)
+    code = referrals.code_for(engine, P, "m1", CLOCK)["code"]
+    linked = referrals.link(engine, P, {"code": code, "member": "m2"}, "link-m2", CLOCK)
+    ingest_event(engine, P, purchase("e1", "m3", RECEIPT, "42.50"), CLOCK)
+    return str(linked["id"])
+
+
+def credit(engine: sa.Engine, member: str) -> dict[str, str]:
+    view = store_credit.balance(engine, P, member)
+    return {"available": view["available"], "reserved": view["reserved"]}
+
+
+def credit_postings(engine: sa.Engine, member: str) -> list[tuple[str, str, str, int, str, str]]:
+    """(code, debit, credit, amount in sen, ref, rule) of the member's store credit."""
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.text(
+            "SELECT p.code, p.debit, p.credit, p.points, p.ref, p.rule_id FROM postings p "
+            "JOIN members m ON m.pk = p.member_pk WHERE m.id = :member "
+            "AND p.asset = 'credit:MYR' ORDER BY p.id"), {"member": member})]
+
+
+def messages(engine: sa.Engine, ref: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(type, member, data) of the outbox's messages whose key ends with ``:<ref>``, in
+    order (a referral's id: ``referral.paid`` and those of ``referral:<id>``)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT type, member_id, data FROM outbox WHERE key LIKE :key ORDER BY id"),
+            {"key": f"%:{ref}"}).all()
+    return [(kind, member, json.loads(data)) for kind, member, data in rows]
+
+
+def refund_in_full(engine: sa.Engine, amount: str) -> dict[str, Any]:
+    return ingest_event(engine, P, {"id": "r2", "type": "refund", "member": "m2",
+                                    "order_id": "o-e2", "amount": amount,
+                                    "occurred_at": "2027-03-20T10:00:00+00:00"}, CLOCK)
+
+
+def test_a_rejected_duplicate_receipt_keeps_no_cashback_and_qualifies_no_referral(engine):
+    # Given m2, referred by m1, claiming m3's receipt (RM 42.50 at kl-01) as her first
+    # purchase: 42 points held for review, RM 0.85 cashback (2%), the referral qualified;
+    # and RM 0.50 of the cashback spent at the till while the review is open
+    referral = cashback_and_referrals(engine)
+    result = ingest_event(engine, P, purchase("e2", "m2", CLAIM, "42.50"), CLOCK)
+    review = result["review"]["review"]
+    assert result["review"]["held"] is True
+    assert credit(engine, "m2") == {"available": "0.85", "reserved": "0.00"}
+    assert referrals.get(engine, P, referral)["status"] == "qualified"
+    hold = store_credit.hold(engine, P, {"member": "m2", "amount": "0.50"}, "h1", CLOCK,
+                             new_id=lambda: "crh_1")
+    store_credit.capture_or_release(engine, P, hold["id"], "capture", None, "c1", CLOCK)
+
+    # When the review is rejected
+    decided = fraud.decide(engine, P, review, "reject", "k1", CLOCK)
+
+    # Then the 42 points, all of the RM 0.85 cashback (leaving a debt of RM 0.50: it was
+    # spent) and the referral's qualification go back, under the rejection's reference
+    ref = f"review:{review}"
+    assert decided["balances"] == {"available": 0, "pending": 0, "reserved": 0}
+    assert credit(engine, "m2") == {"available": "-0.50", "reserved": "0.00"}
+    assert credit_postings(engine, "m2") == [
+        ("cashback", "issued", "available", 85, "e2", "all"),
+        ("hold", "available", "reserved", 50, "crh_1", None),
+        ("capture", "reserved", "redeemed", 50, "crh_1", None),
+        ("clawback", "available", "issued", 85, ref, "all")]
+    linked = referrals.get(engine, P, referral)
+    assert (linked["status"], linked["order_id"], linked["qualifies_at"]) == (
+        "linked", None, None)
+    credit_balances = {"available": "-0.50", "reserved": "0.00"}
+    assert messages(engine, ref) == [
+        ("credit.clawed_back", "m2", {"program": P, "member": "m2", "ref": ref,
+                                      "amount": "0.85", "currency": "MYR",
+                                      "balances": credit_balances}),
+        ("points.clawed_back", "m2", {"program": P, "member": "m2", "ref": ref, "points": 42,
+                                      "balances": {"available": 0, "pending": 0,
+                                                   "reserved": 0}})]
+    # a decision is made once: the same key replays, another is refused, nothing changes
+    assert fraud.decide(engine, P, review, "reject", "k1", CLOCK) == decided
+    with pytest.raises(ReviewDecided):
+        fraud.decide(engine, P, review, "reject", "k2", CLOCK)
+    assert credit(engine, "m2") == credit_balances
+    assert len(credit_postings(engine, "m2")) == 4
+
+    # When run-due runs after the 14 days the referral would have waited
+    run_due(engine, at("2027-03-16T00:00:00+00:00"))
+
+    # Then it pays nobody
+    assert referrals.get(engine, P, referral)["status"] == "linked"
+    assert balances(engine, "m1") == {"available": 0, "pending": 0, "reserved": 0}
+    assert balances(engine, "m2") == {"available": 0, "pending": 0, "reserved": 0}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT count(*) FROM postings WHERE rule_id LIKE 'referral:%'")).scalar() == 0
+
+    # When the shop then refunds the order in full
+    refunded = refund_in_full(engine, "42.50")
+
+    # Then the refund takes nothing more: no points, no cashback, the referral stays linked
+    assert (refunded["points"], refunded["postings"]) == (0, [])
+    assert credit(engine, "m2") == credit_balances
+    assert len(credit_postings(engine, "m2")) == 4
+    assert referrals.get(engine, P, referral)["status"] == "linked"
+    assert messages(engine, "r2") == []
+    assert_journal_ok(engine)
+
+
+def test_rejecting_an_unheld_review_after_payout_and_a_partial_refund_claws_all_back(engine):
+    # Given reviews that leave the points spendable, m2's claim of m3's receipt (42 points,
+    # RM 0.85 cashback) queued for review, the referral paid by run-due 14 days later
+    # (m1 300 points, m2 150), and RM 10.00 of the order refunded (10 points and RM 0.20
+    # back; the RM 32.50 left still qualifies)
+    referral = cashback_and_referrals(engine, held=False)
+    queued = ingest_event(engine, P, purchase("e2", "m2", CLAIM, "42.50"), CLOCK)["review"]
+    assert queued["held"] is False
+    review = queued["review"]
+    run_due(engine, at("2027-03-16T00:00:00+00:00"))
+    assert referrals.get(engine, P, referral)["status"] == "paid"
+    ingest_event(engine, P, {"id": "r1", "type": "refund", "member": "m2", "order_id": "o-e2",
+                             "amount": "10.00", "occurred_at": "2027-03-17T10:00:00+00:00"},
+                 CLOCK)
+    assert referrals.get(engine, P, referral)["status"] == "paid"
+    assert balances(engine, "m1") == {"available": 300, "pending": 0, "reserved": 0}
+    assert balances(engine, "m2") == {"available": 182, "pending": 0, "reserved": 0}
+    assert credit(engine, "m2") == {"available": "0.65", "reserved": "0.00"}
+
+    # When the review is rejected, on 18 March
+    fraud.decide(engine, P, review, "reject", "k1", fixed_clock("2027-03-18T09:00:00+00:00"))
+
+    # Then the purchase keeps nothing: its 32 points left, its RM 0.65 cashback left and
+    # the referral's payout on both sides are taken back
+    ref, paid = f"review:{review}", f"referral:{referral}"
+    assert balances(engine, "m1") == {"available": 0, "pending": 0, "reserved": 0}
+    assert balances(engine, "m2") == {"available": 0, "pending": 0, "reserved": 0}
+    assert credit(engine, "m2") == {"available": "0.00", "reserved": "0.00"}
+    assert credit_postings(engine, "m2") == [
+        ("cashback", "issued", "available", 85, "e2", "all"),
+        ("clawback", "available", "issued", 20, "r1", "all"),
+        ("clawback", "available", "issued", 65, ref, "all")]
+    with engine.connect() as conn:
+        assert [tuple(row) for row in conn.execute(sa.text(
+            "SELECT m.id, p.code, p.debit, p.credit, p.points, p.ref FROM postings p "
+            "JOIN members m ON m.pk = p.member_pk WHERE p.rule_id = :rule ORDER BY p.id"),
+            {"rule": paid})] == [
+            ("m1", "earn", "issued", "available", 300, paid),
+            ("m2", "earn", "issued", "available", 150, paid),
+            ("m1", "clawback", "available", "issued", 300, paid),
+            ("m2", "clawback", "available", "issued", 150, ref)]
+    clawed = referrals.get(engine, P, referral)
+    assert (clawed["status"], clawed["clawed_back_at"]) == ("clawed_back",
+                                                            "2027-03-18T09:00:00+00:00")
+    assert [(kind, member, data.get("points"), data.get("amount"))
+            for kind, member, data in messages(engine, ref) + messages(engine, referral)] == [
+        ("credit.clawed_back", "m2", None, "0.65"),
+        ("points.clawed_back", "m2", 182, None),  # the purchase's 32 and the referral's 150
+        ("referral.paid", "m1", 300, None),
+        ("points.earned", "m2", 150, None),
+        ("points.clawed_back", "m1", 300, None)]
+
+    # When the rest of the order is refunded
+    refunded = refund_in_full(engine, "32.50")
+
+    # Then it takes nothing a second time
+    assert (refunded["points"], refunded["postings"]) == (0, [])
+    assert balances(engine, "m1") == {"available": 0, "pending": 0, "reserved": 0}
+    assert balances(engine, "m2") == {"available": 0, "pending": 0, "reserved": 0}
+    assert credit(engine, "m2") == {"available": "0.00", "reserved": "0.00"}
+    assert len(credit_postings(engine, "m2")) == 3
+    assert referrals.get(engine, P, referral)["status"] == "clawed_back"
     assert_journal_ok(engine)
 
 

@@ -5,7 +5,8 @@
 earnings and same-store, same-amount purchases in one statement, and if the event is
 suspicious holds its points (domain ``MemberLedger.suspend``) and queues a review.
 Admins approve (the points become available when they were due) or reject (the points
-are taken back) with ``decide``.
+are taken back; a purchase's cashback and the referral it qualified too, as a refund of
+all that is left of its order would take them) with ``decide``.
 
 Two members' purchases of the same store and amount, applied by concurrent transactions,
 would each miss the other's order (not committed yet). On PostgreSQL a programme that
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -35,7 +37,9 @@ from setia.domain.errors import InvalidField
 from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
-from setia.service import audit, outbox, partners
+from setia.domain.referrals import RULE_PREFIX
+from setia.domain.refunds import Order
+from setia.service import audit, outbox, partners, referrals, store_credit
 from setia.service.common import (
     Clock,
     advisory_xact_lock,
@@ -115,17 +119,21 @@ def _rejected_parts(uow: UnitOfWork, programme: Programme, member: Member, row: 
     return parts
 
 
+def _order_of(uow: UnitOfWork, programme: Programme, member: Member, row: Any) -> Order | None:
+    """The order of the reviewed event, if it was a purchase (only a purchase's lot names
+    an order)."""
+    uow.load_lots(member, [row.lot_seq])
+    order_id = member.ledger.lots[row.lot_seq].order_id
+    return uow.order(programme.id, order_id, programme.currency) if order_id else None
+
+
 def _taken_by_rejection(uow: UnitOfWork, programme: Programme, member: Member, row: Any,
-                        taken: int) -> None:
+                        taken: int, order: Order | None) -> None:
     """What a rejection took of the event's earn rules' points is gone from the member's
     points tier metric (in the month of the event), and a rejected purchase's order keeps
     no awards (nor its campaigns and membership: ``_rejected_parts``), so a later refund
     takes nothing back a second time."""
     p = t.postings
-    # the purchase's order, if the event was one (only a purchase's lot names an order)
-    uow.load_lots(member, [row.lot_seq])
-    order_id = member.ledger.lots[row.lot_seq].order_id
-    order = uow.order(programme.id, order_id, programme.currency) if order_id else None
     # The metric counted the event's earn rules' points (campaigns, cards and memberships
     # add none to it), less what refunds took back of them: lowered by that, at most.
     earned = uow.execute(sa.select(p.c.occurred_at, p.c.rule_id, p.c.points).where(
@@ -139,6 +147,20 @@ def _taken_by_rejection(uow: UnitOfWork, programme: Programme, member: Member, r
     if order is not None:
         order.awards = {rule_id: 0 for rule_id in order.awards}
         order.dirty = True
+
+
+def _purchase_rejected(uow: UnitOfWork, programme: Programme, member: Member, order: Order,
+                       review_id: int, now: datetime) -> None:
+    """A rejected purchase keeps none of what else it earned, each taken as a refund of all
+    that is left of the order would take it: its instant cashback (posted under the
+    rejection's reference), and the referral it qualified (back to ``linked`` before
+    payment, both sides clawed back after). The order itself stays as it is: a later
+    refund of it is applied (spend, coupons) but finds nothing more to take
+    (``store_credit.on_refund`` sees the rejected review; the referral no longer names
+    the order, or is clawed back already)."""
+    store_credit.on_rejection(uow, programme, member, order, review_id, now)
+    referrals.after_refund(uow, programme, member, replace(order, refunded=order.amount), now,
+                           told_at=now, cause=f"rejected as fraud in review {review_id}")
 
 
 def taken_back(uow: UnitOfWork, program_id: str, event_id: str, points: int) -> None:
@@ -301,13 +323,19 @@ def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, ke
                     ledger.clawback(points, order_id=None, rule_id=rule_id, code="review_reject",
                                     source=row.event_id,
                                     explanation=f"review {review_id} rejected: points taken back")
-                _taken_by_rejection(uow, programme, member, row, take)
+                order = _order_of(uow, programme, member, row)
+                _taken_by_rejection(uow, programme, member, row, take, order)
+                if order is not None:
+                    _purchase_rejected(uow, programme, member, order, review_id, now)
                 status = "rejected"
             made = uow.record(program_id, member,
                               PostingContext(f"review:{review_id}", programme.version, now))
             outbox.changed(uow, programme, member, made, f"review:{review_id}", now)
+            # A referral's reward taken back with the purchase was paid by run-due and
+            # settled with no partner: nothing to give back (as with a refund).
             partners.settle_taken_back(uow, programme, row.event_id, f"review:{review_id}",
-                                       made, now)
+                                       [p for p in made if not (p.rule_id or "").startswith(
+                                           RULE_PREFIX)], now)
             actor = audit.current_actor()
             uow.execute(r.update().where(r.c.id == review_id).values(
                 status=status, decided_at=now, decided_by=actor[:120]))

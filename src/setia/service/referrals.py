@@ -1,6 +1,7 @@
 """Referrals: a member's code and link, linking a new member to a referrer, the review
 queue, paying both sides once the referee's qualifying purchase is past its pending
-period (run-due), and clawing the payout back when that purchase is refunded.
+period (run-due), and clawing the payout back when that purchase is refunded (or its
+fraud review rejected).
 
 Payouts are journal postings with the rule id ``referral:<referral id>``. A payout
 locks both members (primary key order) and then moves the referral from
@@ -233,11 +234,14 @@ def after_purchase(uow: UnitOfWork, programme: Programme, member: Member, event:
 
 
 def after_refund(uow: UnitOfWork, programme: Programme, member: Member, order: Order,
-                 now: datetime, *, told_at: datetime) -> None:
+                 now: datetime, *, told_at: datetime, cause: str = "refunded") -> None:
     """The refund hook: when the qualifying purchase falls below ``min_purchase``, an unpaid
     referral waits for another purchase, and a paid one is clawed back on both sides
     (``now``: the refund's time; ``told_at``: when it is applied, for the referrer's
-    message)."""
+    message). A purchase whose fraud review is rejected goes the same way, as if refunded
+    in full (``fraud.decide``; ``cause``: what became of the purchase, for the
+    explanations); the referral then no longer names the order, or is clawed back, so a
+    later refund of it finds nothing to take."""
     config = programme.model.referrals
     # Refunded in full, the purchase is none, even where any amount qualifies.
     if config is None or (order.left >= config.min_purchase and order.left > 0):
@@ -261,10 +265,11 @@ def after_refund(uow: UnitOfWork, programme: Programme, member: Member, order: O
         return
     referrer = uow.members_for_update(programme.id, [row["referrer_pk"]])[0]
     _take_back(uow, programme, config.referrer, referrer, row["id"], "referrer", now,
-               told_at=told_at)
-    # The referee's postings are recorded with the refund event that caused them.
+               told_at=told_at, cause=cause)
+    # The referee's postings are recorded with the refund event (or the rejection) that
+    # caused them.
     _take_back(uow, programme, config.referee, member, row["id"], "referee", now,
-               told_at=told_at, record=False)
+               told_at=told_at, cause=cause, record=False)
 
 
 def payout_reversed(uow: UnitOfWork, program_id: str, reference: str, now: datetime) -> None:
@@ -279,12 +284,12 @@ def payout_reversed(uow: UnitOfWork, program_id: str, reference: str, now: datet
 
 def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, member: Member,
                referral_id: str, side: str, now: datetime, *, told_at: datetime,
-               record: bool = True) -> None:
+               cause: str = "refunded", record: bool = True) -> None:
     if given.points is not None:
         member.ledger.clawback(
             given.points, order_id=None, rule_id=rule_id(referral_id),
             explanation=f"referral {referral_id} clawed back: the referee's purchase was "
-                        f"refunded ({side})",
+                        f"{cause} ({side})",
             source=rule_id(referral_id))
         if record:
             made = uow.record(programme.id, member,

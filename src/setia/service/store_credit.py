@@ -1,6 +1,7 @@
 """Store credit (cashback and rebates): services over the journal's second asset.
 
-- ``on_purchase`` / ``on_refund``: instant cashback, inside the event's transaction.
+- ``on_purchase`` / ``on_refund``: instant cashback, inside the event's transaction;
+  ``on_rejection``: all of it back when the purchase's fraud review is rejected.
 - ``hold`` / ``finish``: spending at the till in two phases, like points holds;
   holds left open are released by run-due after ``cashback.hold_minutes``.
 - ``run_due``: tiered rebates of periods that have ended; timed-out holds.
@@ -25,6 +26,7 @@ import sqlalchemy as sa
 from setia.adapters.db import tables as t
 from setia.adapters.db.store import UnitOfWork
 from setia.adapters.db.tables_store_credit import credit_accounts, credit_holds, rebate_runs
+from setia.adapters.db.tables_trust import fraud_reviews
 from setia.domain import notifications as n
 from setia.domain.errors import InvalidAmount, InvalidField, UnknownMember
 from setia.domain.events import Event, Line
@@ -147,7 +149,33 @@ def on_refund(uow: UnitOfWork, programme: Programme, original: Programme, member
               event: Event, order: Order, left_lines: tuple[Line, ...],
               left_amount: Decimal, now: datetime) -> None:
     """Claw back the cashback the refunded part earned: cashback is recomputed, under the
-    purchase's programme version, on what was left of the order before and after."""
+    purchase's programme version, on what was left of the order before and after. Nothing
+    for a purchase whose fraud review was rejected: the rejection took all of it
+    (``on_rejection``)."""
+    _claw_back(uow, programme, original, member, order, left_lines, left_amount,
+               ref=event.id, occurred_at=event.occurred_at,
+               cause=f"refund on order {order.order_id}", now=now)
+
+
+def on_rejection(uow: UnitOfWork, programme: Programme, member: Member, order: Order,
+                 review_id: int, now: datetime) -> None:
+    """A fraud review of the order's purchase rejected (``fraud.decide``): claw back all the
+    cashback the order still keeps, as a refund of all that is left of it would, posted
+    under ``review:<id>`` at ``now``. A later refund of the order then takes nothing."""
+    original = require_programme(uow, programme.id, order.program_version)
+    nothing_left = remaining_lines(order.lines, {line.sku: line.left for line in order.lines})
+    _claw_back(uow, programme, original, member, order, nothing_left, Decimal(0),
+               ref=f"review:{review_id}", occurred_at=now,
+               cause=f"review {review_id} rejected on order {order.order_id}", now=now)
+
+
+def _claw_back(uow: UnitOfWork, programme: Programme, original: Programme, member: Member,
+               order: Order, left_lines: tuple[Line, ...], left_amount: Decimal, *, ref: str,
+               occurred_at: datetime, cause: str, now: datetime) -> None:
+    """The clawback of a refund (``on_refund``) or a rejection (``on_rejection``): the
+    cashback of what was left of the order less that of ``left_lines``/``left_amount``,
+    posted under ``ref``; none once a review of the purchase was rejected (a rejection
+    itself finds its review still open: the decision is written after it)."""
     config = original.model.cashback
     if config is None or not config.instant:
         return
@@ -159,15 +187,28 @@ def on_refund(uow: UnitOfWork, programme: Programme, original: Programme, member
         config, left_lines, left_amount, digits, symbol)}
     back = {rule: amount - after.get(rule, 0) for rule, amount in sorted(before.items())
             if amount > after.get(rule, 0)}
-    if not back:
+    if not back or _rejected(uow, original, order):
         return
     account = _lock_account(uow, programme.id, member.pk)
     for rule_id, amount in back.items():
         account.clawback(amount, rule_id=rule_id, explanation=(
-            f"refund on order {order.order_id}: {rule_id} now gives "
+            f"{cause}: {rule_id} now gives "
             f"{money_text(after.get(rule_id, 0), digits)} instead of "
             f"{money_text(before[rule_id], digits)}"))
-    _save(uow, programme, account, event.id, event.occurred_at, member_id=member.id, now=now)
+    _save(uow, programme, account, ref, occurred_at, member_id=member.id, now=now)
+
+
+def _rejected(uow: UnitOfWork, original: Programme, order: Order) -> bool:
+    """Whether a fraud review of the order's purchase was rejected (and so took back its
+    cashback). Only a purchase screened under a ``fraud`` section (the one of its own
+    programme version, ``original``) has a review: no query for the others."""
+    config = original.model.fraud
+    if config is None or not config.active:
+        return False
+    r = fraud_reviews
+    return uow.execute(sa.select(r.c.id).where(
+        r.c.program_id == original.id, r.c.event_id == order.event_id,
+        r.c.status == "rejected")).first() is not None
 
 
 # -- holds at the till ------------------------------------------------------------------------
