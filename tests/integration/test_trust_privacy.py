@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from setia.adapters.db import tables
+from setia.domain.engagement import in_holdout
 from setia.domain.errors import UnknownMember
 from setia.domain.trust import EventTooOld
-from setia.service import audit, deliveries, member_tokens, privacy
+from setia.service import (
+    audit,
+    coupons,
+    deliveries,
+    member_tokens,
+    memberships,
+    privacy,
+    referrals,
+    staff,
+    surveys,
+)
 from setia.service.check import check
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.programmes import parse_text
+from setia.service.redemptions import adjust, redeem, use_voucher
 from tests.conftest import KOPI_SETIA, assert_journal_ok, at, fixed_clock, load_programme
 
 P = "kopi-setia"
@@ -172,3 +193,255 @@ def test_an_erased_members_unsent_messages_do_not_reach_her_when_her_id_enrols_a
     assert names == [("member.enrolled", "cust-1"), ("member.enrolled", pseudonym),
                      ("points.earned", pseudonym), ("points.earned", pseudonym)]
     assert_journal_ok(kopi)
+
+
+# -- the CLI's erasure, and what erasure leaves in every table ---------------------------
+
+def setia_cli(engine: sa.Engine, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``setia`` console script on this test's database (as
+    tests/e2e/test_cli.py does)."""
+    script = Path(sys.executable).parent / "setia"
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["SETIA_DATABASE_URL"] = engine.url.render_as_string(hide_password=False)
+    return subprocess.run([str(script if script.exists() else "setia"), *args], env=env,
+                          capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def test_the_cli_erases_an_id_enrolled_again_after_its_first_erasure(kopi):
+    # Given a member erased from the command line, whose id then enrols again
+    upsert_member(kopi, P, "cust-42", PROFILE, CLOCK)
+    first = setia_cli(kopi, "privacy", "erase", "cust-42", "-p", P, "--yes")
+    assert first.returncode == 0, first.stderr
+    upsert_member(kopi, P, "cust-42", {"name": "Siti Baru", "email": "baru@example.my"},
+                  fixed_clock("2027-04-01T09:00:00+08:00"))
+
+    # When the operator runs the same command again
+    second = setia_cli(kopi, "privacy", "erase", "cust-42", "-p", P, "--yes")
+
+    # Then the new member is erased too: two pseudonymous rows, no profile left, and no
+    # stored idempotency key names the id
+    assert second.returncode == 0, second.stderr
+    with kopi.connect() as conn:
+        members = [tuple(row) for row in conn.execute(sa.text(
+            "SELECT id, name, email FROM members ORDER BY pk"))]
+        keys = list(conn.execute(sa.text(
+            "SELECT key FROM commands WHERE operation = 'member.erase'")).scalars())
+    pseudonyms = [row[0] for row in members]
+    assert len(members) == 2 and len(set(pseudonyms)) == 2
+    assert [(name, email) for _, name, email in members] == [(None, None), (None, None)]
+    assert all(pseudonym.startswith("erased-") for pseudonym in pseudonyms)
+    assert first.stdout.split()[3] == pseudonyms[0]  # "member erased; now <pseudonym> ..."
+    assert second.stdout.split()[3] == pseudonyms[1]
+    assert len(keys) == 2 and not any("cust-42" in key for key in keys)
+    # an explicit --key makes a retried run answer the first result, erasing nothing more
+    upsert_member(kopi, P, "cust-43", PROFILE, CLOCK)
+    keyed = setia_cli(kopi, "privacy", "erase", "cust-43", "-p", P, "--yes", "--key", "t-1")
+    again = setia_cli(kopi, "privacy", "erase", "cust-43", "-p", P, "--yes", "--key", "t-1")
+    assert (keyed.returncode, again.returncode) == (0, 0)
+    assert again.stdout == keyed.stdout
+    assert_journal_ok(kopi)
+
+
+def test_an_erasure_removes_the_key_the_cli_used_to_store_under_the_member_id(kopi):
+    # Given a member erased by an older CLI (its key named the id), enrolled again
+    upsert_member(kopi, P, "cust-44", PROFILE, CLOCK)
+    first = privacy.erase_member(kopi, P, "cust-44", "cli:erase:cust-44", CLOCK)["member"]
+    upsert_member(kopi, P, "cust-44", {"name": "Siti Baru"},
+                  fixed_clock("2027-04-01T09:00:00+08:00"))
+
+    # When she is erased again
+    second = privacy.erase_member(kopi, P, "cust-44", "k-erase-2", CLOCK)["member"]
+
+    # Then the old key is gone with her id; the new one names no one
+    with kopi.connect() as conn:
+        keys = list(conn.execute(sa.text("SELECT key FROM commands")).scalars())
+        ids = sorted(conn.execute(sa.text("SELECT id FROM members")).scalars())
+    assert keys == ["k-erase-2"]
+    assert ids == sorted([first, second])
+    assert_journal_ok(kopi)
+
+
+HER = "cust-31"  # held out of the campaign hari-raya-2028 (10%, by a hash of her id)
+COMMENT = "the kaya toast was cold, call me"
+IP = "203.0.113.77"
+WEB = "2028-03-01T09:00:00+08:00"
+
+
+def stored_text(engine: sa.Engine) -> dict[str, list[str]]:
+    """Every text and JSON value of every table of the metadata, by ``table.column``."""
+    found: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        for table in tables.metadata.sorted_tables:
+            columns = [column for column in table.columns
+                       if isinstance(getattr(column.type, "impl_instance", column.type),
+                                     sa.String | sa.JSON)]
+            if not columns:
+                continue
+            for row in conn.execute(sa.select(*columns)):
+                for column, value in zip(columns, row, strict=True):
+                    if value is not None:
+                        found.setdefault(f"{table.name}.{column.name}", []).append(
+                            value if isinstance(value, str)
+                            else json.dumps(value, ensure_ascii=False))
+    return found
+
+
+def traces(engine: sa.Engine, member_id: str, needles: list[str]) -> list[tuple[str, str]]:
+    """(table.column, needle) wherever a needle is stored. The references docs/privacy.md
+    says stay are left out first: ids the engine made from the member id (the signup's
+    event id, in the journal, events and message keys) and outbox message keys."""
+    made = re.compile(rf"(signup|birthday|anniversary):{re.escape(member_id)}(?![\w-])")
+    key = re.compile(rf"^[a-z_.]+:{re.escape(member_id)}:")
+    hits = set()
+    for column, values in stored_text(engine).items():
+        for value in values:
+            left = made.sub("", value)
+            if column == "outbox.key":
+                left = key.sub("", left)
+            hits.update((column, needle) for needle in needles if needle in left)
+    return sorted(hits)
+
+
+def test_erasure_leaves_no_trace_of_her_in_any_table(kopi):
+    # Given a member who was referred from an IP, used a coupon, answered a survey in
+    # free text, bought a membership, was held out of a campaign, chose a language, asked
+    # for two sign-in links and signed in with one (her session unexpired)
+    assert in_holdout(P, "hari-raya-2028", HER, Decimal("0.1"))
+    upsert_member(kopi, P, "cust-2", {"name": "Other"}, CLOCK)
+    upsert_member(kopi, P, HER, {**PROFILE, "attributes": {"street": "Jalan Sultan"}}, CLOCK)
+    code = referrals.code_for(kopi, P, "cust-2", CLOCK)["code"]
+    referrals.link(kopi, P, {"code": code, "member": HER, "ip": IP}, "k-ref", CLOCK)
+    day2 = fixed_clock("2027-03-02T10:00:00+08:00")
+    coupons.redeem(kopi, P, {"code": "WELCOME10", "member": HER, "amount": "42.50",
+                             "order_id": "o-e1"}, "k-coupon", day2)
+    ingest_event(kopi, P, purchase("e1", HER), day2)
+    surveys.submit(kopi, P, "visit", {"member": HER, "answers": {
+        "recommend": 9, "taste": 4, "comment": COMMENT}}, "k-survey",
+        fixed_clock("2027-03-03T10:00:00+08:00"))
+    memberships.buy(kopi, P, HER, {"plan": "kopi-plus"}, "k-plus",
+                    fixed_clock("2027-03-04T10:00:00+08:00"))
+    ingest_event(kopi, P, {**purchase("e2", HER), "order_id": "o-e2",
+                           "occurred_at": "2028-02-27T10:00:00+08:00"},
+                 fixed_clock("2028-02-27T10:00:00+08:00"))
+    staff.set_member_locale(kopi, P, HER, "ms")
+    linked = staff.request_link(kopi, P, "Siti@example.my", fixed_clock(WEB))
+    assert linked is not None and linked[0] == HER
+    cookie, _ = staff.use_link(kopi, P, linked[1], fixed_clock(WEB))
+    assert staff.request_link(kopi, P, "siti@example.my", fixed_clock(WEB)) is not None
+    # her emails were made into deliveries, and the mail server refused one of them
+    assert deliveries.dispatch(kopi, at(WEB)) > 0
+    with kopi.begin() as conn:
+        refused = conn.execute(sa.text(
+            "UPDATE deliveries SET last_error = '550 5.1.1 <siti@example.my>: mailbox "
+            "unavailable' WHERE channel = 'email'")).rowcount
+    assert refused > 0
+    needles = [HER, "Siti", "Aminah", "siti@example.my", "345 6789", "1990-05-17",
+               "Jalan Sultan", IP, COMMENT]
+    assert {column.split(".")[0] for column, _ in traces(kopi, HER, needles)} >= {
+        "members", "coupon_uses", "survey_responses", "membership_purchases",
+        "campaign_holdouts", "member_locales", "signin_links", "web_sessions", "referrals",
+        "login_failures", "commands", "deliveries"}
+    # her export holds all of it
+    data = privacy.export_member(kopi, P, HER, fixed_clock(WEB))
+    json.dumps(data)
+    assert [(u["coupon_id"], u["order_id"], u["discount"]) for u in data["coupon_uses"]] == [
+        ("welcome10", "o-e1", "4.2500")]
+    assert [r["answers"] for r in data["survey_responses"]] == [
+        {"recommend": 9, "taste": 4, "comment": COMMENT}]
+    assert [(m["plan_id"], m["kind"], m["fee"]) for m in data["membership_purchases"]] == [
+        ("kopi-plus", "buy", "49.0000")]
+    assert [(r["code"], r["ip"]) for r in data["referrals"]["as_referee"]] == [(code, IP)]
+    assert data["referrals"]["as_referrer"] == []
+    assert [h["campaign_id"] for h in data["campaign_holdouts"]] == ["hari-raya-2028"]
+    before = totals(kopi)
+
+    # When she is erased, five minutes after signing in
+    erased_at = fixed_clock("2028-03-01T09:05:00+08:00")
+    pseudonym = privacy.erase_member(kopi, P, HER, "k-erase", erased_at)["member"]
+
+    # Then no table holds her id, name, email, phone, birthday, street, IP or comment
+    assert traces(kopi, HER, needles) == []
+    assert staff.session_for(kopi, cookie, erased_at) is None
+    # and what counts on her rows stays, under the pseudonym
+    with kopi.connect() as conn:
+        def rows(sql: str) -> list[tuple]:
+            return [tuple(row) for row in conn.execute(sa.text(sql))]
+        assert rows("SELECT coupon_id, member_id, order_id FROM coupon_uses") == [
+            ("welcome10", pseudonym, "o-e1")]
+        assert [(m, nps, rating, json.loads(a) if isinstance(a, str) else a, points)
+                for m, nps, rating, a, points in rows(
+                    "SELECT member_id, nps, rating, answers, points FROM survey_responses")
+                ] == [(pseudonym, 9, 4, {"recommend": 9, "taste": 4}, 20)]
+        assert rows("SELECT member, plan_id, kind, status FROM membership_purchases") == [
+            (pseudonym, "kopi-plus", "buy", "active")]
+        assert rows("SELECT campaign_id, member_id FROM campaign_holdouts") == [
+            ("hari-raya-2028", pseudonym)]
+        assert rows("SELECT code, ip, status FROM referrals") == [(code, None, "qualified")]
+        assert rows("SELECT count(*) FROM member_locales") == [(0,)]
+        assert rows("SELECT count(*) FROM signin_links") == [(0,)]
+        assert rows("SELECT count(*) FROM web_sessions") == [(0,)]
+        assert rows("SELECT count(*) FROM login_failures") == [(0,)]
+        assert rows("SELECT count(*), count(last_error) FROM deliveries "
+                    "WHERE channel = 'email'") == [(refused, 0)]
+    assert surveys.results(kopi, P, "visit", per="year")["periods"][0]["responses"] == 1
+    assert totals(kopi) == before
+    assert_journal_ok(kopi)
+
+
+def test_sign_in_throttle_rows_are_kept_only_for_the_throttle_window(kopi):
+    # Given sign-in links asked for two emails
+    upsert_member(kopi, P, "cust-1", PROFILE, CLOCK)
+    staff.request_link(kopi, P, "siti@example.my", fixed_clock("2027-03-01T09:00:00+08:00"))
+    staff.request_link(kopi, P, "nobody@example.my", fixed_clock("2027-03-01T09:10:00+08:00"))
+
+    # When another is asked for 15 minutes after the first
+    staff.request_link(kopi, P, "other@example.my", fixed_clock("2027-03-01T09:15:00+08:00"))
+
+    # Then the first row, out of the window, is gone; the others are still counted
+    with kopi.connect() as conn:
+        assert sorted(conn.execute(sa.text("SELECT key FROM login_failures")).scalars()) == [
+            f"link:{P}:nobody@example.my", f"link:{P}:other@example.my"]
+    assert_journal_ok(kopi)
+
+
+@pytest.mark.postgres
+def test_a_voucher_used_while_its_member_is_erased_names_her_pseudonym(pg_engine):
+    # Given a member with a voucher, and an erasure of her that has locked her row and
+    # not yet committed (another connection)
+    engine = pg_engine
+    load_programme(engine, KOPI_SETIA)
+    upsert_member(engine, P, "cust-1", PROFILE, CLOCK)
+    adjust(engine, P, {"member": "cust-1", "points": 200, "reason": "goodwill"}, "k-1", CLOCK)
+    code = redeem(engine, P, {"member": "cust-1", "reward": "free-latte"}, "k-2",
+                  CLOCK)["voucher"]["code"]
+    eraser = engine.connect()
+    eraser.begin()
+    pk = eraser.execute(sa.text("SELECT pk FROM members WHERE id = 'cust-1' FOR UPDATE")
+                        ).scalar_one()
+
+    # When the till uses the voucher meanwhile, and the erasure renames her and commits
+    with ThreadPoolExecutor(1) as pool:
+        used = pool.submit(use_voucher, engine, P, code, "k-3", {}, CLOCK)
+        waiting = 0
+        for _ in range(100):  # until the voucher's message waits for her row's lock
+            with engine.connect() as conn:
+                waiting = conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%FOR SHARE%'")).scalar_one()
+            if waiting:
+                break
+            time.sleep(0.05)
+        eraser.execute(sa.text("UPDATE members SET id = 'erased-0000000000000000', "
+                               "email = NULL WHERE pk = :pk"), {"pk": pk})
+        eraser.commit()
+        eraser.close()
+        used.result(timeout=30)
+
+    # Then the voucher.used message names her pseudonym, never her id
+    assert waiting == 1
+    with engine.connect() as conn:
+        member_id, data = conn.execute(sa.text(
+            "SELECT member_id, data FROM outbox WHERE type = 'voucher.used'")).one()
+    assert (member_id, json.loads(data)["member"]) == ("erased-0000000000000000",) * 2
+    assert_journal_ok(engine)

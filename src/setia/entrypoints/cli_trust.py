@@ -5,6 +5,7 @@ at the bottom of cli.py)."""
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -51,14 +52,21 @@ def privacy_erase(
     member: Annotated[str, typer.Argument(help="member id")],
     program: Program,
     yes: Annotated[bool, typer.Option("--yes", help="confirm: this cannot be undone")] = False,
+    key: Annotated[str | None, typer.Option(
+        "--key", help="idempotency key: run again with the same key, the first result "
+                      "answers (default: a new random key each run)")] = None,
 ) -> None:
     """Pseudonymise a member: profile cleared, id replaced; balances and journal kept."""
     from setia.service.privacy import erase_member
 
     if not yes:
         fail("erasure cannot be undone; add --yes to confirm")
+    # A fresh key per run, never one made from the member id: the id may be enrolled
+    # again after an erasure (docs/privacy.md), and erasing it then must erase the new
+    # member, not replay the first erasure. Retries within this run reuse the key.
     try:
-        result = erase_member(engine(), program, member, f"cli:erase:{member}")
+        result = erase_member(engine(), program, member,
+                              key if key is not None else f"cli:erase:{secrets.token_hex(16)}")
     except SetiaError as exc:
         fail(_explain(exc))
     console.print(f"member erased; now {result['member']} "

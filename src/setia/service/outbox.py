@@ -107,9 +107,13 @@ def enrolled(uow: UnitOfWork, programme: Programme, member: Member, occurred_at:
 
 def voucher_used(uow: UnitOfWork, programme: Programme, voucher: dict[str, Any],
                  used_at: datetime) -> None:
-    """A voucher used at the till (``voucher``: its row, with member_pk)."""
+    """A voucher used at the till (``voucher``: its row, with member_pk). The member's id
+    is read share-locked until the message commits: an erasure meanwhile either waits, and
+    then relabels the message with the rest of hers, or went first, and the message names
+    her pseudonym (as ``expiring_soon`` does)."""
     member_id = uow.execute(
         sa.select(t.members.c.id).where(t.members.c.pk == voucher["member_pk"])
+        .with_for_update(read=True)
     ).scalar_one()
     write(uow, programme.id, [n.Message(n.VOUCHER_USED, f"{n.VOUCHER_USED}:{voucher['code']}", {
         "member": member_id, "code": voucher["code"], "reward": voucher["reward_id"],

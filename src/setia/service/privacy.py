@@ -4,8 +4,12 @@ erase a member, keep events only as long as the programme says.
 Erasure pseudonymises: the member row keeps its primary key, balances, lots, tier and
 history (the journal refers to members by primary key, so every total and ``setia
 check`` stay exactly as they were), while its id becomes ``erased-<random>`` and its
-name, email, phone, birthday and attributes are cleared. Stored events, orders and
-outbox messages are re-labelled with the pseudonym. The journal itself is never touched.
+name, email, phone, birthday and attributes are cleared. Every other row that names her
+is re-labelled with the pseudonym (events, orders, outbox messages, coupon uses, survey
+responses, membership purchases, campaign hold-outs, stored command results) or loses
+what has no use after erasure (sessions, sign-in links, her language, free-text survey
+answers, the IP of her referral, sign-in throttle rows keyed by her email). The journal
+itself is never touched.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -21,8 +26,13 @@ from dateutil.relativedelta import relativedelta
 
 from setia.adapters.db import partitions
 from setia.adapters.db import tables as t
+from setia.adapters.db import tables_coupons as tc
+from setia.adapters.db import tables_engagement as te
 from setia.adapters.db import tables_outbox as to
+from setia.adapters.db import tables_referrals as tr
+from setia.adapters.db import tables_surveys as ts
 from setia.adapters.db import tables_trust as tt
+from setia.adapters.db import tables_web as tw
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import UnknownMember
 from setia.domain.events import Event
@@ -53,9 +63,17 @@ def _pk(uow: UnitOfWork, program_id: str, member_id: str) -> int:
 def _rows(uow: UnitOfWork, query: Any) -> list[dict[str, Any]]:
     out = []
     for row in uow.execute(query).mappings():
-        out.append({key: iso(value) if isinstance(value, datetime) else value
-                    for key, value in row.items()})
+        out.append({key: _plain(value) for key, value in row.items()})
     return out
+
+
+def _plain(value: Any) -> Any:
+    """A column's value as JSON-ready data: times in ISO 8601, money as decimal strings."""
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
 
 
 def export_member(engine: sa.Engine, program_id: str, member_id: str,
@@ -93,6 +111,7 @@ def export_member(engine: sa.Engine, program_id: str, member_id: str,
             "reviews": _rows(uow, sa.select(tt.fraud_reviews)
                              .where(tt.fraud_reviews.c.member_pk == pk)
                              .order_by(tt.fraud_reviews.c.id)),
+            **_growth_export(uow, program_id, pk),
         }
         audit.record(uow, "member.export", program_id=program_id, target=f"member #{pk}",
                      before=None, after=None, now=now)
@@ -102,9 +121,43 @@ def export_member(engine: sa.Engine, program_id: str, member_id: str,
     return transaction(engine, work)
 
 
+def _growth_export(uow: UnitOfWork, program_id: str, pk: int) -> dict[str, Any]:
+    """Her coupon uses, survey responses, membership purchases, campaign hold-outs, her
+    referral code and her referrals. A referral she made names its referee only by
+    status and dates: the referee's id, IP and order are the referee's data."""
+    cu, sr, mp, ch = (tc.coupon_uses, ts.survey_responses, te.membership_purchases,
+                      te.campaign_holdouts)
+    rf = tr.referrals
+    referred = _rows(uow, sa.select(
+        rf.c.id, rf.c.code, rf.c.status, rf.c.ip, rf.c.order_id, rf.c.created_at,
+        rf.c.qualifies_at, rf.c.decided_at, rf.c.paid_at, rf.c.clawed_back_at)
+        .where(rf.c.program_id == program_id, rf.c.referee_pk == pk).order_by(rf.c.id))
+    made = _rows(uow, sa.select(
+        rf.c.id, rf.c.code, rf.c.status, rf.c.created_at, rf.c.qualifies_at, rf.c.decided_at,
+        rf.c.paid_at, rf.c.clawed_back_at)
+        .where(rf.c.program_id == program_id, rf.c.referrer_pk == pk)
+        .order_by(rf.c.created_at, rf.c.id))
+    return {
+        "coupon_uses": _rows(uow, sa.select(cu).where(cu.c.member_pk == pk)
+                             .order_by(cu.c.used_at, cu.c.id)),
+        "survey_responses": _rows(uow, sa.select(sr).where(
+            sr.c.program_id == program_id, sr.c.member_pk == pk)
+            .order_by(sr.c.submitted_at, sr.c.id)),
+        "membership_purchases": _rows(uow, sa.select(mp).where(mp.c.member_pk == pk)
+                                      .order_by(mp.c.created_at, mp.c.id)),
+        "campaign_holdouts": _rows(uow, sa.select(ch).where(
+            ch.c.program_id == program_id, ch.c.member_pk == pk).order_by(ch.c.campaign_id)),
+        "referral_code": uow.execute(sa.select(tr.referral_codes.c.code).where(
+            tr.referral_codes.c.member_pk == pk)).scalar(),
+        "referrals": {"as_referee": referred, "as_referrer": made},
+    }
+
+
 def erase_member(engine: sa.Engine, program_id: str, member_id: str, key: str,
                  clock: Clock = utc_now) -> dict[str, Any]:
-    """Pseudonymise one member (the right to erasure); once per idempotency key."""
+    """Pseudonymise one member (the right to erasure); once per idempotency key. Erases
+    the member who has ``member_id`` now: a key must not be reused for the same id once
+    it may have enrolled again (the CLI makes a new key per run)."""
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         require_programme(uow, program_id)
@@ -132,10 +185,17 @@ def erase_member(engine: sa.Engine, program_id: str, member_id: str, key: str,
                 uow.execute(o.update().where(o.c.program_id == program_id,
                                              o.c.order_id == row.order_id)
                             .values(event=_relabel(row.event, pseudonym)))
-            _relabel_messages(uow, program_id, member_id, pseudonym)
+            messages = _relabel_messages(uow, program_id, member_id, pseudonym)
             uow.execute(tt.member_tokens.update().where(
                 tt.member_tokens.c.member_pk == pk, tt.member_tokens.c.revoked_at.is_(None)
             ).values(revoked_at=now))
+            ips = _erase_growth(uow, program_id, pk, pseudonym)
+            _erase_web(uow, program_id, member_id, member.email)
+            personal = {value for value in (member.name, member.email, member.phone, *ips)
+                        if value}
+            _scrub_commands(uow, program_id, member_id, pseudonym, personal)
+            if member.email:
+                _scrub_delivery_errors(uow, messages, member.email)
             audit.record(uow, "member.erase", program_id=program_id, target=f"member #{pk}",
                          before={"cleared": cleared}, after={"id": pseudonym}, now=now)
             return {"member": pseudonym, "erased_at": iso(now), "cleared": cleared}
@@ -153,14 +213,125 @@ def _relabel(payload: Any, pseudonym: str) -> Any:
     return payload
 
 
+def _erase_growth(uow: UnitOfWork, program_id: str, pk: int, pseudonym: str) -> list[str]:
+    """Her coupon uses, survey responses, membership purchases and campaign hold-outs
+    name the pseudonym (their rows stay: counts, caps and analytics depend on them); her
+    free-text survey answers are blanked (scores stay, as the response's ``nps`` and
+    ``rating`` do); the IP of the referral that brought her is cleared. Answers the IPs
+    cleared, to find them in stored command results."""
+    cu, sr, mp, ch = (tc.coupon_uses, ts.survey_responses, te.membership_purchases,
+                      te.campaign_holdouts)
+    uow.execute(cu.update().where(cu.c.member_pk == pk).values(member_id=pseudonym))
+    uow.execute(mp.update().where(mp.c.member_pk == pk).values(member=pseudonym))
+    uow.execute(ch.update().where(ch.c.program_id == program_id, ch.c.member_pk == pk)
+                .values(member_id=pseudonym))
+    for row in uow.execute(sa.select(sr.c.id, sr.c.answers).where(
+            sr.c.program_id == program_id, sr.c.member_pk == pk)).all():
+        uow.execute(sr.update().where(sr.c.id == row.id).values(
+            member_id=pseudonym, answers=_scores_only(row.answers)))
+    rf = tr.referrals
+    ips = [ip for ip in uow.execute(sa.select(rf.c.ip).where(
+        rf.c.referee_pk == pk, rf.c.ip.is_not(None))).scalars()]
+    if ips:
+        uow.execute(rf.update().where(rf.c.referee_pk == pk).values(ip=None))
+    return ips
+
+
+def _scores_only(answers: Any) -> Any:
+    """A survey response's answers without the free text (scores are whole numbers)."""
+    if not isinstance(answers, dict):
+        return {}
+    return {question: value for question, value in answers.items()
+            if not isinstance(value, str)}
+
+
+def _erase_web(uow: UnitOfWork, program_id: str, member_id: str, email: str | None) -> None:
+    """End her portal sessions and unused sign-in links (named by id, they would act for
+    whoever enrols with the id next), forget her language and the sign-in throttle rows
+    keyed by her email (``staff.request_link``; older rows are pruned as new ones come)."""
+    s, links, locales = tw.web_sessions, tw.signin_links, tw.member_locales
+    uow.execute(s.delete().where(s.c.kind == "member", s.c.program_id == program_id,
+                                 s.c.member_id == member_id))
+    uow.execute(links.delete().where(links.c.program_id == program_id,
+                                     links.c.member_id == member_id))
+    uow.execute(locales.delete().where(locales.c.program_id == program_id,
+                                       locales.c.member_id == member_id))
+    if email:
+        failures = tw.login_failures
+        uow.execute(failures.delete().where(
+            failures.c.key == f"link:{program_id}:{email.strip().lower()[:320]}"))
+
+
+def _scrub_commands(uow: UnitOfWork, program_id: str, member_id: str, pseudonym: str,
+                    personal: set[str]) -> None:
+    """Stored command results (what a retried request with the same key is answered)
+    that name her: her id becomes the pseudonym, her name, email, phone and referral IP
+    become null, and a survey response's free-text answers are dropped. Keys stay, as
+    event ids do; the key the CLI used before (``cli:erase:<member>``) is deleted. One
+    pass over the programme's commands, which have no index by member."""
+    c = t.commands
+    uow.execute(c.delete().where(c.c.program_id == program_id,
+                                 c.c.key == f"cli:erase:{member_id}",
+                                 c.c.operation == "member.erase"))
+    named = orjson.dumps(member_id).decode()  # results are stored as orjson's JSON text
+    rows = uow.execute(sa.select(c.c.key, c.c.operation, c.c.result).where(
+        c.c.program_id == program_id,
+        sa.cast(c.c.result, sa.Text).contains(named, autoescape=True))).all()
+    changes = []
+    for row in rows:
+        if not _names(row.result, member_id):
+            continue
+        result = _scrubbed(row.result, member_id, pseudonym, personal)
+        if row.operation == "survey-response" and isinstance(result, dict):
+            result["answers"] = _scores_only(result.get("answers"))
+        changes.append({"row_key": row.key, "new_result": result})
+    if changes:
+        uow.execute(c.update().where(c.c.program_id == program_id,
+                                     c.c.key == sa.bindparam("row_key"))
+                    .values(result=sa.bindparam("new_result", type_=c.c.result.type)),
+                    changes)
+
+
+def _names(value: Any, member_id: str) -> bool:
+    if isinstance(value, dict):
+        return any(key == member_id or _names(item, member_id) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_names(item, member_id) for item in value)
+    return value == member_id
+
+
+def _scrubbed(value: Any, member_id: str, pseudonym: str, personal: set[str]) -> Any:
+    if isinstance(value, dict):
+        return {pseudonym if key == member_id else key:
+                _scrubbed(item, member_id, pseudonym, personal) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(item, member_id, pseudonym, personal) for item in value]
+    if value == member_id:
+        return pseudonym
+    if isinstance(value, str) and value in personal:
+        return None
+    return value
+
+
+def _scrub_delivery_errors(uow: UnitOfWork, message_ids: list[int], email: str) -> None:
+    """A mail server's refusal kept as a delivery's last error may quote her address."""
+    d = to.deliveries
+    for start in range(0, len(message_ids), 500):
+        uow.execute(d.update().where(
+            d.c.outbox_id.in_(message_ids[start:start + 500]), d.c.channel == "email",
+            sa.func.lower(d.c.last_error).contains(email.strip().lower(), autoescape=True))
+            .values(last_error=None))
+
+
 def _relabel_messages(uow: UnitOfWork, program_id: str, member_id: str,
-                      pseudonym: str) -> None:
+                      pseudonym: str) -> list[int]:
     """Relabel the member's outbox messages, sent or not: their ``member_id`` and each
     field of their data that names her (``member``; ``referred`` in another member's
     ``referral.paid``). A message not yet sent then goes out under the pseudonym, and its
     email finds no address (an erased member has none), even if the same id enrols
     again. Message keys stay, as event ids do. One pass over the programme's outbox,
-    which has no index by member: erasure is rare, every event writes a message."""
+    which has no index by member: erasure is rare, every event writes a message.
+    Answers the ids of the messages relabelled."""
     o = to.outbox
     named = f'"{member_id}"'  # only rows whose JSON text names her are parsed
     rows = uow.execute(sa.select(o.c.id, o.c.data).where(
@@ -171,6 +342,7 @@ def _relabel_messages(uow: UnitOfWork, program_id: str, member_id: str,
         uow.execute(o.update().where(o.c.id == sa.bindparam("row_id"))
                     .values(member_id=sa.bindparam("new_member"), data=sa.bindparam("new_data")),
                     changes)
+    return [change["row_id"] for change in changes]
 
 
 def _relabelled(rows: Iterable[Any], member_id: str, pseudonym: str) -> Iterator[dict[str, Any]]:

@@ -140,8 +140,16 @@ def _failures(uow: UnitOfWork, key: str, now: datetime) -> int:
         w.login_failures.c.key == key, w.login_failures.c.at > now - THROTTLE_WINDOW)).scalar_one())
 
 
+def _prune_failures(uow: UnitOfWork, now: datetime) -> None:
+    """Delete the rows the throttle no longer counts, as each new one is written: the
+    table then holds about one window's rows, and no email (``link:`` keys), user name
+    or address stays longer than it is needed for."""
+    uow.execute(w.login_failures.delete().where(w.login_failures.c.at <= now - THROTTLE_WINDOW))
+
+
 def _fail(engine: sa.Engine, keys: list[str], now: datetime) -> None:
     def work(uow: UnitOfWork) -> None:
+        _prune_failures(uow, now)
         uow.execute(w.login_failures.insert(), [{"key": key, "at": now} for key in keys])
         uow.commit()
 
@@ -238,6 +246,7 @@ def request_link(engine: sa.Engine, program_id: str, email: str,
         if _failures(uow, key, now) >= MAX_LINKS:
             raise TooManyAttempts("too many sign-in links asked for; try again in 15 minutes",
                                   field="email")
+        _prune_failures(uow, now)
         uow.execute(w.login_failures.insert().values(key=key, at=now))
         member_id = uow.execute(sa.select(t.members.c.id).where(
             t.members.c.program_id == program_id,
