@@ -37,7 +37,9 @@ class Received:
 @dataclass
 class WebhookReceiver:
     """``script``: what to do with each next request ("ok", "fail" = HTTP 500, "stall" =
-    answer after ``stall_seconds``); ``default`` once the script is used up. With
+    answer after ``stall_seconds``, "trickle" = a 200 written one byte every
+    ``trickle_seconds``, so that no single read waits long); ``default`` once the script
+    is used up. With
     ``together`` set, each request waits until that many are in flight at once before it
     is answered (a 503 if they never are, within ``together_seconds``): proof that a
     sender sends in parallel, without timing anything."""
@@ -46,6 +48,7 @@ class WebhookReceiver:
     script: list[str] = field(default_factory=list)
     default: str = "ok"
     stall_seconds: float = 1.5
+    trickle_seconds: float = 0.1
     received: list[Received] = field(default_factory=list)
     url: str = ""
     together: int = 0
@@ -85,7 +88,7 @@ def webhook_receiver(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
                 verified = False
             with receiver.lock:
                 action = receiver.script.pop(0) if receiver.script else receiver.default
-                status = 200 if action in ("ok", "stall") and verified else 500
+                status = 200 if action in ("ok", "stall", "trickle") and verified else 500
                 if not verified:
                     status = 401
                 if alone:
@@ -95,6 +98,17 @@ def webhook_receiver(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
                                                   arrived_at))
             if action == "stall":
                 time.sleep(receiver.stall_seconds)  # longer than the sender waits
+            if action == "trickle":
+                answer = f"HTTP/1.1 {status} OK\r\nContent-Length: 2\r\n\r\nok".encode()
+                try:
+                    for byte in answer:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(receiver.trickle_seconds)
+                except OSError:
+                    pass  # the sender gave up
+                self.close_connection = True
+                return
             try:
                 self.send_response(status)
                 self.end_headers()

@@ -12,10 +12,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
 
-from setia.adapters import mail
+from setia.adapters import mail, webhooks
 from setia.adapters.webhooks import TIMEOUT_SECONDS
 from setia.entrypoints.observability import DELIVERY_ATTEMPTS
 from setia.service import deliveries
@@ -43,11 +42,12 @@ class Worker:
         self.webhook_timeout = webhook_timeout
         self.webhook_concurrency = webhook_concurrency
         self.clock = clock
-        # One connection per concurrent send at most, kept alive between batches.
-        self.client = httpx.Client(timeout=webhook_timeout, follow_redirects=False,
-                                   limits=httpx.Limits(
-                                       max_connections=webhook_concurrency,
-                                       max_keepalive_connections=webhook_concurrency))
+        if not 0 < webhook_timeout <= deliveries.MAX_WEBHOOK_TIMEOUT_SECONDS:
+            raise ValueError(f"the webhook timeout must be more than 0 and at most "
+                             f"{deliveries.MAX_WEBHOOK_TIMEOUT_SECONDS:g} seconds")
+        # One connection per concurrent send at most, kept alive between batches; each
+        # send bounded by the timeout as a whole, not only per read.
+        self.client = webhooks.client(webhook_timeout, webhook_concurrency)
         self._last_run_due: float | None = None
         self.stopped = threading.Event()
 
@@ -71,18 +71,20 @@ class Worker:
         for _ in range(MAX_ROUNDS_PER_PASS):
             if self.stopped.is_set():
                 break
-            now = self.clock()
-            round_ = deliveries.DeliveryReport(dispatched=deliveries.dispatch(self.engine, now))
-            round_.add(deliveries.deliver_webhooks(self.engine, now, self.client,
+            # Each step claims at the time it starts, not the round's: a lease runs from
+            # the claim, and the webhooks before the emails may have taken a while.
+            round_ = deliveries.DeliveryReport(
+                dispatched=deliveries.dispatch(self.engine, self.clock()))
+            round_.add(deliveries.deliver_webhooks(self.engine, self.clock(), self.client,
                                                    timeout=self.webhook_timeout,
                                                    concurrency=self.webhook_concurrency,
-                                                   on_attempt=_count))
+                                                   clock=self.clock, on_attempt=_count))
             if self.smtp is not None:
-                round_.add(deliveries.deliver_emails(self.engine, now, self.smtp,
-                                                     on_attempt=_count))
+                round_.add(deliveries.deliver_emails(self.engine, self.clock(), self.smtp,
+                                                     clock=self.clock, on_attempt=_count))
             total.add(round_)
             if not (round_.dispatched or round_.delivered or round_.failed or round_.dead
-                    or round_.dropped):
+                    or round_.dropped or round_.released):
                 break
         return total
 
@@ -100,7 +102,8 @@ class Worker:
             try:
                 self.run_due_if_time(time.monotonic())
                 report = self.deliver()
-                busy = bool(report.dispatched or report.delivered or report.failed)
+                busy = bool(report.dispatched or report.delivered or report.failed
+                            or report.released)
                 if busy:
                     log.info("deliveries", extra={
                         "dispatched": report.dispatched, "delivered": report.delivered,

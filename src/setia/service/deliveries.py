@@ -8,6 +8,9 @@ FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite runs one writer at a time):
 2. ``claim``: due deliveries get a lease (a worker sends them until it ends) and one
    more attempt, in a short transaction; nothing is held open while sending. A claimed
    batch of webhooks is sent a few at a time in parallel (``WEBHOOK_CONCURRENCY``).
+   No send starts once too little of its lease is left (``LEASE_MARGIN``): the delivery
+   is ``release``d, unsent and its attempt not counted, for the next claim; otherwise
+   another worker could claim it when the lease ends and send it too.
 3. ``finish``: delivered, or the next attempt (exponential backoff) or, once the 24-hour
    window is over, dead. An admin can ``replay`` dead ones.
 
@@ -44,6 +47,11 @@ CLAIM_BATCH = 20  # at least; a worker claims 4 x its webhook concurrency of web
 WEBHOOK_CONCURRENCY = 8  # webhook sends in flight at once per worker (default)
 MAX_WEBHOOK_CONCURRENCY = 64
 LEASE = timedelta(minutes=10)  # longer than a claimed batch takes at the webhook timeout
+# A send starts only while more than this is left of its lease (webhooks: this plus their
+# timeout, which bounds one whole send): it is over, and recorded, before the lease ends.
+# An email's SMTP exchange is a handful of commands at 10 s each.
+LEASE_MARGIN = timedelta(minutes=2)
+MAX_WEBHOOK_TIMEOUT_SECONDS = 120.0  # so that a send can start in a fresh lease
 MAX_ENDPOINTS = 20
 WEBHOOK = "webhook"
 EMAIL = "email"
@@ -56,6 +64,7 @@ class DeliveryReport:
     failed: int = 0
     dead: int = 0
     dropped: int = 0
+    released: int = 0  # claimed, but too little of the lease was left to send: unsent
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: DeliveryReport) -> None:
@@ -64,6 +73,7 @@ class DeliveryReport:
         self.failed += other.failed
         self.dead += other.dead
         self.dropped += other.dropped
+        self.released += other.released
         self.errors += other.errors[:10]
 
 
@@ -82,6 +92,9 @@ def add_endpoint(engine: sa.Engine, program_id: str, url: Any, types: Any,
             or len(url) > 2000:
         raise InvalidField("url must be an http:// or https:// URL (at most 2000 characters)",
                            field="url")
+    problem = webhooks.url_problem(url)
+    if problem is not None:  # a URL no send could use would fail every attempt
+        raise InvalidField(f"url {problem}", field="url")
     if types is not None:
         if not isinstance(types, list) or not types or \
                 any(kind not in n.MESSAGE_TYPES for kind in types):
@@ -227,6 +240,33 @@ def finish(engine: sa.Engine, delivery: dict[str, Any], error: str | None,
     return str(values["status"])
 
 
+def release(engine: sa.Engine, delivery: dict[str, Any]) -> bool:
+    """Give back a claimed delivery that was not sent: its lease ends now and its attempt
+    is not counted, so the next claim takes it at once. Nothing happens if its lease has
+    already gone to another worker (the same condition as ``finish``)."""
+    d = deliveries
+
+    def work(uow: UnitOfWork) -> bool:
+        count = uow.execute(d.update().where(
+            d.c.id == delivery["id"], d.c.status == "pending",
+            d.c.attempts == delivery["attempts"]).values(lease_until=None,
+                                                        attempts=d.c.attempts - 1)).rowcount
+        uow.commit()
+        return bool(count)
+
+    return transaction(engine, work)
+
+
+def time_to_send(delivery: dict[str, Any], moment: datetime, margin: timedelta) -> bool:
+    """Whether a send started at ``moment`` is done, ``margin`` being its longest, before
+    the delivery's lease ends (after that another worker may claim and send it too)."""
+    return bool(moment < delivery["lease_until"] - margin)
+
+
+def _unexpected(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
 def webhook_body(delivery: dict[str, Any]) -> str:
     """The JSON a receiver gets: the same on every attempt, but that an erasure between
     two attempts relabels the member it names (docs/privacy.md)."""
@@ -242,14 +282,23 @@ def message_id(delivery: dict[str, Any]) -> str:
 def deliver_webhooks(engine: sa.Engine, now: datetime, client: httpx.Client, *,
                      timeout: float = webhooks.TIMEOUT_SECONDS,
                      concurrency: int = WEBHOOK_CONCURRENCY,
+                     clock: Callable[[], datetime] | None = None,
                      wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                      on_attempt: Callable[[str, str], None] | None = None) -> DeliveryReport:
-    """Send one claimed batch of due webhooks, up to ``concurrency`` at once (threads
-    sharing ``client``'s connection pool); each sender records its outcome in its own
-    short transaction as soon as it has it, as a single sender would. ``now`` drives the
-    schedule; the signature's timestamp is the wall clock at the moment of sending, which
-    receivers compare with theirs."""
+    """Send one batch of due webhooks, claimed at ``now``, up to ``concurrency`` at once
+    (threads sharing ``client``'s connection pool; ``webhooks.client`` holds each send to
+    ``timeout`` seconds in all); each sender records its outcome in its own short
+    transaction as soon as it has it, as a single sender would.
+
+    ``clock`` (the worker's; time stands still at ``now`` when not given) is read before
+    each send, which is released unsent when too little of its lease is left, and for
+    each outcome's time. The signature's timestamp is the wall clock at the moment of
+    sending, which receivers compare with theirs. One send's unexpected error is that
+    attempt's failure, never the batch's."""
     assert 1 <= concurrency <= MAX_WEBHOOK_CONCURRENCY, concurrency
+    assert 0 < timeout <= MAX_WEBHOOK_TIMEOUT_SECONDS, timeout
+    time_now = clock or (lambda: now)
+    margin = LEASE_MARGIN + timedelta(seconds=timeout)
     report = DeliveryReport()
     claimed = claim(engine, WEBHOOK, now, limit=max(CLAIM_BATCH, 4 * concurrency))
     if not claimed:
@@ -261,7 +310,7 @@ def deliver_webhooks(engine: sa.Engine, now: datetime, client: httpx.Client, *,
     for delivery in claimed:
         endpoint = endpoints.get(delivery["target"])
         if endpoint is None or endpoint.disabled_at is not None:
-            finish(engine, delivery, "endpoint disabled", now, drop=True)
+            finish(engine, delivery, "endpoint disabled", time_now(), drop=True)
             report.dropped += 1
         else:
             sendable.append((delivery, endpoint))
@@ -269,9 +318,18 @@ def deliver_webhooks(engine: sa.Engine, now: datetime, client: httpx.Client, *,
     counting = threading.Lock()
 
     def deliver(delivery: dict[str, Any], endpoint: Any) -> None:
-        outcome = webhooks.send(client, endpoint.url, endpoint.secret, message_id(delivery),
-                                wall_clock(), webhook_body(delivery), timeout)
-        status = finish(engine, delivery, outcome.error, now)
+        if not time_to_send(delivery, time_now(), margin):
+            release(engine, delivery)
+            with counting:
+                report.released += 1
+            return
+        try:
+            outcome = webhooks.send(client, endpoint.url, endpoint.secret,
+                                    message_id(delivery), wall_clock(), webhook_body(delivery),
+                                    timeout)
+        except Exception as exc:  # noqa: BLE001 - this attempt failed; the batch goes on
+            outcome = webhooks.Outcome(False, _unexpected(exc))
+        status = finish(engine, delivery, outcome.error, time_now())
         with counting:
             _count(report, status, outcome.error)
         if on_attempt:
@@ -289,7 +347,7 @@ def deliver_webhooks(engine: sa.Engine, now: datetime, client: httpx.Client, *,
             try:
                 future.result()
             except Exception as exc:  # noqa: BLE001 - re-raised once the others are done
-                crashed.append(exc)  # its lease runs out and it is sent again
+                crashed.append(exc)  # (recording failed: the database) its lease runs out
     if crashed:
         raise crashed[0]
     return report
@@ -307,18 +365,33 @@ def _count(report: DeliveryReport, status: str, error: str | None) -> None:
 
 
 def deliver_emails(engine: sa.Engine, now: datetime, settings: mail.SmtpSettings,
-                   on_attempt: Callable[[str, str], None] | None = None) -> DeliveryReport:
-    """Send one claimed batch of due emails, each in its member's language."""
+                   on_attempt: Callable[[str, str], None] | None = None, *,
+                   clock: Callable[[], datetime] | None = None) -> DeliveryReport:
+    """Send one batch of due emails, claimed at ``now``, one by one, each in its member's
+    language. ``clock`` as for ``deliver_webhooks``: an email whose lease is about to end
+    is released unsent for the next claim, not sent late (a slow server could otherwise
+    keep the batch going past the lease, and another worker would send the rest too)."""
+    time_now = clock or (lambda: now)
     report = DeliveryReport()
-    claimed = claim(engine, EMAIL, now)
-    for delivery in claimed:
-        built = _email(engine, delivery)
-        if built is None:
-            finish(engine, delivery, "no email address or nothing to say", now, drop=True)
+    for delivery in claim(engine, EMAIL, now):
+        if not time_to_send(delivery, time_now(), LEASE_MARGIN):
+            release(engine, delivery)
+            report.released += 1
+            continue
+        drop, error = False, None
+        try:
+            built = _email(engine, delivery)
+            if built is None:
+                drop, error = True, "no email address or nothing to say"
+            else:
+                error = mail.send(settings, built(settings))
+        except Exception as exc:  # noqa: BLE001 - this attempt failed; the batch goes on
+            error = _unexpected(exc)
+        if drop:
+            finish(engine, delivery, error, time_now(), drop=True)
             report.dropped += 1
             continue
-        error = mail.send(settings, built(settings))
-        _count(report, finish(engine, delivery, error, now), error)
+        _count(report, finish(engine, delivery, error, time_now()), error)
         if on_attempt:
             on_attempt(EMAIL, "ok" if error is None else "failed")
     return report
