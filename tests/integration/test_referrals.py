@@ -368,6 +368,35 @@ def test_a_referees_voucher_not_used_yet_is_voided_and_told_when_the_referral_is
     assert_journal_ok(engine)
 
 
+
+def test_a_payout_reversed_by_an_admin_voids_the_referees_voucher_not_used_yet(
+        engine: sa.Engine) -> None:
+    # Given growth-cafe paying the referee a free latte, and adi's referral paid
+    linked = referee_voucher_paid(engine)
+    rid = f"referral:{linked['id']}"
+
+    # When an admin reverses the payout (rina's 300), then the purchase is refunded below
+    # the minimum
+    reversals.reverse(engine, P, {"ref": rid, "reason": "a paid referral ring"}, "rv-1",
+                      fixed_clock("2027-03-19T10:00:00+08:00"))
+    refund(engine, "adi", "o-1", "10.00", "2027-03-20T10:00:00+08:00", "r-1")
+
+    # Then adi's latte is voided by the reversal and he is told so once; rina's 300 went
+    # back once, by the reversal
+    with engine.connect() as conn:
+        code, used_ref = conn.execute(sa.text(
+            "SELECT code, used_ref FROM vouchers WHERE reward_id = 'free-latte'")).one()
+        o = tables_outbox.outbox
+        voided = conn.execute(sa.select(o.c.member_id, o.c.data)
+                              .where(o.c.type == "voucher.voided")).all()
+    assert used_ref == "referral clawback"
+    assert [(member, json.loads(data)) for member, data in voided] == [("adi", {
+        "program": P, "member": "adi", "ref": rid, "code": code, "reward": "free-latte",
+        "voided_at": "2027-03-19T10:00:00+08:00"})]
+    assert referrals.get(engine, P, linked["id"])["status"] == "clawed_back"
+    assert available(engine, "rina") == 50
+    assert_journal_ok(engine)
+
 def test_a_referees_voucher_that_expired_unused_is_not_told_as_voided(engine: sa.Engine) -> None:
     # Given adi's free latte paid on 18 March, which expired unused on 17 April
     referee_voucher_paid(engine)

@@ -687,3 +687,27 @@ def test_without_a_fraud_section_ingestion_runs_no_fraud_query(kopi):
     assert not [s for s in statements if "fraud_reviews" in s or "count(DISTINCT" in s
                 or "pg_advisory" in s]
     assert_journal_ok(kopi)
+
+
+def test_a_rejected_purchase_earns_no_tiered_rebate(engine):
+    # Given duplicate receipts screened, a quarterly rebate of 10 %, m3's RM 42.50 at
+    # kl-01 and m2's claim of the same receipt, held and rejected
+    load_programme(engine, {
+        **PROGRAMME, "fraud": {"duplicate_receipts": {"window_minutes": 10}},
+        "cashback": {"tiered": [{"id": "quarterly", "per": "quarter",
+                                 "bands": [{"percent": 10}]}]}})
+    for member in ("m2", "m3"):
+        upsert_member(engine, P, member, {}, CLOCK)
+    ingest_event(engine, P, purchase("e1", "m3", RECEIPT, "42.50"), CLOCK)
+    review = ingest_event(engine, P, purchase("e2", "m2", CLAIM, "42.50"),
+                          CLOCK)["review"]["review"]
+    fraud.decide(engine, P, review, "reject", "k1", CLOCK)
+
+    # When the quarter's rebates are credited
+    report = run_due(engine, at("2027-04-01T00:00:00+00:00"), P)
+
+    # Then m3 gets RM 4.25 on her purchase, and m2 nothing on the rejected one
+    assert report.rebates_credited == 1
+    assert credit(engine, "m3") == {"available": "4.25", "reserved": "0.00"}
+    assert credit(engine, "m2") == {"available": "0.00", "reserved": "0.00"}
+    assert_journal_ok(engine)

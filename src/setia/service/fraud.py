@@ -298,7 +298,13 @@ def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, ke
             if row is None:
                 raise trust.UnknownReview(f"no review {review_id} in programme {program_id}",
                                           field="review")
-            (member,) = uow.members_for_update(program_id, [row.member_pk])
+            # A rejection may claw a paid referral back, which locks its referrer too: both
+            # are locked here, in one sorted call, as a payout locks them.
+            pks = [row.member_pk]
+            if decision == "reject" and programme.model.referrals is not None:
+                pks += referrals.paid_referrer(uow, program_id, row.member_pk)
+            member = next(m for m in uow.members_for_update(program_id, pks)
+                          if m.pk == row.member_pk)
             # Locked the member first: a concurrent decision waits, then sees it decided.
             row = uow.execute(sa.select(r).where(r.c.id == review_id)).one()
             if row.status != "open":

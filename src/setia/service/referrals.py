@@ -272,14 +272,35 @@ def after_refund(uow: UnitOfWork, programme: Programme, member: Member, order: O
                told_at=told_at, cause=cause, record=False)
 
 
-def payout_reversed(uow: UnitOfWork, program_id: str, reference: str, now: datetime) -> None:
-    """An admin reversed a referral's payout (``reversals``; ``reference``:
-    ``referral:<id>``): the referral is clawed back, so that a later refund of its
-    qualifying purchase takes nothing a second time."""
+def paid_referrer(uow: UnitOfWork, program_id: str, referee_pk: int) -> list[int]:
+    """The referrer of the member's referral if it is paid (a clawback of it locks the
+    referrer's row), for a caller to lock both members at once in primary key order."""
     ref = tr.referrals
-    uow.execute(ref.update().where(
-        ref.c.program_id == program_id, ref.c.id == reference.removeprefix(r.RULE_PREFIX),
-        ref.c.status == "paid").values(status="clawed_back", clawed_back_at=now))
+    return list(uow.execute(sa.select(ref.c.referrer_pk).where(
+        ref.c.program_id == program_id, ref.c.referee_pk == referee_pk,
+        ref.c.status == "paid")).scalars())
+
+
+def payout_reversed(uow: UnitOfWork, programme: Programme, reference: str,
+                    now: datetime) -> None:
+    """An admin reversed a referral's payout (``reversals``, which took its points back;
+    ``reference``: ``referral:<id>``): a side paid in a voucher has it voided if not used
+    yet, as a clawback would, and the referral is clawed back, so that a later refund of
+    its qualifying purchase takes nothing a second time."""
+    ref = tr.referrals
+    referral_id = reference.removeprefix(r.RULE_PREFIX)
+    row = uow.execute(ref.update().where(
+        ref.c.program_id == programme.id, ref.c.id == referral_id,
+        ref.c.status == "paid").values(status="clawed_back", clawed_back_at=now)
+        .returning(ref.c.referrer_pk, ref.c.referee_pk)).first()
+    config = programme.model.referrals
+    if row is None or config is None:
+        return
+    for given, pk, side in ((config.referrer, row.referrer_pk, "referrer"),
+                            (config.referee, row.referee_pk, "referee")):
+        if given.points is None:
+            [member] = uow.members_for_update(programme.id, [pk])
+            _void_vouchers(uow, programme, member, referral_id, side, now, told_at=now)
 
 
 def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, member: Member,
@@ -295,18 +316,24 @@ def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, m
             made = uow.record(programme.id, member,
                               PostingContext(rule_id(referral_id), programme.version, now))
             outbox.changed(uow, programme, member, made, rule_id(referral_id), told_at)
-    else:  # a voucher not used yet is voided; a used one stays used
-        voided = uow.execute(t.vouchers.update().where(
-            t.vouchers.c.program_id == programme.id,
-            t.vouchers.c.redemption_id == _voucher_ref(referral_id, side),
-            t.vouchers.c.used_at.is_(None)).values(used_at=now, used_ref="referral clawback")
-            .returning(t.vouchers.c.code, t.vouchers.c.reward_id, t.vouchers.c.expires_at)
-        ).all()
-        for row in voided:
-            if row.expires_at is not None and row.expires_at <= now:
-                continue  # it had lapsed already: nothing is taken from the member
-            outbox.voucher_voided(uow, programme, member, code=row.code, reward=row.reward_id,
-                                  ref=rule_id(referral_id), voided_at=now, told_at=told_at)
+    else:
+        _void_vouchers(uow, programme, member, referral_id, side, now, told_at=told_at)
+
+
+def _void_vouchers(uow: UnitOfWork, programme: Programme, member: Member, referral_id: str,
+                   side: str, now: datetime, *, told_at: datetime) -> None:
+    """A side's referral voucher not used yet is voided; a used one stays used."""
+    voided = uow.execute(t.vouchers.update().where(
+        t.vouchers.c.program_id == programme.id,
+        t.vouchers.c.redemption_id == _voucher_ref(referral_id, side),
+        t.vouchers.c.used_at.is_(None)).values(used_at=now, used_ref="referral clawback")
+        .returning(t.vouchers.c.code, t.vouchers.c.reward_id, t.vouchers.c.expires_at)
+    ).all()
+    for row in voided:
+        if row.expires_at is not None and row.expires_at <= now:
+            continue  # it had lapsed already: nothing is taken from the member
+        outbox.voucher_voided(uow, programme, member, code=row.code, reward=row.reward_id,
+                              ref=rule_id(referral_id), voided_at=now, told_at=told_at)
 
 
 # -- paying -----------------------------------------------------------------------------

@@ -157,7 +157,7 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                     changed.append({"member": member.id, "balances": balances(member)})
             if ref.startswith(referrals.RULE_PREFIX):
                 # the referral is done with: a refund of its purchase takes nothing more
-                referral_payouts.payout_reversed(uow, program_id, ref, now)
+                referral_payouts.payout_reversed(uow, programme, ref, now)
             audit.record(uow, "reverse", program_id=program_id, target=ref, before=None,
                          after={"reason": reason, "members": changed}, now=now)
             return {"ref": ref, "reason": reason, "members": changed}

@@ -574,8 +574,9 @@ def _credit_period(uow: UnitOfWork, programme: Programme, rebate_id: str, bands:
 def _net_spend(uow: UnitOfWork, programme: Programme,
                spans: list[tuple[date, date]]) -> list[Any]:
     """Each member's net spend on orders placed in the spans of days (programme time zone),
-    by member pk."""
-    o = t.orders
+    by member pk. A purchase whose fraud review was rejected is no spend (``fraud``: a
+    rejected purchase keeps nothing)."""
+    o, r = t.orders, fraud_reviews
 
     def midnight(day: date) -> datetime:
         return datetime.combine(day, time(), programme.tz)
@@ -586,7 +587,9 @@ def _net_spend(uow: UnitOfWork, programme: Programme,
         sa.select(o.c.member_pk, t.members.c.id.label("member_id"),
                   sa.func.sum(o.c.amount_e4 - o.c.refunded_e4).label("net_e4"))
         .join(t.members, t.members.c.pk == o.c.member_pk)
-        .where(o.c.program_id == programme.id, placed)
+        .where(o.c.program_id == programme.id, placed,
+               ~sa.exists().where(r.c.program_id == o.c.program_id,
+                                  r.c.event_id == o.c.event_id, r.c.status == "rejected"))
         .group_by(o.c.member_pk, t.members.c.id).order_by(o.c.member_pk)).all())
 
 
