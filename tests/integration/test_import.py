@@ -89,3 +89,36 @@ def test_lines_that_cannot_be_read_go_to_the_report_and_the_rest_load(kopi, tmp_
     assert get_member(kopi, "kopi-setia", "ali", CLOCK)["balances"] == {
         "available": 0, "pending": 50 + 5 + 3 + 2 + 1, "reserved": 0}
     assert_journal_ok(kopi)
+
+
+def test_a_byte_order_mark_crlf_and_blank_lines_are_read_and_rows_numbered_as_in_the_file(
+        kopi, tmp_path):
+    # Given ali, and files as a spreadsheet saves them: a byte order mark, CRLF line ends,
+    # a store named in Chinese, a blank line, and a bad row (no amount) after it
+    upsert_member(kopi, "kopi-setia", "ali", {}, CLOCK)
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join([
+        json.dumps({**purchase("e1", "o1", "5.00"), "store": "台北"},
+                   ensure_ascii=False).encode(),
+        b"",
+        json.dumps({**purchase("e2", "o2", "4.00"), "amount": None}).encode()]) + b"\r\n")
+    csv_file = tmp_path / "events.csv"
+    csv_file.write_bytes("\ufeffid,type,member,order_id,occurred_at,amount,store\r\n"
+                         "c1,purchase,ali,oc1,2027-02-02T10:00:00+08:00,2.00,台北\r\n"
+                         "\r\n"
+                         "c2,purchase,ali,oc2,2027-02-02T10:00:00+08:00,,kl-01\r\n".encode())
+    # When both are imported
+    jsonl_summary = import_events(kopi, "kopi-setia", jsonl, batch_size=10, clock=CLOCK)
+    csv_summary = import_events(kopi, "kopi-setia", csv_file, batch_size=10, clock=CLOCK)
+    # Then the first rows load (5 + 2 base Beans) and the bad ones are reported by the
+    # line they are on
+    assert (jsonl_summary["applied"], jsonl_summary["rejected"]) == (1, 1)
+    assert (csv_summary["applied"], csv_summary["rejected"]) == (1, 1)
+    reported = [json.loads(line)
+                for summary in (jsonl_summary, csv_summary)
+                for line in Path(summary["report"]).read_text().splitlines()]
+    assert [(r["row"], r["id"], r["problem"]["field"]) for r in reported] == [
+        (3, "e2", "amount"), (4, "c2", "amount")]
+    assert get_member(kopi, "kopi-setia", "ali", CLOCK)["balances"] == {
+        "available": 0, "pending": 50 + 5 + 2, "reserved": 0}
+    assert_journal_ok(kopi)

@@ -25,7 +25,8 @@ def worker_command(
     once: Annotated[bool, typer.Option("--once", help="one pass, then exit")] = False,
     run_due_every: Annotated[float, typer.Option(
         help="seconds between run-due passes (0: never)")] = 60.0,
-    webhook_timeout: Annotated[float, typer.Option(help="seconds to wait for a receiver")] = 10.0,
+    webhook_timeout: Annotated[float, typer.Option(
+        min=0.1, max=120, help="seconds a webhook send may take in all (0.1 to 120)")] = 10.0,
     webhook_concurrency: Annotated[int, typer.Option(
         min=1, max=64, help="webhooks sent at once (each batch claimed is sent in parallel)"
     )] = 8,
@@ -46,7 +47,7 @@ def worker_command(
             report = worker.run_once()
             print(json.dumps({"dispatched": report.dispatched, "delivered": report.delivered,
                               "failed": report.failed, "dead": report.dead,
-                              "dropped": report.dropped}))
+                              "dropped": report.dropped, "released": report.released}))
             return
         signal.signal(signal.SIGTERM, lambda *_: worker.stopped.set())
         try:

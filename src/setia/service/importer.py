@@ -8,6 +8,7 @@ before it changes anything and goes to the report; the rest load.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import re
@@ -35,9 +36,12 @@ def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     JSON, more CSV fields than the header names) is a string error, for the report: it
     never stops the import."""
     if path.suffix.lower() == ".csv":
-        # Bytes that are not UTF-8 are kept as lone surrogates, to be found per row below.
-        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
-            for number, record in enumerate(csv.DictReader(handle), start=2):
+        # Bytes that are not UTF-8 are kept as lone surrogates, to be found per row below;
+        # a byte order mark at the start is no part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+            reader = csv.DictReader(handle)
+            for record in reader:
+                number = reader.line_num  # the file's line (a quoted field may span lines)
                 if None in record:
                     yield number, (f"{len(record[None])} more field(s) than the header "
                                    "names")
@@ -57,6 +61,8 @@ def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
         return
     with path.open("rb") as lines:  # orjson reads bytes and refuses what is not UTF-8
         for number, text in enumerate(lines, start=1):
+            if number == 1:
+                text = text.removeprefix(codecs.BOM_UTF8)
             if not text.strip():
                 continue
             try:
