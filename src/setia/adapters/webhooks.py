@@ -84,10 +84,22 @@ def send(client: httpx.Client, url: str, secret: str, message_id: str, sent_at: 
 
 def client(timeout: float = TIMEOUT_SECONDS, connections: int = 8) -> httpx.Client:
     """A client for ``send``, with ``connections`` kept alive between sends, that never
-    follows redirects and holds each send to its overall deadline."""
+    follows redirects and holds each send to its overall deadline. It is httpx's own
+    client (proxies from the environment, ``HTTPS_PROXY`` and ``NO_PROXY``, included),
+    whose connection pools open their sockets through the deadline backend: httpx takes
+    no network backend of its own, so each pool's is set (httpcore keeps it in
+    ``_network_backend``; the versions are pinned, and tests/integration/
+    test_deliveries.py covers a direct send, a send through a proxy and the deadline)."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.Client(timeout=timeout, follow_redirects=False, limits=limits,
-                        transport=_DeadlineTransport(limits))
+    made = httpx.Client(timeout=timeout, follow_redirects=False, limits=limits)
+    backend = _DeadlineBackend()
+    transports = [made._transport, *made._mounts.values()]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        if pool is not None:
+            assert hasattr(pool, "_network_backend"), "httpcore keeps its backend elsewhere"
+            pool._network_backend = backend
+    return made
 
 
 # -- the overall deadline ---------------------------------------------------------------------
@@ -149,17 +161,3 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
-
-
-class _DeadlineTransport(httpx.HTTPTransport):
-    """httpx's transport over a connection pool with the deadline backend. httpx takes
-    no network backend of its own, so the pool it made is swapped for one that has it
-    (httpx keeps its pool in ``_pool``; its request and error mapping stay as they are)."""
-
-    def __init__(self, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits)
-        self._pool.close()
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry, network_backend=_DeadlineBackend())

@@ -189,11 +189,9 @@ def erase_member(engine: sa.Engine, program_id: str, member_id: str, key: str,
             uow.execute(tt.member_tokens.update().where(
                 tt.member_tokens.c.member_pk == pk, tt.member_tokens.c.revoked_at.is_(None)
             ).values(revoked_at=now))
-            ips = _erase_growth(uow, program_id, pk, pseudonym)
+            _erase_growth(uow, program_id, pk, pseudonym)
             _erase_web(uow, program_id, member_id, member.email)
-            personal = {value for value in (member.name, member.email, member.phone, *ips)
-                        if value}
-            _scrub_commands(uow, program_id, member_id, pseudonym, personal)
+            _scrub_commands(uow, program_id, member_id, pseudonym)
             if member.email:
                 _scrub_delivery_errors(uow, messages, member.email)
             audit.record(uow, "member.erase", program_id=program_id, target=f"member #{pk}",
@@ -262,8 +260,7 @@ def _erase_web(uow: UnitOfWork, program_id: str, member_id: str, email: str | No
             failures.c.key == f"link:{program_id}:{email.strip().lower()[:320]}"))
 
 
-def _scrub_commands(uow: UnitOfWork, program_id: str, member_id: str, pseudonym: str,
-                    personal: set[str]) -> None:
+def _scrub_commands(uow: UnitOfWork, program_id: str, member_id: str, pseudonym: str) -> None:
     """Stored command results (what a retried request with the same key is answered)
     that name her: her id becomes the pseudonym, her name, email, phone and referral IP
     become null, and a survey response's free-text answers are dropped. Keys stay, as
@@ -281,7 +278,7 @@ def _scrub_commands(uow: UnitOfWork, program_id: str, member_id: str, pseudonym:
     for row in rows:
         if not _names(row.result, member_id):
             continue
-        result = _scrubbed(row.result, member_id, pseudonym, personal)
+        result = _scrubbed(row.result, member_id, pseudonym)
         if row.operation == "survey-response" and isinstance(result, dict):
             result["answers"] = _scores_only(result.get("answers"))
         changes.append({"row_key": row.key, "new_result": result})
@@ -292,25 +289,46 @@ def _scrub_commands(uow: UnitOfWork, program_id: str, member_id: str, pseudonym:
                     changes)
 
 
+# Fields of a stored result that name a member, and the personal ones of a dict naming
+# her. Only these change: an order id or a note equal to her id or her name is not hers.
+MEMBER_FIELDS = frozenset({"member", "member_id", "referrer", "referee", "referred"})
+PERSONAL_FIELDS = frozenset({"name", "email", "phone", "ip"})
+
+
+def _hers(value: dict[str, Any], member_id: str) -> bool:
+    """Whether a dict of a stored result is about her: a member field names her, or it
+    is her member view (``id`` and ``enrolled_at``)."""
+    return (any(value.get(name) == member_id for name in MEMBER_FIELDS)
+            or ("enrolled_at" in value and value.get("id") == member_id))
+
+
 def _names(value: Any, member_id: str) -> bool:
     if isinstance(value, dict):
-        return any(key == member_id or _names(item, member_id) for key, item in value.items())
+        return _hers(value, member_id) or any(
+            key == member_id or _names(item, member_id) for key, item in value.items())
     if isinstance(value, list):
         return any(_names(item, member_id) for item in value)
-    return value == member_id
+    return False
 
 
-def _scrubbed(value: Any, member_id: str, pseudonym: str, personal: set[str]) -> Any:
-    if isinstance(value, dict):
-        return {pseudonym if key == member_id else key:
-                _scrubbed(item, member_id, pseudonym, personal) for key, item in value.items()}
+def _scrubbed(value: Any, member_id: str, pseudonym: str) -> Any:
+    """``value`` with the fields that name her relabelled, the personal fields of what is
+    about her cleared, and keys that are her id relabelled; nothing else."""
     if isinstance(value, list):
-        return [_scrubbed(item, member_id, pseudonym, personal) for item in value]
-    if value == member_id:
-        return pseudonym
-    if isinstance(value, str) and value in personal:
-        return None
-    return value
+        return [_scrubbed(item, member_id, pseudonym) for item in value]
+    if not isinstance(value, dict):
+        return value
+    hers = _hers(value, member_id)
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = pseudonym if key == member_id else key
+        if hers and item == member_id and (key in MEMBER_FIELDS or key == "id"):
+            out[name] = pseudonym
+        elif hers and key in PERSONAL_FIELDS:
+            out[name] = None
+        else:
+            out[name] = _scrubbed(item, member_id, pseudonym)
+    return out
 
 
 def _scrub_delivery_errors(uow: UnitOfWork, message_ids: list[int], email: str) -> None:

@@ -293,14 +293,21 @@ def payout_reversed(uow: UnitOfWork, programme: Programme, reference: str,
         ref.c.program_id == programme.id, ref.c.id == referral_id,
         ref.c.status == "paid").values(status="clawed_back", clawed_back_at=now)
         .returning(ref.c.referrer_pk, ref.c.referee_pk)).first()
-    config = programme.model.referrals
-    if row is None or config is None:
+    if row is None:
         return
-    for given, pk, side in ((config.referrer, row.referrer_pk, "referrer"),
-                            (config.referee, row.referee_pk, "referee")):
-        if given.points is None:
-            [member] = uow.members_for_update(programme.id, [pk])
-            _void_vouchers(uow, programme, member, referral_id, side, now, told_at=now)
+    # By the vouchers themselves, not the programme's rewards now: a version since may
+    # pay the other way, or no longer have referrals.
+    v = t.vouchers
+    sides = {"referrer": row.referrer_pk, "referee": row.referee_pk}
+    unused = set(uow.execute(sa.select(v.c.redemption_id).where(
+        v.c.program_id == programme.id, v.c.used_at.is_(None),
+        v.c.redemption_id.in_([_voucher_ref(referral_id, side) for side in sides]))).scalars())
+    holders = {m.pk: m for m in uow.members_for_update(
+        programme.id, [pk for side, pk in sides.items()
+                       if _voucher_ref(referral_id, side) in unused])}
+    for side, pk in sides.items():
+        if pk in holders:
+            _void_vouchers(uow, programme, holders[pk], referral_id, side, now, told_at=now)
 
 
 def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, member: Member,

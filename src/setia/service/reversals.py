@@ -158,8 +158,12 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
             if ref.startswith(referrals.RULE_PREFIX):
                 # the referral is done with: a refund of its purchase takes nothing more
                 referral_payouts.payout_reversed(uow, programme, ref, now)
+            # The audit log is never changed, an erasure included: members by their row.
             audit.record(uow, "reverse", program_id=program_id, target=ref, before=None,
-                         after={"reason": reason, "members": changed}, now=now)
+                         after={"reason": reason, "members": [
+                             {"member": f"#{member.pk}", "balances": balances(member)}
+                             for member in done if member.id in {c["member"] for c in changed}
+                         ]}, now=now)
             return {"ref": ref, "reason": reason, "members": changed}
 
         result = idempotent(uow, program_id, key, "reverse", body, run, now)

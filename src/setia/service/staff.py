@@ -144,7 +144,8 @@ def _prune_failures(uow: UnitOfWork, now: datetime) -> None:
     """Delete the rows the throttle no longer counts, as each new one is written: the
     table then holds about one window's rows, and no email (``link:`` keys), user name
     or address stays longer than it is needed for."""
-    uow.execute(w.login_failures.delete().where(w.login_failures.c.at <= now - THROTTLE_WINDOW))
+    uow.execute(w.login_failures.delete().where(
+        w.login_failures.c.at <= now - 2 * THROTTLE_WINDOW))
 
 
 def _fail(engine: sa.Engine, keys: list[str], now: datetime) -> None:
