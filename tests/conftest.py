@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -136,3 +137,20 @@ def kopi(engine: sa.Engine) -> sa.Engine:
     """An engine with the Kopi Setia programme stored as version 1."""
     load_programme(engine, KOPI_SETIA)
     return engine
+
+
+def wait_for_lock_waiters(engine: sa.Engine, count: int = 1, *, statement_like: str = "%",
+                          seconds: float = 30.0) -> int:
+    """Wait until ``count`` sessions of this database (PostgreSQL) wait for a lock, running
+    a statement ``LIKE statement_like``; answers how many do (at least ``count``), or fails
+    after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE :like")
+    while True:
+        with engine.connect() as conn:
+            waiting = int(conn.execute(query, {"like": statement_like}).scalar_one())
+        if waiting >= count:
+            return waiting
+        assert time.monotonic() < deadline, f"{count} session(s) never waited for a lock"
+        time.sleep(0.02)

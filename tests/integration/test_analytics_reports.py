@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from decimal import Decimal
@@ -39,7 +38,7 @@ from setia.service.events import ingest_event
 from setia.service.members import upsert_member
 from setia.service.reversals import reverse
 from setia.service.run_due import run_due
-from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
+from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme, wait_for_lock_waiters
 from tests.integration.analytics_history import CAFE, P, build, purchase
 
 D = date
@@ -456,17 +455,13 @@ def test_two_refunds_of_one_guest_sale_at_once_take_no_more_than_the_sale(
     # Given g2 (15.00), and another call's refund of 10.00 of it under way: it holds g2's
     # row and has written its refund, not yet committed
     build(pg_engine)
-    blocker = pg_engine.connect()
-    blocker.begin()
-    blocker.execute(sa.text("SELECT id FROM guest_sales WHERE program_id = :p AND id = 'g2' "
-                            "FOR UPDATE"), {"p": P})
-    record_guest_refunds_in(blocker, "first", "10.00")
+    blocker = g2_refund_under_way(pg_engine, "first", "10.00")
     with ThreadPoolExecutor(1) as pool:
         # When a second refund of 10.00 of g2 comes meanwhile
         second = pool.submit(record_guest_refunds, pg_engine, P, [
             {"id": "second", "sale_id": "g2", "amount": "10.00",
              "occurred_at": "2027-02-22T12:00:00+08:00"}])
-        wait_for_a_lock(pg_engine)
+        wait_for_lock_waiters(pg_engine)
         blocker.commit()
         blocker.close()
         # Then it waits for the first, and finds only 5.00 left
@@ -486,17 +481,13 @@ def test_a_guest_refund_sent_again_while_its_first_call_runs_is_replayed(
     # Given g2 (15.00), and a call refunding all of it under way: it holds g2's row and
     # has written its refund "first", not yet committed
     build(pg_engine)
-    blocker = pg_engine.connect()
-    blocker.begin()
-    blocker.execute(sa.text("SELECT id FROM guest_sales WHERE program_id = :p AND id = 'g2' "
-                            "FOR UPDATE"), {"p": P})
-    record_guest_refunds_in(blocker, "first", "15.00")
+    blocker = g2_refund_under_way(pg_engine, "first", "15.00")
     with ThreadPoolExecutor(1) as pool:
         # When the till sends the same refund again meanwhile (its first call timed out)
         again = pool.submit(record_guest_refunds, pg_engine, P, [
             {"id": "first", "sale_id": "g2", "amount": "15.00",
              "occurred_at": "2027-02-22T12:00:00+08:00"}])
-        wait_for_a_lock(pg_engine)
+        wait_for_lock_waiters(pg_engine)
         blocker.commit()
         blocker.close()
         # Then it waits for the first, finds it stored and replays it (it found nothing
@@ -507,23 +498,18 @@ def test_a_guest_refund_sent_again_while_its_first_call_runs_is_replayed(
             ("first", 150_000)]
     assert_journal_ok(pg_engine)
 
-def record_guest_refunds_in(conn: sa.Connection, refund_id: str, amount: str) -> None:
+def g2_refund_under_way(engine: sa.Engine, refund_id: str, amount: str) -> sa.Connection:
+    """A connection in the middle of a call refunding ``amount`` of guest sale g2: it
+    holds g2's row and has written its refund, not committed yet."""
+    conn = engine.connect()
+    conn.begin()
+    conn.execute(sa.text("SELECT id FROM guest_sales WHERE program_id = :p AND id = 'g2' "
+                         "FOR UPDATE"), {"p": P})
     when = at("2027-02-22T12:00:00+08:00")
     conn.execute(guest_refunds.insert().values(
         program_id=P, id=refund_id, sale_id="g2", occurred_at=when,
         amount_e4=int(Decimal(amount) * 10_000), recorded_at=when))
-
-
-def wait_for_a_lock(engine: sa.Engine) -> None:
-    """Wait (at most 10 s) until a session of this database waits for a lock."""
-    for _ in range(200):
-        with engine.connect() as conn:
-            if conn.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'")).scalar_one():
-                return
-        time.sleep(0.05)
-    raise AssertionError("no session waits for a lock")
+    return conn
 
 
 def test_the_guest_refunds_migration_matches_the_table(engine: sa.Engine) -> None:

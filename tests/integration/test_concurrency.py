@@ -4,7 +4,6 @@ call per task. Only the expected domain errors may surface: no deadlock, no Inte
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,14 @@ from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust, redeem
 from setia.service.run_due import run_due
-from tests.conftest import KOPI_SETIA, assert_journal_ok, at, fixed_clock, load_programme
+from tests.conftest import (
+    KOPI_SETIA,
+    assert_journal_ok,
+    at,
+    fixed_clock,
+    load_programme,
+    wait_for_lock_waiters,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -297,18 +303,6 @@ def test_concurrent_batches_naming_one_new_order_record_it_once(pg_engine):
     assert_journal_ok(pg_engine)
 
 
-def waiting_on_locks(engine: sa.Engine, count: int) -> None:
-    """Wait until ``count`` sessions of this database wait for a lock (at most 30 s)."""
-    deadline = time.monotonic() + 30
-    with engine.connect() as conn:
-        while conn.execute(sa.text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'")).scalar_one() < count:
-            assert time.monotonic() < deadline, f"{count} sessions never waited for a lock"
-            time.sleep(0.02)
-            conn.rollback()
-
-
 @pytest.mark.parametrize("also_named_by", [None, "a purchase refused early"])
 def test_a_batch_refunds_an_order_a_purchase_holding_the_member_records(pg_engine,
                                                                         also_named_by):
@@ -331,10 +325,10 @@ def test_a_batch_refunds_an_order_a_purchase_holding_the_member_records(pg_engin
         # the purchase locks the member, then waits to write its outbox row
         gate.execute(sa.text("LOCK TABLE outbox IN EXCLUSIVE MODE"))
         bought = pool.submit(ingest_event, pg_engine, "shop", purchase, CLOCK)
-        waiting_on_locks(pg_engine, 1)
+        wait_for_lock_waiters(pg_engine, 1)
         # the batch reads what it reads before locking members, then waits for the member
         refunded = pool.submit(ingest_batch, pg_engine, "shop", batch, CLOCK)
-        waiting_on_locks(pg_engine, 2)
+        wait_for_lock_waiters(pg_engine, 2)
         gate.commit()
         assert bought.result(timeout=30)["status"] == "applied"
         results = refunded.result(timeout=30)
@@ -385,10 +379,10 @@ def test_a_batch_replays_an_event_the_holder_of_its_members_lock_applies(pg_engi
         # the single event locks the member, then waits to write its outbox row
         gate.execute(sa.text("LOCK TABLE outbox IN EXCLUSIVE MODE"))
         alone = pool.submit(ingest_event, pg_engine, "shop", purchase, CLOCK)
-        waiting_on_locks(pg_engine, 1)
+        wait_for_lock_waiters(pg_engine, 1)
         # the batch does what it does before locking members, then waits for the member
         batched = pool.submit(ingest_batch, pg_engine, "shop", [purchase], CLOCK)
-        waiting_on_locks(pg_engine, 2)
+        wait_for_lock_waiters(pg_engine, 2)
         gate.commit()
         first = alone.result(timeout=30)
         [second] = batched.result(timeout=30)

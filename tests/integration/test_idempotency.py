@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,7 +12,13 @@ from setia.domain.errors import IdempotencyConflict, RedemptionNotHeld
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust, capture_or_release, redeem, use_voucher
-from tests.conftest import KOPI_SETIA, assert_journal_ok, fixed_clock, load_programme
+from tests.conftest import (
+    KOPI_SETIA,
+    assert_journal_ok,
+    fixed_clock,
+    load_programme,
+    wait_for_lock_waiters,
+)
 
 P = "kopi-setia"
 CLOCK = fixed_clock("2027-03-01T09:00:00+08:00")
@@ -170,20 +175,6 @@ def test_a_replayed_voucher_use_answers_again(kopi):
     assert_journal_ok(kopi)
 
 
-def lock_waiters(engine: sa.Engine, count: int) -> None:
-    """Wait until ``count`` sessions wait for a lock (at most 10 s)."""
-    waiting = 0
-    for _ in range(200):
-        with engine.connect() as conn:
-            waiting = conn.execute(sa.text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-            ).scalar_one()
-        if waiting >= count:
-            break
-        time.sleep(0.05)
-    assert waiting == count
-
-
 @pytest.mark.postgres
 def test_a_voucher_use_retried_while_the_first_is_still_running_answers_the_first(pg_engine):
     # Given a voucher, and a till's use of it with key "use-1" that has used it but not yet
@@ -202,12 +193,12 @@ def test_a_voucher_use_retried_while_the_first_is_still_running_answers_the_firs
         {"p": P, "key": f"voucher.used:{code}"})
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(use_voucher, engine, P, code, "use-1", None, CLOCK)
-        lock_waiters(engine, 1)
+        assert wait_for_lock_waiters(engine, 1, seconds=10) == 1
 
         # When the till, its answer late, sends the same use again with the same key: it
         # finds no key stored yet and waits for the voucher's row, which the first holds
         again = pool.submit(use_voucher, engine, P, code, "use-1", None, LATER)
-        lock_waiters(engine, 2)
+        assert wait_for_lock_waiters(engine, 2, seconds=10) == 2
         blocker.rollback()
         blocker.close()
         used = first.result(timeout=30)

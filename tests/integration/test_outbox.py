@@ -5,7 +5,6 @@ dead letters and replay."""
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -22,7 +21,7 @@ from setia.service.events import ingest_event
 from setia.service.members import upsert_member
 from setia.service.redemptions import adjust, redeem, use_voucher
 from setia.service.run_due import run_due
-from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
+from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme, wait_for_lock_waiters
 from tests.receivers import MailBox, WebhookReceiver, free_port, smtp_server, webhook_receiver
 
 P = "shop"
@@ -305,15 +304,9 @@ def test_an_expiry_notice_written_while_its_member_is_erased_names_her_pseudonym
     with ThreadPoolExecutor(1) as pool:
         notices = pool.submit(outbox.expiring_soon, engine,
                               programme_of(engine), at("2027-03-20T00:00:00+08:00"))
-        waiting = 0
-        for _ in range(200):  # until the notice waits for her row's lock
-            with engine.connect() as conn:
-                waiting = conn.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE '%FOR SHARE%'")).scalar_one()
-            if waiting:
-                break
-            time.sleep(0.05)
+        # until the notice waits for her row's lock
+        waiting = wait_for_lock_waiters(engine, statement_like="%FOR SHARE%",
+                                        seconds=10)
         assert waiting == 1
         eraser.execute(sa.text("UPDATE members SET id = 'erased-0000000000000000', "
                                "email = NULL WHERE pk = :pk"), {"pk": pk})

@@ -22,9 +22,8 @@ from setia.service import referrals, reversals
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.run_due import run_due
-from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
+from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme, wait_for_lock_waiters
 from tests.growth_programme import GROWTH
-from tests.integration.test_analytics_reports import wait_for_a_lock
 
 P = "growth-cafe"
 ENROL = fixed_clock("2027-03-01T09:00:00+08:00")
@@ -262,7 +261,7 @@ def test_an_approval_waits_for_a_purchase_qualifying_the_referral_meanwhile(
         # When an admin approves it meanwhile
         approved = pool.submit(referrals.decide, pg_engine, P, guarded["id"], "approve",
                                {"reason": "a sister"}, "ok-1", DAY_2)
-        wait_for_a_lock(pg_engine)
+        wait_for_lock_waiters(pg_engine)
         blocker.commit()
         blocker.close()
         # Then the approval decides on the referral as the purchase left it: qualified,

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -36,7 +35,14 @@ from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.programmes import parse_text
 from setia.service.redemptions import adjust, redeem, use_voucher
-from tests.conftest import KOPI_SETIA, assert_journal_ok, at, fixed_clock, load_programme
+from tests.conftest import (
+    KOPI_SETIA,
+    assert_journal_ok,
+    at,
+    fixed_clock,
+    load_programme,
+    wait_for_lock_waiters,
+)
 
 P = "kopi-setia"
 CLOCK = fixed_clock("2027-03-01T09:00:00+08:00")
@@ -429,15 +435,9 @@ def test_a_voucher_used_while_its_member_is_erased_names_her_pseudonym(pg_engine
     # When the till uses the voucher meanwhile, and the erasure renames her and commits
     with ThreadPoolExecutor(1) as pool:
         used = pool.submit(use_voucher, engine, P, code, "k-3", {}, CLOCK)
-        waiting = 0
-        for _ in range(100):  # until the voucher's message waits for her row's lock
-            with engine.connect() as conn:
-                waiting = conn.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE '%FOR SHARE%'")).scalar_one()
-            if waiting:
-                break
-            time.sleep(0.05)
+        # until the voucher's message waits for her row's lock
+        waiting = wait_for_lock_waiters(engine, statement_like="%FOR SHARE%",
+                                        seconds=10)
         eraser.execute(sa.text("UPDATE members SET id = 'erased-0000000000000000', "
                                "email = NULL WHERE pk = :pk"), {"pk": pk})
         eraser.commit()
