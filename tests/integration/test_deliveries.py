@@ -278,20 +278,59 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(engine):
     assert_journal_ok(engine)
 
 
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_machine(monkeypatch):
+    """Receivers on loopback are reached directly, whatever proxies this machine names;
+    a test that wants a proxy names its own."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
 def test_webhooks_go_through_the_proxy_the_environment_names(monkeypatch):
-    # Given a proxy named by HTTP_PROXY (the receiver, which answers what it is sent) and
-    # a receiver's host no one can look up, as one reached only through that proxy
-    receiver = WebhookReceiver(secret=webhooks.new_secret())
+    # Given a proxy named by HTTP_PROXY (the receiver, which answers what it is sent,
+    # trickling its answer) and a receiver's host no one can look up, as one reached only
+    # through that proxy
+    receiver = WebhookReceiver(secret=webhooks.new_secret(), script=["ok", "trickle"])
     with webhook_receiver(receiver):
-        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
-            monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("HTTP_PROXY", receiver.url)
-        # When a webhook is sent with the worker's client
+
+        def send(timeout: float) -> webhooks.Outcome:
+            return webhooks.send(client, "http://hooks.setia.invalid/in", receiver.secret,
+                                 "msg_1", datetime.now(UTC), '{"type": "member.enrolled"}',
+                                 timeout=timeout)
+
+        # When a webhook is sent with the worker's client, then one whose answer trickles
         with webhooks.client(5.0) as client:
-            outcome = webhooks.send(client, "http://hooks.setia.invalid/in", receiver.secret,
-                                    "msg_1", datetime.now(UTC), '{"type": "member.enrolled"}',
-                                    timeout=5.0)
-    # Then it went through the proxy, signed, and was delivered
-    assert outcome == webhooks.Outcome(True)
+            delivered = send(5.0)
+            started = time.monotonic()
+            cut = send(0.5)
+            took = time.monotonic() - started
+    # Then the first went through the proxy, signed, and was delivered; the second was cut
+    # off at its deadline there too (its whole answer takes about 4 s)
+    assert delivered == webhooks.Outcome(True)
+    assert cut == webhooks.Outcome(False, "timeout after 0.5 s")
+    assert took < 3.0, took
     assert [(r.webhook_id, r.body, r.verified) for r in receiver.received] == [
-        ("msg_1", {"type": "member.enrolled"}, True)]
+        ("msg_1", {"type": "member.enrolled"}, True)] * 2
+
+
+def test_a_proxy_the_client_cannot_use_leaves_the_worker_sending_directly(monkeypatch, caplog):
+    # Given a SOCKS proxy named by the environment (httpx needs an extra package for it)
+    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")
+    receiver = WebhookReceiver(secret=webhooks.new_secret())
+    # When the worker's client is made and a webhook sent to a receiver on loopback
+    with webhook_receiver(receiver), webhooks.client(5.0) as client:
+        outcome = webhooks.send(client, f"{receiver.url}/in", receiver.secret, "msg_1",
+                                datetime.now(UTC), '{"type": "member.enrolled"}', timeout=5.0)
+    # Then the client was made (the worker, which runs run-due too, starts), told why it
+    # uses no proxy, and sent directly
+    assert outcome == webhooks.Outcome(True)
+    assert [r.message for r in caplog.records if r.name == "setia.adapters.webhooks"] == [
+        "webhook proxy from the environment not used: Using SOCKS proxy, but the 'socksio' "
+        "package is not installed. Make sure to install httpx using `pip install "
+        "httpx[socks]`."]
+    assert len(receiver.received) == 1

@@ -33,3 +33,13 @@ def test_her_fields_are_relabelled_and_her_personal_fields_cleared():
         "ref": "ev-1", "members": [{"member": PSEUDONYM, "balances": {"available": 0}},
                                    {"member": "ali", "balances": {"available": 5}}],
         "by_member": {PSEUDONYM: 3}}
+
+
+def test_a_referral_view_loses_the_ip_only_when_she_is_the_referee():
+    view = {"id": "rfl_1", "referrer": "1001", "referee": "ali", "ip": "203.0.113.9"}
+    # erasing the referrer: the IP is ali's, and stays
+    assert _scrubbed(view, "1001", PSEUDONYM) == {
+        "id": "rfl_1", "referrer": PSEUDONYM, "referee": "ali", "ip": "203.0.113.9"}
+    # erasing the referee: the IP is hers
+    assert _scrubbed(view, "ali", PSEUDONYM) == {
+        "id": "rfl_1", "referrer": "1001", "referee": PSEUDONYM, "ip": None}

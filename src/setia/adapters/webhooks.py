@@ -10,6 +10,7 @@ send's deadline (set by ``send``), so one send takes at most its ``timeout``."""
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 import threading
 import time
@@ -23,6 +24,8 @@ from standardwebhooks.webhooks import Webhook
 
 TIMEOUT_SECONDS = 10.0
 SECRET_PREFIX = "whsec_"
+
+log = logging.getLogger(__name__)
 
 
 def new_secret() -> str:
@@ -91,14 +94,24 @@ def client(timeout: float = TIMEOUT_SECONDS, connections: int = 8) -> httpx.Clie
     ``_network_backend``; the versions are pinned, and tests/integration/
     test_deliveries.py covers a direct send, a send through a proxy and the deadline)."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    made = httpx.Client(timeout=timeout, follow_redirects=False, limits=limits)
+    try:
+        made = httpx.Client(timeout=timeout, follow_redirects=False, limits=limits)
+    except (ImportError, ValueError) as exc:
+        # A proxy the environment names that httpx cannot use (SOCKS needs an extra
+        # package): the worker, which runs run-due too, must still start. Sends go direct,
+        # and fail and retry if the receivers are reachable only through that proxy.
+        log.warning("webhook proxy from the environment not used: %s", exc)
+        made = httpx.Client(timeout=timeout, follow_redirects=False, limits=limits,
+                            trust_env=False)
     backend = _DeadlineBackend()
-    transports = [made._transport, *made._mounts.values()]
-    for transport in transports:
+    for transport in [made._transport, *made._mounts.values()]:
+        if transport is None:  # NO_PROXY: the default transport's
+            continue
         pool = getattr(transport, "_pool", None)
-        if pool is not None:
-            assert hasattr(pool, "_network_backend"), "httpcore keeps its backend elsewhere"
-            pool._network_backend = backend
+        if pool is None or not hasattr(pool, "_network_backend"):
+            raise RuntimeError(f"httpx's {type(transport).__name__} keeps its connection "
+                               "pool elsewhere: the webhook deadline cannot be set")
+        pool._network_backend = backend
     return made
 
 

@@ -211,12 +211,11 @@ def _relabel(payload: Any, pseudonym: str) -> Any:
     return payload
 
 
-def _erase_growth(uow: UnitOfWork, program_id: str, pk: int, pseudonym: str) -> list[str]:
+def _erase_growth(uow: UnitOfWork, program_id: str, pk: int, pseudonym: str) -> None:
     """Her coupon uses, survey responses, membership purchases and campaign hold-outs
     name the pseudonym (their rows stay: counts, caps and analytics depend on them); her
     free-text survey answers are blanked (scores stay, as the response's ``nps`` and
-    ``rating`` do); the IP of the referral that brought her is cleared. Answers the IPs
-    cleared, to find them in stored command results."""
+    ``rating`` do); the IP of the referral that brought her is cleared."""
     cu, sr, mp, ch = (tc.coupon_uses, ts.survey_responses, te.membership_purchases,
                       te.campaign_holdouts)
     uow.execute(cu.update().where(cu.c.member_pk == pk).values(member_id=pseudonym))
@@ -228,11 +227,7 @@ def _erase_growth(uow: UnitOfWork, program_id: str, pk: int, pseudonym: str) -> 
         uow.execute(sr.update().where(sr.c.id == row.id).values(
             member_id=pseudonym, answers=_scores_only(row.answers)))
     rf = tr.referrals
-    ips = [ip for ip in uow.execute(sa.select(rf.c.ip).where(
-        rf.c.referee_pk == pk, rf.c.ip.is_not(None))).scalars()]
-    if ips:
-        uow.execute(rf.update().where(rf.c.referee_pk == pk).values(ip=None))
-    return ips
+    uow.execute(rf.update().where(rf.c.referee_pk == pk, rf.c.ip.is_not(None)).values(ip=None))
 
 
 def _scores_only(answers: Any) -> Any:
@@ -324,7 +319,8 @@ def _scrubbed(value: Any, member_id: str, pseudonym: str) -> Any:
         name = pseudonym if key == member_id else key
         if hers and item == member_id and (key in MEMBER_FIELDS or key == "id"):
             out[name] = pseudonym
-        elif hers and key in PERSONAL_FIELDS:
+        elif hers and key in PERSONAL_FIELDS and (
+                key != "ip" or value.get("referee") == member_id):  # the IP is the referee's
             out[name] = None
         else:
             out[name] = _scrubbed(item, member_id, pseudonym)

@@ -141,9 +141,10 @@ def _failures(uow: UnitOfWork, key: str, now: datetime) -> int:
 
 
 def _prune_failures(uow: UnitOfWork, now: datetime) -> None:
-    """Delete the rows the throttle no longer counts, as each new one is written: the
-    table then holds about one window's rows, and no email (``link:`` keys), user name
-    or address stays longer than it is needed for."""
+    """Delete the rows two throttle windows old, as each new one is written (a server
+    whose clock runs behind still counts a row one window old): the table then holds
+    about two windows' rows, and no email (``link:`` keys), user name or address stays
+    much longer than it is needed for."""
     uow.execute(w.login_failures.delete().where(
         w.login_failures.c.at <= now - 2 * THROTTLE_WINDOW))
 
