@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -28,6 +29,14 @@ def journal_rows(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.text("select count(*) from postings")).scalar_one())
 
+
+
+def imported(engine: sa.Engine, *files: Path) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Each file's import summary, and the rows all of them reported, in order."""
+    summaries = [import_events(engine, "kopi-setia", file, batch_size=10, clock=CLOCK)
+                 for file in files]
+    return summaries, [json.loads(line) for summary in summaries if summary["report"]
+                       for line in Path(summary["report"]).read_text().splitlines()]
 
 def test_a_repeated_event_in_one_batch_is_applied_once_and_a_changed_one_refused(kopi, tmp_path):
     # Given a member (50 pending welcome Beans) and a file where e1 appears three times:
@@ -73,15 +82,11 @@ def test_lines_that_cannot_be_read_go_to_the_report_and_the_rest_load(kopi, tmp_
                          + row.format("c3", "oc3", "7.00", "kl-01,extra").encode()
                          + row.format("c4", "oc4", "1.00", "kl-01").encode())
     # When both are imported
-    jsonl_summary = import_events(kopi, "kopi-setia", jsonl, batch_size=10, clock=CLOCK)
-    csv_summary = import_events(kopi, "kopi-setia", csv_file, batch_size=10, clock=CLOCK)
+    (jsonl_summary, csv_summary), reported = imported(kopi, jsonl, csv_file)
     # Then the rows that cannot be read are reported by number, and the others load:
     # 5 + 3 + 2 + 1 base Beans
     assert (jsonl_summary["applied"], jsonl_summary["rejected"]) == (2, 1)
     assert (csv_summary["applied"], csv_summary["rejected"]) == (2, 2)
-    reported = [json.loads(line)
-                for summary in (jsonl_summary, csv_summary)
-                for line in Path(summary["report"]).read_text().splitlines()]
     assert [(r["row"], r["problem"]["detail"]) for r in reported] == [
         (2, "not JSON: str is not valid UTF-8: surrogates not allowed"),
         (3, "not UTF-8 text"),
@@ -108,15 +113,11 @@ def test_a_byte_order_mark_crlf_and_blank_lines_are_read_and_rows_numbered_as_in
                          "\r\n"
                          "c2,purchase,ali,oc2,2027-02-02T10:00:00+08:00,,kl-01\r\n".encode())
     # When both are imported
-    jsonl_summary = import_events(kopi, "kopi-setia", jsonl, batch_size=10, clock=CLOCK)
-    csv_summary = import_events(kopi, "kopi-setia", csv_file, batch_size=10, clock=CLOCK)
+    (jsonl_summary, csv_summary), reported = imported(kopi, jsonl, csv_file)
     # Then the first rows load (5 + 2 base Beans) and the bad ones are reported by the
     # line they are on
     assert (jsonl_summary["applied"], jsonl_summary["rejected"]) == (1, 1)
     assert (csv_summary["applied"], csv_summary["rejected"]) == (1, 1)
-    reported = [json.loads(line)
-                for summary in (jsonl_summary, csv_summary)
-                for line in Path(summary["report"]).read_text().splitlines()]
     assert [(r["row"], r["id"], r["problem"]["field"]) for r in reported] == [
         (3, "e2", "amount"), (4, "c2", "amount")]
     assert get_member(kopi, "kopi-setia", "ali", CLOCK)["balances"] == {

@@ -34,12 +34,17 @@ COALITION: dict[str, Any] = {
 CLOCK = fixed_clock("2027-03-10T12:00:00+08:00")
 
 
-@pytest.fixture
-def coalition(engine: sa.Engine) -> sa.Engine:
-    load_programme(engine, COALITION)
+def coalition_with_ana(engine: sa.Engine, **changes: Any) -> sa.Engine:
+    """The coalition (with ``changes`` to its programme) and ana, enrolled on 1 January."""
+    load_programme(engine, {**COALITION, **changes})
     upsert_member(engine, P, "ana", {"enrolled_at": "2027-01-01T09:00:00+08:00"},
                   fixed_clock("2027-01-01T09:00:00+08:00"))
     return engine
+
+
+@pytest.fixture
+def coalition(engine: sa.Engine) -> sa.Engine:
+    return coalition_with_ana(engine)
 
 
 def purchase(event_id: str, amount: str, partner: str | None, when: str) -> dict[str, Any]:
@@ -155,10 +160,7 @@ def test_programme_errors_of_the_partners_section():
 def test_a_rejected_review_gives_the_issuing_partner_the_value_back(engine):
     # Given the coalition screening a day's points (over 100 held for review), and ana's
     # RM 80.00 at roti (160 points, RM 1.60 charged to roti) held
-    load_programme(engine, {**COALITION,
-                            "fraud": {"velocity": [{"per": "day", "max_points": 100}]}})
-    upsert_member(engine, P, "ana", {"enrolled_at": "2027-01-01T09:00:00+08:00"},
-                  fixed_clock("2027-01-01T09:00:00+08:00"))
+    coalition_with_ana(engine, fraud={"velocity": [{"per": "day", "max_points": 100}]})
     ingest_event(engine, P, purchase("e1", "80.00", "roti", "2027-03-02T10:00:00+08:00"))
     (review,) = fraud.reviews(engine, P)
 
@@ -225,9 +227,7 @@ def test_a_rejected_review_after_the_point_value_changed_gives_back_what_was_set
     # Given ana's RM 80.00 at roti held for review (160 points, RM 1.60 charged to roti at
     # RM 0.01 a point), and then the coalition agreeing on RM 0.02 a point
     fraud_section = {"velocity": [{"per": "day", "max_points": 100}]}
-    load_programme(engine, {**COALITION, "fraud": fraud_section})
-    upsert_member(engine, P, "ana", {"enrolled_at": "2027-01-01T09:00:00+08:00"},
-                  fixed_clock("2027-01-01T09:00:00+08:00"))
+    coalition_with_ana(engine, fraud=fraud_section)
     ingest_event(engine, P, purchase("e1", "80.00", "roti", "2027-03-02T10:00:00+08:00"))
     load_programme(engine, at_point_value("0.02", fraud=fraud_section))
     (review,) = fraud.reviews(engine, P)
@@ -252,9 +252,7 @@ def test_a_reversed_event_gives_the_issuing_partner_the_value_back(engine, new_v
     # Given ana's review at roti (30 points, RM 0.30 charged to roti at RM 0.01 a point)
     # and an adjustment of 20 (no partner), then perhaps a new point value
     earn = [*COALITION["earn"], {"id": "review", "on": "review", "points": 30}]
-    load_programme(engine, {**COALITION, "earn": earn})
-    upsert_member(engine, P, "ana", {"enrolled_at": "2027-01-01T09:00:00+08:00"},
-                  fixed_clock("2027-01-01T09:00:00+08:00"))
+    coalition_with_ana(engine, earn=earn)
     ingest_event(engine, P, {"id": "v1", "type": "review", "member": "ana", "partner": "roti",
                              "occurred_at": "2027-03-02T10:00:00+08:00"})
     adjust(engine, P, {"member": "ana", "points": 20, "reason": "goodwill"}, "a1", CLOCK)
