@@ -37,7 +37,6 @@ from setia.domain.errors import InvalidField
 from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
-from setia.domain.referrals import RULE_PREFIX
 from setia.domain.refunds import Order
 from setia.service import audit, outbox, partners, referrals, store_credit
 from setia.service.common import (
@@ -337,11 +336,8 @@ def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, ke
             made = uow.record(program_id, member,
                               PostingContext(f"review:{review_id}", programme.version, now))
             outbox.changed(uow, programme, member, made, f"review:{review_id}", now)
-            # A referral's reward taken back with the purchase was paid by run-due and
-            # settled with no partner: nothing to give back (as with a refund).
             partners.settle_taken_back(uow, programme, row.event_id, f"review:{review_id}",
-                                       [p for p in made if not (p.rule_id or "").startswith(
-                                           RULE_PREFIX)], now)
+                                       made, now)
             actor = audit.current_actor()
             uow.execute(r.update().where(r.c.id == review_id).values(
                 status=status, decided_at=now, decided_by=actor[:120]))

@@ -80,6 +80,13 @@ def _undoes(posting: Posting) -> bool:
                                          and posting.credit == AVAILABLE)
 
 
+def _settled_at_partners(postings: Sequence[Posting]) -> list[Posting]:
+    """The postings a partner can settle: not a referral's reward, which run-due pays and
+    settles with no partner, so that its clawback with a refund or a rejection of the
+    purchase that qualified it gives a partner nothing back."""
+    return [p for p in postings if not (p.rule_id or "").startswith(referrals.RULE_PREFIX)]
+
+
 def _write(uow: UnitOfWork, programme: Programme, partner_id: str, ref: str,
            postings: Sequence[Posting], occurred_at: datetime,
            settled: Settled | None = None) -> int:
@@ -89,7 +96,7 @@ def _write(uow: UnitOfWork, programme: Programme, partner_id: str, ref: str,
     config = programme.model.partners
     assert config is not None
     rows = []
-    for posting in postings:
+    for posting in _settled_at_partners(postings):
         if _undoes(posting):
             if settled is None:
                 continue
@@ -121,11 +128,8 @@ def settle_event(uow: UnitOfWork, programme: Programme, event: Event,
     if event.type == "refund" and event.order_id is not None:
         order = uow.order(programme.id, event.order_id, programme.currency)
         partner_id = order.payload.get("partner") if order is not None else None
-        # A referral's reward, clawed back with the refund of the purchase that qualified
-        # it, was paid by run-due and settled with no partner: nothing to give back.
-        postings = [p for p in postings
-                    if not (p.rule_id or "").startswith(referrals.RULE_PREFIX)]
-        if order is not None and partner_id is not None and any(map(_undoes, postings)):
+        if order is not None and partner_id is not None and any(
+                map(_undoes, _settled_at_partners(postings))):
             # the purchase's points go back at the value they were settled at
             settled = _settled(uow, programme.id, order.event_id)
     if partner_id is None:

@@ -38,7 +38,7 @@ from setia.domain.errors import UnknownMember
 from setia.domain.events import Event
 from setia.domain.programme import Programme
 from setia.domain.trust import EventTooOld
-from setia.service import audit
+from setia.service import audit, staff
 from setia.service.common import (
     Clock,
     idempotent,
@@ -252,7 +252,7 @@ def _erase_web(uow: UnitOfWork, program_id: str, member_id: str, email: str | No
     if email:
         failures = tw.login_failures
         uow.execute(failures.delete().where(
-            failures.c.key == f"link:{program_id}:{email.strip().lower()[:320]}"))
+            failures.c.key == staff.link_throttle_key(program_id, email)))
 
 
 def _scrub_commands(uow: UnitOfWork, program_id: str, member_id: str, pseudonym: str) -> None:

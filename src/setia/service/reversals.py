@@ -25,12 +25,11 @@ from setia.adapters.db import tables as t
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import earning, referrals, tiers
-from setia.domain.engagement import is_engagement_rule
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
 from setia.domain.ledger import ASSET_POINTS, MEMBER_ACCOUNTS, PROGRAMME_ACCOUNTS
 from setia.domain.member import Member
 from setia.domain.programme import Programme
-from setia.service import audit, fraud, outbox, partners, surveys
+from setia.service import audit, fraud, outbox, partners
 from setia.service import referrals as referral_payouts
 from setia.service.common import (
     Clock,
@@ -86,9 +85,10 @@ def _lower_points_metric(programme: Programme, member: Member, rows: Sequence[An
 
 def _counted(rule_id: str | None) -> bool:
     """Whether points earned under ``rule_id`` count in the points tier metric: a
-    programme's own earn rule (its ids hold no ``:``)."""
-    return (rule_id is not None and not is_engagement_rule(rule_id)
-            and not rule_id.startswith((surveys.RULE_PREFIX, referrals.RULE_PREFIX)))
+    programme's own earn rule, whose id holds no ``:`` (campaigns, stamp cards,
+    memberships, surveys and referrals give ``<feature>:<id>``; ``rule_points`` in
+    analytics_reports tells them apart the same way)."""
+    return rule_id is not None and ":" not in rule_id
 
 
 def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
@@ -132,7 +132,8 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                     p.c.program_id == program_id, p.c.ref.in_(rejected))).all()]
             net = _net_by_member(rows)
             done = uow.members_for_update(program_id, net)
-            changed = []
+            changed: list[dict[str, Any]] = []
+            audited: list[dict[str, Any]] = []
             for member in done:
                 taken = sum(points for points in net[member.pk].values() if points > 0)
                 fraud.taken_back(uow, program_id, ref, taken)
@@ -155,15 +156,13 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                 partners.settle_taken_back(uow, programme, ref, reversal_ref, posted, now)
                 if posted:
                     changed.append({"member": member.id, "balances": balances(member)})
+                    # The audit log is never changed, an erasure included: by the row.
+                    audited.append({"member": f"#{member.pk}", "balances": balances(member)})
             if ref.startswith(referrals.RULE_PREFIX):
                 # the referral is done with: a refund of its purchase takes nothing more
                 referral_payouts.payout_reversed(uow, programme, ref, now)
-            # The audit log is never changed, an erasure included: members by their row.
             audit.record(uow, "reverse", program_id=program_id, target=ref, before=None,
-                         after={"reason": reason, "members": [
-                             {"member": f"#{member.pk}", "balances": balances(member)}
-                             for member in done if member.id in {c["member"] for c in changed}
-                         ]}, now=now)
+                         after={"reason": reason, "members": audited}, now=now)
             return {"ref": ref, "reason": reason, "members": changed}
 
         result = idempotent(uow, program_id, key, "reverse", body, run, now)

@@ -236,13 +236,19 @@ def sign_out(engine: sa.Engine, cookie: str | None) -> None:
 # ----------------------------------------------------------------------------- members
 
 
+def link_throttle_key(program_id: str, email: str) -> str:
+    """The throttle row key of the sign-in links asked for an email (it holds the email:
+    an erasure deletes them, ``privacy``)."""
+    return f"link:{program_id}:{email.strip().lower()[:320]}"
+
+
 def request_link(engine: sa.Engine, program_id: str, email: str,
                  clock: Clock = utc_now) -> tuple[str, str] | None:
     """A one-time sign-in token for the member with this email: (member id, token), or
     None when no member has it. At most three links per email in 15 minutes."""
     now = clock()
     email = email.strip()
-    key = f"link:{program_id}:{email.lower()[:320]}"
+    key = link_throttle_key(program_id, email)
 
     def work(uow: UnitOfWork) -> tuple[str, str] | None:
         if _failures(uow, key, now) >= MAX_LINKS:
