@@ -711,3 +711,73 @@ def test_a_rejected_purchase_earns_no_tiered_rebate(engine):
     assert credit(engine, "m3") == {"available": "4.25", "reserved": "0.00"}
     assert credit(engine, "m2") == {"available": "0.00", "reserved": "0.00"}
     assert_journal_ok(engine)
+
+
+SPEND_TIERS = {"metric": "spend", "levels": [{"id": "member", "name": "Member", "threshold": 0},
+                                             {"id": "gold", "name": "Gold", "threshold": 50}]}
+
+
+def buckets(engine: sa.Engine) -> list[tuple[str, int, int, int]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.text(
+            "SELECT month, spend_e4, points, visits FROM metric_buckets ORDER BY month"))]
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    (None, None), ("30.00", None), ("12.00", None), (None, "30.00"), (None, "12.00"),
+    ("12.00", "18.00")])
+def test_a_rejected_purchase_leaves_the_spend_and_visits_tier_metrics(engine, before, after):
+    # Given tiers by spend (Gold at 50), and m1's third purchase of the hour (RM 30) held,
+    # which made her Gold on RM 60 over three visits
+    review = held_m1_under(engine, {**PROGRAMME, "tiers": SPEND_TIERS})
+    assert buckets(engine) == [("2027-03", 600_000, 60, 3)]
+    assert get_member(engine, P, "m1", CLOCK)["tier"]["id"] == "gold"
+
+    def refund(event_id: str, amount: str) -> None:
+        ingest_event(engine, P, {"id": event_id, "type": "refund", "member": "m1",
+                                 "order_id": "o-e3", "amount": amount,
+                                 "occurred_at": "2027-03-01T11:00:00+00:00"}, CLOCK)
+
+    # When the shop refunds part or all of it (or not) before and after the review is
+    # rejected
+    if before is not None:
+        refund("r-before", before)
+    fraud.decide(engine, P, review, "reject", "k1", CLOCK)
+    if after is not None:
+        refund("r-after", after)
+
+    # Then her March counts e1 and e2 only: RM 30 over two visits, and their 30 points,
+    # whatever was refunded when (nothing of e3 is counted twice, nor taken off twice)
+    assert buckets(engine) == [("2027-03", 300_000, 30, 2)]
+    # and she keeps Gold until her next review, as after a refund
+    assert get_member(engine, P, "m1", CLOCK)["tier"]["id"] == "gold"
+    assert_journal_ok(engine)
+
+
+def test_a_statement_before_a_rejected_purchase_shows_the_metric_as_it_stood(engine):
+    # Given tiers by spend, m1 enrolled in January, her purchase of RM 10 on 10 February,
+    # then three within an hour on 20 February (RM 10, 20 and 30), the third held for
+    # review and rejected
+    from datetime import date as D
+
+    from setia.service import analytics_reports as reports
+
+    load_programme(engine, {**PROGRAMME, "tiers": {**SPEND_TIERS, "window": "rolling_months",
+                                                    "window_months": 12}})
+    upsert_member(engine, P, "m1", {}, fixed_clock("2027-01-05T00:00:00+00:00"))
+    ingest_event(engine, P, purchase("f1", "m1", "2027-02-10T10:00:00+00:00", "10.00"), CLOCK)
+    for n, minute in enumerate(("00", "20", "40"), start=1):
+        ingest_event(engine, P, purchase(f"e{n}", "m1", f"2027-02-20T10:{minute}:00+00:00",
+                                         f"{n * 10}.00"), CLOCK)
+    (review,) = fraud.reviews(engine, P)
+    fraud.decide(engine, P, review["id"], "reject", "k1", CLOCK)
+    assert buckets(engine) == [("2027-02", 400_000, 40, 3)]
+
+    # When the statement to 15 February is made
+    _, frame = reports.statements(engine, P, D(2027, 2, 1), D(2027, 2, 15))
+
+    # Then it shows the RM 10 of 10 February: the later purchases are taken out of the
+    # buckets, but not the rejected one, which they no longer hold (not RM -20)
+    (row,) = frame.select("member", "tier_metric", "remaining_to_next").rows()
+    assert row == ("m1", 10.0, 40.0)
+    assert_journal_ok(engine)

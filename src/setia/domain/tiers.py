@@ -27,6 +27,16 @@ class Bucket:
     visits: int = 0
 
 
+def counts_in_points_metric(rule_id: str | None) -> bool:
+    """Whether points earned under ``rule_id`` count in the points tier metric: those of a
+    programme's own earn rule, whose id holds no ``:``. Campaigns, stamp cards,
+    memberships, surveys and referrals give ``<feature>:<id>`` and count in no metric;
+    nor do points posted under no rule (adjustments). Reversals and fraud rejections lower
+    the metric by what they take of these points; analytics' ``rule_points`` tells them
+    apart by the same test."""
+    return rule_id is not None and ":" not in rule_id
+
+
 def month_key(local: datetime) -> str:
     return f"{local.year:04d}-{local.month:02d}"
 

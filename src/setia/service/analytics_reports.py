@@ -115,18 +115,23 @@ def net_of_taken_back(points: pl.DataFrame, postings: pl.DataFrame,
 
 
 def buckets_as_of(buckets: pl.DataFrame, later_orders: pl.DataFrame,
-                  later_points: pl.DataFrame, tz: str) -> pl.DataFrame:
+                  later_points: pl.DataFrame, tz: str,
+                  reviews: pl.DataFrame | None = None) -> pl.DataFrame:
     """The tier buckets (``Reader.metric_buckets``) as they stood before the purchases
     ``later_orders`` (``Reader.orders_since``) and the other events' points
     ``later_points`` (``rule_points``): less what each of those purchases holds in them now
     (its spend net of refunds, a visit unless refunded in full, the points its rules kept)
-    and those points, each in the month of its event, as the engine keys them."""
+    and those points, each in the month of its event, as the engine keys them. A purchase
+    whose review was rejected (``reviews``: ``Reader.rejected_reviews``) holds nothing in
+    them any more (``fraud``)."""
     def month(column: str) -> pl.Expr:
         return pl.col(column).dt.convert_time_zone(tz).dt.strftime("%Y-%m").alias("month")
 
     # {"base": 40, "pastry-bonus": 10}: rule ids hold no quote, so the numbers are the points
     kept = (pl.col("awards").str.replace_all(r'"[^"]*"\s*:', "").str.extract_all(r"-?[0-9]+")
             .list.eval(pl.element().cast(pl.Int64)).list.sum())
+    if reviews is not None and reviews.height:
+        later_orders = later_orders.join(reviews.select("event_id"), on="event_id", how="anti")
     purchases = later_orders.select(
         "member_pk", month("occurred_at"),
         (pl.col("amount_e4") - pl.col("refunded_e4")).alias("spend_e4"),
@@ -248,7 +253,8 @@ def statements(engine: sa.Engine, program_id: str, date_from: date, date_to: dat
     later_points = net_of_taken_back(rule_points(postings.filter(
         (pl.col("asset") == "points") & (pl.col("code") == "earn")
         & (pl.col("occurred_at") >= until)), later_orders), postings, reviews)
-    buckets = buckets_as_of(buckets, later_orders, later_points, programme.model.timezone)
+    buckets = buckets_as_of(buckets, later_orders, later_points, programme.model.timezone,
+                            reviews)
     frame = member_statements(data, options, postings, buckets,
                               tiers_held(data.members, later_orders, later_points))
     if member is not None:

@@ -386,9 +386,12 @@ def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
     left_lines = remaining_lines(order.lines, split.per_line)
     left_amount = order.left - split.total
     tier = original.level(order.tier_id)
+    # A purchase rejected as fraud kept nothing to take back: no points (its awards are
+    # zero), no cashback, and no spend or visit in the tier metrics (``fraud``).
+    rejected = fraud.purchase_rejected(uow, original, order)
     # Nothing below can refuse the event.
     store_credit.on_refund(uow, programme, original, member, event, order, left_lines, left_amount,
-                           now)
+                           now, rejected=rejected)
     clawed = 0
     for rule_id, awarded in sorted(order.awards.items()):
         keep = earning.recompute_after_refund(
@@ -413,10 +416,11 @@ def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
     order.dirty = True
     referrals.after_refund(uow, programme, member, order, event.occurred_at, told_at=now)
     coupons.after_refund(uow, programme, order.order_id, order.left, event.occurred_at)
-    month = tiers.month_key(order.occurred_at.astimezone(programme.tz))
-    member.add_to_bucket(
-        month, spend=-split.total, points=-clawed, visits=-1 if order.left == 0 else 0
-    )
+    if not rejected:
+        month = tiers.month_key(order.occurred_at.astimezone(programme.tz))
+        member.add_to_bucket(
+            month, spend=-split.total, points=-clawed, visits=-1 if order.left == 0 else 0
+        )
     return -clawed
 
 

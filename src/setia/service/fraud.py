@@ -32,7 +32,7 @@ from setia.adapters.db import tables_engagement as te
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import tiers, trust
-from setia.domain.engagement import award_rule, is_engagement_rule
+from setia.domain.engagement import award_rule
 from setia.domain.errors import InvalidField
 from setia.domain.events import Event
 from setia.domain.member import Member
@@ -131,21 +131,43 @@ def _taken_by_rejection(uow: UnitOfWork, programme: Programme, member: Member, r
     """What a rejection took of the event's earn rules' points is gone from the member's
     points tier metric (in the month of the event), and a rejected purchase's order keeps
     no awards (nor its campaigns and membership: ``_rejected_parts``), so a later refund
-    takes nothing back a second time."""
+    takes nothing back a second time.
+
+    A rejected purchase counts in no tier metric: what is left of its spend (net of the
+    refunds before) and its visit (unless refunded in full already) leave the buckets of
+    its month too. A later refund of it then lowers nothing (``events._refund`` finds
+    the rejected review: ``purchase_rejected``)."""
     p = t.postings
     # The metric counted the event's earn rules' points (campaigns, cards and memberships
     # add none to it), less what refunds took back of them: lowered by that, at most.
     earned = uow.execute(sa.select(p.c.occurred_at, p.c.rule_id, p.c.points).where(
         p.c.member_pk == member.pk, p.c.ref == row.event_id, p.c.code == "earn")).all()
     counted = (sum(order.awards.values()) if order is not None
-               else sum(e.points for e in earned
-                        if e.rule_id is not None and not is_engagement_rule(e.rule_id)))
+               else sum(e.points for e in earned if tiers.counts_in_points_metric(e.rule_id)))
     if taken > 0 and counted > 0 and earned:
         month = tiers.month_key(min(e.occurred_at for e in earned).astimezone(programme.tz))
         member.add_to_bucket(month, points=-min(taken, counted))
     if order is not None:
         order.awards = {rule_id: 0 for rule_id in order.awards}
         order.dirty = True
+        if order.left > 0:
+            member.add_to_bucket(tiers.month_key(order.occurred_at.astimezone(programme.tz)),
+                                 spend=-order.left, visits=-1)
+
+
+def purchase_rejected(uow: UnitOfWork, original: Programme, order: Order) -> bool:
+    """Whether a fraud review of the order's purchase was rejected: the rejection took
+    back its points, cashback and referral, and its spend and visit from the tier
+    metrics, so a refund of the order takes none of them again. Only a purchase screened
+    under a ``fraud`` section (the one of its own programme version, ``original``) has a
+    review: no query for the others."""
+    config = original.model.fraud
+    if config is None or not config.active:
+        return False
+    r = tt.fraud_reviews
+    return uow.execute(sa.select(r.c.id).where(
+        r.c.program_id == original.id, r.c.event_id == order.event_id,
+        r.c.status == "rejected")).first() is not None
 
 
 def _purchase_rejected(uow: UnitOfWork, programme: Programme, member: Member, order: Order,
@@ -154,9 +176,9 @@ def _purchase_rejected(uow: UnitOfWork, programme: Programme, member: Member, or
     that is left of the order would take it: its instant cashback (posted under the
     rejection's reference), and the referral it qualified (back to ``linked`` before
     payment, both sides clawed back after). The order itself stays as it is: a later
-    refund of it is applied (spend, coupons) but finds nothing more to take
-    (``store_credit.on_refund`` sees the rejected review; the referral no longer names
-    the order, or is clawed back already)."""
+    refund of it gives its coupons back but finds nothing more to take
+    (``events._refund`` sees the rejected review: ``purchase_rejected``; the referral no
+    longer names the order, or is clawed back already)."""
     store_credit.on_rejection(uow, programme, member, order, review_id, now)
     referrals.after_refund(uow, programme, member, replace(order, refunded=order.amount), now,
                            told_at=now, cause=f"rejected as fraud in review {review_id}")

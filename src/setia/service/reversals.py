@@ -70,7 +70,7 @@ def _lower_points_metric(programme: Programme, member: Member, rows: Sequence[An
     (``fraud``): the reversal lowers it by the rest at most, so that it never goes below
     what the event counted."""
     earned = [row for row in rows if row.member_pk == member.pk and row.code == "earn"
-              and row.asset == ASSET_POINTS and _counted(row.rule_id)]
+              and row.asset == ASSET_POINTS and tiers.counts_in_points_metric(row.rule_id)]
     counted = sum(row.points for row in earned)
     if taken <= 0 or counted <= 0:
         return
@@ -81,14 +81,6 @@ def _lower_points_metric(programme: Programme, member: Member, rows: Sequence[An
         month = tiers.month_key(min(row.occurred_at for row in earned)
                                 .astimezone(programme.tz))
         member.add_to_bucket(month, points=-lower)
-
-
-def _counted(rule_id: str | None) -> bool:
-    """Whether points earned under ``rule_id`` count in the points tier metric: a
-    programme's own earn rule, whose id holds no ``:`` (campaigns, stamp cards,
-    memberships, surveys and referrals give ``<feature>:<id>``; ``rule_points`` in
-    analytics_reports tells them apart the same way)."""
-    return rule_id is not None and ":" not in rule_id
 
 
 def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,

@@ -147,11 +147,13 @@ def on_purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Ev
 
 def on_refund(uow: UnitOfWork, programme: Programme, original: Programme, member: Member,
               event: Event, order: Order, left_lines: tuple[Line, ...],
-              left_amount: Decimal, now: datetime) -> None:
+              left_amount: Decimal, now: datetime, *, rejected: bool) -> None:
     """Claw back the cashback the refunded part earned: cashback is recomputed, under the
     purchase's programme version, on what was left of the order before and after. Nothing
-    for a purchase whose fraud review was rejected: the rejection took all of it
-    (``on_rejection``)."""
+    for a purchase whose fraud review was ``rejected`` (``fraud.purchase_rejected``): the
+    rejection took all of it (``on_rejection``)."""
+    if rejected:
+        return
     _claw_back(uow, programme, original, member, order, left_lines, left_amount,
                ref=event.id, occurred_at=event.occurred_at,
                cause=f"refund on order {order.order_id}", now=now)
@@ -174,8 +176,7 @@ def _claw_back(uow: UnitOfWork, programme: Programme, original: Programme, membe
                occurred_at: datetime, cause: str, now: datetime) -> None:
     """The clawback of a refund (``on_refund``) or a rejection (``on_rejection``): the
     cashback of what was left of the order less that of ``left_lines``/``left_amount``,
-    posted under ``ref``; none once a review of the purchase was rejected (a rejection
-    itself finds its review still open: the decision is written after it)."""
+    posted under ``ref``."""
     config = original.model.cashback
     if config is None or not config.instant:
         return
@@ -187,7 +188,7 @@ def _claw_back(uow: UnitOfWork, programme: Programme, original: Programme, membe
         config, left_lines, left_amount, digits, symbol)}
     back = {rule: amount - after.get(rule, 0) for rule, amount in sorted(before.items())
             if amount > after.get(rule, 0)}
-    if not back or _rejected(uow, original, order):
+    if not back:
         return
     account = _lock_account(uow, programme.id, member.pk)
     for rule_id, amount in back.items():
@@ -196,19 +197,6 @@ def _claw_back(uow: UnitOfWork, programme: Programme, original: Programme, membe
             f"{money_text(after.get(rule_id, 0), digits)} instead of "
             f"{money_text(before[rule_id], digits)}"))
     _save(uow, programme, account, ref, occurred_at, member_id=member.id, now=now)
-
-
-def _rejected(uow: UnitOfWork, original: Programme, order: Order) -> bool:
-    """Whether a fraud review of the order's purchase was rejected (and so took back its
-    cashback). Only a purchase screened under a ``fraud`` section (the one of its own
-    programme version, ``original``) has a review: no query for the others."""
-    config = original.model.fraud
-    if config is None or not config.active:
-        return False
-    r = fraud_reviews
-    return uow.execute(sa.select(r.c.id).where(
-        r.c.program_id == original.id, r.c.event_id == order.event_id,
-        r.c.status == "rejected")).first() is not None
 
 
 # -- holds at the till ------------------------------------------------------------------------
