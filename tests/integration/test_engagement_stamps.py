@@ -109,3 +109,41 @@ def test_spend_per_quarter_restarts_each_quarter(engine):
     q1 = cards(engine, "m1", "2027-03-31T23:30:00+08:00")["quarter-spend"]
     assert (q1["period"], q1["stamps"], q1["completions"]) == ("2027-Q1", "10.50", 1)
     assert_journal_ok(engine)
+
+
+def test_a_refund_leaves_the_stamps_that_what_is_left_of_the_order_earns(engine):
+    # Given a coffee card (quantity), a visits card for pastry, and one for baskets of 12.00
+    programme(engine, stamp_cards=[
+        COFFEE,
+        {"id": "bun-visits", "name": "Five bun visits", "count": "visits",
+         "categories": ["pastry"], "target": 5, "reward": {"points": 50}},
+        {"id": "big-basket", "name": "Five big baskets", "count": "visits",
+         "min_amount": "12.00", "target": 5, "reward": {"points": 50}},
+    ])
+    enrol(engine, "m1")
+    # When m1 buys 2 lattes, a free coffee and a bun (15.00: base 15, pastry 5)
+    lines = [{"sku": "LATTE", "category": "coffee", "quantity": 2, "amount": "10.00"},
+             {"sku": "FREE", "category": "coffee", "quantity": 1, "amount": "0.00"},
+             {"sku": "BUN", "category": "pastry", "quantity": 1, "amount": "5.00"}]
+    buy(engine, "m1", "o1", "2027-02-01T10:00:00+08:00", "15.00", lines)
+    now = "2027-02-03T00:00:00+08:00"
+    assert {k: v["stamps"] for k, v in cards(engine, "m1", now).items()} == {
+        "coffee": 3, "bun-visits": 1, "big-basket": 1}
+    assert available(engine, "m1") == 20
+    # and the bun is refunded in full: 10.00 is left, with 2 lattes and the free coffee
+    from setia.service.events import ingest_event
+    from tests.integration.test_engagement_campaigns import CLOCK
+
+    ingest_event(engine, P, {"id": "r1", "type": "refund", "member": "m1", "order_id": "o1",
+                             "occurred_at": "2027-02-02T10:00:00+08:00",
+                             "lines": [{"sku": "BUN", "amount": "5.00"}]}, CLOCK)
+    # Then the coffees keep their 3 stamps; no bun visit; 10.00 is no longer a big basket
+    assert {k: v["stamps"] for k, v in cards(engine, "m1", now).items()} == {
+        "coffee": 3, "bun-visits": 0, "big-basket": 0}
+    with engine.connect() as conn:
+        kept = dict(conn.execute(sa.text(
+            "SELECT card_id, stamps FROM stamp_orders WHERE program_id = :p AND order_id = 'o1'"),
+            {"p": P}).all())
+    assert kept == {"coffee": 3, "bun-visits": 0, "big-basket": 0}
+    assert available(engine, "m1") == 10
+    assert_journal_ok(engine)

@@ -231,49 +231,63 @@ def _line_matches(card: StampCard, line: Line) -> bool:
 
 
 def stamps_for(card: StampCard, event: Event, digits: int) -> int:
-    """The stamps an event gives on the card (before any refund)."""
+    """The stamps an event gives on the card (before any refund); ``card_applies`` decides
+    whether the card counts the event at all."""
+    return _stamps_of(card, event.lines, event.amount or Decimal(0), digits)
+
+
+def _stamps_of(card: StampCard, lines: tuple[Line, ...], amount: Decimal, digits: int) -> int:
+    """The stamps of a purchase of ``lines`` for ``amount``: one rule for a purchase and
+    for what a refund leaves of it."""
     if card.count == "events":
         return 1
-    matching = [line for line in event.lines if _line_matches(card, line)]
+    matching = [line for line in lines if _line_matches(card, line)]
     filters = card.categories is not None or card.skus is not None
     if card.count == "visits":
         return 1 if matching or not filters else 0
     if card.count == "quantity":
-        if not event.lines:
+        if not lines:
             return 0 if filters else 1
         return sum(line.quantity for line in matching)
-    amount = sum((line.amount for line in matching), Decimal(0)) if event.lines or filters \
-        else (event.amount or Decimal(0))
-    return int(amount * stamp_scale(card, digits))
+    spent = sum((line.amount for line in matching), Decimal(0)) if lines or filters \
+        else amount
+    return int(spent * stamp_scale(card, digits))
+
+
+def line_left(line: Line, refunded: Decimal) -> Line | None:
+    """What a refund leaves of an order line: None when it is refunded in full; else its
+    remaining amount, and the quantity that amount pays for at the line's unit price
+    (rounded down). A line of 0.00 cannot be refunded and keeps its whole quantity."""
+    left = line.amount - refunded
+    if line.amount <= 0:
+        return line
+    if left <= 0:
+        return None
+    quantity = int(line.quantity * left // line.amount)  # exact: Decimal integer division
+    return Line(sku=line.sku, category=line.category, quantity=quantity, amount=left)
 
 
 def stamps_left(card: StampCard, lines: Iterable[tuple[Line, Decimal]], order_left: Decimal,
                 order_amount: Decimal, digits: int) -> int:
-    """The stamps what is left of an order still gives. ``lines`` pairs each original line
-    with its refunded amount. A line refunded in part keeps the quantity its remaining
-    amount pays for (rounded down); a visit is lost only when nothing is left."""
-    lines = list(lines)
-    if card.count == "events":
-        return 1
-    filters = card.categories is not None or card.skus is not None
-    matching = [(line, refunded) for line, refunded in lines if _line_matches(card, line)]
-    if card.count == "visits":
-        if order_left <= 0:
-            return 0
-        return 1 if matching or not filters else 0
-    if card.count == "quantity":
-        if not lines:
-            return 0 if filters or order_left <= 0 else 1
-        kept = 0
-        for line, refunded in matching:
-            if line.amount > 0:
-                kept += math.floor(line.quantity * (line.amount - refunded) / line.amount)
-        return kept
-    if lines or filters:
-        left = sum((line.amount - refunded for line, refunded in matching), Decimal(0))
-    else:
-        left = order_left
-    return int(left * stamp_scale(card, digits))
+    """The stamps what is left of an order still gives: exactly what ``stamps_for`` gives
+    a purchase of what is left (the rule is in docs/engagement.md, stamp cards).
+
+    ``lines`` pairs each original line with the amount refunded of it so far; ``order_left``
+    is what is left of the order's amount (``order_amount`` is the order's whole amount).
+    What is left is a purchase of ``order_left`` with each line as ``line_left`` leaves
+    it (lines refunded in full are gone). An order refunded in full is no purchase: no
+    stamps, whatever the card counts. The card's ``min_amount`` is checked again on
+    ``order_left``, as ``card_applies`` checks it on a purchase (its window and stores do
+    not change with a refund). So on a quantity card a partly refunded line keeps the
+    quantity its remaining amount pays for, and a free line its whole quantity; a visit
+    needs a matching line with something left."""
+    if order_left <= 0:
+        return 0
+    if card.min_amount is not None and order_left < card.min_amount:
+        return 0
+    left = tuple(kept for line, refunded in lines
+                 if (kept := line_left(line, refunded)) is not None)
+    return _stamps_of(card, left, order_left, digits)
 
 
 def completions_due(card: StampCard, stamps: int, target: int) -> int:
