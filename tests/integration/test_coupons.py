@@ -3,6 +3,7 @@ rules, batches of unique codes, release on refund. Nothing changes after a refus
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 from decimal import Decimal
@@ -103,6 +104,59 @@ def test_total_uses_run_out(cafe: sa.Engine) -> None:
         coupons.redeem(cafe, P, basket("WELCOME10", "dan", order_id="o-9"), "k-9", NOW)
     assert counter(cafe, "welcome10") == 3
     assert len(uses_table(cafe)) == 3
+
+
+def with_welcome_cap(max_uses: int | None) -> dict[str, Any]:
+    """The growth cafe with WELCOME10 capped at ``max_uses`` in all (None: no cap) and no
+    limit per member."""
+    document = copy.deepcopy(GROWTH)
+    (welcome,) = [cp for cp in document["coupons"] if cp["id"] == "welcome10"]
+    welcome.pop("per_member")
+    welcome.pop("max_uses")
+    if max_uses is not None:
+        welcome["max_uses"] = max_uses
+    return document
+
+
+def test_a_cap_added_or_taken_off_later_counts_every_use_standing(cafe: sa.Engine) -> None:
+    def redeem(n: int) -> dict[str, Any]:
+        return coupons.redeem(cafe, P, basket("WELCOME10", order_id=f"o-{n}"), f"k-{n}", NOW)
+
+    def exhausted(n: int) -> None:
+        with pytest.raises(c.CouponExhausted):
+            coupons.validate(cafe, P, basket("WELCOME10"), NOW)
+        with pytest.raises(c.CouponExhausted):
+            redeem(n)
+
+    def release(n: int) -> None:
+        coupons.release(cafe, P, {"order_id": f"o-{n}"}, f"r-{n}", NOW)
+
+    # Given WELCOME10 with no cap, used on orders 1 to 3
+    load_programme(cafe, with_welcome_cap(None))
+    for n in (1, 2, 3):
+        redeem(n)
+    assert counter(cafe, "welcome10") is None
+
+    # When a version caps it at 4 uses in all: one more use is left, not 4
+    load_programme(cafe, with_welcome_cap(4))
+    redeem(4)
+    assert counter(cafe, "welcome10") == 4
+    exhausted(5)
+
+    # and when the cap is taken off, a use made then still counts when it comes back
+    load_programme(cafe, with_welcome_cap(None))
+    redeem(5)
+    release(1)
+    release(2)
+    assert counter(cafe, "welcome10") == 3
+    load_programme(cafe, with_welcome_cap(4))
+    redeem(6)
+    exhausted(7)
+
+    # Then the counter is the number of uses standing, each release giving one back
+    assert counter(cafe, "welcome10") == 4
+    assert sorted(row[3] for row in uses_table(cafe) if not row[5]) == ["o-3", "o-4", "o-5", "o-6"]
+    assert_journal_ok(cafe)
 
 
 @pytest.mark.parametrize(("body", "clock", "error", "field"), [

@@ -177,9 +177,11 @@ def _check_counts(uow: UnitOfWork, programme: Programme, coupon: c.Coupon, code:
         if uses:
             raise c.CouponCodeUsed(f"code {code} has been used", field="code")
     if coupon.max_uses is not None:
-        used = uow.execute(sa.select(tc.coupon_counters.c.uses).where(
-            tc.coupon_counters.c.program_id == programme.id,
-            tc.coupon_counters.c.coupon_id == coupon.id)).scalar_one_or_none() or 0
+        used = uow.execute(sa.select(sa.func.coalesce(
+            sa.select(tc.coupon_counters.c.uses).where(
+                tc.coupon_counters.c.program_id == programme.id,
+                tc.coupon_counters.c.coupon_id == coupon.id).scalar_subquery(),
+            _standing_uses(programme, coupon)))).scalar_one()
         if used >= coupon.max_uses:
             raise c.CouponExhausted(f"all {coupon.max_uses} uses of coupon {coupon.id} are gone",
                                     field="code")
@@ -194,19 +196,32 @@ def _take(uow: UnitOfWork, programme: Programme, coupon: c.Coupon, code: str,
                 tc.coupon_codes.c.uses == 0).values(uses=1)).rowcount
         if not taken:
             raise c.CouponCodeUsed(f"code {code} has been used", field="code")
+    counter = tc.coupon_counters
+    mine = sa.and_(counter.c.program_id == programme.id, counter.c.coupon_id == coupon.id)
     if coupon.max_uses is not None:
-        uow.insert_ignore(tc.coupon_counters,
-                          {"program_id": programme.id, "coupon_id": coupon.id, "uses": 0},
+        uow.insert_ignore(counter, {"program_id": programme.id, "coupon_id": coupon.id,
+                                    "uses": _standing_uses(programme, coupon)},
                           ["program_id", "coupon_id"])
-        taken = uow.execute(
-            tc.coupon_counters.update().where(
-                tc.coupon_counters.c.program_id == programme.id,
-                tc.coupon_counters.c.coupon_id == coupon.id,
-                tc.coupon_counters.c.uses < coupon.max_uses,
-            ).values(uses=tc.coupon_counters.c.uses + 1)).rowcount
+        taken = uow.execute(counter.update().where(mine, counter.c.uses < coupon.max_uses)
+                            .values(uses=counter.c.uses + 1)).rowcount
         if not taken:
             raise c.CouponExhausted(f"all {coupon.max_uses} uses of coupon {coupon.id} are gone",
                                     field="code")
+    else:
+        # A version without the cap still counts the use where a counter exists (one
+        # whose earlier version had a cap): its release takes one off the counter.
+        uow.execute(counter.update().where(mine).values(uses=counter.c.uses + 1))
+
+
+def _standing_uses(programme: Programme, coupon: c.Coupon) -> Any:
+    """The coupon's uses not given back, as a scalar subquery. The counter of uses
+    (``coupon_counters``) starts from it, made at the first use under a version with
+    ``max_uses``: uses made while the programme had no cap count as well. From then on
+    every use and release moves the counter, whatever the version, so it stays equal."""
+    u = tc.coupon_uses
+    return (sa.select(sa.func.count()).select_from(u)
+            .where(u.c.program_id == programme.id, u.c.coupon_id == coupon.id,
+                   u.c.released_at.is_(None)).scalar_subquery())
 
 
 def _give_back(uow: UnitOfWork, programme: Programme, use: Any) -> None:
