@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from setia.adapters.db import tables_outbox
 from setia.domain.engagement import in_holdout
 from setia.domain.errors import InvalidProgramme
+from setia.service.batch import ingest_batch, ingest_together
 from setia.service.engagement_views import get_campaign, list_campaigns
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
@@ -341,4 +342,94 @@ def test_campaign_and_stamp_card_vouchers_are_told_as_vouchers_issued(engine):
                                .where(o.c.type == "voucher.issued").order_by(o.c.id)).all()
     assert [tuple(row) for row in written] == [(at("2027-03-03T08:00:00+08:00"),) * 2,
                                                (CLOCK(),) * 2]
+    assert_journal_ok(engine)
+
+
+def purchase(member: str, order: str, when: str, amount: str) -> dict[str, Any]:
+    return {"id": f"e-{order}", "type": "purchase", "member": member, "order_id": order,
+            "occurred_at": when, "amount": amount}
+
+
+@pytest.mark.parametrize("together", [ingest_batch, ingest_together])
+def test_a_win_back_pays_the_first_of_two_purchases_applied_together_only(engine, together):
+    # Given a win-back campaign of 200 points (no cap per member), and m1 and m2 whose last
+    # purchase was on 3 March, 90 days before 1 June
+    programme(engine, campaigns=[{"id": "win-back", "name": "We miss you",
+                                  "audience": {"lapsed_days": 60}, "points": 200}])
+    for member in ("m1", "m2"):
+        enrol(engine, member)
+        buy(engine, member, f"{member}-old", "2027-03-03T10:00:00+08:00", "10.00")
+
+    # When m1's purchases of 1 June at 10:00 and 10:05 are applied in one unit of work
+    # (a batch, or live events grouped), and m2's same two are sent one by one
+    applied = together(engine, P, [
+        purchase("m1", "m1-p1", "2027-06-01T10:00:00+08:00", "10.00"),
+        purchase("m1", "m1-p2", "2027-06-01T10:05:00+08:00", "10.00")], CLOCK)
+    alone = [buy(engine, "m2", "m2-p1", "2027-06-01T10:00:00+08:00", "10.00"),
+             buy(engine, "m2", "m2-p2", "2027-06-01T10:05:00+08:00", "10.00")]
+
+    # Then the first is a win-back and the second, 5 minutes after it, is not: 200 once
+    assert [rules_of(result) for result in applied] == [
+        {"base": 10, "campaign:win-back": 200}, {"base": 10}]
+    assert [rules_of(result) for result in alone] == [
+        {"base": 10, "campaign:win-back": 200}, {"base": 10}]
+    assert [available(engine, member) for member in ("m1", "m2")] == [230, 230]
+    assert get_campaign(engine, P, "win-back")["points_awarded"] == 400
+    assert_journal_ok(engine)
+
+
+def test_a_budget_added_by_a_later_version_counts_what_the_campaign_gave_before(engine):
+    from setia.service.check import check
+
+    # Given a bonus of 100 points a purchase without a budget, paid twice (200 points)
+    bonus = {"id": "bonus", "name": "Bonus", "points": 100}
+    programme(engine, campaigns=[bonus])
+    for member in ("m1", "m2", "m3"):
+        enrol(engine, member)
+    before = [buy(engine, "m1", order, "2027-02-01T10:00:00+08:00", "10.00")
+              for order in ("a", "b")]
+    # and version 2 giving it a budget of 250 points in all
+    programme(engine, campaigns=[{**bonus, "budget": 250}])
+
+    # When m2 buys, then m3
+    second = buy(engine, "m2", "c", "2027-02-02T10:00:00+08:00", "10.00")
+    third = buy(engine, "m3", "d", "2027-02-02T11:00:00+08:00", "10.00")
+
+    # Then m2 gets the 50 left of the budget after the 200 given before it, m3 nothing
+    assert [rules_of(result) for result in before] == [{"base": 10, "campaign:bonus": 100}] * 2
+    assert rules_of(second) == {"base": 10, "campaign:bonus": 50}
+    assert second["postings"][-1]["explanation"].endswith(", capped to 50")
+    assert rules_of(third) == {"base": 10}
+    report = get_campaign(engine, P, "bonus")
+    assert (report["budget_used"], report["budget_left"], report["awards"],
+            report["points_awarded"]) == (250, 0, 3, 250)
+    # and setia check finds the budget row in agreement with the awards
+    assert check(engine).problems == []
+    assert_journal_ok(engine)
+
+
+def test_a_review_campaign_for_gold_counts_the_tier_held_before_the_review(engine):
+    # Given Gold at 100 points (metric points), a review earning 20, and a review campaign
+    # of 15 points for Gold members only
+    programme(engine,
+              earn=[*BASE["earn"], {"id": "review", "on": "review", "points": 20}],
+              tiers={**BASE["tiers"], "metric": "points"},
+              campaigns=[{"id": "gold-review", "name": "Gold review", "on": "review",
+                          "audience": {"tiers": ["gold"]}, "points": 15}])
+    enrol(engine, "m1")
+    buy(engine, "m1", "o1", "2027-02-01T10:00:00+08:00", "90.00")  # 90 points: 10 short
+
+    # When she writes a review (20 points: Gold from it on), then another one as Gold
+    def review(n: int) -> dict[str, Any]:
+        return ingest_event(engine, P, {"id": f"review-{n}", "type": "review", "member": "m1",
+                                        "occurred_at": f"2027-02-0{n + 1}T10:00:00+08:00"},
+                            CLOCK)
+
+    lifting = review(1)
+    as_gold = review(2)
+
+    # Then the review that lifted her was a Member's: no campaign points; the next is Gold's
+    assert (rules_of(lifting), lifting["tier"]["id"]) == ({"review": 20}, "gold")
+    assert rules_of(as_gold) == {"review": 20, "campaign:gold-review": 15}
+    assert available(engine, "m1") == 90 + 20 + 20 + 15
     assert_journal_ok(engine)

@@ -193,3 +193,38 @@ def test_the_same_key_replays_the_first_answer(engine):
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM membership_purchases")).scalar() == 1
     assert_journal_ok(engine)
+
+
+def test_a_purchase_made_in_the_period_and_sent_after_run_due_expired_it_is_multiplied(engine):
+    # Given Plus (x1.5) from 31 January to 30 April 10:00, which run-due has expired
+    setup(engine)
+    bought(engine)
+    assert run_due(engine, at("2027-05-01T09:00:00+08:00"), P).engagement[
+        "memberships_expired"] == 1
+
+    # When a purchase of 29 April is sent only now, and one of 1 May
+    late = buy(engine, "m1", "o1", "2027-04-29T10:00:00+08:00", "20.00")
+    after = buy(engine, "m1", "o2", "2027-05-01T10:00:00+08:00", "20.00")
+
+    # Then the one made in the period earns the multiplier, (1.5 - 1) x 20 = 10 (at the
+    # tier she holds now, Member: the floor ended with the membership), the other does not
+    assert rules_of(late) == {"base": 20, "membership:plus": 10}
+    assert rules_of(after) == {"base": 20}
+    assert_journal_ok(engine)
+
+
+def test_a_purchase_made_before_a_cancel_and_sent_after_it_is_multiplied(engine):
+    # Given Plus (x1.5) bought on 31 January and cancelled on 10 February 10:00
+    setup(engine)
+    bought(engine)
+    memberships.cancel(engine, P, "m1", {}, "k-cancel", fixed_clock("2027-02-10T10:00:00+08:00"))
+
+    # When a purchase of 10 February 09:59 is sent only now, and one of 10:00
+    before = buy(engine, "m1", "o1", "2027-02-10T09:59:00+08:00", "20.00")
+    at_cancel = buy(engine, "m1", "o2", "2027-02-10T10:00:00+08:00", "20.00")
+
+    # Then the one made before the cancel earns the multiplier (at Member, her tier now),
+    # the one made as it was cancelled does not
+    assert rules_of(before) == {"base": 20, "membership:plus": 10}
+    assert rules_of(at_cancel) == {"base": 20}
+    assert_journal_ok(engine)

@@ -37,9 +37,11 @@ def has_engagement(programme: Programme) -> bool:
 
 
 def after_event(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
-                now: datetime) -> int:
+                now: datetime, *, tier_before: str) -> int:
     """Campaign, stamp-card and membership effects of one event, applied at ``now``; the
-    points they add (negative for a refund's clawbacks). Nothing here refuses the event."""
+    points they add (negative for a refund's clawbacks). ``tier_before``: the member's tier
+    before the event (its own points may have raised ``member.tier_id`` already). Nothing
+    here refuses the event."""
     if event.type == "refund":
         # even when the current version has none of the sections: the order may have
         # earned campaign points or stamps under an earlier one
@@ -50,7 +52,7 @@ def after_event(uow: UnitOfWork, programme: Programme, member: Member, event: Ev
     for posting in member.ledger.postings:
         if posting.code == "earn" and posting.rule_id is not None:
             rule_points[posting.rule_id] = rule_points.get(posting.rule_id, 0) + posting.points
-    added = _campaigns(uow, programme, member, event, rule_points, now)
+    added = _campaigns(uow, programme, member, event, rule_points, now, tier_before)
     added += _membership_multiplier(uow, programme, member, event, rule_points)
     added += _stamps(uow, programme, member, event, now)
     return added
@@ -95,18 +97,22 @@ def issue_voucher(uow: UnitOfWork, programme: Programme, member: Member, grant: 
     raise AssertionError("five voucher codes in a row collided")
 
 
-def _tier_at_event(uow: UnitOfWork, programme: Programme, member: Member, event: Event) -> str:
+def _tier_at_event(uow: UnitOfWork, programme: Programme, event: Event,
+                   tier_before: str) -> str:
     """The tier held before the event (a purchase that crosses a threshold counts at the
-    tier it was made in, as for earning)."""
+    tier it was made in, as for earning; so does a review whose points cross one)."""
     if event.type == "purchase" and event.order_id is not None:
         order = uow.order(programme.id, event.order_id, programme.currency)
         if order is not None:
             return order.tier_id
-    return member.tier_id
+    return tier_before
 
 
 def _last_purchase_at(uow: UnitOfWork, programme: Programme, member: Member,
                       event: Event) -> datetime | None:
+    """The member's last purchase before the event: the orders written, and those of
+    earlier events of this unit of work (a batch, a group of live events) that only its
+    commit writes, so that a batch gives what the events sent one by one would."""
     o = t.orders
     query = sa.select(sa.func.max(o.c.occurred_at)).where(
         o.c.program_id == programme.id, o.c.member_pk == member.pk,
@@ -114,14 +120,19 @@ def _last_purchase_at(uow: UnitOfWork, programme: Programme, member: Member,
     if event.order_id is not None:
         query = query.where(o.c.order_id != event.order_id)
     found = uow.execute(query).scalar_one_or_none()
-    return found if isinstance(found, datetime) else None
+    last = found if isinstance(found, datetime) else None
+    for made_at in uow.new_order_times(programme.id, member.pk):
+        # the event's own order, added already, is not before it
+        if made_at < event.occurred_at and (last is None or made_at > last):
+            last = made_at
+    return last
 
 
 # -- campaigns ----------------------------------------------------------------------------
 
 
 def _campaigns(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
-               rule_points: dict[str, int], now: datetime) -> int:
+               rule_points: dict[str, int], now: datetime, tier_before: str) -> int:
     campaigns = programme.model.campaigns or []
     if not campaigns:
         return 0
@@ -133,7 +144,7 @@ def _campaigns(uow: UnitOfWork, programme: Programme, member: Member, event: Eve
             continue
         if facts is None:
             facts = rules.AudienceFacts(
-                tier_id=_tier_at_event(uow, programme, member, event),
+                tier_id=_tier_at_event(uow, programme, event, tier_before),
                 attributes=member.attributes, birthday=member.birthday,
                 enrolled_at=member.enrolled_at,
                 last_purchase_at=_last_purchase_at(uow, programme, member, event)
@@ -224,22 +235,40 @@ def _award_campaign(uow: UnitOfWork, programme: Programme, member: Member, event
     return points
 
 
+def _awarded(program_id: str, campaign_id: str) -> Any:
+    """Everything the campaign ever awarded (points, or vouchers), under every programme
+    version: what its budget row counts (``setia check`` compares the two)."""
+    a = te.campaign_awards
+    return (sa.select(sa.func.coalesce(sa.func.sum(a.c.awarded), 0))
+            .where(a.c.program_id == program_id, a.c.campaign_id == campaign_id)
+            .scalar_subquery())
+
+
 def _budget_used(uow: UnitOfWork, program_id: str, campaign_id: str) -> int:
     """The budget used so far, read without a lock (nothing is taken from it)."""
     b = te.campaign_budgets
-    return int(uow.execute(sa.select(b.c.used).where(
-        b.c.program_id == program_id, b.c.campaign_id == campaign_id)).scalar() or 0)
+    found = uow.execute(sa.select(b.c.used).where(
+        b.c.program_id == program_id, b.c.campaign_id == campaign_id)).scalar()
+    if found is None:  # no award counted against a budget yet: what it would start from
+        found = uow.execute(sa.select(_awarded(program_id, campaign_id))).scalar()
+    return int(found or 0)
 
 
 def _lock_budget(uow: UnitOfWork, program_id: str, campaign_id: str) -> int:
-    """The budget used so far, its row locked until the transaction ends."""
+    """The budget used so far, its row locked until the transaction ends. The row is made
+    by the first award counted against a budget; a budget added by a later programme
+    version starts from what the campaign awarded before it (docs/engagement.md)."""
     b = te.campaign_budgets
-    uow.insert_ignore(b, {"program_id": program_id, "campaign_id": campaign_id, "used": 0},
-                      ["program_id", "campaign_id"])
-    return int(uow.execute(
-        sa.select(b.c.used).where(b.c.program_id == program_id, b.c.campaign_id == campaign_id)
-        .with_for_update()
-    ).scalar_one())
+    query = (sa.select(b.c.used)
+             .where(b.c.program_id == program_id, b.c.campaign_id == campaign_id)
+             .with_for_update())
+    used = uow.execute(query).scalar()
+    if used is None:  # once per campaign: the sum is not taken again with every award
+        uow.insert_ignore(b, {"program_id": program_id, "campaign_id": campaign_id,
+                              "used": _awarded(program_id, campaign_id)},
+                          ["program_id", "campaign_id"])
+        used = uow.execute(query).scalar_one()
+    return int(used)
 
 
 # -- paid membership multiplier ----------------------------------------------------------
@@ -255,6 +284,22 @@ def active_membership(uow: UnitOfWork, programme: Programme, member_pk: int,
     ).order_by(m.c.starts_at)).mappings().first()
 
 
+def membership_covering(uow: UnitOfWork, programme: Programme, member_pk: int,
+                        moment: datetime) -> Any:
+    """The membership row whose period covered ``moment`` when it was paid for, whatever
+    its status now: an expired one by its window, a cancelled one only before it was
+    cancelled. The multiplier of an event counts by its ``occurred_at`` (a purchase made
+    in the period and sent after run-due expired it, or after a cancel, still earns it);
+    ``active_membership`` is the membership in force now."""
+    m = te.membership_purchases
+    return uow.execute(sa.select(m).where(
+        m.c.member_pk == member_pk, m.c.program == programme.id,
+        m.c.starts_at <= moment, m.c.ends_at > moment,
+        sa.or_(m.c.status.in_(("active", "expired")),
+               sa.and_(m.c.status == "cancelled", m.c.cancelled_at > moment)),
+    ).order_by(m.c.starts_at)).mappings().first()
+
+
 def plan_of(programme: Programme, plan_id: str) -> MembershipPlan | None:
     return next((p for p in programme.model.memberships or [] if p.id == plan_id), None)
 
@@ -263,7 +308,7 @@ def _membership_multiplier(uow: UnitOfWork, programme: Programme, member: Member
                            rule_points: dict[str, int]) -> int:
     if not any(p.multiplier for p in programme.model.memberships or []) or not rule_points:
         return 0
-    row = active_membership(uow, programme, member.pk, event.occurred_at)
+    row = membership_covering(uow, programme, member.pk, event.occurred_at)
     plan = plan_of(programme, row["plan_id"]) if row is not None else None
     if plan is None:
         return 0

@@ -172,7 +172,7 @@ def apply_event(
         made = _refund(uow, programme, member, event, now)
     else:
         made = _other(programme, member, event)
-    made += engagement.after_event(uow, programme, member, event, now)
+    made += engagement.after_event(uow, programme, member, event, now, tier_before=tier_before)
     if event.type == "refund" and made < 0 and programme.model.fraud is not None:
         # What the refund took back of the purchase's points (its rules', campaigns' and
         # membership's) is no longer the purchase's review's to take.

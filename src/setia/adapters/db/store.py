@@ -350,6 +350,9 @@ class UnitOfWork:
         self._members: dict[tuple[str, str], Member] = {}
         self._orders: dict[tuple[str, str], Order] = {}
         self._absent_orders: set[tuple[str, str]] = set()
+        # When each member's orders added here (not yet written) were made: (program id,
+        # member pk) -> times, for reads that must see them before the flush writes them.
+        self._new_order_times: dict[tuple[str, int], list[datetime]] = {}
         self._postings: list[tuple[Any, ...]] = []
         self._events: list[tuple[Any, ...]] = []
         self._formats = _formats_for(engine.dialect)
@@ -397,6 +400,7 @@ class UnitOfWork:
             # a bulk import's thousands of objects are freed now, not by a full GC pass.
             self._members.clear()
             self._orders.clear()
+            self._new_order_times.clear()
             self._prepared.clear()
 
     def commit(self) -> None:
@@ -973,6 +977,13 @@ class UnitOfWork:
         order.new = True
         self._orders[(program_id, order.order_id)] = order
         self._absent_orders.discard((program_id, order.order_id))
+        self._new_order_times.setdefault((program_id, order.member_pk), []).append(
+            order.occurred_at)
+
+    def new_order_times(self, program_id: str, member_pk: int) -> list[datetime]:
+        """When the member's orders added in this unit of work and not written yet were
+        made (a query of ``orders`` does not see them before the flush)."""
+        return self._new_order_times.get((program_id, member_pk), [])
 
     # -- rows written with the flush (the outbox) -----------------------------------------
 
@@ -1143,6 +1154,7 @@ class UnitOfWork:
                 order.dirty = False
         self._write("orders", inserts)
         self._write("orders_update", updates)
+        self._new_order_times.clear()
 
 
 class _StoredEvent(NamedTuple):
