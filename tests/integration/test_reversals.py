@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 import sqlalchemy as sa
 
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
+from setia.service import analytics as an
 from setia.service import privacy
+from setia.service.check import check
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust
@@ -124,9 +128,9 @@ def test_reversing_an_event_lowers_the_points_metric_in_the_events_month(kopi):
     assert_journal_ok(kopi)
 
 
-def test_reversing_an_event_lowers_the_points_metric_by_its_earn_rules_points_only(engine):
-    # Given tiers by points (Gold at 5), and ali's review: 5 points by its rule, counted,
-    # which made her Gold, and 20 by a campaign, never counted
+def review_cafe_with_a_campaign(engine: sa.Engine) -> None:
+    """Tiers by points (Gold at 5), and ali's review rev-1: 5 points by its rule, counted,
+    which made her Gold, and 20 by a campaign, never counted."""
     load_programme(engine, {
         "id": "review-cafe", "name": "Review Cafe", "currency": "MYR", "timezone": "UTC",
         "earn": [{"id": "review", "on": "review", "points": 5}],
@@ -139,6 +143,10 @@ def test_reversing_an_event_lowers_the_points_metric_by_its_earn_rules_points_on
         "id": "rev-1", "type": "review", "member": "ali",
         "occurred_at": "2027-02-01T10:00:00+00:00"}, CLOCK)
     assert (result["points"], result["tier"]["id"]) == (25, "gold")
+
+
+def test_reversing_an_event_lowers_the_points_metric_by_its_earn_rules_points_only(engine):
+    review_cafe_with_a_campaign(engine)
     assert metric_points(engine) == [("2027-02", 5)]
 
     # When the review is reversed (all 25 taken back)
@@ -149,6 +157,29 @@ def test_reversing_an_event_lowers_the_points_metric_by_its_earn_rules_points_on
     member = get_member(engine, "review-cafe", "ali", CLOCK)
     assert (member["balances"], member["tier"]["id"]) == (
         {"available": 0, "pending": 0, "reserved": 0}, "gold")
+    assert_journal_ok(engine)
+
+
+def test_reversing_an_event_takes_a_campaigns_points_back_under_its_rule(engine):
+    review_cafe_with_a_campaign(engine)
+
+    # When the review is reversed
+    reverse(engine, "review-cafe", {"ref": "rev-1", "reason": "fake review"}, "r1", CLOCK)
+
+    # Then the campaign's 20 go back under its rule, the rule's 5 under none
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT rule_id, debit, credit, points FROM postings WHERE code = 'reverse' "
+            "ORDER BY points")).all() == [(None, "available", "issued", 5),
+                                          ("campaign:reviews", "available", "issued", 20)]
+        assert conn.execute(sa.text(
+            "SELECT awarded, kept FROM campaign_awards")).all() == [(20, 0)]
+    # and the campaign's figures net them, as the check agrees
+    data = an.load(engine, "review-cafe")
+    frame = an.campaigns(data, an.options_for(data.programme, date(2027, 2, 1),
+                                              date(2027, 2, 28)))
+    assert frame.select("campaign", "points", "members").rows() == [("reviews", 0, 1)]
+    assert check(engine).problems == []
     assert_journal_ok(engine)
 
 

@@ -3,7 +3,8 @@
 Per programme and campaign paying points: the points ``campaign_awards`` says were
 awarded equal the journal's ``earn`` postings of rule ``campaign:<id>``, and what was
 taken back (awarded - kept) equals its ``clawback`` postings (and ``review_reject``
-ones: a rejected fraud review); the budget row's ``used``
+ones: a rejected fraud review; and ``reverse`` ones: a reversal of the event); the budget
+row's ``used``
 equals everything awarded (points or vouchers).
 """
 
@@ -30,12 +31,13 @@ def engagement_problems(conn: sa.Connection) -> list[str]:
     for row in conn.execute(
         sa.select(p.c.program_id, p.c.rule_id, p.c.code, sa.func.sum(p.c.points).label("points"))
         .where(p.c.rule_id.startswith("campaign:"),
-               p.c.code.in_(("earn", "clawback", "review_reject")))
+               p.c.code.in_(("earn", "clawback", "review_reject", "reverse")))
         .group_by(p.c.program_id, p.c.rule_id, p.c.code)
     ):
         key = (row.program_id, row.rule_id.removeprefix("campaign:"))
-        # a rejected review takes a campaign's points back as a refund's clawback does
-        code = "clawback" if row.code == "review_reject" else row.code
+        # a rejected review or a reversal takes a campaign's points back as a refund's
+        # clawback does
+        code = "clawback" if row.code in ("review_reject", "reverse") else row.code
         found = journal.setdefault(key, {})
         found[code] = found.get(code, 0) + int(row.points)
     for key in sorted(set(awards) | set(journal)):

@@ -93,16 +93,17 @@ def screen(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
     return {"review": review_id, "reasons": found, "held": config.hold}
 
 
-def _rejected_parts(uow: UnitOfWork, programme: Programme, member: Member, row: Any,
-                    take: int) -> list[tuple[str | None, int]]:
-    """What a rejection takes back, by rule: first what each campaign and membership still
-    keeps of the event's points (their awards then keep nothing, as ``setia check`` and
-    the campaign metrics count them), the rest as the event's own."""
+def taken_parts(uow: UnitOfWork, programme: Programme, member: Member, event_id: str,
+                take: int) -> list[tuple[str | None, int]]:
+    """What a rejection or a reversal (``reversals``) takes back of an event's points, by
+    rule: first what each campaign and membership still keeps of them (their awards then
+    keep that much less, as ``setia check`` and the campaign metrics count them), the rest
+    as the event's own."""
     a = te.campaign_awards
     parts: list[tuple[str | None, int]] = []
     left = take
     for award in uow.execute(sa.select(a.c.campaign_id, a.c.ref, a.c.kept).where(
-            a.c.program_id == programme.id, a.c.ref == row.event_id,
+            a.c.program_id == programme.id, a.c.ref == event_id,
             a.c.member_pk == member.pk, a.c.voucher_code.is_(None), a.c.kept > 0)
             .order_by(a.c.campaign_id)).all():
         part = min(award.kept, left)
@@ -130,7 +131,7 @@ def _taken_by_rejection(uow: UnitOfWork, programme: Programme, member: Member, r
                         taken: int, order: Order | None) -> None:
     """What a rejection took of the event's earn rules' points is gone from the member's
     points tier metric (in the month of the event), and a rejected purchase's order keeps
-    no awards (nor its campaigns and membership: ``_rejected_parts``), so a later refund
+    no awards (nor its campaigns and membership: ``taken_parts``), so a later refund
     takes nothing back a second time.
 
     A rejected purchase counts in no tier metric: what is left of its spend (net of the
@@ -346,7 +347,7 @@ def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, ke
                 if held and lot is not None:
                     # no longer under review (written even with nothing left in it)
                     ledger.reschedule(lot.seq, row.available_at)
-                for rule_id, points in _rejected_parts(uow, programme, member, row, take):
+                for rule_id, points in taken_parts(uow, programme, member, row.event_id, take):
                     ledger.clawback(points, order_id=None, rule_id=rule_id, code="review_reject",
                                     source=row.event_id,
                                     explanation=f"review {review_id} rejected: points taken back")

@@ -26,7 +26,7 @@ from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import earning, referrals, tiers
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
-from setia.domain.ledger import ASSET_POINTS, MEMBER_ACCOUNTS, PROGRAMME_ACCOUNTS
+from setia.domain.ledger import ASSET_POINTS, ISSUED, MEMBER_ACCOUNTS, PROGRAMME_ACCOUNTS
 from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.service import audit, fraud, outbox, partners
@@ -132,9 +132,14 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                 _lower_points_metric(programme, member, rows, taken)
                 for account, points in sorted(net[member.pk].items()):
                     if points > 0:
-                        member.ledger.clawback(points, order_id=None, rule_id=None,
-                                               explanation=f"reversal of {ref}: {reason}",
-                                               code="reverse", credit=account, source=ref)
+                        # earned points go back under the campaign's (or membership's) rule
+                        # as far as it still keeps them, the rest under none
+                        parts = (fraud.taken_parts(uow, programme, member, ref, points)
+                                 if account == ISSUED else [(None, points)])
+                        for rule_id, part in parts:
+                            member.ledger.clawback(part, order_id=None, rule_id=rule_id,
+                                                   explanation=f"reversal of {ref}: {reason}",
+                                                   code="reverse", credit=account, source=ref)
                     elif points < 0:
                         member.ledger.earn(-points, source=reversal_ref, rule_id=None,
                                            explanation=f"reversal of {ref}: {reason}",
