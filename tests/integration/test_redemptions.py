@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from setia.adapters.db import tables as t
 from setia.domain.errors import (
     InsufficientPoints,
     InvalidField,
@@ -27,6 +28,12 @@ from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
 P = "kopi-setia"
 ENROL = fixed_clock("2027-03-01T09:00:00+08:00")
 NOON = fixed_clock("2027-03-10T12:00:00+08:00")
+
+IDLE = {
+    "id": "idle", "name": "Idle", "currency": "MYR", "timezone": "Asia/Kuala_Lumpur",
+    "points": {"pending_days": 0, "expiry": {"policy": "inactivity", "months": 6}},
+    "earn": [{"id": "base", "on": "purchase", "rate": 1}],
+}
 
 SHOP = {
     "id": "shop", "name": "Shop", "currency": "MYR", "timezone": "Asia/Kuala_Lumpur",
@@ -49,6 +56,22 @@ def stock_redeemed(engine: sa.Engine, reward: str) -> int | None:
 
 def balances(engine: sa.Engine, member: str = "cust-1", program: str = P) -> dict[str, int]:
     return get_member(engine, program, member, NOON)["balances"]
+
+
+def last_activity_at(engine: sa.Engine, member: str = "cust-1") -> Any:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(t.members.c.last_activity_at).where(
+            t.members.c.id == member)).scalar_one()
+
+
+def given_an_idle_member_who_earned_100(engine: sa.Engine) -> None:
+    """100 earned on 2027-01-10 10:00 (+08:00) under inactivity expiry after 6 months."""
+    load_programme(engine, IDLE)
+    upsert_member(engine, "idle", "cust-1", {}, ENROL)
+    ingest_event(engine, "idle", {
+        "id": "e1", "type": "purchase", "member": "cust-1", "order_id": "e1",
+        "occurred_at": "2027-01-10T10:00:00+08:00", "amount": "100.00"}, ENROL)
+    assert last_activity_at(engine) == at("2027-01-10T10:00:00+08:00")
 
 
 def given_a_member_with(engine: sa.Engine, points: int, member: str = "cust-1",
@@ -145,6 +168,48 @@ def test_run_due_releases_a_hold_after_fifteen_minutes_not_before(kopi):
     assert late.holds_released == 1
     assert balances(kopi) == {"available": 1050, "pending": 0, "reserved": 0}
     assert_journal_ok(kopi)
+
+
+def test_a_released_or_timed_out_hold_is_no_activity_for_inactivity_expiry(engine):
+    # Given 100 earned on 2027-01-10 under a 6-month inactivity expiry
+    given_an_idle_member_who_earned_100(engine)
+
+    # When a hold of 10 is released on 2027-03-01, and one of 20 placed on 2027-05-01 is
+    # released by run-due when it times out
+    held = redeem(engine, "idle", {"member": "cust-1", "points": 10, "hold": True}, "h1",
+                  fixed_clock("2027-03-01T10:00:00+08:00"))
+    capture_or_release(engine, "idle", held["id"], "release", "h1r",
+                       fixed_clock("2027-03-01T10:05:00+08:00"))
+    redeem(engine, "idle", {"member": "cust-1", "points": 20, "hold": True}, "h2",
+           fixed_clock("2027-05-01T10:00:00+08:00"))
+    assert run_due(engine, at("2027-05-01T10:15:00+08:00"), "idle").holds_released == 1
+
+    # Then her last activity is still the earn, and all 100 expire 6 months after it
+    assert last_activity_at(engine) == at("2027-01-10T10:00:00+08:00")
+    assert run_due(engine, at("2027-07-10T09:59:00+08:00"), "idle").points_expired == 0
+    assert run_due(engine, at("2027-07-10T10:00:00+08:00"), "idle").points_expired == 100
+    assert balances(engine, program="idle") == {"available": 0, "pending": 0, "reserved": 0}
+    assert_journal_ok(engine)
+
+
+def test_a_captured_hold_is_activity_at_its_capture(engine):
+    # Given 100 earned on 2027-01-10, and a hold of 10 placed on 2027-05-01 at 10:00
+    given_an_idle_member_who_earned_100(engine)
+    held = redeem(engine, "idle", {"member": "cust-1", "points": 10, "hold": True}, "h1",
+                  fixed_clock("2027-05-01T10:00:00+08:00"))
+    assert last_activity_at(engine) == at("2027-01-10T10:00:00+08:00")
+
+    # When the till captures it at 10:05
+    capture_or_release(engine, "idle", held["id"], "capture", "h1c",
+                       fixed_clock("2027-05-01T10:05:00+08:00"))
+
+    # Then the capture is her last activity: the 90 left expire 6 months after it
+    assert last_activity_at(engine) == at("2027-05-01T10:05:00+08:00")
+    assert run_due(engine, at("2027-07-10T10:00:00+08:00"), "idle").points_expired == 0
+    assert run_due(engine, at("2027-11-01T10:04:00+08:00"), "idle").points_expired == 0
+    assert run_due(engine, at("2027-11-01T10:05:00+08:00"), "idle").points_expired == 90
+    assert balances(engine, program="idle") == {"available": 0, "pending": 0, "reserved": 0}
+    assert_journal_ok(engine)
 
 
 def test_points_can_pay_without_a_reward(kopi):

@@ -219,7 +219,8 @@ def redeem(
             if reward is not None:
                 _take_stock(uow, programme, reward)
             # Nothing below can refuse the redemption.
-            member.active_at(now)
+            if not hold:  # a hold is activity when captured: a released one redeemed nothing
+                member.active_at(now)
             voucher = None
             if reward is not None and not hold:
                 voucher = issue_reward_voucher(
@@ -303,6 +304,7 @@ def finish_hold(
     reward = held_under.reward(row["reward_id"]) if row["reward_id"] else None
     if action == "capture":
         member.ledger.capture(row["points"], f"captured redemption {redemption_id}")
+        member.active_at(now)  # the redeem that inactivity expiry counts from
         row["status"] = "captured"
         donations.after_capture(uow, held_under, reward, member, redemption_id, row["points"],
                                 now)
