@@ -319,7 +319,7 @@ def test_a_donation_reward_and_the_totals_per_cause(api: Api) -> None:
     assert totals.status_code == 200
     assert totals.json()["causes"][0] == {
         "cause": "mercy", "name": "MERCY Malaysia", "donations": 1, "donors": 1,
-        "points": 100, "amount": "1.00", "currency": "MYR"}
+        "points": 100, "amount": "1.00", "currency": "MYR", "retired": False}
     cli = run_setia(api.live.db_url, "donations", "totals", "--program", P)
     assert cli.returncode == 0 and "MYR 1.00" in cli.stdout
     assert_problem(api.reader.get("/v1/programs/nope/causes"), 404, "unknown-programme")

@@ -178,9 +178,9 @@ def test_a_donation_reward_gives_points_to_its_cause(cafe: sa.Engine) -> None:
     redeem(cafe, P, {"member": "ben", "reward": "donate-mercy"}, "d-3", NOW)
     assert donations.totals(cafe, P) == {"causes": [
         {"cause": "mercy", "name": "MERCY Malaysia", "donations": 3, "donors": 2,
-         "points": 300, "amount": "3.00", "currency": "MYR"},
+         "points": 300, "amount": "3.00", "currency": "MYR", "retired": False},
         {"cause": "zoo", "name": "Zoo Negara", "donations": 0, "donors": 0, "points": 0,
-         "amount": "0.00", "currency": "MYR"}]}
+         "amount": "0.00", "currency": "MYR", "retired": False}]}
     with cafe.connect() as conn:
         tagged = conn.execute(sa.select(t.postings.c.code, t.postings.c.points)
                               .where(t.postings.c.rule_id == "donation:mercy")
@@ -191,4 +191,29 @@ def test_a_donation_reward_gives_points_to_its_cause(cafe: sa.Engine) -> None:
     with pytest.raises(InsufficientPoints):
         redeem(cafe, P, {"member": "ben", "reward": "donate-mercy"}, "d-4", NOW)
     assert donations.totals(cafe, P)["causes"][0]["donations"] == 3
+    assert_journal_ok(cafe)
+
+
+def test_a_cause_a_later_version_removed_keeps_its_totals(cafe: sa.Engine) -> None:
+    # Given ana's 200 points given to the zoo (RM 0.005 a point: RM 1.00), one step and by
+    # a captured hold
+    zoo_reward = {"id": "donate-zoo", "name": "Give 100 Beans to the zoo", "cost": 100,
+                  "donation": {"cause": "zoo"}}
+    load_programme(cafe, {**GROWTH, "rewards": [*GROWTH["rewards"], zoo_reward]})
+    adjust(cafe, P, {"member": "ana", "points": 150, "reason": "test"}, "adj-1", NOW)
+    redeem(cafe, P, {"member": "ana", "reward": "donate-zoo"}, "z-1", NOW)
+    held = redeem(cafe, P, {"member": "ana", "reward": "donate-zoo", "hold": True}, "z-2",
+                  NOW)
+    capture_or_release(cafe, P, held["id"], "capture", "z-2c", NOW)
+
+    # When a version without the zoo (nor its reward) is stored
+    load_programme(cafe, {**GROWTH, "causes": GROWTH["causes"][:1]})
+
+    # Then the totals still show the zoo's donations, as a retired cause, after mercy
+    assert donations.totals(cafe, P) == {"causes": [
+        {"cause": "mercy", "name": "MERCY Malaysia", "donations": 0, "donors": 0,
+         "points": 0, "amount": "0.00", "currency": "MYR", "retired": False},
+        {"cause": "zoo", "name": "Zoo Negara", "donations": 2, "donors": 1, "points": 200,
+         "amount": "1.00", "currency": "MYR", "retired": True}]}
+    assert available(cafe, "ana") == 0  # 50 + 150 - 200
     assert_journal_ok(cafe)

@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from setia.adapters.db import tables as t
 from setia.adapters.db import tables_donations as td
 from setia.adapters.db.store import UnitOfWork
 from setia.domain import donations as dn
@@ -38,8 +39,25 @@ def after_capture(uow: UnitOfWork, programme: Programme, reward: Reward | None, 
         currency=programme.currency, donated_at=now))
 
 
+def _retired_name(uow: UnitOfWork, programme: Programme, cause_id: str) -> str:
+    """The name a cause the current version no longer has bore in the version of its
+    latest donation (the cause id if that version cannot be found)."""
+    d, r = td.donations, t.redemptions
+    version = uow.execute(
+        sa.select(sa.func.max(r.c.program_version))
+        .select_from(d.join(r, r.c.id == d.c.redemption_id))
+        .where(d.c.program_id == programme.id, d.c.cause_id == cause_id)).scalar_one()
+    then = uow.programme(programme.id, int(version)) if version is not None else None
+    for cause in (then.model.causes or []) if then is not None else []:
+        if cause.id == cause_id:
+            return cause.name
+    return cause_id
+
+
 def totals(engine: sa.Engine, program_id: str) -> dict[str, Any]:
-    """Every cause of the programme with its donations, donors, points and money value."""
+    """Every cause of the programme with its donations, donors, points and money value;
+    then every cause a later version removed (``retired``) that was given to: the money is
+    still owed to it."""
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
@@ -51,16 +69,19 @@ def totals(engine: sa.Engine, program_id: str) -> dict[str, Any]:
                       sa.func.sum(d.c.amount).label("amount"))
             .where(d.c.program_id == programme.id).group_by(d.c.cause_id))}
         quantum = Decimal(1).scaleb(-minor_digits(programme.currency))
+        current = {cause.id: cause.name for cause in programme.model.causes or []}
+        retired = sorted(set(found) - set(current))
         causes = []
-        for cause in programme.model.causes or []:
-            row = found.get(cause.id)
+        for cause_id, name in [*current.items(),
+                               *((c, _retired_name(uow, programme, c)) for c in retired)]:
+            row = found.get(cause_id)
             causes.append({
-                "cause": cause.id, "name": cause.name,
+                "cause": cause_id, "name": name,
                 "donations": int(row.donations) if row else 0,
                 "donors": int(row.donors) if row else 0,
                 "points": int(row.points) if row else 0,
                 "amount": str(Decimal(row.amount if row else 0).quantize(quantum)),
-                "currency": programme.currency})
+                "currency": programme.currency, "retired": cause_id not in current})
         return {"causes": causes}
 
     return transaction(engine, work, read_only=True)
