@@ -223,6 +223,42 @@ def test_a_clawback_and_a_release_after_the_point_value_changed_give_back_what_w
     assert_journal_ok(coalition)
 
 
+def test_a_hold_released_under_a_version_without_partners_gives_its_value_back(coalition):
+    # Given 100 points for ana (an adjustment: no partner), holds of 50 and 30 at kopi (RM 0.80
+    # owed to kopi at RM 0.01 a point), and then a version of the programme with no partners
+    adjust(coalition, P, {"member": "ana", "points": 100, "reason": "opening"}, "a1", CLOCK)
+    released = redeem(coalition, P, {"member": "ana", "points": 50, "hold": True,
+                                     "partner": "kopi"}, "k1", CLOCK)
+    captured = redeem(coalition, P, {"member": "ana", "points": 30, "hold": True,
+                                     "partner": "kopi"}, "k2", CLOCK)
+    load_programme(coalition, {**COALITION, "partners": None, "earn": COALITION["earn"][:1]})
+
+    # When the first hold is released and the second captured
+    capture_or_release(coalition, P, released["id"], "release", "k1r", CLOCK)
+    capture_or_release(coalition, P, captured["id"], "capture", "k2c", CLOCK)
+
+    # Then kopi gives back the RM 0.50 of the released hold, and keeps the RM 0.30 of the
+    # captured one (a capture settles nothing)
+    assert transfers(coalition) == [
+        ("hold", "coalition", "partner:kopi", 50, 5_000),
+        ("hold", "coalition", "partner:kopi", 30, 3_000),
+        ("release", "partner:kopi", "coalition", 50, 5_000)]
+    s = settlement_postings
+    with coalition.connect() as conn:
+        assert conn.execute(sa.select(
+            sa.func.sum(sa.case((s.c.credit == "partner:kopi", s.c.amount_e4),
+                                else_=-s.c.amount_e4)))
+            .where(s.c.ref == released["id"])).scalar_one() == 0
+    view = settlement(coalition, P, "2027-03")
+    assert [(row["account"], row["points_issued"], row["points_burned"], row["net"])
+            for row in view["accounts"]] == [
+        ("partner:kopi", 0, 30, "0.30"), ("coalition", 0, 0, "-0.30")]
+    assert (view["total"], view["point_value"]) == ("0.00", None)
+    assert get_member(coalition, P, "ana")["balances"] == {
+        "available": 70, "pending": 0, "reserved": 0}
+    assert_journal_ok(coalition)
+
+
 def test_a_rejected_review_after_the_point_value_changed_gives_back_what_was_settled(engine):
     # Given ana's RM 80.00 at roti held for review (160 points, RM 1.60 charged to roti at
     # RM 0.01 a point), and then the coalition agreeing on RM 0.02 a point

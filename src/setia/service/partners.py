@@ -92,17 +92,19 @@ def _write(uow: UnitOfWork, programme: Programme, partner_id: str, ref: str,
            settled: Settled | None = None) -> int:
     """One settlement posting per points posting that moves value at the partner. Points
     that undo an earlier settlement are valued as ``settled`` recorded them (and settle
-    nothing if nothing was settled); the others at the current ``point_value``."""
+    nothing if nothing was settled); the others at the current ``point_value`` (none
+    without a ``partners`` section: only an undoing settles then)."""
     config = programme.model.partners
-    assert config is not None
     rows = []
     for posting in _settled_at_partners(postings):
         if _undoes(posting):
             if settled is None:
                 continue
             value = settled.point_value
-        else:
+        elif config is not None:
             value = config.point_value
+        else:
+            continue
         transfer = transfer_for(posting.code, posting.debit, posting.credit, posting.points,
                                 partner_id, value)
         if transfer is None:
@@ -140,9 +142,11 @@ def settle_event(uow: UnitOfWork, programme: Programme, event: Event,
 def settle_redemption(uow: UnitOfWork, programme: Programme, partner_id: Any, ref: str,
                       postings: Sequence[Posting], now: datetime) -> None:
     """Settle a redemption's points at the partner where they were burned. A capture or a
-    release names no partner: it is the partner the redemption's hold was settled with."""
-    if programme.model.partners is None and partner_id is None:
-        return
+    release names no partner: it is the partner the redemption's hold was settled with,
+    whatever the current version says of partners (a version stored since the hold may
+    have none: the partner still gets back what the hold settled)."""
+    if partner_id is None and not any(map(_undoes, postings)):
+        return  # a one-step redemption without a partner, or a capture: nothing to undo
     settled = None
     if partner_id is None:
         # a release gives back the value its hold was settled at
