@@ -408,6 +408,34 @@ def test_a_budget_added_by_a_later_version_counts_what_the_campaign_gave_before(
     assert_journal_ok(engine)
 
 
+def test_a_budget_taken_off_and_put_back_counts_what_was_given_without_it(engine):
+    from setia.service.check import check
+
+    # Given a bonus of 100 points a purchase with a budget of 350, paid once
+    bonus = {"id": "bonus", "name": "Bonus", "points": 100}
+    programme(engine, campaigns=[{**bonus, "budget": 350}])
+    for member in ("m1", "m2", "m3", "m4"):
+        enrol(engine, member)
+    first = buy(engine, "m1", "a", "2027-02-01T10:00:00+08:00", "10.00")
+    # then version 2 without the budget, paid twice, and version 3 with it again
+    programme(engine, campaigns=[bonus])
+    without = [buy(engine, member, order, "2027-02-02T10:00:00+08:00", "10.00")
+               for member, order in (("m2", "b"), ("m3", "c"))]
+    programme(engine, campaigns=[{**bonus, "budget": 350}])
+
+    # When m4 buys
+    last = buy(engine, "m4", "d", "2027-02-03T10:00:00+08:00", "10.00")
+
+    # Then the 300 given before count against it: 50 are left for m4
+    assert [rules_of(r) for r in (first, *without)] == [{"base": 10, "campaign:bonus": 100}] * 3
+    assert rules_of(last) == {"base": 10, "campaign:bonus": 50}
+    report = get_campaign(engine, P, "bonus")
+    assert (report["budget_used"], report["budget_left"], report["points_awarded"]) == (
+        350, 0, 350)
+    assert check(engine).problems == []
+    assert_journal_ok(engine)
+
+
 def test_a_review_campaign_for_gold_counts_the_tier_held_before_the_review(engine):
     # Given Gold at 100 points (metric points), a review earning 20, and a review campaign
     # of 15 points for Gold members only

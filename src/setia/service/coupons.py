@@ -207,17 +207,14 @@ def _take(uow: UnitOfWork, programme: Programme, coupon: c.Coupon, code: str,
         if not taken:
             raise c.CouponExhausted(f"all {coupon.max_uses} uses of coupon {coupon.id} are gone",
                                     field="code")
-    else:
-        # A version without the cap still counts the use where a counter exists (one
-        # whose earlier version had a cap): its release takes one off the counter.
-        uow.execute(counter.update().where(mine).values(uses=counter.c.uses + 1))
 
 
 def _standing_uses(programme: Programme, coupon: c.Coupon) -> Any:
     """The coupon's uses not given back, as a scalar subquery. The counter of uses
     (``coupon_counters``) starts from it, made at the first use under a version with
-    ``max_uses``: uses made while the programme had no cap count as well. From then on
-    every use and release moves the counter, whatever the version, so it stays equal."""
+    ``max_uses``: uses made while the programme had no cap count as well. A version
+    without the cap drops the counter (``programmes._drop_unlimited_counters``), so one
+    made again later counts the uses made meanwhile."""
     u = tc.coupon_uses
     return (sa.select(sa.func.count()).select_from(u)
             .where(u.c.program_id == programme.id, u.c.coupon_id == coupon.id,

@@ -10,6 +10,8 @@ import sqlalchemy as sa
 import yaml
 
 from setia.adapters.db import tables as t
+from setia.adapters.db import tables_coupons as tc
+from setia.adapters.db import tables_engagement as te
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import InvalidField, InvalidProgramme
 from setia.domain.programme import (
@@ -84,6 +86,7 @@ def store_programme(engine: sa.Engine, document: Any, *, program_id: str | None 
             program_id=model.id, version=version, definition=canonical_json(model),
             definition_hash=digest, created_at=now,
         ))
+        _drop_unlimited_counters(uow, model)
         audit.record(uow, "programme.store", program_id=model.id, target=f"programme {model.id}",
                      before={"version": current}, after={"version": version, "hash": digest},
                      now=now)
@@ -91,6 +94,19 @@ def store_programme(engine: sa.Engine, document: Any, *, program_id: str | None 
         return {"id": model.id, "version": version, "created": True}
 
     return transaction(engine, work)
+
+
+def _drop_unlimited_counters(uow: UnitOfWork, model: Any) -> None:
+    """The counters kept beside a campaign's ``budget`` and a coupon's ``max_uses`` count
+    only while a version has the limit: a version without it drops them, and the first
+    award or use under a version with it again makes them afresh from the awards and the
+    uses standing (``engagement._lock_budget``, ``coupons._take``), so what was given
+    meanwhile counts too."""
+    b, cc = te.campaign_budgets, tc.coupon_counters
+    limited = [c.id for c in model.campaigns or [] if c.budget is not None]
+    uow.execute(b.delete().where(b.c.program_id == model.id, b.c.campaign_id.not_in(limited)))
+    capped = [c.id for c in model.coupons or [] if c.max_uses is not None]
+    uow.execute(cc.delete().where(cc.c.program_id == model.id, cc.c.coupon_id.not_in(capped)))
 
 
 def get_programme(engine: sa.Engine, program_id: str) -> dict[str, Any]:
