@@ -231,7 +231,7 @@ def test_a_hold_released_under_a_version_without_partners_gives_its_value_back(c
                                      "partner": "kopi"}, "k1", CLOCK)
     captured = redeem(coalition, P, {"member": "ana", "points": 30, "hold": True,
                                      "partner": "kopi"}, "k2", CLOCK)
-    load_programme(coalition, {**COALITION, "partners": None, "earn": COALITION["earn"][:1]})
+    load_programme(coalition, without_partners())
 
     # When the first hold is released and the second captured
     capture_or_release(coalition, P, released["id"], "release", "k1r", CLOCK)
@@ -283,16 +283,27 @@ def test_a_rejected_review_after_the_point_value_changed_gives_back_what_was_set
     assert_journal_ok(engine)
 
 
-@pytest.mark.parametrize("new_value", [None, "0.02"])
+def without_partners(**changes: Any) -> dict[str, Any]:
+    """The coalition's programme with no ``partners`` section (a new version), and so no
+    earn rule of a partner's."""
+    earn = changes.pop("earn", COALITION["earn"])
+    return {**COALITION, **changes, "partners": None,
+            "earn": [rule for rule in earn if "partners" not in rule]}
+
+
+@pytest.mark.parametrize("new_value", [None, "0.02", "no partners"])
 def test_a_reversed_event_gives_the_issuing_partner_the_value_back(engine, new_value):
     # Given ana's review at roti (30 points, RM 0.30 charged to roti at RM 0.01 a point)
-    # and an adjustment of 20 (no partner), then perhaps a new point value
+    # and an adjustment of 20 (no partner), then perhaps a new point value, or a version
+    # with no partners at all
     earn = [*COALITION["earn"], {"id": "review", "on": "review", "points": 30}]
     coalition_with_ana(engine, earn=earn)
     ingest_event(engine, P, {"id": "v1", "type": "review", "member": "ana", "partner": "roti",
                              "occurred_at": "2027-03-02T10:00:00+08:00"})
     adjust(engine, P, {"member": "ana", "points": 20, "reason": "goodwill"}, "a1", CLOCK)
-    if new_value is not None:
+    if new_value == "no partners":
+        load_programme(engine, without_partners(earn=earn))
+    elif new_value is not None:
         load_programme(engine, at_point_value(new_value, earn=earn))
 
     # When both are reversed
@@ -303,10 +314,36 @@ def test_a_reversed_event_gives_the_issuing_partner_the_value_back(engine, new_v
     assert transfers(engine) == [
         ("earn", "partner:roti", "coalition", 30, 3_000),
         ("reverse", "coalition", "partner:roti", 30, 3_000)]
+    # (a version without partners lists those with postings in the period only)
     assert [(row["account"], row["points_issued"], row["points_burned"], row["net"])
             for row in settlement(engine, P, "2027-03")["accounts"]] == [
-        ("partner:kopi", 0, 0, "0.00"), ("partner:roti", 0, 0, "0.00"),
-        ("coalition", 0, 0, "0.00")]
+        *([("partner:kopi", 0, 0, "0.00")] if new_value != "no partners" else []),
+        ("partner:roti", 0, 0, "0.00"), ("coalition", 0, 0, "0.00")]
     assert get_member(engine, P, "ana")["balances"] == {
         "available": 0, "pending": 0, "reserved": 0}
     assert_journal_ok(engine)
+
+
+def test_a_refund_under_a_version_without_partners_gives_the_issuing_partner_the_value_back(
+        coalition):
+    # Given ana's RM 100.00 at roti (200 points, RM 2.00 charged to roti at RM 0.01 a
+    # point), and then a version of the programme with no partners
+    ingest_event(coalition, P, purchase("e1", "100.00", "roti", "2027-03-02T10:00:00+08:00"))
+    load_programme(coalition, without_partners())
+
+    # When 20.00 of it is refunded (40 points clawed back)
+    ingest_event(coalition, P, {"id": "r1", "type": "refund", "member": "ana",
+                                "order_id": "ord-e1", "amount": "20.00",
+                                "occurred_at": "2027-03-04T10:00:00+08:00"})
+
+    # Then roti gets back RM 0.40, the value the 40 points were settled at
+    assert transfers(coalition) == [
+        ("earn", "partner:roti", "coalition", 100, 10_000),
+        ("earn", "partner:roti", "coalition", 100, 10_000),
+        ("clawback", "coalition", "partner:roti", 20, 2_000),
+        ("clawback", "coalition", "partner:roti", 20, 2_000)]
+    assert [(row["account"], row["points_issued"], row["net"])
+            for row in settlement(coalition, P, "2027-03")["accounts"]] == [
+        ("partner:roti", 160, "-1.60"), ("coalition", 0, "1.60")]
+    assert get_member(coalition, P, "ana")["balances"]["available"] == 160
+    assert_journal_ok(coalition)

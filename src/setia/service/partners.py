@@ -122,8 +122,10 @@ def _write(uow: UnitOfWork, programme: Programme, partner_id: str, ref: str,
 def settle_event(uow: UnitOfWork, programme: Programme, event: Event,
                  postings: Sequence[Posting]) -> None:
     """Settle an event's points at its partner; a refund's clawbacks at the partner of the
-    purchase it refunds (whoever sends the refund)."""
-    if programme.model.partners is None or not postings:
+    purchase it refunds (whoever sends the refund), at the value they were settled at,
+    whatever the current version says of partners (one stored since the purchase may have
+    none: the partner still gets back what it was charged)."""
+    if not postings or (programme.model.partners is None and event.type != "refund"):
         return
     partner_id = event.partner
     settled = None
@@ -163,8 +165,9 @@ def settle_taken_back(uow: UnitOfWork, programme: Programme, event_id: str, ref:
                       postings: Sequence[Posting], now: datetime) -> None:
     """Points an event issued at a partner, taken back later under ``ref`` (a rejected
     review, a reversal): the partner its points were settled with gets back their value,
-    at the value per point they were settled at."""
-    if programme.model.partners is None or not postings:
+    at the value per point they were settled at, whatever the current version says of
+    partners."""
+    if not postings:
         return
     settled = _settled(uow, programme.id, event_id)
     if settled is not None:
