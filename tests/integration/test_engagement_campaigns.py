@@ -422,6 +422,8 @@ def test_a_budget_taken_off_and_put_back_counts_what_was_given_without_it(engine
     without = [buy(engine, member, order, "2027-02-02T10:00:00+08:00", "10.00")
                for member, order in (("m2", "b"), ("m3", "c"))]
     programme(engine, campaigns=[{**bonus, "budget": 350}])
+    report = get_campaign(engine, P, "bonus")
+    assert (report["budget_used"], report["budget_left"]) == (300, 50)
 
     # When m4 buys
     last = buy(engine, "m4", "d", "2027-02-03T10:00:00+08:00", "10.00")

@@ -59,7 +59,8 @@ def totals(
         table.add_column(column, justify="right" if column in ("donations", "donors", "points",
                                                                 "amount") else "left")
     for cause in found["causes"]:
-        table.add_row(cause["cause"], cause["name"], str(cause["donations"]),
+        name = f"{cause['name']} (retired)" if cause.get("retired") else cause["name"]
+        table.add_row(cause["cause"], name, str(cause["donations"]),
                       str(cause["donors"]), str(cause["points"]),
                       f"{cause['currency']} {cause['amount']}")
     console.print(table)

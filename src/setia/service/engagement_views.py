@@ -61,8 +61,11 @@ def campaign_report(uow: UnitOfWork, programme: Programme,
     holdouts: dict[str, int] = {row.campaign_id: row.n for row in uow.execute(
         sa.select(h.c.campaign_id, sa.func.count().label("n")).where(h.c.program_id == programme.id)
         .group_by(h.c.campaign_id))}
-    return [_campaign_view(programme, c, int(used.get(c.id, 0)), totals.get(c.id, {}),
-                           int(holdouts.get(c.id, 0))) for c in campaigns]
+    # A budget's row is made by its first award (engagement._lock_budget), from everything
+    # the campaign awarded before: until then, that is what it has used.
+    return [_campaign_view(programme, c, int(used.get(c.id, totals.get(c.id, {}).get(
+        "awarded") or 0) if c.budget is not None else 0), totals.get(c.id, {}),
+        int(holdouts.get(c.id, 0))) for c in campaigns]
 
 
 def list_campaigns(engine: sa.Engine, program_id: str) -> dict[str, Any]:
