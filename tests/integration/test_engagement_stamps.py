@@ -147,3 +147,25 @@ def test_a_refund_leaves_the_stamps_that_what_is_left_of_the_order_earns(engine)
     assert kept == {"coffee": 3, "bun-visits": 0, "big-basket": 0}
     assert available(engine, "m1") == 10
     assert_journal_ok(engine)
+
+
+def test_a_refund_counts_the_stamps_left_under_the_card_the_order_earned_them_by(engine):
+    # Given the coffee card counting coffees, and 6 coffees bought (6 stamps)
+    programme(engine, stamp_cards=[COFFEE])
+    enrol(engine, "m1")
+    buy(engine, "m1", "o1", "2027-02-01T10:00:00+08:00", "33.00", coffees(6))
+    # and then a version of the card counting visits instead
+    programme(engine, stamp_cards=[{**COFFEE, "count": "visits"}])
+
+    # When RM 10.00 of the coffee line is refunded (4 coffees left)
+    from setia.service.events import ingest_event
+    from tests.integration.test_engagement_campaigns import CLOCK
+
+    ingest_event(engine, P, {"id": "r1", "type": "refund", "member": "m1", "order_id": "o1",
+                             "occurred_at": "2027-02-02T10:00:00+08:00",
+                             "lines": [{"sku": "KOPI", "amount": "10.00"}]}, CLOCK)
+
+    # Then the order keeps the 4 stamps its 4 coffees earn by the card it was bought under
+    # (by the new card it would keep 1, a visit)
+    assert cards(engine, "m1", "2027-02-03T00:00:00+08:00")["coffee"]["stamps"] == 4
+    assert_journal_ok(engine)

@@ -29,6 +29,7 @@ from setia.domain.money import minor_digits
 from setia.domain.programme import Programme
 from setia.domain.rewards import voucher_code
 from setia.service import outbox
+from setia.service.common import require_programme
 
 
 def has_engagement(programme: Programme) -> bool:
@@ -463,8 +464,12 @@ def _lower_stamps(uow: UnitOfWork, programme: Programme, member: Member, order: 
     digits = minor_digits(programme.currency)
     pairs = [(Line(sku=line.sku, category=line.category, quantity=line.quantity,
                    amount=line.amount), line.refunded) for line in order.lines]
+    # What is left of the order counts under the card as it was when the order earned its
+    # stamps (its programme version), as a refund recomputes the order's points
+    original = (require_programme(uow, programme.id, order.program_version)
+                if rows else programme)
     for row in rows:
-        card = next((c for c in programme.model.stamp_cards or [] if c.id == row["card_id"]),
+        card = next((c for c in original.model.stamp_cards or [] if c.id == row["card_id"]),
                     None)
         if card is None:
             continue
