@@ -163,3 +163,100 @@ def test_one_link_used_by_eight_browsers_at_once_signs_in_once(pg_engine: sa.Eng
     assert sorted(outcomes) == ["refused"] * 7 + ["signed-in"]
     with pg_engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(w.web_sessions)).scalar() == 1
+
+
+def _race(count: int, attempt) -> list[str]:  # type: ignore[no-untyped-def]
+    """Run ``attempt`` in ``count`` threads released together; the outcome of each."""
+    start = threading.Barrier(count)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        start.wait()
+        outcome = attempt()
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return sorted(outcomes)
+
+
+@pytest.mark.postgres
+def test_twelve_wrong_passwords_at_once_check_only_five(pg_engine: sa.Engine,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # given argon2 at its real cost, so that each check is slow enough for the others to
+    # read the count meanwhile, as they would on a real server
+    from argon2 import PasswordHasher
+
+    checked = threading.Semaphore(0)  # one release per password checked
+
+    class Counting(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> bool:  # noqa: A002
+            checked.release()
+            return super().verify(hash, password)
+
+    real = Counting()
+    monkeypatch.setattr(staff, "_hasher", real)
+    monkeypatch.setattr(staff, "_DUMMY_HASH", real.hash("not a password"))
+    staff.create_user(pg_engine, "owner", "a-long-password", "owner")
+
+    def wrong_password() -> str:
+        try:
+            staff.sign_in(pg_engine, "owner", "wrong-password", "10.0.0.1", clock())
+        except staff.SignInFailed:
+            return "failed"
+        except staff.TooManyAttempts:
+            return "throttled"
+        return "signed-in"
+
+    # when twelve browsers try a wrong password for one username at once
+    outcomes = _race(12, wrong_password)
+    # then five are checked and the other seven refused unchecked
+    assert outcomes == ["failed"] * 5 + ["throttled"] * 7
+    assert sum(checked.acquire(blocking=False) for _ in range(12)) == 5
+    with pg_engine.connect() as conn:
+        rows = conn.execute(sa.select(w.login_failures.c.key, sa.func.count())
+                            .group_by(w.login_failures.c.key)).all()
+    assert sorted(rows) == [("ip:10.0.0.1", 5), ("user:owner", 5)]
+    with pytest.raises(staff.TooManyAttempts):  # the right password is refused too
+        staff.sign_in(pg_engine, "owner", "a-long-password", "10.0.0.2", clock(1))
+
+
+@pytest.mark.postgres
+def test_eight_link_requests_at_once_send_three_links(pg_engine: sa.Engine) -> None:
+    load_programme(pg_engine, WEB_CAFE)
+    members.upsert_member(pg_engine, "web-cafe", "m1", {"email": "m1@example.com"}, clock())
+
+    def ask() -> str:
+        try:
+            found = staff.request_link(pg_engine, "web-cafe", "m1@example.com", clock())
+        except staff.TooManyAttempts:
+            return "throttled"
+        return "link" if found is not None else "none"
+
+    assert _race(8, ask) == ["link"] * 3 + ["throttled"] * 5
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(w.signin_links)).scalar() == 3
+
+
+def test_a_right_password_leaves_no_failure_behind(engine: sa.Engine) -> None:
+    # given four failures for the username
+    staff.create_user(engine, "owner", "a-long-password", "owner")
+    for attempt in range(4):
+        with pytest.raises(staff.SignInFailed):
+            staff.sign_in(engine, "owner", f"wrong-{attempt}", "10.0.0.1", clock())
+    # when the right password signs in, twice, then a wrong one fails
+    staff.sign_in(engine, "owner", "a-long-password", "10.0.0.1", clock(1))
+    staff.sign_in(engine, "owner", "a-long-password", "10.0.0.1", clock(2))
+    with pytest.raises(staff.SignInFailed):
+        staff.sign_in(engine, "owner", "wrong-again", "10.0.0.1", clock(3))
+    # then only the five failures are counted: the sixth try is refused
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(w.login_failures).where(
+            w.login_failures.c.key == "user:owner")).scalar() == 5
+    with pytest.raises(staff.TooManyAttempts):
+        staff.sign_in(engine, "owner", "a-long-password", "10.0.0.1", clock(4))

@@ -21,7 +21,7 @@ from setia.adapters.db import tables as t
 from setia.adapters.db import tables_web as w
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import InvalidField, SetiaError
-from setia.service.common import Clock, transaction, utc_now
+from setia.service.common import Clock, advisory_xact_locks, transaction, utc_now
 
 ROLES = ("owner", "cashier")
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
@@ -149,45 +149,61 @@ def _prune_failures(uow: UnitOfWork, now: datetime) -> None:
         w.login_failures.c.at <= now - 2 * THROTTLE_WINDOW))
 
 
-def _fail(engine: sa.Engine, keys: list[str], now: datetime) -> None:
-    def work(uow: UnitOfWork) -> None:
-        _prune_failures(uow, now)
-        uow.execute(w.login_failures.insert(), [{"key": key, "at": now} for key in keys])
-        uow.commit()
-
-    transaction(engine, work)
+def _throttle(uow: UnitOfWork, limits: dict[str, int], now: datetime, error: str,
+              field: str) -> list[int]:
+    """Count each key's rows in the window and, when every key is under its limit, add one
+    row per key (their ids); else refuse with TooManyAttempts. Each key's advisory lock is
+    held to the commit, so concurrent tries of one key are counted one after another: no
+    two see the same count (SQLite has one writer and needs no lock)."""
+    advisory_xact_locks(uow, [("throttle", key) for key in limits])
+    if any(_failures(uow, key, now) >= limit for key, limit in limits.items()):
+        raise TooManyAttempts(error, field=field, retry_after=int(THROTTLE_WINDOW.seconds))
+    _prune_failures(uow, now)
+    return [uow.execute(w.login_failures.insert().values(key=key, at=now)
+                        .returning(w.login_failures.c.id)).scalar_one() for key in limits]
 
 
 def sign_in(engine: sa.Engine, username: str, password: str, client: str,
             clock: Clock = utc_now) -> tuple[str, Session]:
     """Check a staff user's password; answers a new session's cookie value and the session.
     Five failures for one username (or twenty from one address) within 15 minutes refuse
-    further tries, right or wrong, until the window has passed."""
+    further tries, right or wrong, until the window has passed.
+
+    A try is recorded as a failure before the password is checked: one transaction takes
+    the username's and the address's throttle locks, counts, adds a failure row for each
+    and commits (releasing the locks); argon2 then runs with no lock or transaction open,
+    and a right password deletes the try's two rows. So concurrent tries are counted one
+    by one and no more than five wrong passwords for a username are checked in a window; a
+    right password counts as a failure only while it is being checked."""
     now = clock()
     user_key, ip_key = f"user:{username.lower()[:64]}", f"ip:{client[:64]}"
 
-    def check(uow: UnitOfWork) -> Any:
-        if (_failures(uow, user_key, now) >= MAX_USER_FAILURES
-                or _failures(uow, ip_key, now) >= MAX_IP_FAILURES):
-            raise TooManyAttempts("too many failed sign-ins; try again in 15 minutes",
-                                  field="username", retry_after=int(THROTTLE_WINDOW.seconds))
-        return uow.execute(sa.select(w.staff_users).where(
+    def record(uow: UnitOfWork) -> tuple[list[int], Any]:
+        attempt = _throttle(uow, {user_key: MAX_USER_FAILURES, ip_key: MAX_IP_FAILURES}, now,
+                            "too many failed sign-ins; try again in 15 minutes", "username")
+        row = uow.execute(sa.select(w.staff_users).where(
             w.staff_users.c.username == username.lower())).one_or_none()
+        uow.commit()
+        return attempt, row
 
-    row = transaction(engine, check, read_only=True)
+    attempt, row = transaction(engine, record)
     ok: bool
     try:
         ok = _hasher.verify(row.password_hash if row else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         ok = False
     if not ok or row is None or row.disabled_at is not None:
-        _fail(engine, [user_key, ip_key], now)
         raise SignInFailed("wrong username or password", field="password")
-    if _hasher.check_needs_rehash(row.password_hash):
-        new_hash = _hasher.hash(password)
-        with engine.begin() as conn:
-            conn.execute(w.staff_users.update().where(w.staff_users.c.username == row.username)
-                         .values(password_hash=new_hash))
+    new_hash = _hasher.hash(password) if _hasher.check_needs_rehash(row.password_hash) else None
+
+    def succeed(uow: UnitOfWork) -> None:
+        uow.execute(w.login_failures.delete().where(w.login_failures.c.id.in_(attempt)))
+        if new_hash is not None:
+            uow.execute(w.staff_users.update().where(
+                w.staff_users.c.username == row.username).values(password_hash=new_hash))
+        uow.commit()
+
+    transaction(engine, succeed)
     return _new_session(engine, now, kind="staff", username=row.username)
 
 
@@ -245,17 +261,15 @@ def link_throttle_key(program_id: str, email: str) -> str:
 def request_link(engine: sa.Engine, program_id: str, email: str,
                  clock: Clock = utc_now) -> tuple[str, str] | None:
     """A one-time sign-in token for the member with this email: (member id, token), or
-    None when no member has it. At most three links per email in 15 minutes."""
+    None when no member has it. At most three links per email in 15 minutes, counted and
+    recorded under the email's throttle lock in one transaction (``_throttle``)."""
     now = clock()
     email = email.strip()
     key = link_throttle_key(program_id, email)
 
     def work(uow: UnitOfWork) -> tuple[str, str] | None:
-        if _failures(uow, key, now) >= MAX_LINKS:
-            raise TooManyAttempts("too many sign-in links asked for; try again in 15 minutes",
-                                  field="email")
-        _prune_failures(uow, now)
-        uow.execute(w.login_failures.insert().values(key=key, at=now))
+        _throttle(uow, {key: MAX_LINKS}, now,
+                  "too many sign-in links asked for; try again in 15 minutes", "email")
         member_id = uow.execute(sa.select(t.members.c.id).where(
             t.members.c.program_id == program_id,
             sa.func.lower(t.members.c.email) == email.lower()).order_by(t.members.c.pk)
