@@ -6,13 +6,18 @@ downloads, the portal's referral link and data download."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import re
+import threading
+import time
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -32,10 +37,18 @@ from setia.service import (
     staff,
     store_credit,
 )
-from tests.browser.web_server import WEB_CAFE
+from tests.browser.web_server import WEB_CAFE, Mailbox, link_in, smtp_server
 from tests.conftest import assert_journal_ok, at, load_programme
+from tests.e2e.api_server import free_port
 
 P = "web-cafe"
+PUBLIC = "https://rewards.web-cafe.example"  # SETIA_PUBLIC_URL of these tests
+
+
+@pytest.fixture(autouse=True)
+def public_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Emailed links point at the public URL; the client's Host header is not trusted."""
+    monkeypatch.setenv("SETIA_PUBLIC_URL", PUBLIC)
 
 
 @pytest.fixture(autouse=True)
@@ -428,6 +441,121 @@ def test_sign_in_request_answers_the_same_for_unknown_emails(cafe: sa.Engine,
     assert 'id="sent"' in known.text and 'id="sent"' in unknown.text
     # one link, for the known address only (the log filter masks the address itself)
     assert sum("sign-in link for" in r.getMessage() for r in caplog.records) == 1
+
+
+def ask_link(browser: TestClient, email: str, host: str | None = None) -> Any:
+    csrf = hidden(browser.get(f"/portal/{P}/signin").text, "csrf")
+    return browser.post(f"/portal/{P}/signin", data={"email": email, "csrf": csrf},
+                        headers={"host": host} if host else None)
+
+
+def same_page(answer: Any, email: str, other: Any, other_email: str) -> bool:
+    return bool(answer.status_code == other.status_code == 200 and 'id="sent"' in answer.text
+                and answer.text.replace(email, other_email) == other.text)
+
+
+def test_sign_in_links_point_at_the_public_url_never_the_host_header(
+        cafe: sa.Engine, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for n in range(1, 6):
+        members.upsert_member(cafe, P, f"m{n}", {"email": f"m{n}@example.com"})
+    browser = client(cafe)
+    with smtp_server() as (mailbox, port):
+        monkeypatch.setenv("SETIA_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("SETIA_SMTP_PORT", str(port))
+        # when an attacker asks for a member's link naming their own host
+        ask_link(browser, "m1@example.com", host="evil.example")
+        # then the member's link points at SETIA_PUBLIC_URL
+        assert link_in(mailbox.wait_for(1)).startswith(f"{PUBLIC}/portal/{P}/link/")
+        assert "evil.example" not in mailbox.messages[0].as_string()
+
+        # given no SETIA_PUBLIC_URL: no link for a host that is not a loopback name, a
+        # warning naming the setting, and the page of an unknown address
+        monkeypatch.delenv("SETIA_PUBLIC_URL")
+        caplog.clear()
+        refused = ask_link(browser, "m2@example.com", host="evil.example")
+        unknown = ask_link(browser, "nobody@example.com", host="evil.example")
+        assert same_page(refused, "m2@example.com", unknown, "nobody@example.com")
+        assert len(mailbox.messages) == 1
+        assert any("SETIA_PUBLIC_URL is not set" in r.getMessage() for r in caplog.records)
+        # a loopback host (setia demo on a laptop) gets its own address in the link
+        for n, host, base in [(3, "127.0.0.1:8000", "http://127.0.0.1:8000"),
+                              (4, "localhost:8000", "http://localhost:8000"),
+                              (5, "[::1]:8000", "http://[::1]:8000")]:
+            ask_link(browser, f"m{n}@example.com", host=host)
+            assert link_in(mailbox.wait_for(n - 1)).startswith(f"{base}/portal/{P}/link/")
+        assert len(mailbox.messages) == 4
+
+
+def test_a_known_address_is_mailed_and_smtp_down_answers_the_same_page(
+        cafe: sa.Engine, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    members.upsert_member(cafe, P, "m1", {"email": "m1@example.com"})
+    monkeypatch.setenv("SETIA_SMTP_HOST", "127.0.0.1")
+    browser = client(cafe)
+    with smtp_server() as (mailbox, port):
+        monkeypatch.setenv("SETIA_SMTP_PORT", str(port))
+        sent = ask_link(browser, "m1@example.com")
+        message = mailbox.wait_for(1)
+    assert sent.status_code == 200 and message["To"] == "m1@example.com"
+    assert message["Subject"] == "Your sign-in link for Web Cafe"
+    # when no SMTP server listens
+    monkeypatch.setenv("SETIA_SMTP_PORT", str(free_port()))
+    caplog.clear()
+    known = ask_link(browser, "m1@example.com")
+    unknown = ask_link(browser, "nobody@example.com")
+    # then the known address gets the unknown one's page, and the error is logged
+    assert same_page(known, "m1@example.com", unknown, "nobody@example.com")
+    assert [r.levelname for r in caplog.records
+            if "sign-in link not sent" in r.getMessage()] == ["ERROR"]
+
+
+@dataclass
+class HeldMailbox(Mailbox):
+    """Keeps each message waiting at DATA until ``release`` is set."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        while not self.release.is_set():
+            await asyncio.sleep(0.01)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_the_answer_does_not_wait_for_the_mail(cafe: sa.Engine,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a real server: the page answers while the SMTP server still holds the mail, so
+    a known address answers as quickly as an unknown one."""
+    import uvicorn
+    from aiosmtpd.controller import Controller
+
+    members.upsert_member(cafe, P, "m1", {"email": "m1@example.com"})
+    mailbox, smtp_port, web_port = HeldMailbox(), free_port(), free_port()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
+    monkeypatch.setenv("SETIA_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("SETIA_SMTP_PORT", str(smtp_port))
+    server = uvicorn.Server(uvicorn.Config(create_app(cafe), host="127.0.0.1", port=web_port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            time.sleep(0.01)
+        with httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=5) as browser:
+            csrf = hidden(browser.get(f"/portal/{P}/signin").text, "csrf")
+            answer = browser.post(f"/portal/{P}/signin",
+                                  data={"email": "m1@example.com", "csrf": csrf})
+        assert answer.status_code == 200 and 'id="sent"' in answer.text
+        assert mailbox.messages == []  # the mail is still held
+        mailbox.release.set()
+        assert link_in(mailbox.wait_for(1)).startswith(f"{PUBLIC}/portal/{P}/link/")
+    finally:
+        mailbox.release.set()
+        server.should_exit = True
+        thread.join(timeout=15)
+        smtp.stop()
 
 
 

@@ -3,11 +3,14 @@ redirects, and the helpers templates format with."""
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from fastapi import Request
@@ -22,6 +25,10 @@ STAFF_COOKIE = "setia_staff"
 MEMBER_COOKIE = "setia_member"
 LANG_COOKIE = "setia_lang"
 FORM_COOKIE = "setia_form"  # double-submit CSRF token of forms shown before signing in
+PUBLIC_URL = "SETIA_PUBLIC_URL"  # where members reach the site: the base of emailed links
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+log = logging.getLogger("setia.web")
 
 
 class WebRedirect(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -79,6 +86,26 @@ def member_session(request: Request, program: str) -> Session:
     if session is None or session.kind != "member" or session.program_id != program:
         raise WebRedirect(f"/portal/{program}/signin")
     return session
+
+
+def public_url(request: Request) -> str | None:
+    """The base of every link the server emails (``https://rewards.example.com``), never
+    the request's ``Host`` header, which the client chooses: SETIA_PUBLIC_URL. Without it
+    (a laptop trying the demo) the request's own base when its host is a loopback name,
+    which can only lead back to the machine that asked; else None, with a warning: then no
+    link is sent."""
+    configured = os.environ.get(PUBLIC_URL, "").strip().rstrip("/")
+    if configured:
+        parts = urlsplit(configured)
+        if parts.scheme in ("http", "https") and parts.hostname and not (
+                parts.query or parts.fragment):
+            return configured
+        log.warning("%s is not an http(s) URL without query or fragment; ignored", PUBLIC_URL)
+    if request.url.hostname in LOOPBACK_HOSTS:
+        return str(request.base_url).rstrip("/")
+    log.warning("%s is not set: no sign-in link is sent to a request for host %r; set it to "
+                "the address members reach this site at", PUBLIC_URL, request.url.hostname)
+    return None
 
 
 def check_csrf(expected: str | None, given: str) -> None:

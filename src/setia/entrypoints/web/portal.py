@@ -8,7 +8,7 @@ import json
 import secrets
 from typing import Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
 from setia.domain import rewards as reward_rules
@@ -22,6 +22,7 @@ from setia.entrypoints.web.base import (
     check_csrf,
     engine_of,
     form_token,
+    public_url,
     redirect,
     render,
     set_cookie,
@@ -75,29 +76,41 @@ def signin_form(request: Request, program: str) -> Response:
 
 
 @router.post("/portal/{program}/signin")
-def signin_request(request: Request, program: str, email: str = Form(""),
-                   csrf: str = Form("")) -> Response:
+def signin_request(request: Request, program: str, tasks: BackgroundTasks,
+                   email: str = Form(""), csrf: str = Form("")) -> Response:
+    """The same page, at once, whether or not a member has this email: the link is mailed
+    after the answer has gone (a background task), and a mail error is only logged. The
+    link points at SETIA_PUBLIC_URL, never at the Host the request named
+    (``base.public_url``); with neither that nor a loopback host no link is sent."""
     check_csrf(request.cookies.get(FORM_COOKIE), csrf)
     facts = _facts(request, program)
-    locale = _locale(request)
+    engine = engine_of(request)
     try:
-        found = staff.request_link(engine_of(request), program, email)
+        found = staff.request_link(engine, program, email)
     except staff.TooManyAttempts as exc:
         return _anonymous(request, program, "portal_signin.html", status=429, error=exc,
                           email=email)
-    if found is not None:
-        member_id, token = found
-        locale = _locale(request, staff.member_locale(engine_of(request), program, member_id))
-        base = (request.app.state.public_url if getattr(request.app.state, "public_url", None)
-                else str(request.base_url).rstrip("/"))
-        translate = i18n.translations(locale).gettext
-        send_signin_link(
-            email.strip(), f"{base}/portal/{program}/link/{token}",
-            translate("Your sign-in link for %(programme)s") % {"programme": facts["program_name"]},
-            translate("Open this link within 15 minutes to sign in. If you did not ask for it, "
-                      "ignore this email."))
+    base = public_url(request)
     # The same answer whether or not a member has this email.
-    return _anonymous(request, program, "portal_signin.html", sent=True, email=email)
+    response = _anonymous(request, program, "portal_signin.html", sent=True, email=email)
+    if found is not None and base is not None:
+        member_id, token = found
+        lang, cookie = request.query_params.get("lang"), request.cookies.get(LANG_COOKIE)
+        accept = i18n.from_accept_language(request.headers.get("accept-language"))
+
+        def mail() -> None:
+            locale = i18n.choose(lang, staff.member_locale(engine, program, member_id),
+                                 cookie, accept)
+            translate = i18n.translations(locale).gettext
+            send_signin_link(
+                email.strip(), f"{base}/portal/{program}/link/{token}",
+                translate("Your sign-in link for %(programme)s")
+                % {"programme": facts["program_name"]},
+                translate("Open this link within 15 minutes to sign in. If you did not ask "
+                          "for it, ignore this email."))
+
+        tasks.add_task(mail)
+    return response
 
 
 @router.get("/portal/{program}/link/{token}")
