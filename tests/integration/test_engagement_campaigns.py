@@ -463,3 +463,49 @@ def test_a_review_campaign_for_gold_counts_the_tier_held_before_the_review(engin
     assert rules_of(as_gold) == {"review": 20, "campaign:gold-review": 15}
     assert available(engine, "m1") == 90 + 20 + 20 + 15
     assert_journal_ok(engine)
+
+
+def test_a_refund_that_leaves_the_order_short_of_a_voucher_campaign_voids_its_voucher(engine):
+    from setia.service.redemptions import use_voucher
+
+    # Given a voucher for a free cake on purchases of RM 50 or more, and m1's and m2's
+    # purchases of RM 60 each (a voucher each); m2 uses hers at the till
+    programme(engine, campaigns=[{"id": "big-basket", "name": "Big basket",
+                                  "min_amount": "50.00",
+                                  "voucher": {"free_item": "cake", "valid_days": 30}}])
+    enrol(engine, "m1")
+    enrol(engine, "m2")
+    for member in ("m1", "m2"):
+        buy(engine, member, f"o-{member}", "2027-11-20T10:00:00+08:00", "60.00")
+    with engine.connect() as conn:
+        codes = dict(conn.execute(sa.text(
+            "SELECT m.id, v.code FROM vouchers v JOIN members m ON m.pk = v.member_pk")).all())
+    use_voucher(engine, P, codes["m2"], "till-1", clock=fixed_clock("2027-11-21T10:00:00+08:00"))
+
+    # When m1's order is refunded RM 5 (55 left: still RM 50), then RM 10 more (45 left),
+    # and m2's in full
+    refund(engine, "m1", "o-m1", "5.00", n=1)
+    with engine.connect() as conn:
+        kept_after_first = conn.execute(sa.text(
+            "SELECT used_at FROM vouchers WHERE code = :c"), {"c": codes["m1"]}).scalar_one()
+    refund(engine, "m1", "o-m1", "10.00", n=2)
+    refund(engine, "m2", "o-m2", "60.00")
+
+    # Then m1's voucher stayed while 55 were left, and is void once 45 are: she is told;
+    # m2's stays used, told nothing more; neither award keeps its voucher
+    assert kept_after_first is None
+    assert check_voucher(engine, P, codes["m1"], CLOCK)["status"] == "used"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT code, used_ref FROM vouchers ORDER BY code")).all() == sorted(
+            [(codes["m1"], "refund r2-o-m1"), (codes["m2"], "till-1")])
+        assert conn.execute(sa.text(
+            "SELECT m.id, a.kept FROM campaign_awards a JOIN members m ON m.pk = a.member_pk "
+            "ORDER BY m.id")).all() == [("m1", 0), ("m2", 0)]
+        voided = [json.loads(row[0]) if isinstance(row[0], str) else row[0]
+                  for row in conn.execute(sa.text(
+                      "SELECT data FROM outbox WHERE type = 'voucher.voided'"))]
+    assert voided == [{"program": P, "member": "m1", "ref": "r2-o-m1", "code": codes["m1"],
+                       "reward": "campaign:big-basket",
+                       "voided_at": "2027-12-01T10:00:00+08:00"}]
+    assert_journal_ok(engine)

@@ -167,9 +167,7 @@ def campaign_points_after_refund(campaign: Campaign, awarded: int, purchase: Eve
     bonus goes whole when the order is refunded in full or falls below min_amount; a rate
     or multiplier is recomputed on what is left. Never more than was awarded (a capped or
     budget-limited award stays capped)."""
-    if left_amount <= 0:
-        return 0
-    if campaign.min_amount is not None and left_amount < campaign.min_amount:
+    if not campaign_still_qualifies(campaign, left_amount):
         return 0
     if campaign.points is not None:
         return awarded
@@ -180,6 +178,14 @@ def campaign_points_after_refund(campaign: Campaign, awarded: int, purchase: Eve
     assert campaign.multiplier is not None
     base = multiplied_base(campaign, rule_points_left)
     return min(awarded, math.floor((campaign.multiplier - 1) * base))
+
+
+def campaign_still_qualifies(campaign: Campaign, left_amount: Decimal) -> bool:
+    """Whether what is left of an order after refunds still qualifies for the campaign:
+    not once it is refunded in full or falls below ``min_amount``. A fixed points bonus or
+    a voucher stays whole while it does, and goes whole when it does not."""
+    return left_amount > 0 and (campaign.min_amount is None
+                                or left_amount >= campaign.min_amount)
 
 
 def grant_within(wanted: int, *, budget: int | None, used: int, per_member: int | None,

@@ -46,7 +46,7 @@ def after_event(uow: UnitOfWork, programme: Programme, member: Member, event: Ev
     if event.type == "refund":
         # even when the current version has none of the sections: the order may have
         # earned campaign points or stamps under an earlier one
-        return _after_refund(uow, programme, member, event)
+        return _after_refund(uow, programme, member, event, now)
     if not has_engagement(programme):
         return 0
     rule_points: dict[str, int] = {}
@@ -400,10 +400,13 @@ def add_stamps(uow: UnitOfWork, programme: Programme, member: Member, card: Stam
 # -- refunds ------------------------------------------------------------------------------
 
 
-def _after_refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event) -> int:
+def _after_refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
+                  now: datetime) -> int:
     """Take back what the refunded part of the order earned: campaign and membership
-    points are recomputed on what is left (never more than was given), and the stamps the
-    order gave are lowered. Rewards of cards already completed stay (docs/engagement.md)."""
+    points are recomputed on what is left (never more than was given), a campaign's
+    voucher is voided (if not used yet) once what is left no longer qualifies, and the
+    stamps the order gave are lowered. Rewards of cards already completed stay
+    (docs/engagement.md)."""
     assert event.order_id is not None
     order = uow.order(programme.id, event.order_id, programme.currency)
     assert order is not None, "the core refund has checked the order"
@@ -415,10 +418,13 @@ def _after_refund(uow: UnitOfWork, programme: Programme, member: Member, event: 
     clawed = 0
     awards = uow.execute(sa.select(a).where(
         a.c.program_id == programme.id, a.c.order_id == order.order_id,
-        a.c.member_pk == member.pk, a.c.kept > 0, a.c.voucher_code.is_(None),
+        a.c.member_pk == member.pk, a.c.kept > 0,
     ).order_by(a.c.campaign_id)).mappings().all()
     for row in awards:
         original = uow.programme(programme.id, row["program_version"]) or programme
+        if row["voucher_code"] is not None:
+            _void_campaign_voucher(uow, programme, original, member, row, order, event, now)
+            continue
         keep = _kept_after_refund(original, row, purchase, left_lines, order.left,
                                   order.awards)
         back = row["kept"] - keep
@@ -435,6 +441,32 @@ def _after_refund(uow: UnitOfWork, programme: Programme, member: Member, event: 
         clawed += back
     _lower_stamps(uow, programme, member, order, event)
     return -clawed
+
+
+def _void_campaign_voucher(uow: UnitOfWork, programme: Programme, original: Programme,
+                           member: Member, row: Any, order: Any, event: Event,
+                           now: datetime) -> None:
+    """A voucher campaign's award once a refund leaves the order short of the campaign
+    (refunded in full, or below its ``min_amount``: ``rules.campaign_still_qualifies``): the
+    award keeps nothing, and the voucher, if not used yet, is voided and the member told.
+    A voucher used already stays used."""
+    campaign = next((c for c in original.model.campaigns or [] if c.id == row["campaign_id"]),
+                    None)
+    if campaign is None or rules.campaign_still_qualifies(campaign, order.left):
+        return
+    a, v = te.campaign_awards, t.vouchers
+    uow.execute(a.update().where(a.c.program_id == programme.id,
+                                 a.c.campaign_id == row["campaign_id"],
+                                 a.c.ref == row["ref"]).values(kept=0))
+    voided = uow.execute(v.update().where(
+        v.c.program_id == programme.id, v.c.code == row["voucher_code"], v.c.used_at.is_(None))
+        .values(used_at=event.occurred_at, used_ref=f"refund {event.id}"[:200])
+        .returning(v.c.code, v.c.reward_id, v.c.expires_at)).first()
+    if voided is not None and (voided.expires_at is None
+                               or voided.expires_at > event.occurred_at):
+        outbox.voucher_voided(uow, programme, member, code=voided.code,
+                              reward=voided.reward_id, ref=event.id,
+                              voided_at=event.occurred_at, told_at=now)
 
 
 def _kept_after_refund(original: Programme, row: Any, purchase: Event,
