@@ -159,3 +159,26 @@ def test_campaign_return_compares_members_reached_and_held_out_in_the_range(
         "spend_per_member": "60.00", "holdout_members": 1,
         "holdout_spend_per_member": "30.00", "incremental_spend": "30.00"}]
     assert_journal_ok(engine)
+
+
+def test_incremental_spend_is_worked_out_from_the_sums_and_rounded_once(
+        engine: sa.Engine) -> None:
+    # Given 10 points a purchase, half the members held out
+    programme(engine, {"id": "even", "name": "Even", "points": 10, "holdout": "0.5"})
+    (h1, h2), (t1, t2, t3) = members("even", "0.5", held=2, treated=3)
+    enrol(engine, h1, h2, t1, t2, t3)
+    # When three members reached spend 100.00 between them and two held out 50.01
+    for n, (member, amount) in enumerate(((t1, "33.33"), (t2, "33.33"), (t3, "33.34"),
+                                          (h1, "25.00"), (h2, "25.01"))):
+        buy(engine, member, f"o{n}", f"2027-03-0{n + 1}T10:00:00+08:00", amount)
+    # Then incremental spend = (100.00 / 3 - 50.01 / 2) x 3 = (200.00 - 150.03) / 2 = 24.985
+    # exactly, 24.99 rounded once, half up (from the two means, 33.3333.. - 25.005, times 3
+    # in floats, it was 24.98499.. and showed as 24.98)
+    assert campaigns(engine, D(2027, 3, 1), D(2027, 3, 31)) == [
+        ("even", 30, 3, 3_000.0, 1_000_000 / 3, 2, 250_050.0, 249_850.0)]
+    answer = an.metrics(engine, P, D(2027, 3, 1), D(2027, 3, 31), ("campaigns",))
+    assert answer["metrics"]["campaigns"] == [{
+        "campaign": "even", "points": 30, "members": 3, "cost": "0.30",
+        "spend_per_member": "33.33", "holdout_members": 2,
+        "holdout_spend_per_member": "25.01", "incremental_spend": "24.99"}]
+    assert_journal_ok(engine)

@@ -290,6 +290,34 @@ def test_nps_and_satisfaction_from_surveys(other_features: sa.Engine) -> None:
     ]
 
 
+def test_nps_is_negative_where_detractors_outnumber_promoters(cafe: sa.Engine) -> None:
+    # Given January's scores 10, 2, 3 and 5 (ratings 4, 1, 2, 3) and February's 9 (rating 5)
+    from setia.adapters.db import tables
+
+    with cafe.connect() as conn:
+        pk = dict(conn.execute(sa.text(
+            "SELECT id, pk FROM members WHERE program_id = :p"), {"p": P}).all())
+    answers = [("ann", 10, 4, "2027-01-20"), ("bob", 2, 1, "2027-01-21"),
+               ("cat", 3, 2, "2027-01-22"), ("ann", 5, 3, "2027-01-23"),
+               ("bob", 9, 5, "2027-02-10")]
+    with cafe.begin() as conn:
+        conn.execute(tables.metadata.tables["survey_responses"].insert(), [
+            {"id": f"resp-{n}", "program_id": P, "survey_id": "visit", "member_pk": pk[member],
+             "member_id": member, "nps": nps, "rating": rating, "answers": {}, "points": 0,
+             "submitted_at": datetime.fromisoformat(f"{day}T10:00:00+08:00").astimezone(UTC)}
+            for n, (member, nps, rating, day) in enumerate(answers)])
+    # When the surveys are reported
+    frame = run(cafe, "surveys")
+    # Then January: 1 promoter, 3 detractors of 4: (1 - 3) x 100 / 4 = -50.00 (the unsigned
+    # counts wrapped to 1073741774.0); ratings 2.5. February: 1 promoter of 1, 100.00
+    assert rows(frame) == [
+        (D(2027, 1, 1), 4, 1, 3, 2.5, -50.0),
+        (D(2027, 2, 1), 1, 1, 0, 5.0, 100.0),
+    ]
+    answer = an.metrics(cafe, P, D(2027, 1, 1), D(2027, 1, 31), ("surveys",))
+    assert answer["metrics"]["surveys"][0]["nps"] == -50.0
+
+
 def test_paid_membership_fees(other_features: sa.Engine) -> None:
     assert rows(run(other_features, "memberships")) == [(D(2027, 1, 1), 1, 200_000)]
 

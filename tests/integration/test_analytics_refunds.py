@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from setia.adapters.db.analytics_read import reader
 from setia.service import analytics as an
 from setia.service import analytics_reports as reports
+from setia.service import fraud
 from setia.service.clv import clv_report
 from setia.service.events import ingest_event
 from setia.service.insights import dashboard
@@ -212,3 +213,62 @@ def test_a_clawback_counts_at_the_store_channel_partner_and_tier_of_its_order(
     assert rows(sales.select("store", "purchases", "member_sales_e4")) == [
         ("s1", 1, 300_000), ("s2", 1, 300_000)]
     assert_journal_ok(two_shops)
+
+
+HELD = "held"
+
+
+@pytest.fixture
+def held_shops(engine: sa.Engine) -> sa.Engine:
+    """Programme "held" (Duo's, with a fraud limit of 50 points a day): vic buys 10.00 at
+    s1 (pos, kopi) on 01-10, then 100.00 at s2 (app, roti) on 01-20, whose 100 points are
+    held for review (over the daily limit); the review is rejected on 02-05 and its
+    ``review_reject`` posting (ref ``review:<id>``) takes the 100 points back."""
+    load_programme(engine, {**TWO_SHOPS, "id": HELD,
+                            "fraud": {"velocity": [{"per": "day", "max_points": 50}]}})
+    upsert_member(engine, HELD, "vic", {}, fixed_clock("2027-01-05T09:00:00+08:00"))
+    answers = [ingest_event(engine, HELD, {
+        "id": event_id, "type": "purchase", "member": "vic", "occurred_at": when,
+        "order_id": f"o-{event_id}", "amount": amount, "currency": "MYR",
+        "store": store, "channel": channel, "partner": partner}, fixed_clock(when))
+        for event_id, when, amount, store, channel, partner in (
+            ("v1", "2027-01-10T10:00:00+08:00", "10.00", "s1", "pos", "kopi"),
+            ("v2", "2027-01-20T10:00:00+08:00", "100.00", "s2", "app", "roti"))]
+    assert "review" not in answers[0] and answers[1]["review"]["held"] is True
+    (review,) = fraud.reviews(engine, HELD)
+    fraud.decide(engine, HELD, int(review["id"]), "reject", "reject-v2",
+                 fixed_clock("2027-02-05T10:00:00+08:00"))
+    return engine
+
+
+@pytest.mark.parametrize(("by", "home", "order"), [
+    ("store", "s1", "s2"), ("channel", "pos", "app"), ("partner", "kopi", "roti")])
+def test_a_rejected_reviews_take_back_counts_at_the_order_it_takes_back(
+        held_shops: sa.Engine, by: str, home: str, order: str) -> None:
+    # When January and February's points, and their total, are asked by the dimension
+    frame = run(held_shops, "points", D(2027, 1, 1), D(2027, 2, 28), program=HELD, by=by)
+    total = run(held_shops, "points", D(2027, 1, 1), D(2027, 2, 28), program=HELD, by=by,
+                grain="total")
+    # Then (period, dimension, outstanding, issued): the take-back of 02-05 counts where
+    # order o-v2 earned its 100 points (s2, app, roti), not at vic's home (her first order's:
+    # s1, pos, kopi), which keeps its 10 (it was given 10 - 100 = -90 and s2 kept 100)
+    assert rows(frame.select("period", by, "outstanding", "issued")) == sorted([
+        (D(2027, 1, 1), home, 10, 10), (D(2027, 1, 1), order, 100, 100),
+        (D(2027, 2, 1), home, 10, 0), (D(2027, 2, 1), order, 0, -100)])
+    assert rows(total.select(by, "outstanding", "issued")) == sorted([
+        (home, 10, 10), (order, 0, 0)])
+    assert_journal_ok(held_shops)
+
+
+def test_a_rejected_reviews_take_back_counts_at_the_tier_its_order_was_bought_at(
+        held_shops: sa.Engine) -> None:
+    # Given vic is Gold now (110.00 of spend took her there on 01-20), and bought o-v2 as
+    # a member
+    assert an.load(held_shops, HELD).members.select("tier").item() == "gold"
+    # When the points are asked by tier
+    frame = run(held_shops, "points", D(2027, 1, 1), D(2027, 2, 28), program=HELD, by="tier")
+    # Then the take-back counts at "member", the tier o-v2 was bought at, as its 100 points
+    # did (it was counted at vic's tier now: gold -100, member keeping 110)
+    assert rows(frame.select("period", "tier", "outstanding", "issued")) == [
+        (D(2027, 1, 1), "member", 110, 110), (D(2027, 2, 1), "member", 10, -100)]
+    assert_journal_ok(held_shops)

@@ -14,7 +14,8 @@ Definitions (docs/analytics.md has them with examples):
   retention, RFM) use the member's current tier and the store, channel and
   partner of the member's first order (even one refunded in full later).
   Postings that come from an order take its dimensions, a refund's clawback
-  those of the order it refunds, the others the member's.
+  those of the order it refunds, a rejected fraud review's take-back those of the
+  order reviewed, the others the member's.
 - Points issued = earned net of clawbacks; redeemed and expired likewise net
   of reversals; outstanding = the points in member accounts at the end of a
   period; liability = outstanding × cost per point.
@@ -100,7 +101,10 @@ class Dataset:
     so no money sum misses them). ``refunded_orders`` are the others, read with ``by`` only:
     the postings of such an order (its points, their clawback) keep its dimensions.
     ``refunds`` (with ``by`` only): the order each refund with a clawback refunds (``ref``,
-    ``order_id``), so that a clawback counts where the order's points were earned."""
+    ``order_id``), so that a clawback counts where the order's points were earned.
+    ``reviews`` (with ``by`` only): the event each rejected fraud review reviewed (``ref``
+    ``review:<id>``, ``event_id``: ``Reader.rejected_reviews``), so that its take-back
+    counts where the reviewed purchase earned the points it takes back."""
 
     programme: Programme
     members: pl.DataFrame
@@ -112,6 +116,7 @@ class Dataset:
     optional: dict[str, pl.DataFrame | None] = field(default_factory=dict)
     refunded_orders: pl.DataFrame | None = None
     refunds: pl.DataFrame | None = None
+    reviews: pl.DataFrame | None = None
 
     @property
     def tz(self) -> str:
@@ -182,6 +187,7 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
                 postings = read.postings(program_id, detail=by is not None)
             guests = read.guest_sales(program_id)
             refunds = read.refunded_orders(program_id) if dims else None
+            reviews = read.rejected_reviews(program_id) if dims else None
             extra = {}
             if optional:
                 for name in ("campaign_holdouts", "coupon_uses", "survey_responses",
@@ -196,7 +202,8 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
     if by in ("store", "channel", "partner"):
         # The member's "home" dimensions: those of the first order, even one refunded in
         # full later (where the member first came). Postings of an order (and a refund's
-        # clawback, through ``refunds``) take the order's own (``_posting_dims``).
+        # clawback, through ``refunds``, or a rejected review's take-back, through
+        # ``reviews``) take the order's own (``_posting_dims``).
         first = (
             pl.concat([orders, *([refunded] if refunded is not None else [])])
             .sort("occurred_at", "order_id")
@@ -210,7 +217,7 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
                                  pl.lit(None, pl.String).alias("tier"))
     campaign_postings = campaign_postings.with_columns(_local_date("occurred_at", tz))
     return Dataset(programme, members, orders, postings, lots, guests, campaign_postings, extra,
-                   refunded, refunds)
+                   refunded, refunds, reviews)
 
 
 # ----------------------------------------------------------------------------- periods
@@ -439,8 +446,9 @@ def churn(data: Dataset, options: Options) -> pl.DataFrame:
 
 def _posting_dims(data: Dataset, options: Options) -> pl.DataFrame:
     """The postings with the ``by`` dimension: a purchase's postings take its order's, a
-    refund's (its clawback) the order it refunds (where the points it takes back were
-    earned), the others (signup, redemption, expiry ...) the member's."""
+    refund's (its clawback) the order it refunds and a rejected fraud review's take-back
+    (``review:<id>``) the order of the purchase reviewed (where the points they take back
+    were earned), the others (signup, redemption, expiry ...) the member's."""
     postings = data.postings
     if options.by is None:
         return postings
@@ -453,13 +461,19 @@ def _posting_dims(data: Dataset, options: Options) -> pl.DataFrame:
     # the refunding member's own postings only (the order is that member's)
     from_refund = refunds.join(orders, on="order_id").select(
         "ref", "member_pk", pl.col(dim).alias("_r"))
+    reviews = data.reviews if data.reviews is not None else pl.DataFrame(
+        schema={"ref": pl.String, "event_id": pl.String})
+    # a review of another event than a purchase (a signup, a referral) finds no order
+    from_review = reviews.join(orders, on="event_id").select(
+        "ref", "member_pk", pl.col(dim).alias("_v"))
     from_member = data.members.select("member_pk", pl.col(dim).alias("_m"))
     return (
         postings.join(from_order, on="ref", how="left")
         .join(from_refund, on=["ref", "member_pk"], how="left")
+        .join(from_review, on=["ref", "member_pk"], how="left")
         .join(from_member, on="member_pk", how="left")
-        .with_columns(pl.coalesce("_o", "_r", "_m").fill_null(NONE).alias(dim))
-        .drop("_o", "_r", "_m")
+        .with_columns(pl.coalesce("_o", "_r", "_v", "_m").fill_null(NONE).alias(dim))
+        .drop("_o", "_r", "_v", "_m")
     )
 
 
@@ -577,7 +591,8 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
         .join(spend, on="member_pk", how="left")
         .group_by("campaign")
         .agg(pl.col("spend_e4").fill_null(0).mean().alias("spend_per_member_e4"),
-             pl.len().alias("entered"))
+             pl.len().alias("entered"),
+             pl.col("spend_e4").fill_null(0).sum().alias("_entered_spend_e4"))
     )
     out = reached.join(treated, on="campaign", how="left")
     if held_members is not None:
@@ -588,6 +603,7 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
             .agg(
                 pl.len().alias("holdout_members"),
                 pl.col("spend_e4").fill_null(0).mean().alias("holdout_spend_per_member_e4"),
+                pl.col("spend_e4").fill_null(0).sum().alias("_holdout_spend_e4"),
             )
         )
         out = out.join(held, on="campaign", how="left")
@@ -595,12 +611,21 @@ def campaigns(data: Dataset, options: Options) -> pl.DataFrame:
         out = out.with_columns(
             pl.lit(None, pl.UInt32).alias("holdout_members"),
             pl.lit(None, pl.Float64).alias("holdout_spend_per_member_e4"),
+            pl.lit(None, pl.Int64).alias("_holdout_spend_e4"),
         )
-    # the lift measured on the members who entered in the range, for those members
+    # The lift measured on the members who entered in the range, for those members:
+    # (spent / n - held spent / m) x n = (spent x m - held spent x n) / m, from the whole
+    # sums with one division (Python's integers: exact at any size, the quotient the float
+    # nearest the exact value), so that ``money`` rounds the value itself once. The two
+    # float means subtracted and multiplied rounded it twice: 24.98499.. for 24.985.
+    lift = [
+        None if None in (spent, n, held_spent, m) else (spent * m - held_spent * n) / m
+        for spent, n, held_spent, m in out.select(
+            "_entered_spend_e4", "entered", "_holdout_spend_e4", "holdout_members").iter_rows()
+    ]
     return out.with_columns(
-        ((pl.col("spend_per_member_e4") - pl.col("holdout_spend_per_member_e4"))
-         * pl.col("entered")).alias("incremental_spend_e4")
-    ).drop("entered").sort("campaign")
+        pl.Series("incremental_spend_e4", lift, dtype=pl.Float64)
+    ).drop("entered", "_entered_spend_e4", "_holdout_spend_e4").sort("campaign")
 
 
 def _amount_e4(frame: pl.DataFrame, names: tuple[str, ...]) -> pl.Expr | None:
@@ -647,10 +672,11 @@ def surveys(data: Dataset, options: Options) -> pl.DataFrame | None:
             pl.col("rating").cast(pl.Float64).mean().round(4).alias("satisfaction"),
         )
     )
+    # the counts are unsigned (UInt32): promoters - detractors wraps below 0 unless signed
+    net = pl.col("promoters").cast(pl.Int64) - pl.col("detractors").cast(pl.Int64)
     return out.with_columns(
         pl.when(pl.col("nps_responses") > 0)
-        .then(((pl.col("promoters") - pl.col("detractors")) * 100 / pl.col("nps_responses"))
-              .round(2))
+        .then((net * 100 / pl.col("nps_responses")).round(2))
         .otherwise(None).alias("nps")
     ).sort("period")
 
