@@ -749,8 +749,31 @@ def test_a_rejected_purchase_leaves_the_spend_and_visits_tier_metrics(engine, be
     # Then her March counts e1 and e2 only: RM 30 over two visits, and their 30 points,
     # whatever was refunded when (nothing of e3 is counted twice, nor taken off twice)
     assert buckets(engine) == [("2027-03", 300_000, 30, 2)]
-    # and she keeps Gold until her next review, as after a refund
-    assert get_member(engine, P, "m1", CLOCK)["tier"]["id"] == "gold"
+    # and the Gold that e3 lifted her to is gone at once (not at her next review), told
+    # with the rejection
+    assert get_member(engine, P, "m1", CLOCK)["tier"]["id"] == "member"
+    with engine.connect() as conn:
+        told = [json.loads(row[0]) if isinstance(row[0], str) else row[0]
+                for row in conn.execute(sa.text(
+                    "SELECT data FROM outbox WHERE type = 'tier.changed' ORDER BY id"))]
+    assert [(m["ref"], m["from"], m["to"]) for m in told] == [
+        ("e3", "member", "gold"), (f"review:{review}", "gold", "member")]
+    assert_journal_ok(engine)
+
+
+@pytest.mark.parametrize(("later", "tier"), [("25.00", "gold"), ("15.00", "member")])
+def test_a_rejected_purchase_leaves_a_tier_its_lift_is_still_earned_by(engine, later, tier):
+    # Given tiers by spend (Gold at 50), m1's third purchase of the hour (RM 30) held,
+    # which made her Gold on RM 60, and a later purchase of hers an hour on
+    review = held_m1_under(engine, {**PROGRAMME, "tiers": SPEND_TIERS})
+    ingest_event(engine, P, purchase("e4", "m1", "2027-03-01T11:45:00+00:00", later), CLOCK)
+
+    # When the review is rejected
+    fraud.decide(engine, P, review, "reject", "k1", CLOCK)
+
+    # Then she stays Gold where her other purchases reach it (RM 30 + 25), and goes back
+    # to Member where they do not (RM 30 + 15)
+    assert get_member(engine, P, "m1", CLOCK)["tier"]["id"] == tier
     assert_journal_ok(engine)
 
 

@@ -12,6 +12,7 @@ from setia.domain.programme import Programme, compile_programme, validate_docume
 from setia.domain.tiers import (
     Bucket,
     after_event,
+    after_taken_back,
     higher,
     level_for,
     metric_value,
@@ -229,3 +230,26 @@ def test_ranks_are_the_programmes_own_positions_of_its_levels():
     # an unknown id (or none) is the first level, as its rank is the first's
     assert prog.level("bronze").id == "member" and prog.level(None).id == "member"
     assert prog.level("platinum").threshold == Decimal(1000)
+
+
+@pytest.mark.parametrize(("current", "held_then", "buckets", "floor", "expected"), [
+    # a lift to Platinum taken back: what this year's RM 400 earns (Gold)
+    ("platinum", "member", {"m2027_03": "400.00"}, None, "gold"),
+    # never below the tier held when the purchase was made
+    ("platinum", "gold", {"m2027_03": "100.00"}, None, "gold"),
+    # nor below a paid membership's floor
+    ("platinum", "member", {"m2027_03": "100.00"}, "gold", "gold"),
+    # nor below the status last year's metric earned (calendar year: it lasts this year)
+    ("platinum", "member", {"m2026_05": "1200.00", "m2027_03": "100.00"}, None, "platinum"),
+    # reached by the other purchases still: stays
+    ("gold", "member", {"m2027_03": "350.00"}, None, "gold"),
+    # the purchase lifted nothing (held then as now): stays, even where the metric is lower
+    ("gold", "gold", {}, None, "gold"),
+])
+def test_a_tier_lift_taken_back_goes_back_to_what_the_metric_earns(
+        current: str, held_then: str, buckets: dict[str, str], floor: str | None,
+        expected: str) -> None:
+    p = programme()
+    level = after_taken_back(p, p.level(current), p.level(held_then), spend(**buckets),
+                             local(2027, 3, 20), p.level(floor) if floor else None)
+    assert level.id == expected

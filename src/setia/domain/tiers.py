@@ -123,6 +123,23 @@ def review(
     return level_for(programme, metric_value(programme, buckets, window_months(programme, local)))
 
 
+def after_taken_back(programme: Programme, current: Level, held_then: Level,
+                     buckets: Mapping[str, Bucket], local: datetime,
+                     floor: Level | None = None) -> Level:
+    """The tier once a purchase that may have lifted it is taken back as fraud (its spend,
+    visit and points already out of ``buckets``): what the metric now earns, as a review
+    at ``local`` would set it, but never below ``held_then`` (the tier held when the
+    purchase was made: the order keeps it) nor a paid membership's ``floor``, and never
+    above ``current``. A tier held since before the purchase, or reached by other
+    purchases since, stays."""
+    if rank(programme, current.id) <= rank(programme, held_then.id):
+        return current
+    level = higher(programme, held_then, review(programme, current, buckets, local))
+    if floor is not None:
+        level = higher(programme, level, floor)
+    return level if rank(programme, level.id) < rank(programme, current.id) else current
+
+
 def next_level(
     programme: Programme, current: Level, buckets: Mapping[str, Bucket], local: datetime
 ) -> dict[str, object] | None:

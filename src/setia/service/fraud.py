@@ -38,7 +38,7 @@ from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.domain.refunds import Order
-from setia.service import audit, outbox, partners, referrals, store_credit
+from setia.service import audit, memberships, outbox, partners, referrals, store_credit
 from setia.service.common import (
     Clock,
     advisory_xact_lock,
@@ -154,6 +154,21 @@ def _taken_by_rejection(uow: UnitOfWork, programme: Programme, member: Member, r
         if order.left > 0:
             member.add_to_bucket(tiers.month_key(order.occurred_at.astimezone(programme.tz)),
                                  spend=-order.left, visits=-1)
+
+
+def _tier_lift_undone(uow: UnitOfWork, programme: Programme, member: Member, order: Order,
+                      now: datetime) -> None:
+    """A rejected purchase lifts no tier: a member it lifted goes back to what her metric
+    now earns (``tiers.after_taken_back``: not below the tier she held when she made it,
+    nor her paid membership's floor) at once, not at her next review. Only a tier above
+    the one she held then is looked at: no query otherwise."""
+    current = programme.level(member.tier_id)
+    held_then = programme.level(order.tier_id)
+    if tiers.rank(programme, current.id) <= tiers.rank(programme, held_then.id):
+        return
+    member.tier_id = tiers.after_taken_back(
+        programme, current, held_then, member.buckets, now.astimezone(programme.tz),
+        memberships.held_floor(uow, programme, member, now)).id
 
 
 def purchase_rejected(uow: UnitOfWork, original: Programme, order: Order) -> bool:
@@ -333,6 +348,7 @@ def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, ke
                 raise trust.ReviewDecided(f"review {review_id} was already {row.status}",
                                           field="review")
             before = balances(member)
+            tier_before = member.tier_id
             ledger = member.ledger
             held = bool(row.reasons["held"])
             if decision == "approve":
@@ -354,11 +370,13 @@ def decide(engine: sa.Engine, program_id: str, review_id: int, decision: str, ke
                 order = _order_of(uow, programme, member, row)
                 _taken_by_rejection(uow, programme, member, row, take, order)
                 if order is not None:
+                    _tier_lift_undone(uow, programme, member, order, now)
                     _purchase_rejected(uow, programme, member, order, review_id, now)
                 status = "rejected"
             made = uow.record(program_id, member,
                               PostingContext(f"review:{review_id}", programme.version, now))
-            outbox.changed(uow, programme, member, made, f"review:{review_id}", now)
+            outbox.changed(uow, programme, member, made, f"review:{review_id}", now,
+                           tier_before=tier_before)
             partners.settle_taken_back(uow, programme, row.event_id, f"review:{review_id}",
                                        made, now)
             actor = audit.current_actor()
