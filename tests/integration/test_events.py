@@ -181,6 +181,36 @@ def test_an_event_for_an_unknown_member_is_refused_and_changes_nothing(kopi):
     assert_journal_ok(kopi)
 
 
+@pytest.mark.parametrize("event_type", ["birthday", "signup", "anniversary"])
+def test_an_event_setia_posts_itself_cannot_be_sent(kopi, event_type):
+    # Given a member (enrolment posted her signup) and the journal as it stands
+    from setia.domain.errors import InvalidField
+    from setia.service.batch import ingest_batch
+
+    enrol(kopi)
+    before = postings_count(kopi)
+    sent = {"id": f"x-{event_type}", "type": event_type, "member": "cust-1",
+            "occurred_at": "2027-03-01T10:00:00+08:00"}
+
+    # When a till sends one, alone, in a batch or to simulate
+    with pytest.raises(InvalidField) as alone:
+        ingest_event(kopi, P, sent, CLOCK)
+    with pytest.raises(InvalidField) as simulated:
+        simulate_event(kopi, P, sent, CLOCK)
+    (in_batch,) = ingest_batch(kopi, P, [sent], CLOCK)
+
+    # Then each is refused naming the type (run-due's birthday bonus is paid once a year,
+    # not for every event a till sends), and nothing was written
+    assert alone.value.field == simulated.value.field == "type"
+    assert str(alone.value).startswith(f"{event_type} events cannot be sent: ")
+    assert (in_batch["status"], in_batch["problem"]["field"]) == ("rejected", "events[0].type")
+    assert postings_count(kopi) == before
+    with kopi.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT count(*) FROM events WHERE id LIKE 'x-%'")).scalar_one() == 0
+    assert_journal_ok(kopi)
+
+
 def test_simulating_an_event_answers_its_points_and_writes_nothing(kopi):
     # Given a member
     enrol(kopi)

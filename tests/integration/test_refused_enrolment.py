@@ -418,7 +418,7 @@ def test_a_tills_own_signup_event_is_not_taken_for_an_erased_persons_signup(sqli
     ingest_event(engine, "p", purchase("k1", "kay", "o-k1", when="2027-01-05T09:00:00+08:00"),
                  fixed_clock("2027-01-05T10:00:00+08:00"))
     assert prune_events(engine, CLOCK()) == {"p": 2}
-    own = {"id": "signup:kay", "type": "signup", "member": "kay", "attributes": {"till": 3},
+    own = {"id": "signup:kay", "type": "visit", "member": "kay", "attributes": {"till": 3},
            "occurred_at": "2027-05-30T09:00:00+08:00"}
     assert ingest_event(engine, "p", own, CLOCK)["status"] == "applied"
     erase_member(engine, "p", "kay", "erase-kay", CLOCK)

@@ -167,6 +167,22 @@ def _refund_lines(raw: Any, currency: str) -> tuple[RefundLine, ...]:
     return tuple(out)
 
 
+# Event types Setia posts itself, once: a client sending one would be paid again each time
+# (a birthday bonus every day), so the API, batches and imports refuse them.
+POSTED_BY_SETIA = {"signup": "enrolment (PUT .../members/{member}) posts it",
+                   "birthday": "run-due posts it on the member's birthday, once a year",
+                   "anniversary": "run-due posts it on the enrolment anniversary, once a year"}
+
+
+def parse_sent_event(raw: Any, currency: str) -> Event:
+    """``parse_event`` for an event a client sends (POST /events, /events/batch, /simulate,
+    an import): one of the types Setia posts itself (``POSTED_BY_SETIA``) is refused."""
+    event = parse_event(raw, currency)
+    if (origin := POSTED_BY_SETIA.get(event.type)) is not None:
+        raise InvalidField(f"{event.type} events cannot be sent: {origin}", field="type")
+    return event
+
+
 def parse_event(raw: Any, currency: str) -> Event:
     """Check one event body against the contract; amounts in the programme's currency."""
     if not isinstance(raw, dict):

@@ -23,7 +23,7 @@ from setia.domain.errors import (
     UnknownMember,
     UnknownOrder,
 )
-from setia.domain.events import Event, parse_event, purchase_order
+from setia.domain.events import Event, parse_event, parse_sent_event, purchase_order
 from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Level, Programme
@@ -58,18 +58,18 @@ def _programme_and_event(uow: UnitOfWork, program_id: str, payload: Any) -> tupl
     if programme is None:
         programme = require_programme(uow, program_id)
     try:
-        event = parse_event(payload, programme.currency)
+        event = parse_sent_event(payload, programme.currency)
     except SetiaError:
         fresh = require_programme(uow, program_id)  # the cached one may be stale
         if fresh is programme:
             raise
-        programme, event = fresh, parse_event(payload, fresh.currency)
+        programme, event = fresh, parse_sent_event(payload, fresh.currency)
     uow.expect(program_id, event.id, event.order_id if event.type == "purchase" else None)
     uow.member(program_id, event.member)
     if not uow.is_current(programme):
         fresh = require_programme(uow, program_id)
         if fresh is not programme:
-            programme, event = fresh, parse_event(payload, fresh.currency)
+            programme, event = fresh, parse_sent_event(payload, fresh.currency)
     return programme, event
 
 
@@ -80,7 +80,7 @@ def simulate_event(
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
-        event = parse_event(payload, programme.currency)
+        event = parse_sent_event(payload, programme.currency)
         result = apply_event(uow, programme, event, payload, clock(), store=False)
         result["status"] = "simulated"
         return result  # no commit: the unit of work rolls back
