@@ -211,6 +211,33 @@ def test_an_event_setia_posts_itself_cannot_be_sent(kopi, event_type):
     assert_journal_ok(kopi)
 
 
+def test_an_amount_or_quantity_past_what_can_be_stored_is_refused_alone_in_its_batch(kopi):
+    # Given a member
+    from setia.service.batch import ingest_batch
+
+    enrol(kopi)
+
+    # When a batch holds a good purchase between one of RM 1e30, one of more than 100
+    # billion and one of a billion coffees
+    good = coffee_and_croissant()
+    huge = [dict(good, id="h1", order_id="o-h1", amount="1e30", lines=[]),
+            dict(good, id="h2", order_id="o-h2", amount="100000000000.01", lines=[]),
+            dict(good, id="h3", order_id="o-h3", lines=[
+                {"sku": "LATTE", "category": "coffee", "quantity": 1_000_000_001,
+                 "amount": "42.50"}])]
+    results = ingest_batch(kopi, P, [huge[0], good, *huge[1:]], CLOCK)
+
+    # Then the good one is applied and each other refused naming its field (the database
+    # would have failed the whole batch on them), and none of them wrote anything
+    assert [(r["status"], r.get("problem", {}).get("field")) for r in results] == [
+        ("rejected", "events[0].amount"), ("applied", None), ("rejected", "events[2].amount"),
+        ("rejected", "events[3].lines[0].quantity")]
+    with kopi.connect() as conn:
+        assert conn.execute(sa.text("SELECT order_id FROM orders")).scalars().all() == [
+            good["order_id"]]
+    assert_journal_ok(kopi)
+
+
 def test_simulating_an_event_answers_its_points_and_writes_nothing(kopi):
     # Given a member
     enrol(kopi)

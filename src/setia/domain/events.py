@@ -137,6 +137,9 @@ def _lines(raw: Any, currency: str) -> tuple[Line, ...]:
         quantity = item.get("quantity", 1)
         if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
             raise InvalidField(f"{at}.quantity must be a positive integer", field=f"{at}.quantity")
+        if quantity > MAX_QUANTITY:
+            raise InvalidField(f"{at}.quantity is more than {MAX_QUANTITY:,}",
+                               field=f"{at}.quantity")
         if "amount" not in item:
             raise InvalidField(f"{at}.amount is required", field=f"{at}.amount")
         amount = parse_amount(item["amount"], currency, _LINE_AMOUNT[i])
@@ -166,6 +169,9 @@ def _refund_lines(raw: Any, currency: str) -> tuple[RefundLine, ...]:
         )
     return tuple(out)
 
+
+# The most one line may hold: quantities count stamps (32-bit columns) and are stored.
+MAX_QUANTITY = 1_000_000
 
 # Event types Setia posts itself, once: a client sending one would be paid again each time
 # (a birthday bonus every day), so the API, batches and imports refuse them.

@@ -46,6 +46,13 @@ def parse_amount(value: object, currency: str, field: str) -> Decimal:
     return _parse_amount(value, currency, field)
 
 
+# The most one amount may be, in any currency (100 billion: a purchase in rupiah or won
+# too). Amounts are kept in ten-thousandths in 64-bit columns (orders, tier buckets,
+# analytics), which hold 922 billion: sums of a member's month then have room to spare, and
+# an amount such as "1e30" is refused here rather than failing its batch at the database.
+MAX_AMOUNT = Decimal(100_000_000_000)
+
+
 def _parse_amount(value: object, currency: str, field: str) -> Decimal:
     if isinstance(value, bool | float):
         raise InvalidAmount(
@@ -69,6 +76,9 @@ def _parse_amount(value: object, currency: str, field: str) -> Decimal:
         raise InvalidAmount(f"{field} must be a finite number", field=field)
     if amount < 0:
         raise InvalidAmount(f"{field} must not be negative", field=field)
+    if amount > MAX_AMOUNT:
+        raise InvalidAmount(f"{field} is more than {MAX_AMOUNT:,} (the most one amount may be)",
+                            field=field)
     digits = minor_digits(currency)
     exponent = amount.as_tuple().exponent
     assert isinstance(exponent, int)
