@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from setia.domain.trust import ReviewDecided, UnknownReview
 from setia.service import audit, fraud, referrals, reversals, store_credit
 from setia.service.batch import ingest_batch
-from setia.service.events import ingest_event
+from setia.service.events import ingest_event, simulate_event
 from setia.service.members import get_member, upsert_member
 from setia.service.programmes import parse_text
 from setia.service.run_due import run_due
@@ -63,11 +63,19 @@ def test_a_third_earning_event_within_an_hour_is_held_for_review(cafe):
     ingest_event(cafe, P, purchase("e1", "m1", "2027-03-01T10:00:00+00:00", "10.00"), CLOCK)
     ingest_event(cafe, P, purchase("e2", "m1", "2027-03-01T10:20:00+00:00", "20.00"), CLOCK)
 
-    # When a third arrives within the same hour
-    result = ingest_event(cafe, P, purchase("e3", "m1", "2027-03-01T10:40:00+00:00", "30.00"),
-                          CLOCK)
+    # When a third arrives within the same hour, simulated first
+    third = purchase("e3", "m1", "2027-03-01T10:40:00+00:00", "30.00")
+    simulated = simulate_event(cafe, P, third, CLOCK)
+    assert fraud.reviews(cafe, P) == []
+    result = ingest_event(cafe, P, third, CLOCK)
 
-    # Then its 30 points are earned but held pending, and a review is queued
+    # Then the simulation answered what the event got, and wrote nothing (no review)
+    assert ({k: v for k, v in simulated.items() if k not in ("status", "review")},
+            simulated["status"]) == (
+        {k: v for k, v in result.items() if k not in ("status", "review")}, "simulated")
+    assert ({k: v for k, v in simulated["review"].items() if k != "review"}
+            == {k: v for k, v in result["review"].items() if k != "review"})
+    # and its 30 points are earned but held pending, and a review is queued
     assert result["points"] == 30
     assert result["balances"] == {"available": 30, "pending": 30, "reserved": 0}
     assert result["review"]["reasons"] == ["velocity: 3 earning events in an hour (limit 2)"]

@@ -165,8 +165,8 @@ def apply_event(
     tier_before = member.tier_id
 
     if event.type == "purchase":
-        if store:  # before any lock but the member's (fraud.lock_receipt)
-            fraud.lock_receipt(uow, programme, event.store, event.amount)
+        # before any lock but the member's (a simulation too: it counts what it would)
+        fraud.lock_receipt(uow, programme, event.store, event.amount)
         made = _purchase(uow, programme, member, event, now)
     elif event.type == "refund":
         made = _refund(uow, programme, member, event, now)
@@ -179,7 +179,9 @@ def apply_event(
         refunded = uow.order(programme.id, event.order_id or "", programme.currency)
         assert refunded is not None, "the refund has found its order"
         fraud.taken_back(uow, programme.id, refunded.event_id, -made)
-    review = fraud.screen(uow, programme, member, event, made, now) if store else None
+    # Screened when simulated too, so that a simulation answers the hold a real event would
+    # get (its review is queued in the transaction a simulation rolls back)
+    review = fraud.screen(uow, programme, member, event, made, now)
     context = PostingContext(
         ref=event.id, program_version=programme.version, occurred_at=event.occurred_at
     )
