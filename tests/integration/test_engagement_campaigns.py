@@ -509,3 +509,29 @@ def test_a_refund_that_leaves_the_order_short_of_a_voucher_campaign_voids_its_vo
                        "reward": "campaign:big-basket",
                        "voided_at": "2027-12-01T10:00:00+08:00"}]
     assert_journal_ok(engine)
+
+
+def test_a_campaigns_points_count_as_an_earn_for_inactivity_expiry(engine):
+    from setia.service.run_due import run_due
+
+    # Given points that expire 6 months after the last earn, a review campaign of 300
+    # points (no earn rule of the programme pays reviews), and m1's purchase in January
+    programme(engine, points={"pending_days": 0,
+                              "expiry": {"policy": "inactivity", "months": 6}},
+              campaigns=[{"id": "reviews", "name": "Review bonus", "on": "review",
+                          "points": 300}])
+    enrol(engine, "m1")
+    buy(engine, "m1", "o1", "2027-01-20T10:00:00+08:00", "10.00")
+
+    # When she writes a review in May, and run-due runs in late July
+    result = ingest_event(engine, P, {"id": "rev-1", "type": "review", "member": "m1",
+                                      "occurred_at": "2027-05-05T10:00:00+08:00"}, CLOCK)
+    run_due(engine, fixed_clock("2027-07-25T10:00:00+08:00")())
+
+    # Then the review's 300 were an earn: her points last from May, not from January
+    assert rules_of(result) == {"campaign:reviews": 300}
+    assert available(engine, "m1") == 310
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT count(*) FROM postings WHERE code = 'expire'")).scalar_one() == 0
+    assert_journal_ok(engine)

@@ -64,7 +64,8 @@ def after_event(uow: UnitOfWork, programme: Programme, member: Member, event: Ev
 
 def credit(programme: Programme, member: Member, event: Event, points: int, rule_id: str,
            explanation: str) -> None:
-    """Points into the event's lot, pending and expiring like the event's own points."""
+    """Points into the event's lot, pending and expiring like the event's own points; an
+    earn like theirs for inactivity expiry too (it counts from the latest earn)."""
     available_at = earning.pending_until(programme, event.occurred_at)
     member.ledger.earn(
         points, source=event.id, rule_id=rule_id, explanation=explanation,
@@ -72,6 +73,7 @@ def credit(programme: Programme, member: Member, event: Event, points: int, rule
         expires_at=earning.lot_expires_at(programme, available_at),
         order_id=purchase_order(event),
     )
+    member.active_at(event.occurred_at)
 
 
 def issue_voucher(uow: UnitOfWork, programme: Programme, member: Member, grant: VoucherGrant,
