@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -118,6 +119,35 @@ def test_a_redemption_counts_as_activity_for_inactivity_expiry(engine):
     assert run_due(engine, at("2027-07-10T10:00:00+08:00"), "idle").points_expired == 0
     assert run_due(engine, at("2027-11-01T10:00:00+08:00"), "idle").points_expired == 90
     assert view(engine, "idle")["balances"]["available"] == 0
+    assert_journal_ok(engine)
+
+
+def test_inactivity_expiry_counts_months_in_the_programmes_time_zone(engine):
+    # Given 100 earned on 1 March 07:00 in Kuala Lumpur (28 February 23:00 UTC), in a
+    # programme whose points expire after 6 idle months
+    load_programme(engine, INACTIVITY)
+    upsert_member(engine, "idle", "cust-1", {}, JAN)
+    purchase(engine, "idle", "e1", "2027-03-01T07:00:00+08:00", "100.00")
+
+    # When run-due runs, on a clock in UTC as the worker's, at 28 August 23:00 UTC
+    # (6 months counted in UTC; 29 August 07:00 local): nothing expires, and the
+    # reminder and the member view name 1 September 07:00 in Kuala Lumpur
+    assert run_due(engine, at("2027-08-28T23:00:00+00:00"), "idle").points_expired == 0
+    with engine.connect() as conn:
+        notices = [json.loads(data)["expires_at"] for (data,) in conn.execute(sa.text(
+            "SELECT data FROM outbox WHERE type = 'points.expiring'"))]
+    expiring = view(engine, "idle", now="2027-08-29T07:00:00+08:00")["expiring"]
+    assert notices == ["2027-08-31T23:00:00+00:00"]
+    assert expiring == [{"points": 100, "expires_at": "2027-08-31T23:00:00+00:00"}]
+    assert at(notices[0]) == at("2027-09-01T07:00:00+08:00")
+
+    # When it runs one minute before 1 September 07:00 local, then at it
+    assert run_due(engine, at("2027-08-31T22:59:00+00:00"), "idle").points_expired == 0
+    assert view(engine, "idle")["balances"]["available"] == 100
+    assert run_due(engine, at("2027-08-31T23:00:00+00:00"), "idle").points_expired == 100
+
+    # Then all 100 are gone
+    assert view(engine, "idle")["balances"] == {"available": 0, "pending": 0, "reserved": 0}
     assert_journal_ok(engine)
 
 

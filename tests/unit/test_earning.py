@@ -13,6 +13,7 @@ from setia.domain.earning import (
     condition_context,
     context_fields,
     evaluate,
+    inactivity_expires_at,
     lot_expires_at,
     pending_until,
     period_key,
@@ -426,6 +427,23 @@ def test_rolling_expiry_at_the_end_of_a_month_clamps_to_the_last_day():
 def test_other_expiry_policies_put_no_date_on_a_lot(expiry: dict[str, Any]):
     prog = programme(BASE, points={"expiry": expiry})
     assert lot_expires_at(prog, datetime(2027, 3, 4, tzinfo=MYT)) is None
+
+
+def test_inactivity_expiry_counts_months_on_the_programmes_wall_clock():
+    prog = programme(BASE, points={"expiry": {"policy": "inactivity", "months": 6}})
+    # 1 March 07:00 in Kuala Lumpur is still 28 February in UTC: six months of UTC
+    # would end on 28 August 23:00 UTC (29 August 07:00 local), three days early
+    last = datetime(2027, 2, 28, 23, tzinfo=UTC)
+    assert inactivity_expires_at(prog, last) == datetime(2027, 9, 1, 7, tzinfo=MYT)
+    # the day is clamped to the end of a shorter month, as for rolling lots
+    last = datetime(2027, 8, 31, 10, tzinfo=MYT)
+    assert inactivity_expires_at(prog, last) == datetime(2028, 2, 29, 10, tzinfo=MYT)
+
+
+@pytest.mark.parametrize("expiry", [{"policy": "none"}, {"policy": "rolling", "months": 6}])
+def test_other_expiry_policies_have_no_inactivity_expiry(expiry: dict[str, Any]):
+    prog = programme(BASE, points={"expiry": expiry})
+    assert inactivity_expires_at(prog, datetime(2027, 3, 4, tzinfo=MYT)) is None
 
 
 def test_a_decimal_rate_is_exact_before_the_floor():

@@ -378,6 +378,25 @@ def lot_expires_at(programme: Programme, available_at: datetime) -> datetime | N
     return add_months(local, expiry.months)
 
 
+def inactivity_expires_at(programme: Programme, last_activity_at: datetime) -> datetime | None:
+    """Inactivity expiry: every point expires ``months`` after the last earn or redeem, on
+    the wall clock of the programme's time zone, as rolling lots do (``lot_expires_at``).
+    Months counted in UTC would move the date by up to three days around a month's end
+    that is on another day in UTC. Other policies answer None."""
+    expiry = programme.model.points.expiry
+    if expiry.policy != "inactivity":
+        return None
+    assert expiry.months is not None
+    return add_months(last_activity_at.astimezone(programme.tz), expiry.months)
+
+
+# How far the instant ``months`` after a time counted in the programme's zone may fall from
+# the one counted in UTC: a day clamped to a shorter month's end (3 days) and the zone's
+# offset changing between the two (hours). Wider than that: a query selecting candidates
+# in UTC with it misses no one, and each candidate is checked exactly.
+MONTHS_SLACK = timedelta(days=4)
+
+
 def add_months(moment: datetime, months: int) -> datetime:
     """``moment + relativedelta(months=months)``: the same wall-clock time ``months`` later,
     the day clamped to the end of a shorter month (31 Aug + 6 months = 28/29 Feb)."""

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from setia.adapters.db import tables as t
 from setia.adapters.db.store import UnitOfWork
 from setia.adapters.db.tables_outbox import outbox
+from setia.domain import earning
 from setia.domain import notifications as n
 from setia.domain.ledger import Posting
 from setia.domain.member import Member
@@ -155,14 +156,20 @@ def expiring_soon(engine: sa.Engine, programme: Programme, as_of: datetime) -> i
                        lots.c.expires_at <= horizon)
                 .group_by(m.c.pk, m.c.id).order_by(m.c.id))]
         elif expiry.policy == "inactivity":
+            # Selected in UTC with a slack, then each member's own expiry time (counted on
+            # the programme's wall clock, as run-due expires it) decides.
             months = relativedelta(months=expiry.months or 0)
-            found = [(row.pk, row.id, row.last_activity_at + months, int(row.available))
-                     for row in conn.execute(
-                         sa.select(m.c.pk, m.c.id, m.c.last_activity_at, m.c.available)
-                         .where(m.c.program_id == programme.id, m.c.available > 0,
-                                m.c.last_activity_at > as_of - months,
-                                m.c.last_activity_at <= horizon - months)
-                         .order_by(m.c.id))]
+            found = []
+            for row in conn.execute(
+                    sa.select(m.c.pk, m.c.id, m.c.last_activity_at, m.c.available)
+                    .where(m.c.program_id == programme.id, m.c.available > 0,
+                           m.c.last_activity_at > as_of - months - earning.MONTHS_SLACK,
+                           m.c.last_activity_at <= horizon - months + earning.MONTHS_SLACK)
+                    .order_by(m.c.id)):
+                expires_at = earning.inactivity_expires_at(programme, row.last_activity_at)
+                if expires_at is not None and as_of < expires_at <= horizon:
+                    found.append((row.pk, row.id, expires_at.astimezone(UTC),
+                                  int(row.available)))
         else:
             return 0
 

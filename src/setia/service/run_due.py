@@ -19,7 +19,7 @@ from dateutil.relativedelta import relativedelta
 
 from setia.adapters.db import tables as t
 from setia.adapters.db.store import UnitOfWork
-from setia.domain import tiers
+from setia.domain import earning, tiers
 from setia.domain.errors import RedemptionNotHeld, UnknownProgramme
 from setia.domain.events import Event
 from setia.domain.member import Member
@@ -140,21 +140,31 @@ def _expire(engine: sa.Engine, program_id: str, as_of: datetime, report: DueRepo
         _in_batches(engine, program_id, sorted(pks), as_of, rolling, report)
     elif expiry.policy == "inactivity":
         assert expiry.months is not None
-        cutoff = as_of - relativedelta(months=expiry.months)
-        pks = _scalars(engine, sa.select(t.members.c.pk).where(
-            t.members.c.program_id == program_id, t.members.c.available > 0,
-            t.members.c.last_activity_at <= cutoff,
-        ))
+        # Months are counted on the programme's wall clock: the query selects in UTC with
+        # a slack, and only members whose own expiry time has come are locked and worked.
+        cutoff = as_of - relativedelta(months=expiry.months) + earning.MONTHS_SLACK
+        with engine.connect() as conn:
+            pks = [row.pk for row in conn.execute(sa.select(
+                t.members.c.pk, t.members.c.last_activity_at).where(
+                t.members.c.program_id == program_id, t.members.c.available > 0,
+                t.members.c.last_activity_at <= cutoff,
+            )) if _inactive_since(programme, row.last_activity_at, as_of)]
 
         def inactive(uow: UnitOfWork, programme: Programme, member: Member,
                      tally: Counter[str]) -> None:
             last = member.last_activity_at
-            if last is not None and last + relativedelta(months=expiry.months or 0) <= as_of:
+            if last is not None and _inactive_since(programme, last, as_of):
                 tally["points_expired"] += member.ledger.expire_all(
-                    f"no earn or redeem since {last.date()}: all points expired"
+                    f"no earn or redeem since {last.astimezone(programme.tz).date()}: "
+                    "all points expired"
                 )
 
         _in_batches(engine, program_id, sorted(pks), as_of, inactive, report)
+
+
+def _inactive_since(programme: Programme, last_activity_at: datetime, as_of: datetime) -> bool:
+    expires_at = earning.inactivity_expires_at(programme, last_activity_at)
+    return expires_at is not None and expires_at <= as_of
 
 
 def _review_tiers(engine: sa.Engine, program_id: str, as_of: datetime, report: DueReport) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from dateutil.relativedelta import relativedelta
-
-from setia.domain import tiers
+from setia.domain import earning, tiers
 from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Programme
@@ -46,8 +44,10 @@ def expiring(programme: Programme, member: Member, now: datetime) -> list[dict[s
     expiry = programme.model.points.expiry
     lots = member.ledger.available_lots()
     if expiry.policy == "inactivity" and member.last_activity_at is not None:
-        assert expiry.months is not None
-        at = member.last_activity_at + relativedelta(months=expiry.months)
+        # UTC, as the expiry reminder (service/outbox.py) names the same time
+        at = earning.inactivity_expires_at(programme, member.last_activity_at)
+        assert at is not None
+        at = at.astimezone(UTC)
         total = sum(lot.remaining for lot in lots)
         if at <= horizon and total > 0:
             return [{"points": total, "expires_at": at.isoformat()}]
