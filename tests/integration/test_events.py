@@ -238,6 +238,37 @@ def test_an_amount_or_quantity_past_what_can_be_stored_is_refused_alone_in_its_b
     assert_journal_ok(kopi)
 
 
+@pytest.mark.parametrize(("window", "dated", "tier"), [
+    ({"window": "calendar_year"}, "2025-12-20", "member"),  # 2025's status ended with 2026
+    ({"window": "calendar_year"}, "2026-01-10", "gold"),  # 2026's lasts through 2027
+    ({"window": "rolling_months", "window_months": 12}, "2026-03-10", "member"),
+    ({"window": "rolling_months", "window_months": 12}, "2026-04-10", "gold"),
+])
+def test_a_purchase_sent_late_lifts_the_tier_only_by_a_window_still_in_force(engine, window,
+                                                                           dated, tier):
+    # Given Gold at RM 350 of spend, and a member enrolled in 2025
+    from tests.conftest import load_programme
+
+    load_programme(engine, {
+        "id": "late", "name": "Late", "currency": "MYR", "timezone": "Asia/Kuala_Lumpur",
+        "earn": [{"id": "base", "on": "purchase", "rate": 1}],
+        "tiers": {"metric": "spend", **window, "levels": [
+            {"id": "member", "name": "Member", "threshold": 0},
+            {"id": "gold", "name": "Gold", "threshold": 350}]}})
+    upsert_member(engine, "late", "m1", {"enrolled_at": "2025-01-05T09:00:00+08:00"},
+                  fixed_clock("2025-01-05T09:00:00+08:00"))
+
+    # When a till sends on 2027-03-01 a purchase of RM 400 made long before
+    result = ingest_event(engine, "late", {
+        "id": "old-1", "type": "purchase", "member": "m1", "order_id": "o-old",
+        "occurred_at": f"{dated}T10:00:00+08:00", "amount": "400.00"}, CLOCK)
+
+    # Then it earns its points, and lifts her only if its window still counts now
+    assert result["points"] == 400
+    assert result["tier"]["id"] == tier
+    assert_journal_ok(engine)
+
+
 def test_simulating_an_event_answers_its_points_and_writes_nothing(kopi):
     # Given a member
     enrol(kopi)
@@ -255,3 +286,38 @@ def test_simulating_an_event_answers_its_points_and_writes_nothing(kopi):
     # and the real event is then applied, not replayed
     assert ingest_event(kopi, P, coffee_and_croissant(), CLOCK)["status"] == "applied"
     assert_journal_ok(kopi)
+
+
+def test_a_refund_in_a_batch_takes_the_stored_lot_that_expires_first_across_zones(engine):
+    from setia.service.batch import ingest_batch
+    from tests.conftest import load_programme
+
+    # Given a programme in Los Angeles whose lots expire 6 months after they are earned,
+    # and a lot e1 of 100 stored by an earlier event: it expires 1 December 09:00 PST
+    # (17:00 UTC), and is read back from the database in UTC
+    load_programme(engine, {
+        "id": "la", "name": "LA", "currency": "USD", "timezone": "America/Los_Angeles",
+        "points": {"pending_days": 0, "expiry": {"policy": "rolling", "months": 6}},
+        "earn": [{"id": "base", "on": "purchase", "rate": 1}]})
+    clock = fixed_clock("2027-06-01T12:00:00-07:00")
+    upsert_member(engine, "la", "cust-1", {}, clock)
+    ingest_event(engine, "la", {"id": "e1", "type": "purchase", "member": "cust-1",
+                                "order_id": "o1", "occurred_at": "2027-06-01T09:00:00-07:00",
+                                "amount": "100.00"}, clock)
+
+    # When one batch earns a lot e2 of 50 expiring 1 December 11:00 PST (19:00 UTC, kept
+    # in Los Angeles time while the batch runs) and then refunds its order whole
+    results = ingest_batch(engine, "la", [
+        {"id": "e2", "type": "purchase", "member": "cust-1", "order_id": "o2",
+         "occurred_at": "2027-06-01T11:00:00-07:00", "amount": "50.00"},
+        {"id": "r2", "type": "refund", "member": "cust-1", "order_id": "o2",
+         "occurred_at": "2027-06-01T11:30:00-07:00", "amount": "50.00"}], clock)
+
+    # Then the 50 clawed back come from e1, the lot that expires first, and e2 keeps its 50
+    assert [r["status"] for r in results] == ["applied", "applied"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT source, remaining FROM lots ORDER BY seq")).all() == [("e1", 50), ("e2", 50)]
+    assert get_member(engine, "la", "cust-1", clock)["balances"] == {
+        "available": 100, "pending": 0, "reserved": 0}
+    assert_journal_ok(engine)

@@ -171,7 +171,7 @@ def apply_event(
     elif event.type == "refund":
         made = _refund(uow, programme, member, event, now)
     else:
-        made = _other(programme, member, event)
+        made = _other(programme, member, event, now)
     made += engagement.after_event(uow, programme, member, event, now, tier_before=tier_before)
     if event.type == "refund" and made < 0 and programme.model.fraud is not None:
         # What the refund took back of the purchase's points (its rules', campaigns' and
@@ -227,9 +227,21 @@ _windows: dict[tuple[int, int, int], tuple[Programme, list[str]]] = {}
 _summaries: dict[tuple[int, str], tuple[Programme, dict[str, Any]]] = {}
 
 
-def _after_event(programme: Programme, current: Level, member: Member, local: datetime) -> Level:
+def _after_event(programme: Programme, current: Level, member: Member, local: datetime,
+                 now: datetime) -> Level:
     """``tiers.after_event`` with the window's month keys worked out once per month: the
-    window depends only on the programme and the month of ``local``."""
+    window depends only on the programme and the month of ``local``.
+
+    An event sent late moves the member up only by a window still in force ``now``: with
+    ``calendar_year``, its year's status lasts through the next year, so an event of two
+    years ago lifts nothing; with ``rolling_months``, the window that ends now (or at the
+    event, if it is dated later) counts it if it is recent enough."""
+    now_local = now.astimezone(programme.tz)
+    if programme.model.tiers.window == "calendar_year":
+        if local.year < now_local.year - 1:
+            return current
+    elif now_local > local:
+        local = now_local
     key = (id(programme), local.year, local.month)
     found = _windows.get(key)
     if found is None or found[0] is not programme:
@@ -303,7 +315,7 @@ def _purchase(uow: UnitOfWork, programme: Programme, member: Member, event: Even
     member.purchases += 1
     local = event.occurred_at.astimezone(programme.tz)
     member.add_to_bucket(tiers.month_key(local), spend=event.amount, points=total, visits=1)
-    member.tier_id = _after_event(programme, tier_before, member, local).id
+    member.tier_id = _after_event(programme, tier_before, member, local, now).id
     uow.add_order(
         programme.id,
         Order(
@@ -426,11 +438,12 @@ def _refund(uow: UnitOfWork, programme: Programme, member: Member, event: Event,
     return -clawed
 
 
-def _other(programme: Programme, member: Member, event: Event) -> int:
+def _other(programme: Programme, member: Member, event: Event, now: datetime) -> int:
     awards = earning.evaluate(programme, event, member_facts(programme, member), member.usage)
     total = earn_awards(programme, member, event, awards)
     if total:
         local = event.occurred_at.astimezone(programme.tz)
         member.add_to_bucket(tiers.month_key(local), points=total)
-        member.tier_id = _after_event(programme, programme.level(member.tier_id), member, local).id
+        member.tier_id = _after_event(programme, programme.level(member.tier_id), member, local,
+                                      now).id
     return total
