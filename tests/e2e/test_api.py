@@ -1132,6 +1132,65 @@ def test_malformed_json_is_a_400_problem_and_changes_nothing(api: Api, victim: s
     assert api.snapshot(victim) == before
 
 
+def nested(levels: int, inner: str = '"x"') -> str:
+    """A redemption body whose ``reward`` nests arrays so that the body is ``levels`` deep
+    (the object around it is one level)."""
+    return '{"reward": ' + "[" * (levels - 1) + inner + "]" * (levels - 1) + "}"
+
+
+@pytest.mark.parametrize(
+    ("levels", "inner"),
+    [(65, '"x"'), (300, '"x"'), (300, '"caf\\u00e9"'), (1100, '"x"')],
+    ids=["65 levels", "300 levels", "300 levels with an escape", "1100 levels"])
+def test_a_body_nested_deeper_than_64_levels_is_a_400_problem_and_changes_nothing(
+        api: Api, victim: str, levels: int, inner: str) -> None:
+    # Given a member token of the victim, and the server's log as it is
+    issued = api.admin.post(f"{API}/members/{victim}/tokens")
+    assert issued.status_code == 201, issued.text
+    before = api.snapshot(victim)
+    errors_before = api.live.log().count("unexpected error")
+    body = nested(levels, inner)
+    json_type = {"Content-Type": "application/json"}
+
+    # When bodies nested that deep reach the member's, the till's, the coupon and the
+    # event routes, and a programme in YAML
+    with api.live.client(issued.json()["token"]) as member, \
+            api.live.client(api.keys["pos"]) as pos:  # fresh: a 500 would close them
+        answers = [
+            member.post("/v1/me/redemptions", content=body,
+                        headers={**json_type, "Idempotency-Key": f"deep-me-{levels}"}),
+            pos.post(f"{API}/redemptions", content=body,
+                     headers={**json_type, "Idempotency-Key": f"deep-pos-{levels}"}),
+            pos.post(f"{API}/coupons/redeem", content=body,
+                     headers={**json_type, "Idempotency-Key": f"deep-coupon-{levels}"}),
+            pos.post(f"{API}/events", headers=json_type,
+                     content=body.replace('{"reward": ', '{"id": "deep-1", "lines": ')),
+            api.admin.put(API, content=body.replace('{"reward": ', f"id: {CAFE}\nnote: ")[:-1],
+                          headers={"Content-Type": "application/yaml"}),
+        ]
+
+    # Then each is refused as a malformed body, naming the body, and nothing changed
+    for answer in answers:
+        problem = assert_problem(answer, 400, "malformed-request", "(body)")
+        assert problem["detail"] == ("the body nests arrays and objects more than 64 levels "
+                                     "deep")
+    assert api.snapshot(victim) == before
+    assert api.admin.get(API).json()["version"] == 1
+    assert api.live.log().count("unexpected error") == errors_before
+
+
+def test_a_body_nested_64_levels_deep_is_read(api: Api, victim: str) -> None:
+    before = api.snapshot(victim)
+
+    answer = api.as_("pos").post(f"{API}/redemptions", content=nested(64),
+                                 headers={"Content-Type": "application/json",
+                                          "Idempotency-Key": "deep-64"})
+
+    # parsed, then refused by the redemption for what it says
+    assert_problem(answer, 422, "invalid-field", "member")
+    assert api.snapshot(victim) == before
+
+
 def test_a_body_that_is_not_json_is_a_415_problem(api: Api, victim: str) -> None:
     before = api.snapshot(victim)
     body = purchase("ctype-1", victim, "10.00")

@@ -272,3 +272,33 @@ def test_partner_events_redemptions_and_settlement_over_http(api: Api) -> None:
         " partner:roti ", "           300 ", "             0 ", " owes     ", "   3.00 "]
     assert [line.split() for line in lines if "total" in line] == [["│", "total", "│", "│",
                                                                      "│", "│", "0.00", "│"]]
+
+
+def test_a_member_token_may_not_name_a_partner_or_any_other_field(api: Api) -> None:
+    # Given a member with 300 points and a member token of theirs
+    api.enrol("pt-me")
+    api.buy("pt-me-e1", "pt-me", "300.00", when="2021-06-02T10:00:00+08:00")
+    token = api.admin.post(f"{API}/members/pt-me/tokens").json()["token"]
+    this_year = str(datetime.now(ZoneInfo("Asia/Kuala_Lumpur")).year)
+    settlement = api.admin.get(f"{API}/settlement", params={"period": this_year}).json()
+    before = api.snapshot("pt-me")
+
+    # When the member's own redemption names a partner (where a till burns points), or any
+    # other field than reward, points and hold
+    with api.live.client(token) as member:
+        answers = [(member.post("/v1/me/redemptions", json=body,
+                                headers={"Idempotency-Key": f"pt-me-{index}"}), field)
+                   for index, (body, field) in enumerate([
+                       ({"points": 100, "partner": "kopi"}, "partner"),
+                       ({"points": 100, "hold": True, "partner": "roti"}, "partner"),
+                       ({"reward": "x", "voucher": "ABC"}, "voucher"),
+                       ([{"points": 100}], "(body)")])]
+
+    # Then each is refused naming the field, and no point, credit, posting or partner's
+    # settlement changed
+    for answer, field in answers:
+        assert_problem(answer, 422, "invalid-field", field)
+    assert answers[0][0].json()["detail"] == "unknown field 'partner'"
+    assert api.snapshot("pt-me") == before
+    assert api.admin.get(f"{API}/settlement", params={"period": this_year}).json() \
+        == settlement

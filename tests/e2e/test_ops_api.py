@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from setia.adapters.db.tables_outbox import deliveries, outbox
 from tests.e2e.api_server import (
     CAFE_PROGRAMME,
     LiveServer,
@@ -97,3 +100,43 @@ def test_webhook_endpoints_and_dead_letters_are_for_admins(live):
     replayed = admin.post(f"/v1/programs/{CAFE}/dead-letters/replay", json={"ids": [1, 2]},
                           headers={"Idempotency-Key": "replay-1"})
     assert replayed.status_code == 200 and replayed.json() == {"replayed": 0}
+
+
+def test_a_chunked_replay_body_is_read_and_queues_only_the_deliveries_it_names(live):
+    # Given three dead deliveries of the programme's outbox messages
+    admin = live.client(live.admin_key)
+    assert admin.put(f"/v1/programs/{CAFE}/members/dead-1", json={}).status_code == 201
+    now = datetime.now(UTC)
+    with live.engine.begin() as conn:
+        message = conn.execute(sa.select(sa.func.max(outbox.c.id))).scalar_one()
+        dead = [conn.execute(deliveries.insert().values(
+            outbox_id=message, program_id=CAFE, channel="webhook", target=f"ep-dead-{n}",
+            status="dead", attempts=19, next_attempt_at=now, window_started_at=now,
+            last_error="HTTP 500", created_at=now)).inserted_primary_key[0] for n in range(3)]
+
+    def statuses() -> list[str]:
+        with live.engine.connect() as conn:
+            return list(conn.execute(sa.select(deliveries.c.status).where(
+                deliveries.c.id.in_(dead)).order_by(deliveries.c.id)).scalars())
+
+    # When the replay names the first of them in a chunked body (no Content-Length)
+    def chunks() -> Iterator[bytes]:
+        yield b'{"ids": ['
+        yield str(dead[0]).encode() + b"]}"
+
+    replayed = admin.post(f"/v1/programs/{CAFE}/dead-letters/replay", content=chunks(),
+                          headers={"Content-Type": "application/json",
+                                   "Idempotency-Key": "replay-chunked"})
+
+    # Then only that one is queued again; the others stay dead
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.request.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in replayed.request.headers
+    assert replayed.json() == {"replayed": 1}
+    assert statuses() == ["pending", "dead", "dead"]
+    # and a chunked body that is empty still means all of them
+    empty = admin.post(f"/v1/programs/{CAFE}/dead-letters/replay", content=iter([b""]),
+                       headers={"Idempotency-Key": "replay-chunked-all"})
+    assert empty.status_code == 200, empty.text
+    assert empty.json() == {"replayed": 2}
+    assert statuses() == ["pending", "pending", "pending"]

@@ -5,14 +5,18 @@ review queue routes, and logs that hold no secret or personal data."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from setia.adapters.db.engine import make_engine
 from setia.entrypoints.api.security import RedactSecrets
+from setia.service import members
 from tests.e2e.api_server import (
     CAFE_PROGRAMME,
     LiveServer,
@@ -85,6 +89,37 @@ def test_a_member_token_reads_and_redeems_only_for_its_member(server: LiveServer
         assert member.get("/v1/me").json()["balances"]["available"] == 100
     with server.client("smt_000000000000_wrong") as stranger:
         assert_problem(stranger.get("/v1/me"), 401, "unauthorized")
+
+
+def test_a_member_token_body_is_refused_past_one_mebibyte_before_it_is_read(
+        server: LiveServer) -> None:
+    # Given a request for a member token that says its body is 64 MiB, of which only the
+    # first bytes are sent
+    host, port = server.base_url.removeprefix("http://").split(":")
+    head = (f"POST {API}/members/cust-1/tokens HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {server.admin_key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 67108864\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head.encode() + b'{"days": ')
+        # When the server answers, without waiting for the rest
+        answer = b""
+        while b"body-too-large" not in answer:
+            piece = conn.recv(65536)  # a server that reads the whole body first times out
+            assert piece, answer
+            answer += piece
+    # Then it is 413, and no token was issued
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    with server.engine.connect() as conn_db:
+        assert conn_db.execute(sa.text("SELECT count(*) FROM member_tokens")).scalar_one() == 0
+    # and a token asked for with a chunked body, or none, is issued as asked
+    with server.client(server.admin_key) as admin:
+        chunked = admin.post(f"{API}/members/cust-1/tokens", content=iter([b'{"days"', b": 7}"]),
+                             headers={"Content-Type": "application/json"})
+        empty = admin.post(f"{API}/members/cust-1/tokens", content=iter([b""]))
+    assert chunked.status_code == 201 and empty.status_code == 201, (chunked.text, empty.text)
+    days = [(datetime.fromisoformat(answer.json()["expires_at"]) - datetime.now(UTC)).days
+            for answer in (chunked, empty)]
+    assert days == [6, 29]  # 7 and 30 days from a moment ago
 
 
 def test_admin_actions_are_in_the_audit_log_with_who_did_them(server: LiveServer) -> None:
@@ -209,3 +244,56 @@ def test_rate_limits_per_key_and_per_address_answer_429_with_retry_after(
             assert int(over.headers["retry-after"]) >= 1
             # health checks are never limited
             assert [second.get("/health").status_code for _ in range(3)] == [200, 200, 200]
+
+
+def test_requests_with_a_wrong_secret_do_not_spend_the_real_keys_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SETIA_RATE_LIMIT_PER_KEY", "5/minute")
+    monkeypatch.setenv("SETIA_RATE_LIMIT_PER_IP", "1000/minute")
+    with database_url("sqlite", tmp_path) as url, live_server(url, tmp_path) as live:
+        # Given a programme with a member of 250 points, a till's key and a member token
+        with live.client(live.admin_key) as admin:
+            assert admin.put(API, json=FRAUD_CAFE).status_code == 201
+            assert admin.put(f"{API}/members/cust-1", json={}).status_code == 201
+            assert admin.post(f"{API}/adjustments", json={
+                "member": "cust-1", "points": 200, "reason": "welcome gift"},
+                headers={"Idempotency-Key": "adj-1"}).status_code == 201
+            token = admin.post(f"{API}/members/cust-1/tokens").json()["token"]
+        till_key = create_key(url, "pos")
+
+        def state() -> tuple[Any, int]:  # read beside the API: the admin key has a limit too
+            return members.get_member(live.engine, CAFE, "cust-1")["balances"], live.postings()
+
+        before = state()
+        assert before[0] == {"available": 250, "pending": 0, "reserved": 0}
+        # When a stranger who knows only the public ids sends 5 redemptions with each
+        key_id, token_id = till_key.split("_")[1], token.split("_")[1]
+        redeem = {"member": "cust-1", "points": 10}
+        with live.client(f"sk_{key_id}_wrong") as stranger:
+            refused = [stranger.post(f"{API}/redemptions", json=redeem,
+                                     headers={"Idempotency-Key": f"s-{i}"}) for i in range(5)]
+        with live.client(f"smt_{token_id}_wrong") as stranger:
+            refused += [stranger.post("/v1/me/redemptions", json={"points": 10},
+                                      headers={"Idempotency-Key": f"m-{i}"}) for i in range(5)]
+        # Then each is refused as unauthorized, and nothing changed
+        for answer in refused:
+            assert_problem(answer, 401, "unauthorized")
+        assert state() == before
+        # And the till and the member still have their own 5 requests a minute each
+        with live.client(till_key) as till, live.client(token) as member:
+            assert [till.get(f"{API}/members/cust-1").status_code for _ in range(6)] \
+                == [200] * 5 + [429]
+            assert [member.get("/v1/me").status_code for _ in range(6)] == [200] * 5 + [429]
+
+
+def test_failed_authentications_count_against_the_address(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SETIA_RATE_LIMIT_PER_KEY", "2/minute")
+    monkeypatch.setenv("SETIA_RATE_LIMIT_PER_IP", "4/minute")
+    with database_url("sqlite", tmp_path) as url, live_server(url, tmp_path) as live:
+        key = create_key(url, "admin")
+        with live.client(key[:-1] + ("x" if key[-1] != "x" else "y")) as stranger:
+            # wrong secrets are not counted per key (2 a minute) but per address (4)
+            answers = [stranger.get(API) for _ in range(5)]
+        assert [a.status_code for a in answers] == [401] * 4 + [429]
+        assert "client address" in assert_problem(answers[4], 429, "rate-limited")["detail"]

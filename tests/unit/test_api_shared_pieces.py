@@ -1,15 +1,19 @@
 """The pieces the live path's routes (entrypoints/api/live.py) and the FastAPI routes
-(app.py) share, each written once: reading a request's body (wire.receive_body), the shape
-of a batch (live.batch_events), the reading of a Bearer header (auth.bearer_credential) and
-a request's headers read once (wire.RequestHeaders)."""
+(app.py) share, each written once: reading a request's body (wire.receive_body), the depth
+of its nesting (wire.nested_deeper), the shape of a batch (live.batch_events), the reading
+of a Bearer header (auth.bearer_credential) and a request's headers read once
+(wire.RequestHeaders)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
@@ -180,3 +184,47 @@ def test_headers_read_once_answer_as_a_scan_of_them_does(raw: list[tuple[bytes, 
         assert headers.first.get(name) == (given[0] if given else None)
         assert headers.last.get(name) == (given[-1] if given else None)
         assert headers.get(name) == starlettes.get(name.decode())
+
+
+def depth(document: Any) -> int:
+    """How deep lists and dicts nest in ``document`` (a scalar: 0)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, level)
+            stack.extend((item, level + 1)
+                         for item in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+# strings full of what the scan must see through: brackets, quotes and backslashes
+TRICKY = st.text(alphabet='[]{}"\\ax', max_size=6)
+DOCUMENTS = st.recursive(
+    st.none() | st.integers() | TRICKY,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY, inner, max_size=3),
+    max_leaves=40)
+
+
+@given(DOCUMENTS, st.integers(min_value=1, max_value=8), st.booleans())
+def test_the_nesting_scan_finds_the_depth_the_parsed_document_has(
+        document: Any, limit: int, ascii_only: bool) -> None:
+    # given a document written as JSON (with or without \u escapes) and a limit
+    raw = json.dumps(document, ensure_ascii=ascii_only).encode()
+    # then the scan of the text and the walk of the document agree with the real depth
+    assert wire.nested_deeper(raw, limit) == (depth(document) > limit)
+    assert wire.document_deeper(document, limit) == (depth(document) > limit)
+
+
+@pytest.mark.parametrize("levels", [64, 65, 300, 1100, 100_000])
+def test_a_body_nested_past_64_levels_is_refused_before_it_is_parsed(levels: int) -> None:
+    # alternating arrays and objects, with a bracket in a string at the bottom
+    raw = ('{"k": [' * (levels // 2) + ('{"k": "[["}' if levels % 2 else '"[["')
+           + "]}" * (levels // 2)).encode()
+    if levels <= 64:
+        assert depth(wire.parse_body(raw, "application/json")) == levels
+        return
+    with pytest.raises(HTTPException) as refused:
+        wire.parse_body(raw, "application/json")
+    assert (refused.value.status_code, refused.value.detail, refused.value.field) == (
+        400, "the body nests arrays and objects more than 64 levels deep", "(body)")

@@ -116,6 +116,7 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
         slug,
         slug.replace("-", " ").capitalize(),
         detail,
+        field=getattr(exc, "field", None),  # wire.MalformedBody: "(body)"
         headers=getattr(exc, "headers", None),
     )
 
@@ -135,6 +136,13 @@ async def read_body(request: Request, *, yaml_ok: bool = False) -> Any:
     as the live path's routes read and parse theirs (``wire``)."""
     raw = await receive_body(_body_source(request), request.headers.get("content-length"))
     return parse_body(raw, request.headers.get("content-type", ""), yaml_ok=yaml_ok)
+
+
+async def read_optional_body(request: Request) -> Any:
+    """``read_body`` for a route whose body may be left out: an empty body stands for
+    ``{}``, whether it came with ``Content-Length: 0``, without the header, or chunked."""
+    raw = await receive_body(_body_source(request), request.headers.get("content-length"))
+    return parse_body(raw, request.headers.get("content-type", "")) if raw else {}
 
 
 def _body_source(request: Request) -> Receive:

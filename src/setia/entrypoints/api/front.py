@@ -3,7 +3,8 @@
 1. the request id: the caller's ``X-Request-ID`` when it is a plain token, otherwise a new
    one; every answer carries it back, and log lines inside the request name it;
 2. the rate limits (``security.RateLimiter``), except for /health, /ready and /metrics:
-   429 with Retry-After;
+   429 with Retry-After (a credential that proved itself only while its request was
+   answered is counted against its key's limit afterwards);
 3. a path with a NUL character or an unpaired surrogate names nothing: 404;
 4. the live path's routes (``live.py``) answered directly; any other request goes on to
    the application (its router, FastAPI's routes and the web pages);
@@ -70,13 +71,14 @@ class Front:
         status = 500
         route = None
         try:
-            refused = None
+            refused = later = None
             limits = self.limits
             if (limits.per_ip is not None or limits.per_key is not None) \
                     and path not in EXEMPT_PATHS:
                 authorization = headers.first.get(b"authorization")
-                refused = (limits.check_here(scope, authorization) if limits.local is not None
-                           else await limits.check_shared(scope, authorization))
+                refused, later = (
+                    limits.check_here(scope, authorization) if limits.local is not None
+                    else await limits.check_shared(scope, authorization))
             if refused is not None:
                 refusal, body = too_many(*refused)
                 status = 429
@@ -105,6 +107,8 @@ class Front:
                 finally:
                     status = sent[0]
                     route = getattr(scope.get("route"), "path", None)
+            if later is not None:
+                await limits.count_later(later)
         finally:
             seconds = time.perf_counter() - started
             self._record(scope["method"], route or "unmatched", status, seconds)

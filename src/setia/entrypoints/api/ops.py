@@ -179,11 +179,12 @@ async def post_replay(program: str, request: Request, key: str = IdempotencyKey,
                       caller: Caller = Depends(require("admin"))) -> dict[str, Any]:
     """Queue dead deliveries again: ``{"ids": [...]}`` or ``{}`` for all of them."""
     from setia.domain.errors import InvalidField
-    from setia.entrypoints.api.app import read_body
+    from setia.entrypoints.api.app import read_optional_body
 
     caller.check_program(program)
-    body = await read_body(request) if request.headers.get("content-length", "0") != "0" \
-        else {}
+    # an empty body is {} (all of them) only once it has been read: a chunked body has
+    # no Content-Length
+    body = await read_optional_body(request)
     if not isinstance(body, dict) or not set(body) <= {"ids"}:
         raise InvalidField('the body must be {"ids": [...]} or {}', field="(body)")
     return await run_in_threadpool(deliveries.replay, request.app.state.engine, program,

@@ -2,6 +2,13 @@
 security headers on every response, and a logging filter that keeps secrets and
 personal data out of logs.
 
+The per-key limit counts only requests whose credential proved itself (its secret was
+checked): a stranger who knows a key's public id (``sk_<id>_...``) but not its secret
+must not spend that key's limit. What proved itself is known without a query, from the
+caches the authentication keeps anyway (``keys.authenticate_without_database``, and
+``note_verified_token`` for member tokens); a credential not in them yet is counted once
+its request has been answered, if it proved itself then.
+
 Rate limits use the ``limits`` library (sliding-window counters). Where their state
 lives is ``SETIA_RATE_LIMIT_STORAGE``, a ``limits`` storage URI: ``memory://`` (the
 default: per process) or a shared store such as ``redis://host:6379/0`` so that several
@@ -27,6 +34,7 @@ from limits.storage import storage_from_string
 from starlette.types import Scope
 
 from setia.entrypoints.api.auth import bearer_credential
+from setia.service.keys import CACHE_SECONDS, Principal, authenticate_without_database
 
 log = logging.getLogger("setia.api")
 DEFAULT_PER_KEY = "1000/second"
@@ -59,10 +67,10 @@ def _limit(env: str, default: str) -> Any:
     return parse(value)
 
 
-def _caller_key(authorization: bytes | None) -> str | None:
-    """What the per-key limit counts by, for a request's (first) Authorization header: the
-    public id of an API key or member token (``sk_<id>_...``, ``smt_<id>_...``); a digest
-    for any other bearer value. Never the secret itself."""
+def _caller_key(authorization: bytes | None) -> tuple[str, str] | None:
+    """What the per-key limit counts by, for a request's (first) Authorization header, and
+    the credential it carries: the public id of an API key or member token (``sk_<id>_...``,
+    ``smt_<id>_...``); a digest for any other bearer value. Never the secret itself."""
     if authorization is None:
         return None
     found = _caller_keys.get(authorization)
@@ -73,17 +81,48 @@ def _caller_key(authorization: bytes | None) -> str | None:
     return found or None
 
 
-_caller_keys: dict[bytes, str] = {}  # Authorization value -> its key ("": none)
+# Authorization value -> (its key, its credential); () for a header without a credential
+_caller_keys: dict[bytes, tuple[str, str] | tuple[()]] = {}
 
 
-def _caller_key_of(value: bytes) -> str:
+def _caller_key_of(value: bytes) -> tuple[str, str] | tuple[()]:
     credential = bearer_credential(value.decode("latin-1"))
     if credential is None:
-        return ""
+        return ()
     parts = credential.split("_")
     if len(parts) >= 3 and parts[0] in ("sk", "smt"):
-        return f"{parts[0]}:{parts[1][:32]}"
-    return "h:" + hashlib.sha256(credential.encode()).hexdigest()[:24]
+        return f"{parts[0]}:{parts[1][:32]}", credential
+    return "h:" + hashlib.sha256(credential.encode()).hexdigest()[:24], credential
+
+
+# credential -> until when (time.monotonic()) it counts as proven: as long as the
+# authentication caches trust it. A key or token revoked meanwhile is counted a while
+# longer against its own limit, which harms nobody (its requests are refused anyway).
+_proven: dict[str, float] = {}
+
+
+def _remember(credential: str, now: float) -> None:
+    if len(_proven) >= 10_000:
+        _proven.clear()
+    _proven[credential] = now + CACHE_SECONDS
+
+
+def note_verified_token(token: str) -> None:
+    """Say that a member token has just proven itself (``trust.member_caller``)."""
+    _remember(token, time.monotonic())
+
+
+def verified(credential: str) -> bool:
+    """Whether this exact credential, secret and all, proved itself in this process within
+    the last 30 s; no query."""
+    now = time.monotonic()
+    until = _proven.get(credential)
+    if until is not None and until > now:
+        return True
+    if isinstance(authenticate_without_database(credential), Principal):
+        _remember(credential, now)
+        return True
+    return False
 
 
 class MemoryWindows:
@@ -137,8 +176,14 @@ class MemoryWindows:
 
 class RateLimiter:
     """The per-IP limit counts every request from a client address, the per-key limit
-    every request that presents a bearer credential. ``memory://`` counts in this process
-    (``MemoryWindows``); any other storage goes through ``limits`` (Redis)."""
+    every request whose bearer credential proved itself (module docstring). ``memory://``
+    counts in this process (``MemoryWindows``); any other storage goes through ``limits``
+    (Redis).
+
+    ``check_here`` and ``check_shared`` answer ``(refusal, later)``: the refusal
+    ``(kind, limit, retry_after)`` or None, and the ``(key, credential)`` to pass to
+    ``count_later`` once the request has been answered (its credential not proven yet),
+    or None."""
 
     def __init__(self) -> None:
         self.per_key = _limit("SETIA_RATE_LIMIT_PER_KEY", DEFAULT_PER_KEY)
@@ -157,45 +202,67 @@ class RateLimiter:
                        if limit is not None}
 
     def _checks(self, scope: Scope, authorization: bytes | None
-                ) -> list[tuple[Any, str, str]]:
+                ) -> tuple[list[tuple[Any, str, str]], tuple[str, str] | None]:
         checks = []
+        later = None
         if self.per_ip is not None:
             client = scope.get("client")
             checks.append((self.per_ip, "ip", client[0] if client else "unknown"))
         if self.per_key is not None:
-            key = _caller_key(authorization)
-            if key is not None:
-                checks.append((self.per_key, "key", key))
-        return checks
+            caller = _caller_key(authorization)
+            if caller is not None:
+                if verified(caller[1]):
+                    checks.append((self.per_key, "key", caller[0]))
+                else:
+                    later = caller
+        return checks, later
 
     def check_here(self, scope: Scope, authorization: bytes | None
-                   ) -> tuple[str, str, int] | None:
-        """With the in-process store: ``(kind, limit, retry_after)`` when refused.
-        ``authorization``: the request's first Authorization header, if any."""
+                   ) -> tuple[tuple[str, str, int] | None, tuple[str, str] | None]:
+        """With the in-process store: the refusal and what to count later (class
+        docstring). ``authorization``: the request's first Authorization header, if any."""
         assert self.local is not None
         now = time.time()
-        for limit, kind, who in self._checks(scope, authorization):
+        checks, later = self._checks(scope, authorization)
+        for limit, kind, who in checks:
             amount, length = self._sizes[kind]
             wait = self.local.hit(kind, who, amount, length, now)
             if wait is not None:
-                return kind, str(limit), max(1, math.ceil(wait))
-        return None
+                return (kind, str(limit), max(1, math.ceil(wait))), None
+        return None, later
 
     async def check_shared(self, scope: Scope, authorization: bytes | None
-                           ) -> tuple[str, str, int] | None:
-        """With a shared store (``limits``): ``(kind, limit, retry_after)`` when refused;
-        a store that does not answer lets the request through."""
-        for limit, kind, who in self._checks(scope, authorization):
+                           ) -> tuple[tuple[str, str, int] | None, tuple[str, str] | None]:
+        """With a shared store (``limits``): the refusal and what to count later (class
+        docstring); a store that does not answer lets the request through."""
+        checks, later = self._checks(scope, authorization)
+        for limit, kind, who in checks:
             try:
                 allowed = await self.limiter.hit(limit, kind, who)
                 stats = None if allowed else await self.limiter.get_window_stats(
                     limit, kind, who)
             except Exception as exc:  # noqa: BLE001 - the store is down: fail open, say so
                 self._store_failed(exc)
-                return None
+                return None, None
             if stats is not None:
-                return kind, str(limit), max(1, math.ceil(stats.reset_time - time.time()))
-        return None
+                return (kind, str(limit), max(1, math.ceil(stats.reset_time - time.time()))), \
+                    None
+        return None, later
+
+    async def count_later(self, caller: tuple[str, str]) -> None:
+        """Count an answered request against its key's limit if its credential proved
+        itself while it was answered (the first request of a key the caches did not hold);
+        a wrong secret is never counted here."""
+        if self.per_key is None or not verified(caller[1]):
+            return
+        if self.local is not None:
+            amount, length = self._sizes["key"]
+            self.local.hit("key", caller[0], amount, length, time.time())
+            return
+        try:
+            await self.limiter.hit(self.per_key, "key", caller[0])
+        except Exception as exc:  # noqa: BLE001 - the store is down: fail open, say so
+            self._store_failed(exc)
 
     def _store_failed(self, exc: Exception) -> None:
         """A rate-limit store that does not answer must not take the API down with it:

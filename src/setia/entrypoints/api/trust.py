@@ -11,21 +11,31 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from setia.domain.errors import InvalidField
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import BEARER, STAFF_SCOPES, Caller, require
-from setia.entrypoints.api.security import install_log_redaction
+from setia.entrypoints.api.security import install_log_redaction, note_verified_token
 from setia.service import activity, audit, fraud, member_tokens, members, privacy, redemptions
 from setia.service.member_tokens import MemberPrincipal
 
 router = APIRouter(responses=schemas.PROBLEM_RESPONSES)  # every route answers problems
 BASE = "/v1/programs/{program}"
 MAX_ID = 2**63 - 1  # ids are 64-bit integers in both databases
+MEMBER_REDEMPTION_FIELDS = frozenset({"reward", "points", "hold"})
 
 
 async def _body(request: Request) -> Any:
     from setia.entrypoints.api.app import read_body
 
     return await read_body(request)
+
+
+async def _optional_body(request: Request) -> Any:
+    """The body, ``{}`` when empty; read within the 1 MiB limit, never buffered whole
+    first."""
+    from setia.entrypoints.api.app import read_optional_body
+
+    return await read_optional_body(request)
 
 
 def _key(request: Request) -> str:
@@ -47,6 +57,7 @@ async def member_caller(request: Request) -> MemberPrincipal:
     if principal is None:
         raise HTTPException(401, "the member token is not valid (unknown, expired or revoked)",
                             headers=BEARER)
+    note_verified_token(token)  # from now on its requests count against its own limit
     return principal
 
 
@@ -61,7 +72,7 @@ async def post_member_token(program: str, member: str, request: Request,
                             caller: Caller = Depends(require(*STAFF_SCOPES))) -> Any:
     """A member token for the portal, shown once (admin or pos key)."""
     caller.check_program(program)
-    body = await _body(request) if await request.body() else {}
+    body = await _optional_body(request)
     days: Any = body.get("days", 30) if isinstance(body, dict) else None
     return await run_in_threadpool(member_tokens.issue, request.app.state.engine, program,
                                    member, days=days)
@@ -98,10 +109,15 @@ async def post_my_redemption(request: Request,
     token's, never the body's."""
     key = _key(request)
     body = await _body(request)
-    if isinstance(body, dict) and "member" in body:
-        raise HTTPException(403, "a member token redeems only for its own member")
     if not isinstance(body, dict):
-        body = {"(body)": body}
+        raise InvalidField("the redemption must be a JSON object", field="(body)")
+    if "member" in body:
+        raise HTTPException(403, "a member token redeems only for its own member")
+    # the staff's redemption takes a partner too (where a till burns the points): a member
+    # has no till, so the member's own body names only what the member chooses
+    unknown = sorted(set(body) - MEMBER_REDEMPTION_FIELDS)
+    if unknown:
+        raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
     member = await _member_id(request, principal)
     return await run_in_threadpool(redemptions.redeem, request.app.state.engine,
                                    principal.program_id, {**body, "member": member},

@@ -9,7 +9,9 @@ answers.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -22,6 +24,10 @@ from setia.entrypoints.api.responses import JSONResponse
 from setia.service import programmes
 
 MAX_BODY_BYTES = 1024 * 1024
+# Arrays and objects nested deeper than this are refused (400): the parsers and the request
+# hash recurse (orjson.dumps gives up at 255 levels, json.loads at about 1,000); no request
+# of the API needs more than a few.
+MAX_DEPTH = 64
 PROBLEM = "application/problem+json"
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 
@@ -66,6 +72,20 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+class MalformedBody(StarletteHTTPException):
+    """400 ``malformed-request``: the body cannot be read as a document; ``field`` is
+    ``(body)``, the whole of it."""
+
+    field = "(body)"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(400, detail)
+
+
+def too_deep() -> MalformedBody:
+    return MalformedBody(f"the body nests arrays and objects more than {MAX_DEPTH} levels deep")
+
+
 def too_large() -> StarletteHTTPException:
     return StarletteHTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
 
@@ -105,11 +125,20 @@ def parse_body(raw: bytes | bytearray, content_type: str, *, yaml_ok: bool = Fal
     """The document in a request body read whole (``raw``), by its Content-Type header."""
     media = content_type.split(";")[0].strip().lower()
     if yaml_ok and media in YAML_TYPES:
-        document = programmes.parse_text(bytes(raw))
+        # YAML nests by indentation and aliases too, so its depth is known only once it is
+        # read (by a parser that recurses: deep enough, it gives up)
+        try:
+            document = programmes.parse_text(bytes(raw))
+        except RecursionError:
+            raise too_deep() from None
+        if document_deeper(document, MAX_DEPTH):
+            raise too_deep()
         check_storable(document)
         return document
     if media != "application/json" and not media.endswith("+json"):
         raise StarletteHTTPException(415, "send the body as application/json")
+    if nested_deeper(raw, MAX_DEPTH):
+        raise too_deep()
     if b"\\u" not in raw:
         # No \u escape: no NUL character and no unpaired surrogate can be in it (valid JSON
         # has no raw control characters, valid UTF-8 no surrogates), so the fast parser
@@ -121,9 +150,59 @@ def parse_body(raw: bytes | bytearray, content_type: str, *, yaml_ok: bool = Fal
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StarletteHTTPException(400, f"the body is not valid JSON: {exc}") from None
+        raise MalformedBody(f"the body is not valid JSON: {exc}") from None
     check_storable(body)
     return body
+
+
+_QUOTED = re.compile(rb'"[^"]*"')  # a string of the text left by _KEPT: brackets within it
+_KEPT = bytes.maketrans(b"{}", b"[]")  # an object's level is a level like an array's
+_NOT_KEPT = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+_STEPS = bytes.maketrans(b"[]", b"\x01\xff")  # as signed bytes: +1 and -1
+WIDE_PASSES = 4
+
+
+def nested_deeper(raw: bytes | bytearray, limit: int) -> bool:
+    """Whether JSON text ``raw`` nests arrays and objects more than ``limit`` levels deep,
+    found without parsing it (so without recursion) and at C speed; text that is not JSON
+    gets an answer too (the parser refuses it anyway).
+
+    A body with at most ``limit`` opening brackets (nearly every request) passes on two
+    counts. Otherwise escapes are dropped (so every quote left opens or closes a string)
+    and so is all but quotes and brackets; then the strings, which are nearly all ``""``
+    by now; then the innermost empty pairs, one level a pass, which leaves little of a
+    wide body; the depth of what is left is the largest running sum of its steps."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    kept = raw.translate(_KEPT, _NOT_KEPT).replace(b'""', b"")
+    if b'"' in kept:  # strings with brackets in them
+        kept = _QUOTED.sub(b"", kept)
+    passes = min(WIDE_PASSES, limit)
+    for _ in range(passes):
+        kept = kept.replace(b"[]", b"")  # one level: replace does not look again
+    left = limit - passes  # the deepest nesting lost one level a pass
+    if kept.count(b"[") <= left:
+        return False
+    return max(accumulate(memoryview(kept.translate(_STEPS)).cast("b"))) > left
+
+
+def document_deeper(document: Any, limit: int) -> bool:
+    """Whether a document read already nests lists and dicts more than ``limit`` levels
+    deep; a walk with a stack of its own, not recursion."""
+    if not isinstance(document, dict | list):
+        return False
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            if isinstance(item, dict | list):
+                if depth == limit:
+                    return True
+                stack.append((item, depth + 1))
+    return False
 
 
 def check_storable(value: Any, path: str = "") -> None:
