@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -14,6 +14,7 @@ from setia.domain.ledger import (
     PENDING,
     REDEEMED,
     RESERVED,
+    Lot,
     MemberLedger,
     Posting,
 )
@@ -140,6 +141,50 @@ def test_lots_with_the_same_expiry_are_spent_oldest_first():
     earn(ledger, 10, "earlier", available_at=at(3, 1), expires_at=at(9, 1))
     ledger.spend(15, code="redeem", credit=REDEEMED, explanation="")
     assert remaining(ledger) == {"later": 5, "earlier": 0}
+
+
+def test_lots_in_two_time_zones_are_spent_by_the_instant_they_expire():
+    # Given a lot read from the database (times in UTC) expiring 1 December 17:00 UTC, and
+    # one earned now in Los Angeles time expiring 11:00 PST: 19:00 UTC, two hours later,
+    # though its wall-clock time is earlier
+    pst = timezone(timedelta(hours=-8))
+    stored = Lot(seq=1, source="o1", points=100, remaining=100,
+                 available_at=datetime(2027, 6, 1, 16, tzinfo=UTC),
+                 expires_at=datetime(2027, 12, 1, 17, tzinfo=UTC), pending=False)
+    ledger = MemberLedger(member_pk=1, available=100, lot_seq=1,
+                          lots_loader=lambda: [stored])
+    earn(ledger, 50, "o2", available_at=datetime(2027, 6, 1, 10, tzinfo=pst),
+         expires_at=datetime(2027, 12, 1, 11, tzinfo=pst))
+
+    # When 60 are spent
+    allocations = ledger.spend(60, code="redeem", credit=REDEEMED, explanation="")
+
+    # Then the stored lot, which expires first, gives all 60
+    assert [(a.lot_seq, a.points) for a in allocations] == [(1, 60)]
+    assert remaining(ledger) == {"o1": 40, "o2": 50}
+    # and the new lot keeps the same instants, in UTC as stored lots
+    assert ledger.lots[2].expires_at == datetime(2027, 12, 1, 19, tzinfo=UTC)
+    ledger.check()
+
+
+def test_a_clawback_takes_the_lot_that_expires_first_across_time_zones():
+    # Given the same two lots, the one earned now of the order refunded
+    pst = timezone(timedelta(hours=-8))
+    stored = Lot(seq=1, source="o1", points=100, remaining=100,
+                 available_at=datetime(2027, 6, 1, 16, tzinfo=UTC),
+                 expires_at=datetime(2027, 12, 1, 17, tzinfo=UTC), pending=False)
+    ledger = MemberLedger(member_pk=1, available=100, lot_seq=1,
+                          lots_loader=lambda: [stored])
+    earn(ledger, 50, "o2", available_at=datetime(2027, 6, 1, 10, tzinfo=pst),
+         expires_at=datetime(2027, 12, 1, 11, tzinfo=pst), order_id="o2")
+
+    # When the order's 50 are clawed back (none of them pending)
+    ledger.clawback(50, order_id="o2", rule_id="base", explanation="refund")
+
+    # Then they come from the lot that expires first
+    assert remaining(ledger) == {"o1": 50, "o2": 50}
+    assert balances(ledger) == (100, 0, 0)
+    ledger.check()
 
 
 def test_spending_more_than_available_raises_and_changes_nothing():

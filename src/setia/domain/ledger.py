@@ -30,7 +30,8 @@ EXPIRED = "expired"
 ADJUSTMENTS = "adjustments"
 PROGRAMME_ACCOUNTS = (ISSUED, REDEEMED, EXPIRED, ADJUSTMENTS)
 
-_FAR_FUTURE = datetime.max.replace(tzinfo=None)
+# The expiry a lot without one sorts by: after every instant.
+_FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 # available_at of a lot held for a fraud review: never due by itself (domain/trust.py)
 UNDER_REVIEW = datetime(9999, 1, 1, tzinfo=UTC)
 
@@ -51,6 +52,11 @@ class Posting:
         assert self.debit != self.credit, "a posting moves points between two accounts"
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A lot's time in UTC (the same instant), as lots read from the database carry it."""
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+
+
 @dataclass(slots=True)
 class Lot:
     seq: int
@@ -65,8 +71,11 @@ class Lot:
     dirty: bool = False
 
     def sort_key(self) -> tuple[datetime, datetime, int]:
-        expires = self.expires_at.replace(tzinfo=None) if self.expires_at else _FAR_FUTURE
-        return (expires, self.available_at.replace(tzinfo=None), self.seq)
+        """Instants, compared across zones: a lot earned in this unit of work and one read
+        from the database may be in different ones. Times are kept in UTC (``as_utc``),
+        as the database gives them: aware times of one zone compare as fast as naive
+        ones, which converting here, per lot per sort, would not."""
+        return (self.expires_at or _FAR_FUTURE, self.available_at, self.seq)
 
 
 @dataclass(slots=True)
@@ -191,7 +200,9 @@ class MemberLedger:
             return self.lots[seq]
         self.lot_seq += 1
         lot = Lot(seq=self.lot_seq, source=source, points=0, remaining=0,
-                  available_at=available_at, expires_at=expires_at, pending=pending,
+                  available_at=as_utc(available_at),
+                  expires_at=as_utc(expires_at) if expires_at is not None else None,
+                  pending=pending,
                   order_id=order_id, new=True)
         self.lots[lot.seq] = lot
         self.new_lots[(source, pending)] = lot.seq
@@ -234,14 +245,14 @@ class MemberLedger:
         """A lot held for review is due at ``available_at`` again (its review rejected:
         whatever it still holds stays pending until then)."""
         lot = self.lots[seq]
-        lot.available_at = available_at
+        lot.available_at = as_utc(available_at)
         self._touch(lot)
 
     def resume(self, seq: int, available_at: datetime, now: datetime, explanation: str) -> int:
         """An approved review: the lot is due when it would have been; if that time has
         come its points become available now (paying any debt first)."""
         lot = self.lots[seq]
-        lot.available_at = available_at
+        lot.available_at = as_utc(available_at)
         self._touch(lot)
         if not lot.pending or available_at > now:
             return 0
