@@ -122,6 +122,28 @@ def test_a_member_token_body_is_refused_past_one_mebibyte_before_it_is_read(
     assert days == [6, 29]  # 7 and 30 days from a moment ago
 
 
+@pytest.mark.parametrize("path", ["/referrals/ref-x/approve", "/members/cust-1/membership/cancel",
+                                  "/credit/holds/h-x/release"])
+def test_an_optional_body_is_refused_past_one_mebibyte_before_it_is_read(
+        server: LiveServer, path: str) -> None:
+    # Given a request to a route whose body may be left out, that says its body is 64 MiB,
+    # of which only the first bytes are sent
+    host, port = server.base_url.removeprefix("http://").split(":")
+    head = (f"POST {API}{path} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {server.admin_key}\r\nIdempotency-Key: big-1\r\n"
+            "Content-Type: application/json\r\nContent-Length: 67108864\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head.encode() + b'{"reason": ')
+        # When the server answers, without waiting for the rest
+        answer = b""
+        while b"body-too-large" not in answer:
+            piece = conn.recv(65536)  # a server that reads the whole body first times out
+            assert piece, answer
+            answer += piece
+    # Then it is 413
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+
+
 def test_admin_actions_are_in_the_audit_log_with_who_did_them(server: LiveServer) -> None:
     key = create_key(server.db_url, "admin")
     key_id = key.split("_")[1]

@@ -228,3 +228,20 @@ def test_a_body_nested_past_64_levels_is_refused_before_it_is_parsed(levels: int
         wire.parse_body(raw, "application/json")
     assert (refused.value.status_code, refused.value.detail, refused.value.field) == (
         400, "the body nests arrays and objects more than 64 levels deep", "(body)")
+
+
+@pytest.mark.parametrize(("number", "refused"), [
+    (2**63 - 1, False), (-(2**63), False), (2**63, True), (-(2**63) - 1, True), (10**30, True)])
+def test_a_whole_number_past_64_bits_is_refused_naming_where_it_is(number: int,
+                                                                    refused: bool) -> None:
+    # A \u escape sends the body through the slow parser, which keeps big integers: the
+    # request hash (orjson) and the database would fail on them with a 500.
+    raw = json.dumps({"events": [{"id": "caf\u00e9"}, {"attributes": {"n": number}}]},
+                     ensure_ascii=True).encode()
+    assert b"\\u" in raw
+    if refused:
+        with pytest.raises(InvalidField) as error:
+            wire.parse_body(raw, "application/json")
+        assert error.value.field == "events[1].attributes.n"
+    else:
+        assert wire.parse_body(raw, "application/json")["events"][1]["attributes"]["n"] == number

@@ -138,11 +138,13 @@ async def read_body(request: Request, *, yaml_ok: bool = False) -> Any:
     return parse_body(raw, request.headers.get("content-type", ""), yaml_ok=yaml_ok)
 
 
-async def read_optional_body(request: Request) -> Any:
+async def read_optional_body(request: Request, *,
+                             absent: Callable[[], Any] = dict) -> Any:
     """``read_body`` for a route whose body may be left out: an empty body stands for
-    ``{}``, whether it came with ``Content-Length: 0``, without the header, or chunked."""
+    ``absent()`` (``{}``), whether it came with ``Content-Length: 0``, without the header,
+    or chunked. Never ``await request.body()`` first: that reads a body of any size."""
     raw = await receive_body(_body_source(request), request.headers.get("content-length"))
-    return parse_body(raw, request.headers.get("content-type", "")) if raw else {}
+    return parse_body(raw, request.headers.get("content-type", "")) if raw else absent()
 
 
 def _body_source(request: Request) -> Receive:

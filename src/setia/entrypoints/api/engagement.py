@@ -31,11 +31,9 @@ IdempotencyKey = Header(alias="Idempotency-Key", min_length=1, max_length=200,
 
 
 async def _body(request: Request) -> Any:
-    from setia.entrypoints.api.app import read_body  # app.py includes this router
+    from setia.entrypoints.api.app import read_optional_body  # app.py includes this router
 
-    if not await request.body():
-        return {}
-    return await read_body(request)
+    return await read_optional_body(request)
 
 
 @router.get(BASE + "/campaigns", tags=["campaigns"], responses=schemas.PROBLEM_RESPONSES)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from setia.entrypoints.api import schemas
-from setia.entrypoints.api.app import IdempotencyKey, read_body
+from setia.entrypoints.api.app import IdempotencyKey, read_body, read_optional_body
 from setia.entrypoints.api.auth import READ_SCOPES, STAFF_SCOPES, Caller, require
 from setia.service import referrals
 
@@ -61,9 +61,7 @@ async def get_referral(program: str, referral: str, request: Request,
 
 async def _decide(program: str, referral: str, decision: str, request: Request,
                   key: str) -> Any:
-    body = None
-    if await request.body():
-        body = await read_body(request)
+    body = await read_optional_body(request, absent=lambda: None)
     return await run_in_threadpool(referrals.decide, request.app.state.engine, program,
                                    referral, decision, body, key)
 

@@ -59,10 +59,10 @@ def _call(request: Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -
 
 
 async def _body(request: Request, *, optional: bool = False) -> Any:
-    from setia.entrypoints.api.app import read_body
+    from setia.entrypoints.api.app import read_body, read_optional_body
 
-    if optional and not await request.body():
-        return None
+    if optional:
+        return await read_optional_body(request, absent=lambda: None)
     return await read_body(request)
 
 

@@ -207,8 +207,15 @@ def document_deeper(document: Any, limit: int) -> bool:
 
 def check_storable(value: Any, path: str = "") -> None:
     """Refuse text no database can hold: NUL characters and unpaired surrogates
-    (JSON's \\u escapes allow both)."""
-    if isinstance(value, str):
+    (JSON's \\u escapes allow both); and whole numbers past 64 bits, which the slow
+    parser keeps (the fast one refuses them) and no column, request hash or stored
+    result can hold."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**63:
+            where = path or "(body)"
+            raise InvalidField(f"{where} is a whole number too large (past 64 bits)",
+                               field=where)
+    elif isinstance(value, str):
         if "\x00" in value or not encodes(value):
             where = path or "(body)"
             raise InvalidField(f"{where} contains a NUL character or an unpaired surrogate",
