@@ -211,6 +211,35 @@ def test_an_event_setia_posts_itself_cannot_be_sent(kopi, event_type):
     assert_journal_ok(kopi)
 
 
+def test_a_birthday_event_stored_before_it_was_refused_replays_when_sent_again(kopi):
+    # Given a birthday event a till sent while such events were still taken (stored as
+    # an earlier version of Setia stored it: applied as sent)
+    from setia.domain.events import parse_event
+    from setia.service.common import require_programme, transaction
+    from setia.service.events import apply_event
+
+    enrol(kopi)
+    sent = {"id": "b-1", "type": "birthday", "member": "cust-1",
+            "occurred_at": "2027-03-01T10:00:00+08:00"}
+
+    def earlier(uow: Any) -> dict[str, Any]:
+        programme = require_programme(uow, P)
+        result = apply_event(uow, programme, parse_event(sent, "MYR"), sent, CLOCK())
+        uow.commit()
+        return result
+
+    first = transaction(kopi, earlier)
+    before = postings_count(kopi)
+
+    # When the till retries it
+    again = ingest_event(kopi, P, sent, CLOCK)
+
+    # Then it replays the first answer (the same key and request), and pays nothing more
+    assert again == {**first, "status": "replayed"}
+    assert postings_count(kopi) == before
+    assert_journal_ok(kopi)
+
+
 def test_an_amount_or_quantity_past_what_can_be_stored_is_refused_alone_in_its_batch(kopi):
     # Given a member
     from setia.service.batch import ingest_batch

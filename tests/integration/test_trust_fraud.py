@@ -812,3 +812,27 @@ def test_a_statement_before_a_rejected_purchase_shows_the_metric_as_it_stood(eng
     (row,) = frame.select("member", "tier_metric", "remaining_to_next").rows()
     assert row == ("m1", 10.0, 40.0)
     assert_journal_ok(engine)
+
+
+def test_a_rejected_purchase_keeps_no_voucher_of_a_voucher_campaign(engine):
+    # Given a free cake for purchases of RM 25 or more, and m1's third purchase of the hour
+    # (RM 30: a cake voucher) held for review
+    review = held_m1_under(engine, {**PROGRAMME, "campaigns": [
+        {"id": "cake", "name": "Cake", "min_amount": "25.00",
+         "voucher": {"free_item": "cake", "valid_days": 30}}]})
+
+    # When the review is rejected
+    fraud.decide(engine, P, review, "reject", "k1", CLOCK)
+
+    # Then the voucher is void (used by the rejection), and she is told
+    with engine.connect() as conn:
+        (code, used_ref), = conn.execute(sa.text(
+            "SELECT code, used_ref FROM vouchers")).all()
+        assert used_ref == f"review {review} rejected"
+        assert conn.execute(sa.text("SELECT kept FROM campaign_awards")).scalars().all() == [0]
+        told = [json.loads(row[0]) if isinstance(row[0], str) else row[0]
+                for row in conn.execute(sa.text(
+                    "SELECT data FROM outbox WHERE type = 'voucher.voided'"))]
+    assert [(m["ref"], m["code"], m["reward"]) for m in told] == [
+        (f"review:{review}", code, "campaign:cake")]
+    assert_journal_ok(engine)

@@ -180,13 +180,12 @@ POSTED_BY_SETIA = {"signup": "enrolment (PUT .../members/{member}) posts it",
                    "anniversary": "run-due posts it on the enrolment anniversary, once a year"}
 
 
-def parse_sent_event(raw: Any, currency: str) -> Event:
-    """``parse_event`` for an event a client sends (POST /events, /events/batch, /simulate,
-    an import): one of the types Setia posts itself (``POSTED_BY_SETIA``) is refused."""
-    event = parse_event(raw, currency)
+def check_sent(event: Event) -> None:
+    """An event a client sends (POST /events, /events/batch, /simulate, an import) is not
+    of a type Setia posts itself (``POSTED_BY_SETIA``). Checked once the event id is
+    known not to be stored: a retry of one stored before this check replays."""
     if (origin := POSTED_BY_SETIA.get(event.type)) is not None:
         raise InvalidField(f"{event.type} events cannot be sent: {origin}", field="type")
-    return event
 
 
 def parse_event(raw: Any, currency: str) -> Event:

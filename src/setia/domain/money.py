@@ -48,8 +48,9 @@ def parse_amount(value: object, currency: str, field: str) -> Decimal:
 
 # The most one amount may be, in any currency (100 billion: a purchase in rupiah or won
 # too). Amounts are kept in ten-thousandths in 64-bit columns (orders, tier buckets,
-# analytics), which hold 922 billion: sums of a member's month then have room to spare, and
-# an amount such as "1e30" is refused here rather than failing its batch at the database.
+# analytics), which hold up to about 922 trillion: sums of a member's month have room to
+# spare, and an amount such as "1e30" (past Decimal's 28 digits) or "1e15" (past the
+# columns) is refused here rather than failing its batch at the database.
 MAX_AMOUNT = Decimal(100_000_000_000)
 
 

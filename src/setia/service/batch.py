@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from setia.adapters.db.store import UnitOfWork
 from setia.domain import tiers
 from setia.domain.errors import InvalidField, SetiaError
-from setia.domain.events import Event, parse_sent_event
+from setia.domain.events import Event, parse_event
 from setia.domain.programme import Programme
 from setia.service import fraud
 from setia.service.common import Clock, request_hash, require_programme, transaction, utc_now
@@ -159,7 +159,7 @@ def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
     parsed: list[Event | SetiaError] = []
     for raw in raws:
         try:
-            parsed.append(parse_sent_event(raw, programme.currency))
+            parsed.append(parse_event(raw, programme.currency))
         except SetiaError as exc:
             parsed.append(exc)
     events = [event for event in parsed if isinstance(event, Event)]
@@ -197,7 +197,7 @@ def apply_batch(uow: UnitOfWork, programme: Programme, raws: list[Any],
             continue
         try:
             outcomes.append(apply_event(uow, programme, event, raw, now, known=known,
-                                        digest=digests[id(raw)]))
+                                        digest=digests[id(raw)], sent=True))
         except SetiaError as exc:
             outcomes.append(exc)
     return outcomes

@@ -199,11 +199,16 @@ def _take(uow: UnitOfWork, programme: Programme, coupon: c.Coupon, code: str,
     counter = tc.coupon_counters
     mine = sa.and_(counter.c.program_id == programme.id, counter.c.coupon_id == coupon.id)
     if coupon.max_uses is not None:
-        uow.insert_ignore(counter, {"program_id": programme.id, "coupon_id": coupon.id,
-                                    "uses": _standing_uses(programme, coupon)},
-                          ["program_id", "coupon_id"])
-        taken = uow.execute(counter.update().where(mine, counter.c.uses < coupon.max_uses)
-                            .values(uses=counter.c.uses + 1)).rowcount
+        take = counter.update().where(mine, counter.c.uses < coupon.max_uses).values(
+            uses=counter.c.uses + 1)
+        taken = uow.execute(take).rowcount
+        if not taken and uow.execute(sa.select(counter.c.uses).where(mine)).first() is None:
+            # the first use under the cap: the counter is made (once, not with every use)
+            # from the uses standing
+            uow.insert_ignore(counter, {"program_id": programme.id, "coupon_id": coupon.id,
+                                        "uses": _standing_uses(programme, coupon)},
+                              ["program_id", "coupon_id"])
+            taken = uow.execute(take).rowcount
         if not taken:
             raise c.CouponExhausted(f"all {coupon.max_uses} uses of coupon {coupon.id} are gone",
                                     field="code")

@@ -30,6 +30,7 @@ from setia.domain.programme import Programme
 from setia.domain.rewards import voucher_code
 from setia.service import outbox
 from setia.service.common import require_programme
+from setia.service.redemptions import void_unused
 
 
 def has_engagement(programme: Programme) -> bool:
@@ -449,26 +450,42 @@ def _void_campaign_voucher(uow: UnitOfWork, programme: Programme, original: Prog
                            member: Member, row: Any, order: Any, event: Event,
                            now: datetime) -> None:
     """A voucher campaign's award once a refund leaves the order short of the campaign
-    (refunded in full, or below its ``min_amount``: ``rules.campaign_still_qualifies``): the
-    award keeps nothing, and the voucher, if not used yet, is voided and the member told.
-    A voucher used already stays used."""
+    (refunded in full, or below its ``min_amount``: ``rules.campaign_still_qualifies``):
+    ``void_award_voucher``, as of the refund."""
     campaign = next((c for c in original.model.campaigns or [] if c.id == row["campaign_id"]),
                     None)
     if campaign is None or rules.campaign_still_qualifies(campaign, order.left):
         return
-    a, v = te.campaign_awards, t.vouchers
+    void_award_voucher(uow, programme, member, row, ref=event.id,
+                       used_ref=f"refund {event.id}", at=event.occurred_at, told_at=now)
+
+
+def void_award_voucher(uow: UnitOfWork, programme: Programme, member: Member, row: Any, *,
+                       ref: str, used_ref: str, at: datetime, told_at: datetime) -> None:
+    """A campaign award's voucher (``row``: its ``campaign_awards`` row) taken back, by a
+    refund that left its order short of the campaign or a fraud rejection of the purchase
+    (``ref``): the award keeps nothing, and the voucher is voided if not used yet
+    (``redemptions.void_unused``)."""
+    a = te.campaign_awards
     uow.execute(a.update().where(a.c.program_id == programme.id,
                                  a.c.campaign_id == row["campaign_id"],
                                  a.c.ref == row["ref"]).values(kept=0))
-    voided = uow.execute(v.update().where(
-        v.c.program_id == programme.id, v.c.code == row["voucher_code"], v.c.used_at.is_(None))
-        .values(used_at=event.occurred_at, used_ref=f"refund {event.id}"[:200])
-        .returning(v.c.code, v.c.reward_id, v.c.expires_at)).first()
-    if voided is not None and (voided.expires_at is None
-                               or voided.expires_at > event.occurred_at):
-        outbox.voucher_voided(uow, programme, member, code=voided.code,
-                              reward=voided.reward_id, ref=event.id,
-                              voided_at=event.occurred_at, told_at=now)
+    void_unused(uow, programme, member, t.vouchers.c.code == row["voucher_code"], ref=ref,
+                used_ref=used_ref, at=at, told_at=told_at)
+
+
+def void_order_vouchers(uow: UnitOfWork, programme: Programme, member: Member,
+                        order_id: str, *, ref: str, used_ref: str, at: datetime,
+                        told_at: datetime) -> None:
+    """Every campaign voucher an order still keeps, taken back (``void_award_voucher``):
+    a purchase rejected as fraud keeps none."""
+    a = te.campaign_awards
+    for row in uow.execute(sa.select(a).where(
+            a.c.program_id == programme.id, a.c.order_id == order_id,
+            a.c.member_pk == member.pk, a.c.kept > 0, a.c.voucher_code.is_not(None))
+            .order_by(a.c.campaign_id)).mappings().all():
+        void_award_voucher(uow, programme, member, row, ref=ref, used_ref=used_ref, at=at,
+                           told_at=told_at)
 
 
 def _kept_after_refund(original: Programme, row: Any, purchase: Event,

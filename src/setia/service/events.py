@@ -23,7 +23,7 @@ from setia.domain.errors import (
     UnknownMember,
     UnknownOrder,
 )
-from setia.domain.events import Event, parse_event, parse_sent_event, purchase_order
+from setia.domain.events import Event, check_sent, parse_event, purchase_order
 from setia.domain.member import Member
 from setia.domain.money import minor_digits
 from setia.domain.programme import Level, Programme
@@ -41,7 +41,7 @@ def ingest_event(
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme, event = _programme_and_event(uow, program_id, payload)
-        result = apply_event(uow, programme, event, payload, clock())
+        result = apply_event(uow, programme, event, payload, clock(), sent=True)
         uow.commit()
         return result
 
@@ -58,18 +58,18 @@ def _programme_and_event(uow: UnitOfWork, program_id: str, payload: Any) -> tupl
     if programme is None:
         programme = require_programme(uow, program_id)
     try:
-        event = parse_sent_event(payload, programme.currency)
+        event = parse_event(payload, programme.currency)
     except SetiaError:
         fresh = require_programme(uow, program_id)  # the cached one may be stale
         if fresh is programme:
             raise
-        programme, event = fresh, parse_sent_event(payload, fresh.currency)
+        programme, event = fresh, parse_event(payload, fresh.currency)
     uow.expect(program_id, event.id, event.order_id if event.type == "purchase" else None)
     uow.member(program_id, event.member)
     if not uow.is_current(programme):
         fresh = require_programme(uow, program_id)
         if fresh is not programme:
-            programme, event = fresh, parse_sent_event(payload, fresh.currency)
+            programme, event = fresh, parse_event(payload, fresh.currency)
     return programme, event
 
 
@@ -80,8 +80,8 @@ def simulate_event(
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
-        event = parse_sent_event(payload, programme.currency)
-        result = apply_event(uow, programme, event, payload, clock(), store=False)
+        event = parse_event(payload, programme.currency)
+        result = apply_event(uow, programme, event, payload, clock(), store=False, sent=True)
         result["status"] = "simulated"
         return result  # no commit: the unit of work rolls back
 
@@ -113,9 +113,11 @@ def apply_event(
     store: bool = True,
     known: dict[str, Any] | None = None,
     digest: str | None = None,
+    sent: bool = False,
 ) -> dict[str, Any]:
     """Apply one parsed event (``payload``: its request, whose ``request_hash`` is
-    ``digest`` when the caller has it already)."""
+    ``digest`` when the caller has it already); ``sent`` by a client, not posted by Setia
+    itself (enrolment, run-due), which alone may post some types (``check_sent``)."""
     if digest is None:
         digest = request_hash(payload)
     # An event refused changes nothing, so a member it would enrol is enrolled only after
@@ -138,6 +140,8 @@ def apply_event(
     stored = known.get(event.id) if known is not None else uow.stored_event(programme.id, event.id)
     if stored is not None:
         return replay_or_conflict(stored, digest, event.id)
+    if sent:
+        check_sent(event)
     if member is None:
         # Refused here if another event holds the signup's id. Found taken by this id's
         # own signup: a person erased and enrolling again, or another transaction that

@@ -38,7 +38,15 @@ from setia.domain.events import Event
 from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.domain.refunds import Order
-from setia.service import audit, memberships, outbox, partners, referrals, store_credit
+from setia.service import (
+    audit,
+    engagement,
+    memberships,
+    outbox,
+    partners,
+    referrals,
+    store_credit,
+)
 from setia.service.common import (
     Clock,
     advisory_xact_lock,
@@ -190,12 +198,16 @@ def _purchase_rejected(uow: UnitOfWork, programme: Programme, member: Member, or
                        review_id: int, now: datetime) -> None:
     """A rejected purchase keeps none of what else it earned, each taken as a refund of all
     that is left of the order would take it: its instant cashback (posted under the
-    rejection's reference), and the referral it qualified (back to ``linked`` before
+    rejection's reference), its voucher campaigns' vouchers not used yet, and the referral
+    it qualified (back to ``linked`` before
     payment, both sides clawed back after). The order itself stays as it is: a later
     refund of it gives its coupons back but finds nothing more to take
     (``events._refund`` sees the rejected review: ``purchase_rejected``; the referral no
     longer names the order, or is clawed back already)."""
     store_credit.on_rejection(uow, programme, member, order, review_id, now)
+    engagement.void_order_vouchers(uow, programme, member, order.order_id,
+                                   ref=f"review:{review_id}",
+                                   used_ref=f"review {review_id} rejected", at=now, told_at=now)
     referrals.after_refund(uow, programme, member, replace(order, refunded=order.amount), now,
                            told_at=now, cause=f"rejected as fraud in review {review_id}")
 

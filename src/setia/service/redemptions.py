@@ -392,6 +392,25 @@ def _voucher_view(row: dict[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
+def void_unused(uow: UnitOfWork, programme: Programme, member: Member, which: Any, *,
+                ref: str, used_ref: str, at: datetime, told_at: datetime) -> int:
+    """Void the vouchers ``which`` selects (a condition on ``vouchers``) that are not used
+    yet: marked used at ``at`` by ``used_ref`` (``GET /vouchers/{code}`` then answers them
+    as used), and the member told (``voucher.voided``, ``ref``) of each not expired by
+    then. A voucher used already stays used. Answers how many were voided."""
+    v = t.vouchers
+    voided = uow.execute(v.update().where(v.c.program_id == programme.id, which,
+                                          v.c.used_at.is_(None))
+                         .values(used_at=at, used_ref=used_ref[:200])
+                         .returning(v.c.code, v.c.reward_id, v.c.expires_at)).all()
+    for row in voided:
+        if row.expires_at is not None and row.expires_at <= at:
+            continue  # it had lapsed already: nothing is taken from the member
+        outbox.voucher_voided(uow, programme, member, code=row.code, reward=row.reward_id,
+                              ref=ref, voided_at=at, told_at=told_at)
+    return len(voided)
+
+
 def check_voucher(
     engine: sa.Engine, program_id: str, code: str, clock: Clock = utc_now
 ) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from setia.service.common import (
     transaction,
     utc_now,
 )
-from setia.service.redemptions import issue_reward_voucher
+from setia.service.redemptions import issue_reward_voucher, void_unused
 
 RandomBytes = Callable[[int], bytes]
 STATUSES = ("review", "linked", "qualified", "paid", "clawed_back", "rejected")
@@ -330,17 +330,10 @@ def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, m
 def _void_vouchers(uow: UnitOfWork, programme: Programme, member: Member, referral_id: str,
                    side: str, now: datetime, *, told_at: datetime) -> None:
     """A side's referral voucher not used yet is voided; a used one stays used."""
-    voided = uow.execute(t.vouchers.update().where(
-        t.vouchers.c.program_id == programme.id,
-        t.vouchers.c.redemption_id == _voucher_ref(referral_id, side),
-        t.vouchers.c.used_at.is_(None)).values(used_at=now, used_ref="referral clawback")
-        .returning(t.vouchers.c.code, t.vouchers.c.reward_id, t.vouchers.c.expires_at)
-    ).all()
-    for row in voided:
-        if row.expires_at is not None and row.expires_at <= now:
-            continue  # it had lapsed already: nothing is taken from the member
-        outbox.voucher_voided(uow, programme, member, code=row.code, reward=row.reward_id,
-                              ref=rule_id(referral_id), voided_at=now, told_at=told_at)
+    void_unused(uow, programme, member,
+                t.vouchers.c.redemption_id == _voucher_ref(referral_id, side),
+                ref=rule_id(referral_id), used_ref="referral clawback", at=now,
+                told_at=told_at)
 
 
 # -- paying -----------------------------------------------------------------------------

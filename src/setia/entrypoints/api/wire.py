@@ -148,7 +148,7 @@ def parse_body(raw: bytes | bytearray, content_type: str, *, yaml_ok: bool = Fal
         except orjson.JSONDecodeError:
             pass
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_int_as_orjson_reads_it)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"the body is not valid JSON: {exc}") from None
     check_storable(body)
@@ -205,17 +205,19 @@ def document_deeper(document: Any, limit: int) -> bool:
     return False
 
 
+def _int_as_orjson_reads_it(text: str) -> int | float:
+    """A JSON whole number as the fast parser (orjson) reads it: an int from -2**63 to
+    2**64 - 1, a float past that. The slow parser would keep any int, which the request
+    hash (orjson again), the stored result and the database cannot hold: a body reads the
+    same whichever parser reads it."""
+    number = int(text)
+    return number if -(2**63) <= number < 2**64 else float(number)
+
+
 def check_storable(value: Any, path: str = "") -> None:
     """Refuse text no database can hold: NUL characters and unpaired surrogates
-    (JSON's \\u escapes allow both); and whole numbers past 64 bits, which the slow
-    parser keeps (the fast one refuses them) and no column, request hash or stored
-    result can hold."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not -(2**63) <= value < 2**63:
-            where = path or "(body)"
-            raise InvalidField(f"{where} is a whole number too large (past 64 bits)",
-                               field=where)
-    elif isinstance(value, str):
+    (JSON's \\u escapes allow both)."""
+    if isinstance(value, str):
         if "\x00" in value or not encodes(value):
             where = path or "(body)"
             raise InvalidField(f"{where} contains a NUL character or an unpaired surrogate",
