@@ -262,8 +262,15 @@ def test_a_rejected_reviews_take_back_counts_at_the_order_it_takes_back(
 
 def test_a_rejected_reviews_take_back_counts_at_the_tier_its_order_was_bought_at(
         held_shops: sa.Engine) -> None:
-    # Given vic is Gold now (110.00 of spend took her there on 01-20), and bought o-v2 as
-    # a member
+    # Given vic Gold now (the rejection of o-v2 took back the Gold it lifted her to; two
+    # purchases of 45.00 in March, after the range, took her there again), who bought
+    # o-v2 as a member
+    for event_id, day in (("v3", "10"), ("v4", "11")):
+        when = f"2027-03-{day}T10:00:00+08:00"
+        assert "review" not in ingest_event(held_shops, HELD, {
+            "id": event_id, "type": "purchase", "member": "vic", "occurred_at": when,
+            "order_id": f"o-{event_id}", "amount": "45.00", "currency": "MYR", "store": "s1",
+            "channel": "pos", "partner": "kopi"}, fixed_clock(when))
     assert an.load(held_shops, HELD).members.select("tier").item() == "gold"
     # When the points are asked by tier
     frame = run(held_shops, "points", D(2027, 1, 1), D(2027, 2, 28), program=HELD, by="tier")
