@@ -91,22 +91,30 @@ def test_a_member_token_reads_and_redeems_only_for_its_member(server: LiveServer
         assert_problem(stranger.get("/v1/me"), 401, "unauthorized")
 
 
+def answer_to_a_64_mib_body(server: LiveServer, path: str, start: bytes,
+                            headers: str = "") -> bytes:
+    """What the server answers an admin's POST to ``API + path`` that says its body is 64
+    MiB and sends only ``start`` of it: read until the problem's type arrives (a server
+    that read the whole body first would time out)."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    head = (f"POST {API}{path} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {server.admin_key}\r\n{headers}"
+            "Content-Type: application/json\r\nContent-Length: 67108864\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head.encode() + start)
+        answer = b""
+        while b"body-too-large" not in answer:
+            piece = conn.recv(65536)
+            assert piece, answer
+            answer += piece
+    return answer
+
+
 def test_a_member_token_body_is_refused_past_one_mebibyte_before_it_is_read(
         server: LiveServer) -> None:
     # Given a request for a member token that says its body is 64 MiB, of which only the
-    # first bytes are sent
-    host, port = server.base_url.removeprefix("http://").split(":")
-    head = (f"POST {API}/members/cust-1/tokens HTTP/1.1\r\nHost: {host}\r\n"
-            f"Authorization: Bearer {server.admin_key}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 67108864\r\n\r\n")
-    with socket.create_connection((host, int(port)), timeout=10) as conn:
-        conn.sendall(head.encode() + b'{"days": ')
-        # When the server answers, without waiting for the rest
-        answer = b""
-        while b"body-too-large" not in answer:
-            piece = conn.recv(65536)  # a server that reads the whole body first times out
-            assert piece, answer
-            answer += piece
+    # first bytes are sent; when the server answers, without waiting for the rest
+    answer = answer_to_a_64_mib_body(server, "/members/cust-1/tokens", b'{"days": ')
     # Then it is 413, and no token was issued
     assert answer.startswith(b"HTTP/1.1 413 "), answer
     with server.engine.connect() as conn_db:
@@ -127,19 +135,9 @@ def test_a_member_token_body_is_refused_past_one_mebibyte_before_it_is_read(
 def test_an_optional_body_is_refused_past_one_mebibyte_before_it_is_read(
         server: LiveServer, path: str) -> None:
     # Given a request to a route whose body may be left out, that says its body is 64 MiB,
-    # of which only the first bytes are sent
-    host, port = server.base_url.removeprefix("http://").split(":")
-    head = (f"POST {API}{path} HTTP/1.1\r\nHost: {host}\r\n"
-            f"Authorization: Bearer {server.admin_key}\r\nIdempotency-Key: big-1\r\n"
-            "Content-Type: application/json\r\nContent-Length: 67108864\r\n\r\n")
-    with socket.create_connection((host, int(port)), timeout=10) as conn:
-        conn.sendall(head.encode() + b'{"reason": ')
-        # When the server answers, without waiting for the rest
-        answer = b""
-        while b"body-too-large" not in answer:
-            piece = conn.recv(65536)  # a server that reads the whole body first times out
-            assert piece, answer
-            answer += piece
+    # of which only the first bytes are sent; when the server answers, without waiting
+    answer = answer_to_a_64_mib_body(server, path, b'{"reason": ',
+                                     "Idempotency-Key: big-1\r\n")
     # Then it is 413
     assert answer.startswith(b"HTTP/1.1 413 "), answer
 

@@ -143,10 +143,10 @@ def test_lots_with_the_same_expiry_are_spent_oldest_first():
     assert remaining(ledger) == {"later": 5, "earlier": 0}
 
 
-def test_lots_in_two_time_zones_are_spent_by_the_instant_they_expire():
-    # Given a lot read from the database (times in UTC) expiring 1 December 17:00 UTC, and
-    # one earned now in Los Angeles time expiring 11:00 PST: 19:00 UTC, two hours later,
-    # though its wall-clock time is earlier
+def two_zone_ledger(order_id: str | None = None) -> MemberLedger:
+    """A lot read from the database (times in UTC) expiring 1 December 17:00 UTC, and one
+    earned now in Los Angeles time (of ``order_id``) expiring 11:00 PST: 19:00 UTC, two
+    hours later, though its wall-clock time is earlier."""
     pst = timezone(timedelta(hours=-8))
     stored = Lot(seq=1, source="o1", points=100, remaining=100,
                  available_at=datetime(2027, 6, 1, 16, tzinfo=UTC),
@@ -154,7 +154,15 @@ def test_lots_in_two_time_zones_are_spent_by_the_instant_they_expire():
     ledger = MemberLedger(member_pk=1, available=100, lot_seq=1,
                           lots_loader=lambda: [stored])
     earn(ledger, 50, "o2", available_at=datetime(2027, 6, 1, 10, tzinfo=pst),
-         expires_at=datetime(2027, 12, 1, 11, tzinfo=pst))
+         expires_at=datetime(2027, 12, 1, 11, tzinfo=pst), order_id=order_id)
+    return ledger
+
+
+def test_lots_in_two_time_zones_are_spent_by_the_instant_they_expire():
+    # Given a lot read from the database (times in UTC) expiring 1 December 17:00 UTC, and
+    # one earned now in Los Angeles time expiring 11:00 PST: 19:00 UTC, two hours later,
+    # though its wall-clock time is earlier
+    ledger = two_zone_ledger()
 
     # When 60 are spent
     allocations = ledger.spend(60, code="redeem", credit=REDEEMED, explanation="")
@@ -169,14 +177,7 @@ def test_lots_in_two_time_zones_are_spent_by_the_instant_they_expire():
 
 def test_a_clawback_takes_the_lot_that_expires_first_across_time_zones():
     # Given the same two lots, the one earned now of the order refunded
-    pst = timezone(timedelta(hours=-8))
-    stored = Lot(seq=1, source="o1", points=100, remaining=100,
-                 available_at=datetime(2027, 6, 1, 16, tzinfo=UTC),
-                 expires_at=datetime(2027, 12, 1, 17, tzinfo=UTC), pending=False)
-    ledger = MemberLedger(member_pk=1, available=100, lot_seq=1,
-                          lots_loader=lambda: [stored])
-    earn(ledger, 50, "o2", available_at=datetime(2027, 6, 1, 10, tzinfo=pst),
-         expires_at=datetime(2027, 12, 1, 11, tzinfo=pst), order_id="o2")
+    ledger = two_zone_ledger(order_id="o2")
 
     # When the order's 50 are clawed back (none of them pending)
     ledger.clawback(50, order_id="o2", rule_id="base", explanation="refund")
