@@ -278,23 +278,12 @@ def _lock_budget(uow: UnitOfWork, program_id: str, campaign_id: str) -> int:
 # -- paid membership multiplier ----------------------------------------------------------
 
 
-def active_membership(uow: UnitOfWork, programme: Programme, member_pk: int,
-                      moment: datetime) -> Any:
-    """The membership row that covers ``moment``, if any."""
-    m = te.membership_purchases
-    return uow.execute(sa.select(m).where(
-        m.c.member_pk == member_pk, m.c.program == programme.id, m.c.status == "active",
-        m.c.starts_at <= moment, m.c.ends_at > moment,
-    ).order_by(m.c.starts_at)).mappings().first()
-
-
 def membership_covering(uow: UnitOfWork, programme: Programme, member_pk: int,
                         moment: datetime) -> Any:
     """The membership row whose period covered ``moment`` when it was paid for, whatever
     its status now: an expired one by its window, a cancelled one only before it was
     cancelled. The multiplier of an event counts by its ``occurred_at`` (a purchase made
-    in the period and sent after run-due expired it, or after a cancel, still earns it);
-    ``active_membership`` is the membership in force now."""
+    in the period and sent after run-due expired it, or after a cancel, still earns it)."""
     m = te.membership_purchases
     return uow.execute(sa.select(m).where(
         m.c.member_pk == member_pk, m.c.program == programme.id,
