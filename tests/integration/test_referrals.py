@@ -17,7 +17,7 @@ from setia.adapters.db import tables_outbox
 from setia.adapters.db import tables_referrals as tr
 from setia.adapters.db.tables_partners import settlement_postings
 from setia.domain import referrals as r
-from setia.domain.errors import UnknownMember
+from setia.domain.errors import AlreadyReversed, UnknownMember
 from setia.service import referrals, reversals
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
@@ -196,6 +196,109 @@ def test_a_payout_reversed_by_an_admin_is_not_clawed_back_again_by_a_refund(
     assert referrals.get(cafe, P, linked["id"])["status"] == "clawed_back"
     assert [row[1:] for row in referral_postings(cafe)] == [
         ("issued", "available", 300, rid), ("issued", "available", 150, rid)]
+    assert_journal_ok(cafe)
+
+
+def test_a_referral_clawed_back_by_a_refund_cannot_be_reversed_again(engine: sa.Engine) -> None:
+    # Given the referrer paid a voucher and adi (the referee) 150 points
+    document = copy.deepcopy(GROWTH)
+    document["referrals"]["referrer"] = {"reward": "free-latte"}
+    load_programme(engine, document)
+    upsert_member(engine, P, "rina", {}, ENROL)
+    linked = refer(engine, "adi")
+    purchase(engine, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
+    run_due(engine, at("2027-03-20T00:00:00+08:00"))
+    assert available(engine, "adi") == 50 + 30 + 150
+    # When the purchase is refunded in full, which claws the referral back (150 and 30)
+    refund(engine, "adi", "o-1", "30.00", "2027-03-22T10:00:00+08:00", "r-1")
+    assert referrals.get(engine, P, linked["id"])["status"] == "clawed_back"
+    assert available(engine, "adi") == 50
+    with engine.connect() as conn:
+        journal = conn.execute(sa.select(sa.func.count()).select_from(t.postings)).scalar_one()
+    # Then an admin's reversal of the payout is refused: the referee's clawback sits under
+    # the refund's reference, and taking the 150 again left adi at -100
+    rid = f"referral:{linked['id']}"
+    with pytest.raises(AlreadyReversed) as refused:
+        reversals.reverse(engine, P, {"ref": rid, "reason": "ring"}, "rv-1", DAY_2)
+    assert refused.value.field == "ref"
+    assert refused.value.detail == (f"referral {linked['id']} is clawed_back, not paid: "
+                                    "nothing of it is left to reverse")
+    assert available(engine, "adi") == 50
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.postings)
+                            ).scalar_one() == journal
+    assert referrals.get(engine, P, linked["id"])["status"] == "clawed_back"
+    assert_journal_ok(engine)
+
+
+def test_a_second_reversal_of_a_points_referral_is_refused_as_already_reversed(
+        cafe: sa.Engine) -> None:
+    linked = refer(cafe, "adi")
+    purchase(cafe, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
+    run_due(cafe, at("2027-03-20T00:00:00+08:00"))
+    refund(cafe, "adi", "o-1", "30.00", "2027-03-22T10:00:00+08:00", "r-1")
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (50, 50)
+    # the referrer's clawback under referral:<id> made it refused as not reversible
+    with pytest.raises(AlreadyReversed):
+        reversals.reverse(cafe, P, {"ref": f"referral:{linked['id']}", "reason": "ring"},
+                          "rv-1", DAY_2)
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (50, 50)
+    assert_journal_ok(cafe)
+
+
+def test_a_clawback_takes_back_what_was_paid_not_what_a_later_version_pays(
+        cafe: sa.Engine) -> None:
+    # Given the referral paid under the first version (rina 300, adi 150)
+    linked = refer(cafe, "adi")
+    purchase(cafe, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
+    run_due(cafe, at("2027-03-20T00:00:00+08:00"))
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (350, 230)
+    # When a version doubling the rewards and raising min_purchase to RM 40 is stored,
+    # then RM 5.00 of the purchase is refunded (RM 25.00 left: still over the RM 20.00 of
+    # the version it qualified under)
+    document = copy.deepcopy(GROWTH)
+    document["referrals"]["referrer"] = {"points": 600}
+    document["referrals"]["referee"] = {"points": 300}
+    document["referrals"]["min_purchase"] = "40.00"
+    load_programme(cafe, document)
+    refund(cafe, "adi", "o-1", "5.00", "2027-03-22T10:00:00+08:00", "r-1")
+    assert referrals.get(cafe, P, linked["id"])["status"] == "paid"
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (350, 225)
+    # and then the rest is refunded: what was paid is taken back, 300 and 150
+    refund(cafe, "adi", "o-1", "25.00", "2027-03-23T10:00:00+08:00", "r-2")
+    assert referrals.get(cafe, P, linked["id"])["status"] == "clawed_back"
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (50, 50)
+    assert_journal_ok(cafe)
+
+
+def test_a_referral_paid_in_points_is_clawed_back_under_a_version_paying_vouchers(
+        cafe: sa.Engine) -> None:
+    linked = refer(cafe, "adi")
+    purchase(cafe, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
+    run_due(cafe, at("2027-03-20T00:00:00+08:00"))
+    document = copy.deepcopy(GROWTH)
+    document["referrals"]["referrer"] = {"reward": "free-latte"}
+    load_programme(cafe, document)
+    refund(cafe, "adi", "o-1", "30.00", "2027-03-22T10:00:00+08:00", "r-1")
+    # the 300 points paid are taken back, though the version now pays a voucher
+    assert (available(cafe, "rina"), available(cafe, "adi")) == (50, 50)
+    assert referrals.get(cafe, P, linked["id"])["status"] == "clawed_back"
+    assert_journal_ok(cafe)
+
+
+def test_a_referral_loop_goes_to_review(cafe: sa.Engine) -> None:
+    # Given rina referred adi, and adi referred budi
+    assert refer(cafe, "adi")["status"] == "linked"
+    adi_code = referrals.code_for(cafe, P, "adi", DAY_2)["code"]
+    upsert_member(cafe, P, "budi", {}, DAY_2)
+    assert referrals.link(cafe, P, {"code": adi_code, "member": "budi"}, "link-budi",
+                          DAY_2)["status"] == "linked"
+    # When budi's code links rina: the loop rina -> adi -> budi -> rina
+    budi_code = referrals.code_for(cafe, P, "budi", DAY_2)["code"]
+    loop = referrals.link(cafe, P, {"code": budi_code, "member": "rina"}, "link-rina", DAY_2)
+    # Then it waits for review, as a loop pays each of its members twice
+    assert (loop["status"], loop["guards"]) == ("review", [
+        "referral loop: the new member referred the referrer, directly or through others"])
     assert_journal_ok(cafe)
 
 

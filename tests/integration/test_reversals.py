@@ -16,7 +16,7 @@ from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust
 from setia.service.reversals import reverse
 from setia.service.run_due import run_due
-from tests.conftest import assert_journal_ok, at, fixed_clock, load_programme
+from tests.conftest import KOPI_SETIA, assert_journal_ok, at, fixed_clock, load_programme
 
 P = "kopi-setia"
 CLOCK = fixed_clock("2027-02-01T09:00:00+08:00")
@@ -207,3 +207,26 @@ def test_reversing_an_event_pruned_since_lowers_the_points_metric_too(engine):
     assert metric_points(engine) == [("2027-02", 0)]
     assert account_total(engine, "available") == 0
     assert_journal_ok(engine)
+
+
+@pytest.mark.postgres
+def test_a_reference_is_reversed_once_when_four_admins_reverse_it_at_once(pg_engine):
+    # Given an adjustment of 30 Beans, five times over
+    from tests.integration.test_concurrency import all_at_once
+
+    load_programme(pg_engine, KOPI_SETIA)
+    upsert_member(pg_engine, P, "ali", {}, CLOCK)
+    start = balances(pg_engine)["available"]
+    outcomes = []
+    for i in range(5):
+        adjust(pg_engine, P, {"member": "ali", "points": 30, "reason": "goodwill"}, f"a{i}",
+               CLOCK)
+        # When four admins reverse it at once, each with their own idempotency key
+        outcomes += all_at_once([lambda i=i, j=j: reverse(
+            pg_engine, P, {"ref": f"adjust:a{i}", "reason": "entered twice"}, f"r{i}-{j}",
+            CLOCK) for j in range(4)], workers=4)
+    # Then each is reversed once: the others wait for the first and find its reversal
+    assert sorted(kind if kind == "ok" else type(value).__name__
+                  for kind, value in outcomes) == ["AlreadyReversed"] * 15 + ["ok"] * 5
+    assert balances(pg_engine)["available"] == start
+    assert_journal_ok(pg_engine)

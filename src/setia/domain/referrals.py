@@ -177,11 +177,14 @@ def referrer_period_start(per: str, local: datetime) -> datetime | None:
 
 
 def guard_reasons(config: ReferralsConfig, *, self_referral: bool, referrer_count: int,
-                  ip_count_today: int) -> list[str]:
+                  ip_count_today: int, loop: bool = False) -> list[str]:
     """Why a referral must be reviewed before it pays (empty: it may pay)."""
     reasons = []
     if self_referral:
         reasons.append("self-referral: the same email or phone as the referrer")
+    if loop:
+        reasons.append("referral loop: the new member referred the referrer, directly or "
+                       "through others")
     cap = config.max_per_referrer
     if cap is not None and referrer_count >= cap.count:
         reasons.append(f"referrer cap: {referrer_count} referral(s) this {cap.per} "

@@ -23,9 +23,9 @@ from setia.adapters.db import tables_referrals as tr
 from setia.adapters.db.store import PostingContext, UnitOfWork
 from setia.domain import earning
 from setia.domain import referrals as r
-from setia.domain.errors import InvalidField, UnknownMember
+from setia.domain.errors import AlreadyReversed, InvalidField, UnknownMember
 from setia.domain.events import Event
-from setia.domain.ledger import Posting
+from setia.domain.ledger import ASSET_POINTS, Posting
 from setia.domain.member import Member
 from setia.domain.programme import Programme
 from setia.domain.refunds import Order
@@ -195,7 +195,8 @@ def link(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock =
             reasons = r.guard_reasons(
                 config,
                 self_referral=r.is_self_referral(config, referrer.profile(), referee.profile()),
-                referrer_count=referrer_count, ip_count_today=ip_count)
+                referrer_count=referrer_count, ip_count_today=ip_count,
+                loop=_referred_by(uow, referrer_pk, referee_pk))
             row = {"id": "rfl_" + secrets.token_hex(8), "program_id": programme.id,
                    "referrer_pk": referrer_pk, "referee_pk": referee_pk, "code": code,
                    "ip": ip, "status": "review" if reasons else "linked", "guards": reasons,
@@ -210,6 +211,23 @@ def link(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock =
         return result
 
     return transaction(engine, work)
+
+
+LOOP_DEPTH = 16
+
+
+def _referred_by(uow: UnitOfWork, member_pk: int, ancestor_pk: int) -> bool:
+    """Whether ``ancestor_pk`` referred the member, directly or through others (up to
+    ``LOOP_DEPTH`` links, not counting rejected ones): linking the ancestor as the member's
+    referee would close a loop that pays its members as referrers and as referees."""
+    ref = tr.referrals
+    current: int | None = member_pk
+    for _ in range(LOOP_DEPTH):
+        current = uow.execute(sa.select(ref.c.referrer_pk).where(
+            ref.c.referee_pk == current, ref.c.status != "rejected")).scalar_one_or_none()
+        if current is None or current == ancestor_pk:
+            return current is not None
+    return False
 
 
 # -- hooks from events ------------------------------------------------------------------
@@ -241,8 +259,12 @@ def after_refund(uow: UnitOfWork, programme: Programme, member: Member, order: O
     message). A purchase whose fraud review is rejected goes the same way, as if refunded
     in full (``fraud.decide``; ``cause``: what became of the purchase, for the
     explanations); the referral then no longer names the order, or is clawed back, so a
-    later refund of it finds nothing to take."""
-    config = programme.model.referrals
+    later refund of it finds nothing to take. Whether what is left still qualifies is
+    judged by the purchase's programme version, which qualified it; what is taken back is
+    what was paid, by the journal and the vouchers, whatever a version since pays."""
+    original = (programme if order.program_version == programme.version
+                else uow.programme(programme.id, order.program_version) or programme)
+    config = original.model.referrals
     # Refunded in full, the purchase is none, even where any amount qualifies.
     if config is None or (order.left >= config.min_purchase and order.left > 0):
         return
@@ -264,11 +286,11 @@ def after_refund(uow: UnitOfWork, programme: Programme, member: Member, order: O
     if not done:
         return
     referrer = uow.members_for_update(programme.id, [row["referrer_pk"]])[0]
-    _take_back(uow, programme, config.referrer, referrer, row["id"], "referrer", now,
+    _take_back(uow, programme, referrer, row["id"], "referrer", now,
                told_at=told_at, cause=cause)
     # The referee's postings are recorded with the refund event (or the rejection) that
     # caused them.
-    _take_back(uow, programme, config.referee, member, row["id"], "referee", now,
+    _take_back(uow, programme, member, row["id"], "referee", now,
                told_at=told_at, cause=cause, record=False)
 
 
@@ -281,12 +303,14 @@ def paid_referrer(uow: UnitOfWork, program_id: str, referee_pk: int) -> list[int
         ref.c.status == "paid")).scalars())
 
 
-def payout_reversed(uow: UnitOfWork, programme: Programme, reference: str,
-                    now: datetime) -> None:
-    """An admin reversed a referral's payout (``reversals``, which took its points back;
-    ``reference``: ``referral:<id>``): a side paid in a voucher has it voided if not used
-    yet, as a clawback would, and the referral is clawed back, so that a later refund of
-    its qualifying purchase takes nothing a second time."""
+def claim_reversal(uow: UnitOfWork, programme: Programme, reference: str,
+                   now: datetime) -> Any:
+    """An admin reverses a referral's payout (``reversals``; ``reference``:
+    ``referral:<id>``): the referral is clawed back first, so that a later refund of its
+    qualifying purchase takes nothing a second time, and a referral clawed back already
+    (by a refund, a rejection or an earlier reversal) is refused, as its points were
+    taken back then, the referee's under the refund's own reference. Returns the
+    referral's members for ``payout_reversed``."""
     ref = tr.referrals
     referral_id = reference.removeprefix(r.RULE_PREFIX)
     row = uow.execute(ref.update().where(
@@ -294,7 +318,20 @@ def payout_reversed(uow: UnitOfWork, programme: Programme, reference: str,
         ref.c.status == "paid").values(status="clawed_back", clawed_back_at=now)
         .returning(ref.c.referrer_pk, ref.c.referee_pk)).first()
     if row is None:
-        return
+        status = uow.execute(sa.select(ref.c.status).where(
+            ref.c.program_id == programme.id, ref.c.id == referral_id)).scalar_one_or_none()
+        raise AlreadyReversed(f"referral {referral_id} is {status or 'unknown'}, not paid: "
+                              "nothing of it is left to reverse", field="ref")
+    return row
+
+
+def payout_reversed(uow: UnitOfWork, programme: Programme, referral: Any,
+                    reference: str, now: datetime) -> None:
+    """After a reversal took a referral's points back (``claim_reversal`` gave
+    ``referral``): a side paid in a voucher has it voided if not used yet, as a clawback
+    would."""
+    referral_id = reference.removeprefix(r.RULE_PREFIX)
+    row = referral
     # By the vouchers themselves, not the programme's rewards now: a version since may
     # pay the other way, or no longer have referrals.
     v = t.vouchers
@@ -310,12 +347,19 @@ def payout_reversed(uow: UnitOfWork, programme: Programme, reference: str,
             _void_vouchers(uow, programme, holders[pk], referral_id, side, now, told_at=now)
 
 
-def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, member: Member,
-               referral_id: str, side: str, now: datetime, *, told_at: datetime,
-               cause: str = "refunded", record: bool = True) -> None:
-    if given.points is not None:
+def _take_back(uow: UnitOfWork, programme: Programme, member: Member, referral_id: str,
+               side: str, now: datetime, *, told_at: datetime, cause: str = "refunded",
+               record: bool = True) -> None:
+    """Take back what the side was paid: its points by the journal (a version since may
+    pay more, less or a voucher instead), and its voucher if not used yet."""
+    p = t.postings
+    paid = uow.execute(sa.select(sa.func.coalesce(sa.func.sum(p.c.points), 0)).where(
+        p.c.program_id == programme.id, p.c.member_pk == member.pk,
+        p.c.asset == ASSET_POINTS, p.c.code == "earn",
+        p.c.rule_id == rule_id(referral_id))).scalar_one()
+    if paid:
         member.ledger.clawback(
-            given.points, order_id=None, rule_id=rule_id(referral_id),
+            int(paid), order_id=None, rule_id=rule_id(referral_id),
             explanation=f"referral {referral_id} clawed back: the referee's purchase was "
                         f"{cause} ({side})",
             source=rule_id(referral_id))
@@ -323,8 +367,7 @@ def _take_back(uow: UnitOfWork, programme: Programme, given: r.ReferralReward, m
             made = uow.record(programme.id, member,
                               PostingContext(rule_id(referral_id), programme.version, now))
             outbox.changed(uow, programme, member, made, rule_id(referral_id), told_at)
-    else:
-        _void_vouchers(uow, programme, member, referral_id, side, now, told_at=told_at)
+    _void_vouchers(uow, programme, member, referral_id, side, now, told_at=told_at)
 
 
 def _void_vouchers(uow: UnitOfWork, programme: Programme, member: Member, referral_id: str,

@@ -33,6 +33,7 @@ from setia.service import audit, fraud, outbox, partners
 from setia.service import referrals as referral_payouts
 from setia.service.common import (
     Clock,
+    advisory_xact_lock,
     idempotent,
     require_programme,
     require_reason,
@@ -97,15 +98,23 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
         now = clock()
 
         def run() -> dict[str, Any]:
+            # Reversals of one reference one after the other: the second finds the first's
+            # postings (under other idempotency keys, both passed the check below at once)
+            advisory_xact_lock(uow, "reverse", program_id, ref)
             p = t.postings
             rows = uow.execute(sa.select(p).where(p.c.program_id == program_id,
                                                   p.c.ref == ref)).all()
             if not rows:
                 raise UnknownReference(f"no posting has reference {ref!r}", field="ref")
+            # The members first, as the event path and a review's decision lock them before
+            # the referral or the review: a rejection committed meanwhile is seen below.
+            done = uow.members_for_update(program_id, _net_by_member(rows))
             if uow.execute(sa.select(t.orders.c.order_id).where(
                     t.orders.c.program_id == program_id, t.orders.c.event_id == ref)).first():
                 raise InvalidField("a purchase is undone by a refund, which also corrects "
                                    "the order and the tier metric", field="ref")
+            referral = (referral_payouts.claim_reversal(uow, programme, ref, now)
+                        if ref.startswith(referrals.RULE_PREFIX) else None)
             if any(row.code not in REVERSIBLE_CODES for row in rows):
                 raise InvalidField("only events and adjustments can be reversed; a "
                                    "redemption is undone by releasing its hold", field="ref")
@@ -123,7 +132,6 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                 rows = [*rows, *uow.execute(sa.select(p).where(
                     p.c.program_id == program_id, p.c.ref.in_(rejected))).all()]
             net = _net_by_member(rows)
-            done = uow.members_for_update(program_id, net)
             changed: list[dict[str, Any]] = []
             audited: list[dict[str, Any]] = []
             for member in done:
@@ -155,9 +163,9 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                     changed.append({"member": member.id, "balances": balances(member)})
                     # The audit log is never changed, an erasure included: by the row.
                     audited.append({"member": f"#{member.pk}", "balances": balances(member)})
-            if ref.startswith(referrals.RULE_PREFIX):
-                # the referral is done with: a refund of its purchase takes nothing more
-                referral_payouts.payout_reversed(uow, programme, ref, now)
+            if referral is not None:
+                # its vouchers not used yet are voided too
+                referral_payouts.payout_reversed(uow, programme, referral, ref, now)
             audit.record(uow, "reverse", program_id=program_id, target=ref, before=None,
                          after={"reason": reason, "members": audited}, now=now)
             return {"ref": ref, "reason": reason, "members": changed}
