@@ -461,6 +461,8 @@ BAD_EVENTS: list[tuple[str, dict[str, Any], int, str, str]] = [
     ("other currency", {"currency": "USD"}, 422, "currency-mismatch", "currency"),
     ("no offset", {"occurred_at": "2021-03-02T10:00:00"}, 422, "invalid-time", "occurred_at"),
     ("not a time", {"occurred_at": "yesterday"}, 422, "invalid-time", "occurred_at"),
+    ("year 1", {"occurred_at": "0001-01-01T00:00:00+14:00"}, 422, "invalid-time",
+     "occurred_at"),
     ("no time", {"occurred_at": None}, 422, "invalid-time", "occurred_at"),
     ("same sku twice", {"amount": None, "lines": [
         {"sku": "LATTE", "amount": "1.00"}, {"sku": "LATTE", "amount": "2.00"}]},

@@ -288,6 +288,13 @@ def test_survey_responses_rewards_and_nps(api: Api) -> None:
         "member": "s-ana", "answers": {}}, "s-4"), 404, "unknown-survey", "survey")
     assert_problem(api.admin.get(f"{API}/surveys/visit/results", params={"per": "hour"}), 422,
                    "invalid-field", "per")
+    # a time near year 1 overflowed when moved to UTC or the programme's zone: a 500
+    assert_problem(api.post("/surveys/visit/responses", {
+        "member": "s-ana", "answers": {"recommend": 9, "taste": 4},
+        "submitted_at": "0001-01-01T00:30:00+00:00"}, "s-5"), 422, "invalid-time",
+        "submitted_at")
+    assert_problem(api.admin.get(f"{API}/surveys/visit/results", params={
+        "from": "0001-01-01T00:00:00+14:00"}), 422, "invalid-time", "from")
     assert api.state("s-ana") == before
     results = api.admin.get(f"{API}/surveys/visit/results", params={
         "per": "month", "from": "2026-02-01T00:00:00+08:00", "until": "2026-03-01T00:00:00+08:00"})

@@ -156,6 +156,8 @@ def test_nps_and_satisfaction_per_month(cafe: sa.Engine) -> None:
      "member"),
     ("visit", {"member": "ana", "answers": {"recommend": 5, "taste": 3},
                "submitted_at": "yesterday"}, InvalidTime, "submitted_at"),
+    ("visit", {"member": "ana", "answers": {"recommend": 5, "taste": 3},
+               "submitted_at": "0001-01-01T00:30:00+00:00"}, InvalidTime, "submitted_at"),
 ])
 def test_bad_responses_change_nothing(cafe: sa.Engine, survey: str, body: dict[str, Any],
                                       error: type[Exception], field: str) -> None:

@@ -155,6 +155,21 @@ def test_an_occurred_at_that_is_not_a_time_is_refused():
     assert info.value.field == "occurred_at"
 
 
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+14:00", "1899-12-31T23:59:59Z",
+                                  "2200-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00"])
+def test_an_occurred_at_out_of_range_is_refused(text: str):
+    # near year 1 or 9999 a time overflows when moved to UTC or the programme's zone
+    with pytest.raises(InvalidTime) as info:
+        parse_event(purchase(occurred_at=text), "MYR")
+    assert info.value.field == "occurred_at"
+    assert info.value.detail == "occurred_at must fall in the years 1900 to 2199"
+
+
+def test_an_occurred_at_at_the_ends_of_the_range_is_accepted():
+    assert parse_event(purchase(occurred_at="1900-01-01T00:00:00Z"), "MYR").occurred_at.year == 1900
+    assert parse_event(purchase(occurred_at="2199-12-31T23:59:59Z"), "MYR").occurred_at.year == 2199
+
+
 def test_an_occurred_at_in_utc_z_is_accepted():
     event = parse_event(purchase(occurred_at="2027-03-01T02:00:00Z"), "MYR")
     assert event.occurred_at == datetime(2027, 3, 1, 10, 0, tzinfo=timezone(timedelta(hours=8)))

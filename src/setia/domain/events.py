@@ -7,7 +7,7 @@ the demo and run-due. It raises a typed error naming the field at fault.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +22,10 @@ from setia.domain.money import parse_amount
 
 MAX_LINES = 500
 MAX_ID_LENGTH = 128
+# The times a client may give: nothing of a loyalty programme happens outside them, and a
+# time near year 1 or 9999 overflows when moved to UTC or to the programme's zone.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 EVENT_KEYS = frozenset(
     {
         "id",
@@ -109,6 +113,8 @@ def parse_time(value: Any, field_name: str) -> datetime:
             f"{field_name} must carry a UTC offset, e.g. 2027-03-01T10:00:00+08:00",
             field=field_name,
         )
+    if not EARLIEST <= moment < LATEST:
+        raise InvalidTime(f"{field_name} must fall in the years 1900 to 2199", field=field_name)
     return moment
 
 
