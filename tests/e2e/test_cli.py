@@ -497,6 +497,56 @@ class TestLoadAndImportOnSqlite:
         assert db_state(db) == before
         journal_ok(db)
 
+    def test_importing_a_directory_is_a_one_line_error(self, db: str, tmp_path: Path) -> None:
+        before = db_state(db)
+        folder = tmp_path / "events.jsonl"
+        folder.mkdir()
+        result = run(db, "import", "events", folder, "--program", PROGRAM)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert one_error_line(result) == f"error: not a file: {folder}"
+        assert db_state(db) == before
+
+    def test_a_report_that_cannot_be_written_is_refused_before_the_import(
+            self, db: str, scenario: Scenario, tmp_path: Path) -> None:
+        before = db_state(db)
+        report = tmp_path / "no-such-dir" / "rejected.jsonl"
+        result = run(db, "import", "events", scenario.jsonl, "--program", PROGRAM,
+                     "--report", report)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert one_error_line(result) == (f"error: cannot write {report}: no such directory "
+                                          f"{report.parent}")
+        assert db_state(db) == before
+
+    def test_a_privacy_export_that_cannot_be_written_is_a_one_line_error(
+            self, db: str, tmp_path: Path) -> None:
+        out = tmp_path / "no-such-dir" / "ali.json"
+        result = run(db, "privacy", "export", "ali", "--program", PROGRAM, "--out", out)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert one_error_line(result) == f"error: cannot write {out}: No such file or directory"
+
+    def test_an_analytics_export_to_a_missing_directory_names_the_reason(
+            self, db: str, tmp_path: Path) -> None:
+        out = tmp_path / "no-such-dir" / "members.csv"
+        result = run(db, "analytics", "export", "members", out, "--program", PROGRAM,
+                     "--from", "2027-03-01", "--to", "2027-03-31")
+        assert result.returncode == 1
+        line = one_error_line(result)
+        assert line.startswith(f"error: cannot write {out}: ")
+        assert not line.endswith(": None"), line  # polars' OSError has no strerror
+
+    @pytest.mark.parametrize("value", ["NaN", "Infinity", "-inf", "sNaN"])
+    def test_a_cost_per_point_that_is_not_a_finite_number_is_a_one_line_error(
+            self, db: str, value: str) -> None:
+        result = run(db, "report", "--program", PROGRAM, "--from", "2027-03-01",
+                     "--to", "2027-03-31", "--cost-per-point", value)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert one_error_line(result) == (
+            f"error: --cost-per-point must be a decimal number, not {value!r}")
+
 
 @pytest.mark.parametrize("value", ["0", "many", "257"])
 def test_serve_refuses_a_bad_thread_count_in_one_line_before_starting(

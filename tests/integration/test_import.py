@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from setia.service.importer import import_events
+from setia.service.importer import count_rows, import_events
 from setia.service.members import get_member, upsert_member
 from tests.conftest import assert_journal_ok, fixed_clock
 
@@ -122,4 +122,66 @@ def test_a_byte_order_mark_crlf_and_blank_lines_are_read_and_rows_numbered_as_in
         (3, "e2", "amount"), (4, "c2", "amount")]
     assert get_member(kopi, "kopi-setia", "ali", CLOCK)["balances"] == {
         "available": 0, "pending": 50 + 5 + 2, "reserved": 0}
+    assert_journal_ok(kopi)
+
+
+def test_a_jsonl_file_with_cr_only_line_ends_loads_each_row(kopi, tmp_path):
+    upsert_member(kopi, "kopi-setia", "ali", {}, CLOCK)
+    file = tmp_path / "events.jsonl"
+    file.write_bytes(b"\r".join(json.dumps(purchase(f"e{i}", f"o{i}", "5.00")).encode()
+                                for i in range(3)) + b"\r\r\n")
+    summary = import_events(kopi, "kopi-setia", file, batch_size=10, clock=CLOCK)
+    assert (summary["rows"], summary["applied"], summary["rejected"]) == (3, 3, 0)
+    assert count_rows(file) == 3
+    assert get_member(kopi, "kopi-setia", "ali", CLOCK)["balances"]["pending"] == 50 + 15
+    assert_journal_ok(kopi)
+
+
+def test_a_jsonl_line_holding_a_json_string_is_refused_as_not_an_event(kopi, tmp_path):
+    upsert_member(kopi, "kopi-setia", "ali", {}, CLOCK)
+    file = tmp_path / "events.jsonl"
+    file.write_text(json.dumps(purchase("e1", "o1", "5.00")) + "\n"
+                    + json.dumps("not JSON: pretend") + "\n", encoding="utf-8")
+    summary, reported = imported(kopi, file)
+    assert [(s["applied"], s["rejected"]) for s in summary] == [(1, 1)]
+    # the line is JSON, but not an event: its own text is not passed off as the problem
+    assert [(r["row"], r["problem"]["type"], r["problem"]["detail"]) for r in reported] == [
+        (2, "https://setia.dev/problems/invalid-field", "the event must be a JSON object")]
+    assert_journal_ok(kopi)
+
+
+CSV_HEADER = b"id,type,member,order_id,occurred_at,amount,store\n"
+CSV_ROW = "{},purchase,ali,{},2027-02-02T10:00:00+08:00,{},{}\n"
+
+
+def test_a_csv_row_over_the_field_limit_is_reported_and_the_rest_load(kopi, tmp_path):
+    upsert_member(kopi, "kopi-setia", "ali", {}, CLOCK)
+    file = tmp_path / "events.csv"
+    file.write_bytes(CSV_HEADER + CSV_ROW.format("c1", "oc1", "2.00", "kl-01").encode()
+                     + CSV_ROW.format("c2", "oc2", "3.00", "x" * 200_000).encode()
+                     + CSV_ROW.format("c3", "oc3", "4.00", "kl-01").encode())
+    summary, reported = imported(kopi, file)
+    assert [(s["rows"], s["applied"], s["rejected"]) for s in summary] == [(3, 2, 1)]
+    assert reported == [{"row": 3, "problem": {
+        "detail": "not CSV: field larger than field limit (131072)"}}]
+    assert get_member(kopi, "kopi-setia", "ali", CLOCK)["balances"]["pending"] == 50 + 2 + 4
+    assert_journal_ok(kopi)
+
+
+def test_a_csv_quote_never_closed_refuses_the_lines_it_took_and_the_rest_load(kopi, tmp_path):
+    # Given 3,000 good rows after one whose store opens a quote it never closes: the csv
+    # module reads the lines after it into that one field, up to its 131,072-character limit
+    upsert_member(kopi, "kopi-setia", "ali", {}, CLOCK)
+    file = tmp_path / "events.csv"
+    rows = [CSV_ROW.format("c1", "oc1", "2.00", "kl-01"),
+            CSV_ROW.format("c2", "oc2", "3.00", '"kl-01')]
+    rows += [CSV_ROW.format(f"d{i}", f"od{i}", "1.00", "kl-01") for i in range(3000)]
+    file.write_bytes(CSV_HEADER + "".join(rows).encode())
+    # When it is imported, the import ends with its report: the row and the lines it took
+    # (3 to 2119) are refused as one, named in the report, and the 884 rows after them load
+    summary, reported = imported(kopi, file)
+    assert [(s["rows"], s["applied"], s["rejected"]) for s in summary] == [(886, 885, 1)]
+    assert reported == [{"row": 3, "problem": {
+        "detail": "not CSV: field larger than field limit (131072) (lines 3 to 2119)"}}]
+    assert get_member(kopi, "kopi-setia", "ali", CLOCK)["balances"]["pending"] == 50 + 2 + 884
     assert_journal_ok(kopi)

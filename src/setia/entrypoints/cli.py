@@ -84,11 +84,17 @@ def engine(migrate: bool = True) -> sa.Engine:
     return built
 
 
+def os_reason(exc: OSError) -> str:
+    """Why a file could not be read or written, in words (some libraries raise an OSError
+    without ``strerror``)."""
+    return exc.strerror or str(exc)
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror}")
+        fail(f"cannot read {path}: {os_reason(exc)}")
 
 
 def _explain(exc: SetiaError) -> str:
@@ -152,6 +158,10 @@ def import_events_command(
 
     if not file.exists():
         fail(f"no such file: {file}")
+    if not file.is_file():
+        fail(f"not a file: {file}")
+    if report is not None and not report.parent.is_dir():
+        fail(f"cannot write {report}: no such directory {report.parent}")
     try:
         with progress_bar() as bar:
             task = bar.add_task(f"importing {file.name}", total=count_rows(file))
@@ -165,6 +175,8 @@ def import_events_command(
             )
     except SetiaError as exc:
         fail(_explain(exc))
+    except OSError as exc:
+        fail(f"cannot read or write {exc.filename or file}: {os_reason(exc)}")
     table = Table(title=f"import of {file.name}")
     for key in ("rows", "applied", "replayed", "rejected", "seconds", "events_per_second"):
         table.add_column(key, justify="right")

@@ -43,9 +43,12 @@ def _decimal(text: str | None, option: str) -> Decimal | None:
     if text is None:
         return None
     try:
-        return Decimal(text)
+        value = Decimal(text)
     except InvalidOperation:
         pass
+    else:
+        if value.is_finite():
+            return value
     _cli().fail(f"{option} must be a decimal number, not {text!r}")
     raise AssertionError  # fail() exits
 
@@ -112,7 +115,7 @@ def report(
         try:
             html.write_text(render(program, options, results, digits), encoding="utf-8")
         except OSError as exc:
-            cli.fail(f"cannot write {html}: {exc.strerror}")
+            cli.fail(f"cannot write {html}: {cli.os_reason(exc)}")
         cli.console.print(f"HTML report written to {html}")
 
 
@@ -193,7 +196,7 @@ def export_command(
     except SetiaError as exc:
         cli.fail(cli._explain(exc))
     except OSError as exc:
-        cli.fail(f"cannot write {file}: {exc.strerror}")
+        cli.fail(f"cannot write {file}: {cli.os_reason(exc)}")
     cli.console.print(f"{frame.height:,} rows written to {file}")
 
 
@@ -219,7 +222,7 @@ def member_reports_command(
     except SetiaError as exc:
         cli.fail(cli._explain(exc))
     except OSError as exc:
-        cli.fail(f"cannot write {file}: {exc.strerror}")
+        cli.fail(f"cannot write {file}: {cli.os_reason(exc)}")
     cli.console.print(f"{frame.height:,} member reports written to {file}")
 
 

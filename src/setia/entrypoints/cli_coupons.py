@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from setia.domain.errors import SetiaError
-from setia.entrypoints.cli import _explain, console, engine, fail, progress_bar
+from setia.entrypoints.cli import _explain, console, engine, fail, os_reason, progress_bar
 
 app: typer.Typer = typer.Typer(help="Coupons: batches of unique codes.", no_args_is_help=True)
 
@@ -22,7 +22,7 @@ def _write(path: Path, chunks: object) -> int:
                 out.write(chunk)
                 lines += chunk.count("\n")
     except OSError as exc:
-        fail(f"cannot write {path}: {exc.strerror}")
+        fail(f"cannot write {path}: {os_reason(exc)}")
     return lines - 1  # the header
 
 

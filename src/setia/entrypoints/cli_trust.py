@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from setia.domain.errors import SetiaError
-from setia.entrypoints.cli import _explain, console, engine, errors, fail
+from setia.entrypoints.cli import _explain, console, engine, errors, fail, os_reason
 
 privacy_app = typer.Typer(help="Privacy: export, erase, event retention.", no_args_is_help=True)
 fraud_app = typer.Typer(help="The fraud review queue.", no_args_is_help=True)
@@ -43,7 +43,11 @@ def privacy_export(
     if out is None:
         _print_json(data)
         return
-    out.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    try:
+        out.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n",
+                       encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {out}: {os_reason(exc)}")
     errors.print(f"wrote {out}")
 
 

@@ -31,44 +31,87 @@ CSV_JSON_COLUMNS = ("lines", "attributes")
 Progress = Callable[[int], None]
 
 
+class Unreadable(str):
+    """Why a row could not be read, for the report (a row that is a JSON string is a row,
+    refused as an event like any other)."""
+
+
 def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed row) for each row; a row that cannot be read (not UTF-8, not
-    JSON, more CSV fields than the header names) is a string error, for the report: it
-    never stops the import."""
+    JSON, not CSV, more CSV fields than the header names) is an ``Unreadable`` error, for
+    the report: it never stops the import."""
     if path.suffix.lower() == ".csv":
-        # Bytes that are not UTF-8 are kept as lone surrogates, to be found per row below;
-        # a byte order mark at the start is no part of the first column's name.
-        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-            reader = csv.DictReader(handle)
-            for record in reader:
-                number = reader.line_num  # the file's line (a quoted field may span lines)
-                if None in record:
-                    yield number, (f"{len(record[None])} more field(s) than the header "
-                                   "names")
-                    continue
-                if any(_undecoded(v) for v in (*record, *record.values()) if v is not None):
-                    yield number, "not UTF-8 text"
-                    continue
-                row: dict[str, Any] = {k: v for k, v in record.items() if v not in (None, "")}
-                try:
-                    for key in CSV_JSON_COLUMNS:
-                        if key in row:
-                            row[key] = orjson.loads(row[key])
-                except json.JSONDecodeError as exc:
-                    yield number, f"column {key} is not JSON: {exc.msg}"
-                    continue
-                yield number, row
+        yield from _csv_rows(path)
         return
-    with path.open("rb") as lines:  # orjson reads bytes and refuses what is not UTF-8
-        for number, text in enumerate(lines, start=1):
-            if number == 1:
-                text = text.removeprefix(codecs.BOM_UTF8)
-            if not text.strip():
-                continue
+    for number, text in _jsonl_lines(path):
+        if not text.strip():
+            continue
+        try:
+            yield number, orjson.loads(text)
+        except json.JSONDecodeError as exc:
+            yield number, Unreadable(f"not JSON: {exc.msg}")
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    # Bytes that are not UTF-8 are kept as lone surrogates, to be found per row below;
+    # a byte order mark at the start is no part of the first column's name.
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        taken = [0]  # lines the reader took, an error's included (its line_num is not)
+
+        def lines() -> Iterator[str]:
+            for line in handle:
+                taken[0] += 1
+                yield line
+
+        reader = csv.DictReader(lines())
+        try:
+            reader.fieldnames  # the header line, read first  # noqa: B018
+        except csv.Error as exc:
+            yield 1, Unreadable(f"not CSV: {exc} (the header)")
+            return
+        while True:
+            first = taken[0] + 1
             try:
-                yield number, orjson.loads(text)
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                # e.g. a quote opened and never closed, which reads the lines after it into
+                # one field until the field limit: that row (named by its first line) is
+                # refused, and the reader goes on after the lines it took
+                span = f" (lines {first} to {taken[0]})" if taken[0] > first else ""
+                yield first, Unreadable(f"not CSV: {exc}{span}")
+                continue
+            number = reader.line_num  # the file's line (a quoted field may span lines)
+            if None in record:
+                yield number, Unreadable(f"{len(record[None])} more field(s) than the header "
+                                         "names")
+                continue
+            if any(_undecoded(v) for v in (*record, *record.values()) if v is not None):
+                yield number, Unreadable("not UTF-8 text")
+                continue
+            row: dict[str, Any] = {k: v for k, v in record.items() if v not in (None, "")}
+            try:
+                for key in CSV_JSON_COLUMNS:
+                    if key in row:
+                        row[key] = orjson.loads(row[key])
             except json.JSONDecodeError as exc:
-                yield number, f"not JSON: {exc.msg}"
+                yield number, Unreadable(f"column {key} is not JSON: {exc.msg}")
+                continue
+            yield number, row
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of a JSON Lines file: lines end in LF, CRLF or CR alone (a raw
+    CR cannot be part of a JSON document but as white space between its tokens)."""
+    number = 0
+    with path.open("rb") as handle:  # orjson reads bytes and refuses what is not UTF-8
+        for chunk in handle:
+            if number == 0:
+                chunk = chunk.removeprefix(codecs.BOM_UTF8)
+            for text in (chunk.splitlines() if b"\r" in chunk else (chunk,)):
+                number += 1
+                yield number, text
 
 
 _UNDECODED = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
@@ -80,9 +123,11 @@ def _undecoded(text: str) -> bool:
 
 
 def count_rows(path: Path) -> int:
-    with path.open("rb") as handle:
-        lines = sum(1 for line in handle if line.strip())
-    return lines - 1 if path.suffix.lower() == ".csv" else lines
+    """Rows to import, for the progress bar (a CSV field spanning lines counts each)."""
+    if path.suffix.lower() == ".csv":
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip()) - 1
+    return sum(1 for _, text in _jsonl_lines(path) if text.strip())
 
 
 def import_events(
@@ -140,12 +185,12 @@ def import_batch(
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
-        events = [(number, row) for number, row in rows if not isinstance(row, str)]
+        events = [(number, row) for number, row in rows if not isinstance(row, Unreadable)]
         outcomes = iter(apply_batch(uow, programme, [row for _, row in events], clock()))
         applied = replayed = 0
         refused: list[dict[str, Any]] = []
         for number, row in rows:
-            if isinstance(row, str):  # a line that could not be read
+            if isinstance(row, Unreadable):  # a line that could not be read
                 refused.append({"row": number, "problem": {"detail": row}})
                 continue
             outcome = next(outcomes)
