@@ -321,8 +321,7 @@ def test_an_expiry_notice_written_while_its_member_is_erased_names_her_pseudonym
         ("points.expiring", "erased-0000000000000000", 50, None)]
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT key FROM outbox WHERE type = 'points.expiring'")
-                            ).scalar_one() == ("points.expiring:erased-0000000000000000:"
-                                               "2027-04-01T02:00:00+00:00")
+                            ).scalar_one() == f"points.expiring:#{pk}:2027-04-01T02:00:00+00:00"
     assert_journal_ok(engine)
 
 

@@ -398,19 +398,24 @@ def deliver_emails(engine: sa.Engine, now: datetime, settings: mail.SmtpSettings
 
 
 def _email(engine: sa.Engine, delivery: dict[str, Any]) -> Any:
-    """A builder of the delivery's email, or None if there is none to send."""
+    """A builder of the delivery's email, or None if there is none to send. The message
+    and its member are read now, not when the delivery was claimed: an erasure since
+    relabelled the message to a pseudonym, which has no address, even where the same id
+    has enrolled again meanwhile."""
+    m = t.members
     with UnitOfWork(engine) as uow:
         programme = uow.programme(delivery["program_id"])
-        member = uow.execute(sa.select(t.members.c.email, t.members.c.name,
-                                       t.members.c.attributes).where(
-            t.members.c.program_id == delivery["program_id"],
-            t.members.c.id == delivery["member_id"])).one_or_none()
+        member = uow.execute(sa.select(outbox.c.type, outbox.c.data, m.c.email, m.c.name,
+                                       m.c.attributes)
+                             .join(m, sa.and_(m.c.program_id == outbox.c.program_id,
+                                              m.c.id == outbox.c.member_id))
+                             .where(outbox.c.id == delivery["outbox_id"])).one_or_none()
     if programme is None or member is None or not member.email:
         return None
     attributes = member.attributes or {}
     language = n.language_for([attributes.get("language"), attributes.get("locale"),
                                programme.model.locale])
-    email = n.render_email(delivery["type"], json.loads(delivery["data"]), language=language,
+    email = n.render_email(member.type, json.loads(member.data), language=language,
                            name=member.name, programme_name=programme.model.name,
                            points_name=programme.model.points.name, timezone=programme.tz)
     if email is None:

@@ -50,8 +50,11 @@ def issue(engine: sa.Engine, program_id: str, member_id: str, *, days: int = 30,
     def work(uow: UnitOfWork) -> dict[str, str | None]:
         require_programme(uow, program_id)
         now = clock()
+        # Shared until the commit: an erasure under way is waited for (it revokes the
+        # tokens it finds), and then no member has that id.
         pk = uow.execute(sa.select(t.members.c.pk).where(
-            t.members.c.program_id == program_id, t.members.c.id == member_id)).scalar()
+            t.members.c.program_id == program_id, t.members.c.id == member_id)
+            .with_for_update(read=True)).scalar()
         if pk is None:
             raise UnknownMember(f"no member {member_id!r} in programme {program_id}",
                                 field="member")

@@ -173,16 +173,22 @@ def expiring_soon(engine: sa.Engine, programme: Programme, as_of: datetime) -> i
         else:
             return 0
 
-    def key(member_id: str, first: datetime) -> str:
-        return f"{n.POINTS_EXPIRING}:{member_id}:{first.isoformat()}"
+    def key(pk: int, first: datetime) -> str:
+        # by the member's primary key, which an erasure keeps (her id it replaces)
+        return f"{n.POINTS_EXPIRING}:#{pk}:{first.isoformat()}"
+
+    def key_by_id(member_id: str, first: datetime) -> str:
+        return f"{n.POINTS_EXPIRING}:{member_id}:{first.isoformat()}"  # written before 2026-11
 
     def write(uow: UnitOfWork, chunk: list[tuple[int, str, datetime, int]]) -> int:
         # Most notices were written by an earlier run: those keys are skipped unlocked.
         written_before = set(uow.execute(sa.select(outbox.c.key).where(
             outbox.c.program_id == programme.id,
-            outbox.c.key.in_([key(member_id, first) for _, member_id, first, _ in chunk]),
+            outbox.c.key.in_([k for pk, member_id, first, _ in chunk
+                              for k in (key(pk, first), key_by_id(member_id, first))]),
         )).scalars())
-        new = [row for row in chunk if key(row[1], row[2]) not in written_before]
+        new = [row for row in chunk if key(row[0], row[2]) not in written_before
+               and key_by_id(row[1], row[2]) not in written_before]
         if not new:
             return 0
         # Each new notice names the member as she is now, her row share-locked until it
@@ -192,7 +198,7 @@ def expiring_soon(engine: sa.Engine, programme: Programme, as_of: datetime) -> i
         now_named: dict[int, str] = {row.pk: row.id for row in uow.execute(
             sa.select(m.c.pk, m.c.id).where(m.c.pk.in_([pk for pk, _, _, _ in new]))
             .with_for_update(read=True))}
-        rows = [{"program_id": programme.id, "key": key(now_named[pk], first),
+        rows = [{"program_id": programme.id, "key": key(pk, first),
                  "type": n.POINTS_EXPIRING, "member_id": now_named[pk],
                  "data": orjson.dumps({"program": programme.id, "member": now_named[pk],
                                        "points": points, "expires_at": first.isoformat()},

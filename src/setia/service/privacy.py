@@ -192,8 +192,7 @@ def erase_member(engine: sa.Engine, program_id: str, member_id: str, key: str,
             _erase_growth(uow, program_id, pk, pseudonym)
             _erase_web(uow, program_id, member_id, member.email)
             _scrub_commands(uow, program_id, member_id, pseudonym)
-            if member.email:
-                _scrub_delivery_errors(uow, messages, member.email)
+            _scrub_delivery_errors(uow, messages)
             audit.record(uow, "member.erase", program_id=program_id, target=f"member #{pk}",
                          before={"cleared": cleared}, after={"id": pseudonym}, now=now)
             return {"member": pseudonym, "erased_at": iso(now), "cleared": cleared}
@@ -327,14 +326,15 @@ def _scrubbed(value: Any, member_id: str, pseudonym: str) -> Any:
     return out
 
 
-def _scrub_delivery_errors(uow: UnitOfWork, message_ids: list[int], email: str) -> None:
-    """A mail server's refusal kept as a delivery's last error may quote her address."""
+def _scrub_delivery_errors(uow: UnitOfWork, message_ids: list[int]) -> None:
+    """A mail server's refusal kept as a delivery's last error may quote her address, and
+    not only the one she has now (a refused address is why people change it): every last
+    error of her emails is cleared."""
     d = to.deliveries
     for start in range(0, len(message_ids), 500):
         uow.execute(d.update().where(
             d.c.outbox_id.in_(message_ids[start:start + 500]), d.c.channel == "email",
-            sa.func.lower(d.c.last_error).contains(email.strip().lower(), autoescape=True))
-            .values(last_error=None))
+            d.c.last_error.is_not(None)).values(last_error=None))
 
 
 def _relabel_messages(uow: UnitOfWork, program_id: str, member_id: str,

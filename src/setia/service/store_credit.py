@@ -113,11 +113,16 @@ def _balances(account: CreditAccount, digits: int) -> dict[str, str]:
             "reserved": money_text(account.reserved, digits)}
 
 
-def _member_pk(uow: UnitOfWork, program_id: str, member_id: Any) -> int:
+def _member_pk(uow: UnitOfWork, program_id: str, member_id: Any, *,
+               share: bool = False) -> int:
+    """The member's primary key; with ``share`` the member's row is held shared until the
+    end of the transaction (a write that names the member waits for an erasure under way,
+    then finds no member of that id)."""
     if not isinstance(member_id, str) or not member_id:
         raise InvalidField("member must be a member id", field="member")
-    pk = uow.execute(sa.select(t.members.c.pk).where(
-        t.members.c.program_id == program_id, t.members.c.id == member_id)).scalar()
+    query = sa.select(t.members.c.pk).where(t.members.c.program_id == program_id,
+                                            t.members.c.id == member_id)
+    pk = uow.execute(query.with_for_update(read=True) if share else query).scalar()
     if pk is None:
         raise UnknownMember(f"no member {member_id!r} in programme {program_id}", field="member")
     return int(pk)
@@ -248,7 +253,7 @@ def hold(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock =
 
         def run() -> dict[str, Any]:
             amount = _amount_minor(body.get("amount"), programme.currency, "amount")
-            pk = _member_pk(uow, program_id, body.get("member"))
+            pk = _member_pk(uow, program_id, body.get("member"), share=True)
             digits = minor_digits(programme.currency)
             account = _lock_account(uow, program_id, pk)
             hold_id = new_id()
@@ -277,6 +282,10 @@ def finish_hold(uow: UnitOfWork, programme: Programme, hold_id: str, action: str
                         ).mappings().one_or_none()
     if found is None:
         raise UnknownCreditHold(f"no store-credit hold {hold_id!r}", field="hold")
+    # The member's row shared first (as the event path locks the member before the
+    # account): an erasure under way is waited for, and its pseudonym names the messages.
+    member_id = uow.execute(sa.select(t.members.c.id).where(
+        t.members.c.pk == found["member_pk"]).with_for_update(read=True)).scalar_one()
     account = _lock_account(uow, programme.id, found["member_pk"])
     # Read again under the account's lock: a concurrent capture or release may have won.
     row: dict[str, Any] = dict(uow.execute(sa.select(h).where(h.c.id == hold_id)).mappings().one())
@@ -300,8 +309,6 @@ def finish_hold(uow: UnitOfWork, programme: Programme, hold_id: str, action: str
                updated_at=now)
     uow.execute(h.update().where(h.c.id == hold_id).values(
         status=row["status"], captured=captured, updated_at=now))
-    member_id = uow.execute(sa.select(t.members.c.id).where(
-        t.members.c.pk == row["member_pk"])).scalar_one()
     _save(uow, programme, account, hold_id, now, member_id=member_id, now=now)
     return _hold_view(row, member_id, account, digits)
 
