@@ -312,3 +312,50 @@ def test_a_rebate_switched_from_monthly_to_quarterly_credits_no_spend_twice(engi
     assert len(credit_postings(engine)) == 3
     assert rebate_runs(engine) == [("2027-04", 2, 600), ("2027-Q2", 1, 801)]
     assert_journal_ok(engine)
+
+
+def test_a_rebate_added_to_a_running_programme_rebates_spend_from_the_day_it_came(engine):
+    # Given a programme without rebates since 2025, and ana's orders of 2025 to March 2027
+    from setia.service.programmes import store_programme
+
+    plain = {**CREDIT_CAFE, "cashback": {"instant": []}}
+    store_programme(engine, plain, clock=fixed_clock("2025-01-01T09:00:00+08:00"))
+    upsert_member(engine, P, "ana", {"enrolled_at": "2025-01-01T09:00:00+08:00"},
+                  fixed_clock("2025-01-01T09:00:00+08:00"))
+    for number, when in enumerate(["2025-02-10", "2026-11-10", "2027-03-10", "2027-03-20"]):
+        ingest_event(engine, P, purchase(f"e{number}", "ana", f"{when}T10:00:00+08:00",
+                                         amount="1000.00"))
+    # When a monthly 2% rebate comes with a version stored on 15 March 2027, and run-due
+    # runs once March has ended
+    monthly = {**plain, "cashback": {"instant": [], "tiered": [
+        {"id": "m", "per": "month", "bands": [{"percent": 2}]}]}}
+    store_programme(engine, monthly, clock=fixed_clock("2027-03-15T12:00:00+08:00"))
+    report = run_due(engine, at("2027-04-01T00:00:00+08:00"), P)
+    # Then only the spend from 15 March on is rebated: 2% of RM 1,000.00 (it was every
+    # month back to February 2025: RM 80.00 over 26 runs)
+    assert report.rebates_credited == 1
+    assert credit(engine, "ana") == {"available": "20.00", "reserved": "0.00"}
+    with engine.connect() as conn:
+        assert [tuple(row) for row in conn.execute(
+            sa.select(t.postings.c.points, t.postings.c.ref, t.postings.c.explanation)
+            .where(t.postings.c.asset == "credit:MYR"))] == [
+            (2000, "rebate:m:2027-03",
+             "m rebate on RM 1000.00 spent in 2027-03 from 2027-03-15 to 2027-03-31, "
+             "since the rebate began")]
+        assert conn.execute(sa.text("SELECT count(*) FROM rebate_runs")).scalar_one() == 1
+
+    # When a version of 10 April drops it, one of 15 June brings it back, and ana spends in
+    # April, May and June
+    store_programme(engine, plain, clock=fixed_clock("2027-04-10T12:00:00+08:00"))
+    for number, when in enumerate(["2027-04-05", "2027-05-05", "2027-06-20"], start=10):
+        ingest_event(engine, P, purchase(f"e{number}", "ana", f"{when}T10:00:00+08:00",
+                                         amount="100.00"))
+    run_due(engine, at("2027-05-01T00:00:00+08:00"), P)
+    store_programme(engine, monthly, clock=fixed_clock("2027-06-15T12:00:00+08:00"))
+    run_due(engine, at("2027-07-01T00:00:00+08:00"), P)
+    # Then June from the 15th is rebated (RM 2.00), the months without it are not
+    assert credit(engine, "ana") == {"available": "22.00", "reserved": "0.00"}
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.text("SELECT period FROM rebate_runs")).scalars()
+                      ) == ["2027-03", "2027-06"]
+    assert_journal_ok(engine)

@@ -83,6 +83,15 @@ def test_a_bad_period_names_the_field(text):
     assert caught.value.field == "period"
 
 
+@pytest.mark.parametrize("text", ["0001-01", "0001", "1899-Q4", "2200", "9999-12"])
+def test_a_period_out_of_the_years_1900_to_2199_is_refused(text):
+    # near year 1 a period's bounds overflowed when moved to UTC: a 500
+    with pytest.raises(InvalidField) as caught:
+        parse_period(text)
+    assert (caught.value.field, caught.value.detail) == (
+        "period", f"period {text!r} must fall in the years 1900 to 2199")
+
+
 def test_the_following_period():
     assert parse_period("2027-Q4").following().key == "2028-Q1"
     assert parse_period("2027-12").following().key == "2028-01"

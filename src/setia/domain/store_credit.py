@@ -265,6 +265,10 @@ def parse_period(text: Any, field_name: str = "period") -> Period:
     hint = "a month (2027-03), a quarter (2027-Q1) or a year (2027)"
     if not isinstance(text, str) or not text:
         raise InvalidField(f"{field_name} is required: {hint}", field=field_name)
+    if text[:4].isdigit() and not 1900 <= int(text[:4]) <= 2199:
+        # near year 1 a period's bounds overflow when moved to UTC
+        raise InvalidField(f"{field_name} {text!r} must fall in the years 1900 to 2199",
+                           field=field_name)
     try:
         if len(text) == 4 and text.isdigit():
             return period_of("year", date(int(text), 1, 1))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import secrets
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
@@ -478,6 +479,9 @@ def _ended_periods(engine: sa.Engine, programme: Programme, rebate_id: str, per:
             if first is None:
                 return []
             start = first.astimezone(programme.tz).date()
+        since = rebate_since(conn, programme, rebate_id)
+    if since is not None:
+        start = max(start, since)
     period = period_of(per, start)
     today: date = as_of.astimezone(programme.tz).date()
     periods: list[Period] = []
@@ -516,6 +520,22 @@ def _rebates(engine: sa.Engine, program_id: str, as_of: datetime) -> int:
     return credited
 
 
+def rebate_since(conn: Any, programme: Programme, rebate_id: str) -> date | None:
+    """The day (programme time zone) the programme's versions began to have the rebate
+    without a break, up to the current one; None if every version has had it. A rebate
+    added to a running programme, or removed and added again, rebates spend from that day
+    on, not from the programme's first order nor over the versions without it."""
+    pv = t.program_versions
+    began = None
+    for row in conn.execute(sa.select(pv.c.definition, pv.c.created_at).where(
+            pv.c.program_id == programme.id).order_by(pv.c.version.desc())):
+        cashback = json.loads(row.definition).get("cashback") or {}
+        if not any(r.get("id") == rebate_id for r in cashback.get("tiered") or []):
+            return began
+        began = row.created_at.astimezone(programme.tz).date()
+    return None
+
+
 def _lock_programme_row(uow: UnitOfWork, program_id: str) -> None:
     """Serialise the rebate runs of a programme, and programme uploads (which lock the row
     FOR UPDATE), so that a run reads the current ``per`` and every run committed before it.
@@ -540,8 +560,11 @@ def _credit_period(uow: UnitOfWork, programme: Programme, rebate_id: str, bands:
         rebate_runs.c.program_id == programme.id, rebate_runs.c.rebate_id == rebate_id,
         rebate_runs.c.period != period.key)).scalars()]
     spans = uncredited_spans(period, credited)
+    since = rebate_since(uow, programme, rebate_id)
+    if since is not None:
+        spans = [(max(first, since), after) for first, after in spans if after > since]
     spend = _net_spend(uow, programme, spans) if spans else []
-    spent_in = _spent_in(period, spans)
+    spent_in = _spent_in(period, spans, since)
     end = period.bounds(programme.tz)[1]
     digits = minor_digits(programme.currency)
     symbol = currency_symbol(programme.currency)
@@ -588,13 +611,17 @@ def _net_spend(uow: UnitOfWork, programme: Programme,
         .group_by(o.c.member_pk, t.members.c.id).order_by(o.c.member_pk)).all())
 
 
-def _spent_in(period: Period, spans: list[tuple[date, date]]) -> str:
+def _spent_in(period: Period, spans: list[tuple[date, date]], since: date | None = None
+              ) -> str:
     """``2027-Q2``, or for a period credited in part before: ``2027-Q2 from 2027-05-01 to
-    2027-06-30, the rest of it credited before``."""
+    2027-06-30, the rest of it credited before``, or begun by the rebate: ``2027-03 from
+    2027-03-15 to 2027-03-31, since the rebate began``."""
     if spans == [(period.first_day, period.next_first_day)]:
         return period.key
     days = " and from ".join(f"{first.isoformat()} to {(after - timedelta(days=1)).isoformat()}"
                              for first, after in spans)
+    if since is not None and spans and spans[0][0] == since > period.first_day:
+        return f"{period.key} from {days}, since the rebate began"
     return f"{period.key} from {days}, the rest of it credited before"
 
 
