@@ -359,3 +359,28 @@ def test_a_rebate_added_to_a_running_programme_rebates_spend_from_the_day_it_cam
         assert sorted(conn.execute(sa.text("SELECT period FROM rebate_runs")).scalars()
                       ) == ["2027-03", "2027-06"]
     assert_journal_ok(engine)
+
+
+def test_a_currency_change_is_refused_once_the_programme_has_orders(cafe):
+    # Given ana's RM 5.50 of cashback (1% of RM 550.00)
+    ingest_event(cafe, P, purchase("e1", "ana", "2027-03-01T10:00:00+08:00", amount="550.00"))
+    assert credit(cafe, "ana") == {"available": "5.50", "reserved": "0.00"}
+    with cafe.connect() as conn:
+        versions = conn.execute(sa.text("SELECT count(*) FROM program_versions")).scalar_one()
+    # When a version in Singapore dollars is stored, Then it is refused (it made the
+    # 550 sen S$ 5.50, and with yen JPY 550)
+    with pytest.raises(InvalidField) as refused:
+        load_programme(cafe, {**CREDIT_CAFE, "currency": "SGD"})
+    assert (refused.value.field, refused.value.detail) == (
+        "currency", "currency cannot change from MYR to SGD: the programme has orders or "
+                    "postings in it already")
+    assert credit(cafe, "ana") == {"available": "5.50", "reserved": "0.00"}
+    with cafe.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM program_versions")
+                            ).scalar_one() == versions
+    assert_journal_ok(cafe)
+
+
+def test_a_programme_without_orders_or_postings_may_change_its_currency(engine):
+    load_programme(engine, CREDIT_CAFE)
+    assert load_programme(engine, {**CREDIT_CAFE, "currency": "USD"})["version"] == 2

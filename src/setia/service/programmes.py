@@ -75,6 +75,7 @@ def store_programme(engine: sa.Engine, document: Any, *, program_id: str | None 
             ).scalar_one()
             if current_hash == digest:
                 return {"id": model.id, "version": current, "created": False}
+            _refuse_currency_change(uow, model)
         version = (current or 0) + 1
         if current is None:
             uow.execute(t.programs.insert().values(id=model.id, current_version=version,
@@ -94,6 +95,21 @@ def store_programme(engine: sa.Engine, document: Any, *, program_id: str | None 
         return {"id": model.id, "version": version, "created": True}
 
     return transaction(engine, work)
+
+
+def _refuse_currency_change(uow: UnitOfWork, model: Any) -> None:
+    """Orders' amounts and store credit are kept in the programme's currency, in its minor
+    units: once there are any, another currency would revalue them (RM 5.50 of credit
+    read as JPY 550)."""
+    before = uow.programme(model.id)
+    if before is None or before.currency == model.currency:
+        return
+    for table in (t.orders, t.postings):
+        if uow.execute(sa.select(table.c.program_id).where(
+                table.c.program_id == model.id).limit(1)).first() is not None:
+            raise InvalidField(
+                f"currency cannot change from {before.currency} to {model.currency}: the "
+                "programme has orders or postings in it already", field="currency")
 
 
 def _drop_unlimited_counters(uow: UnitOfWork, model: Any) -> None:
