@@ -446,7 +446,11 @@ class TestLoadAndImportOnSqlite:
         ("member", "show", "ali", "--program", "nope"),
         ("import", "events", "{jsonl}", "--program", "nope"),
         ("run-due", "--as-of", "2027-03-10T00:00:00+08:00", "--program", "nope"),
-    ], ids=["member-show", "import-events", "run-due"])
+        ("webhooks", "list", "--program", "nope"),
+        ("webhooks", "dead", "--program", "nope"),
+        ("audit", "--program", "nope"),
+    ], ids=["member-show", "import-events", "run-due", "webhooks-list", "webhooks-dead",
+            "audit"])
     def test_an_unknown_programme_is_a_one_line_error(
         self, scenario: Scenario, db: str, args: tuple[str, ...]
     ) -> None:

@@ -81,7 +81,10 @@ def webhooks_list(program: Annotated[str, typer.Option(help="programme id")]) ->
     """Active endpoints of a programme (without their secrets)."""
     from setia.service.deliveries import list_endpoints
 
-    print(json.dumps(list_endpoints(_cli().engine(), program), indent=2))
+    try:
+        print(json.dumps(list_endpoints(_cli().engine(), program), indent=2))
+    except SetiaError as exc:
+        _cli().fail(str(exc))
 
 
 @webhooks_app.command("dead")
@@ -89,7 +92,10 @@ def webhooks_dead(program: Annotated[str, typer.Option(help="programme id")]) ->
     """Deliveries that failed for 24 hours (webhooks and emails), as JSON."""
     from setia.service.deliveries import dead_letters
 
-    print(json.dumps(dead_letters(_cli().engine(), program), indent=2))
+    try:
+        print(json.dumps(dead_letters(_cli().engine(), program), indent=2))
+    except SetiaError as exc:
+        _cli().fail(str(exc))
 
 
 @webhooks_app.command("replay")

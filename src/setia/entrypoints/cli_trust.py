@@ -149,7 +149,11 @@ def audit_list(
     """The audit log of admin actions, oldest first, as JSON Lines."""
     from setia.service.audit import entries
 
-    for row in entries(engine(), program, after_id=after, limit=limit):
+    try:
+        rows = entries(engine(), program, after_id=after, limit=limit)
+    except SetiaError as exc:
+        fail(_explain(exc))
+    for row in rows:
         sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.store import UnitOfWork
-from setia.service.common import iso
+from setia.service.common import iso, require_programme_id
 
 _actor: ContextVar[str | None] = ContextVar("setia_audit_actor", default=None)
 MAX_PAGE = 500
@@ -64,6 +64,8 @@ def entries(engine: sa.Engine, program_id: str | None = None, *, after_id: int =
     if program_id is not None:
         query = query.where(a.c.program_id == program_id)
     with engine.connect() as conn:
+        if program_id is not None:
+            require_programme_id(conn, program_id)
         return [
             {"id": row.id, "at": iso(row.at), "actor": row.actor, "action": row.action,
              "program": row.program_id, "target": row.target, "before": row.before,

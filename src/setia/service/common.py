@@ -14,6 +14,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from setia.adapters.db import tables as t
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import Busy, SetiaError, UnknownProgramme
 from setia.domain.programme import Programme
@@ -93,6 +94,13 @@ def require_programme(uow: UnitOfWork, program_id: str, version: int | None = No
     if programme is None:
         raise UnknownProgramme(f"no programme {program_id!r}; store one first", field="program")
     return programme
+
+
+def require_programme_id(conn: sa.Connection, program_id: str) -> None:
+    """Refuse an unknown programme where only its rows are read (not its definition)."""
+    if conn.execute(sa.select(t.programs.c.id).where(t.programs.c.id == program_id)
+                    ).first() is None:
+        raise UnknownProgramme(f"no programme {program_id!r}; store one first", field="program")
 
 
 def iso(moment: datetime | None) -> str | None:

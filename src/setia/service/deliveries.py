@@ -40,7 +40,13 @@ from setia.adapters.db.store import UnitOfWork
 from setia.adapters.db.tables_outbox import deliveries, outbox, webhook_endpoints
 from setia.domain import notifications as n
 from setia.domain.errors import InvalidField, UnknownProgramme
-from setia.service.common import idempotent, iso, require_programme, transaction
+from setia.service.common import (
+    idempotent,
+    iso,
+    require_programme,
+    require_programme_id,
+    transaction,
+)
 
 DISPATCH_BATCH = 500
 CLAIM_BATCH = 20  # at least; a worker claims 4 x its webhook concurrency of webhooks
@@ -123,6 +129,7 @@ def add_endpoint(engine: sa.Engine, program_id: str, url: Any, types: Any,
 
 def list_endpoints(engine: sa.Engine, program_id: str) -> list[dict[str, Any]]:
     with engine.connect() as conn:
+        require_programme_id(conn, program_id)
         rows = conn.execute(sa.select(webhook_endpoints).where(
             webhook_endpoints.c.program_id == program_id,
             webhook_endpoints.c.disabled_at.is_(None)).order_by(webhook_endpoints.c.created_at,
@@ -429,6 +436,7 @@ def _email(engine: sa.Engine, delivery: dict[str, Any]) -> Any:
 
 def dead_letters(engine: sa.Engine, program_id: str, limit: int = 500) -> list[dict[str, Any]]:
     with engine.connect() as conn:
+        require_programme_id(conn, program_id)
         rows = conn.execute(
             sa.select(deliveries, outbox.c.type, outbox.c.member_id)
             .join(outbox, outbox.c.id == deliveries.c.outbox_id)
