@@ -3,13 +3,19 @@ till, statements; on SQLite and PostgreSQL, every test ending with the journal c
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
-from setia.domain.errors import InvalidAmount, InvalidField, UnknownMember
+from setia.domain.errors import (
+    IdempotencyConflict,
+    InvalidAmount,
+    InvalidField,
+    UnknownMember,
+)
 from setia.domain.store_credit import CreditHoldNotOpen, InsufficientCredit, UnknownCreditHold
 from setia.service import store_credit
 from setia.service.check import check
@@ -204,7 +210,7 @@ def test_statement_per_period_as_json_and_csv(cafe):
         "member": "bob", "asset": "credit:MYR", "currency": "MYR", "period": "2027-Q1",
         "from": "2027-01-01T00:00:00+08:00", "until": "2027-04-01T00:00:00+08:00",
         "opening_balance": "0.00", "earned": "8.00", "clawed_back": "0.00", "spent": "4.00",
-        "closing_balance": "4.00"}
+        "adjusted": "0.00", "closing_balance": "4.00"}
     assert [(line["code"], line["amount"], line["balance"]) for line in q1["lines"]] == [
         ("cashback", "8.00", "8.00"), ("capture", "-4.00", "4.00")]
     q2 = store_credit.statement(cafe, P, "bob", "2027-Q2")
@@ -220,7 +226,8 @@ def test_statement_per_period_as_json_and_csv(cafe):
         "2027-04-01T00:00:00+08:00,closing,,,closing balance 2027-Q1,,4.00\n"
         ",total-earned,,,,8.00,\n"
         ",total-clawed-back,,,,0.00,\n"
-        ",total-spent,,,,4.00,\n")
+        ",total-spent,,,,4.00,\n"
+        ",total-adjusted,,,,0.00,\n")
     for bad in ("2027-Q5", "27-01", "2027-13", "", "next"):
         with pytest.raises(InvalidField) as caught:
             store_credit.statement(cafe, P, "bob", bad)
@@ -381,6 +388,69 @@ def test_a_currency_change_is_refused_once_the_programme_has_orders(cafe):
     assert_journal_ok(cafe)
 
 
+def test_a_time_zone_change_is_refused_once_the_programme_has_orders(cafe):
+    # (a refund lowered the tier metric's month in the new zone, not the one its purchase
+    # raised: RM 400.00 bought at 00:30 on 1 January in Kuala Lumpur came off December)
+    ingest_event(cafe, P, purchase("e1", "ana", "2027-03-01T10:00:00+08:00", amount="10.00"))
+    with pytest.raises(InvalidField) as refused:
+        load_programme(cafe, {**CREDIT_CAFE, "timezone": "Europe/London"})
+    assert (refused.value.field, refused.value.detail) == (
+        "timezone", "timezone cannot change from Asia/Kuala_Lumpur to Europe/London: the "
+                    "programme has orders or postings in it already")
+    assert_journal_ok(cafe)
+
+
 def test_a_programme_without_orders_or_postings_may_change_its_currency(engine):
     load_programme(engine, CREDIT_CAFE)
     assert load_programme(engine, {**CREDIT_CAFE, "currency": "USD"})["version"] == 2
+
+
+def test_an_admin_corrects_store_credit_both_ways_with_a_reason(cafe):
+    # Given ana's RM 5.50 of cashback
+    ingest_event(cafe, P, purchase("e1", "ana", "2027-03-01T10:00:00+08:00", amount="550.00"))
+    when = fixed_clock("2027-03-02T10:00:00+08:00")
+    # When an admin gives her RM 2.25 for a mistaken refund, then takes RM 1.00 back
+    given = store_credit.adjust(cafe, P, {"member": "ana", "amount": "2.25",
+                                          "reason": "refund entered twice"}, "adj-1", when)
+    taken = store_credit.adjust(cafe, P, {"member": "ana", "amount": "-1.00",
+                                          "reason": "goodwill given twice"}, "adj-2", when)
+    # Then each is posted against the adjustments account, with its reason
+    assert (given["amount"], given["balances"]) == ("2.25", {"available": "7.75",
+                                                             "reserved": "0.00"})
+    assert (taken["amount"], taken["ref"], taken["balances"]) == (
+        "-1.00", "credit-adjust:adj-2", {"available": "6.75", "reserved": "0.00"})
+    assert credit_postings(cafe)[-2:] == [
+        ("adjust", "adjustments", "available", 225, None),
+        ("adjust", "available", "adjustments", 100, None)]
+    view = store_credit.statement(cafe, P, "ana", "2027-03")
+    assert (view["earned"], view["adjusted"], view["closing_balance"]) == ("5.50", "1.25", "6.75")
+    assert [line["amount"] for line in view["lines"]] == ["5.50", "2.25", "-1.00"]
+    # and a replay answers the first result and changes nothing; the same key with another
+    # body, or taking back more than she has, is refused and changes nothing
+    assert store_credit.adjust(cafe, P, {"member": "ana", "amount": "-1.00",
+                                         "reason": "goodwill given twice"}, "adj-2", when) == taken
+    journal = len(credit_postings(cafe))
+    with pytest.raises(IdempotencyConflict):
+        store_credit.adjust(cafe, P, {"member": "ana", "amount": "-2.00",
+                                      "reason": "goodwill given twice"}, "adj-2", when)
+    with pytest.raises(InsufficientCredit) as refused:
+        store_credit.adjust(cafe, P, {"member": "ana", "amount": "-6.76", "reason": "x"},
+                            "adj-3", when)
+    assert refused.value.field == "amount"
+    for body, field in [({"member": "ana", "amount": "0", "reason": "x"}, "amount"),
+                        ({"member": "ana", "amount": "-0.001", "reason": "x"}, "amount"),
+                        ({"member": "ana", "amount": "1.00"}, "reason"),
+                        ({"member": "nobody", "amount": "1.00", "reason": "x"}, "member"),
+                        ({"member": "ana", "amount": "1.00", "reason": "x", "y": 1}, "y")]:
+        with pytest.raises((InvalidField, InvalidAmount, UnknownMember)) as bad:
+            store_credit.adjust(cafe, P, body, "adj-4", when)
+        assert bad.value.field == field
+    assert len(credit_postings(cafe)) == journal
+    assert credit(cafe, "ana") == {"available": "6.75", "reserved": "0.00"}
+    with cafe.connect() as conn:
+        messages = conn.execute(sa.text(
+            "SELECT data FROM outbox WHERE type = 'credit.adjusted' ORDER BY id")).scalars()
+        assert [json.loads(data)["amount"] for data in messages] == ["2.25", "-1.00"]
+        assert conn.execute(sa.text("SELECT count(*) FROM audit_log WHERE action = "
+                                    "'credit.adjust'")).scalar_one() == 2
+    assert_journal_ok(cafe)

@@ -33,11 +33,12 @@ REFERRAL_PAID = "referral.paid"
 CREDIT_EARNED = "credit.earned"
 CREDIT_CLAWED_BACK = "credit.clawed_back"
 CREDIT_SPENT = "credit.spent"
+CREDIT_ADJUSTED = "credit.adjusted"
 
 MESSAGE_TYPES = (POINTS_EARNED, POINTS_REDEEMED, POINTS_EXPIRED, POINTS_EXPIRING,
                  POINTS_CLAWED_BACK, POINTS_ADJUSTED, POINTS_REVERSED, TIER_CHANGED,
                  VOUCHER_ISSUED, VOUCHER_USED, VOUCHER_VOIDED, MEMBER_ENROLLED, REFERRAL_PAID,
-                 CREDIT_EARNED, CREDIT_CLAWED_BACK, CREDIT_SPENT)
+                 CREDIT_EARNED, CREDIT_CLAWED_BACK, CREDIT_SPENT, CREDIT_ADJUSTED)
 
 # Posting code -> message type. Holds, releases and activations move points between a
 # member's own accounts (or back) and tell the member nothing new: no message.
@@ -60,6 +61,7 @@ _CREDIT_BY_CODE = {
     "rebate": CREDIT_EARNED,
     "clawback": CREDIT_CLAWED_BACK,
     "capture": CREDIT_SPENT,
+    "adjust": CREDIT_ADJUSTED,
 }
 
 # Types a member gets an email for.
@@ -136,13 +138,19 @@ def from_credit_postings(postings: Iterable[Posting], *, member_id: str, ref: st
                          balances: dict[str, str]) -> list[Message]:
     """One message per kind of change to store credit in ``postings`` (all made by
     ``ref``); amounts in minor units, told as money text by ``as_text``."""
-    totals = _totals(postings, _CREDIT_BY_CODE, lambda posting, _: posting.points)
+    totals = _totals(postings, _CREDIT_BY_CODE, lambda posting, kind: (
+        _credit_side(posting) if kind == CREDIT_ADJUSTED else posting.points))
     return [
         Message(kind, message_key(kind, member_id, ref),
                 {"member": member_id, "ref": ref, "amount": as_text(amount),
                  "currency": currency, "balances": balances})
         for kind, amount in totals.items()
     ]
+
+
+def _credit_side(posting: Posting) -> int:
+    """An adjustment of store credit as the member's available credit moved (signed)."""
+    return posting.points if posting.credit == "available" else -posting.points
 
 
 def tier_changed(member_id: str, ref: str, before: tuple[str, int], after: tuple[str, int],

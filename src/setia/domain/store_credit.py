@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from setia.domain.errors import InvalidField, SetiaError
 from setia.domain.events import Line
-from setia.domain.ledger import AVAILABLE, ISSUED, REDEEMED, RESERVED, Posting
+from setia.domain.ledger import ADJUSTMENTS, AVAILABLE, ISSUED, REDEEMED, RESERVED, Posting
 
 CREDIT_ASSET_PREFIX = "credit:"
 CREDIT_MEMBER_ACCOUNTS = (AVAILABLE, RESERVED)
@@ -334,6 +334,16 @@ class CreditAccount:
                 f"{max(self.available, 0)} are available",
                 field=field_name, available=max(self.available, 0), required=amount,
             )
+
+    def adjust(self, amount: int, explanation: str) -> None:
+        """An admin's correction: credit given (``amount`` > 0) or taken back, never below
+        zero (a mistake's debt is not made by hand)."""
+        assert amount != 0
+        if amount > 0:
+            self._post("adjust", ADJUSTMENTS, AVAILABLE, amount, None, explanation)
+            return
+        self._require(-amount, "amount")
+        self._post("adjust", AVAILABLE, ADJUSTMENTS, -amount, None, explanation)
 
     def hold(self, amount: int, explanation: str) -> None:
         assert amount > 0

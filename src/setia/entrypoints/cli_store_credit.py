@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-credit_app = typer.Typer(help="Store credit: balances and statements.", no_args_is_help=True)
+credit_app = typer.Typer(help="Store credit: balances, statements and corrections.",
+                         no_args_is_help=True)
 
 
 def _cli() -> Any:
@@ -55,6 +56,31 @@ def credit_statement(
         sys.stdout.write(statement_csv(view))
     else:
         sys.stdout.write(json.dumps(view, indent=2, ensure_ascii=False) + "\n")
+
+
+@credit_app.command("adjust")
+def credit_adjust(
+    member: Annotated[str, typer.Argument(help="member id")],
+    program: Annotated[str, typer.Option("--program", "-p", help="programme id")],
+    amount: Annotated[str, typer.Option(help="e.g. 5.00, or -2.50 to take credit back")],
+    reason: Annotated[str, typer.Option(help="why (kept in the journal and the audit log)")],
+    key: Annotated[str | None, typer.Option(
+        help="idempotency key: the same key again changes nothing (default: a new one)")] = None,
+) -> None:
+    """Correct a member's store credit by an amount, with a reason; never below zero."""
+    import secrets
+
+    from setia.domain.errors import SetiaError
+    from setia.service.store_credit import adjust
+
+    cli = _cli()
+    try:
+        view = adjust(cli.engine(), program, {"member": member, "amount": amount,
+                                              "reason": reason},
+                      key or f"cli-{secrets.token_hex(8)}")
+    except SetiaError as exc:
+        cli.fail(cli._explain(exc))
+    sys.stdout.write(json.dumps(view, indent=2, ensure_ascii=False) + "\n")
 
 
 def settlement_command(

@@ -75,7 +75,7 @@ def store_programme(engine: sa.Engine, document: Any, *, program_id: str | None 
             ).scalar_one()
             if current_hash == digest:
                 return {"id": model.id, "version": current, "created": False}
-            _refuse_currency_change(uow, model)
+            _refuse_unit_changes(uow, model)
         version = (current or 0) + 1
         if current is None:
             uow.execute(t.programs.insert().values(id=model.id, current_version=version,
@@ -97,19 +97,26 @@ def store_programme(engine: sa.Engine, document: Any, *, program_id: str | None 
     return transaction(engine, work)
 
 
-def _refuse_currency_change(uow: UnitOfWork, model: Any) -> None:
+def _refuse_unit_changes(uow: UnitOfWork, model: Any) -> None:
     """Orders' amounts and store credit are kept in the programme's currency, in its minor
-    units: once there are any, another currency would revalue them (RM 5.50 of credit
-    read as JPY 550)."""
+    units, and the tier metric's months, daily caps, periods and expiry dates are counted
+    on its wall clock: once there are orders or postings, another currency would revalue
+    them (RM 5.50 of credit read as JPY 550), and another time zone would move the months
+    a refund, a rejection or a reversal lowers away from those its purchase raised."""
     before = uow.programme(model.id)
-    if before is None or before.currency == model.currency:
+    if before is None:
+        return
+    changed = [(name, old, new) for name, old, new in (
+        ("currency", before.currency, model.currency),
+        ("timezone", before.model.timezone, model.timezone)) if old != new]
+    if not changed:
         return
     for table in (t.orders, t.postings):
         if uow.execute(sa.select(table.c.program_id).where(
                 table.c.program_id == model.id).limit(1)).first() is not None:
-            raise InvalidField(
-                f"currency cannot change from {before.currency} to {model.currency}: the "
-                "programme has orders or postings in it already", field="currency")
+            name, old, new = changed[0]
+            raise InvalidField(f"{name} cannot change from {old} to {new}: the programme "
+                               "has orders or postings in it already", field=name)
 
 
 def _drop_unlimited_counters(uow: UnitOfWork, model: Any) -> None:

@@ -50,12 +50,13 @@ from setia.domain.store_credit import (
     tiered_rebate,
     uncredited_spans,
 )
-from setia.service import outbox
+from setia.service import audit, outbox
 from setia.service.common import (
     Clock,
     idempotent,
     iso,
     require_programme,
+    require_reason,
     transaction,
     utc_now,
 )
@@ -274,6 +275,54 @@ def hold(engine: sa.Engine, program_id: str, body: Any, key: str, clock: Clock =
     return transaction(engine, work)
 
 
+ADJUST_KEYS = frozenset({"member", "amount", "reason"})
+
+
+def adjust(engine: sa.Engine, program_id: str, body: Any, key: str,
+           clock: Clock = utc_now) -> dict[str, Any]:
+    """An admin's correction of a member's store credit, with a reason: ``{member, amount,
+    reason}``, the amount a decimal string, negative to take credit back (never below
+    zero). Posted against the programme's ``adjustments`` account, code ``adjust``, under
+    ``credit-adjust:<key>``; audited with the balances before and after."""
+    if not isinstance(body, dict):
+        raise InvalidField("the adjustment must be a JSON object", field="(body)")
+    unknown = sorted(set(body) - ADJUST_KEYS)
+    if unknown:
+        raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
+    reason = require_reason(body)
+
+    def work(uow: UnitOfWork) -> dict[str, Any]:
+        programme = require_programme(uow, program_id)
+        now = clock()
+
+        def run() -> dict[str, Any]:
+            raw = body.get("amount")
+            negative = isinstance(raw, str) and raw.startswith("-")
+            minor = _amount_minor(raw[1:] if isinstance(raw, str) and negative else raw,
+                                  programme.currency, "amount")
+            amount = -minor if negative else minor
+            pk = _member_pk(uow, program_id, body.get("member"), share=True)
+            digits = minor_digits(programme.currency)
+            account = _lock_account(uow, program_id, pk)
+            before = _balances(account, digits)
+            account.adjust(amount, reason)
+            ref = f"credit-adjust:{key}"
+            _save(uow, programme, account, ref, now, member_id=body["member"], now=now)
+            after = _balances(account, digits)
+            audit.record(uow, "credit.adjust", program_id=program_id, target=f"member #{pk}",
+                         before={"balances": before},
+                         after={"balances": after, "amount": money_text(amount, digits),
+                                "reason": reason}, now=now)
+            return {"member": body["member"], "amount": money_text(amount, digits),
+                    "reason": reason, "ref": ref, "balances": after}
+
+        result = idempotent(uow, program_id, key, "credit-adjust", body, run, now)
+        uow.commit()
+        return result
+
+    return transaction(engine, work)
+
+
 def finish_hold(uow: UnitOfWork, programme: Programme, hold_id: str, action: str,
                 amount_text: Any, now: datetime) -> dict[str, Any]:
     """Capture (all, or ``amount`` of it, the rest released) or release an open hold."""
@@ -354,7 +403,7 @@ def balance(engine: sa.Engine, program_id: str, member_id: str) -> dict[str, Any
 
 
 STATEMENT_CODES = {"cashback": "earned", "rebate": "earned", "clawback": "clawed_back",
-                   "capture": "spent"}
+                   "capture": "spent", "adjust": "adjusted"}
 
 
 def statement(engine: sa.Engine, program_id: str, member_id: str,
@@ -377,7 +426,7 @@ def statement(engine: sa.Engine, program_id: str, member_id: str,
                                .where(mine, p.c.occurred_at < start)
                                .group_by(p.c.debit, p.c.credit)):
             opening += member_delta(row.debit, row.credit, int(row.amount))
-        totals = {"earned": 0, "clawed_back": 0, "spent": 0}
+        totals = {"earned": 0, "clawed_back": 0, "spent": 0, "adjusted": 0}
         lines = []
         running = opening
         for row in uow.execute(sa.select(p).where(mine, p.c.occurred_at >= start,
@@ -389,7 +438,8 @@ def statement(engine: sa.Engine, program_id: str, member_id: str,
             running += delta
             kind = STATEMENT_CODES.get(row.code)
             if kind is not None:
-                totals[kind] += row.points
+                # adjustments are signed (given or taken back), the rest are sizes
+                totals[kind] += delta if kind == "adjusted" else row.points
             lines.append({"occurred_at": row.occurred_at.astimezone(programme.tz).isoformat(),
                           "code": row.code, "rule": row.rule_id, "ref": row.ref,
                           "explanation": row.explanation,
@@ -414,7 +464,7 @@ STATEMENT_CSV_COLUMNS = ("occurred_at", "code", "rule", "ref", "explanation", "a
 
 def statement_csv(view: dict[str, Any]) -> str:
     """The statement as CSV: an opening row, one row per line, a closing row, then the
-    period's totals (earned, clawed back, spent)."""
+    period's totals (earned, clawed back, spent, adjusted)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(STATEMENT_CSV_COLUMNS)
@@ -425,7 +475,7 @@ def statement_csv(view: dict[str, Any]) -> str:
                          for column in STATEMENT_CSV_COLUMNS])
     writer.writerow([view["until"], "closing", "", "", f"closing balance {view['period']}", "",
                      view["closing_balance"]])
-    for name in ("earned", "clawed_back", "spent"):
+    for name in ("earned", "clawed_back", "spent", "adjusted"):
         writer.writerow(["", f"total-{name.replace('_', '-')}", "", "", "", view[name], ""])
     return out.getvalue()
 

@@ -39,13 +39,26 @@ CREDIT_VIEW = {"description": "the member's store credit", "content": {"applicat
                "properties": {"member": {"type": "string"}, "asset": {"type": "string"},
                               "currency": {"type": "string"}, "available": _MONEY,
                               "reserved": _MONEY}}}}}
+ADJUST_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["member", "amount", "reason"],
+    "properties": {"member": {"type": "string"},
+                   "amount": {"type": "string", "examples": ["5.00", "-2.50"],
+                              "description": "negative to take credit back"},
+                   "reason": {"type": "string", "minLength": 1, "maxLength": 300}},
+    "additionalProperties": False}}}}}
+ADJUST_VIEW = {"description": "the adjustment", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["member", "amount", "reason", "ref", "balances"],
+    "properties": {"member": {"type": "string"}, "amount": _MONEY,
+                   "reason": {"type": "string"}, "ref": {"type": "string"},
+                   "balances": _BALANCES}}}}}
 STATEMENT_VIEW = {"description": "the statement, as JSON or (format=csv) CSV", "content": {
     "application/json": {"schema": {
         "type": "object",
         "required": ["member", "period", "opening_balance", "earned", "clawed_back", "spent",
-                     "closing_balance", "lines"],
+                     "adjusted", "closing_balance", "lines"],
         "properties": {"period": {"type": "string"}, "opening_balance": _MONEY,
                        "earned": _MONEY, "clawed_back": _MONEY, "spent": _MONEY,
+                       "adjusted": _MONEY,
                        "closing_balance": _MONEY,
                        "lines": {"type": "array", "items": {"type": "object"}}}}},
     "text/csv": {"schema": {"type": "string"}}}}
@@ -125,3 +138,13 @@ async def post_release(request: Request, program: str, hold: str, key: str = _ke
     body = await _body(request, optional=True)
     return await _call(request, store_credit.capture_or_release, program, hold, "release",
                        body, key)
+
+
+@router.post("/credit/adjustments", status_code=201, openapi_extra=ADJUST_BODY,
+             responses={**schemas.PROBLEM_RESPONSES, 201: ADJUST_VIEW})
+async def post_adjustment(request: Request, program: str, key: str = _key(),
+                          caller: Caller = Depends(require("admin"))) -> Any:
+    """An admin's correction of a member's store credit (negative to take it back)."""
+    caller.check_program(program)
+    body = await _body(request)
+    return await _call(request, store_credit.adjust, program, body, key)
