@@ -230,3 +230,70 @@ def test_a_reference_is_reversed_once_when_four_admins_reverse_it_at_once(pg_eng
                   for kind, value in outcomes) == ["AlreadyReversed"] * 15 + ["ok"] * 5
     assert balances(pg_engine)["available"] == start
     assert_journal_ok(pg_engine)
+
+
+INACTIVE = {"id": "inact", "name": "Inactivity", "currency": "MYR",
+            "timezone": "Asia/Kuala_Lumpur",
+            "points": {"pending_days": 0, "expiry": {"policy": "inactivity", "months": 6}},
+            "earn": [{"id": "base", "on": "purchase", "rate": 1}]}
+
+
+def inactive_member(engine: sa.Engine) -> None:
+    load_programme(engine, INACTIVE)
+    upsert_member(engine, "inact", "m1", {}, fixed_clock("2027-01-01T09:00:00+08:00"))
+    ingest_event(engine, "inact", {"id": "p1", "type": "purchase", "member": "m1",
+                                   "order_id": "o1", "amount": "80.00",
+                                   "occurred_at": "2027-01-02T10:00:00+08:00"},
+                 fixed_clock("2027-01-02T10:00:00+08:00"))
+
+
+def available(engine: sa.Engine, when: str) -> int:
+    return get_member(engine, "inact", "m1", fixed_clock(when))["balances"]["available"]
+
+
+def test_an_inactivity_expiry_undone_is_not_expired_again_by_the_next_run_due(engine):
+    # Given 80 Beans expired after six months without an earn or redeem
+    inactive_member(engine)
+    expired_at = at("2027-07-02T10:00:00+08:00")
+    assert run_due(engine, expired_at, program_id="inact").points_expired == 80
+    # When an admin undoes the expiry, and run-due runs a minute later
+    reverse(engine, "inact", {"ref": f"run-due:{expired_at.isoformat()}",
+                              "reason": "expired in error"}, "rev-1",
+            fixed_clock("2027-07-03T09:00:00+08:00"))
+    report = run_due(engine, at("2027-07-03T09:01:00+08:00"), program_id="inact")
+    # Then the 80 stay (they were expired again: the undo did not count as activity)
+    assert (report.points_expired, available(engine, "2027-07-03T09:01:00+08:00")) == (0, 80)
+    assert_journal_ok(engine)
+
+
+def test_goodwill_points_for_a_long_inactive_member_are_not_expired_at_once(engine):
+    inactive_member(engine)
+    run_due(engine, at("2027-07-02T10:00:00+08:00"), program_id="inact")
+    adjust(engine, "inact", {"member": "m1", "points": 100, "reason": "goodwill"}, "adj-1",
+           fixed_clock("2027-08-01T09:00:00+08:00"))
+    report = run_due(engine, at("2027-08-01T09:01:00+08:00"), program_id="inact")
+    assert (report.points_expired, available(engine, "2027-08-01T09:01:00+08:00")) == (0, 100)
+    # and they expire six months after the adjustment, as after any earn
+    assert run_due(engine, at("2028-02-01T09:00:00+08:00"),
+                   program_id="inact").points_expired == 100
+    assert_journal_ok(engine)
+
+
+def test_a_key_or_reference_too_long_for_the_journal_is_refused_and_changes_nothing(kopi):
+    # (the posting's reference adjust:<key> or reverse:<ref> passed its 200 characters: a
+    # 500 at the commit on PostgreSQL)
+    upsert_member(kopi, P, "ali", {}, CLOCK)
+    rows = journal_rows(kopi)
+    with pytest.raises(InvalidField) as refused:
+        adjust(kopi, P, {"member": "ali", "points": 10, "reason": "goodwill"}, "k" * 194, CLOCK)
+    assert (refused.value.field, refused.value.detail) == (
+        "Idempotency-Key", "Idempotency-Key may be at most 193 characters here: the "
+                           "journal's reference is adjust:<Idempotency-Key>")
+    key = "k" * 190
+    adjust(kopi, P, {"member": "ali", "points": 10, "reason": "goodwill"}, key, CLOCK)
+    with pytest.raises(InvalidField) as refused:
+        reverse(kopi, P, {"ref": f"adjust:{key}", "reason": "typo"}, "rev-1", CLOCK)
+    assert refused.value.field == "ref"
+    assert journal_rows(kopi) == rows + 1
+    assert balances(kopi)["available"] == 10
+    assert_journal_ok(kopi)

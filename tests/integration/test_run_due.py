@@ -347,3 +347,20 @@ def test_running_run_due_twice_with_the_same_time_changes_nothing(kopi):
             second.tiers_reviewed, second.tiers_changed, second.birthdays) == (0, 0, 0, 0, 0, 0)
     assert state(kopi) == before
     assert_journal_ok(kopi)
+
+
+def test_a_rolling_expiry_names_the_day_earned_on_the_programmes_clock(kopi):
+    # Given 5 Beans of a purchase at 07:00 on 1 March in Kuala Lumpur, available three
+    # days later at 07:00 there (23:00 on 3 March in UTC)
+    upsert_member(kopi, P, "cust-1", {}, fixed_clock("2027-02-01T09:00:00+08:00"))
+    purchase(kopi, P, "e1", "2027-03-01T07:00:00+08:00", "5.00")
+    run_due(kopi, at("2027-03-04T07:00:00+08:00"), P)
+    # When they expire six months on
+    run_due(kopi, at("2027-09-04T07:00:00+08:00"), P)
+    # Then the expiry says the day of Kuala Lumpur, not of UTC
+    with kopi.connect() as conn:
+        texts = conn.execute(sa.text("SELECT explanation FROM postings WHERE code = 'expire' "
+                                     "ORDER BY id")).scalars().all()
+    assert texts == ["50 points earned 2027-02-04 expired",
+                     "5 points earned 2027-03-04 expired"]  # was 2027-03-03
+    assert_journal_ok(kopi)

@@ -302,3 +302,15 @@ def test_an_id_with_a_control_character_or_lone_surrogate_is_refused(text):
     with pytest.raises(InvalidField) as refused:
         parse_event(raw, "MYR")
     assert refused.value.field == "member"
+
+
+def test_lines_that_add_up_past_the_largest_amount_are_refused():
+    # each line is within the limit, and without an amount their sum went unchecked: an
+    # order of 5e13, and the 19th such purchase overflowed the month's 64-bit spend
+    lines = [{"sku": f"S{i}", "amount": "100000000000"} for i in range(500)]
+    with pytest.raises(InvalidAmount) as info:
+        parse_event(purchase(amount=None, lines=lines), "MYR")
+    assert (info.value.field, info.value.detail) == (
+        "lines", "the lines add up to more than 100,000,000,000")
+    just = [{"sku": "A", "amount": "60000000000"}, {"sku": "B", "amount": "40000000000"}]
+    assert parse_event(purchase(amount=None, lines=just), "MYR").amount == 100_000_000_000

@@ -18,7 +18,7 @@ from setia.domain.errors import (
     InvalidField,
     InvalidTime,
 )
-from setia.domain.money import parse_amount
+from setia.domain.money import MAX_AMOUNT, parse_amount
 
 MAX_LINES = 500
 MAX_ID_LENGTH = 128
@@ -237,6 +237,9 @@ def parse_event(raw: Any, currency: str) -> Event:
     elif raw.get("lines") is not None:
         lines = _lines(raw["lines"], currency)
         total = sum((line.amount for line in lines), Decimal(0))
+        if total > MAX_AMOUNT:
+            # each line is within the limit; their sum must be too, as a given amount is
+            raise InvalidAmount(f"the lines add up to more than {MAX_AMOUNT:,}", field="lines")
         if amount is None:
             amount = total
         elif lines and amount != total:

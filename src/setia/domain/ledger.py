@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from setia.domain.errors import InsufficientPoints
 
@@ -351,8 +351,9 @@ class MemberLedger:
             self._take(from_lots)
         self._post(code, AVAILABLE, credit, left, rule_id, explanation)
 
-    def expire_due_lots(self, as_of: datetime) -> int:
-        """Rolling expiry: lots whose expires_at has come lose what remains of them."""
+    def expire_due_lots(self, as_of: datetime, tz: tzinfo = UTC) -> int:
+        """Rolling expiry: lots whose expires_at has come lose what remains of them (the
+        day each was earned told on the programme's wall clock, ``tz``)."""
         expired = 0
         for lot in self.available_lots():
             if lot.expires_at is not None and lot.expires_at <= as_of:
@@ -361,7 +362,8 @@ class MemberLedger:
                 self._touch(lot)
                 expired += amount
                 self._post("expire", AVAILABLE, EXPIRED, amount, None,
-                           f"{amount} points earned {lot.available_at.date()} expired")
+                           f"{amount} points earned {lot.available_at.astimezone(tz).date()} "
+                           "expired")
         return expired
 
     def expire_all(self, reason: str) -> int:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from setia.adapters.db import tables as t
 from setia.adapters.db.store import UnitOfWork
-from setia.domain.errors import Busy, SetiaError, UnknownProgramme
+from setia.domain.errors import Busy, InvalidField, SetiaError, UnknownProgramme
 from setia.domain.programme import Programme
 
 T = TypeVar("T")
@@ -137,6 +137,18 @@ def idempotent(uow: UnitOfWork, program_id: str, key: str, operation: str, body:
         raise
     uow.add_command(program_id, key, operation, digest, result, now)
     return result
+
+
+MAX_REF_LENGTH = 200  # postings.ref
+
+
+def require_ref_fits(prefix: str, text: Any, field: str) -> None:
+    """Refuse a key or reference whose posting reference (``prefix`` + it) would not fit
+    the journal's column: a 500 at the commit otherwise."""
+    if isinstance(text, str) and len(prefix) + len(text) > MAX_REF_LENGTH:
+        raise InvalidField(
+            f"{field} may be at most {MAX_REF_LENGTH - len(prefix)} characters here: the "
+            f"journal's reference is {prefix}<{field}>", field=field)
 
 
 MAX_REASON_LENGTH = 300

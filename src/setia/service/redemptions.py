@@ -38,6 +38,7 @@ from setia.service.common import (
     idempotent,
     require_programme,
     require_reason,
+    require_ref_fits,
     transaction,
     utc_now,
 )
@@ -477,6 +478,7 @@ def adjust(
         raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
     points = _points(body.get("points"), "points", allow_negative=True)
     reason = require_reason(body)
+    require_ref_fits("adjust:", key, "Idempotency-Key")
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
@@ -487,6 +489,7 @@ def adjust(
             before = balances(member)
             ref = f"adjust:{key}"
             if points > 0:
+                member.active_at(now)  # an earn, for inactivity expiry
                 member.ledger.earn(
                     points,
                     source=ref,

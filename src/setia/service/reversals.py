@@ -37,6 +37,7 @@ from setia.service.common import (
     idempotent,
     require_programme,
     require_reason,
+    require_ref_fits,
     transaction,
     utc_now,
 )
@@ -92,6 +93,7 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
     if not isinstance(ref, str) or not ref:
         raise InvalidField("ref names the event id or adjust:<key> to reverse", field="ref")
     reason = require_reason(body)
+    require_ref_fits("reverse:", ref, "ref")
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
@@ -149,6 +151,9 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                                                    explanation=f"reversal of {ref}: {reason}",
                                                    code="reverse", credit=account, source=ref)
                     elif points < 0:
+                        # points given back (an expiry or a spend undone) count as an earn
+                        # for inactivity expiry, or the next run-due expires them again
+                        member.active_at(now)
                         member.ledger.earn(-points, source=reversal_ref, rule_id=None,
                                            explanation=f"reversal of {ref}: {reason}",
                                            available_at=now, pending=False,

@@ -135,7 +135,7 @@ def _expire(engine: sa.Engine, program_id: str, as_of: datetime, report: DueRepo
 
         def rolling(uow: UnitOfWork, programme: Programme, member: Member,
                     tally: Counter[str]) -> None:
-            tally["points_expired"] += member.ledger.expire_due_lots(as_of)
+            tally["points_expired"] += member.ledger.expire_due_lots(as_of, programme.tz)
 
         _in_batches(engine, program_id, sorted(pks), as_of, rolling, report)
     elif expiry.policy == "inactivity":

@@ -57,6 +57,7 @@ from setia.service.common import (
     iso,
     require_programme,
     require_reason,
+    require_ref_fits,
     transaction,
     utc_now,
 )
@@ -290,6 +291,7 @@ def adjust(engine: sa.Engine, program_id: str, body: Any, key: str,
     if unknown:
         raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
     reason = require_reason(body)
+    require_ref_fits("credit-adjust:", key, "Idempotency-Key")
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
