@@ -571,7 +571,70 @@ def test_static_files_and_security_headers(cafe: sa.Engine) -> None:
     assert page.headers["content-security-policy"].startswith("default-src 'self'")
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["cache-control"] == "no-store"
+    # the pages may use the camera (the cashier's Scan buttons); the API may not
+    assert page.headers["permissions-policy"] == (
+        "camera=(self), microphone=(), geolocation=(), payment=()")
+    assert browser.get("/health").headers["permissions-policy"].startswith("camera=()")
     assert browser.get("/", follow_redirects=False).headers["location"] == "/staff/"
+
+
+def test_the_enrol_form_sent_again_with_other_details_rewrites_nobody(cafe: sa.Engine) -> None:
+    # Given a walk-in customer enrolled at the till
+    till = signed_in(cafe, "till", "till-password")
+    page = till.get(f"/staff/{P}/cashier", params={"q": "019-876 5432"})
+    csrf, key = hidden(page.text, "csrf"), hidden(page.text, "key")
+    first = till.post(f"/staff/{P}/cashier/enrol", data={
+        "phone": "019-876 5432", "name": "Ravi", "email": "ravi@example.com", "csrf": csrf,
+        "key": key}, follow_redirects=False)
+    member_id = first.headers["location"].split("/")[-1].split("?")[0]
+    # When the same form is sent again with another phone, name and email (the member
+    # took them: a sign-in link to that email then opened the member's portal)
+    again = till.post(f"/staff/{P}/cashier/enrol", data={
+        "phone": "011-1111 2222", "name": "Mallory", "email": "mallory@example.com",
+        "csrf": csrf, "key": key}, follow_redirects=False)
+    # Then it answers the member enrolled first, unchanged
+    assert again.headers["location"].split("/")[-1].split("?")[0] == member_id
+    with cafe.connect() as conn:
+        row = conn.execute(sa.select(t.members.c.name, t.members.c.phone, t.members.c.email)
+                           .where(t.members.c.id == member_id)).one()
+    assert tuple(row) == ("Ravi", "019-876 5432", "ravi@example.com")
+    # and a key without letters or digits enough is refused, not the one member "w-"
+    short = till.post(f"/staff/{P}/cashier/enrol", data={
+        "phone": "012-000 0000", "csrf": csrf, "key": "--------"}, follow_redirects=False)
+    assert short.status_code == 422
+    assert_journal_ok(cafe)
+
+
+@pytest.mark.parametrize(("path", "data"), [
+    (f"/staff/{P}/cashier/m1/points", {"points": "\u00b2"}),
+    (f"/staff/{P}/cashier/m1/points", {"points": "9" * 23}),
+    (f"/staff/{P}/cashier/m1/purchase", {"amount": "", "lines": "A, , \u00b2, 3.00"}),
+    (f"/staff/{P}/coupons/batches", {"coupon": "cny", "count": "\u00b2"}),
+])
+def test_odd_numbers_in_staff_forms_answer_422_and_change_nothing(
+        cafe: sa.Engine, path: str, data: dict[str, str]) -> None:
+    # (int() refuses the digits str.isdigit() takes, and 23 nines overflowed the hash of
+    # the request: a 500 each)
+    members.upsert_member(cafe, P, "m1", {"phone": "0123456789"})
+    redemptions.adjust(cafe, P, {"member": "m1", "points": 100, "reason": "t"}, "a1")
+    owner = signed_in(cafe, "owner", "owner-password")
+    csrf = hidden(owner.get(f"/staff/{P}/cashier/m1").text, "csrf")
+    before = (balance(cafe, "m1"), batch_count(cafe))
+    answer = owner.post(path, data={**data, "csrf": csrf, "key": "review-key-1"})
+    assert answer.status_code == 422
+    assert (balance(cafe, "m1"), batch_count(cafe)) == before
+    assert_journal_ok(cafe)
+
+
+@pytest.mark.parametrize("query", [
+    "dashboard?to=0001-01-01", "campaigns?to=0001-01-01",
+    "reports?from=9999-12-31&to=9999-12-31", "programme?a=99999999999999999999",
+    "programme?a=0&b=-1",
+])
+def test_odd_query_values_on_owner_pages_fall_back_to_the_defaults(
+        cafe: sa.Engine, query: str) -> None:
+    owner = signed_in(cafe, "owner", "owner-password")
+    assert owner.get(f"/staff/{P}/{query}").status_code == 200
 
 
 # ----------------------------------------------------------------------------- growth

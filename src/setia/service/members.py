@@ -156,9 +156,11 @@ def enrol(
 
 
 def upsert_member(
-    engine: sa.Engine, program_id: str, member_id: str, body: Any, clock: Clock = utc_now
+    engine: sa.Engine, program_id: str, member_id: str, body: Any, clock: Clock = utc_now,
+    *, update: bool = True,
 ) -> tuple[dict[str, Any], bool]:
-    """Enrol a new member or update a profile; answers the member and whether it was created."""
+    """Enrol a new member or update a profile; answers the member and whether it was created.
+    With ``update=False`` a member found is left as it is (enrolment only)."""
     profile = parse_profile(body)
 
     def work(uow: UnitOfWork) -> tuple[dict[str, Any], bool]:
@@ -170,7 +172,7 @@ def upsert_member(
             enrolled_at = profile.pop("enrolled_at", now)
             member, created = enrol(uow, programme, member_id, profile,
                                     enrolled_at=enrolled_at, now=now)
-        if not created:  # a member found, or enrolled by another request meanwhile
+        if not created and update:  # a member found, or enrolled by another request meanwhile
             profile.pop("enrolled_at", None)
             for key, value in profile.items():
                 setattr(member, key, value)

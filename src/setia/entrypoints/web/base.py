@@ -108,6 +108,11 @@ def public_url(request: Request) -> str | None:
     return None
 
 
+def whole_number(text: str) -> bool:
+    """Digits 0-9 only (``str.isdigit`` takes ² and other digits ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def check_csrf(expected: str | None, given: str) -> None:
     if not expected or not given or not secrets.compare_digest(expected, given):
         raise WebForbidden()
@@ -146,6 +151,9 @@ def render(request: Request, template: str, locale: str, status: int = 200,
         "frame-ancestors 'none'; form-action 'self'")
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
+    # the pages' own origin may use the camera: the cashier's Scan buttons read QR codes
+    response.headers["Permissions-Policy"] = (
+        "camera=(self), microphone=(), geolocation=(), payment=()")
     response.headers["Cache-Control"] = "no-store"
     if request.query_params.get("lang") in i18n.LOCALES:
         set_cookie(response, request, LANG_COOKIE, request.query_params["lang"],

@@ -14,7 +14,13 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from setia.domain.errors import InvalidField, SetiaError
-from setia.entrypoints.web.base import check_csrf, engine_of, redirect, staff_session
+from setia.entrypoints.web.base import (
+    check_csrf,
+    engine_of,
+    redirect,
+    staff_session,
+    whole_number,
+)
 from setia.entrypoints.web.staff_pages import _page, _period, _programme_facts
 from setia.service import coupons, engagement_views, referrals
 from setia.service.common import utc_now
@@ -90,7 +96,7 @@ def coupons_batch(request: Request, program: str, coupon: str = Form(""),
     session = staff_session(request, program, role="owner")
     check_csrf(session.csrf, csrf)
     try:
-        if not count.strip().isdigit() or not 1 <= int(count) <= MAX_WEB_BATCH:
+        if not whole_number(count.strip()) or not 1 <= int(count) <= MAX_WEB_BATCH:
             raise InvalidField(f"count must be a whole number from 1 to {MAX_WEB_BATCH:,}",
                                field="count")
         body: dict[str, Any] = {"count": int(count)}

@@ -27,6 +27,7 @@ from setia.entrypoints.web.base import (
     set_cookie,
     staff_locale,
     staff_session,
+    whole_number,
 )
 from setia.service import (
     coupons,
@@ -160,9 +161,11 @@ def cashier_enrol(request: Request, program: str, phone: str = Form(""), name: s
     try:
         if not phone.strip():
             raise InvalidField("phone is required", field="phone")
-        if len(key) < 8:
+        if len(key) < 8 or len(member_id) < 10:
             raise InvalidField("the form has no key; reload the page", field="key")
-        members.upsert_member(engine, program, member_id, profile)
+        # Enrolment only: the form sent twice finds its member and changes nothing (a
+        # cashier may not rewrite a member's profile, its email included, this way).
+        members.upsert_member(engine, program, member_id, profile, update=False)
     except SetiaError as exc:
         return _page(request, "cashier.html", session, program, status=exc.status, q=phone,
                      found=[], enrol_phone=phone, error=exc)
@@ -198,7 +201,7 @@ def parse_lines(text: str) -> list[dict[str, Any]]:
             raise InvalidField(f"line {number}: write SKU, category, quantity, amount",
                                field="lines")
         sku, category, quantity, amount = parts
-        if not quantity.isdigit():
+        if not whole_number(quantity):
             raise InvalidField(f"line {number}: quantity must be a whole number", field="lines")
         line: dict[str, Any] = {"sku": sku, "quantity": int(quantity), "amount": amount}
         if category:
@@ -283,8 +286,9 @@ def cashier_points(request: Request, program: str, member_id: str, points: str =
     session = staff_session(request, program)
     check_csrf(session.csrf, csrf)
     try:
-        if not points.strip().isdigit():
-            raise InvalidField("points must be a whole number", field="points")
+        if not whole_number(points.strip()) or int(points) > redemptions.MAX_POINTS:
+            raise InvalidField(f"points must be a whole number up to "
+                               f"{redemptions.MAX_POINTS:,}", field="points")
         result = redemptions.redeem(engine_of(request), program,
                                     {"member": member_id, "points": int(points)},
                                     f"web-points-{key}")
@@ -303,16 +307,24 @@ def member_card(request: Request, program: str, member_id: str) -> Response:
 # ----------------------------------------------------------------------------- owner
 
 
+EARLIEST_DAY, LATEST_DAY = date(1900, 1, 1), date(2199, 12, 31)
+
+
+def _query_day(text: str) -> date | None:
+    """A day of the query string, or None if it is none or out of 1900 to 2199 (where
+    the period's arithmetic and its moves to UTC would overflow)."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        return None
+    return day if EARLIEST_DAY <= day <= LATEST_DAY else None
+
+
 def _period(request: Request, program: str) -> tuple[date, date]:
     engine = engine_of(request)
-    try:
-        end = date.fromisoformat(request.query_params.get("to", ""))
-    except ValueError:
-        end = insights.latest_activity_day(engine, program)
-    try:
-        start = date.fromisoformat(request.query_params.get("from", ""))
-    except ValueError:
-        start = end - timedelta(days=89)
+    end = _query_day(request.query_params.get("to", "")) or insights.latest_activity_day(
+        engine, program)
+    start = _query_day(request.query_params.get("from", "")) or end - timedelta(days=89)
     if start > end:
         start, end = end, start
     return start, min(end, start + timedelta(days=3 * 366))
@@ -398,6 +410,8 @@ def programme_page(request: Request, program: str) -> Response:
         b = int(request.query_params.get("b", current))
     except ValueError:
         a, b = current - 1, current
+    if not (1 <= a <= current and 1 <= b <= current):  # versions there are
+        a, b = max(current - 1, 1), current
     old, new = insights.version_yaml(engine, program, a), insights.version_yaml(engine, program, b)
     changes = insights.diff(old or "", new or "", f"v{a}", f"v{b}") if old and new else []
     return _page(request, "programme.html", session, program, history=history, a=a, b=b,
@@ -415,10 +429,11 @@ def _whatif_period(request: Request, program: str) -> dict[str, str]:
 
 
 def _day(text: str, field: str) -> date:
-    try:
-        return date.fromisoformat(text.strip())
-    except ValueError:
-        raise InvalidField(f"{field} must be a date (YYYY-MM-DD)", field=field) from None
+    day = _query_day(text.strip())
+    if day is None:
+        raise InvalidField(f"{field} must be a date (YYYY-MM-DD) from 1900 to 2199",
+                           field=field)
+    return day
 
 
 @router.post("/staff/{program}/programme")

@@ -27,6 +27,10 @@
             field.form.submit();
           });
         }, 300);
+      }, function () {
+        // the camera refused (or none): the field still takes a typed or scanned code
+        button.hidden = true;
+        field.focus();
       });
     });
   });
