@@ -76,8 +76,15 @@ def test_a_deleted_posting_breaks_the_zero_sum(kopi):
 
     # Then the cached balance no longer matches the journal (each posting names two
     # accounts, so the zero sum itself still holds)
+    # and the hold after it says 450 were left available, where the journal now says 600
+    with kopi.connect() as conn:
+        hold, member_pk = conn.execute(sa.text(
+            "SELECT id, member_pk FROM postings WHERE code = 'hold'")).one()
     report = check(kopi)
-    assert report.problems == [f"{P}/cust-1: cached available 450 but the journal says 600"]
+    assert report.problems == [
+        f"{P}/cust-1: cached available 450 but the journal says 600",
+        f"posting {hold}: member #{member_pk}'s points available after it is 450, the "
+        "journal says 600"]
     assert "redeemed" not in report.totals[P]
 
 
@@ -89,3 +96,27 @@ def test_a_hold_changed_behind_the_journal_is_reported(kopi):
 
     report = check(kopi)
     assert report.problems == [f"{P}/cust-1: open holds reserve 0, reserved balance is 400"]
+
+
+def test_points_moved_between_lots_and_a_wrong_balance_after_are_reported(kopi):
+    given_some_activity(kopi)
+    with kopi.connect() as conn:
+        lots = conn.execute(sa.text("SELECT seq, points, remaining, pending FROM lots "
+                                    "ORDER BY seq")).all()
+        last = conn.execute(sa.text("SELECT max(id) FROM postings")).scalar_one()
+        member_pk = conn.execute(sa.text("SELECT pk FROM members")).scalar_one()
+    assert [tuple(row) for row in lots] == [(1, 50, 50, True), (2, 112, 112, True),
+                                            (3, 1000, 450, False)]
+    # When 60 points are moved from one pending lot to the other (the sums stay right),
+    # and the balance after the last posting is changed
+    with kopi.begin() as conn:
+        conn.execute(sa.text("UPDATE lots SET remaining = remaining - 60 WHERE seq = 1"))
+        conn.execute(sa.text("UPDATE lots SET remaining = remaining + 60 WHERE seq = 2"))
+        conn.execute(sa.text("UPDATE postings SET debit_balance_after = 999 WHERE id = :id"),
+                     {"id": last})
+    # Then check names the two lots and the posting (it saw nothing wrong before)
+    assert check(kopi).problems == [
+        f"member #{member_pk}: lot 1 keeps -10 of its 50 points",
+        f"member #{member_pk}: lot 2 keeps 172 of its 112 points",
+        f"posting {last}: member #{member_pk}'s points available after it is 999, the "
+        "journal says 450"]

@@ -69,6 +69,41 @@ def _account_flows(conn: sa.Connection) -> list[Any]:
     )
 
 
+def _lot_problems(conn: sa.Connection) -> list[str]:
+    """Each lot keeps between none and all of its points (the per-member sums below would
+    not see points moved from one lot to another)."""
+    lots = t.lots
+    return [f"member #{row.member_pk}: lot {row.seq} keeps {row.remaining} of its "
+            f"{row.points} points"
+            for row in conn.execute(sa.select(lots.c.member_pk, lots.c.seq, lots.c.points,
+                                              lots.c.remaining)
+                                    .where(sa.or_(lots.c.remaining < 0,
+                                                  lots.c.remaining > lots.c.points))
+                                    .order_by(lots.c.member_pk, lots.c.seq).limit(100))]
+
+
+def _balance_after_problems(conn: sa.Connection) -> list[str]:
+    """Each posting's balance after it, on each of the member's accounts it moves, is the
+    sum of that account's postings up to it (what statements and the activity show)."""
+    p = t.postings
+    sides = sa.union_all(
+        sa.select(p.c.id, p.c.member_pk, p.c.asset, p.c.credit.label("account"),
+                  p.c.points.label("delta"), p.c.credit_balance_after.label("after")),
+        sa.select(p.c.id, p.c.member_pk, p.c.asset, p.c.debit.label("account"),
+                  (-p.c.points).label("delta"), p.c.debit_balance_after.label("after")),
+    ).subquery()
+    running = sa.select(
+        sides, sa.func.sum(sides.c.delta).over(
+            partition_by=(sides.c.member_pk, sides.c.asset, sides.c.account),
+            order_by=sides.c.id).label("running"),
+    ).where(sides.c.account.in_(MEMBER_ACCOUNTS)).subquery()
+    return [f"posting {row.id}: member #{row.member_pk}'s {row.asset} {row.account} after it "
+            f"is {row.after}, the journal says {row.running}"
+            for row in conn.execute(sa.select(running).where(
+                running.c.after.is_not(None), running.c.after != running.c.running)
+                .order_by(running.c.id).limit(100))]
+
+
 def check(engine: sa.Engine) -> CheckReport:
     report = CheckReport()
     with engine.connect() as conn:
@@ -153,6 +188,8 @@ def check(engine: sa.Engine) -> CheckReport:
                 )
             if member.pending < 0 or member.reserved < 0:
                 report.problems.append(f"{who}: a pending or reserved balance is negative")
+        report.problems += _lot_problems(conn)
+        report.problems += _balance_after_problems(conn)
         report.problems.extend(engagement_problems(conn))
         report.problems += store_credit.check_journal(conn)
         report.problems += partners.check_journal(conn)
