@@ -99,3 +99,14 @@ def test_choice_order() -> None:
     assert i18n.choose(None, "ms", "id") == "ms"
     assert i18n.choose("xx", None, "zh-HK") == "zh_Hant"
     assert i18n.choose(None, None) == "en"
+
+
+@pytest.mark.parametrize(("amount", "currency", "locale", "text"), [
+    ("0.005", "MYR", "en", "RM 0.005"),  # a cost per point under a sen showed RM 0.00
+    ("0.5", "IDR", "id", "Rp 0,5"),
+    ("0.01", "MYR", "en", "RM 0.01"),
+    ("2", "TWD", "zh_Hant", "NT$2"),
+    ("1.23456789", "MYR", "ms", "RM 1.234568"),
+])
+def test_an_exact_rate_keeps_the_decimals_it_has(amount, currency, locale, text):
+    assert i18n.money(Decimal(amount), currency, locale, exact=True) == text

@@ -133,8 +133,8 @@ def render(request: Request, template: str, locale: str, status: int = 200,
     currency = context.setdefault("currency", "MYR")
     timezone = context.setdefault("timezone", "UTC")
 
-    def money(amount: Any) -> str:
-        return i18n.money(Decimal(str(amount)), currency, locale)
+    def money(amount: Any, exact: bool = False) -> str:
+        return i18n.money(Decimal(str(amount)), currency, locale, exact=exact)
 
     context.update(
         request=request, locale=locale, html_lang=i18n.HTML_LANG[locale],

@@ -95,11 +95,16 @@ def number(value: int | Decimal | float, locale: str) -> str:
     return format_decimal(value, locale=_babel(locale))
 
 
-def money(amount: Decimal | int | str, currency: str, locale: str) -> str:
+def money(amount: Decimal | int | str, currency: str, locale: str, *,
+          exact: bool = False) -> str:
     """``RM 1,234.50``, ``Rp 150.000``, ``NT$1,200``: the currency's sign and decimals,
-    the locale's grouping and decimal mark."""
+    the locale's grouping and decimal mark. ``exact``: a rate such as a cost per point
+    keeps the decimals it has beyond those (``RM 0.005``, up to 6), not rounded away."""
     value = Decimal(str(amount))
     sign, digits = CURRENCY_STYLE.get(currency, (None, 2))
+    if exact and value.is_finite():
+        exponent = value.normalize().as_tuple().exponent
+        digits = max(digits, min(-exponent if isinstance(exponent, int) else 0, 6))
     if sign is None:
         sign = get_currency_symbol(currency, locale=_babel(locale))
     pattern = "#,##0" + ("." + "0" * digits if digits else "")
