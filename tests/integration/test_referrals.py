@@ -83,6 +83,15 @@ def refer(engine: sa.Engine, member: str, profile: dict[str, Any] | None = None,
     return referrals.link(engine, P, body, key or f"link-{member}", DAY_2)
 
 
+def paid_referral(engine: sa.Engine) -> dict[str, Any]:
+    """adi referred by rina, his RM 30.00 purchase of 3 March qualifying it, paid by
+    run-due on 20 March (rina 300, adi 150)."""
+    linked = refer(engine, "adi")
+    purchase(engine, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
+    run_due(engine, at("2027-03-20T00:00:00+08:00"))
+    return linked
+
+
 def test_a_member_has_one_code_and_link(cafe: sa.Engine) -> None:
     first = referrals.code_for(cafe, P, "rina", DAY_2, random_bytes=lambda n: b"\x01" * n)
     # bits 0, 8, 16, 24, 32 set; 5 bits a character, least significant first: 1 8 0 2 G 0 4 0
@@ -134,9 +143,7 @@ def test_the_referral_pays_both_sides_after_the_pending_period(cafe: sa.Engine) 
 
 
 def test_a_refund_below_the_minimum_claws_both_sides_back(cafe: sa.Engine) -> None:
-    linked = refer(cafe, "adi")
-    purchase(cafe, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
-    run_due(cafe, at("2027-03-20T00:00:00+08:00"))
+    linked = paid_referral(cafe)
     assert (available(cafe, "rina"), available(cafe, "adi")) == (350, 230)
     # 30.00 - 5.00 = 25.00 still qualifies: only the base points of 5.00 go
     refund(cafe, "adi", "o-1", "5.00", "2027-03-21T10:00:00+08:00", "r-1")
@@ -182,9 +189,7 @@ def test_a_refund_before_payment_waits_for_another_purchase(cafe: sa.Engine) -> 
 def test_a_payout_reversed_by_an_admin_is_not_clawed_back_again_by_a_refund(
         cafe: sa.Engine) -> None:
     # Given adi's referral paid (rina 300, adi 150) after his RM 30.00 purchase
-    linked = refer(cafe, "adi")
-    purchase(cafe, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
-    run_due(cafe, at("2027-03-20T00:00:00+08:00"))
+    linked = paid_referral(cafe)
     assert (available(cafe, "rina"), available(cafe, "adi")) == (350, 230)
     # When an admin reverses the payout, then the purchase is refunded below RM 20.00
     rid = f"referral:{linked['id']}"
@@ -205,9 +210,7 @@ def test_a_referral_clawed_back_by_a_refund_cannot_be_reversed_again(engine: sa.
     document["referrals"]["referrer"] = {"reward": "free-latte"}
     load_programme(engine, document)
     upsert_member(engine, P, "rina", {}, ENROL)
-    linked = refer(engine, "adi")
-    purchase(engine, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
-    run_due(engine, at("2027-03-20T00:00:00+08:00"))
+    linked = paid_referral(engine)
     assert available(engine, "adi") == 50 + 30 + 150
     # When the purchase is refunded in full, which claws the referral back (150 and 30)
     refund(engine, "adi", "o-1", "30.00", "2027-03-22T10:00:00+08:00", "r-1")
@@ -233,9 +236,7 @@ def test_a_referral_clawed_back_by_a_refund_cannot_be_reversed_again(engine: sa.
 
 def test_a_second_reversal_of_a_points_referral_is_refused_as_already_reversed(
         cafe: sa.Engine) -> None:
-    linked = refer(cafe, "adi")
-    purchase(cafe, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
-    run_due(cafe, at("2027-03-20T00:00:00+08:00"))
+    linked = paid_referral(cafe)
     refund(cafe, "adi", "o-1", "30.00", "2027-03-22T10:00:00+08:00", "r-1")
     assert (available(cafe, "rina"), available(cafe, "adi")) == (50, 50)
     # the referrer's clawback under referral:<id> made it refused as not reversible
@@ -249,9 +250,7 @@ def test_a_second_reversal_of_a_points_referral_is_refused_as_already_reversed(
 def test_a_clawback_takes_back_what_was_paid_not_what_a_later_version_pays(
         cafe: sa.Engine) -> None:
     # Given the referral paid under the first version (rina 300, adi 150)
-    linked = refer(cafe, "adi")
-    purchase(cafe, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
-    run_due(cafe, at("2027-03-20T00:00:00+08:00"))
+    linked = paid_referral(cafe)
     assert (available(cafe, "rina"), available(cafe, "adi")) == (350, 230)
     # When a version doubling the rewards and raising min_purchase to RM 40 is stored,
     # then RM 5.00 of the purchase is refunded (RM 25.00 left: still over the RM 20.00 of
@@ -273,9 +272,7 @@ def test_a_clawback_takes_back_what_was_paid_not_what_a_later_version_pays(
 
 def test_a_referral_paid_in_points_is_clawed_back_under_a_version_paying_vouchers(
         cafe: sa.Engine) -> None:
-    linked = refer(cafe, "adi")
-    purchase(cafe, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
-    run_due(cafe, at("2027-03-20T00:00:00+08:00"))
+    linked = paid_referral(cafe)
     document = copy.deepcopy(GROWTH)
     document["referrals"]["referrer"] = {"reward": "free-latte"}
     load_programme(cafe, document)
@@ -309,9 +306,7 @@ def test_a_refund_in_full_claws_back_a_referral_that_any_amount_qualifies_for(
     document["referrals"]["min_purchase"] = "0"
     load_programme(engine, document)
     upsert_member(engine, P, "rina", {}, ENROL)
-    linked = refer(engine, "adi")
-    purchase(engine, "adi", "o-1", "30.00", "2027-03-03T10:00:00+08:00")
-    run_due(engine, at("2027-03-20T00:00:00+08:00"))
+    linked = paid_referral(engine)
     assert (available(engine, "rina"), available(engine, "adi")) == (350, 230)
     # When the purchase is refunded in full
     refund(engine, "adi", "o-1", "30.00", "2027-03-22T10:00:00+08:00", "r-1")
