@@ -88,6 +88,38 @@ def test_a_till_capture_during_an_erasure_waits_and_names_the_pseudonym(
 
 
 @pytest.mark.postgres
+def test_a_rebate_credited_during_an_erasure_names_the_pseudonym(
+        pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given bob's RM 700.00 spent in the first quarter, its rebate not credited yet
+    engine = pg_engine
+    load_programme(engine, CREDIT_CAFE)
+    upsert_member(engine, CP, "bob", {"email": "bob@example.my",
+                                      "enrolled_at": "2027-01-01T09:00:00+08:00"},
+                  fixed_clock("2027-01-01T09:00:00+08:00"))
+    ingest_event(engine, CP, purchase("e2", "bob", "2027-02-01T10:00:00+08:00",
+                                      amount="700.00"), fixed_clock("2027-02-01T10:00:00+08:00"))
+    paused, go = erasure_paused_after_relabelling(monkeypatch)
+    # When run-due credits the quarter's rebate while his erasure is under way
+    with ThreadPoolExecutor(2) as pool:
+        erased = pool.submit(privacy.erase_member, engine, CP, "bob", "k-erase", TILL)
+        assert paused.wait(20)
+        due = pool.submit(store_credit.run_due, engine, CP, at("2027-04-02T00:00:00+08:00"))
+        # Then the rebate waits for his row (it read his old id and named it)
+        assert wait_for_lock_waiters(engine, statement_like="%FOR SHARE%", seconds=10) == 1
+        go.set()
+        pseudonym = erased.result(timeout=30)["member"]
+        assert due.result(timeout=30) == (0, 1)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT type, member_id, data FROM outbox "
+                                    "WHERE type = 'credit.earned' ORDER BY id")).all()
+    assert [(kind, member, json.loads(data)["ref"], json.loads(data)["member"])
+            for kind, member, data in rows] == [
+        ("credit.earned", pseudonym, "e2", pseudonym),
+        ("credit.earned", pseudonym, "rebate:quarterly:2027-Q1", pseudonym)]
+    assert_journal_ok(engine)
+
+
+@pytest.mark.postgres
 def test_a_portal_token_asked_for_during_an_erasure_is_refused(
         pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = pg_engine

@@ -285,15 +285,18 @@ def test_a_key_or_reference_too_long_for_the_journal_is_refused_and_changes_noth
     upsert_member(kopi, P, "ali", {}, CLOCK)
     rows = journal_rows(kopi)
     with pytest.raises(InvalidField) as refused:
-        adjust(kopi, P, {"member": "ali", "points": 10, "reason": "goodwill"}, "k" * 194, CLOCK)
+        adjust(kopi, P, {"member": "ali", "points": 10, "reason": "goodwill"}, "k" * 186, CLOCK)
     assert (refused.value.field, refused.value.detail) == (
-        "Idempotency-Key", "Idempotency-Key may be at most 193 characters here: the "
-                           "journal's reference is adjust:<Idempotency-Key>")
-    key = "k" * 190
-    adjust(kopi, P, {"member": "ali", "points": 10, "reason": "goodwill"}, key, CLOCK)
+        "Idempotency-Key", "Idempotency-Key may be at most 185 characters here: the "
+                           "journal's reference is reverse:adjust:<Idempotency-Key>")
     with pytest.raises(InvalidField) as refused:
-        reverse(kopi, P, {"ref": f"adjust:{key}", "reason": "typo"}, "rev-1", CLOCK)
+        reverse(kopi, P, {"ref": "x" * 193, "reason": "typo"}, "rev-1", CLOCK)
     assert refused.value.field == "ref"
-    assert journal_rows(kopi) == rows + 1
-    assert balances(kopi)["available"] == 10
+    assert journal_rows(kopi) == rows
+    # the longest key an adjustment takes leaves room for its reversal
+    key = "k" * 185
+    adjust(kopi, P, {"member": "ali", "points": 10, "reason": "goodwill"}, key, CLOCK)
+    reverse(kopi, P, {"ref": f"adjust:{key}", "reason": "typo"}, "rev-1", CLOCK)
+    assert journal_rows(kopi) == rows + 2
+    assert balances(kopi)["available"] == 0
     assert_journal_ok(kopi)

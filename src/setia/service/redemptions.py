@@ -478,7 +478,8 @@ def adjust(
         raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
     points = _points(body.get("points"), "points", allow_negative=True)
     reason = require_reason(body)
-    require_ref_fits("adjust:", key, "Idempotency-Key")
+    # room for its reversal's reference too: reverse:adjust:<key>
+    require_ref_fits("reverse:adjust:", key, "Idempotency-Key")
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)

@@ -621,17 +621,23 @@ def _credit_period(uow: UnitOfWork, programme: Programme, rebate_id: str, bands:
     digits = minor_digits(programme.currency)
     symbol = currency_symbol(programme.currency)
     members = total = 0
-    for row in spend:
-        net = Decimal(int(row.net_e4)).scaleb(-4)
-        amount = tiered_rebate(bands, net, digits)
-        if amount <= 0:
-            continue
+    nets = [(row, Decimal(int(row.net_e4)).scaleb(-4)) for row in spend]
+    due = [(row, net, amount) for row, net in nets
+           if (amount := tiered_rebate(bands, net, digits)) > 0]
+    # The members' rows shared first, in primary key order (as the event path locks the
+    # member before the account): an erasure under way is waited for, and the message
+    # names the id each member has now.
+    named: dict[int, str] = {found.pk: found.id for found in uow.execute(
+        sa.select(t.members.c.pk, t.members.c.id).where(
+            t.members.c.pk.in_([row.member_pk for row, _, _ in due]))
+        .order_by(t.members.c.pk).with_for_update(read=True))} if due else {}
+    for row, net, amount in due:
         account = _lock_account(uow, programme.id, row.member_pk)
         account.earn(amount, code="rebate", rule_id=rebate_id, explanation=(
             f"{rebate_id} rebate on {symbol} {net.quantize(Decimal(1).scaleb(-digits))} "
             f"spent in {spent_in}"))
         _save(uow, programme, account, f"rebate:{rebate_id}:{period.key}", end,
-              member_id=row.member_id, now=as_of)
+              member_id=named[row.member_pk], now=as_of)
         members += 1
         total += amount
     uow.execute(rebate_runs.update().where(

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
-from setia.domain.errors import InvalidField, InvalidProgramme, SetiaError
+from setia.domain.errors import IdempotencyConflict, InvalidField, InvalidProgramme, SetiaError
 from setia.entrypoints.web import i18n, qr
 from setia.entrypoints.web.base import (
     FORM_COOKIE,
@@ -164,8 +164,15 @@ def cashier_enrol(request: Request, program: str, phone: str = Form(""), name: s
         if len(key) < 8 or len(member_id) < 10:
             raise InvalidField("the form has no key; reload the page", field="key")
         # Enrolment only: the form sent twice finds its member and changes nothing (a
-        # cashier may not rewrite a member's profile, its email included, this way).
-        members.upsert_member(engine, program, member_id, profile, update=False)
+        # cashier may not rewrite a member's profile, its email included, this way); sent
+        # again with other details, it says so rather than answer as if they were taken.
+        view, created = members.upsert_member(engine, program, member_id, profile,
+                                              update=False)
+        given = members.parse_profile(profile)
+        if not created and any(view.get(name) != value for name, value in given.items()):
+            raise IdempotencyConflict(
+                f"this form enrolled member {member_id} already, with other details: "
+                "they were not changed; reload the page to enrol someone else", field="key")
     except SetiaError as exc:
         return _page(request, "cashier.html", session, program, status=exc.status, q=phone,
                      found=[], enrol_phone=phone, error=exc)
