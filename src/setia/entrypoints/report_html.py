@@ -65,8 +65,9 @@ def _labels(frame: pl.DataFrame) -> list[str]:
 def charts(results: dict[str, pl.DataFrame | None]) -> dict[str, str]:
     out: dict[str, str] = {}
     sales = results.get("sales")
-    if sales is not None and sales.height and "store" not in sales.columns \
-            and "tier" not in sales.columns:
+    # one bar pair per period: a breakdown (by store, channel, partner or tier) has
+    # several rows per period and gets its table only
+    if sales is not None and sales.height and not set(an.DIMENSIONS) & set(sales.columns):
         def draw_sales(ax: Any) -> None:
             labels = _labels(sales)
             x = range(len(labels))

@@ -39,6 +39,7 @@ def fit(transactions: pl.DataFrame, observation_end: date, horizon_weeks: int,
     up to ``observation_end``; score every customer for ``horizon_weeks``. With more than
     ``max_fit_customers`` customers the models are fitted on a random sample of that many
     (fixed seed) and every customer is scored with them."""
+    import numpy as np
     import pandas as pd
     from clvkit import CLV, CustomerBase
 
@@ -82,6 +83,14 @@ def fit(transactions: pl.DataFrame, observation_end: date, horizon_weeks: int,
     scores = result.to_pandas().join(alive)
     bg = model.transaction_model.params_  # type: ignore[attr-defined]
     gg = model.monetary_model.params_  # type: ignore[attr-defined]
+    # A fit may return without an error and still be degenerate (parameters of 1e9 and
+    # predictions of NaN, from a handful of look-alike customers): no usable fit either.
+    columns = ("expected_purchases", "probability_alive", "expected_spend", "clv")
+    estimates = [float(v) for _, v in (*bg.items(), *gg.items())]
+    if not (np.isfinite(estimates).all()
+            and np.isfinite(scores[list(columns)].to_numpy(dtype=float)).all()):
+        return Fit(None, None, "the models did not converge: non-finite estimates",
+                   customers, None)
     out = pl.DataFrame({
         "member": [str(i) for i in scores.index],
         "expected_purchases": scores["expected_purchases"].to_numpy(),

@@ -312,6 +312,8 @@ def _compare(live: Programme, draft: Programme, result: Replay, posted: pl.DataF
     expired_all = int(balances["expired"].sum() or 0)
     breakage = Decimal(expired_all) / Decimal(issued_all) if issued_all > 0 else Decimal(0)
 
+    digits = minor_digits(live.currency)
+
     def side(programme: Programme, column: str, balance: pl.Expr) -> dict[str, Any]:
         config = programme.model.analytics or live.model.analytics
         cost_per_point = config.cost_per_point if config else Decimal(0)
@@ -325,8 +327,9 @@ def _compare(live: Programme, draft: Programme, result: Replay, posted: pl.DataF
             "points_issued": points,
             "points_by_rule": {rule: pts for (i, rule), pts in sorted(result.rules.items())
                                if i == index},
-            "liability": str(liability.quantize(Decimal("0.01"))),
-            "cost": str((liability * (1 - breakage)).quantize(Decimal("0.01"))),
+            # money as everywhere in analytics: the currency's digits, rounded half up once
+            "liability": an.money(liability * an.E4, digits),
+            "cost": an.money(liability * (1 - breakage) * an.E4, digits),
             "tier_distribution": {t: n for t, n in tiers_count.iter_rows()},
             "rewards_affordable": {
                 reward.id: int(with_balance.filter(pl.col("_b") >= reward.cost).height)

@@ -191,7 +191,9 @@ class Reader:
             f"available, pending, reserved{extra} FROM members "
             f"WHERE program_id = {_literal(program_id)}",
             ("enrolled_at",),
-        ).with_columns(pl.col("member_pk").cast(pl.Int64))
+        ).with_columns(pl.col("member_pk").cast(pl.Int64),
+                       # typed when there are no rows too (SQLite gives them no type)
+                       *_as_text("member", "tier", *(("attributes",) if attributes else ())))
 
     def stored_purchases(self, program_id: str, since: datetime, until: datetime
                          ) -> pl.DataFrame:
