@@ -193,6 +193,9 @@ def test_health_ready_openapi_and_docs_answer_without_a_key(api: Api) -> None:
         schema = anonymous.get("/openapi.json").json()
         assert schema["openapi"].startswith("3.")
         assert "/v1/programs/{program}/redemptions/{redemption}/capture" in schema["paths"]
+        # a new programme version answers 201, an unchanged one 200: both are described
+        put = schema["paths"]["/v1/programs/{program}"]["put"]["responses"]
+        assert {"200", "201"} <= set(put)
         docs = anonymous.get("/docs")
         assert docs.status_code == 200
         assert docs.headers["content-type"].startswith("text/html")

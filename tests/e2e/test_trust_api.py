@@ -185,6 +185,14 @@ def test_export_erase_and_the_review_queue_over_http(server: LiveServer) -> None
         assert export.json()["member"]["email"] == PROFILE["email"]
         assert [e["id"] for e in export.json()["events"]] == ["big-1", "signup:cust-1"]
 
+        # without a key, or with an unknown field for a token: refused as everywhere else
+        # (a 400 malformed-request without the field, and an unknown field ignored)
+        assert_problem(admin.post(f"{API}/members/cust-1/erase"), 422, "invalid-field",
+                       "Idempotency-Key")
+        assert_problem(admin.post(f"{API}/reviews/1/approve"), 422, "invalid-field",
+                       "Idempotency-Key")
+        assert_problem(admin.post(f"{API}/members/cust-1/tokens", json={"day": 7}), 422,
+                       "invalid-field", "day")
         erased = admin.post(f"{API}/members/cust-1/erase", headers={"Idempotency-Key": "er-1"})
         assert erased.status_code == 200, erased.text
         pseudonym = erased.json()["member"]

@@ -243,11 +243,21 @@ def create_app(engine: sa.Engine, *, live_routes: bool = True) -> FastAPI:
             )
         return {"status": "ready"}
 
+    stored_schema = {"type": "object", "required": ["id", "version", "created"],
+                     "properties": {"id": {"type": "string"}, "version": {"type": "integer"},
+                                    "created": {"type": "boolean"}}}
+
     @app.put(
         BASE,
         tags=["programmes"],
         openapi_extra=schemas.PROGRAMME_BODY,
-        responses=schemas.PROBLEM_RESPONSES,
+        responses={
+            **schemas.PROBLEM_RESPONSES,
+            200: {"description": "unchanged: the current version",
+                  "content": {"application/json": {"schema": stored_schema}}},
+            201: {"description": "stored as a new version",
+                  "content": {"application/json": {"schema": stored_schema}}},
+        },
     )
     async def put_programme(
         program: str, request: Request, caller: Caller = Depends(require("admin"))

@@ -39,9 +39,12 @@ async def _optional_body(request: Request) -> Any:
 
 
 def _key(request: Request) -> str:
+    """The Idempotency-Key header, refused as every other route refuses it (422
+    invalid-field naming the header)."""
     key = request.headers.get("idempotency-key")
     if key is None or not key.strip() or len(key) > 200:
-        raise HTTPException(400, "send an Idempotency-Key header (1 to 200 characters)")
+        raise InvalidField("send an Idempotency-Key header of 1 to 200 characters",
+                           field="Idempotency-Key")
     return key
 
 
@@ -73,6 +76,8 @@ async def post_member_token(program: str, member: str, request: Request,
     """A member token for the portal, shown once (admin or pos key)."""
     caller.check_program(program)
     body = await _optional_body(request)
+    if isinstance(body, dict) and (unknown := sorted(set(body) - {"days"})):
+        raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
     days: Any = body.get("days", 30) if isinstance(body, dict) else None
     return await run_in_threadpool(member_tokens.issue, request.app.state.engine, program,
                                    member, days=days)
