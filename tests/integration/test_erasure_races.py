@@ -54,17 +54,23 @@ def erasure_paused_after_relabelling(monkeypatch: pytest.MonkeyPatch
     return paused, go
 
 
-@pytest.mark.postgres
-def test_a_till_capture_during_an_erasure_waits_and_names_the_pseudonym(
-        pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given bob with store credit, 5.00 of it held at the till
-    engine = pg_engine
+def bob_bought(engine: sa.Engine, amount: str) -> sa.Engine:
+    """Credit Cafe with bob, enrolled on 1 January, who bought for ``amount`` on 1 February
+    (1% of it as cashback; the quarter's rebate credited once 2027-Q1 has ended)."""
     load_programme(engine, CREDIT_CAFE)
     upsert_member(engine, CP, "bob", {"email": "bob@example.my",
                                       "enrolled_at": "2027-01-01T09:00:00+08:00"},
                   fixed_clock("2027-01-01T09:00:00+08:00"))
-    ingest_event(engine, CP, purchase("e2", "bob", "2027-02-01T10:00:00+08:00",
-                                      amount="800.00"), fixed_clock("2027-02-01T10:00:00+08:00"))
+    ingest_event(engine, CP, purchase("e2", "bob", "2027-02-01T10:00:00+08:00", amount=amount),
+                 fixed_clock("2027-02-01T10:00:00+08:00"))
+    return engine
+
+
+@pytest.mark.postgres
+def test_a_till_capture_during_an_erasure_waits_and_names_the_pseudonym(
+        pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given bob with store credit, 5.00 of it held at the till
+    engine = bob_bought(pg_engine, "800.00")
     held = store_credit.hold(engine, CP, {"member": "bob", "amount": "5.00"}, "k1", TILL)
     paused, go = erasure_paused_after_relabelling(monkeypatch)
     # When the till captures the hold while his erasure is under way
@@ -91,13 +97,7 @@ def test_a_till_capture_during_an_erasure_waits_and_names_the_pseudonym(
 def test_a_rebate_credited_during_an_erasure_names_the_pseudonym(
         pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given bob's RM 700.00 spent in the first quarter, its rebate not credited yet
-    engine = pg_engine
-    load_programme(engine, CREDIT_CAFE)
-    upsert_member(engine, CP, "bob", {"email": "bob@example.my",
-                                      "enrolled_at": "2027-01-01T09:00:00+08:00"},
-                  fixed_clock("2027-01-01T09:00:00+08:00"))
-    ingest_event(engine, CP, purchase("e2", "bob", "2027-02-01T10:00:00+08:00",
-                                      amount="700.00"), fixed_clock("2027-02-01T10:00:00+08:00"))
+    engine = bob_bought(pg_engine, "700.00")
     paused, go = erasure_paused_after_relabelling(monkeypatch)
     # When run-due credits the quarter's rebate while his erasure is under way
     with ThreadPoolExecutor(2) as pool:
