@@ -531,11 +531,13 @@ def _ended_periods(engine: sa.Engine, programme: Programme, rebate_id: str, per:
             if first is None:
                 return []
             start = first.astimezone(programme.tz).date()
+        today: date = as_of.astimezone(programme.tz).date()
+        if period_of(per, start).next_first_day > today:
+            return []  # nothing has ended (run-due every minute): the versions go unread
         since = rebate_since(conn, programme, rebate_id)
     if since is not None:
         start = max(start, since)
     period = period_of(per, start)
-    today: date = as_of.astimezone(programme.tz).date()
     periods: list[Period] = []
     while period.next_first_day <= today and len(periods) < MAX_PERIODS_PER_RUN:
         periods.append(period)
