@@ -413,3 +413,31 @@ def test_a_batch_replays_an_event_applied_between_its_first_reads(pg_engine):
 
     # Then the other copy applied it, and the batch replayed the same result
     applied_once_and_replayed(pg_engine, other[0], batched)
+
+
+def test_drafts_saved_at_once_from_one_version_store_one_and_refuse_the_rest(pg_engine):
+    # Given the shop at version 1, and eight owners each editing a draft of it
+    from setia.domain.errors import VersionConflict
+    from setia.service.programmes import store_programme
+
+    load_programme(pg_engine, SHOP)
+    drafts = [{**SHOP, "name": f"Shop {n}"} for n in range(8)]
+
+    # When all eight save at once, each from version 1
+    outcomes = all_at_once([lambda d=d: store_programme(pg_engine, d, base_version=1)
+                            for d in drafts], workers=8)
+
+    # Then one is stored as version 2, and the seven others are refused naming it
+    stored = [value for kind, value in outcomes if kind == "ok"]
+    refused = [value for kind, value in outcomes if kind == "error"]
+    assert [s["version"] for s in stored] == [2]
+    assert len(refused) == 7 and all(isinstance(e, VersionConflict) for e in refused)
+    assert {(e.field, e.extra["current_version"]) for e in refused} == {("base", 2)}
+    with pg_engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT version FROM program_versions WHERE program_id = 'shop' ORDER BY version"
+        )).scalars().all()
+        names = conn.execute(sa.text(
+            "SELECT count(*) FROM audit_log WHERE action = 'programme.store'")).scalar_one()
+    assert (rows, names) == ([1, 2], 2)
+    assert_journal_ok(pg_engine)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import html
 import io
 import json
 import re
@@ -370,6 +371,50 @@ def test_programme_editor(cafe: sa.Engine) -> None:
     assert '<strong id="current-version">2</strong>' in history.text
     assert '<span class="add">+  points: 75</span>' in history.text
     assert [v["version"] for v in insights.versions(cafe, P)] == [2, 1]
+
+
+def test_a_draft_saved_over_a_version_stored_meanwhile_is_refused_then_saved_knowingly(
+        cafe: sa.Engine) -> None:
+    # Given two owners who opened the editor at version 1
+    first, second = (signed_in(cafe, "owner", "owner-password") for _ in range(2))
+    pages = [owner.get(f"/staff/{P}/programme") for owner in (first, second)]
+    assert [hidden(page.text, "base") for page in pages] == ["1", "1"]
+    draft = insights.version_yaml(cafe, P, 1)
+    assert draft is not None
+    # When the first saves a richer signup bonus (version 2)
+    mine = draft.replace("points: 50", "points: 75")
+    saved = first.post(f"/staff/{P}/programme", data={
+        "draft": mine, "action": "save", "base": "1", "csrf": hidden(pages[0].text, "csrf")},
+        follow_redirects=False)
+    assert saved.headers["location"] == f"/staff/{P}/programme?saved=2"
+    # and the second, still on version 1, saves a dearer reward, in Malay
+    theirs = draft.replace("cost: 100", "cost: 120")
+    csrf = hidden(pages[1].text, "csrf")
+    refused = second.post(f"/staff/{P}/programme", params={"lang": "ms"}, data={
+        "draft": theirs, "action": "save", "base": "1", "csrf": csrf})
+    # Then it is refused, nothing is stored, and the page shows the draft against version 2
+    assert refused.status_code == 409
+    assert "Seseorang telah menyimpan versi lain program ini" in refused.text
+    assert "<code>base</code>" in refused.text
+    assert [v["version"] for v in insights.versions(cafe, P)] == [2, 1]
+    assert insights.version_yaml(cafe, P, 2) == mine
+    assert '<span class="del">-  points: 75</span>' in refused.text
+    assert '<span class="add">+  points: 50</span>' in refused.text
+    assert hidden(refused.text, "base") == "2"
+    kept = re.search(r'<textarea id="draft"[^>]*>(.*?)</textarea>', refused.text, re.DOTALL)
+    assert kept is not None and html.unescape(kept.group(1)) == theirs
+    # When the second saves again, having seen the changes, Then it becomes version 3
+    again = second.post(f"/staff/{P}/programme", data={
+        "draft": theirs, "action": "save", "base": "2", "csrf": csrf}, follow_redirects=False)
+    assert again.headers["location"] == f"/staff/{P}/programme?saved=3"
+    assert insights.version_yaml(cafe, P, 3) == theirs
+    # and a base that is no version is refused by name, storing nothing
+    odd = second.post(f"/staff/{P}/programme", data={
+        "draft": mine, "action": "save", "base": "2x", "csrf": csrf})
+    assert odd.status_code == 422 and "Satu medan tiada atau tidak sah." in odd.text
+    assert "<code>base</code>" in odd.text
+    assert [v["version"] for v in insights.versions(cafe, P)] == [3, 2, 1]
+    assert_journal_ok(cafe)
 
 
 def test_rewards_page_shows_stock(cafe: sa.Engine) -> None:

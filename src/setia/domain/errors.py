@@ -181,6 +181,14 @@ class IdempotencyConflict(SetiaError):
     status = 409
 
 
+class VersionConflict(SetiaError):
+    """A programme draft saved over a version it was not edited from (web pages)."""
+
+    type = "version-conflict"
+    title = "The programme changed while this draft was edited"
+    status = 409
+
+
 class Busy(SetiaError):
     type = "busy"
     title = "The database is busy; retry shortly"

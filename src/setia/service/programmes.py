@@ -13,7 +13,7 @@ from setia.adapters.db import tables as t
 from setia.adapters.db import tables_coupons as tc
 from setia.adapters.db import tables_engagement as te
 from setia.adapters.db.store import UnitOfWork
-from setia.domain.errors import InvalidField, InvalidProgramme
+from setia.domain.errors import InvalidField, InvalidProgramme, VersionConflict
 from setia.domain.programme import (
     ProgrammeModel,
     canonical_json,
@@ -53,8 +53,10 @@ def validate_text(text: str | bytes) -> ProgrammeModel:
 
 
 def store_programme(engine: sa.Engine, document: Any, *, program_id: str | None = None,
-                    clock: Clock = utc_now) -> dict[str, Any]:
-    """Store a programme; a new version only if its definition changed."""
+                    base_version: int | None = None, clock: Clock = utc_now) -> dict[str, Any]:
+    """Store a programme; a new version only if its definition changed. With
+    ``base_version`` (the version a draft was edited from), a change is refused while
+    another version is current: someone stored one meanwhile, and saving would undo it."""
     model = validate_document(document)
     if program_id is not None and model.id != program_id:
         raise InvalidField(f"the file's id {model.id!r} is not {program_id!r}", field="id")
@@ -75,6 +77,12 @@ def store_programme(engine: sa.Engine, document: Any, *, program_id: str | None 
             ).scalar_one()
             if current_hash == digest:
                 return {"id": model.id, "version": current, "created": False}
+        if base_version is not None and (current or 0) != base_version:
+            raise VersionConflict(
+                f"version {current} was stored while this draft was edited from version "
+                f"{base_version}; review the changes against it and save again",
+                field="base", current_version=current)
+        if current is not None:
             _refuse_unit_changes(uow, model)
         version = (current or 0) + 1
         if current is None:

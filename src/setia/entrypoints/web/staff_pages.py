@@ -12,7 +12,13 @@ from typing import Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
-from setia.domain.errors import IdempotencyConflict, InvalidField, InvalidProgramme, SetiaError
+from setia.domain.errors import (
+    IdempotencyConflict,
+    InvalidField,
+    InvalidProgramme,
+    SetiaError,
+    VersionConflict,
+)
 from setia.entrypoints.web import i18n, qr
 from setia.entrypoints.web.base import (
     FORM_COOKIE,
@@ -423,6 +429,7 @@ def programme_page(request: Request, program: str) -> Response:
     changes = insights.diff(old or "", new or "", f"v{a}", f"v{b}") if old and new else []
     return _page(request, "programme.html", session, program, history=history, a=a, b=b,
                  changes=changes, draft=insights.version_yaml(engine, program, current),
+                 base=current,
                  sample={"member": "", "amount": "10.00", "store": "", "lines": ""},
                  period=_whatif_period(request, program))
 
@@ -448,17 +455,25 @@ def programme_draft(request: Request, program: str, draft: str = Form(""),
                     action: str = Form("validate"), member: str = Form(""),
                     amount: str = Form(""), store: str = Form(""), lines: str = Form(""),
                     whatif_from: str = Form(""), whatif_to: str = Form(""),
-                    csrf: str = Form("")) -> Response:
+                    base: str = Form(""), csrf: str = Form("")) -> Response:
+    """Validate, preview, what-if or save a draft. ``base`` is the version the draft was
+    edited from (the page puts it in the form): a save while another version is current
+    is refused, shows the changes against that one, and takes the current one as the
+    draft's base, so that saving again is a choice made after seeing them."""
     session = staff_session(request, program, role="owner")
     check_csrf(session.csrf, csrf)
     engine = engine_of(request)
     history = insights.versions(engine, program)
     current = history[0]["version"]
+    base_version = int(base) if whole_number(base) and len(base) <= 9 else None
     context: dict[str, Any] = {"history": history, "a": current, "b": current, "changes": [],
                                "draft": draft, "sample": {"member": member, "amount": amount,
                                                           "store": store, "lines": lines},
-                               "period": {"from": whatif_from, "to": whatif_to}}
+                               "period": {"from": whatif_from, "to": whatif_to},
+                               "base": base_version if base_version is not None else current}
     try:
+        if base.strip() and base_version is None:
+            raise InvalidField("base must be a programme version", field="base")
         document = programmes.parse_text(draft)
         model = programmes.validate_document(document)
         if model.id != program:
@@ -489,12 +504,21 @@ def programme_draft(request: Request, program: str, draft: str = Form(""),
                                            _day(whatif_from, "whatif_from"),
                                            _day(whatif_to, "whatif_to"))
         elif action == "save":
-            stored = programmes.store_programme(engine, document, program_id=program)
+            stored = programmes.store_programme(engine, document, program_id=program,
+                                                base_version=base_version)
             return redirect(f"/staff/{program}/programme?saved={stored['version']}")
     except InvalidProgramme as exc:
         context["valid"] = False
         context["problems"] = exc.errors
         return _page(request, "programme.html", session, program, status=422, **context)
+    except VersionConflict as exc:
+        history = insights.versions(engine, program)
+        latest = history[0]["version"]
+        context.update(history=history, a=latest, b=latest, base=latest, error=exc,
+                       changes=insights.diff(insights.version_yaml(engine, program, latest) or "",
+                                             insights.as_yaml(document), f"v{latest}",
+                                             "draft"))
+        return _page(request, "programme.html", session, program, status=exc.status, **context)
     except (SetiaError, InvalidOperation) as exc:
         context["error"] = exc if isinstance(exc, SetiaError) else InvalidField(
             "amount is not a number", field="amount")
