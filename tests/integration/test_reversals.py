@@ -11,6 +11,7 @@ from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
 from setia.service import analytics as an
 from setia.service import privacy
 from setia.service.check import check
+from setia.service.batch import ingest_batch
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust
@@ -299,4 +300,31 @@ def test_a_key_or_reference_too_long_for_the_journal_is_refused_and_changes_noth
     reverse(kopi, P, {"ref": f"adjust:{key}", "reason": "typo"}, "rev-1", CLOCK)
     assert journal_rows(kopi) == rows + 2
     assert balances(kopi)["available"] == 0
+    assert_journal_ok(kopi)
+
+
+@pytest.mark.parametrize("event_id", ["adjust:k1", "credit-adjust:k1", "reverse:adjust:k1",
+                                      "review:7", "referral:r1", "run-due:2027-02-01"])
+def test_an_event_id_shaped_like_a_reference_of_setias_own_postings_is_refused(kopi, event_id):
+    # Given ali, and an admin's adjustment under key k1 (reference adjust:k1)
+    upsert_member(kopi, P, "ali", {}, CLOCK)
+    adjust(kopi, P, {"member": "ali", "points": 500, "reason": "goodwill"}, "k1", CLOCK)
+    rows, before = journal_rows(kopi), balances(kopi)
+    review = {"id": event_id, "type": "review", "member": "ali",
+              "occurred_at": "2027-02-01T10:00:00+08:00"}
+    # When a till sends an event whose id is shaped like such a reference, alone or in a batch
+    with pytest.raises(InvalidField) as refused:
+        ingest_event(kopi, P, review, CLOCK)
+    batched = ingest_batch(kopi, P, [review], CLOCK)
+    # Then it is refused by name, and nothing is written
+    prefix = event_id.split(":", 1)[0] + ":"
+    assert (refused.value.field, refused.value.detail) == (
+        "id", f"an event id cannot begin with {prefix!r}: Setia's own postings are "
+              "referenced so")
+    assert batched[0]["status"] == "rejected"
+    assert batched[0]["problem"]["field"] == "events[0].id"
+    assert (journal_rows(kopi), balances(kopi)) == (rows, before)
+    # and the adjustment is reversed alone: 500 back, nothing of an event's
+    reverse(kopi, P, {"ref": "adjust:k1", "reason": "entered twice"}, "r1", CLOCK)
+    assert balances(kopi) == {**before, "available": before["available"] - 500}
     assert_journal_ok(kopi)

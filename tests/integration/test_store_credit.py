@@ -454,3 +454,27 @@ def test_an_admin_corrects_store_credit_both_ways_with_a_reason(cafe):
         assert conn.execute(sa.text("SELECT count(*) FROM audit_log WHERE action = "
                                     "'credit.adjust'")).scalar_one() == 2
     assert_journal_ok(cafe)
+
+
+def test_a_credit_adjustment_is_not_reversed_as_points(cafe):
+    # Given ana's RM 5.50 of cashback and her points, and RM 2.00 of it taken by an admin
+    from setia.service.reversals import reverse
+
+    ingest_event(cafe, P, purchase("e1", "ana", "2027-03-01T10:00:00+08:00", amount="550.00"))
+    when = fixed_clock("2027-03-02T10:00:00+08:00")
+    store_credit.adjust(cafe, P, {"member": "ana", "amount": "-2.00", "reason": "typo"},
+                        "adj-1", when)
+    points = get_member(cafe, P, "ana", when)["balances"]
+    with cafe.connect() as conn:
+        postings = conn.execute(sa.text("SELECT count(*) FROM postings")).scalar_one()
+    # When an admin reverses the credit adjustment's reference (it gave 200 points before)
+    with pytest.raises(InvalidField) as refused:
+        reverse(cafe, P, {"ref": "credit-adjust:adj-1", "reason": "undo"}, "rev-1", when)
+    # Then it is refused by name, and neither points nor credit nor the journal moved
+    assert (refused.value.field, refused.value.detail) == (
+        "ref", "store credit is not reversed; a credit adjustment corrects it")
+    assert get_member(cafe, P, "ana", when)["balances"] == points
+    assert credit(cafe, "ana") == {"available": "3.50", "reserved": "0.00"}
+    with cafe.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM postings")).scalar_one() == postings
+    assert_journal_ok(cafe)

@@ -188,12 +188,26 @@ POSTED_BY_SETIA = {"signup": "enrolment (PUT .../members/{member}) posts it",
                    "anniversary": "run-due posts it on the enrolment anniversary, once a year"}
 
 
+# The journal references of Setia's own postings (an adjustment, a reversal, a review's
+# decision, a referral's payout, run-due, a store-credit adjustment): an event's id is the
+# reference of its postings, so an id like these would share them with that posting (a
+# reversal of ``adjust:K`` took back the event's points with the adjustment's).
+RESERVED_ID_PREFIXES = ("adjust:", "credit-adjust:", "reverse:", "review:", "referral:",
+                        "run-due:")
+
+
 def check_sent(event: Event) -> None:
-    """An event a client sends (POST /events, /events/batch, /simulate, an import) is not
-    of a type Setia posts itself (``POSTED_BY_SETIA``). Checked once the event id is
-    known not to be stored: a retry of one stored before this check replays."""
+    """An event a client sends (POST /events, /events/batch, /simulate, an import, the
+    till) is not of a type Setia posts itself (``POSTED_BY_SETIA``), and its id is not
+    shaped like a reference of Setia's own postings (``RESERVED_ID_PREFIXES``). Checked
+    once the event id is known not to be stored: a retry of one stored before this check
+    replays."""
     if (origin := POSTED_BY_SETIA.get(event.type)) is not None:
         raise InvalidField(f"{event.type} events cannot be sent: {origin}", field="type")
+    if event.id.startswith(RESERVED_ID_PREFIXES):
+        prefix = event.id.split(":", 1)[0]
+        raise InvalidField(f"an event id cannot begin with {prefix + ':'!r}: Setia's own "
+                           "postings are referenced so", field="id")
 
 
 def parse_event(raw: Any, currency: str) -> Event:

@@ -108,6 +108,10 @@ def reverse(engine: sa.Engine, program_id: str, body: Any, key: str,
                                                   p.c.ref == ref)).all()
             if not rows:
                 raise UnknownReference(f"no posting has reference {ref!r}", field="ref")
+            if any(row.asset != ASSET_POINTS for row in rows):
+                # store credit has accounts of the same names, but it is not points
+                raise InvalidField("store credit is not reversed; a credit adjustment "
+                                   "corrects it", field="ref")
             # The members first, as the event path and a review's decision lock them before
             # the referral or the review: a rejection committed meanwhile is seen below.
             done = uow.members_for_update(program_id, _net_by_member(rows))

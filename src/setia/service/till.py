@@ -66,7 +66,7 @@ def purchase_with_coupon(engine: sa.Engine, program_id: str, purchase: Any, code
             paid["lines"] = [dict(raw, amount=str(amount))
                              for raw, amount in zip(purchase["lines"], amounts, strict=True)]
         event = parse_event(paid, programme.currency)
-        result = apply_event(uow, programme, event, paid, now)
+        result = apply_event(uow, programme, event, paid, now, sent=True)
         uow.commit()
         return {"coupon": use, "amount": str(gross.amount), "discount": use["discount"],
                 "paid": paid["amount"], "purchase": result}
