@@ -87,6 +87,22 @@ def test_a_member_token_reads_and_redeems_only_for_its_member(server: LiveServer
                                    json={"member": "cust-2", "reward": "cap"},
                                    headers={"Idempotency-Key": "r-2"}), 403, "forbidden")
         assert member.get("/v1/me").json()["balances"]["available"] == 100
+        # a key of 200 characters, as staff may send: kept, replayed, and a conflict names
+        # it as sent (not as kept, which names the member's row)
+        long_key = "k" * 200
+        first = member.post("/v1/me/redemptions", json={"points": 10},
+                            headers={"Idempotency-Key": long_key})
+        assert first.status_code == 201, first.text
+        again = member.post("/v1/me/redemptions", json={"points": 10},
+                            headers={"Idempotency-Key": long_key})
+        assert (again.status_code, again.json()) == (201, first.json())
+        assert member.get("/v1/me").json()["balances"]["available"] == 90
+        other = member.post("/v1/me/redemptions", json={"points": 20},
+                            headers={"Idempotency-Key": "r-1"})
+        assert_problem(other, 409, "idempotency-conflict")
+        assert other.json()["detail"] == ("idempotency key 'r-1' was already used for a "
+                                          "different request")
+        assert member.get("/v1/me").json()["balances"]["available"] == 90
     with server.client("smt_000000000000_wrong") as stranger:
         assert_problem(stranger.get("/v1/me"), 401, "unauthorized")
 

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from setia.domain.errors import AlreadyReversed, InvalidField, UnknownReference
 from setia.service import analytics as an
 from setia.service import privacy
-from setia.service.check import check
 from setia.service.batch import ingest_batch
+from setia.service.check import check
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
 from setia.service.redemptions import adjust

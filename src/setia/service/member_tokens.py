@@ -130,3 +130,16 @@ def member_id(engine: sa.Engine, principal: MemberPrincipal) -> str:
     if found is None:
         raise UnknownMember("the member of this token no longer exists", field="member")
     return str(found)
+
+
+def scoped_key(member_pk: int, key: str) -> str:
+    """A member's own Idempotency-Key as kept: scoped to the member's row, so that two
+    members' keys never meet. A key too long for the column with the scope before it (the
+    member may send 200 characters, as staff may) is kept by its SHA-256."""
+    scoped = f"member:{member_pk}:{key}"
+    if len(scoped) <= MAX_KEY_LENGTH:
+        return scoped
+    return f"member:{member_pk}:#{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+MAX_KEY_LENGTH = 200  # commands.key

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from setia.domain.errors import InvalidField
+from setia.domain.errors import IdempotencyConflict, InvalidField
 from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import BEARER, STAFF_SCOPES, Caller, require
 from setia.entrypoints.api.security import install_log_redaction, note_verified_token
@@ -124,9 +124,14 @@ async def post_my_redemption(request: Request,
     if unknown:
         raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
     member = await _member_id(request, principal)
-    return await run_in_threadpool(redemptions.redeem, request.app.state.engine,
-                                   principal.program_id, {**body, "member": member},
-                                   f"member:{principal.member_pk}:{key}")
+    try:
+        return await run_in_threadpool(redemptions.redeem, request.app.state.engine,
+                                       principal.program_id, {**body, "member": member},
+                                       member_tokens.scoped_key(principal.member_pk, key))
+    except IdempotencyConflict:
+        # named as the member sent it, not as it is kept (which names the member's row)
+        raise IdempotencyConflict(f"idempotency key {key!r} was already used for a "
+                                  "different request", field="Idempotency-Key") from None
 
 
 # -- privacy ------------------------------------------------------------------------------
