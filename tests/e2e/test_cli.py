@@ -448,9 +448,10 @@ class TestLoadAndImportOnSqlite:
         ("run-due", "--as-of", "2027-03-10T00:00:00+08:00", "--program", "nope"),
         ("webhooks", "list", "--program", "nope"),
         ("webhooks", "dead", "--program", "nope"),
+        ("webhooks", "remove", "we_1", "--program", "nope"),
         ("audit", "--program", "nope"),
     ], ids=["member-show", "import-events", "run-due", "webhooks-list", "webhooks-dead",
-            "audit"])
+            "webhooks-remove", "audit"])
     def test_an_unknown_programme_is_a_one_line_error(
         self, scenario: Scenario, db: str, args: tuple[str, ...]
     ) -> None:
@@ -465,6 +466,25 @@ class TestLoadAndImportOnSqlite:
         assert "nope" in line
         # And nothing changed
         assert db_state(db) == before
+        journal_ok(db)
+
+    def test_a_webhook_endpoint_is_added_and_removed_once(self, db: str) -> None:
+        # Given an endpoint added (its id, then its secret alone on the last line)
+        added = run(db, "webhooks", "add", "https://shop.example/hooks", "--program",
+                    "kopi-setia")
+        assert added.returncode == 0, added.stderr
+        endpoint, secret = lines_of(added.stdout)
+        assert endpoint.startswith("we_") and secret.startswith("whsec_")
+        # When it is removed
+        removed = run(db, "webhooks", "remove", endpoint, "--program", "kopi-setia")
+        # Then it is no longer listed, and removing it again is a one-line error
+        assert (removed.returncode, removed.stdout) == (0, f"removed {endpoint}\n")
+        listed = run(db, "webhooks", "list", "--program", "kopi-setia")
+        assert json.loads(listed.stdout) == []
+        again = run(db, "webhooks", "remove", endpoint, "--program", "kopi-setia")
+        assert again.returncode == 1
+        assert one_error_line(again) == (f"error: no active webhook endpoint {endpoint!r} "
+                                         "(field webhook)")
         journal_ok(db)
 
     def test_member_show_of_an_unknown_programme_prints_only_the_error(self, db: str) -> None:

@@ -94,6 +94,17 @@ def test_webhook_endpoints_and_dead_letters_are_for_admins(live):
                               json={"url": "https://x.example", "types": ["points.spent"]}),
                    422, "invalid-field", "types")
     assert admin.get(f"/v1/programs/{CAFE}/webhooks").json()["webhooks"] == listed
+    # a second registration (a retry) is removed by an admin only, once
+    extra = admin.post(f"/v1/programs/{CAFE}/webhooks",
+                       json={"url": "https://shop.example/hooks"}).json()["id"]
+    assert_problem(pos.delete(f"/v1/programs/{CAFE}/webhooks/{extra}"), 403, "forbidden")
+    removed = admin.delete(f"/v1/programs/{CAFE}/webhooks/{extra}")
+    assert (removed.status_code, removed.content) == (204, b"")
+    assert_problem(admin.delete(f"/v1/programs/{CAFE}/webhooks/{extra}"), 404,
+                   "unknown-webhook", "webhook")
+    assert_problem(admin.delete("/v1/programs/no-such-programme/webhooks/we_1"), 404,
+                   "unknown-programme")
+    assert admin.get(f"/v1/programs/{CAFE}/webhooks").json()["webhooks"] == listed
     assert admin.get(f"/v1/programs/{CAFE}/dead-letters").json() == {"deliveries": []}
     assert_problem(admin.post(f"/v1/programs/{CAFE}/dead-letters/replay", json={}),
                    422, "invalid-field")

@@ -334,3 +334,44 @@ def test_a_proxy_the_client_cannot_use_leaves_the_worker_sending_directly(monkey
         "package is not installed. Make sure to install httpx using `pip install "
         "httpx[socks]`."]
     assert len(receiver.received) == 1
+
+
+# -- an endpoint removed ---------------------------------------------------------------------
+
+def test_a_removed_endpoint_gets_nothing_more_and_the_others_go_on(engine):
+    # Given two endpoints (a retried registration made a second one), and a welcome queued
+    # for both before the second is removed
+    from setia.domain.errors import UnknownWebhook
+
+    load_programme(engine, SHOP)
+    with webhook_receiver(WebhookReceiver()) as kept, \
+            webhook_receiver(WebhookReceiver()) as gone, webhooks.client(5) as client:
+        kept.secret = deliveries.add_endpoint(engine, P, kept.url, None, T0)["secret"]
+        second = deliveries.add_endpoint(engine, P, gone.url, None, T0)
+        gone.secret = second["secret"]
+        enrol(engine, "m-1")
+        deliveries.dispatch(engine, T0)
+        # When the second is removed, and later members enrol
+        deliveries.remove_endpoint(engine, P, second["id"], T0)
+        enrol(engine, "m-2")
+        deliveries.dispatch(engine, T0)
+        report = deliveries.deliver_webhooks(engine, T0, client, timeout=5)
+        # Then only the first endpoint is listed, and only it received anything: each
+        # member's two messages (enrolled, and the welcome points earned); the two queued
+        # for the removed endpoint before it was removed were dropped, not sent
+        listed = deliveries.list_endpoints(engine, P)
+        assert [e["url"] for e in listed] == [kept.url]
+        assert len(kept.ids()) == 4 and all(r.verified for r in kept.received)
+        assert gone.ids() == []
+        assert (report.delivered, report.dropped) == (4, 2)
+        # and removing it again, or an endpoint of no one, is refused by name
+        for endpoint in (second["id"], "we_0000000000000000"):
+            with pytest.raises(UnknownWebhook) as refused:
+                deliveries.remove_endpoint(engine, P, endpoint, T0)
+            assert refused.value.to_problem()["status"] == 404
+            assert refused.value.field == "webhook"
+    with engine.connect() as conn:
+        audited = conn.execute(sa.text(
+            "SELECT target FROM audit_log WHERE action = 'webhook.remove'")).scalars().all()
+    assert audited == [f"webhook {second['id']}"]
+    assert_journal_ok(engine)

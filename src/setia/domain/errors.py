@@ -189,6 +189,12 @@ class VersionConflict(SetiaError):
     status = 409
 
 
+class UnknownWebhook(SetiaError):
+    type = "unknown-webhook"
+    title = "No such webhook endpoint"
+    status = 404
+
+
 class Busy(SetiaError):
     type = "busy"
     title = "The database is busy; retry shortly"

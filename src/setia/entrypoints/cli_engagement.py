@@ -26,7 +26,7 @@ def _run(fn: Any, *args: Any) -> Any:
     try:
         return fn(cli.engine(), *args)
     except SetiaError as exc:
-        cli.fail(exc.detail + (f" (field {exc.field})" if exc.field else ""))
+        cli.fail(cli._explain(exc))
 
 
 def _print_json(value: Any) -> None:

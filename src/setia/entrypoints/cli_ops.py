@@ -71,7 +71,7 @@ def webhooks_add(
     try:
         found = add_endpoint(_cli().engine(), program, url, type_ or None, datetime.now(UTC))
     except SetiaError as exc:
-        _cli().fail(str(exc))
+        _cli().fail(_cli()._explain(exc))
     print(found["id"])
     print(found["secret"])
 
@@ -84,7 +84,22 @@ def webhooks_list(program: Annotated[str, typer.Option(help="programme id")]) ->
     try:
         print(json.dumps(list_endpoints(_cli().engine(), program), indent=2))
     except SetiaError as exc:
-        _cli().fail(str(exc))
+        _cli().fail(_cli()._explain(exc))
+
+
+@webhooks_app.command("remove")
+def webhooks_remove(
+    webhook: Annotated[str, typer.Argument(help="the endpoint's id (we_...)")],
+    program: Annotated[str, typer.Option(help="programme id")],
+) -> None:
+    """Stop an endpoint: nothing more is sent to it (deliveries waiting for it are dropped)."""
+    from setia.service.deliveries import remove_endpoint
+
+    try:
+        remove_endpoint(_cli().engine(), program, webhook, datetime.now(UTC))
+    except SetiaError as exc:
+        _cli().fail(_cli()._explain(exc))
+    print(f"removed {webhook}")
 
 
 @webhooks_app.command("dead")
@@ -95,7 +110,7 @@ def webhooks_dead(program: Annotated[str, typer.Option(help="programme id")]) ->
     try:
         print(json.dumps(dead_letters(_cli().engine(), program), indent=2))
     except SetiaError as exc:
-        _cli().fail(str(exc))
+        _cli().fail(_cli()._explain(exc))
 
 
 @webhooks_app.command("replay")
@@ -109,5 +124,5 @@ def webhooks_replay(
     try:
         result = replay(_cli().engine(), program, id_ or None, datetime.now(UTC))
     except SetiaError as exc:
-        _cli().fail(str(exc))
+        _cli().fail(_cli()._explain(exc))
     print(f"replayed {result['replayed']}")

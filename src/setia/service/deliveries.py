@@ -39,7 +39,8 @@ from setia.adapters.db import tables as t
 from setia.adapters.db.store import UnitOfWork
 from setia.adapters.db.tables_outbox import deliveries, outbox, webhook_endpoints
 from setia.domain import notifications as n
-from setia.domain.errors import InvalidField, UnknownProgramme
+from setia.domain.errors import InvalidField, UnknownProgramme, UnknownWebhook
+from setia.service import audit
 from setia.service.common import (
     idempotent,
     iso,
@@ -125,6 +126,27 @@ def add_endpoint(engine: sa.Engine, program_id: str, url: Any, types: Any,
                 "created_at": iso(now)}
 
     return transaction(engine, work)
+
+
+def remove_endpoint(engine: sa.Engine, program_id: str, endpoint_id: str,
+                    now: datetime) -> None:
+    """Stop an endpoint: no delivery is made for it from now on, and those waiting for it
+    are dropped when their turn comes (``send_webhooks``). Kept, disabled, for the
+    deliveries that name it; audited."""
+
+    def work(uow: UnitOfWork) -> None:
+        require_programme(uow, program_id)
+        w = webhook_endpoints
+        done = uow.execute(w.update().where(w.c.id == endpoint_id, w.c.program_id == program_id,
+                                            w.c.disabled_at.is_(None))
+                           .values(disabled_at=now)).rowcount
+        if not done:
+            raise UnknownWebhook(f"no active webhook endpoint {endpoint_id!r}", field="webhook")
+        audit.record(uow, "webhook.remove", program_id=program_id,
+                     target=f"webhook {endpoint_id}", before=None, after=None, now=now)
+        uow.commit()
+
+    transaction(engine, work)
 
 
 def list_endpoints(engine: sa.Engine, program_id: str) -> list[dict[str, Any]]:

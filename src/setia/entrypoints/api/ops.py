@@ -165,6 +165,17 @@ async def get_webhooks(program: str, request: Request,
     return {"webhooks": found}
 
 
+@router.delete(base + "/webhooks/{webhook}", tags=["webhooks"], status_code=204,
+               responses=PROBLEM_RESPONSES)
+async def delete_webhook(program: str, webhook: str, request: Request,
+                         caller: Caller = Depends(require("admin"))) -> None:
+    """Stop a webhook endpoint: nothing more is sent to it; 404 if it is unknown or
+    stopped already."""
+    caller.check_program(program)
+    await run_in_threadpool(deliveries.remove_endpoint, request.app.state.engine, program,
+                            webhook, _now())
+
+
 @router.get(base + "/dead-letters", tags=["webhooks"], responses=PROBLEM_RESPONSES)
 async def get_dead_letters(program: str, request: Request,
                            caller: Caller = Depends(require("admin"))) -> dict[str, Any]:
