@@ -51,3 +51,27 @@ def test_bgnbd_and_gamma_gamma_match_the_published_cdnow_parameters_within_2_per
     four = result.scores.filter(pl.col("member") == "00004").row(0, named=True)
     assert 0.5 < four["probability_alive"] <= 1.0
     assert four["expected_purchases"] > 0
+
+
+def test_a_finite_but_absurd_fit_is_no_usable_fit() -> None:
+    import numpy as np
+
+    from setia.service.clv import implausible_fit
+
+    good = [0.243, 4.414, 0.793, 2.426, 6.25, 3.74, 15.44]
+    purchases, spend = np.array([0.0, 1.5, 12.0]), np.array([0.0, 35.2, 80.0])
+    clv = purchases * spend
+    assert implausible_fit(good, purchases, spend, clv, 52) is None
+    # 29 look-alike members of a small café: finite, and nonsense
+    degenerate = [2.175, 5.134, 1.2573376298753202e-20, 4.471470666202636e16, 1.55, 1194.2,
+                  13384.9]
+    assert implausible_fit(degenerate, purchases, spend, clv, 52) == (
+        "implausible estimates (a parameter outside 1e-08 to 1e+08)")
+    assert implausible_fit(good, np.array([1.0, -3.1]), spend[:2], clv[:2], 52) == (
+        "implausible estimates (expected purchases below zero or above one an hour)")
+    assert implausible_fit(good, np.array([168.0 * 52 + 1]), spend[:1], clv[:1], 52) == (
+        "implausible estimates (expected purchases below zero or above one an hour)")
+    assert implausible_fit(good, purchases, np.array([0.0, 2e11, 1.0]), clv, 52) == (
+        "implausible estimates (a spend or lifetime value below zero or beyond any order)")
+    assert implausible_fit(good, purchases, spend, np.array([0.0, -1.0, 5.0]), 52) == (
+        "implausible estimates (a spend or lifetime value below zero or beyond any order)")

@@ -91,6 +91,11 @@ def fit(transactions: pl.DataFrame, observation_end: date, horizon_weeks: int,
             and np.isfinite(scores[list(columns)].to_numpy(dtype=float)).all()):
         return Fit(None, None, "the models did not converge: non-finite estimates",
                    customers, None)
+    implausible = implausible_fit(estimates, scores["expected_purchases"].to_numpy(dtype=float),
+                                  scores["expected_spend"].to_numpy(dtype=float),
+                                  scores["clv"].to_numpy(dtype=float), horizon_weeks)
+    if implausible is not None:
+        return Fit(None, None, f"the models did not converge: {implausible}", customers, None)
     out = pl.DataFrame({
         "member": [str(i) for i in scores.index],
         "expected_purchases": scores["expected_purchases"].to_numpy(),
@@ -100,6 +105,32 @@ def fit(transactions: pl.DataFrame, observation_end: date, horizon_weeks: int,
     })
     return Fit({k: float(v) for k, v in bg.items()}, {k: float(v) for k, v in gg.items()},
                None, customers, out)
+
+
+# A fit is used only within these bounds. A degenerate one can be finite and still absurd:
+# on 29 look-alike members BG/NBD gave a = 1e-20 and b = 4e16, and predictions of 4e16
+# purchases (and below zero) per member.
+PARAMETER_RANGE = (1e-8, 1e8)
+MOST_PURCHASES_PER_WEEK = 7 * 24  # one an hour, day and night
+MOST_SPEND = 1e11  # the largest amount an order may have (events.MAX_AMOUNT)
+
+
+def implausible_fit(estimates: list[float], purchases: Any, spend: Any, clv: Any,
+                    horizon_weeks: int) -> str | None:
+    """Why a finite fit is no usable fit (arrays of each member's predictions), or None."""
+    import numpy as np
+
+    low, high = PARAMETER_RANGE
+    if any(not low <= abs(value) <= high for value in estimates):
+        return f"implausible estimates (a parameter outside {low:g} to {high:g})"
+    if len(purchases) and (np.min(purchases) < 0
+                           or np.max(purchases) > MOST_PURCHASES_PER_WEEK * horizon_weeks):
+        return "implausible estimates (expected purchases below zero or above one an hour)"
+    if len(spend) and (np.min(spend) < 0 or np.max(spend) > MOST_SPEND
+                       or np.min(clv) < 0 or np.max(clv) > MOST_SPEND * MOST_PURCHASES_PER_WEEK
+                       * horizon_weeks):
+        return "implausible estimates (a spend or lifetime value below zero or beyond any order)"
+    return None
 
 
 def transactions_of(data: Dataset, as_of: date) -> pl.DataFrame:
