@@ -229,6 +229,20 @@ def test_programme_put_stores_a_version_only_when_it_changed(api: Api, engine: s
     assert_journal_ok(engine)
 
 
+@pytest.mark.parametrize(("text", "where"), [
+    (b"id: e2e-bad-yaml\nname: A\ncurrency: MYR\nname: B\n", "programme:line 4, column 1"),
+    (b"id: e2e-bad-yaml\nname: A\ncurrency: MYR\ncampaigns:\n  - id: cny\n"
+     b"    from: 2027-02-30\n", "programme:line 6, column 11"),
+], ids=["duplicate-key", "impossible-date"])
+def test_a_programme_yaml_cannot_read_is_a_422_naming_the_place(
+        api: Api, text: bytes, where: str) -> None:
+    response = api.admin.put("/v1/programs/e2e-bad-yaml", content=text,
+                             headers={"Content-Type": "application/yaml"})
+    body = assert_problem(response, 422, "invalid-programme")
+    assert [error["field"] for error in body["errors"]] == [where]
+    assert api.admin.get("/v1/programs/e2e-bad-yaml").status_code == 404
+
+
 def test_a_programme_whose_id_differs_from_the_path_is_refused(api: Api) -> None:
     response = api.admin.put("/v1/programs/e2e-elsewhere",
                              json={"id": "e2e-versions-x", "name": "X", "currency": "MYR"})

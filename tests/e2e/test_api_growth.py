@@ -196,6 +196,22 @@ def test_a_batch_of_codes_over_http_and_the_cli(api: Api, tmp_path: Path) -> Non
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1].startswith(
         "error: coupon welcome10 has the public code WELCOME10")
+    assert len(out.read_text().splitlines()) == 26  # the refusal left the file alone
+    # a file that cannot be written is refused before any code is made
+    with api.live.engine.connect() as conn:
+        batches = conn.execute(sa.text("SELECT count(*) FROM coupon_batches")).scalar_one()
+    unwritable = run_setia(api.live.db_url, "coupons", "generate", "cny", "--program", P,
+                           "--count", "5", "--out", str(tmp_path))
+    assert unwritable.returncode == 1
+    assert unwritable.stderr.strip().splitlines() == [
+        f"error: cannot write {tmp_path}: Is a directory"]
+    with api.live.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM coupon_batches")
+                            ).scalar_one() == batches
+    missing = tmp_path / "new.csv"
+    refused = run_setia(api.live.db_url, "coupons", "generate", "nope", "--program", P,
+                        "--count", "5", "--out", str(missing))
+    assert refused.returncode == 1 and not missing.exists()
 
 
 # --------------------------------------------------------------------------- referrals

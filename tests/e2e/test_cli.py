@@ -29,6 +29,7 @@ The scenario used throughout (Kopi Setia: MYR, pending_days 3, tier member x1;
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -264,6 +265,88 @@ class TestProgramValidate:
         assert lines[1].startswith(f"{broken}: points.pending_days: ")
         assert len(lines) == 3
 
+    @pytest.mark.parametrize(("text", "reason"), [
+        ("id: [unclosed", "programme:line 1, column 14: not valid YAML or JSON: while parsing "
+                          "a flow sequence, expected ',' or ']', but got '<stream end>'"),
+        ("id: a\nearn: []\nname: b\nearn: []\n",
+         "programme:line 4, column 1: not valid YAML or JSON: found the key 'earn' twice in "
+         "one mapping"),
+        ("id: a\nfrom: 2027-02-30\n", "programme:line 2, column 7: not valid YAML or JSON: "
+                                       "'2027-02-30' is not a date: day is out of range for "
+                                       "month"),
+    ], ids=["unclosed", "duplicate-key", "impossible-date"])
+    def test_a_file_yaml_cannot_read_is_one_line_naming_the_place(
+            self, tmp_path: Path, text: str, reason: str) -> None:
+        path = tmp_path / "bad.yaml"
+        path.write_text(text, encoding="utf-8")
+        result = run(f"sqlite:///{tmp_path / 'x.db'}", "program", "validate", path)
+        assert result.returncode == 1
+        assert lines_of(result.stderr) == [f"{path}: {reason}",
+                                           f"error: {path} has 1 error(s)"]
+
+    def test_a_file_that_is_not_utf8_is_one_line(self, tmp_path: Path) -> None:
+        path = tmp_path / "bin.yaml"
+        path.write_bytes(b"id: caf\xe9\n")
+        result = run(f"sqlite:///{tmp_path / 'x.db'}", "program", "validate", path)
+        assert result.returncode == 1
+        assert lines_of(result.stderr) == [f"error: cannot read {path}: it is not UTF-8 text "
+                                           "(byte 8)"]
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (("member", "show", "bob"),
+     "error: Missing option '--program' / '-p'. (see setia member show --help)"),
+    (("nosuch",), "error: No such command 'nosuch'. (see setia --help)"),
+    (("audit", "--limit", "-5"), "error: Invalid value for '--limit': Input should be "
+                                 "greater than or equal to 1 (see setia audit --help)"),
+    (("fraud", "approve", "99999999999999999999", "-p", "kopi-setia"),
+     "error: Invalid value for 'review': Input should be less than or equal to "
+     "9223372036854775807 (see setia fraud approve --help)"),
+], ids=["missing-option", "unknown-command", "audit-limit", "review-id"])
+def test_a_command_line_that_cannot_be_read_is_one_line_with_status_2(
+        args: tuple[str, ...], line: str, tmp_path: Path) -> None:
+    result = run(f"sqlite:///{tmp_path / 'x.db'}", *args)
+    assert (result.returncode, lines_of(result.stderr), result.stdout) == (2, [line], "")
+
+
+def test_a_group_without_its_command_prints_its_help_once(tmp_path: Path) -> None:
+    result = run(f"sqlite:///{tmp_path / 'x.db'}", "db")
+    assert result.returncode == 2
+    assert result.stdout.count("Usage: setia db") == 1 and "upgrade" in result.stdout
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("garbage", "Could not parse SQLAlchemy URL from given URL string"),
+    ("mysql://a@b/c", "No module named 'MySQLdb'"),
+])
+def test_a_database_url_setia_cannot_use_is_one_line(url: str, reason: str) -> None:
+    result = run(url, "check")
+    assert result.returncode == 1
+    assert lines_of(result.stderr) == [
+        "error: SETIA_DATABASE_URL is not a database Setia can use (sqlite:/// or "
+        f"postgresql+psycopg://): {reason}"]
+
+
+def test_an_absurd_clv_fit_of_a_small_shop_is_shown_as_none(tmp_path: Path) -> None:
+    # Given the demo café with 30 members: a fit of look-alike members, finite and absurd
+    # (a parameter of 1e-20 and predictions below zero) on the machines measured
+    db = f"sqlite:///{tmp_path / 'small.db'}"
+    built = run(db, "demo", "--members", "30", "--purchases", "600", "--no-serve")
+    assert built.returncode == 0, built.stderr
+    # When the owner exports the members with their predictions
+    out = tmp_path / "members.csv"
+    result = run(db, "analytics", "export", "members", out, "-p", "kopi-setia",
+                 "--from", "2027-01-01", "--to", "2027-12-31")
+    # Then it is written, every prediction empty or a plausible figure, never beyond any
+    assert result.returncode == 0, result.stderr
+    with out.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 30
+    for row in rows:
+        if row["predicted_clv"]:
+            assert 0 <= float(row["expected_purchases"]) <= 168 * 52
+            assert 0 <= float(row["predicted_clv"]) < 1e15
+
 
 # --------------------------------------------------------------------------- the scenario
 
@@ -450,15 +533,20 @@ class TestLoadAndImportOnSqlite:
         ("webhooks", "dead", "--program", "nope"),
         ("webhooks", "remove", "we_1", "--program", "nope"),
         ("audit", "--program", "nope"),
+        ("fraud", "reviews", "--program", "nope"),
+        ("import", "events", "{empty}", "--program", "nope"),
     ], ids=["member-show", "import-events", "run-due", "webhooks-list", "webhooks-dead",
-            "webhooks-remove", "audit"])
+            "webhooks-remove", "audit", "fraud-reviews", "import-nothing"])
     def test_an_unknown_programme_is_a_one_line_error(
         self, scenario: Scenario, db: str, args: tuple[str, ...]
     ) -> None:
         # Given the state before
         before = db_state(db)
         # When naming a programme that does not exist
-        argv = [str(scenario.jsonl) if a == "{jsonl}" else a for a in args]
+        empty = scenario.jsonl.with_name("empty.jsonl")
+        empty.write_text("", encoding="utf-8")
+        argv = [{"{jsonl}": str(scenario.jsonl), "{empty}": str(empty)}.get(a, a)
+                for a in args]
         result = run(db, *argv)
         # Then it exits non-zero with one error line naming the programme
         assert result.returncode != 0

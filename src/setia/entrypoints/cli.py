@@ -9,7 +9,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import sqlalchemy as sa
 import typer
@@ -23,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer._click import exceptions as click_errors  # typer's own click (pinned typer)
 
 from setia.adapters.db.engine import database_url, make_engine
 from setia.adapters.db.migrate import upgrade
@@ -70,7 +71,14 @@ def progress_bar() -> Progress:
 def engine(migrate: bool = True) -> sa.Engine:
     """The database's engine, migrated first (``migrate``); a database that cannot be
     reached ends the command with a one-line reason."""
-    built = make_engine(database_url())
+    url = database_url()
+    try:
+        built = make_engine(url)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        # a URL SQLAlchemy cannot read, or a database whose driver Setia does not ship
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        fail(f"SETIA_DATABASE_URL is not a database Setia can use (sqlite:/// or "
+             f"postgresql+psycopg://): {reason}")
     try:
         if migrate:
             upgrade(built)
@@ -95,6 +103,8 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         fail(f"cannot read {path}: {os_reason(exc)}")
+    except UnicodeDecodeError as exc:
+        fail(f"cannot read {path}: it is not UTF-8 text (byte {exc.start + 1})")
 
 
 def _explain(exc: SetiaError) -> str:
@@ -359,8 +369,28 @@ app.add_typer(cli_surveys.surveys_app, name="surveys")
 app.add_typer(cli_surveys.donations_app, name="donations")
 
 
-def main() -> Any:  # pragma: no cover - console script entry
-    return app()
+def main() -> NoReturn:
+    """The ``setia`` console script: the app, with a usage error (a missing option, a
+    value out of range, an unknown command) told on one line, as every other error is,
+    instead of click's usage and a box; exit status 2 for those, as click gives."""
+    try:
+        status = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # a group without its command: its
+        sys.exit(exc.exit_code)                      # help, printed already
+    except click_errors.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "setia"
+        fail_line(f"{exc.format_message()} (see {command} --help)", exc.exit_code)
+    except click_errors.ClickException as exc:
+        fail_line(exc.format_message(), exc.exit_code)
+    except typer.Abort:
+        fail_line("interrupted", 130)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def fail_line(reason: str, code: int) -> NoReturn:
+    """``fail`` outside a command (no typer.Exit to raise)."""
+    errors.print(f"error: {' '.join(reason.split())}", markup=False, soft_wrap=True)
+    sys.exit(code)
 
 
 from setia.entrypoints.cli_engagement import campaigns_app, membership_app  # noqa: E402

@@ -39,12 +39,24 @@ def generate(
     from setia.service.coupons import export_batch, generate_batch
 
     built = engine()
+    # The file is opened (made or emptied) before any code is: a batch made and then
+    # not written would be stored with no way to see its codes but an export.
+    existed = out.exists()
+    try:
+        out.open("a", encoding="utf-8").close()
+    except OSError as exc:
+        fail(f"cannot write {out}: {os_reason(exc)}")
     try:
         with progress_bar() as bar:
             task = bar.add_task(f"generating {coupon} codes", total=count)
             batch = generate_batch(built, program, coupon, {"count": count, "prefix": prefix},
                                    key or f"cli-{uuid.uuid4()}",
                                    progress=lambda made: bar.update(task, completed=made))
+    except SetiaError as exc:
+        if not existed:
+            out.unlink(missing_ok=True)
+        fail(_explain(exc))
+    try:
         written = _write(out, export_batch(built, program, batch["id"]))
     except SetiaError as exc:
         fail(_explain(exc))

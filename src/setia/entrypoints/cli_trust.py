@@ -128,14 +128,14 @@ def _decide(program: str, review: int, decision: str) -> None:
 
 
 @fraud_app.command("approve")
-def fraud_approve(review: Annotated[int, typer.Argument(help="review id")],
+def fraud_approve(review: Annotated[int, typer.Argument(help="review id", min=1, max=2**63 - 1)],
                   program: Program) -> None:
     """Release the held points (available when they were due)."""
     _decide(program, review, "approve")
 
 
 @fraud_app.command("reject")
-def fraud_reject(review: Annotated[int, typer.Argument(help="review id")],
+def fraud_reject(review: Annotated[int, typer.Argument(help="review id", min=1, max=2**63 - 1)],
                  program: Program) -> None:
     """Take the held points back."""
     _decide(program, review, "reject")
@@ -143,8 +143,9 @@ def fraud_reject(review: Annotated[int, typer.Argument(help="review id")],
 
 def audit_list(
     program: Annotated[str | None, typer.Option("--program", "-p", help="programme id")] = None,
-    after: Annotated[int, typer.Option(help="show rows after this id")] = 0,
-    limit: Annotated[int, typer.Option(help="rows to show (at most 500)")] = 100,
+    after: Annotated[int, typer.Option(help="show rows after this id", min=0,
+                                       max=2**63 - 1)] = 0,
+    limit: Annotated[int, typer.Option(help="rows to show (1 to 500)", min=1, max=500)] = 100,
 ) -> None:
     """The audit log of admin actions, oldest first, as JSON Lines."""
     from setia.service.audit import entries

@@ -60,7 +60,8 @@ def entries(engine: sa.Engine, program_id: str | None = None, *, after_id: int =
             limit: int = 100) -> list[dict[str, Any]]:
     """Audit rows in the order they were written, from after ``after_id``."""
     a = tt.audit_log
-    query = sa.select(a).where(a.c.id > after_id).order_by(a.c.id).limit(min(limit, MAX_PAGE))
+    query = (sa.select(a).where(a.c.id > after_id).order_by(a.c.id)
+             .limit(min(max(limit, 1), MAX_PAGE)))
     if program_id is not None:
         query = query.where(a.c.program_id == program_id)
     with engine.connect() as conn:

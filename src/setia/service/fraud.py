@@ -54,6 +54,7 @@ from setia.service.common import (
     idempotent,
     iso,
     require_programme,
+    require_programme_id,
     transaction,
     utc_now,
 )
@@ -327,6 +328,7 @@ def reviews(engine: sa.Engine, program_id: str, status: str = "open", *, after_i
              .where(r.c.program_id == program_id, r.c.status == status, r.c.id > after_id)
              .order_by(r.c.id).limit(min(max(limit, 1), 500)))
     with engine.connect() as conn:
+        require_programme_id(conn, program_id)
         return [_view(row, row.member_id) for row in conn.execute(query)]
 
 

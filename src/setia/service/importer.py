@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import SetiaError
 from setia.service.batch import apply_batch, bulk_transaction
-from setia.service.common import Clock, require_programme, utc_now
+from setia.service.common import Clock, require_programme, require_programme_id, utc_now
 
 MAX_BATCH = 5000
 CSV_JSON_COLUMNS = ("lines", "attributes")
@@ -142,6 +142,8 @@ def import_events(
 ) -> dict[str, Any]:
     batch_size = max(1, min(batch_size, MAX_BATCH))
     report_path = report_path or path.with_suffix(path.suffix + ".rejected.jsonl")
+    with engine.connect() as conn:  # an unknown programme, even for a file of no events
+        require_programme_id(conn, program_id)
     counts = {"rows": 0, "applied": 0, "replayed": 0, "rejected": 0}
     rejected: list[dict[str, Any]] = []
     started = time.perf_counter()

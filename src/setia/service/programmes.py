@@ -25,7 +25,34 @@ from setia.service.common import Clock, require_programme, transaction, utc_now
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. YAML 1.1 would read the key ``on:`` as True."""
+    """YAML 1.2 booleans: only true/false. YAML 1.1 would read the key ``on:`` as True.
+    A key given twice in one mapping is refused (YAML would keep the last one: a second
+    ``earn:`` would drop every rule of the first), and so is a date no calendar has."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader refuses it itself
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found the key {key!r} twice in one mapping",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a date: {exc}", node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -45,7 +72,13 @@ def parse_text(text: str | bytes, source: str = "programme") -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(unknown place)"
-        raise InvalidProgramme([(f"{source}:{where}", f"not valid YAML or JSON: {exc}")]) from None
+        # the problem and what was being read, on one line (str(exc) quotes the text
+        # around the mark over several lines, with a caret under it)
+        said = [str(part) for part in (getattr(exc, "context", None),
+                                       getattr(exc, "problem", None)) if part]
+        reason = ", ".join(said) if said else " ".join(str(exc).split())
+        raise InvalidProgramme([(f"{source}:{where}", f"not valid YAML or JSON: {reason}")]
+                               ) from None
 
 
 def validate_text(text: str | bytes) -> ProgrammeModel:

@@ -210,13 +210,16 @@ def _claw_back(uow: UnitOfWork, programme: Programme, original: Programme, membe
 # -- holds at the till ------------------------------------------------------------------------
 
 
-def _amount_minor(value: Any, currency: str, field_name: str) -> int:
+def _amount_minor(value: Any, currency: str, field_name: str, *, signed: bool = False) -> int:
+    """The amount in minor units, above zero; ``signed``: its size, the sign given apart
+    (an adjustment), so that only zero is refused."""
     if value is None:
         raise InvalidField(f"{field_name} is required", field=field_name)
     amount = parse_amount(value, currency, field_name)
     minor = int(amount.scaleb(minor_digits(currency)))
     if minor <= 0:
-        raise InvalidAmount(f"{field_name} must be greater than zero", field=field_name)
+        raise InvalidAmount(f"{field_name} must not be zero" if signed else
+                            f"{field_name} must be greater than zero", field=field_name)
     if minor > MAX_AMOUNT_MINOR:
         raise InvalidAmount(f"{field_name} is too large", field=field_name)
     return minor
@@ -301,7 +304,7 @@ def adjust(engine: sa.Engine, program_id: str, body: Any, key: str,
             raw = body.get("amount")
             negative = isinstance(raw, str) and raw.startswith("-")
             minor = _amount_minor(raw[1:] if isinstance(raw, str) and negative else raw,
-                                  programme.currency, "amount")
+                                  programme.currency, "amount", signed=True)
             amount = -minor if negative else minor
             pk = _member_pk(uow, program_id, body.get("member"), share=True)
             digits = minor_digits(programme.currency)

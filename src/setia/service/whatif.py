@@ -32,6 +32,8 @@ MAX_DAYS = 93
 
 def compile_draft(document: Any, live: Programme) -> Programme:
     model = validate_document(document)
+    if model.id != live.id:
+        raise InvalidField(f"the draft's id {model.id!r} is not {live.id!r}", field="id")
     if model.currency != live.currency:
         raise InvalidField(f"the draft's currency {model.currency} is not the programme's "
                            f"{live.currency}", field="currency")
