@@ -166,6 +166,8 @@ def test_report_whatif_and_exports_on_the_command_line(db_url: str, tmp_path: Pa
                        "--to", "2027-03-31", "--html", str(html))
     assert report.returncode == 0, report.stderr
     assert "enrolments" in report.stdout and "liability-ageing" in report.stdout
+    titles = {line.strip() for line in report.stdout.splitlines()}
+    assert {"sales", "enrolments", "retention", "points", "churn"} <= titles
     page = html.read_text()
     assert page.count("<svg") == 4  # sales, points, churn, RFM
     assert "<script" not in page and "src=" not in page and "<link" not in page

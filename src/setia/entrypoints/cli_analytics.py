@@ -20,8 +20,8 @@ analytics_app = typer.Typer(help="Analytics: exports, member reports, audit, CLV
 Program = Annotated[str, typer.Option("--program", "-p", help="programme id")]
 From = Annotated[str, typer.Option("--from", help="first local day, YYYY-MM-DD")]
 To = Annotated[str, typer.Option("--to", help="last local day (included), YYYY-MM-DD")]
-SUMMARY = ("sales", "enrolments", "points", "churn", "liability-ageing", "rfm", "campaigns",
-           "coupons", "surveys", "memberships")
+SUMMARY = ("sales", "enrolments", "retention", "points", "churn", "liability-ageing", "rfm",
+           "campaigns", "coupons", "surveys", "memberships")
 
 
 def _cli() -> Any:
