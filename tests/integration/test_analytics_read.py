@@ -151,3 +151,80 @@ def test_the_reads_of_one_reader_see_one_moment(cafe: sa.Engine) -> None:
     with reader(cafe) as fresh:
         after = fresh.metric_buckets(P)
     assert after["points"].sum() == before["points"].sum() + 1000 * changed
+
+
+@pytest.mark.postgres
+def test_a_purchase_committed_while_a_report_reads_is_in_every_figure_or_in_none(
+        pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the café's history, and a report whose two connections read at once
+    import threading
+    from datetime import date
+
+    from setia.adapters.db import analytics_read
+    from setia.service import analytics as an
+    from setia.service.check import check
+    from tests.integration.analytics_history import purchase
+
+    build(pg_engine)
+    window = (date(2027, 1, 1), date(2027, 12, 31))
+    before = an.metrics(pg_engine, P, *window, ("sales", "points"), grain="total")
+    committed = threading.Event()
+    orders, members = analytics_read.Reader.orders, analytics_read.Reader.members
+
+    def orders_then_a_purchase(self: analytics_read.Reader, *args: object, **kw: object) -> object:
+        # When a till commits a purchase just after the orders were read on one connection
+        found = orders(self, *args, **kw)
+        if not committed.is_set():
+            purchase(pg_engine, "late", "ann", "2027-03-25T10:00:00+08:00", "70.00", "s1",
+                     "pos")
+            committed.set()
+        return found
+
+    def members_after_it(self: analytics_read.Reader, *args: object, **kw: object) -> object:
+        # and before the members and the journal are read on the other
+        assert committed.wait(30)
+        return members(self, *args, **kw)
+
+    monkeypatch.setattr(analytics_read.Reader, "orders", orders_then_a_purchase)
+    monkeypatch.setattr(analytics_read.Reader, "members", members_after_it)
+    during = an.metrics(pg_engine, P, *window, ("sales", "points"), grain="total")
+    monkeypatch.undo()
+    after = an.metrics(pg_engine, P, *window, ("sales", "points"), grain="total")
+
+    # Then the report is the database before the purchase, in sales and points alike
+    assert during == before
+    assert after["metrics"]["sales"][0]["purchases"] == (
+        before["metrics"]["sales"][0]["purchases"] + 1)
+    assert after["metrics"]["points"][0]["issued"] > before["metrics"]["points"][0]["issued"]
+    assert check(pg_engine).problems == []
+
+
+@pytest.mark.postgres
+def test_a_purchase_committed_during_an_audit_is_no_mismatch(
+        pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the café's history, and an audit that has read the metrics' frames
+    from datetime import date
+
+    from setia.service import analytics_reports
+    from setia.service.check import check
+    from tests.integration.analytics_history import purchase
+
+    build(pg_engine)
+    totals = analytics_reports._journal_totals
+    late: list[str] = []
+
+    def a_purchase_first(*args: object, **kw: object) -> object:
+        # When a till commits a purchase before the journal's own sums are taken
+        if not late:
+            late.append("late")
+            purchase(pg_engine, "late", "ann", "2027-03-25T10:00:00+08:00", "70.00", "s1",
+                     "pos")
+        return totals(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(analytics_reports, "_journal_totals", a_purchase_first)
+    report = analytics_reports.audit(pg_engine, P, date(2027, 1, 1), date(2027, 12, 31),
+                                     grain="total")
+    # Then the sums and the metrics are of one moment: no mismatch
+    assert late == ["late"]
+    assert report["ok"] is True, report
+    assert check(pg_engine).problems == []

@@ -39,7 +39,6 @@ from setia.adapters.db.analytics_read import (
     reader,
     slices_keep_dates,
 )
-from setia.adapters.db.engine import is_sqlite
 from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import InvalidField
 from setia.domain.programme import Programme
@@ -135,14 +134,16 @@ def _local_date(column: str, tz: str, name: str = "day") -> pl.Expr:
 
 
 def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
-         optional: bool = True, summary: bool = False) -> Dataset:
+         optional: bool = True, summary: bool = False, snapshot: str | None = None) -> Dataset:
     """The frames the metrics read. Per-order dimensions are read only for ``by`` (store,
     channel and partner live in the stored event: a JSON parse per order).
 
     With ``summary`` (and no ``by``), postings come summed per 15 minutes without their
     member (``Reader.posting_flows``): all the metrics need overall, not what member
     statements need. On PostgreSQL the orders are read on a second connection at the
-    same time as the rest."""
+    same time as the rest, at the first one's moment (an exported snapshot): a purchase
+    committed between their reads is in both or in neither. ``snapshot``: read at that
+    moment instead (a caller's reader, still open, that reads more alongside)."""
     programme = programme_of(engine, program_id)
     tz = programme.model.timezone
     dims: tuple[str, ...] = () if by is None else (by,)
@@ -166,38 +167,39 @@ def load(engine: sa.Engine, program_id: str, *, by: str | None = None,
         # (a tenth of the time of sorting 10 million rows each).
         return orders.sort("member_pk", "day"), refunded
 
-    def read_orders_lots_campaigns() -> tuple[tuple[pl.DataFrame, pl.DataFrame | None],
-                                              pl.DataFrame, pl.DataFrame]:
+    def read_orders_lots_campaigns(moment: str) -> tuple[
+            tuple[pl.DataFrame, pl.DataFrame | None], pl.DataFrame, pl.DataFrame]:
         # the orders' local dates are worked out here too, while the other connection reads
-        with reader(engine) as read:
+        with reader(engine, moment) as read:
             return orders_of(read), read.lots(program_id), read.campaign_postings(program_id)
 
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1) as pool, reader(engine, snapshot) as read:
         # PostgreSQL: orders, lots and campaign postings on a second connection, at the
-        # same time as the rest
-        pending = None if is_sqlite(engine) else pool.submit(read_orders_lots_campaigns)
-        with reader(engine) as read:
-            members = read.members(program_id)
-            postings = None
-            if summary and by is None:
-                postings = read.posting_flows(program_id)
-                if postings is not None and not slices_keep_dates(postings, tz):
-                    postings = None
-            if postings is None:
-                postings = read.postings(program_id, detail=by is not None)
-            guests = read.guest_sales(program_id)
-            refunds = read.refunded_orders(program_id) if dims else None
-            reviews = read.rejected_reviews(program_id) if dims else None
-            extra = {}
-            if optional:
-                for name in ("campaign_holdouts", "coupon_uses", "survey_responses",
-                             "membership_purchases"):
-                    extra[name] = read.optional(name, program_id)
-            if pending is None:
-                (orders, refunded), lots, campaign_postings = (
-                    orders_of(read), read.lots(program_id), read.campaign_postings(program_id))
-            else:
-                (orders, refunded), lots, campaign_postings = pending.result()
+        # same time as the rest and at the same moment (this reader stays open until the
+        # second has read)
+        moment = snapshot or read.export_snapshot()
+        pending = None if moment is None else pool.submit(read_orders_lots_campaigns, moment)
+        members = read.members(program_id)
+        postings = None
+        if summary and by is None:
+            postings = read.posting_flows(program_id)
+            if postings is not None and not slices_keep_dates(postings, tz):
+                postings = None
+        if postings is None:
+            postings = read.postings(program_id, detail=by is not None)
+        guests = read.guest_sales(program_id)
+        refunds = read.refunded_orders(program_id) if dims else None
+        reviews = read.rejected_reviews(program_id) if dims else None
+        extra = {}
+        if optional:
+            for name in ("campaign_holdouts", "coupon_uses", "survey_responses",
+                         "membership_purchases"):
+                extra[name] = read.optional(name, program_id)
+        if pending is None:
+            (orders, refunded), lots, campaign_postings = (
+                orders_of(read), read.lots(program_id), read.campaign_postings(program_id))
+        else:
+            (orders, refunded), lots, campaign_postings = pending.result()
     members = members.with_columns(_local_date("enrolled_at", tz, "enrolled_day"))
     if by in ("store", "channel", "partner"):
         # The member's "home" dimensions: those of the first order, even one refunded in

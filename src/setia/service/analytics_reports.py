@@ -15,7 +15,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from setia.adapters.db import tables as t
-from setia.adapters.db.analytics_read import REFUNDED_IN_FULL, reader
+from setia.adapters.db.analytics_read import REFUNDED_IN_FULL, at_snapshot, reader
 from setia.domain import tiers
 from setia.domain.errors import InvalidField
 from setia.service import analytics as an
@@ -240,11 +240,11 @@ def statements(engine: sa.Engine, program_id: str, date_from: date, date_to: dat
                member: str | None = None) -> tuple[an.Dataset, pl.DataFrame]:
     programme = an.programme_of(engine, program_id)
     options = an.options_for(programme, date_from, date_to)
-    data = an.load(engine, program_id, optional=False)
     # the tier metric and tier as they stood at the end of ``to``: what came later is
     # taken out of the buckets, which hold it now
     until = _utc(date_to + timedelta(days=1), programme.tz)
-    with reader(engine) as read:
+    with reader(engine) as read:  # every read at one moment (PostgreSQL)
+        data = an.load(engine, program_id, optional=False, snapshot=read.export_snapshot())
         postings = read.postings(program_id, asset=None, detail=True).with_columns(
             an._local_date("occurred_at", programme.model.timezone))
         buckets = read.metric_buckets(program_id)
@@ -316,13 +316,22 @@ def audit(engine: sa.Engine, program_id: str, date_from: date, date_to: date,
     if an.periods(options).height > MAX_AUDIT_PERIODS:
         raise InvalidField(f"an audit covers at most {MAX_AUDIT_PERIODS} periods; "
                            "choose a coarser grain or a shorter range", field="grain")
-    data = an.load(engine, program_id, optional=False)
+    with reader(engine) as pin:  # the metrics and the SQL sums at one moment (PostgreSQL)
+        snapshot = pin.export_snapshot()
+        data = an.load(engine, program_id, optional=False, snapshot=snapshot)
+        return _audit(engine, program_id, date_from, date_to, grain, programme, options,
+                      data, snapshot)
+
+
+def _audit(engine: sa.Engine, program_id: str, date_from: date, date_to: date, grain: str,
+           programme: Any, options: an.Options, data: an.Dataset,
+           snapshot: str | None) -> dict[str, Any]:
     points = an.points(data, options)
     sales = an.sales(data, options)
     tz = programme.tz
     o = t.orders
     out = []
-    with engine.connect() as conn:
+    with at_snapshot(engine, snapshot) as conn:
         for period, end in an.periods(options).iter_rows():
             start_utc = _utc(max(period, date_from), tz)
             end_utc = _utc(end + timedelta(days=1), tz)

@@ -112,16 +112,16 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
     step = progress or (lambda _: None)
     step("reading the period's events")
 
-    def read_orders() -> tuple[pl.DataFrame, pl.DataFrame]:
+    def read_orders(moment: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         """The period's orders, and each member's purchases before the period."""
-        with reader(engine) as read:
+        with reader(engine, moment) as read:
             return (read.stored_purchases(program_id, start, end),
                     read.purchase_counts(program_id, start))
 
-    def read_journal() -> tuple[pl.DataFrame, pl.DataFrame]:
+    def read_journal(moment: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         """The journal up to the end of the period summed per member, and the earn postings
         of the period: only the comparison needs them."""
-        with reader(engine) as read:
+        with reader(engine, moment) as read:
             balances = read.postings(
                 program_id, columns=("member_pk", "member_delta", "issued", "expired"),
                 until=end,
@@ -130,23 +130,24 @@ def run(engine: sa.Engine, program_id: str, draft_document: Any, date_from: date
                                    code="earn", since=start, until=end)
         return balances, earned
 
-    # PostgreSQL: three connections at once, and the journal's sums go on while the
-    # replay runs (the replay is Python on one core, the database works on the other)
+    # PostgreSQL: three connections at once, all at the first one's moment (it stays open
+    # until the others are done), and the journal's sums go on while the replay runs (the
+    # replay is Python on one core, the database works on the other)
     pool = ThreadPoolExecutor(2)
     try:
-        sqlite = engine.dialect.name == "sqlite"
-        orders_job = None if sqlite else pool.submit(read_orders)
-        journal_job = None if sqlite else pool.submit(read_journal)
         with reader(engine) as read:
+            moment = read.export_snapshot()
+            orders_job = None if moment is None else pool.submit(read_orders, moment)
+            journal_job = None if moment is None else pool.submit(read_journal, moment)
             others = read.stored_events(program_id, start, end,
                                         excluding=("purchase", "refund"))
             members = read.members(program_id, attributes=True)
             # the tier buckets of the months the period's tier windows reach
             buckets = read.metric_buckets(program_id, months=tuple(months))
-        happened, before = read_orders() if orders_job is None else orders_job.result()
-        result, ordered = _replay(live, draft, happened, others, members, before, buckets,
-                                  step, workers)
-        balances, earned = read_journal() if journal_job is None else journal_job.result()
+            happened, before = read_orders() if orders_job is None else orders_job.result()
+            result, ordered = _replay(live, draft, happened, others, members, before,
+                                      buckets, step, workers)
+            balances, earned = read_journal() if journal_job is None else journal_job.result()
     finally:
         pool.shutdown(wait=True)
     step("comparing")

@@ -134,7 +134,7 @@ class Reader:
     several tables (a statement takes later purchases out of the buckets that hold them)
     never mix rows committed between two of its reads."""
 
-    def __init__(self, engine: sa.Engine, conn: Any) -> None:
+    def __init__(self, engine: sa.Engine, conn: Any, snapshot: str | None = None) -> None:
         self.engine = engine
         self.conn = conn
         self.sqlite = is_sqlite(engine)
@@ -147,13 +147,23 @@ class Reader:
             # in it yet. Reads scan whole tables once: compiling them (JIT) costs more than
             # it saves, and a summing query keeps its groups in memory rather than spilling
             # to disk. One text sent as one simple query: one round trip (``execute``
-            # prepares, describes and runs each statement, three round trips apiece).
+            # prepares, describes and runs each statement, three round trips apiece). With
+            # ``snapshot`` (``export_snapshot`` of a reader still open), this one sees the
+            # database at that reader's moment.
+            shared = f" SET TRANSACTION SNAPSHOT '{_snapshot_id(snapshot)}';" if snapshot else ""
             cursor = self.conn.cursor()
             try:
                 cursor.executescript("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;"
-                                     " SET jit = off; SET work_mem = '256MB'")
+                                     f"{shared} SET jit = off; SET work_mem = '256MB'")
             finally:
                 cursor.close()
+
+    def export_snapshot(self) -> str | None:
+        """This reader's moment, for other connections to read at (PostgreSQL: while this
+        reader is open); None on SQLite. Must be its first read."""
+        if self.sqlite:
+            return None
+        return str(self.frame("SELECT pg_export_snapshot() AS snapshot")["snapshot"][0])
 
     def frame(self, sql: str, times: tuple[str, ...] = ()) -> pl.DataFrame:
         cursor = self.conn.cursor()
@@ -454,6 +464,28 @@ def slices_keep_dates(frame: pl.DataFrame, tz: str) -> bool:
 
 
 @contextmanager
-def reader(engine: sa.Engine) -> Iterator[Reader]:
+def reader(engine: sa.Engine, snapshot: str | None = None) -> Iterator[Reader]:
+    """A reader; with ``snapshot``, one that reads at another reader's moment."""
     with _adbc(engine) as conn:
-        yield Reader(engine, conn)
+        yield Reader(engine, conn, snapshot)
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")  # what pg_export_snapshot answers
+
+
+def _snapshot_id(snapshot: str) -> str:
+    assert _SNAPSHOT_ID.fullmatch(snapshot), f"not a snapshot id: {snapshot!r}"
+    return snapshot
+
+
+@contextmanager
+def at_snapshot(engine: sa.Engine, snapshot: str | None) -> Iterator[sa.Connection]:
+    """A SQLAlchemy connection reading at a reader's exported moment (PostgreSQL), or a
+    plain one (SQLite, or no snapshot)."""
+    with engine.connect() as conn:
+        if snapshot is None or is_sqlite(engine):
+            yield conn
+            return
+        pinned = conn.execution_options(isolation_level="REPEATABLE READ")
+        pinned.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{_snapshot_id(snapshot)}'")
+        yield pinned
