@@ -3,6 +3,7 @@ voucher, tier floor) only while active; every fee recorded."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -182,6 +183,29 @@ def test_renew_or_cancel_without_a_membership_is_refused(engine):
         with pytest.raises(NoActiveMembership):
             command(engine, P, "m1", {}, f"k-{command.__name__}", fixed_clock(T0))
     assert state(engine) == before
+    assert_journal_ok(engine)
+
+
+def test_a_cancellation_keeps_its_reason_and_refuses_one_that_is_not_words(engine):
+    # Given Plus bought
+    setup(engine)
+    bought(engine)
+    before = state(engine)
+    # When a cancellation gives a reason that is not text, Then it is refused, naming it
+    for reason in (5, "", "x" * 301):
+        with pytest.raises(InvalidField) as refused:
+            memberships.cancel(engine, P, "m1", {"reason": reason}, f"c-{reason!r}",
+                               fixed_clock("2027-02-01T10:00:00+08:00"))
+        assert refused.value.field == "reason"
+    assert state(engine) == before
+    # When it gives one, Then it is cancelled and the audit log keeps the reason
+    memberships.cancel(engine, P, "m1", {"reason": "moved away"}, "c-1",
+                       fixed_clock("2027-02-01T10:00:00+08:00"))
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text(
+            "SELECT target, after FROM audit_log WHERE action = 'membership.cancel'")).one()
+    after = kept.after if isinstance(kept.after, dict) else json.loads(kept.after)
+    assert kept.target.startswith("member #") and after == {"reason": "moved away"}
     assert_journal_ok(engine)
 
 

@@ -21,8 +21,16 @@ from setia.domain import tiers
 from setia.domain.errors import InvalidField, UnknownMember
 from setia.domain.member import Member
 from setia.domain.programme import Level, Programme
-from setia.service import outbox
-from setia.service.common import Clock, idempotent, iso, require_programme, transaction, utc_now
+from setia.service import audit, outbox
+from setia.service.common import (
+    Clock,
+    idempotent,
+    iso,
+    require_programme,
+    require_reason,
+    transaction,
+    utc_now,
+)
 from setia.service.engagement import issue_voucher, plan_of
 
 
@@ -253,12 +261,19 @@ def cancel(engine: sa.Engine, program_id: str, member_id: str, body: Any, key: s
     """Cancel now: the benefits stop at once, renewals not yet started are cancelled too.
     Fees are not refunded (docs/engagement.md)."""
     fields = _body(body, {"reason"})
+    reason = require_reason(fields) if "reason" in fields else None
 
     def act(uow: UnitOfWork, programme: Programme, member: Member, now: datetime) -> None:
         open_rows = _open(_rows(uow, programme, member), now)
         if not open_rows:
             raise rules.NoActiveMembership(
                 f"member {member.id!r} has no active membership to cancel", field="member")
+        # the reason is kept with the cancellation in the audit log, by the member's row
+        # (an erasure never changes the audit log)
+        audit.record(uow, "membership.cancel", program_id=programme.id,
+                     target=f"member #{member.pk}",
+                     before={"memberships": [row["id"] for row in open_rows]},
+                     after={"reason": reason}, now=now)
         m = te.membership_purchases
         uow.execute(m.update().where(m.c.id.in_([row["id"] for row in open_rows]))
                     .values(status="cancelled", cancelled_at=now))
