@@ -333,6 +333,8 @@ def test_self_referral_by_normalised_email_goes_to_review(cafe: sa.Engine) -> No
     assert len(referral_postings(cafe)) == 2
     rejected = referrals.decide(cafe, P, by_phone["id"], "reject", None, "no-1", DAY_2)
     assert rejected["status"] == "rejected"
+    # a retry that sends {} where the first sent no body is the same request: replayed
+    assert referrals.decide(cafe, P, by_phone["id"], "reject", {}, "no-1", DAY_2) == rejected
     with pytest.raises(r.ReferralNotInReview):
         referrals.decide(cafe, P, by_phone["id"], "approve", None, "ok-2", DAY_2)
     assert referrals.listing(cafe, P, "review") == []

@@ -481,10 +481,11 @@ def decide(engine: sa.Engine, program_id: str, referral_id: str, decision: str, 
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         programme = require_programme(uow, program_id)
-        _config(programme)
         now = clock()
 
         def run() -> dict[str, Any]:
+            # (a stored decision replays even if a later version dropped referrals)
+            _config(programme)
             # Both members' rows first, as the event path locks them before it qualifies or
             # unqualifies the referral: the row read after them is the one to decide on.
             found = _row(uow, programme, referral_id)
@@ -504,8 +505,9 @@ def decide(engine: sa.Engine, program_id: str, referral_id: str, decision: str, 
                 pay(uow, programme, referral_id, now)
             return _view(uow, _row(uow, programme, referral_id))
 
+        # no body and {} are one request (as a store-credit capture or release takes them)
         result = idempotent(uow, program_id, key, f"referral-{decision}",
-                            {"id": referral_id, "body": body}, run, now)
+                            {"id": referral_id, "body": body or {}}, run, now)
         uow.commit()
         return result
 
