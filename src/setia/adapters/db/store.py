@@ -232,7 +232,9 @@ def _utc_text(value: datetime) -> str:
     """Naive UTC as "YYYY-MM-DD HH:MM:SS.ffffff": SQLAlchemy's SQLite DATETIME format, and
     what PostgreSQL reads into UTCDateTime's ``timestamp without time zone``."""
     assert value.tzinfo is not None, "times are stored from aware datetimes only"
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    utc = value.astimezone(UTC)
+    # the naive UTC time by combine: a third of replace(tzinfo=None)'s cost (keywords)
+    return datetime.combine(utc.date(), utc.time()).isoformat(" ", "microseconds")
 
 
 def _names(columns: Iterable[str]) -> str:
