@@ -20,6 +20,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import playwright.sync_api as playwright  # a pinned dependency: missing, this fails
 import pytest
 import sqlalchemy as sa
 
@@ -36,8 +37,6 @@ from tests.browser.web_server import (
 )
 from tests.conftest import assert_journal_ok
 from tests.e2e.api_server import assert_setia_check_ok
-
-playwright = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = "/usr/bin/chromium"
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
