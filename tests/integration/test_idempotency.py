@@ -147,6 +147,32 @@ def test_a_replayed_capture_answers_again_and_a_new_capture_is_refused(kopi):
     assert_journal_ok(kopi)
 
 
+def test_a_capture_key_sent_again_with_a_release_is_refused_and_changes_nothing(kopi):
+    # Given a free latte held and then captured with key "c1"
+    given_a_member_with(kopi, 1000)
+    held = redeem(kopi, P, {"member": "cust-1", "reward": "free-latte", "hold": True}, "h1",
+                  CLOCK)
+    captured = capture_or_release(kopi, P, held["id"], "capture", "c1", CLOCK)
+    before = counts(kopi)
+
+    # When a release of the same redemption comes with that key: the same body,
+    # {"redemption": id}, but another operation
+    with pytest.raises(IdempotencyConflict) as error:
+        capture_or_release(kopi, P, held["id"], "release", "c1", LATER)
+
+    # Then it is refused naming the header (not answered as the capture's replay), and
+    # nothing changed: the latte stays captured, its points redeemed
+    assert error.value.field == "Idempotency-Key"
+    assert error.value.status == 409
+    assert captured["status"] == "captured"
+    assert counts(kopi) == before
+    assert balances(kopi) == {"available": 850, "pending": 50, "reserved": 0}
+    with kopi.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM redemptions WHERE id = :id"),
+                            {"id": held["id"]}).scalar_one() == "captured"
+    assert_journal_ok(kopi)
+
+
 def a_used_voucher(engine: sa.Engine) -> tuple[str, dict[str, Any]]:
     """cust-1's free latte, used with key "use-1": its code and the use's answer."""
     given_a_member_with(engine, 1000)

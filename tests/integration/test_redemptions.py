@@ -350,6 +350,41 @@ def test_a_reward_limited_per_member_is_refused_the_second_time(kopi):
     assert_journal_ok(kopi)
 
 
+def redemptions_of(engine: sa.Engine, reward: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(
+            "SELECT status FROM redemptions WHERE reward_id = :r ORDER BY created_at, id"),
+            {"r": reward}).scalars())
+
+
+def test_an_open_hold_counts_towards_a_reward_limited_per_member(kopi):
+    # Given a gold member with 2000 available holding the tumbler (800, 1 per member),
+    # not yet captured
+    given_a_member_with(kopi, 2000)
+    make_gold(kopi)
+    redeem(kopi, P, {"member": "cust-1", "reward": "tumbler-2027", "hold": True}, "k1", NOON)
+    before = postings_count(kopi)
+
+    # When a second tumbler is held, or redeemed at once
+    with pytest.raises(RewardLimitReached) as by_hold:
+        redeem(kopi, P, {"member": "cust-1", "reward": "tumbler-2027", "hold": True}, "k2",
+               NOON)
+    with pytest.raises(RewardLimitReached) as by_redeem:
+        redeem(kopi, P, {"member": "cust-1", "reward": "tumbler-2027"}, "k3", NOON)
+
+    # Then both are refused and nothing changed: the one hold keeps its 800 reserved and
+    # its one tumbler of stock
+    assert by_hold.value.field == "reward"
+    assert by_redeem.value.field == "reward"
+    assert balances(kopi) == {"available": 1200, "pending": 50 + 500, "reserved": 800}
+    assert postings_count(kopi) == before
+    assert stock_redeemed(kopi, "tumbler-2027") == 1
+    assert redemptions_of(kopi, "tumbler-2027") == ["held"]
+    with kopi.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM vouchers")).scalar_one() == 0
+    assert_journal_ok(kopi)
+
+
 def test_a_tier_only_reward_is_refused_for_another_tier(kopi):
     # Given a Member-tier member with 2000 available
     given_a_member_with(kopi, 2000)

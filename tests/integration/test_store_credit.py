@@ -101,6 +101,31 @@ def test_a_refund_claws_back_the_cashback_of_what_was_refunded(cafe):
     assert_journal_ok(cafe)
 
 
+def test_partial_refunds_of_an_order_without_lines_claw_back_only_their_share(cafe):
+    # Given RM 100.00 bought without lines: all 1% = RM 1.00 cashback (pastry needs lines)
+    ingest_event(cafe, P, purchase("e1", "ana", "2027-01-10T10:00:00+08:00", amount="100.00"))
+    assert credit(cafe, "ana") == {"available": "1.00", "reserved": "0.00"}
+
+    # When RM 30.00 of it is refunded, then RM 50.00 more
+    ingest_event(cafe, P, {"id": "r1", "type": "refund", "member": "ana",
+                           "occurred_at": "2027-01-11T10:00:00+08:00", "order_id": "ord-e1",
+                           "amount": "30.00"})
+    after_first = credit(cafe, "ana")
+    ingest_event(cafe, P, {"id": "r2", "type": "refund", "member": "ana",
+                           "occurred_at": "2027-01-12T10:00:00+08:00", "order_id": "ord-e1",
+                           "amount": "50.00"})
+
+    # Then the first takes back 1.00 - 0.70 = 0.30 and the second only 0.70 - 0.20 = 0.50
+    # (the cashback of what was left of the order before it, not of the whole order): the
+    # RM 20.00 kept still earns its 0.20, and no more than the 1.00 given comes back
+    assert after_first == {"available": "0.70", "reserved": "0.00"}
+    assert credit(cafe, "ana") == {"available": "0.20", "reserved": "0.00"}
+    assert credit_postings(cafe) == [("cashback", "issued", "available", 100, "all"),
+                                     ("clawback", "available", "issued", 30, "all"),
+                                     ("clawback", "available", "issued", 50, "all")]
+    assert_journal_ok(cafe)
+
+
 def test_a_clawback_after_the_credit_was_spent_leaves_a_debt(cafe):
     ingest_event(cafe, P, purchase("e1", "ana", "2027-01-10T10:00:00+08:00", amount="100.00"))
     held = hold(cafe, "ana", "1.00", "k1")
