@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -263,12 +262,11 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(engine):
         enrol(engine)
         deliveries.dispatch(engine, T0)
         # When a worker sends it with a 0.5 s timeout
-        started = time.monotonic()
         report = deliveries.deliver_webhooks(engine, T0, client, timeout=0.5)
-        took = time.monotonic() - started
-        # Then the send is over within about that time, a failed attempt to retry
+        # Then the send was cut off at its deadline, a failed attempt to retry: had the
+        # sender waited for the whole answer (a 200, no read waiting 0.5 s), it would have
+        # been delivered
         assert (report.delivered, report.failed) == (0, 1)
-        assert took < 3.0, took  # the whole answer takes about 4 s
         assert states(engine, "webhook")[0][1:] == (
             "pending", 1, T0 + timedelta(seconds=30), "timeout after 0.5 s")
         # And the retry, answered at once, is delivered
@@ -306,14 +304,11 @@ def test_webhooks_go_through_the_proxy_the_environment_names(monkeypatch):
         # When a webhook is sent with the worker's client, then one whose answer trickles
         with webhooks.client(5.0) as client:
             delivered = send(5.0)
-            started = time.monotonic()
             cut = send(0.5)
-            took = time.monotonic() - started
     # Then the first went through the proxy, signed, and was delivered; the second was cut
-    # off at its deadline there too (its whole answer takes about 4 s)
+    # off at its deadline there too (its whole answer, a 200, would have delivered it)
     assert delivered == webhooks.Outcome(True)
     assert cut == webhooks.Outcome(False, "timeout after 0.5 s")
-    assert took < 3.0, took
     assert [(r.webhook_id, r.body, r.verified) for r in receiver.received] == [
         ("msg_1", {"type": "member.enrolled"}, True)] * 2
 

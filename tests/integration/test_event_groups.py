@@ -19,7 +19,7 @@ from setia.service.batch import ingest_together
 from setia.service.events import ingest_event
 from setia.service.members import get_member
 from setia.service.programmes import parse_text
-from tests.conftest import KOPI_SETIA, assert_journal_ok, load_programme
+from tests.conftest import KOPI_SETIA, assert_journal_ok, load_programme, wait_for_lock_waiters
 from tests.integration.test_import_equivalence import CLOCK, events, journal, state
 
 GROUP_SIZES = [1, 2, 5, 17, 1, 40, 3, 55]
@@ -216,9 +216,11 @@ def test_a_group_waiting_for_a_members_lock_does_not_hold_up_other_members(pg_en
     groups.STALL = 0.05
 
     async def scenario(gate: sa.Connection) -> tuple[Any, Any, bool]:
-        # When the locked member's purchase takes the lane and waits for the lock
+        # When the locked member's purchase takes the lane and waits for the lock (its
+        # session seen blocked on it; the event loop runs meanwhile)
         waiting = asyncio.ensure_future(groups.ingest("together", then_a))
-        await asyncio.sleep(0.3)
+        assert await asyncio.to_thread(wait_for_lock_waiters, pg_engine, 1,
+                                       statement_like="%members%", seconds=10) == 1
         # then the other member's purchase comes: answered while the lock is still held
         other = await asyncio.wait_for(groups.ingest("together", then_b), timeout=5)
         still_waiting = not waiting.done()
