@@ -422,6 +422,16 @@ def test_rolling_expiry_at_the_end_of_a_month_clamps_to_the_last_day():
     assert lot_expires_at(prog, available) == datetime(2027, 2, 28, 10, tzinfo=MYT)
 
 
+def test_rolling_expiry_counts_months_on_the_programmes_wall_clock_for_a_time_in_utc():
+    prog = programme(BASE, points={"expiry": {"policy": "rolling", "months": 1}})
+    # Given points spendable at 30 January 20:00 UTC: 31 January 04:00 in Kuala Lumpur
+    available = datetime(2027, 1, 30, 20, tzinfo=UTC)
+    # Then one month later is 28 February 04:00 local (31 February clamped), which is
+    # 27 February 20:00 UTC; a month counted in UTC would end on 28 February 20:00 UTC
+    assert lot_expires_at(prog, available) == datetime(2027, 2, 28, 4, tzinfo=MYT)
+    assert lot_expires_at(prog, available) == datetime(2027, 2, 27, 20, tzinfo=UTC)
+
+
 @pytest.mark.parametrize("expiry", [{"policy": "none"},
                                     {"policy": "inactivity", "months": 12}])
 def test_other_expiry_policies_put_no_date_on_a_lot(expiry: dict[str, Any]):

@@ -143,6 +143,27 @@ def test_lots_with_the_same_expiry_are_spent_oldest_first():
     assert remaining(ledger) == {"later": 5, "earlier": 0}
 
 
+def test_spending_takes_a_newer_lot_that_expires_first_before_an_older_one():
+    # Given lots earned under three programme versions: "old" (1 January) under no
+    # expiry, "long" (1 February) when points lasted 18 months, and "short" (1 April)
+    # after the expiry was cut to 6 months, so it expires first though it is the newest
+    ledger = MemberLedger(member_pk=1)
+    earn(ledger, 40, "old", available_at=at(1, 1), expires_at=None)
+    earn(ledger, 100, "long", available_at=at(2, 1), expires_at=at(8, 1, 2028))
+    earn(ledger, 50, "short", available_at=at(4, 1), expires_at=at(10, 1))
+    ledger.postings.clear()
+
+    # When 70 are spent
+    allocations = ledger.spend(70, code="redeem", credit=REDEEMED, explanation="latte")
+
+    # Then "short" (October 2027) gives all 50, then "long" (August 2028) 20; "old",
+    # which never expires, none
+    assert [(a.lot_seq, a.points) for a in allocations] == [(3, 50), (2, 20)]
+    assert remaining(ledger) == {"old": 40, "long": 80, "short": 0}
+    assert balances(ledger) == (120, 0, 0)  # 190 - 70
+    ledger.check()
+
+
 def two_zone_ledger(order_id: str | None = None) -> MemberLedger:
     """A lot read from the database (times in UTC) expiring 1 December 17:00 UTC, and one
     earned now in Los Angeles time (of ``order_id``) expiring 11:00 PST: 19:00 UTC, two
