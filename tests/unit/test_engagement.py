@@ -70,6 +70,22 @@ def test_a_rate_campaign_is_recomputed_on_what_is_left_and_never_gives_more():
                                               Decimal("30.00"), {}) == 20  # capped award
 
 
+def test_a_fixed_bonus_stays_whole_while_a_refund_leaves_exactly_the_min_amount():
+    # Given a 50-point campaign for purchases of at least 20.00, on a 25.00 purchase
+    campaign = Campaign.model_validate({"id": "x", "name": "X", "points": 50,
+                                        "min_amount": "20.00"})
+    purchase = Event(id="e", type="purchase", member="m",
+                     occurred_at=datetime(2027, 1, 1, tzinfo=UTC), amount=Decimal("25.00"))
+    # When a refund leaves exactly 20.00, the order still qualifies: the bonus stays whole
+    assert rules.campaign_still_qualifies(campaign, Decimal("20.00"))
+    assert rules.campaign_points_after_refund(campaign, 50, purchase, (), Decimal("20.00"),
+                                              {}) == 50
+    # and a cent less, it does not: the bonus goes whole
+    assert not rules.campaign_still_qualifies(campaign, Decimal("19.99"))
+    assert rules.campaign_points_after_refund(campaign, 50, purchase, (), Decimal("19.99"),
+                                              {}) == 0
+
+
 def test_stamps_of_a_partly_refunded_line_keep_the_quantity_still_paid_for():
     coffee = card(count="quantity", categories=["coffee"])
     line = Line("K", "coffee", 3, Decimal("15.00"))
@@ -142,6 +158,17 @@ def test_a_refund_below_the_cards_min_amount_takes_the_stamps_back():
     assert rules.stamps_left(quantity, [(line, Decimal("20.00"))], Decimal("5.00"),
                              Decimal("25.00"), 2) == 0
     assert rules.stamps_left(big, [], Decimal("5.00"), Decimal("25.00"), 2) == 0
+
+
+def test_a_card_stamps_a_purchase_of_exactly_its_min_amount():
+    # Given a card for purchases of at least 20.00
+    big = card(count="visits", min_amount="20.00")
+    exactly = purchase_of(Line("K", "coffee", 4, Decimal("20.00")))
+    short = purchase_of(Line("K", "coffee", 4, Decimal("19.99")))
+    # Then a purchase of 20.00 counts, and gives its stamp; one of 19.99 does not count
+    assert rules.card_applies(big, exactly, exactly.occurred_at)
+    assert rules.stamps_for(big, exactly, 2) == 1
+    assert not rules.card_applies(big, short, short.occurred_at)
 
 
 def test_an_order_refunded_in_full_keeps_no_stamp_whatever_the_card_counts():

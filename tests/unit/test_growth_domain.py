@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -68,6 +68,38 @@ def test_referrer_cap_periods_start_in_local_time() -> None:
 
 def coupon(**fields: object) -> c.Coupon:
     return c.Coupon.model_validate({"id": "x", "discount": {"percent_off": 15}, **fields})
+
+
+def test_a_coupon_is_valid_on_its_from_and_until_days_and_not_outside_them() -> None:
+    # Given a coupon for March 2027, both days included (docs/programme.md, coupons)
+    march = coupon(**{"from": "2027-03-01", "until": "2027-03-31"})
+    # Then the day before the first is refused, the first and the last day are valid
+    with pytest.raises(c.CouponNotActive) as early:
+        c.check_window(march, date(2027, 2, 28))
+    assert (early.value.detail, early.value.field) == ("coupon x starts on 2027-03-01", "code")
+    c.check_window(march, date(2027, 3, 1))
+    c.check_window(march, date(2027, 3, 31))
+    # and the day after the last is refused
+    with pytest.raises(c.CouponNotActive) as late:
+        c.check_window(march, date(2027, 4, 1))
+    assert (late.value.detail, late.value.field) == ("coupon x ended on 2027-03-31", "code")
+
+
+def test_a_coupon_for_new_members_takes_a_member_until_n_days_after_enrolment() -> None:
+    # Given a coupon for members enrolled in the last 30 days, and a member enrolled on
+    # 1 March 2027 at 10:00 UTC
+    welcome = coupon(new_members_days=30)
+    enrolled = datetime(2027, 3, 1, 10, tzinfo=UTC)
+    facts = c.MemberFacts(purchases=0, enrolled_at=enrolled, uses_of_coupon=0)
+    # Then she may use it on day 30, to the very instant (31 March 10:00)
+    c.check_member(welcome, facts, enrolled + timedelta(days=29))
+    c.check_member(welcome, facts, enrolled + timedelta(days=30))
+    # but not a second later, nor on day 31
+    for now in (enrolled + timedelta(days=30, seconds=1), enrolled + timedelta(days=31)):
+        with pytest.raises(c.CouponNewMembersOnly) as refused:
+            c.check_member(welcome, facts, now)
+        assert (refused.value.detail, refused.value.field) == (
+            "coupon x is for members enrolled in the last 30 days", "member")
 
 
 def test_percent_discounts_round_half_up_and_respect_the_cap() -> None:
