@@ -109,6 +109,57 @@ def test_points_over_the_daily_limit_are_held_even_in_one_event(cafe):
     assert_journal_ok(cafe)
 
 
+@pytest.mark.parametrize(("when", "held"), [
+    ("2027-03-01T09:59:59+00:00", True),   # a second less than 24 hours after
+    ("2027-03-01T10:00:00+00:00", False),  # exactly 24 hours after
+], ids=["a-second-inside-the-day", "exactly-a-day-after"])
+def test_the_daily_limit_counts_a_day_that_ends_at_the_event_and_leaves_out_its_start(
+        cafe, when, held):
+    # Given m1's purchase of 300 points on 28 February at 10:00 (the limit: 500 a day)
+    ingest_event(cafe, P, purchase("e1", "m1", "2027-02-28T10:00:00+00:00", "300.00"), CLOCK)
+
+    # When she earns 201 more on 1 March, less than or exactly 24 hours later
+    result = ingest_event(cafe, P, purchase("e2", "m1", when, "201.00"), CLOCK)
+
+    # Then within the day the two make 501 points and the second is held; exactly a day
+    # later the day (a rolling window ending at the event, its start left out) holds only
+    # the 201
+    if held:
+        assert result["review"]["reasons"] == ["velocity: 501 points in a day (limit 500)"]
+        assert balances(cafe, "m1") == {"available": 300, "pending": 201, "reserved": 0}
+    else:
+        assert "review" not in result
+        assert balances(cafe, "m1") == {"available": 501, "pending": 0, "reserved": 0}
+    assert_journal_ok(cafe)
+
+
+@pytest.mark.parametrize(("when", "held"), [
+    ("2027-03-01T09:49:59+00:00", False),
+    ("2027-03-01T09:50:00+00:00", True),   # m1's 10:00 is 10 minutes after: the window's end
+    ("2027-03-01T10:10:00+00:00", True),   # m1's 10:00 is 10 minutes before: its start
+    ("2027-03-01T10:10:01+00:00", False),
+], ids=["a-second-too-early", "window-before", "window-after", "a-second-too-late"])
+def test_a_receipt_exactly_the_window_either_side_of_another_is_its_duplicate(
+        cafe, when, held):
+    # Given m1's purchase of RM 42.50 at kl-01 at 10:00 (a window of 10 minutes)
+    ingest_event(cafe, P, purchase("e1", "m1", "2027-03-01T10:00:00+00:00", "42.50"), CLOCK)
+
+    # When m2 claims the same store and amount, sent later but made before or after it
+    result = ingest_event(cafe, P, purchase("e2", "m2", when, "42.50"), CLOCK)
+
+    # Then it is a duplicate at exactly 10 minutes either side, both edges included, and
+    # not a second further
+    if held:
+        assert result["review"]["reasons"] == [
+            "duplicate receipt: 1 other purchase(s) with the same store and amount within "
+            "10 minutes"]
+        assert balances(cafe, "m2") == {"available": 0, "pending": 42, "reserved": 0}
+    else:
+        assert "review" not in result
+        assert balances(cafe, "m2") == {"available": 42, "pending": 0, "reserved": 0}
+    assert_journal_ok(cafe)
+
+
 def test_the_same_receipt_claimed_by_another_member_is_held(cafe):
     # Given m1's purchase of RM 42.50 at kl-01 at 10:00
     ingest_event(cafe, P, purchase("e1", "m1", "2027-03-01T10:00:00+00:00", "42.50"), CLOCK)
