@@ -15,7 +15,7 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -131,8 +131,16 @@ def test_cashback_hold_capture_and_statement_over_http(api: Api) -> None:
     body = statement.json()
     assert (body["opening_balance"], body["earned"], body["spent"], body["closing_balance"]) \
         == ("0.00", "1.34", "0.00", "1.34")
+    # the capture's year (Kuala Lumpur's), from the time the server posted it at
+    with api.live.engine.connect() as conn:
+        captured_at = conn.execute(sa.text(
+            "SELECT max(occurred_at) FROM postings WHERE code = 'capture' "
+            "AND asset = 'credit:MYR'")).scalar_one()
+    if isinstance(captured_at, str):  # SQLite's text
+        captured_at = datetime.fromisoformat(captured_at)
+    year = str(captured_at.replace(tzinfo=UTC).astimezone(ZoneInfo("Asia/Kuala_Lumpur")).year)
     today = api.reader.get(f"{API}/members/cb-1/credit/statement",
-                           params={"period": view["hold_expires_at"][:4]}).json()
+                           params={"period": year}).json()
     assert (today["opening_balance"], today["spent"], today["closing_balance"]) == (
         "1.34", "0.80", "0.54")
     as_csv = api.reader.get(f"{API}/members/cb-1/credit/statement",
