@@ -28,7 +28,8 @@ What it does (everything on 127.0.0.1; nothing is left behind):
 5. with --workers N > 1, restarts the server with N worker processes (``setia serve
    --workers N`` if the CLI has the option, else ``uvicorn --factory`` on
    setia.entrypoints.api.app:app_from_env if that factory exists, else skipped) and
-   repeats the single-event and balance phases;
+   repeats the single-event, balance (16 clients and 1) and batch phases, with the
+   targets judged again for that configuration;
 6. baselines in the same database, server stopped: the postings rows the API
    wrote, inserted raw (the approach of benchmarks/import_bench.py: the driver's
    executemany into ``postings``, no domain logic): one transaction per event from
@@ -1044,6 +1045,9 @@ def main(argv: list[str] | None = None) -> int:
                     multi.append(phase(f"GET member, {args.clients} cl, {args.workers} workers",
                                        args.clients, args.workers_seconds,
                                        get_member_request(args.members), seed=7))
+                    multi.append(phase(f"GET member, 1 cl, {args.workers} workers", 1,
+                                       args.short_seconds, get_member_request(args.members),
+                                       seed=8))
                     rng = random.Random(args.seed + 1)
                     bodies = [json.dumps({"events": [
                         purchase(rng, f"wb{b:03d}-{i:04d}", args.members)
@@ -1104,6 +1108,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{verdict(batches.rate >= TARGET_BATCH_EVENTS_PER_S)}")
             for p in multi:
                 print(f"  ({p.name}: {p.rate:,.0f}/s, p99 {p.pct(0.99):.1f} ms)")
+            if len(multi) == 4:
+                m_events, _, m_get_one, m_batches = multi
+                print(f"targets with setia serve --workers {args.workers}:")
+                events_met = (m_events.rate >= TARGET_EVENTS_PER_S
+                              and m_events.pct(0.99) < TARGET_EVENT_P99_MS)
+                print(f"  single events: {m_events.rate:,.0f}/s, p99 {m_events.pct(0.99):.1f} "
+                      f"ms -> {verdict(events_met)} (goal {GOAL_EVENTS_PER_S}/s: "
+                      f"{verdict(m_events.rate >= GOAL_EVENTS_PER_S)})")
+                print(f"  balance GET p99: {m_get_one.pct(0.99):.1f} ms with 1 client -> "
+                      f"{verdict(m_get_one.pct(0.99) < TARGET_GET_P99_MS)}")
+                print(f"  batch: {m_batches.rate:,.0f}/s -> "
+                      f"{verdict(m_batches.rate >= TARGET_BATCH_EVENTS_PER_S)}")
             print()
             print(f"server's PostgreSQL sessions during '{events.name}' (mean count by state, "
                   f"{waits.samples} samples):")

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 import uvicorn
 
-from setia.entrypoints.api.app import create_app, freeze_startup_heap
+from setia.entrypoints.api.app import create_app, freeze_startup_heap, hand_over_gil_sooner
 from setia.entrypoints.api.protocol import JoinedWritesProtocol
 from setia.entrypoints.observability import configure_logging
 from setia.service.run_due import run_due
@@ -62,6 +62,7 @@ def serve(engine: sa.Engine, host: str, port: int, *, scheduler: bool, workers: 
         else:
             app = create_app(engine)
             freeze_startup_heap()
+            hand_over_gil_sooner()
             uvicorn.run(app, host=host, port=port, **UVICORN)
     finally:
         if background:

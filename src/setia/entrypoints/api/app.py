@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -482,7 +483,22 @@ def app_from_env() -> FastAPI:
     configure_logging()  # each worker process logs JSON lines too
     app = create_app(make_engine())
     freeze_startup_heap()
+    hand_over_gil_sooner()
     return app
+
+
+GIL_SWITCH_SECONDS = 0.0005
+
+
+def hand_over_gil_sooner() -> None:
+    """Ask a thread holding the GIL to hand it over after 0.5 ms instead of Python's 5 ms.
+    A batch holds its members' row locks from their read to its commit, and waits on
+    PostgreSQL a dozen times meanwhile; each time, the GIL it needs back may be held by
+    another request's thread parsing JSON, and every millisecond it waits is one more
+    that a concurrent batch of the same members waits for the locks. Measured
+    (docs/benchmarks-api.md): batches 4,826-4,861 events/s against 4,165-4,270 with the
+    default, in alternating runs; single events and GETs no worse."""
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
 
 
 def freeze_startup_heap() -> None:
