@@ -128,11 +128,16 @@ def test_a_replayed_adjustment_counts_once_and_another_body_is_refused(kopi):
     assert_journal_ok(kopi)
 
 
-def test_a_replayed_capture_answers_again_and_a_new_capture_is_refused(kopi):
+def a_latte_held_and_captured(kopi):
+    """A member with 1,000 points whose free latte was held (key h1) and captured (c1)."""
     given_a_member_with(kopi, 1000)
     held = redeem(kopi, P, {"member": "cust-1", "reward": "free-latte", "hold": True}, "h1",
                   CLOCK)
-    captured = capture_or_release(kopi, P, held["id"], "capture", "c1", CLOCK)
+    return held, capture_or_release(kopi, P, held["id"], "capture", "c1", CLOCK)
+
+
+def test_a_replayed_capture_answers_again_and_a_new_capture_is_refused(kopi):
+    held, captured = a_latte_held_and_captured(kopi)
     before = counts(kopi)
 
     # When the capture is replayed, and a release is tried with a new key
@@ -149,10 +154,7 @@ def test_a_replayed_capture_answers_again_and_a_new_capture_is_refused(kopi):
 
 def test_a_capture_key_sent_again_with_a_release_is_refused_and_changes_nothing(kopi):
     # Given a free latte held and then captured with key "c1"
-    given_a_member_with(kopi, 1000)
-    held = redeem(kopi, P, {"member": "cust-1", "reward": "free-latte", "hold": True}, "h1",
-                  CLOCK)
-    captured = capture_or_release(kopi, P, held["id"], "capture", "c1", CLOCK)
+    held, captured = a_latte_held_and_captured(kopi)
     before = counts(kopi)
 
     # When a release of the same redemption comes with that key: the same body,

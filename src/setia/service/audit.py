@@ -56,6 +56,20 @@ def record_now(conn: sa.Connection, action: str, *, program_id: str | None, targ
     ))
 
 
+def stop(uow: UnitOfWork, table: sa.Table, row_id: str, program_id: str, stamp: str,
+         now: datetime, unknown: Exception, action: str, target: str) -> None:
+    """Stop one of the programme's rows (a member token, a webhook endpoint) by setting its
+    ``stamp`` column, once, and audit it; ``unknown`` is raised if no such row is active."""
+    column = table.c[stamp]
+    done = uow.execute(table.update().where(
+        table.c.id == row_id, table.c.program_id == program_id, column.is_(None)
+    ).values({stamp: now})).rowcount
+    if not done:
+        raise unknown
+    record(uow, action, program_id=program_id, target=target, before=None, after=None,
+           now=now)
+
+
 def entries(engine: sa.Engine, program_id: str | None = None, *, after_id: int = 0,
             limit: int = 100) -> list[dict[str, Any]]:
     """Audit rows in the order they were written, from after ``after_id``."""

@@ -136,14 +136,10 @@ def remove_endpoint(engine: sa.Engine, program_id: str, endpoint_id: str,
 
     def work(uow: UnitOfWork) -> None:
         require_programme(uow, program_id)
-        w = webhook_endpoints
-        done = uow.execute(w.update().where(w.c.id == endpoint_id, w.c.program_id == program_id,
-                                            w.c.disabled_at.is_(None))
-                           .values(disabled_at=now)).rowcount
-        if not done:
-            raise UnknownWebhook(f"no active webhook endpoint {endpoint_id!r}", field="webhook")
-        audit.record(uow, "webhook.remove", program_id=program_id,
-                     target=f"webhook {endpoint_id}", before=None, after=None, now=now)
+        audit.stop(uow, webhook_endpoints, endpoint_id, program_id, "disabled_at", now,
+                   UnknownWebhook(f"no active webhook endpoint {endpoint_id!r}",
+                                  field="webhook"),
+                   "webhook.remove", f"webhook {endpoint_id}")
         uow.commit()
 
     transaction(engine, work)

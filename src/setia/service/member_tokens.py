@@ -75,15 +75,9 @@ def issue(engine: sa.Engine, program_id: str, member_id: str, *, days: int = 30,
 
 def revoke(engine: sa.Engine, program_id: str, token_id: str, clock: Clock = utc_now) -> None:
     def work(uow: UnitOfWork) -> None:
-        now = clock()
-        m = tt.member_tokens
-        done = uow.execute(m.update().where(m.c.id == token_id, m.c.program_id == program_id,
-                                            m.c.revoked_at.is_(None))
-                           .values(revoked_at=now)).rowcount
-        if not done:
-            raise UnknownToken(f"no active member token {token_id!r}", field="token")
-        audit.record(uow, "member_token.revoke", program_id=program_id,
-                     target=f"token {token_id}", before=None, after=None, now=now)
+        audit.stop(uow, tt.member_tokens, token_id, program_id, "revoked_at", clock(),
+                   UnknownToken(f"no active member token {token_id!r}", field="token"),
+                   "member_token.revoke", f"token {token_id}")
         uow.commit()
 
     transaction(engine, work)
