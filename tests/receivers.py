@@ -53,6 +53,8 @@ class WebhookReceiver:
     url: str = ""
     together: int = 0
     together_seconds: float = 10.0
+    trickled: int = 0  # trickled answers ended, written whole or not
+    cut_off: int = 0  # of those, the ones whose sender hung up before the last byte
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -61,6 +63,18 @@ class WebhookReceiver:
     def ids(self) -> list[str]:
         with self.lock:
             return [r.webhook_id for r in self.received]
+
+    def trickles_ended(self, count: int, seconds: float = 20.0) -> tuple[int, int]:
+        """Wait until ``count`` trickled answers have ended (a wait, judged by what
+        happened, not by how long it took); (ended, cut off)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.trickled >= count:
+                    break
+            time.sleep(0.05)
+        with self.lock:
+            return self.trickled, self.cut_off
 
 
 class _Server(ThreadingHTTPServer):
@@ -100,13 +114,17 @@ def webhook_receiver(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
                 time.sleep(receiver.stall_seconds)  # longer than the sender waits
             if action == "trickle":
                 answer = f"HTTP/1.1 {status} OK\r\nContent-Length: 2\r\n\r\nok".encode()
+                cut = False
                 try:
                     for byte in answer:
                         self.wfile.write(bytes([byte]))
                         self.wfile.flush()
                         time.sleep(receiver.trickle_seconds)
                 except OSError:
-                    pass  # the sender gave up
+                    cut = True  # the sender gave up
+                with receiver.lock:
+                    receiver.trickled += 1
+                    receiver.cut_off += cut
                 self.close_connection = True
                 return
             try:

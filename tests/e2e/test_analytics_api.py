@@ -116,6 +116,16 @@ def test_whatif_and_guest_sales_over_http(server: LiveServer) -> None:
         assert server.postings() == postings
         bad = admin.post(f"{BASE}/whatif", json={"draft": draft, "from": "soon", "to": "x"})
         assert_problem(bad, 422, "invalid-field", "from")
+        # a draft naming "earn" twice is refused, not read without its first rules
+        text = json.dumps({"draft": draft, "from": "2027-02-01", "to": "2027-02-28"})
+        twice = text.replace('"earn": [', '"earn": [], "earn": [', 1)
+        assert twice != text
+        repeated = admin.post(f"{BASE}/whatif", content=twice,
+                              headers={"Content-Type": "application/json"})
+        problem = assert_problem(repeated, 422, "invalid-programme")
+        assert problem["errors"][0]["reason"] == (
+            "not valid YAML or JSON: found the key 'earn' twice in one mapping")
+        assert server.postings() == postings
 
         sales = {"sales": [{"id": "g9", "occurred_at": "2027-03-02T12:00:00+08:00",
                             "amount": "12.00", "store": "s1"}]}

@@ -243,6 +243,30 @@ def test_a_programme_yaml_cannot_read_is_a_422_naming_the_place(
     assert api.admin.get("/v1/programs/e2e-bad-yaml").status_code == 404
 
 
+def test_a_programme_in_json_naming_a_key_twice_is_refused_as_in_yaml(api: Api) -> None:
+    # (JSON parsers keep the last: the first earn's rules would be dropped silently)
+    text = (b'{"id": "e2e-dup-json", "name": "A", "currency": "MYR",\n'
+            b' "earn": [{"id": "base", "on": "purchase", "rate": 1}],\n'
+            b' "earn": []}')
+    response = api.admin.put("/v1/programs/e2e-dup-json", content=text,
+                             headers={"Content-Type": "application/json"})
+    body = assert_problem(response, 422, "invalid-programme")
+    assert body["errors"] == [{"field": "programme:line 3, column 2",
+                               "reason": "not valid YAML or JSON: found the key 'earn' twice "
+                                         "in one mapping"}]
+    assert api.admin.get("/v1/programs/e2e-dup-json").status_code == 404
+    # and YAML's merge keys still read: a rule made from another, its id given again
+    merged = (b"id: e2e-merge\nname: M\ncurrency: MYR\nearn:\n"
+              b"  - &base {id: base, on: purchase, rate: 1}\n"
+              b"  - {<<: *base, id: double, rate: 2}\n")
+    stored = api.admin.put("/v1/programs/e2e-merge", content=merged,
+                           headers={"Content-Type": "application/yaml"})
+    assert stored.status_code == 201, stored.text
+    rules = api.admin.get("/v1/programs/e2e-merge").json()["definition"]["earn"]
+    assert [(r["id"], r["on"], r["rate"]) for r in rules] == [("base", "purchase", "1"),
+                                                              ("double", "purchase", "2")]
+
+
 def test_a_programme_whose_id_differs_from_the_path_is_refused(api: Api) -> None:
     response = api.admin.put("/v1/programs/e2e-elsewhere",
                              json={"id": "e2e-versions-x", "name": "X", "currency": "MYR"})

@@ -309,6 +309,13 @@ def test_a_command_line_that_cannot_be_read_is_one_line_with_status_2(
     assert (result.returncode, lines_of(result.stderr), result.stdout) == (2, [line], "")
 
 
+def test_a_prompt_left_without_an_answer_is_one_line_and_status_1(tmp_path: Path) -> None:
+    # (standard input is empty: the password prompt reads its end)
+    result = run(f"sqlite:///{tmp_path / 'x.db'}", "users", "create", "bob", "--role", "owner")
+    assert (result.returncode, lines_of(result.stderr)[-1].strip()) == (
+        1, "error: aborted: no answer to the prompt")
+
+
 def test_a_group_without_its_command_prints_its_help_once(tmp_path: Path) -> None:
     result = run(f"sqlite:///{tmp_path / 'x.db'}", "db")
     assert result.returncode == 2
@@ -327,7 +334,8 @@ def test_a_database_url_setia_cannot_use_is_one_line(url: str, reason: str) -> N
         f"postgresql+psycopg://): {reason}"]
 
 
-def test_an_absurd_clv_fit_of_a_small_shop_is_shown_as_none(tmp_path: Path) -> None:
+def test_the_members_export_of_a_small_shop_has_only_plausible_predictions(
+        tmp_path: Path) -> None:
     # Given the demo café with 30 members: a fit of look-alike members, finite and absurd
     # (a parameter of 1e-20 and predictions below zero) on the machines measured
     db = f"sqlite:///{tmp_path / 'small.db'}"

@@ -272,6 +272,8 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(engine):
         # And the retry, answered at once, is delivered
         assert deliveries.deliver_webhooks(engine, T0 + timedelta(seconds=30), client,
                                            timeout=0.5).delivered == 1
+        # and the receiver saw the first sender hang up before the answer's last byte
+        assert receiver.trickles_ended(1) == (1, 1)
     assert len(receiver.received) == 2
     assert_journal_ok(engine)
 
@@ -305,10 +307,12 @@ def test_webhooks_go_through_the_proxy_the_environment_names(monkeypatch):
         with webhooks.client(5.0) as client:
             delivered = send(5.0)
             cut = send(0.5)
+        hung_up = receiver.trickles_ended(1)
     # Then the first went through the proxy, signed, and was delivered; the second was cut
     # off at its deadline there too (its whole answer, a 200, would have delivered it)
     assert delivered == webhooks.Outcome(True)
     assert cut == webhooks.Outcome(False, "timeout after 0.5 s")
+    assert hung_up == (1, 1)  # the sender hung up before the answer's last byte
     assert [(r.webhook_id, r.body, r.verified) for r in receiver.received] == [
         ("msg_1", {"type": "member.enrolled"}, True)] * 2
 

@@ -17,7 +17,7 @@ from setia.adapters.db import tables_outbox
 from setia.adapters.db import tables_referrals as tr
 from setia.adapters.db.tables_partners import settlement_postings
 from setia.domain import referrals as r
-from setia.domain.errors import AlreadyReversed, UnknownMember
+from setia.domain.errors import AlreadyReversed, SetiaError, UnknownMember
 from setia.service import referrals, reversals
 from setia.service.events import ingest_event
 from setia.service.members import get_member, upsert_member
@@ -338,6 +338,14 @@ def test_self_referral_by_normalised_email_goes_to_review(cafe: sa.Engine) -> No
     with pytest.raises(r.ReferralNotInReview):
         referrals.decide(cafe, P, by_phone["id"], "approve", None, "ok-2", DAY_2)
     assert referrals.listing(cafe, P, "review") == []
+    # and a retry after a version without referrals is stored is replayed too
+    without = copy.deepcopy(GROWTH)
+    del without["referrals"]
+    load_programme(cafe, without)
+    assert referrals.decide(cafe, P, by_phone["id"], "reject", None, "no-1", DAY_2) == rejected
+    with pytest.raises(SetiaError) as unconfigured:
+        referrals.decide(cafe, P, by_phone["id"], "reject", None, "no-2", DAY_2)
+    assert unconfigured.value.type == "referrals-not-configured"
     assert_journal_ok(cafe)
 
 

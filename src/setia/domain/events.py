@@ -193,7 +193,7 @@ POSTED_BY_SETIA = {"signup": "enrolment (PUT .../members/{member}) posts it",
 # reference of its postings, so an id like these would share them with that posting (a
 # reversal of ``adjust:K`` took back the event's points with the adjustment's).
 RESERVED_ID_PREFIXES = ("adjust:", "credit-adjust:", "reverse:", "review:", "referral:",
-                        "run-due:")
+                        "run-due:", "rdm_", "svr_")  # the last two: redemptions, surveys
 
 
 def check_sent(event: Event) -> None:
@@ -205,8 +205,8 @@ def check_sent(event: Event) -> None:
     if (origin := POSTED_BY_SETIA.get(event.type)) is not None:
         raise InvalidField(f"{event.type} events cannot be sent: {origin}", field="type")
     if event.id.startswith(RESERVED_ID_PREFIXES):
-        prefix = event.id.split(":", 1)[0]
-        raise InvalidField(f"an event id cannot begin with {prefix + ':'!r}: Setia's own "
+        prefix = next(p for p in RESERVED_ID_PREFIXES if event.id.startswith(p))
+        raise InvalidField(f"an event id cannot begin with {prefix!r}: Setia's own "
                            "postings are referenced so", field="id")
 
 

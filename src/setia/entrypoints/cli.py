@@ -382,8 +382,8 @@ def main() -> NoReturn:
         fail_line(f"{exc.format_message()} (see {command} --help)", exc.exit_code)
     except click_errors.ClickException as exc:
         fail_line(exc.format_message(), exc.exit_code)
-    except typer.Abort:
-        fail_line("interrupted", 130)
+    except typer.Abort:  # end of input at a prompt (Ctrl-C ends with status 130 itself)
+        fail_line("aborted: no answer to the prompt", 1)
     sys.exit(status if isinstance(status, int) else 0)
 
 

@@ -505,9 +505,10 @@ def decide(engine: sa.Engine, program_id: str, referral_id: str, decision: str, 
                 pay(uow, programme, referral_id, now)
             return _view(uow, _row(uow, programme, referral_id))
 
-        # no body and {} are one request (as a store-credit capture or release takes them)
+        # no body and {} are one request (as a store-credit capture or release takes them),
+        # hashed as no body was before
         result = idempotent(uow, program_id, key, f"referral-{decision}",
-                            {"id": referral_id, "body": body or {}}, run, now)
+                            {"id": referral_id, "body": body or None}, run, now)
         uow.commit()
         return result
 

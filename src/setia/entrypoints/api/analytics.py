@@ -178,7 +178,7 @@ async def post_whatif(request: Request, program: str, caller: Caller = ADMIN) ->
     from setia.entrypoints.api.app import read_body
     from setia.service import whatif
 
-    body = await read_body(request)
+    body = await read_body(request, unique_keys=True)  # a draft programme: keys once
     if not isinstance(body, dict):
         raise InvalidField("the body must be a JSON object", field="(body)")
     dates = {}

@@ -132,11 +132,13 @@ def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def read_body(request: Request, *, yaml_ok: bool = False) -> Any:
+async def read_body(request: Request, *, yaml_ok: bool = False,
+                    unique_keys: bool = False) -> Any:
     """The request's JSON (or, for programmes, YAML) body, within 1 MiB: read and parsed
     as the live path's routes read and parse theirs (``wire``)."""
     raw = await receive_body(_body_source(request), request.headers.get("content-length"))
-    return parse_body(raw, request.headers.get("content-type", ""), yaml_ok=yaml_ok)
+    return parse_body(raw, request.headers.get("content-type", ""), yaml_ok=yaml_ok,
+                      unique_keys=unique_keys)
 
 
 async def read_optional_body(request: Request, *,

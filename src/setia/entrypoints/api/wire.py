@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from setia.domain.errors import InvalidField
+from setia.domain.errors import InvalidField, InvalidProgramme
 from setia.entrypoints.api.responses import JSONResponse
 from setia.service import programmes
 
@@ -121,8 +121,12 @@ async def receive_body(receive: Receive, content_length: str | None) -> bytes | 
             raise ClientDisconnect()
 
 
-def parse_body(raw: bytes | bytearray, content_type: str, *, yaml_ok: bool = False) -> Any:
-    """The document in a request body read whole (``raw``), by its Content-Type header."""
+def parse_body(raw: bytes | bytearray, content_type: str, *, yaml_ok: bool = False,
+               unique_keys: bool = False) -> Any:
+    """The document in a request body read whole (``raw``), by its Content-Type header.
+    ``yaml_ok`` (a programme) or ``unique_keys`` (a draft in a body): a JSON object naming
+    a key twice is refused, as YAML's is, instead of keeping the last (a second "earn"
+    would drop every rule of the first)."""
     media = content_type.split(";")[0].strip().lower()
     if yaml_ok and media in YAML_TYPES:
         # YAML nests by indentation and aliases too, so its depth is known only once it is
@@ -139,6 +143,8 @@ def parse_body(raw: bytes | bytearray, content_type: str, *, yaml_ok: bool = Fal
         raise StarletteHTTPException(415, "send the body as application/json")
     if nested_deeper(raw, MAX_DEPTH):
         raise too_deep()
+    if yaml_ok or unique_keys:
+        _refuse_repeated_keys(raw)
     if b"\\u" not in raw:
         # No \u escape: no NUL character and no unpaired surrogate can be in it (valid JSON
         # has no raw control characters, valid UTF-8 no surrogates), so the fast parser
@@ -153,6 +159,35 @@ def parse_body(raw: bytes | bytearray, content_type: str, *, yaml_ok: bool = Fal
         raise MalformedBody(f"the body is not valid JSON: {exc}") from None
     check_storable(body)
     return body
+
+
+def _repeated_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Repeated(key)
+            seen.add(key)
+    return found
+
+
+class _Repeated(Exception):
+    pass
+
+
+def _refuse_repeated_keys(raw: bytes | bytearray) -> None:
+    """A JSON object naming a key twice is refused where it is (the YAML reader, which
+    reads JSON too, says which line), not read keeping the last. Text that is not JSON
+    is left to the parser's own refusal."""
+    try:
+        json.loads(raw, object_pairs_hook=_repeated_key)
+    except _Repeated as exc:
+        programmes.parse_text(bytes(raw))  # raises InvalidProgramme with the key's place
+        raise InvalidProgramme([("(body)", f"the key {exc.args[0]!r} is given twice in one "
+                                           "object")]) from None
+    except (ValueError, RecursionError):
+        return
 
 
 _QUOTED = re.compile(rb'"[^"]*"')  # a string of the text left by _KEPT: brackets within it
