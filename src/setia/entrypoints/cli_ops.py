@@ -21,6 +21,14 @@ def _cli() -> Any:
     return cli
 
 
+def _print_json(read: Any, program: str) -> None:
+    """What ``read(engine, program)`` answers, as indented JSON; a refusal in one line."""
+    try:
+        print(json.dumps(read(_cli().engine(), program), indent=2))
+    except SetiaError as exc:
+        _cli().fail(_cli()._explain(exc))
+
+
 def worker_command(
     once: Annotated[bool, typer.Option("--once", help="one pass, then exit")] = False,
     run_due_every: Annotated[float, typer.Option(
@@ -81,10 +89,7 @@ def webhooks_list(program: Annotated[str, typer.Option(help="programme id")]) ->
     """Active endpoints of a programme (without their secrets)."""
     from setia.service.deliveries import list_endpoints
 
-    try:
-        print(json.dumps(list_endpoints(_cli().engine(), program), indent=2))
-    except SetiaError as exc:
-        _cli().fail(_cli()._explain(exc))
+    _print_json(list_endpoints, program)
 
 
 @webhooks_app.command("remove")
@@ -107,10 +112,7 @@ def webhooks_dead(program: Annotated[str, typer.Option(help="programme id")]) ->
     """Deliveries that failed for 24 hours (webhooks and emails), as JSON."""
     from setia.service.deliveries import dead_letters
 
-    try:
-        print(json.dumps(dead_letters(_cli().engine(), program), indent=2))
-    except SetiaError as exc:
-        _cli().fail(_cli()._explain(exc))
+    _print_json(dead_letters, program)
 
 
 @webhooks_app.command("replay")

@@ -113,8 +113,8 @@ def idempotent(uow: UnitOfWork, program_id: str, key: str, operation: str, body:
     the same key with another body is refused. The key is stored in the same transaction."""
     from setia.domain.errors import IdempotencyConflict, InvalidField
 
-    if not isinstance(key, str) or not key.strip() or len(key) > 200:
-        raise InvalidField("an idempotency key of 1 to 200 characters is required",
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_LENGTH:
+        raise InvalidField(f"an idempotency key of 1 to {MAX_KEY_LENGTH} characters is required",
                            field="Idempotency-Key")
     digest = request_hash({"operation": operation, "body": body})
     stored = uow.stored_command(program_id, key)
@@ -140,6 +140,7 @@ def idempotent(uow: UnitOfWork, program_id: str, key: str, operation: str, body:
 
 
 MAX_REF_LENGTH = 200  # postings.ref
+MAX_KEY_LENGTH = 200  # commands.key: an idempotency key as kept
 
 
 def require_ref_fits(prefix: str, text: Any, field: str) -> None:

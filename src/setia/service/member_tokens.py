@@ -22,7 +22,14 @@ from setia.adapters.db.store import UnitOfWork
 from setia.domain.errors import InvalidField, UnknownMember
 from setia.domain.trust import UnknownToken
 from setia.service import audit
-from setia.service.common import Clock, iso, require_programme, transaction, utc_now
+from setia.service.common import (
+    MAX_KEY_LENGTH,
+    Clock,
+    iso,
+    require_programme,
+    transaction,
+    utc_now,
+)
 
 PREFIX = "smt"
 MAX_DAYS = 365
@@ -135,5 +142,3 @@ def scoped_key(member_pk: int, key: str) -> str:
         return scoped
     return f"member:{member_pk}:#{hashlib.sha256(key.encode()).hexdigest()}"
 
-
-MAX_KEY_LENGTH = 200  # commands.key

@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from setia.adapters.db import tables as t
 from setia.adapters.db import tables_trust as tt
 from setia.adapters.db.engine import json_text
+from setia.adapters.db.tables import naive_utc
 from setia.domain.events import Event
 from setia.domain.ledger import ASSET_POINTS, Allocation, Lot, MemberLedger, Posting
 from setia.domain.member import Member
@@ -232,9 +233,7 @@ def _utc_text(value: datetime) -> str:
     """Naive UTC as "YYYY-MM-DD HH:MM:SS.ffffff": SQLAlchemy's SQLite DATETIME format, and
     what PostgreSQL reads into UTCDateTime's ``timestamp without time zone``."""
     assert value.tzinfo is not None, "times are stored from aware datetimes only"
-    utc = value.astimezone(UTC)
-    # the naive UTC time by combine: a third of replace(tzinfo=None)'s cost (keywords)
-    return datetime.combine(utc.date(), utc.time()).isoformat(" ", "microseconds")
+    return naive_utc(value).isoformat(" ", "microseconds")
 
 
 def _names(columns: Iterable[str]) -> str:

@@ -15,6 +15,13 @@ from sqlalchemy.types import TypeDecorator
 metadata = sa.MetaData()
 
 
+def naive_utc(value: datetime) -> datetime:
+    """An aware time as stored: naive UTC (by combine, a third of the cost of
+    replace(tzinfo=None), which parses keywords; a batch converts several per event)."""
+    utc = value.astimezone(UTC)
+    return datetime.combine(utc.date(), utc.time())
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware datetimes in, aware UTC datetimes out; stored as naive UTC on every database."""
 
@@ -25,8 +32,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         assert value.tzinfo is not None, "times are stored from aware datetimes only"
-        utc = value.astimezone(UTC)
-        return datetime.combine(utc.date(), utc.time())
+        return naive_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:

@@ -16,6 +16,7 @@ from setia.entrypoints.api import schemas
 from setia.entrypoints.api.auth import BEARER, STAFF_SCOPES, Caller, require
 from setia.entrypoints.api.security import install_log_redaction, note_verified_token
 from setia.service import activity, audit, fraud, member_tokens, members, privacy, redemptions
+from setia.service.common import MAX_KEY_LENGTH
 from setia.service.member_tokens import MemberPrincipal
 
 router = APIRouter(responses=schemas.PROBLEM_RESPONSES)  # every route answers problems
@@ -42,8 +43,8 @@ def _key(request: Request) -> str:
     """The Idempotency-Key header, refused as every other route refuses it (422
     invalid-field naming the header)."""
     key = request.headers.get("idempotency-key")
-    if key is None or not key.strip() or len(key) > 200:
-        raise InvalidField("send an Idempotency-Key header of 1 to 200 characters",
+    if key is None or not key.strip() or len(key) > MAX_KEY_LENGTH:
+        raise InvalidField(f"send an Idempotency-Key header of 1 to {MAX_KEY_LENGTH} characters",
                            field="Idempotency-Key")
     return key
 
